@@ -1,0 +1,2 @@
+//! molar-agent
+fn main() {}

@@ -1,0 +1,2 @@
+//! molar
+fn main() {}

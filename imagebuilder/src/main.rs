@@ -1,0 +1,2 @@
+//! molar-imagebuilder
+fn main() {}

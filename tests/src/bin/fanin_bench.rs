@@ -1,0 +1,2 @@
+//! fan-in benchmark
+fn main() {}
