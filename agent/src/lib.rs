@@ -1,2 +1,4 @@
 //! placeholder
 pub mod ramdisk;
+pub mod disks;
+pub mod hw;

@@ -1,0 +1,6 @@
+//! Hardware access layer: the only place in the agent that issues ioctls.
+//!
+//! One module per device kind, each with a private `mod ioctl` and a safe public face.
+
+pub mod block;
+pub mod nvme;
