@@ -313,21 +313,24 @@ pub struct Boot {
     pub started: Instant,
 }
 
-/// Everything before the network: mounts, console, modules, hostname. Never fails: problems
-/// are logged and the boot goes on.
+/// The synchronous first step, before any runtime or log subscriber exists: mount the kernel
+/// filesystems and make /dev/console stdin/stdout/stderr. When the console cannot be opened,
+/// closed standard descriptors are pointed at /dev/null instead, because the kernel starts init
+/// without them when the initramfs has no /dev/console, and the runtime's epoll and event
+/// descriptors would otherwise become "stderr". Returns the problems for logging later.
+pub fn early_init(sys: &dyn System, root: &Path) -> Vec<RamdiskError> {
+    let mut problems = mount_filesystems(sys, root);
+    if let Err(e) = attach_console(sys, root) {
+        problems.push(e);
+        let _ = sys.fill_std_fds(&root.join("dev/null"));
+    }
+    problems
+}
+
+/// Everything after [`early_init`] and before the network: modules and hostname. Never fails:
+/// problems are logged and the boot goes on.
 pub async fn prepare(sys: Arc<dyn System>, root: &Path) -> (ModuleReport, String) {
     let t0 = Instant::now();
-    for e in mount_filesystems(sys.as_ref(), root) {
-        tracing::error!(error = %e, code = e.code(), "mount failed");
-    }
-    if let Err(e) = attach_console(sys.as_ref(), root) {
-        tracing::error!(error = %e, "no console; logging to the inherited descriptors");
-    }
-    tracing::info!(
-        elapsed_ms = t0.elapsed().as_millis() as u64,
-        "filesystems mounted"
-    );
-
     let early = cmdline::read_early(root);
     let mut extras: Vec<String> = modules::DEFAULT_EXTRAS
         .iter()
@@ -439,8 +442,8 @@ where
     }
 }
 
-/// PID 1's whole life: [`prepare`], network, settings, then the agent session forever.
-/// `root` is `/` in the ramdisk. Never returns; call as `match run_init(..).await {}`.
+/// PID 1's life after [`early_init`]: [`prepare`], network, settings, then the agent session
+/// forever. `root` is `/` in the ramdisk. Never returns; call as `match run_init(..).await {}`.
 pub async fn run_init<F, Fut, E>(sys: Arc<dyn System>, root: PathBuf, session: F) -> Infallible
 where
     F: FnMut(Boot) -> Fut,
@@ -736,7 +739,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn prepare_mounts_loads_and_names_the_host() {
+    async fn early_init_and_prepare_mount_load_and_name_the_host() {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("proc")).unwrap();
         std::fs::write(
@@ -761,6 +764,9 @@ mod tests {
             console_error: Some(Errno::ENOENT),
             ..Default::default()
         });
+        let problems = early_init(sys.as_ref(), root.path());
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].code(), "console_failed");
         let (report, hostname) = prepare(sys.clone(), root.path()).await;
         assert_eq!(hostname, "molar-525400123456");
         assert_eq!(
@@ -768,7 +774,18 @@ mod tests {
             vec!["ipmi_msghandler", "ipmi_devintf", "ipmi_si", "extra_one"]
         );
         let calls = sys.calls();
-        assert!(calls.contains(&Call::AttachConsole(root.path().join("dev/console"))));
+        let console = calls
+            .iter()
+            .position(|c| *c == Call::AttachConsole(root.path().join("dev/console")));
+        let fallback = calls
+            .iter()
+            .position(|c| *c == Call::FillStdFds(root.path().join("dev/null")));
+        assert!(console.is_some());
+        assert_eq!(
+            fallback,
+            console.map(|c| c + 1),
+            "no console: /dev/null instead"
+        );
         assert_eq!(
             calls.last(),
             Some(&Call::Sethostname("molar-525400123456".into()))

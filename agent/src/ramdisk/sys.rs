@@ -37,6 +37,9 @@ pub trait System: Send + Sync {
     fn symlink(&self, target: &Path, link: &Path) -> Result<(), Errno>;
     /// Opens `path` read-write and makes it stdin, stdout and stderr.
     fn attach_console(&self, path: &Path) -> Result<(), Errno>;
+    /// Points each of stdin, stdout and stderr that is closed at `path` (opened read-write), so
+    /// that files opened later cannot take descriptors 0-2 and receive log lines.
+    fn fill_std_fds(&self, path: &Path) -> Result<(), Errno>;
     /// sethostname(2).
     fn sethostname(&self, name: &str) -> Result<(), Errno>;
     /// The running kernel's release (`uname -r`), naming the `/lib/modules` directory.
@@ -97,6 +100,37 @@ impl System for LinuxSystem {
         nix::unistd::dup2_stdin(&console)?;
         nix::unistd::dup2_stdout(&console)?;
         nix::unistd::dup2_stderr(&console)
+    }
+
+    fn fill_std_fds(&self, path: &Path) -> Result<(), Errno> {
+        use std::os::fd::AsFd;
+        let closed = |fd: std::os::fd::BorrowedFd<'_>| {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD) == Err(Errno::EBADF)
+        };
+        let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+        let (c0, c1, c2) = (
+            closed(stdin.as_fd()),
+            closed(stdout.as_fd()),
+            closed(stderr.as_fd()),
+        );
+        if !(c0 || c1 || c2) {
+            return Ok(());
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        if c0 {
+            nix::unistd::dup2_stdin(&file)?;
+        }
+        if c1 {
+            nix::unistd::dup2_stdout(&file)?;
+        }
+        if c2 {
+            nix::unistd::dup2_stderr(&file)?;
+        }
+        Ok(())
     }
 
     fn sethostname(&self, name: &str) -> Result<(), Errno> {
@@ -178,6 +212,7 @@ pub enum Call {
         link: PathBuf,
     },
     AttachConsole(PathBuf),
+    FillStdFds(PathBuf),
     Sethostname(String),
     LoadModule {
         path: PathBuf,
@@ -302,6 +337,11 @@ impl System for RecordingSystem {
     fn attach_console(&self, path: &Path) -> Result<(), Errno> {
         self.record(Call::AttachConsole(path.to_path_buf()));
         self.console_error.map_or(Ok(()), Err)
+    }
+
+    fn fill_std_fds(&self, path: &Path) -> Result<(), Errno> {
+        self.record(Call::FillStdFds(path.to_path_buf()));
+        Ok(())
     }
 
     fn sethostname(&self, name: &str) -> Result<(), Errno> {
