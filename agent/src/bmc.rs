@@ -939,7 +939,6 @@ pub fn set_credentials_with_rng<T: IpmiTransport + ?Sized, R: Rng + ?Sized>(
     };
     let slots = get_user_access(t, first_channel, 1)?;
     let max = slots.max_users;
-    let mut notes = Vec::new();
 
     let (user_id, current_name) = match params.user_id {
         Some(id) => {
@@ -957,7 +956,45 @@ pub fn set_credentials_with_rng<T: IpmiTransport + ?Sized, R: Rng + ?Sized>(
         None => pick_user_slot(t, &params.username, slots.fixed_names, max)?,
     };
 
-    if current_name.as_deref() != Some(params.username.as_str()) {
+    // A slot that was free is given back if a later step fails, so that a refused request
+    // does not leave a half-made user behind. An existing user cannot be restored (IPMI
+    // cannot read passwords), so it is left as far as the sequence got.
+    let created = current_name.as_deref() == Some("");
+    match write_user(t, params, user_id, current_name.as_deref(), channels, rng) {
+        Ok(result) => Ok(result),
+        Err(e) => {
+            if created && !matches!(e, BmcError::Transport { .. }) {
+                undo_new_user(t, user_id);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Best effort: disable the user and clear its name; failures are ignored (the original
+/// error is what the caller needs to see).
+fn undo_new_user<T: IpmiTransport + ?Sized>(t: &mut T, user_id: u8) {
+    let disable = encode_set_user_password(
+        user_id,
+        PasswordOp::DisableUser,
+        PasswordForm::Bytes16,
+        None,
+    );
+    let _ = call(t, Command::SetUserPassword, &disable);
+    let _ = call(t, Command::SetUserName, &encode_set_user_name(user_id, ""));
+}
+
+/// The writing and verifying part of [`set_credentials`], once the slot is chosen.
+fn write_user<T: IpmiTransport + ?Sized, R: Rng + ?Sized>(
+    t: &mut T,
+    params: &SetCredentialsParams,
+    user_id: u8,
+    current_name: Option<&str>,
+    channels: Vec<u8>,
+    rng: &mut R,
+) -> Result<SetCredentialsResult, BmcError> {
+    let mut notes = Vec::new();
+    if current_name != Some(params.username.as_str()) {
         call(
             t,
             Command::SetUserName,
@@ -1520,6 +1557,12 @@ mod tests {
         let mut v = vec![0x00];
         v.extend_from_slice(&encode_set_user_name(0, name)[1..]);
         v
+    }
+
+    /// The best-effort removal of a user that set_credentials created and then failed on.
+    fn expect_undo(bmc: FakeBmc, id: u8) -> FakeBmc {
+        bmc.expect(Command::SetUserPassword, &[id, 0x00], &[0x00])
+            .expect(Command::SetUserName, &encode_set_user_name(id, ""), &[0x00])
     }
 
     // ------------------------------------------------------------ encodings and decodings
@@ -2581,7 +2624,7 @@ mod tests {
         };
 
         // The password test fails.
-        let mut bmc = prefix(FakeBmc::new())
+        let bmc = prefix(FakeBmc::new())
             .expect(Command::GetUserName, &[5], &name16("molar"))
             .expect(
                 Command::GetUserAccess,
@@ -2589,6 +2632,7 @@ mod tests {
                 &[0x00, 0x08, 0x03, 0x01, 0x34],
             )
             .expect(Command::SetUserPassword, &test, &[0x80]);
+        let mut bmc = expect_undo(bmc, 5);
         let err = set_credentials(&mut bmc, &p).unwrap_err();
         bmc.done();
         assert_eq!(err.code(), "bmc_verify_failed");
@@ -2600,20 +2644,26 @@ mod tests {
         assert!(!err.to_string().contains(FIXED_PW));
 
         // The privilege did not stick.
-        let mut bmc = prefix(FakeBmc::new())
+        let bmc = prefix(FakeBmc::new())
             .expect(Command::GetUserName, &[5], &name16("molar"))
             .expect(
                 Command::GetUserAccess,
                 &[1, 5],
                 &[0x00, 0x08, 0x03, 0x01, 0x32],
             );
+        let mut bmc = expect_undo(bmc, 5);
         let err = set_credentials(&mut bmc, &p).unwrap_err();
         bmc.done();
         assert_eq!(err.code(), "bmc_verify_failed");
 
         // The name did not stick.
-        let mut bmc = prefix(FakeBmc::new()).expect(Command::GetUserName, &[5], &name16("other"));
+        let bmc = prefix(FakeBmc::new()).expect(Command::GetUserName, &[5], &name16("other"));
+        // The undo's own failures are ignored.
+        let mut bmc = bmc
+            .expect(Command::SetUserPassword, &[5, 0x00], &[0xCC])
+            .expect(Command::SetUserName, &encode_set_user_name(5, ""), &[0xCC]);
         let err = set_credentials(&mut bmc, &p).unwrap_err();
+        bmc.done();
         assert_eq!(
             err.to_string(),
             "verifying user 5: the BMC reports name \"other\", not \"molar\""
@@ -2628,7 +2678,7 @@ mod tests {
             encode_set_user_password(2, PasswordOp::SetPassword, PasswordForm::Bytes20, Some(&pw));
         let enable =
             encode_set_user_password(2, PasswordOp::EnableUser, PasswordForm::Bytes20, None);
-        let mut bmc = FakeBmc::new()
+        let bmc = FakeBmc::new()
             .expect(
                 Command::GetChannelInfo,
                 &[1],
@@ -2648,6 +2698,7 @@ mod tests {
             .expect(Command::SetUserPassword, &set20, &[0x00])
             .expect(Command::SetUserPassword, &enable, &[0x00])
             .expect(Command::SetUserAccess, &[0xB1, 0x02, 0x05], &[0xCC]);
+        let mut bmc = expect_undo(bmc, 2);
         let err = set_credentials(
             &mut bmc,
             &SetCredentialsParams {
