@@ -10,6 +10,8 @@
 
 pub mod bmc;
 pub mod codec;
+pub mod erase;
+pub mod inventory;
 pub mod message;
 pub mod methods;
 pub mod peer;
