@@ -1,1 +1,21 @@
-//! placeholder
+//! molar-imagebuilder: builds the PXE artefacts a molar server boots — the kernel, an
+//! initramfs whose `/init` is the static `molar-agent` plus the kernel modules a profile names
+//! (with dependencies resolved from the modules themselves), an iPXE script carrying the
+//! agent's settings, and a manifest — reproducibly, without dpkg, depmod or cpio on the host.
+//!
+//! `image::build` is the entry point; the other modules are its steps, each testable alone.
+
+pub mod agent;
+pub mod cpio;
+pub mod deb;
+pub mod elf;
+pub mod image;
+pub mod ipxe;
+pub mod kmod;
+pub mod profile;
+
+pub use image::{
+    AgentSource, BuildError, BuildOptions, Compression, KernelSource, Manifest, build, summary,
+};
+pub use ipxe::{KernelArgs, Token};
+pub use profile::Profile;
