@@ -1,6 +1,7 @@
 //! Network interfaces from `/sys/class/net`: MAC, driver, PCI address, link state, MTU and
-//! whether the interface is backed by hardware; IP addresses from `getifaddrs` when
-//! inspecting the live machine, otherwise from the procfs tables under the root
+//! whether the interface is backed by hardware. On the live machine also the firmware
+//! version (ethtool ioctl, through `crate::hw::ethtool`) and IP addresses from `getifaddrs`;
+//! on other roots addresses come from the procfs tables under the root
 //! (`/proc/net/if_inet6`, and `/proc/net/fib_trie` with `/proc/net/route` for IPv4), which is
 //! what fixture trees carry.
 
@@ -101,6 +102,9 @@ pub(crate) fn collect(ctx: &mut Ctx) -> Vec<Nic> {
             name,
         });
     }
+    if ctx.is_live() {
+        firmware_versions(ctx, &mut nics);
+    }
     let mut addresses = if ctx.is_live() {
         live_addresses(ctx)
     } else {
@@ -113,6 +117,36 @@ pub(crate) fn collect(ctx: &mut Ctx) -> Vec<Nic> {
         }
     }
     nics
+}
+
+/// Firmware versions from the ethtool ioctl. Interfaces without driver info (loopback,
+/// most virtual devices) answer EOPNOTSUPP, which is not worth a note.
+fn firmware_versions(ctx: &mut Ctx, nics: &mut [Nic]) {
+    use crate::hw::ethtool::{self, EthtoolError};
+    use std::os::fd::AsFd;
+
+    let sock = match ethtool::control_socket() {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.note("ethtool", e.to_string());
+            return;
+        }
+    };
+    for nic in nics.iter_mut() {
+        match ethtool::driver_info(sock.as_fd(), &nic.name) {
+            Ok(info) => {
+                nic.firmware_version = info.firmware_version;
+                if nic.driver.is_none() && !nic.virtual_device {
+                    nic.driver = info.driver;
+                }
+            }
+            Err(EthtoolError::Ioctl {
+                source: nix::Error::EOPNOTSUPP | nix::Error::ENODEV,
+                ..
+            }) => {}
+            Err(e) => ctx.note(&format!("{NET_DIR}/{}", nic.name), e.to_string()),
+        }
+    }
 }
 
 fn push_address(map: &mut BTreeMap<String, Vec<IpAddress>>, iface: &str, ip: IpAddr, prefix: u8) {
