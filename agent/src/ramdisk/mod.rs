@@ -318,7 +318,17 @@ pub struct Boot {
 /// closed standard descriptors are pointed at /dev/null instead, because the kernel starts init
 /// without them when the initramfs has no /dev/console, and the runtime's epoll and event
 /// descriptors would otherwise become "stderr". Returns the problems for logging later.
+///
+/// Refused (nothing is mounted) unless this process is PID 1: `molar-agent init` typed on a
+/// developer's machine must not mount over its /proc or /dev.
 pub fn early_init(sys: &dyn System, root: &Path) -> Vec<RamdiskError> {
+    let pid = sys.pid();
+    if pid != 1 {
+        return vec![RamdiskError::NotInit {
+            action: "init",
+            pid,
+        }];
+    }
     let mut problems = mount_filesystems(sys, root);
     if let Err(e) = attach_console(sys, root) {
         problems.push(e);
@@ -443,13 +453,25 @@ where
 }
 
 /// PID 1's life after [`early_init`]: [`prepare`], network, settings, then the agent session
-/// forever. `root` is `/` in the ramdisk. Never returns; call as `match run_init(..).await {}`.
-pub async fn run_init<F, Fut, E>(sys: Arc<dyn System>, root: PathBuf, session: F) -> Infallible
+/// forever. `root` is `/` in the ramdisk. Returns only the refusal when this process is not
+/// PID 1 (module loading, hostname and addresses are the machine's, not a developer's).
+pub async fn run_init<F, Fut, E>(
+    sys: Arc<dyn System>,
+    root: PathBuf,
+    session: F,
+) -> Result<Infallible, RamdiskError>
 where
     F: FnMut(Boot) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
+    let pid = sys.pid();
+    if pid != 1 {
+        return Err(RamdiskError::NotInit {
+            action: "init",
+            pid,
+        });
+    }
     let started = Instant::now();
     tracing::info!(pid = sys.pid(), "molar init starting");
     let (modules, hostname) = prepare(sys.clone(), &root).await;
@@ -623,6 +645,30 @@ mod tests {
         if std::process::id() != 1 {
             assert!(matches!(reboot(&real), Err(RamdiskError::NotInit { .. })));
         }
+    }
+
+    #[tokio::test]
+    async fn init_refuses_outside_pid_1() {
+        let sys = Arc::new(RecordingSystem {
+            pid: 777,
+            ..Default::default()
+        });
+        let problems = early_init(sys.as_ref(), Path::new("/"));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            problems[0].to_string(),
+            "init refused: the agent is not pid 1 of the ramdisk (pid 777)"
+        );
+        let session = |_: Boot| async { Ok::<(), String>(()) };
+        let refused = run_init(sys.clone(), "/".into(), session).await;
+        assert!(matches!(
+            refused,
+            Err(RamdiskError::NotInit { pid: 777, .. })
+        ));
+        assert!(
+            sys.calls().is_empty(),
+            "nothing mounted, loaded or configured"
+        );
     }
 
     #[test]
