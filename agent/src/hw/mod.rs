@@ -2,5 +2,6 @@
 //!
 //! One module per device kind, each with a private `mod ioctl` and a safe public face.
 
+pub mod ata;
 pub mod block;
 pub mod nvme;
