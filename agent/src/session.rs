@@ -1,0 +1,364 @@
+//! The agent's life on the network: dial the controller, handshake, answer commands, stream
+//! task statuses and logs, and when the connection ends, dial again with jittered
+//! exponential backoff (1 s to 120 s), forever.
+//!
+//! Commands are dispatched to three places: the built-ins (`status`, `task.list`,
+//! `task.cancel`), the task engine (anything registered as a [`Task`](crate::tasks::Task)),
+//! and plain request/response methods registered in [`Methods`] (inventory, BMC, power...).
+
+use crate::logfwd::LogBuffer;
+use crate::tasks::{TaskEngine, TaskRegistry};
+use crate::tls::{self, Trust};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use molar_protocol::methods::{
+    Empty, Handshake, HandshakeParams, ModuleReport, StatusResult, TaskListResult, TaskRef,
+    parse_params,
+};
+use molar_protocol::{
+    CallError, CloseReason, ErrorBody, Handler, Peer, PeerConfig, PeerHandle, Secret, codes,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The agent's version, sent in the handshake and `status`.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A plain request/response method.
+pub type CallFn = Arc<dyn Fn(Value) -> BoxFuture<'static, Result<Value, ErrorBody>> + Send + Sync>;
+
+/// Everything the agent answers besides the built-ins.
+#[derive(Default, Clone)]
+pub struct Methods {
+    calls: HashMap<String, CallFn>,
+    tasks: TaskRegistry,
+}
+
+impl Methods {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a request/response method.
+    pub fn call<F, Fut>(&mut self, method: &str, f: F) -> &mut Self
+    where
+        F: Fn(Value) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
+    {
+        self.calls
+            .insert(method.to_owned(), Arc::new(move |p| f(p).boxed()));
+        self
+    }
+
+    /// Registers a task kind.
+    pub fn task<T: crate::tasks::Task>(&mut self, method: &str, task: T) -> &mut Self {
+        self.tasks.register(method, task);
+        self
+    }
+}
+
+/// Backoff between connection attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after `failures` consecutive failed attempts: exponential, capped, and
+    /// jittered to between half and all of it so a fleet rebooting together spreads out.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let exp = self
+            .min
+            .saturating_mul(1u32.checked_shl(failures.min(20)).unwrap_or(u32::MAX));
+        let capped = exp.min(self.max);
+        capped.mul_f64(rand::random_range(0.5..=1.0))
+    }
+}
+
+/// How the agent reaches and authenticates to the controller.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// `HOST:PORT`.
+    pub controller: String,
+    pub trust: Trust,
+    pub token: Secret,
+    /// Root under which /sys, /proc and /dev are read.
+    pub root: PathBuf,
+    /// Whether this process is PID 1 of the ramdisk.
+    pub ramdisk: bool,
+    pub backoff: Backoff,
+    pub connect_timeout: Duration,
+    pub peer: PeerConfig,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("controller", &self.controller)
+            .field("trust", &self.trust)
+            .field("token", &self.token)
+            .field("root", &self.root)
+            .field("ramdisk", &self.ramdisk)
+            .finish()
+    }
+}
+
+impl AgentConfig {
+    pub fn new(controller: impl Into<String>, trust: Trust, token: Secret) -> Self {
+        AgentConfig {
+            controller: controller.into(),
+            trust,
+            token,
+            root: PathBuf::from("/"),
+            ramdisk: false,
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(10),
+            peer: PeerConfig {
+                name: "controller".into(),
+                id_prefix: "a".into(),
+                ..PeerConfig::default()
+            },
+        }
+    }
+}
+
+/// Why one session attempt ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] tls::TlsError),
+    #[error("controller refused the handshake: {0}")]
+    Refused(ErrorBody),
+    #[error("handshake failed: {0}")]
+    Handshake(CallError),
+    #[error("connection lost: {0}")]
+    Lost(CloseReason),
+}
+
+/// A running agent: the engine, the log buffer, and what `status` reports.
+pub struct Agent {
+    config: AgentConfig,
+    engine: TaskEngine,
+    calls: HashMap<String, CallFn>,
+    logs: Arc<LogBuffer>,
+    started: Instant,
+    boot_id: String,
+    modules: Mutex<Option<ModuleReport>>,
+    server_id: Mutex<Option<String>>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig, methods: Methods, logs: Arc<LogBuffer>) -> Arc<Self> {
+        let boot_id = crate::identity::boot_id(&config.root);
+        Arc::new(Agent {
+            engine: TaskEngine::new(methods.tasks),
+            calls: methods.calls,
+            logs,
+            started: Instant::now(),
+            boot_id,
+            modules: Mutex::new(None),
+            server_id: Mutex::new(None),
+            config,
+        })
+    }
+
+    pub fn engine(&self) -> &TaskEngine {
+        &self.engine
+    }
+
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    /// The id the controller gave this server in the last successful handshake.
+    pub fn server_id(&self) -> Option<String> {
+        self.server_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records what the ramdisk's coldplug loaded, for `status`.
+    pub fn set_modules(&self, report: ModuleReport) {
+        *self.modules.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+
+    pub fn status(&self) -> StatusResult {
+        StatusResult {
+            agent_version: AGENT_VERSION.to_owned(),
+            uptime_s: self.started.elapsed().as_secs(),
+            boot_id: self.boot_id.clone(),
+            ramdisk: self.config.ramdisk,
+            tasks: self.engine.list(),
+            logs_dropped: self.logs.dropped_total(),
+            modules: self
+                .modules
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    async fn dispatch(self: Arc<Self>, method: String, params: Value) -> Result<Value, ErrorBody> {
+        let to_value = |v: Result<Value, serde_json::Error>| {
+            v.map_err(|e| ErrorBody::new(codes::INTERNAL, format!("encoding result: {e}")))
+        };
+        match method.as_str() {
+            "status" => {
+                parse_params::<Empty>(&method, params)?;
+                to_value(serde_json::to_value(self.status()))
+            }
+            "task.list" => {
+                parse_params::<Empty>(&method, params)?;
+                to_value(serde_json::to_value(TaskListResult {
+                    tasks: self.engine.list(),
+                }))
+            }
+            "task.cancel" => {
+                let r: TaskRef = parse_params(&method, params)?;
+                to_value(serde_json::to_value(self.engine.cancel(&r.task_id)?))
+            }
+            m if self.engine.handles(m) => {
+                to_value(serde_json::to_value(self.engine.submit(m, params)?))
+            }
+            m => match self.calls.get(m) {
+                Some(f) => f(params).await,
+                None => Err(ErrorBody::new(
+                    codes::UNKNOWN_METHOD,
+                    format!("unknown method {m}"),
+                )),
+            },
+        }
+    }
+
+    fn handler(self: &Arc<Self>) -> Arc<dyn Handler> {
+        let agent = self.clone();
+        Arc::new(move |_: &PeerHandle, method: String, params: Value| {
+            agent.clone().dispatch(method, params).boxed()
+        })
+    }
+
+    /// One connection: dial, handshake, serve until it ends or `shutdown` fires.
+    pub async fn session(
+        self: &Arc<Self>,
+        shutdown: &CancellationToken,
+    ) -> Result<CloseReason, SessionError> {
+        let cfg = &self.config;
+        let tls = tls::client_config(&cfg.trust)?;
+        let stream = tls::connect(&cfg.controller, tls, cfg.connect_timeout).await?;
+        let (peer, done) = Peer::spawn(stream, self.handler(), cfg.peer.clone());
+        let hello = HandshakeParams {
+            agent_version: AGENT_VERSION.to_owned(),
+            protocols: vec![molar_protocol::VERSION.to_owned()],
+            boot_id: self.boot_id.clone(),
+            node: crate::identity::node_identity(&cfg.root),
+            token: cfg.token.clone(),
+        };
+        let welcome = match peer.call_method::<Handshake>(&hello).await {
+            Ok(w) => w,
+            Err(e) => {
+                peer.close(None).await;
+                let _ = done.await;
+                return Err(match e {
+                    CallError::Remote(body) => SessionError::Refused(body),
+                    other => SessionError::Handshake(other),
+                });
+            }
+        };
+        tracing::info!(
+            server_id = %welcome.server_id,
+            controller = %cfg.controller,
+            "connected to the controller"
+        );
+        *self.server_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(welcome.server_id);
+        self.engine
+            .acknowledge_terminal(&welcome.acknowledged_tasks);
+        let statuses = tokio::spawn({
+            let engine = self.engine.clone();
+            let peer = peer.clone();
+            async move { engine.pump(peer).await }
+        });
+        let logs = tokio::spawn(self.logs.clone().pump(peer.clone()));
+        tokio::select! {
+            _ = shutdown.cancelled() => peer.close(None).await,
+            _ = peer.closed() => {}
+        }
+        let reason = done.await.unwrap_or(CloseReason::Local(None));
+        statuses.abort();
+        logs.abort();
+        Ok(reason)
+    }
+
+    /// Runs sessions forever (until `shutdown`), reconnecting with backoff.
+    pub async fn run(self: &Arc<Self>, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        while !shutdown.is_cancelled() {
+            let attempt_started = Instant::now();
+            match self.session(&shutdown).await {
+                Ok(reason) => {
+                    tracing::warn!(%reason, "connection to the controller ended");
+                    // A session that lasted resets the backoff; one that dropped at once
+                    // counts as a failure so a flapping controller is not hammered.
+                    failures = if attempt_started.elapsed() > Duration::from_secs(30) {
+                        0
+                    } else {
+                        failures + 1
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "connecting to the controller failed");
+                    failures += 1;
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let delay = self.config.backoff.delay(failures.saturating_sub(1));
+            tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.engine.cancel_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let b = Backoff::default();
+        for _ in 0..50 {
+            let d0 = b.delay(0);
+            assert!(d0 >= Duration::from_millis(500) && d0 <= Duration::from_secs(1));
+            let d3 = b.delay(3);
+            assert!(d3 >= Duration::from_secs(4) && d3 <= Duration::from_secs(8));
+            let d30 = b.delay(30);
+            assert!(d30 >= Duration::from_secs(60) && d30 <= Duration::from_secs(120));
+        }
+    }
+
+    #[test]
+    fn config_debug_never_shows_the_token() {
+        let c = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::new("s3cret-token"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}
