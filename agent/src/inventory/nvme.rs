@@ -127,3 +127,78 @@ mod identify {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn write(root: &std::path::Path, rel: &str, value: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(p, value).expect("write");
+    }
+
+    #[test]
+    fn sysfs_details_when_identify_cannot_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        write(
+            root,
+            "sys/class/nvme/nvme0/model",
+            "QEMU NVMe Ctrl                          \n",
+        );
+        write(
+            root,
+            "sys/class/nvme/nvme0/serial",
+            "deadbeef            \n",
+        );
+        write(root, "sys/class/nvme/nvme0/firmware_rev", "7.2.22  \n");
+        write(root, "sys/block/nvme0n1/size", "2097152\n");
+        write(root, "sys/block/nvme0n1/queue/logical_block_size", "4096\n");
+        // A regular file where the controller's character device belongs: the Identify
+        // ioctl fails with ENOTTY, which must be a note and nothing worse.
+        write(root, "dev/nvme0", "");
+
+        let mut ctx = Ctx::new(root);
+        let opts = CollectOptions::default();
+        let c = controller(&mut ctx, &opts, "nvme0");
+        assert_eq!(c.model.as_deref(), Some("QEMU NVMe Ctrl"));
+        assert_eq!(c.serial.as_deref(), Some("deadbeef"));
+        assert_eq!(c.firmware.as_deref(), Some("7.2.22"));
+        assert_eq!(c.capabilities, None);
+        let ns = namespace(&mut ctx, &opts, "nvme0", "nvme0n1", 1);
+        assert_eq!(
+            ns,
+            NvmeNamespace {
+                nsid: 1,
+                size_blocks: Some(262_144),
+                block_size: Some(4096)
+            }
+        );
+        assert_eq!(ctx.notes.len(), 2, "{:?}", ctx.notes);
+        assert!(ctx.notes.iter().all(|n| n.path == "/dev/nvme0"));
+        assert!(
+            ctx.notes[0].reason.contains("identify controller"),
+            "{:?}",
+            ctx.notes
+        );
+
+        // Without the device node: one note for the controller, the namespace stays quiet.
+        fs::remove_file(root.join("dev/nvme0")).expect("rm");
+        let mut ctx = Ctx::new(root);
+        controller(&mut ctx, &opts, "nvme0");
+        namespace(&mut ctx, &opts, "nvme0", "nvme0n1", 1);
+        assert_eq!(ctx.notes.len(), 1, "{:?}", ctx.notes);
+        assert_eq!(ctx.notes[0].reason, "no such file or directory");
+
+        // Identify switched off: no device access, no notes.
+        let mut ctx = Ctx::new(root);
+        let quiet = CollectOptions {
+            nvme_identify: false,
+            ..CollectOptions::default()
+        };
+        controller(&mut ctx, &quiet, "nvme0");
+        assert!(ctx.notes.is_empty());
+    }
+}
