@@ -846,13 +846,15 @@ fn list_users<T: IpmiTransport + ?Sized>(
     let first = get_user_access(t, channels[0], 1)?;
     let max = first.max_users;
     let mut users = Vec::new();
+    // Some BMCs refuse the names of unused slots: one note for all of them, not one each.
+    let mut unreadable_names: Vec<(u8, u8)> = Vec::new();
     for id in 1..=max {
         let name = match get_user_name(t, id) {
             Ok(name) => name,
             // Many BMCs (and ipmi_sim) refuse the name of user 1, the anonymous user.
             Err(BmcError::Completion { .. }) if id == 1 => String::new(),
-            Err(e @ BmcError::Completion { .. }) => {
-                notes.push(format!("user {id}: {e}"));
+            Err(BmcError::Completion { code, .. }) => {
+                unreadable_names.push((id, code));
                 String::new()
             }
             Err(e) => return Err(e),
@@ -889,6 +891,16 @@ fn list_users<T: IpmiTransport + ?Sized>(
                 channels: access,
             });
         }
+    }
+    if !unreadable_names.is_empty() {
+        let list: Vec<String> = unreadable_names
+            .iter()
+            .map(|(id, code)| format!("{id} ({code:#04x})"))
+            .collect();
+        notes.push(format!(
+            "users: the BMC refused the names of user ids {} (completion codes in brackets)",
+            list.join(", ")
+        ));
     }
     Ok((max, users))
 }
@@ -1812,7 +1824,7 @@ mod tests {
         bmc = scan_channels(bmc, &[1]);
         bmc = lan_script(bmc, 1);
         // 3 user slots: user 1 anonymous (name refused, no access), user 2 "admin" admin,
-        // user 3 unused.
+        // user 3 unused (and its name refused, as some BMCs do).
         bmc = bmc
             .expect(
                 Command::GetUserAccess,
@@ -1826,7 +1838,7 @@ mod tests {
                 &[1, 2],
                 &[0x00, 0x03, 0x41, 0x01, 0x34],
             )
-            .expect(Command::GetUserName, &[3], &name16(""))
+            .expect(Command::GetUserName, &[3], &[0xCB])
             .expect(
                 Command::GetUserAccess,
                 &[1, 3],
@@ -1842,6 +1854,14 @@ mod tests {
         assert_eq!(info.product_id, 0x0F02);
         assert_eq!(info.max_users, Some(3));
         assert_eq!(info.lan_channels.len(), 1);
+        assert_eq!(
+            info.notes,
+            vec![
+                "users: the BMC refused the names of user ids 3 (0xcb) (completion codes in \
+                 brackets)"
+                    .to_owned()
+            ]
+        );
         assert_eq!(
             info.users,
             vec![BmcUser {

@@ -282,7 +282,15 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> Result<bool, Errn
     if rc < 0 {
         return Err(Errno::last());
     }
-    Ok(rc > 0)
+    if pfd.revents & libc::POLLNVAL != 0 {
+        return Err(Errno::EBADF);
+    }
+    if pfd.revents & libc::POLLIN == 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+        // Nothing to read and nothing ever will be: fail instead of spinning until the
+        // deadline.
+        return Err(Errno::EIO);
+    }
+    Ok(pfd.revents & libc::POLLIN != 0)
 }
 
 /// The three kernel operations the request loop needs; the device implements them with the
@@ -592,6 +600,22 @@ mod tests {
             Ok(false)
         );
         assert!(start.elapsed() >= Duration::from_millis(25));
+    }
+
+    #[test]
+    fn wait_readable_reports_data_and_a_dead_peer() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"x").unwrap();
+        assert_eq!(
+            wait_readable(r.as_fd(), Duration::from_millis(30)),
+            Ok(true)
+        );
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(w);
+        assert_eq!(
+            wait_readable(r.as_fd(), Duration::from_millis(30)),
+            Err(Errno::EIO)
+        );
     }
 
     #[test]
