@@ -312,7 +312,7 @@ pub struct Partition {
     /// Devices stacked on this partition (dm-0, md0).
     #[serde(default)]
     pub holders: Vec<String>,
-    /// Mount points of this partition.
+    /// Mount points of this partition and of what is stacked on it.
     #[serde(default)]
     pub mounts: Vec<String>,
 }
