@@ -987,6 +987,46 @@ pub(crate) mod tests {
         assert_eq!(disks[0].slaves, ["sda2"]);
     }
 
+    /// The sysfs tree captured from a QEMU q35 guest by
+    /// `tests/fixtures/capture-inventory-qemu.sh` (NVMe with two namespaces, partitioned
+    /// virtio disk).
+    pub(crate) fn captured_qemu_root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inventory/qemu-q35")
+    }
+
+    #[test]
+    fn enumerates_the_captured_qemu_tree() {
+        let root = captured_qemu_root();
+        let disks = enumerate(&root).unwrap();
+        let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["nvme0n1", "nvme0n2", "vda"]);
+        for (d, ns) in disks[..2].iter().zip(1..) {
+            assert_eq!(d.transport, Transport::Nvme);
+            assert_eq!(d.model.as_deref(), Some("QEMU NVMe Ctrl"));
+            assert_eq!(d.serial.as_deref(), Some("deadbeef"));
+            assert_eq!(d.firmware_rev.as_deref(), Some("7.2.22"));
+            assert_eq!(d.nvme_controller.as_deref(), Some("nvme0"));
+            assert_eq!(d.nsid, Some(ns));
+            assert_eq!(d.size_bytes, 32 << 20);
+            assert_eq!(
+                d.by_path.as_deref(),
+                Some(format!("pci-0000:00:03.0-nvme-{ns}").as_str())
+            );
+            assert!(d.wwn.as_deref().unwrap().starts_with("nvme.1b36-"));
+            assert_eq!(d.discard_max_bytes, Some(2147483136));
+        }
+        let vda = &disks[2];
+        assert_eq!(vda.transport, Transport::Virtio);
+        assert_eq!((vda.major, vda.minor), (254, 0));
+        assert_eq!(vda.serial.as_deref(), Some("VB0001"));
+        assert_eq!(vda.by_path.as_deref(), Some("pci-0000:00:02.0"));
+        assert_eq!(vda.partitions.len(), 1);
+        assert_eq!(vda.partitions[0].name, "vda1");
+        assert_eq!(vda.partitions[0].start_bytes, Some(2048 * 512));
+        assert_eq!(vda.partitions[0].size_bytes, 129024 * 512);
+        assert!(disks.iter().all(|d| !d.boot_device && d.mounts.is_empty()));
+    }
+
     #[test]
     fn missing_attributes_become_none() {
         let f = Fixture::new();

@@ -504,6 +504,26 @@ mod tests {
     }
 
     #[test]
+    fn captured_qemu_tree_clears_both_namespaces_and_the_virtio_disk() {
+        let root = crate::disks::tests::captured_qemu_root();
+        let disks = enumerate(&root).unwrap();
+        let (t, s) = select_targets(&root, &disks, &Authority::Ramdisk, None, &[]);
+        assert_eq!(names(&t), ["nvme0n1", "nvme0n2", "vda"]);
+        assert!(s.is_empty());
+        assert!(t[0].owns_nvme_controller() && t[1].owns_nvme_controller());
+        let (t, s) = select_targets(
+            &root,
+            &disks,
+            &Authority::Ramdisk,
+            None,
+            &["nvme0n2".into()],
+        );
+        assert_eq!(names(&t), ["nvme0n1", "vda"]);
+        assert_eq!(codes(&s), [("nvme0n2".to_owned(), "excluded")]);
+        assert!(!t[0].owns_nvme_controller());
+    }
+
+    #[test]
     fn read_only_and_empty_are_refused() {
         let f = sample();
         let mut disks = enumerate(f.root()).unwrap();
