@@ -39,6 +39,8 @@ pub type EraseReport = DiskEraseResult;
 pub const CHUNK: usize = 4 << 20;
 /// Overwrite requests in flight per device.
 pub const WRITERS_PER_DEVICE: usize = 4;
+/// Read size of verification.
+const VERIFY_CHUNK: usize = 1 << 20;
 /// Bytes per discard / zero-out ioctl (a progress and cancellation point).
 const IOCTL_CHUNK: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -708,9 +710,18 @@ impl AlignedBuf {
         let off = raw.as_ptr().align_offset(Self::ALIGN);
         AlignedBuf { raw, off, len }
     }
+    fn as_slice(&self) -> &[u8] {
+        &self.raw[self.off..self.off + self.len]
+    }
     fn as_mut(&mut self) -> &mut [u8] {
         &mut self.raw[self.off..self.off + self.len]
     }
+}
+
+/// One aligned `CHUNK` of zeroes shared by every writer of every device.
+fn zeros() -> &'static [u8] {
+    static ZEROS: std::sync::OnceLock<AlignedBuf> = std::sync::OnceLock::new();
+    ZEROS.get_or_init(|| AlignedBuf::zeroed(CHUNK)).as_slice()
 }
 
 struct Ctx<'a> {
@@ -779,7 +790,9 @@ fn write_regions(ctx: &Ctx<'_>, regions: &[(u64, u64)], random: bool) -> Result<
     std::thread::scope(|s| {
         for _ in 0..writers {
             s.spawn(|| {
-                let mut buf = AlignedBuf::zeroed(CHUNK);
+                // Zero passes share one read-only buffer for the whole process; only
+                // random passes need a buffer per writer.
+                let mut own = random.then(|| AlignedBuf::zeroed(CHUNK));
                 let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
                 loop {
                     if stop.load(Ordering::Relaxed) || ctx.cancel.is_cancelled() {
@@ -789,10 +802,14 @@ fn write_regions(ctx: &Ctx<'_>, regions: &[(u64, u64)], random: bool) -> Result<
                     let Some(&(off, len)) = items.get(i) else {
                         return;
                     };
-                    let data = &mut buf.as_mut()[..len as usize];
-                    if random {
-                        rng.fill_bytes(data);
-                    }
+                    let data: &[u8] = match own.as_mut() {
+                        Some(buf) => {
+                            let d = &mut buf.as_mut()[..len as usize];
+                            rng.fill_bytes(d);
+                            d
+                        }
+                        None => &zeros()[..len as usize],
+                    };
                     if let Err(source) = ctx.file.write_all_at(data, off) {
                         stop.store(true, Ordering::Relaxed);
                         let mut e = first_err.lock().unwrap_or_else(|p| p.into_inner());
@@ -1036,7 +1053,7 @@ fn verify(
         }
     };
     ranges.sort_unstable();
-    let mut buf = AlignedBuf::zeroed(CHUNK);
+    let mut buf = AlignedBuf::zeroed(VERIFY_CHUNK);
     let mut checked = 0u64;
     let mut blocks = 0u64;
     for (start, len) in ranges {
@@ -1045,7 +1062,7 @@ fn verify(
             if ctx.cancel.is_cancelled() {
                 return Err(ctx.cancelled());
             }
-            let n = (CHUNK as u64).min(start + len - off) as usize;
+            let n = (VERIFY_CHUNK as u64).min(start + len - off) as usize;
             let data = &mut buf.as_mut()[..n];
             ctx.file
                 .read_exact_at(data, off)
