@@ -1331,6 +1331,30 @@ fn erase_one(
     out
 }
 
+/// `None` when every attempted device was erased (skipped devices are not failures); else
+/// a one-line message for a task `error` status naming each failed or cancelled device.
+pub fn failure_message(r: &EraseReport) -> Option<String> {
+    let bad: Vec<String> = r
+        .devices
+        .iter()
+        .filter(|d| d.outcome != DeviceOutcome::Erased)
+        .map(|d| match &d.error {
+            Some(e) => e.msg.clone(),
+            None => format!("{}: {:?}", d.device, d.outcome),
+        })
+        .collect();
+    if bad.is_empty() {
+        return None;
+    }
+    let what = if r.cancelled { "cancelled" } else { "failed" };
+    Some(format!(
+        "{} of {} devices {what}: {}",
+        bad.len(),
+        r.devices.len(),
+        bad.join("; ")
+    ))
+}
+
 /// Erase the devices `req` asks for. Blocking; run it on a blocking thread.
 ///
 /// `progress` is called from this thread every `env.progress_interval` and once at the
@@ -1796,6 +1820,22 @@ mod tests {
         assert!(r.skipped.iter().any(|s| s.code == "not_allowed_on_host"));
         assert!(r.skipped.iter().all(|s| s.reason.starts_with("skipped: ")));
         assert!(calls.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[test]
+    fn failure_message_names_each_failed_device() {
+        let f = crate::disks::tests::sample();
+        let env = EraseEnv::new(f.root(), Authority::Ramdisk);
+        let req = EraseRequest {
+            devices: Some(vec!["vda".into(), "sda".into()]),
+            ..Default::default()
+        };
+        let r = run(&req, &env, &|_| {}, &CancellationToken::new()).unwrap();
+        let m = failure_message(&r).unwrap();
+        assert!(m.starts_with("1 of 1 devices failed: opening "), "{m}");
+        let mut ok = r.clone();
+        ok.devices.clear();
+        assert_eq!(failure_message(&ok), None);
     }
 
     #[test]
