@@ -1,5 +1,5 @@
 //! Guest-side probe of the QEMU erase lab (`agent/tests/erase-lab-qemu.sh`): prints the NVMe
-//! identify data molar decodes, then erases every disk with method `auto` under ramdisk
+//! and ATA identify data molar decodes, then erases every disk with method `auto` under ramdisk
 //! authority — it only ever runs as the init of a throwaway VM — excluding the devices named
 //! as arguments, and prints the JSON report between `BEGIN-REPORT` and `END-REPORT` lines.
 //!
@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use molar_agent::erase::{self, EraseEnv, EraseRequest};
-use molar_agent::hw::nvme;
+use molar_agent::hw::{ata, nvme};
 use molar_agent::safety::Authority;
 use tokio_util::sync::CancellationToken;
 
@@ -39,10 +39,34 @@ fn print_nvme(dev: &str) {
     println!("{dev}: sanitize status {:?}", nvme::sanitize_status(&f));
 }
 
+fn print_ata(dev: &str) {
+    let Ok(f) = std::fs::File::open(dev) else {
+        return;
+    };
+    match ata::identify(&f) {
+        Ok(id) => println!(
+            "{dev}: ata model={:?} serial={:?} firmware={:?} sectors={} security: supported={} \
+             enabled={} locked={} frozen={} enhanced={} erase_time={:?}",
+            id.model,
+            id.serial,
+            id.firmware,
+            id.sectors,
+            id.security_supported,
+            id.security_enabled,
+            id.security_locked,
+            id.security_frozen,
+            id.enhanced_erase_supported,
+            id.erase_time
+        ),
+        Err(e) => println!("{dev}: ata identify: {e}"),
+    }
+}
+
 fn main() {
     for dev in ["/dev/nvme0n1", "/dev/nvme0n2"] {
         print_nvme(dev);
     }
+    print_ata("/dev/sda");
     let mut env = EraseEnv::new("/", Authority::Ramdisk);
     env.progress_interval = Duration::from_secs(1);
     let req = EraseRequest {

@@ -2,7 +2,8 @@
 # QEMU lab test of decom.disk_erase on emulated hardware (issue 5, "Lab"):
 #   - the NVMe controller (two namespaces, QEMU 7.2: oacs=0x10a, fna=0, sanicap=0) is erased
 #     by `auto` with Format NVM, and the host-side images read all zeros afterwards;
-#   - a virtio disk with discard=unmap is erased and verified (host image all zeros);
+#   - a virtio disk with discard=unmap and a SATA disk (AHCI; ATA IDENTIFY through SG_IO, QEMU
+#     has no security feature set) are erased and verified (host images all zeros);
 #   - a virtio disk with a mounted ext4 partition, and an excluded virtio disk, are left
 #     untouched (byte-identical) and reported as skipped.
 #
@@ -41,7 +42,8 @@ cp "$PROBE" "$I/bin/erase-probe"
 n=10
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk \
     crct10dif_common crct10dif-pclmul crct10dif_generic crc-t10dif crc64 \
-    crc64_rocksoft_generic crc64-rocksoft t10-pi nvme-core nvme crc16 mbcache jbd2 crc32c_generic \
+    crc64_rocksoft_generic crc64-rocksoft t10-pi nvme-core nvme scsi_common scsi_mod libata \
+    libahci ahci sd_mod crc16 mbcache jbd2 crc32c_generic \
     libcrc32c ext4; do
     f=$(find "$KTREE/lib/modules/$KVER" -name "$m.ko" | head -n 1)
     if [ -n "$f" ]; then cp "$f" "$I/mods/$n-$m.ko"; fi
@@ -55,7 +57,7 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in /mods/*.ko; do insmod "$m" 2>/dev/null || true; done
 for _ in 1 2 3 4 5 6 7 8 9 10; do
-    [ -e /sys/block/nvme0n2 ] && [ -e /sys/block/vdc ] && break
+    [ -e /sys/block/nvme0n2 ] && [ -e /sys/block/vdc ] && [ -e /sys/block/sda ] && break
     sleep 1
 done
 stty -F /dev/ttyS1 raw -echo 115200 2>/dev/null || true
@@ -80,6 +82,7 @@ random_fill "$WORK/vdb.img" 64M
 random_fill "$WORK/vdc.img" 64M
 random_fill "$WORK/ns1.img" 32M
 random_fill "$WORK/ns2.img" 32M
+random_fill "$WORK/sda.img" 32M
 sum_before_vdc=$(sha256sum <"$WORK/vdc.img")
 
 timeout 600 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m 512 -smp 2 -nographic \
@@ -94,6 +97,7 @@ timeout 600 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m 512 -smp 2 -n
     -drive "file=$WORK/ns2.img,if=none,id=ns2,format=raw" \
     -device nvme,id=nvme0,serial=deadbeef \
     -device nvme-ns,drive=ns1,bus=nvme0,nsid=1 -device nvme-ns,drive=ns2,bus=nvme0,nsid=2 \
+    -drive "file=$WORK/sda.img,if=none,id=sd0,format=raw" -device ide-hd,bus=ide.0,drive=sd0,serial=SATA01 \
     </dev/null >/dev/null 2>&1 || true
 
 tr -d '\r' <"$WORK/ttyS1.log" >"$WORK/out.log"
@@ -114,11 +118,13 @@ zero() { cmp -s -n "$(stat -c %s "$1")" "$1" /dev/zero; }
 check "nvme namespace 1 reads all zeros on the host" "zero '$WORK/ns1.img'"
 check "nvme namespace 2 reads all zeros on the host" "zero '$WORK/ns2.img'"
 check "virtio disk vdb reads all zeros on the host" "zero '$WORK/vdb.img'"
+check "sata disk sda reads all zeros on the host" "zero '$WORK/sda.img'"
+check "ata identify through SG_IO decoded the drive" "grep -q '^/dev/sda: ata model=\"QEMU HARDDISK\"' '$WORK/out.log'"
 check "excluded disk vdc is byte-identical" "[ \"\$(sha256sum <'$WORK/vdc.img')\" = '$sum_before_vdc' ]"
 check "mounted disk vda still holds its ext4" \
     "[ \"\$(od -An -tx1 -j \$((1048576 + 1024 + 56)) -N2 '$WORK/vda.img' | tr -d ' ')\" = 53ef ]"
 check "nvme namespaces used nvme_format_user_data" "[ \$(grep -c '\"nvme_format_user_data\"' '$WORK/report.json') -eq 2 ]"
 check "vda reported skipped: mounted" "grep -A2 '\"/dev/vda\"' '$WORK/report.json' | grep -q '\"mounted\"'"
 check "vdc reported skipped: excluded" "grep -A2 '\"vdc\"\\|\"/dev/vdc\"' '$WORK/report.json' | grep -q '\"excluded\"'"
-check "three devices erased, none failed" "grep -q '\"erased\": 3' '$WORK/report.json' && grep -q '\"failed\": 0' '$WORK/report.json'"
+check "four devices erased, none failed" "grep -q '\"erased\": 4' '$WORK/report.json' && grep -q '\"failed\": 0' '$WORK/report.json'"
 exit $fail
