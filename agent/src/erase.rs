@@ -221,6 +221,11 @@ impl EraseProgress {
 pub enum EraseError {
     #[error("enumerating block devices: {0}")]
     Enumerate(#[from] DiskError),
+    #[error(
+        "opening {device}: device is busy (mounted, held by dm/md, or opened exclusively by \
+         another program)"
+    )]
+    Busy { device: String },
     #[error("opening {device}: {source}")]
     Open {
         device: String,
@@ -307,9 +312,7 @@ impl EraseError {
     pub fn code(&self) -> &'static str {
         match self {
             EraseError::Enumerate(e) => e.code(),
-            EraseError::Open { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
-                "device_busy"
-            }
+            EraseError::Busy { .. } => "device_busy",
             EraseError::Open { .. } => "device_open_failed",
             EraseError::Block { source, .. } => source.code(),
             EraseError::Nvme { source, .. } => source.code(),
@@ -1208,6 +1211,10 @@ fn erase_one(
     st.set_phase(Phase::Erasing);
     let file = match open_device(t.dev_path()) {
         Ok(f) => f,
+        Err(source) if source.raw_os_error() == Some(libc::EBUSY) => {
+            out.error = Some(EraseError::Busy { device });
+            return out;
+        }
         Err(source) => {
             out.error = Some(EraseError::Open { device, source });
             return out;

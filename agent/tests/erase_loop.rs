@@ -532,3 +532,30 @@ fn a_mounted_device_is_refused() {
         .count();
     assert!(differing < 64, "{differing} blocks changed");
 }
+
+#[test]
+fn a_device_held_exclusively_elsewhere_fails_as_busy() {
+    if !prerequisites("a_device_held_exclusively_elsewhere_fails_as_busy") {
+        return;
+    }
+    let a = LoopDev::new(16 * MIB);
+    let before = fs::read(&a.backing).unwrap();
+    // What a mount or a dm/md table would do: claim the device exclusively.
+    let _claim = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&a.dev)
+        .unwrap();
+    let r = erase::run(
+        &request(&[&a], EraseMethod::Overwrite),
+        &host_env(&[&a]),
+        &|_| {},
+        &CancellationToken::new(),
+    )
+    .unwrap();
+    assert_eq!(r.failed, 1);
+    let e = r.devices[0].error.as_ref().unwrap();
+    assert_eq!(e.code, "device_busy");
+    assert!(e.msg.contains("device is busy"), "{}", e.msg);
+    assert_eq!(fs::read(&a.backing).unwrap(), before, "untouched");
+}
