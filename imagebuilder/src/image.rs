@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::agent::{self, AgentError};
+use crate::bzimage::{self, BzImageError};
 use crate::cpio::{Archive, CpioError};
 use crate::deb::{self, DebError};
 use crate::ipxe::{ArgsError, KernelArgs};
@@ -33,6 +34,8 @@ pub enum BuildError {
     Args(#[from] ArgsError),
     #[error(transparent)]
     Cpio(#[from] CpioError),
+    #[error("extracting vmlinux from {path}: {source}")]
+    Vmlinux { path: PathBuf, source: BzImageError },
     #[error("creating a work directory: {0}")]
     WorkDir(io::Error),
     #[error("reading {path}: {source}")]
@@ -67,6 +70,7 @@ impl BuildError {
             BuildError::Agent(e) => e.code(),
             BuildError::Args(e) => e.code(),
             BuildError::Cpio(e) => e.code(),
+            BuildError::Vmlinux { source, .. } => source.code(),
             BuildError::WorkDir(_) => "work_dir_failed",
             BuildError::Read { .. } => "read_failed",
             BuildError::Write { .. } => "write_failed",
@@ -179,6 +183,8 @@ pub struct BuildOptions {
     pub kernel_args: KernelArgs,
     /// `None`: zstd when the kernel's config has `CONFIG_RD_ZSTD=y`, else gzip.
     pub compression: Option<Compression>,
+    /// Also write `vmlinux`, the uncompressed kernel, for QEMU's faster PVH boot.
+    pub vmlinux: bool,
 }
 
 /// One written file in the manifest.
@@ -207,7 +213,7 @@ pub struct Manifest {
     /// The kernel command line of `boot.ipxe`, token redacted.
     pub cmdline: String,
     pub agent: AgentInfo,
-    /// `vmlinuz`, `initramfs.img`, `boot.ipxe`.
+    /// `vmlinuz`, `initramfs.img`, `boot.ipxe` (and `vmlinux` when asked for).
     pub artefacts: Vec<Artefact>,
     /// Canonical names of the modules in the initramfs.
     pub modules: Vec<String>,
@@ -227,6 +233,7 @@ pub const VMLINUZ: &str = "vmlinuz";
 pub const INITRAMFS: &str = "initramfs.img";
 pub const BOOT_IPXE: &str = "boot.ipxe";
 pub const MANIFEST: &str = "manifest.json";
+pub const VMLINUX: &str = "vmlinux";
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -410,16 +417,31 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Mani
         })?;
 
     let kernel_bytes = read(&vmlinuz)?;
+    let vmlinux = if opts.vmlinux {
+        progress("extracting vmlinux for PVH boot");
+        Some(
+            bzimage::extract_vmlinux(&kernel_bytes).map_err(|source| BuildError::Vmlinux {
+                path: vmlinuz.clone(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
     fs::create_dir_all(&opts.out).map_err(|source| BuildError::Write {
         path: opts.out.clone(),
         source,
     })?;
     let mut artefacts = Vec::new();
-    for (name, data) in [
+    let mut outputs = vec![
         (VMLINUZ, &kernel_bytes[..]),
         (INITRAMFS, &initramfs[..]),
         (BOOT_IPXE, boot_ipxe.as_bytes()),
-    ] {
+    ];
+    if let Some(v) = &vmlinux {
+        outputs.push((VMLINUX, &v[..]));
+    }
+    for (name, data) in outputs {
         write(&opts.out.join(name), data)?;
         artefacts.push(Artefact {
             name: name.to_string(),
@@ -475,6 +497,12 @@ pub fn summary(m: &Manifest) -> String {
         "  vmlinuz        {:>8.2} MiB\n",
         mib(size(VMLINUZ))
     ));
+    if m.artefact(VMLINUX).is_some() {
+        s.push_str(&format!(
+            "  vmlinux        {:>8.2} MiB  (PVH)\n",
+            mib(size(VMLINUX))
+        ));
+    }
     s.push_str(&format!(
         "  initramfs.img  {:>8.2} MiB  ({} of {:.2} MiB cpio)\n",
         mib(size(INITRAMFS)),
@@ -500,7 +528,11 @@ mod tests {
         fs::create_dir_all(&modules).unwrap();
         fixture_tree(&modules);
         fs::create_dir_all(root.join("boot")).unwrap();
-        fs::write(root.join("boot/vmlinuz-6.1.0-test"), b"bzImage").unwrap();
+        fs::write(
+            root.join("boot/vmlinuz-6.1.0-test"),
+            crate::bzimage::tests::fake_bzimage(&synth::executable(false)),
+        )
+        .unwrap();
         fs::write(root.join("boot/config-6.1.0-test"), config).unwrap();
         KernelSource::Unpacked {
             vmlinuz: root.join("boot/vmlinuz-6.1.0-test"),
@@ -529,6 +561,7 @@ mod tests {
                 ..KernelArgs::default()
             },
             compression: None,
+            vmlinux: false,
         }
     }
 
@@ -553,7 +586,7 @@ mod tests {
             lines.push(l.to_string())
         })
         .unwrap();
-        let m2 = build(&options(dir.path(), kernel, "b"), &mut |_| {}).unwrap();
+        let m2 = build(&options(dir.path(), kernel.clone(), "b"), &mut |_| {}).unwrap();
         assert_eq!(m1, m2);
         for name in [VMLINUZ, INITRAMFS, BOOT_IPXE, MANIFEST] {
             let a = fs::read(dir.path().join("a").join(name)).unwrap();
@@ -596,6 +629,14 @@ mod tests {
         );
         let parsed: Manifest = serde_json::from_str(&manifest).unwrap();
         assert_eq!(parsed, m1);
+        assert!(m1.artefact(VMLINUX).is_none());
+
+        let mut opts = options(dir.path(), kernel, "c");
+        opts.vmlinux = true;
+        let m3 = build(&opts, &mut |_| {}).unwrap();
+        let vmlinux = fs::read(dir.path().join("c").join(VMLINUX)).unwrap();
+        assert_eq!(vmlinux, synth::executable(false));
+        assert_eq!(m3.artefact(VMLINUX).unwrap().sha256, sha256_hex(&vmlinux));
     }
 
     #[test]
@@ -706,6 +747,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut opts = options(dir.path(), KernelSource::Deb(deb), "out");
         opts.profile = crate::profile::DEFAULT;
+        opts.vmlinux = true;
         let m = build(&opts, &mut |l| eprintln!("{l}")).unwrap();
         eprint!("{}", summary(&m));
         for wanted in [
@@ -726,6 +768,8 @@ mod tests {
             );
         }
         assert!(m.artefact(INITRAMFS).unwrap().size <= 25 << 20);
+        let vmlinux = fs::read(dir.path().join("out").join(VMLINUX)).unwrap();
+        assert!(vmlinux.starts_with(b"\x7fELF"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `image::build` is the entry point; the other modules are its steps, each testable alone.
 
 pub mod agent;
+pub mod bzimage;
 pub mod cpio;
 pub mod deb;
 pub mod elf;
