@@ -1,6 +1,22 @@
-//! placeholder
-pub mod erase;
-pub mod ramdisk;
+//! molar-agent: the in-band provisioning agent.
+//!
+//! The agent dials out to a controller and serves the v1 protocol on that connection
+//! ([`session`]), runs long work as tasks ([`tasks`]), forwards its logs ([`logfwd`]), and
+//! reaches the hardware only through [`hw`]. When it is PID 1 of the ramdisk, [`ramdisk`]
+//! prepares the machine first. `main.rs` only calls [`cli::main`].
+//!
+//! Architecture invariant: only `hw` issues ioctls; only `ramdisk` assumes it is PID 1;
+//! destructive actions pass through `safety`.
+pub mod bmc;
+pub mod cli;
 pub mod disks;
+pub mod erase;
 pub mod hw;
+pub mod identity;
+pub mod inventory;
+pub mod logfwd;
+pub mod ramdisk;
 pub mod safety;
+pub mod session;
+pub mod tasks;
+pub mod tls;

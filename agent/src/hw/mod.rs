@@ -4,4 +4,6 @@
 
 pub mod ata;
 pub mod block;
+pub mod ethtool;
+pub mod ipmi;
 pub mod nvme;
