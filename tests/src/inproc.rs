@@ -1,0 +1,244 @@
+//! A controller and agents in one process, talking over loopback TLS exactly as they would
+//! across a network.
+
+use molar_agent::logfwd::LogBuffer;
+use molar_agent::session::{Agent, AgentConfig, Backoff, Methods};
+use molar_agent::tasks::{Task, TaskContext, TaskFailure};
+use molar_agent::tls::Trust;
+use molar_controller::client::Client;
+use molar_controller::{Running, ServeConfig};
+use molar_protocol::{Secret, codes};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A test task: counts `steps` steps of `step_ms` each, honouring cancellation; logs at
+/// start so log forwarding can be checked.
+pub struct Count;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountParams {
+    pub steps: u64,
+    pub step_ms: u64,
+    #[serde(default)]
+    pub fail: bool,
+}
+
+impl Task for Count {
+    type Params = CountParams;
+
+    async fn run(&self, p: CountParams, ctx: TaskContext) -> Result<Value, TaskFailure> {
+        tracing::info!(task_id = ctx.task_id(), steps = p.steps, "counting started");
+        for i in 0..p.steps {
+            tokio::select! {
+                _ = ctx.cancel_token().cancelled() => return Err(TaskFailure::cancelled()),
+                _ = tokio::time::sleep(Duration::from_millis(p.step_ms)) => {}
+            }
+            ctx.set_progress_of(i + 1, p.steps);
+        }
+        if p.fail {
+            return Err(TaskFailure::new(codes::IO, "counting failed as asked"));
+        }
+        Ok(json!({ "counted": p.steps }))
+    }
+}
+
+/// A controller in a temp state dir, restartable on the same dir and ports.
+pub struct Controller {
+    pub state: tempfile::TempDir,
+    pub running: Option<Running>,
+    shutdown: CancellationToken,
+    listen: SocketAddr,
+    api: SocketAddr,
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Controller {
+    /// Starts a controller on fixed loopback ports so a restart keeps its address.
+    pub async fn start() -> Controller {
+        let state = tempfile::tempdir().unwrap();
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut c = Controller {
+            state,
+            running: None,
+            shutdown: CancellationToken::new(),
+            listen,
+            api,
+        };
+        c.restart().await;
+        c
+    }
+
+    /// (Re)starts on the same state dir and ports.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.shutdown = CancellationToken::new();
+        let cfg = ServeConfig::new(self.listen, self.api, self.state.path());
+        let running = molar_controller::start(cfg, self.shutdown.clone())
+            .await
+            .expect("controller starts");
+        self.running = Some(running);
+    }
+
+    /// Stops it, dropping every agent connection.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            self.shutdown.cancel();
+            tokio::time::timeout(Duration::from_secs(10), r.join())
+                .await
+                .expect("controller stops within 10 s");
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("controller is running")
+    }
+
+    pub fn client(&self) -> Client {
+        self.running().client().unwrap()
+    }
+
+    pub fn agent_addr(&self) -> String {
+        self.listen.to_string()
+    }
+
+    pub fn ca_pem(&self) -> PathBuf {
+        self.state.path().join("ca.pem")
+    }
+
+    pub async fn agent_token(&self) -> Secret {
+        self.client()
+            .create_token("test-agents")
+            .await
+            .unwrap()
+            .token
+    }
+}
+
+/// A fixture root making a machine with the given serial and MAC.
+pub fn machine_root(dir: &Path, serial: &str, mac: &str) {
+    let w = |rel: &str, s: &str| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, s).unwrap();
+    };
+    w("sys/class/dmi/id/product_serial", serial);
+    w(
+        "sys/class/dmi/id/product_uuid",
+        &format!(
+            "5e1f6c2a-8d3b-4b8e-9a51-{:0>12}",
+            serial.to_ascii_lowercase()
+        ),
+    );
+    w("sys/class/net/eth0/address", mac);
+    std::fs::create_dir_all(dir.join("sys/class/net/eth0/device")).unwrap();
+    w("proc/sys/kernel/random/boot_id", &format!("boot-{serial}"));
+}
+
+/// An agent running in this process.
+pub struct TestAgent {
+    pub agent: Arc<Agent>,
+    pub root: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl TestAgent {
+    pub fn config(addr: &str, trust: Trust, token: Secret, root: &Path) -> AgentConfig {
+        let mut cfg = AgentConfig::new(addr, trust, token);
+        cfg.root = root.to_owned();
+        cfg.backoff = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+        };
+        cfg
+    }
+
+    pub fn methods() -> Methods {
+        let mut m = Methods::new();
+        m.task("test.count", Count);
+        m
+    }
+
+    /// Starts an agent for a machine with `serial`.
+    pub fn start(addr: &str, trust: Trust, token: Secret, serial: &str) -> TestAgent {
+        let root = tempfile::tempdir().unwrap();
+        machine_root(root.path(), serial, "52:54:00:12:34:56");
+        let cfg = Self::config(addr, trust, token, root.path());
+        Self::start_with(cfg, root, LogBuffer::new(100))
+    }
+
+    pub fn start_with(
+        cfg: AgentConfig,
+        root: tempfile::TempDir,
+        logs: Arc<LogBuffer>,
+    ) -> TestAgent {
+        let agent = Agent::new(cfg, Self::methods(), logs);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let agent = agent.clone();
+            let shutdown = shutdown.clone();
+            async move { agent.run(shutdown).await }
+        });
+        TestAgent {
+            agent,
+            root,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("agent stops within 10 s")
+            .unwrap();
+        self.root
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, failing after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs} s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the controller lists a connected server with this serial; returns its id.
+pub async fn connected_server(client: &Client, serial: &str) -> String {
+    eventually(20, &format!("server {serial} to connect"), || async {
+        let servers = client.servers().await.ok()?;
+        servers
+            .into_iter()
+            .find(|s| s.server.serial.as_deref() == Some(serial) && s.server.connected)
+            .map(|s| s.server.id)
+    })
+    .await
+}
