@@ -773,23 +773,50 @@ impl Ctx<'_> {
 // ---------------------------------------------------------------------------------------------
 // Steps.
 
+/// The `CHUNK`-sized pieces of a list of regions, by index.
+struct ChunkList<'a> {
+    regions: &'a [(u64, u64)],
+    /// Index of the first chunk of each region, plus the total at the end.
+    first: Vec<u64>,
+}
+
+impl<'a> ChunkList<'a> {
+    fn new(regions: &'a [(u64, u64)]) -> ChunkList<'a> {
+        let mut first = Vec::with_capacity(regions.len() + 1);
+        let mut n = 0;
+        for (_, len) in regions {
+            first.push(n);
+            n += len.div_ceil(CHUNK as u64);
+        }
+        first.push(n);
+        ChunkList { regions, first }
+    }
+    fn len(&self) -> u64 {
+        self.first.last().copied().unwrap_or(0)
+    }
+    /// (offset, length) of chunk `i`.
+    fn get(&self, i: u64) -> Option<(u64, u64)> {
+        if i >= self.len() {
+            return None;
+        }
+        // The region whose first chunk is the last one ≤ i.
+        let r = self.first.partition_point(|f| *f <= i) - 1;
+        let (start, len) = *self.regions.get(r)?;
+        let off = start + (i - self.first[r]) * CHUNK as u64;
+        Some((off, (CHUNK as u64).min(start + len - off)))
+    }
+}
+
 /// Overwrite `regions` with zeros (last pass) or random data, `WRITERS_PER_DEVICE` requests
 /// in flight. `done_base` is the progress already accounted before this pass.
 fn write_regions(ctx: &Ctx<'_>, regions: &[(u64, u64)], random: bool) -> Result<(), EraseError> {
-    // Work items: (offset, len) in CHUNK pieces.
-    let items: Vec<(u64, u64)> = regions
-        .iter()
-        .flat_map(|&(s, l)| {
-            (0..l.div_ceil(CHUNK as u64)).map(move |i| {
-                let o = s + i * CHUNK as u64;
-                (o, (CHUNK as u64).min(s + l - o))
-            })
-        })
-        .collect();
+    // Work items are CHUNK pieces of the regions, numbered across regions and computed on
+    // demand (a list of them would take 80 MB for a 20 TB disk).
+    let items = ChunkList::new(regions);
     let next = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let first_err: Mutex<Option<EraseError>> = Mutex::new(None);
-    let writers = WRITERS_PER_DEVICE.min(items.len()).max(1);
+    let writers = (WRITERS_PER_DEVICE as u64).min(items.len()).max(1) as usize;
     std::thread::scope(|s| {
         for _ in 0..writers {
             s.spawn(|| {
@@ -801,8 +828,8 @@ fn write_regions(ctx: &Ctx<'_>, regions: &[(u64, u64)], random: bool) -> Result<
                     if stop.load(Ordering::Relaxed) || ctx.cancel.is_cancelled() {
                         return;
                     }
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(&(off, len)) = items.get(i) else {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((off, len)) = items.get(i) else {
                         return;
                     };
                     let data: &[u8] = match own.as_mut() {
@@ -1767,6 +1794,24 @@ mod tests {
         // Past 256 GiB the second btrfs mirror appears.
         let r = metadata_regions(300 * g, 4096, &[]);
         assert!(r.contains(&(256 * g, 64 * 1024)));
+    }
+
+    #[test]
+    fn chunk_list_covers_regions_exactly() {
+        let c = CHUNK as u64;
+        let regions = [(0, 2 * c + 512), (10 * c, 0), (20 * c, c)];
+        let l = ChunkList::new(&regions);
+        assert_eq!(l.len(), 4);
+        assert_eq!(l.get(0), Some((0, c)));
+        assert_eq!(l.get(1), Some((c, c)));
+        assert_eq!(l.get(2), Some((2 * c, 512)));
+        assert_eq!(l.get(3), Some((20 * c, c)));
+        assert_eq!(l.get(4), None);
+        assert_eq!(ChunkList::new(&[]).get(0), None);
+        let huge = [(0u64, 20u64 << 40)];
+        let l = ChunkList::new(&huge);
+        assert_eq!(l.len(), (20u64 << 40) / c);
+        assert_eq!(l.get(l.len() - 1), Some(((20u64 << 40) - c, c)));
     }
 
     #[test]
