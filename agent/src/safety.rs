@@ -198,9 +198,11 @@ fn check(
         return Err(Refusal::BootDevice);
     }
     let (mounts, holders, size) = match partition {
+        // Something holding the whole disk (multipath, md on the raw disk) holds every
+        // partition of it too.
         Some(p) => (
             p.mounts.iter().map(|m| m.mount_point.clone()).collect(),
-            p.holders.clone(),
+            p.holders.iter().chain(&disk.holders).cloned().collect(),
             p.size_bytes,
         ),
         None => (disk.mount_points(), disk.all_holders(), disk.size_bytes),
@@ -451,6 +453,14 @@ mod tests {
             s[0].reason(),
             "skipped: in use by dm-0 (dm/md/stacked device)"
         );
+        // A holder of the whole disk also refuses its partitions.
+        let mut disks = disks;
+        let sda = disks.iter_mut().find(|d| d.name == "sda").unwrap();
+        sda.holders = vec!["md0".into()];
+        let list = vec!["sda1".to_owned()];
+        let (t, s) = select_targets(f.root(), &disks, &Authority::Ramdisk, Some(&list), &[]);
+        assert!(t.is_empty());
+        assert_eq!(codes(&s), [("sda1".to_owned(), "has_holders")]);
     }
 
     #[test]
