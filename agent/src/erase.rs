@@ -1890,6 +1890,140 @@ mod tests {
         assert_eq!(failure_message(&ok), None);
     }
 
+    /// The fixture tree with `dev/vda` as a regular file of `size` bytes of 0xa5: the
+    /// engine's write, verify and cancel paths run unprivileged (block ioctls fail with
+    /// ENOTTY on a file and the engine falls back to the sysfs size).
+    fn fixture_with_file_disk(size: u64) -> (crate::disks::tests::Fixture, PathBuf) {
+        let f = crate::disks::tests::sample();
+        let vda = f
+            .root()
+            .join("sys/devices/pci0000:00/0000:00:04.0/virtio1/block/vda");
+        std::fs::write(vda.join("size"), format!("{}\n", size / 512)).unwrap();
+        let dev = f.root().join("dev/vda");
+        std::fs::create_dir_all(dev.parent().unwrap()).unwrap();
+        std::fs::write(&dev, vec![0xa5u8; size as usize]).unwrap();
+        (f, dev)
+    }
+
+    fn vda_request(method: EraseMethod) -> EraseRequest {
+        EraseRequest {
+            devices: Some(vec!["vda".into()]),
+            method,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn overwrite_with_random_passes_ends_in_zeros_on_a_file_device() {
+        let (f, dev) = fixture_with_file_disk(9 * MIB);
+        let env = EraseEnv::new(f.root(), Authority::Ramdisk);
+        let mut req = vda_request(EraseMethod::Overwrite);
+        req.passes = 3;
+        let seen = std::sync::Mutex::new(Vec::new());
+        let r = run(
+            &req,
+            &env,
+            &|p| seen.lock().unwrap().push(p.bytes_done),
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert_eq!(r.erased, 1, "{r:#?}");
+        let d = &r.devices[0];
+        assert_eq!(d.method, Some(ErasedWith::Overwrite));
+        assert_eq!(d.bytes_done, 3 * 9 * MIB);
+        assert!(d.verification.as_ref().unwrap().passed);
+        assert!(std::fs::read(&dev).unwrap().iter().all(|b| *b == 0));
+        let seen = seen.lock().unwrap();
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        assert_eq!(*seen.last().unwrap(), 3 * 9 * MIB);
+        assert!(failure_message(&r).is_none());
+    }
+
+    #[test]
+    fn metadata_wipe_zeroes_only_its_regions() {
+        let (f, dev) = fixture_with_file_disk(40 * MIB);
+        let env = EraseEnv::new(f.root(), Authority::Ramdisk);
+        let r = run(
+            &vda_request(EraseMethod::Metadata),
+            &env,
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert_eq!(r.erased, 1, "{r:#?}");
+        assert_eq!(r.devices[0].bytes_done, 18 * MIB);
+        let data = std::fs::read(&dev).unwrap();
+        let m = MIB as usize;
+        assert!(data[..16 * m].iter().all(|b| *b == 0));
+        assert!(data[16 * m..38 * m].iter().all(|b| *b == 0xa5));
+        assert!(data[38 * m..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn verification_names_the_first_nonzero_offset() {
+        let (f, dev) = fixture_with_file_disk(4 * MIB);
+        let mut data = vec![0u8; 4 * MIB as usize];
+        data[4097] = 1;
+        std::fs::write(&dev, &data).unwrap();
+        let file = std::fs::File::open(&dev).unwrap();
+        let st = DevState {
+            device: dev.display().to_string(),
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            phase: AtomicU8::new(0),
+        };
+        let cancel = CancellationToken::new();
+        let ctx = Ctx {
+            device: st.device.clone(),
+            file: &file,
+            size: 4 * MIB,
+            lbs: 512,
+            st: &st,
+            cancel: &cancel,
+        };
+        let v = verify(&ctx, 16, None).unwrap();
+        assert!(!v.passed);
+        assert_eq!(v.nonzero_offset, Some(4097));
+        data[4097] = 0;
+        std::fs::write(&dev, &data).unwrap();
+        let v = verify(&ctx, 16, None).unwrap();
+        assert!(v.passed);
+        assert!(v.bytes_checked >= 2 * MIB);
+        drop(f);
+    }
+
+    #[test]
+    fn cancelled_before_start_touches_nothing() {
+        let (f, dev) = fixture_with_file_disk(MIB);
+        let env = EraseEnv::new(f.root(), Authority::Ramdisk);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let r = run(&vda_request(EraseMethod::Overwrite), &env, &|_| {}, &cancel).unwrap();
+        assert!(r.cancelled);
+        assert_eq!(r.devices[0].outcome, DeviceOutcome::Cancelled);
+        assert_eq!(r.devices[0].bytes_done, 0);
+        assert!(std::fs::read(&dev).unwrap().iter().all(|b| *b == 0xa5));
+        let m = failure_message(&r).unwrap();
+        assert!(m.starts_with("1 of 1 devices cancelled: "), "{m}");
+    }
+
+    #[test]
+    fn explicit_hardware_methods_fail_clearly_on_a_plain_device() {
+        let (f, dev) = fixture_with_file_disk(MIB);
+        let env = EraseEnv::new(f.root(), Authority::Ramdisk);
+        for (m, code) in [
+            (EraseMethod::NvmeFormat, "method_unsupported"),
+            (EraseMethod::NvmeSanitize, "method_unsupported"),
+            (EraseMethod::AtaSecureErase, "method_unsupported"),
+            (EraseMethod::Discard, "block_ioctl_failed"),
+        ] {
+            let r = run(&vda_request(m), &env, &|_| {}, &CancellationToken::new()).unwrap();
+            let e = r.devices[0].error.as_ref().unwrap();
+            assert_eq!(e.code, code, "{m:?}: {}", e.msg);
+        }
+        assert!(std::fs::read(&dev).unwrap().iter().all(|b| *b == 0xa5));
+    }
+
     #[test]
     fn run_fails_whole_when_enumeration_fails() {
         let dir = tempfile::tempdir().unwrap();
