@@ -7,3 +7,4 @@
 
 pub mod bins;
 pub mod inproc;
+pub mod lab;
