@@ -367,6 +367,12 @@ fn unreadable_files_become_notes() {
     );
     fs::create_dir_all(root.join("sys/firmware/dmi/tables/DMI")).expect("mkdir");
     write(root, "sys/class/dmi/id/sys_vendor", b"Acme\n");
+    write(
+        root,
+        "sys/class/dmi/id/product_uuid",
+        b"5E1F6C2A-8D3B-4B8E-9A51-0C2D3E4F5A6B\n",
+    );
+    write(root, "sys/class/dmi/id/chassis_type", b"23\n");
     fs::create_dir_all(root.join("sys/class/dmi/id/product_serial")).expect("mkdir");
 
     let inv = collect(root, &CollectOptions::default());
@@ -377,6 +383,13 @@ fn unreadable_files_become_notes() {
     let system = inv.system.expect("fallback to /sys/class/dmi/id");
     assert_eq!(system.manufacturer.as_deref(), Some("Acme"));
     assert_eq!(system.serial, None);
+    assert_eq!(
+        system.uuid.as_deref(),
+        Some("5e1f6c2a-8d3b-4b8e-9a51-0c2d3e4f5a6b")
+    );
+    let chassis = inv.chassis.expect("chassis from /sys/class/dmi/id");
+    assert_eq!(chassis.kind.as_deref(), Some("Rack Mount Chassis"));
+    assert!(inv.dimms.is_empty() && inv.oem_strings.is_empty());
     for path in [
         "/proc/meminfo",
         "/proc/sys/kernel/osrelease",
