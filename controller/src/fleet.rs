@@ -1,0 +1,298 @@
+//! The live side of the controller: which agents are connected right now, routing commands
+//! and tasks to them, agent-token checks, and the broadcast of task events to watchers.
+//!
+//! Both the agent listener and the HTTP API hold an `Arc<Fleet>`; the API's `call` and the
+//! fan-in benchmark go through [`Fleet::call`], so the benchmark measures the API's path.
+
+use crate::store::{StatusOutcome, Store, StoreError, TaskEvent, TaskRecord, TokenRecord};
+use molar_protocol::methods::{TaskAccepted, TaskStatus};
+use molar_protocol::{CallError, ErrorBody, PeerHandle, Secret, codes};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::sync::broadcast;
+
+/// How long a task command may take to be accepted by the agent.
+pub const TASK_ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a fleet operation failed. Each maps to a stable code (and through it an HTTP status).
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("server {0} not found")]
+    ServerNotFound(String),
+    #[error("server {0} has no agent connection")]
+    NotConnected(String),
+    #[error("task {0} not found")]
+    TaskNotFound(String),
+    #[error("token {0} not found")]
+    TokenNotFound(String),
+    #[error("{0}")]
+    InvalidParams(String),
+    #[error("calling {method} on {server}: {source}")]
+    Call {
+        server: String,
+        method: String,
+        source: CallError,
+    },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl FleetError {
+    pub fn code(&self) -> String {
+        match self {
+            FleetError::ServerNotFound(_)
+            | FleetError::TaskNotFound(_)
+            | FleetError::TokenNotFound(_) => codes::NOT_FOUND.into(),
+            FleetError::NotConnected(_) => codes::NOT_CONNECTED.into(),
+            FleetError::InvalidParams(_) => codes::INVALID_PARAMS.into(),
+            FleetError::Call { source, .. } => source.to_body().code,
+            FleetError::Store(e) => e.code().into(),
+        }
+    }
+
+    /// The error as a wire body. An agent's own error is relayed exactly as it sent it.
+    pub fn to_body(&self) -> ErrorBody {
+        match self {
+            FleetError::Call {
+                source: CallError::Remote(body),
+                ..
+            } => body.clone(),
+            FleetError::Call {
+                server,
+                source: CallError::Closed,
+                ..
+            } => ErrorBody::new(
+                codes::NOT_CONNECTED,
+                format!("server {server} has no agent connection (it closed during the call)"),
+            ),
+            other => ErrorBody::new(&other.code(), other.to_string()),
+        }
+    }
+}
+
+struct LiveAgent {
+    conn_id: i64,
+    peer: PeerHandle,
+}
+
+/// Connected agents, the store and the task event bus.
+pub struct Fleet {
+    pub store: Arc<Store>,
+    agents: Mutex<HashMap<String, LiveAgent>>,
+    events: broadcast::Sender<TaskEvent>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("connected", &self.connected_count())
+            .finish()
+    }
+}
+
+/// SHA-256 of a token, lowercase hex: what the store keeps.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Fleet {
+    pub fn new(store: Arc<Store>) -> Arc<Fleet> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(Fleet {
+            store,
+            agents: Mutex::new(HashMap::new()),
+            events,
+        })
+    }
+
+    fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveAgent>> {
+        // Poisoning only means a panic elsewhere; every operation on the map is a single
+        // insert/remove/get, so it is consistent.
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- agent tokens ----
+
+    /// Creates an agent token; the token itself is returned only here.
+    pub fn create_token(&self, name: &str) -> Result<(TokenRecord, Secret), FleetError> {
+        let token = crate::pki::random_hex(32);
+        let id = format!("tok-{}", crate::pki::random_hex(4));
+        let rec = self.store.create_token(&id, name, &token_hash(&token))?;
+        Ok((rec, Secret::new(token)))
+    }
+
+    pub fn revoke_token(&self, id: &str) -> Result<(), FleetError> {
+        if self.store.revoke_token(id)? {
+            Ok(())
+        } else {
+            Err(FleetError::TokenNotFound(id.to_owned()))
+        }
+    }
+
+    /// Whether `token` is one of the tokens not revoked. Compares hashes in constant time and
+    /// looks at every stored token whatever matches.
+    pub fn agent_token_valid(&self, token: &Secret) -> Result<bool, StoreError> {
+        let presented = Sha256::digest(token.expose().as_bytes());
+        let mut ok = subtle::Choice::from(0);
+        for stored in self.store.active_token_hashes()? {
+            let stored = hex::decode(stored).unwrap_or_default();
+            ok |= presented.as_slice().ct_eq(&stored);
+        }
+        Ok(bool::from(ok) && !token.is_empty())
+    }
+
+    // ---- live connections ----
+
+    /// Registers the live connection of a server; returns the one it supersedes.
+    pub fn attach(&self, server_id: &str, conn_id: i64, peer: PeerHandle) -> Option<PeerHandle> {
+        self.agents()
+            .insert(server_id.to_owned(), LiveAgent { conn_id, peer })
+            .map(|old| old.peer)
+    }
+
+    /// Forgets a connection that ended; returns whether the server still has another one.
+    pub fn detach(&self, server_id: &str, conn_id: i64) -> bool {
+        let mut agents = self.agents();
+        match agents.get(server_id) {
+            Some(live) if live.conn_id == conn_id => {
+                agents.remove(server_id);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    pub fn is_connected(&self, server_id: &str) -> bool {
+        self.agents()
+            .get(server_id)
+            .is_some_and(|a| !a.peer.is_closed())
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.agents().len()
+    }
+
+    /// Ids of the servers with a live connection.
+    pub fn connected_ids(&self) -> Vec<String> {
+        self.agents().keys().cloned().collect()
+    }
+
+    /// The live connection of a server, or why there is none.
+    pub fn peer(&self, server_id: &str) -> Result<PeerHandle, FleetError> {
+        if let Some(a) = self.agents().get(server_id)
+            && !a.peer.is_closed()
+        {
+            return Ok(a.peer.clone());
+        }
+        match self.store.get_server(server_id)? {
+            Some(_) => Err(FleetError::NotConnected(server_id.to_owned())),
+            None => Err(FleetError::ServerNotFound(server_id.to_owned())),
+        }
+    }
+
+    /// Calls `method` on the agent of `server_id` and returns its result.
+    pub async fn call(
+        &self,
+        server_id: &str,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, FleetError> {
+        let peer = self.peer(server_id)?;
+        peer.call_timeout(method, params, timeout)
+            .await
+            .map_err(|source| FleetError::Call {
+                server: server_id.to_owned(),
+                method: method.to_owned(),
+                source,
+            })
+    }
+
+    /// Starts a task: stores it `pending`, sends `method` with a fresh `task_id` in its params,
+    /// and records the agent's answer. Returns the stored task.
+    pub async fn start_task(
+        &self,
+        server_id: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<TaskRecord, FleetError> {
+        let Value::Object(mut params) = params else {
+            return Err(FleetError::InvalidParams(
+                "task params must be a JSON object".into(),
+            ));
+        };
+        if params.contains_key("task_id") {
+            return Err(FleetError::InvalidParams(
+                "task params must not carry task_id: the controller chooses it".into(),
+            ));
+        }
+        let peer = self.peer(server_id)?;
+        let task_id = format!("t-{}", crate::pki::random_hex(8));
+        let stored = Value::Object(params.clone());
+        self.store
+            .create_task(&task_id, server_id, method, &stored)?;
+        params.insert("task_id".into(), Value::String(task_id.clone()));
+        match peer
+            .call_timeout(method, Value::Object(params), TASK_ACCEPT_TIMEOUT)
+            .await
+        {
+            Ok(v) => {
+                let accepted: Option<TaskAccepted> = serde_json::from_value(v).ok();
+                if accepted.as_ref().is_some_and(|a| a.task_id != task_id) {
+                    tracing::warn!(server = server_id, task = %task_id, "agent accepted the task under another id");
+                }
+                self.store.task_accepted(&task_id)?;
+            }
+            Err(CallError::Remote(body)) => {
+                if let Some(ev) = self.store.task_refused(&task_id, &body.msg, &body.code)? {
+                    self.publish(ev);
+                }
+                return Err(FleetError::Call {
+                    server: server_id.to_owned(),
+                    method: method.to_owned(),
+                    source: CallError::Remote(body),
+                });
+            }
+            // Timed out or connection lost: the agent may hold the task and report it after
+            // reconnecting, so it stays pending.
+            Err(source) => {
+                return Err(FleetError::Call {
+                    server: server_id.to_owned(),
+                    method: method.to_owned(),
+                    source,
+                });
+            }
+        }
+        self.store
+            .get_task(&task_id)?
+            .ok_or(FleetError::TaskNotFound(task_id))
+    }
+
+    /// Stores a `task_status` from the agent of `server_id` and tells watchers.
+    pub fn task_status(
+        &self,
+        server_id: &str,
+        st: &TaskStatus,
+    ) -> Result<StatusOutcome, StoreError> {
+        let outcome = self.store.apply_task_status(server_id, st)?;
+        if let StatusOutcome::Stored(ev) = &outcome {
+            self.publish(ev.clone());
+        }
+        Ok(outcome)
+    }
+
+    fn publish(&self, ev: TaskEvent) {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.events.send(ev);
+    }
+
+    /// Live task events (all tasks); watchers filter by task id.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.events.subscribe()
+    }
+}

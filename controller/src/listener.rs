@@ -1,0 +1,598 @@
+//! The agent listener: accepts agent connections (TLS, or plaintext only when explicitly
+//! allowed), runs the `handshake`, then hands the connection to a protocol [`Peer`] that
+//! serves the agent's commands (`log`, `task_status`; `ping` is answered by the peer).
+//!
+//! Shape of tokio's mini-redis `server.rs`: [`run`] takes the bound listener and a shutdown
+//! token, one task per connection, a connection cap (a semaphore taken before `accept`, so an
+//! overloaded controller leaves new agents in the kernel's backlog instead of dropping them),
+//! and a drain on exit. The handshake is read here, before the peer starts, so that nothing
+//! — not even a `ping` — is served to an agent that has not authenticated.
+
+use crate::fleet::Fleet;
+use crate::identity::identity_key;
+use crate::store::{Registration, StatusOutcome};
+use futures::future::BoxFuture;
+use futures::{FutureExt, SinkExt, StreamExt};
+use molar_protocol::methods::{
+    Handshake, HandshakeParams, HandshakeResult, LogParams, Method, TaskStatus, parse_params,
+};
+use molar_protocol::{
+    Command, ErrorBody, ErrorResponse, Handler, LineCodec, Message, Peer, PeerConfig, PeerHandle,
+    Success, VERSION, codes,
+};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::bytes::{Buf, BytesMut};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The one line a plaintext client gets from the TLS-only listener before it is closed.
+pub const PLAINTEXT_REFUSAL: &str = r#"{"version":"v1","fatal_error":"this listener requires TLS; connect with TLS or start the controller with --allow-plaintext-agents"}"#;
+
+/// The fatal message an old connection gets when the same server connects again.
+pub const SUPERSEDED: &str = "superseded by a new connection";
+
+/// Tunables of the agent listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Serve connections whose first byte is `{` in plaintext (lab only).
+    pub allow_plaintext: bool,
+    /// Connections held at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake and for the `handshake` command, each.
+    pub handshake_timeout: Duration,
+    /// Base configuration of every agent connection's peer.
+    pub peer: PeerConfig,
+}
+
+impl ListenerConfig {
+    pub fn new(tls: Arc<rustls::ServerConfig>) -> Self {
+        ListenerConfig {
+            tls,
+            allow_plaintext: false,
+            max_connections: 20_000,
+            handshake_timeout: Duration::from_secs(10),
+            peer: Self::default_peer(),
+        }
+    }
+
+    /// DESIGN.md's timeouts; the controller's command ids start with `c`.
+    pub fn default_peer() -> PeerConfig {
+        PeerConfig {
+            name: "controller".into(),
+            id_prefix: "c".into(),
+            ..PeerConfig::default()
+        }
+    }
+}
+
+/// Why a connection ended before or during its handshake (logged, never sent as is).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("reading the first byte from {addr}: {source}")]
+    Peek {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{addr} sent nothing within {after:?}")]
+    Silent { addr: SocketAddr, after: Duration },
+    #[error("writing to {addr}: {source}")]
+    Write {
+        addr: SocketAddr,
+        source: molar_protocol::CodecError,
+    },
+    #[error("handshake from {addr} refused: {reason}")]
+    Refused { addr: SocketAddr, reason: String },
+}
+
+impl ConnectionError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConnectionError::Refused { .. } => codes::UNAUTHORIZED,
+            ConnectionError::Silent { .. } => codes::TIMEOUT,
+            _ => codes::IO,
+        }
+    }
+}
+
+/// Accepts agent connections until `shutdown`, then closes them all and waits for them.
+pub async fn run(
+    listener: TcpListener,
+    fleet: Arc<Fleet>,
+    cfg: ListenerConfig,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg.tls.clone());
+    let cfg = Arc::new(cfg);
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting an agent connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let fleet = fleet.clone();
+        let cfg = cfg.clone();
+        let acceptor = acceptor.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = connection(stream, addr, acceptor, fleet, &cfg, shutdown).await {
+                match e {
+                    ConnectionError::Tls { .. } => tracing::warn!(peer = %addr, "{e}"),
+                    _ => tracing::info!(peer = %addr, "{e}"),
+                }
+            }
+            drop(permit);
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("agent connections still open 10 s after shutdown");
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    fleet: Arc<Fleet>,
+    cfg: &ListenerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ConnectionError> {
+    let _ = stream.set_nodelay(true);
+    let mut first = [0u8; 1];
+    let n = tokio::select! {
+        r = tokio::time::timeout(cfg.handshake_timeout, stream.peek(&mut first)) => match r {
+            Ok(r) => r.map_err(|source| ConnectionError::Peek { addr, source })?,
+            Err(_) => return Err(ConnectionError::Silent { addr, after: cfg.handshake_timeout }),
+        },
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    if first[0] == b'{' {
+        if cfg.allow_plaintext {
+            tracing::warn!(peer = %addr, "serving an agent in plaintext (--allow-plaintext-agents)");
+            return serve(stream, addr, fleet, cfg, shutdown).await;
+        }
+        tracing::warn!(peer = %addr, "plaintext client on the TLS agent listener refused");
+        let mut stream = stream;
+        let _ = stream
+            .write_all(format!("{PLAINTEXT_REFUSAL}\n").as_bytes())
+            .await;
+        let _ = stream.shutdown().await;
+        return Ok(());
+    }
+    let tls = tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(stream))
+        .await
+        .map_err(|_| ConnectionError::Silent {
+            addr,
+            after: cfg.handshake_timeout,
+        })?
+        .map_err(|source| ConnectionError::Tls { addr, source })?;
+    serve(tls, addr, fleet, cfg, shutdown).await
+}
+
+/// What the first line of a connection led to.
+enum Opening {
+    Accepted {
+        id: String,
+        params: Box<HandshakeParams>,
+    },
+    /// Answer `reply` (if any), then close with this fatal message.
+    Refused {
+        reply: Option<ErrorResponse>,
+        fatal: String,
+    },
+    /// The client went away.
+    Gone,
+}
+
+fn refuse(id: String, code: &str, msg: String, fatal: String) -> Opening {
+    Opening::Refused {
+        reply: Some(ErrorResponse {
+            id,
+            error: ErrorBody::new(code, msg),
+        }),
+        fatal,
+    }
+}
+
+/// Judges the first line: it must be a well-formed `handshake` speaking v1.
+fn opening(line: &str) -> Opening {
+    match Message::decode(line) {
+        Ok(Message::Command(Command { id, method, params })) if method == Handshake::NAME => {
+            let params: HandshakeParams = match parse_params(Handshake::NAME, params) {
+                Ok(p) => p,
+                Err(body) => {
+                    let fatal = format!("handshake failed: {}", body.msg);
+                    return Opening::Refused {
+                        reply: Some(ErrorResponse { id, error: body }),
+                        fatal,
+                    };
+                }
+            };
+            if !params.protocols.iter().any(|p| p == VERSION) {
+                let msg = format!(
+                    "no common protocol version: the agent speaks {:?}, the controller speaks [\"v1\"]",
+                    params.protocols
+                );
+                return refuse(
+                    id,
+                    codes::UNSUPPORTED_PROTOCOL,
+                    msg.clone(),
+                    format!("handshake failed: {msg}"),
+                );
+            }
+            Opening::Accepted {
+                id,
+                params: Box::new(params),
+            }
+        }
+        Ok(Message::Command(Command { id, method, .. })) => refuse(
+            id,
+            codes::HANDSHAKE_REQUIRED,
+            format!("the first command must be handshake, not {method}"),
+            "handshake required".into(),
+        ),
+        Ok(Message::Fatal(_)) => Opening::Gone,
+        Ok(_) => Opening::Refused {
+            reply: None,
+            fatal: "handshake required".into(),
+        },
+        Err(e) => match e.reply_id() {
+            Some(id) => refuse(
+                id.to_owned(),
+                codes::HANDSHAKE_REQUIRED,
+                format!("the first command must be a valid handshake: {e}"),
+                "handshake required".into(),
+            ),
+            None => Opening::Refused {
+                reply: None,
+                fatal: e.to_string(),
+            },
+        },
+    }
+}
+
+async fn send_line<S>(
+    framed: &mut Framed<S, LineCodec>,
+    addr: SocketAddr,
+    msg: Message,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    framed
+        .send(msg.encode())
+        .await
+        .map_err(|source| ConnectionError::Write { addr, source })
+}
+
+async fn serve<S>(
+    stream: S,
+    addr: SocketAddr,
+    fleet: Arc<Fleet>,
+    cfg: &ListenerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut framed = Framed::new(stream, LineCodec::new(cfg.peer.max_line));
+    let first = tokio::select! {
+        r = tokio::time::timeout(cfg.handshake_timeout, framed.next()) => r,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    let verdict = match first {
+        Err(_) => Opening::Refused {
+            reply: None,
+            fatal: format!(
+                "no handshake within {} s",
+                cfg.handshake_timeout.as_secs_f64()
+            ),
+        },
+        Ok(None)
+        | Ok(Some(Err(molar_protocol::CodecError::Truncated { .. })))
+        | Ok(Some(Err(molar_protocol::CodecError::Io(_)))) => Opening::Gone,
+        Ok(Some(Err(e))) => Opening::Refused {
+            reply: None,
+            fatal: e.to_string(),
+        },
+        Ok(Some(Ok(line))) => opening(&line),
+    };
+    let (id, hello) = match verdict {
+        Opening::Gone => return Ok(()),
+        Opening::Refused { reply, fatal } => {
+            if let Some(r) = reply {
+                send_line(&mut framed, addr, Message::Error(r)).await?;
+            }
+            send_line(
+                &mut framed,
+                addr,
+                Message::Fatal(molar_protocol::Fatal {
+                    fatal_error: fatal.clone(),
+                }),
+            )
+            .await?;
+            let _ = framed.get_mut().shutdown().await;
+            return Err(ConnectionError::Refused {
+                addr,
+                reason: fatal,
+            });
+        }
+        Opening::Accepted { id, params } => (id, params),
+    };
+
+    let reject = |code: &str, msg: &str| {
+        (
+            ErrorResponse {
+                id: id.clone(),
+                error: ErrorBody::new(code, msg),
+            },
+            format!("handshake failed: {msg}"),
+        )
+    };
+    let admitted = match fleet.agent_token_valid(&hello.token) {
+        Ok(true) => match identity_key(&hello.node) {
+            Some(key) => Ok(key),
+            None => Err(reject(
+                codes::INVALID_PARAMS,
+                "the node reports no usable identity (no system uuid, serial or mac address)",
+            )),
+        },
+        Ok(false) => Err(reject(codes::UNAUTHORIZED, "invalid agent token")),
+        Err(e) => {
+            tracing::error!(error = %e, "checking an agent token");
+            Err(reject(
+                codes::INTERNAL,
+                "the controller cannot check tokens now",
+            ))
+        }
+    };
+    let registered = admitted.and_then(|key| {
+        let reg = Registration {
+            identity_key: key,
+            system_uuid: hello.node.system_uuid.clone(),
+            serial: hello.node.serial.clone(),
+            macs: hello.node.macs.clone(),
+            hostname: hello.node.hostname.clone(),
+            agent_version: hello.agent_version.clone(),
+            boot_id: hello.boot_id.clone(),
+        };
+        let new_id = &mut || format!("srv-{}", crate::pki::random_hex(4));
+        let stored = fleet
+            .store
+            .register(&reg, new_id, &addr.to_string())
+            .and_then(|(server, conn_id)| {
+                let acked = fleet.store.acknowledged_tasks(&server.id)?;
+                Ok((server, conn_id, acked))
+            });
+        stored.map_err(|e| {
+            tracing::error!(error = %e, "storing a server");
+            reject(
+                codes::INTERNAL,
+                "the controller cannot store the server now",
+            )
+        })
+    });
+    let (server, conn_id, acknowledged_tasks) = match registered {
+        Ok(x) => x,
+        Err((reply, fatal)) => {
+            send_line(&mut framed, addr, Message::Error(reply)).await?;
+            send_line(
+                &mut framed,
+                addr,
+                Message::Fatal(molar_protocol::Fatal {
+                    fatal_error: fatal.clone(),
+                }),
+            )
+            .await?;
+            let _ = framed.get_mut().shutdown().await;
+            return Err(ConnectionError::Refused {
+                addr,
+                reason: fatal,
+            });
+        }
+    };
+    let welcome = HandshakeResult {
+        server_id: server.id.clone(),
+        protocol: VERSION.into(),
+        acknowledged_tasks,
+    };
+    let result = serde_json::to_value(&welcome).unwrap_or(Value::Null);
+    if let Err(e) = send_line(&mut framed, addr, Message::Success(Success { id, result })).await {
+        let _ =
+            fleet
+                .store
+                .close_connection(conn_id, &e.to_string(), fleet.is_connected(&server.id));
+        return Err(e);
+    }
+    tracing::info!(server = %server.id, peer = %addr, agent_version = %hello.agent_version, "agent connected");
+
+    // Bytes the agent sent after its handshake are already in the framing buffer.
+    let parts = framed.into_parts();
+    let stream = Prefixed {
+        prefix: parts.read_buf,
+        inner: parts.io,
+    };
+    let handler = Arc::new(AgentCommands {
+        fleet: fleet.clone(),
+        server_id: server.id.clone(),
+    });
+    let peer_cfg = PeerConfig {
+        name: format!("agent {} {addr}", server.id),
+        ..cfg.peer.clone()
+    };
+    let (peer, task) = Peer::spawn(stream, handler, peer_cfg);
+    if let Some(old) = fleet.attach(&server.id, conn_id, peer.clone()) {
+        tracing::info!(server = %server.id, "closing the connection superseded by {addr}");
+        tokio::spawn(async move { old.close(Some(SUPERSEDED.into())).await });
+    }
+    let mut task = task;
+    let reason = tokio::select! {
+        r = &mut task => r.map(|r| r.to_string()).unwrap_or_else(|e| format!("connection task failed: {e}")),
+        _ = shutdown.cancelled() => {
+            peer.close(Some("controller shutting down".into())).await;
+            match task.await {
+                Ok(r) => r.to_string(),
+                Err(e) => format!("connection task failed: {e}"),
+            }
+        }
+    };
+    let still = fleet.detach(&server.id, conn_id);
+    if let Err(e) = fleet.store.close_connection(conn_id, &reason, still) {
+        tracing::error!(server = %server.id, error = %e, "recording a closed connection");
+    }
+    tracing::info!(server = %server.id, peer = %addr, %reason, "agent disconnected");
+    Ok(())
+}
+
+/// Serves the agent's commands after the handshake.
+struct AgentCommands {
+    fleet: Arc<Fleet>,
+    server_id: String,
+}
+
+impl Handler for AgentCommands {
+    fn handle(
+        &self,
+        _peer: &PeerHandle,
+        method: String,
+        params: Value,
+    ) -> BoxFuture<'static, Result<Value, ErrorBody>> {
+        let fleet = self.fleet.clone();
+        let server_id = self.server_id.clone();
+        async move {
+            match method.as_str() {
+                "log" => {
+                    let p: LogParams = parse_params(&method, params)?;
+                    if p.dropped > 0 {
+                        tracing::warn!(server = %server_id, dropped = p.dropped, "agent dropped log records");
+                    }
+                    fleet
+                        .store
+                        .append_logs(&server_id, &p.records, p.dropped)
+                        .map_err(|e| {
+                            tracing::error!(server = %server_id, error = %e, "storing logs");
+                            ErrorBody::new(e.code(), "the controller cannot store logs now")
+                        })?;
+                    Ok(json!({}))
+                }
+                "task_status" => {
+                    let st: TaskStatus = parse_params(&method, params)?;
+                    match fleet.task_status(&server_id, &st) {
+                        Ok(StatusOutcome::Stored(_)) => {}
+                        Ok(StatusOutcome::Duplicate) => {
+                            tracing::debug!(server = %server_id, task = %st.task_id, state = %st.state, "duplicate task status acknowledged");
+                        }
+                        Ok(StatusOutcome::Stale) => {}
+                        Err(e) => {
+                            tracing::error!(server = %server_id, error = %e, "storing a task status");
+                            // Not acknowledged: the agent keeps the status and resends it.
+                            return Err(ErrorBody::new(
+                                e.code(),
+                                "the controller cannot store the task status now",
+                            ));
+                        }
+                    }
+                    Ok(json!({}))
+                }
+                "handshake" => Err(ErrorBody::new(
+                    codes::INVALID_REQUEST,
+                    "the handshake is already done on this connection",
+                )),
+                other => Err(ErrorBody::new(
+                    codes::UNKNOWN_METHOD,
+                    format!("unknown method {other}"),
+                )),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// A stream whose first bytes come from a buffer (what was read past the handshake line).
+struct Prefixed<S> {
+    prefix: BytesMut,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
