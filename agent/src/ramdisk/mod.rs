@@ -349,8 +349,10 @@ pub async fn prepare(sys: Arc<dyn System>, root: &Path) -> (ModuleReport, String
     extras.extend(early.modules.iter().cloned());
     let report = {
         let (sys, root) = (sys.clone(), root.to_path_buf());
-        match tokio::task::spawn_blocking(move || modules::coldplug(sys.as_ref(), &root, &extras))
-            .await
+        match tokio::task::spawn_blocking(move || {
+            modules::coldplug(sys.as_ref(), &root, &extras, modules::COLDPLUG_THREADS)
+        })
+        .await
         {
             Ok(Ok(report)) => report,
             Ok(Err(e)) => {

@@ -248,6 +248,9 @@ pub struct RecordingSystem {
     pub release: String,
     /// `(file name of a module, errno)` for modules whose load fails.
     pub module_errors: Vec<(String, Errno)>,
+    /// `(file name of a module, time)` for modules whose load takes that long (a driver that
+    /// probes slow hardware), recorded when the load ends.
+    pub module_delays: Vec<(String, std::time::Duration)>,
     /// `(mount target, errno)` for mounts that fail.
     pub mount_errors: Vec<(PathBuf, Errno)>,
     /// Makes `attach_console` fail with this errno.
@@ -263,6 +266,7 @@ impl Default for RecordingSystem {
             pid: 1,
             release: "6.1.0-test".to_string(),
             module_errors: Vec::new(),
+            module_delays: Vec::new(),
             mount_errors: Vec::new(),
             console_error: None,
             zombies: Vec::new(),
@@ -354,6 +358,14 @@ impl System for RecordingSystem {
     }
 
     fn load_module(&self, path: &Path, params: &str) -> Result<(), Errno> {
+        let file = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let Some((_, delay)) = self
+            .module_delays
+            .iter()
+            .find(|(m, _)| Some(m) == file.as_ref())
+        {
+            std::thread::sleep(*delay);
+        }
         self.record(Call::LoadModule {
             path: path.to_path_buf(),
             params: params.to_string(),
