@@ -726,7 +726,11 @@ mod tests {
     /// stays within the 25 MiB budget. Needs `scripts/fetch-kernel` to have run.
     #[test]
     fn default_profile_on_the_real_kernel_package() {
-        let cache = agent::target_dir(&agent::default_workspace()).join("molar-cache/kernel");
+        // Where scripts/fetch-kernel puts it.
+        let cache = match std::env::var_os("MOLAR_CACHE") {
+            Some(d) if !d.is_empty() => PathBuf::from(d).join("kernel"),
+            _ => agent::target_dir(&agent::default_workspace()).join("molar-cache/kernel"),
+        };
         let deb = fs::read_dir(&cache).ok().and_then(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .find(|p| p.extension().is_some_and(|x| x == "deb"))

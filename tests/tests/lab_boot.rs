@@ -12,9 +12,9 @@ use molar_tests::lab::{IpmiSimConfig, Lab, QemuConfig};
 
 /// The kernel's last word before running the initramfs's `/init`.
 const RUN_INIT: &str = "Run /init as init process";
-/// Proof that `/init` ran: the placeholder agent exits, the kernel panics. The real agent,
-/// which never exits, prints its own name instead.
-const INIT_RAN: &[&str] = &["Attempted to kill init", "molar-agent", "molar:"];
+/// Proof that `/init` ran: the placeholder agent exits and the kernel panics; the real agent,
+/// which never exits, announces itself ("molar init starting").
+const INIT_RAN: &[&str] = &["Attempted to kill init", "molar init", "molar-agent"];
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
