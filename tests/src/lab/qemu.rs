@@ -188,6 +188,13 @@ impl QemuConfig {
         self
     }
 
+    /// Forwards the guest's `10.0.2.100:guest_port` to `127.0.0.1:host_port` (the images
+    /// dial the controller at `10.0.2.100:9000`; the lab's controller listens anywhere).
+    pub fn forward_as(&mut self, guest_port: u16, host_port: u16) -> &mut Self {
+        self.forwards.push((guest_port, host_port));
+        self
+    }
+
     /// The files a running VM uses, under `dir`.
     pub fn console_log(&self, dir: &Path) -> PathBuf {
         dir.join(format!("{}-console.log", self.name))
@@ -493,12 +500,12 @@ mod tests {
         let lab = Lab::new("qemu_args", super::super::Images::in_dir(Path::new("/img"))).unwrap();
         let mut cfg = QemuConfig::server(&lab);
         cfg.accel = Accel::Tcg;
-        cfg.forward(9000);
+        cfg.forward(9000).forward_as(8080, 41234);
         cfg.ipmi_port = Some(9002);
         let args = cfg.args(Path::new("/lab")).unwrap().join(" ");
         for want in [
             "-machine q35 -accel tcg -cpu max -m 1024 -smp 2 -display none -nodefaults",
-            "-netdev user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:9000-cmd:busybox nc 127.0.0.1 9000",
+            "-netdev user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:9000-cmd:busybox nc 127.0.0.1 9000,guestfwd=tcp:10.0.2.100:8080-cmd:busybox nc 127.0.0.1 41234",
             "-device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile=",
             "-drive file=/lab/server-disk0.img,if=none,id=d0,format=raw,discard=unmap -device nvme,serial=deadbeef,drive=d0",
             "-device virtio-blk-pci,drive=d1",
