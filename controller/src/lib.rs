@@ -7,12 +7,233 @@
 //! - [`identity`]: which stored server an agent is.
 //! - [`fleet`]: live agent connections, commands and tasks sent to them, task event bus.
 //! - [`listener`]: the agent listener (TLS, handshake, per-connection protocol peer).
+//! - [`api`]: the HTTPS JSON API under `/api/v1`.
+//! - [`client`]: a typed client of that API (the CLI and the end-to-end tests use it).
+//!
+//! Architecture invariant: wire types come from `molar-protocol`; this crate converts them at
+//! the edge and defines only its own store and API shapes. Architecture invariant: the HTTP
+//! API never talks to an agent except through [`fleet::Fleet`].
+//!
+//! Embedding (what the end-to-end tests do):
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let cfg = molar_controller::ServeConfig::loopback("/tmp/molar-state");
+//! let running = molar_controller::start(cfg, shutdown.clone()).await?;
+//! let client = running.client()?;
+//! let token = client.create_token("agents").await?; // token.token is the agent's secret
+//! // ... run an agent against running.agent_addr with --ca running.ca_pem_path ...
+//! shutdown.cancel();
+//! running.join().await;
+//! # Ok(()) }
+//! ```
 
+pub mod api;
+pub mod client;
 pub mod fleet;
 pub mod identity;
 pub mod listener;
 pub mod pki;
 pub mod store;
 
+use molar_protocol::{PeerConfig, Secret};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
 pub use fleet::Fleet;
 pub use listener::{ListenerConfig, PLAINTEXT_REFUSAL};
+
+/// Everything `molar serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Agent listener address (port 0 picks one).
+    pub listen: SocketAddr,
+    /// API address (port 0 picks one).
+    pub api: SocketAddr,
+    pub state_dir: PathBuf,
+    /// Extra names for the server certificate.
+    pub sans: Vec<String>,
+    pub allow_plaintext_agents: bool,
+    /// Agent connections held at once.
+    pub max_connections: usize,
+    /// Base configuration of every agent connection's peer (timeouts, line limit).
+    pub peer: PeerConfig,
+    /// Listen backlog of the agent socket: agents arriving in a burst wait there.
+    pub backlog: u32,
+}
+
+impl ServeConfig {
+    pub fn new(listen: SocketAddr, api: SocketAddr, state_dir: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            listen,
+            api,
+            state_dir: state_dir.into(),
+            sans: Vec::new(),
+            allow_plaintext_agents: false,
+            max_connections: 20_000,
+            peer: ListenerConfig::default_peer(),
+            backlog: 4096,
+        }
+    }
+
+    /// Both listeners on 127.0.0.1 with ports chosen by the kernel (tests).
+    pub fn loopback(state_dir: impl Into<PathBuf>) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        ServeConfig::new(any, any, state_dir)
+    }
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("preparing the state directory: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("opening the store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    pub fn code(&self) -> &'static str {
+        molar_protocol::codes::INTERNAL
+    }
+}
+
+/// A started controller.
+#[derive(Debug)]
+pub struct Running {
+    /// Where agents connect.
+    pub agent_addr: SocketAddr,
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// `https://127.0.0.1:PORT` (also written to `state_dir/api.url`).
+    pub api_url: String,
+    /// The CA agents and API clients trust.
+    pub ca_pem_path: PathBuf,
+    /// `sha256:` + hex of the CA certificate's DER (also in `state_dir/ca.sha256`).
+    pub ca_fingerprint: String,
+    /// Whether this start created the CA (first start).
+    pub created_ca: bool,
+    pub admin_token: Secret,
+    pub state_dir: PathBuf,
+    pub fleet: Arc<Fleet>,
+    join: JoinHandle<()>,
+}
+
+impl Running {
+    /// A client of this controller's API.
+    pub fn client(&self) -> Result<client::Client, client::ClientError> {
+        let ca = std::fs::read(&self.ca_pem_path).map_err(|source| client::ClientError::Read {
+            path: self.ca_pem_path.clone(),
+            source,
+        })?;
+        client::Client::new(&self.api_url, self.admin_token.clone(), &ca)
+    }
+
+    /// Waits until both listeners have stopped (after the shutdown token fired) and every
+    /// connection drained.
+    pub async fn join(self) {
+        let _ = self.join.await;
+    }
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    // Accepted sockets inherit SO_KEEPALIVE from the listening socket on Linux.
+    socket.set_keepalive(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(backlog).map_err(err)
+}
+
+/// The URL a client on this machine uses to reach an API bound at `addr`.
+fn local_url(addr: SocketAddr) -> String {
+    let host = match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => "127.0.0.1".to_owned(),
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => "[::1]".to_owned(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    format!("https://{host}:{}", addr.port())
+}
+
+/// Starts the controller: prepares the state directory (CA, certificates, admin token, store),
+/// binds both listeners and serves until `shutdown` fires.
+pub async fn start(
+    config: ServeConfig,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    pki::install_default_provider();
+    let dir = config.state_dir.clone();
+    let pki = pki::load_or_create(&dir, &config.sans)?;
+    let admin_token = pki::load_or_create_admin_token(&dir)?;
+    let store = Arc::new(store::Store::open(&dir)?);
+    store.reset_connections("controller restarted")?;
+    let fleet = Fleet::new(store);
+
+    let agent_listener = bind(config.listen, config.backlog)?;
+    let api_listener = bind(config.api, 1024)?;
+    let agent_addr = agent_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.api,
+            source,
+        })?;
+    let api_url = local_url(api_addr);
+    pki::write_file(
+        &dir.join("api.url"),
+        format!("{api_url}\n").as_bytes(),
+        0o644,
+    )?;
+
+    let mut lcfg = ListenerConfig::new(pki::server_config(&pki, &[])?);
+    lcfg.allow_plaintext = config.allow_plaintext_agents;
+    lcfg.max_connections = config.max_connections;
+    lcfg.peer = config.peer.clone();
+    let api_tls = pki::server_config(&pki, &[b"http/1.1"])?;
+    let router = api::router(fleet.clone(), &admin_token, shutdown.clone());
+
+    let agents = tokio::spawn(listener::run(
+        agent_listener,
+        fleet.clone(),
+        lcfg,
+        shutdown.clone(),
+    ));
+    let http = tokio::spawn(api::serve(api_listener, api_tls, router, shutdown.clone()));
+    let join = tokio::spawn(async move {
+        let _ = tokio::join!(agents, http);
+    });
+    tracing::info!(%agent_addr, %api_url, "controller started");
+    Ok(Running {
+        agent_addr,
+        api_addr,
+        api_url,
+        ca_pem_path: pki.ca_pem_path.clone(),
+        ca_fingerprint: pki.ca_fingerprint.clone(),
+        created_ca: pki.created,
+        admin_token,
+        state_dir: dir,
+        fleet,
+        join,
+    })
+}

@@ -1,0 +1,555 @@
+//! The HTTP JSON API under `/api/v1`, served over HTTPS with the controller's certificate.
+//!
+//! Every route requires `Authorization: Bearer <admin token>` (compared in constant time).
+//! Errors are `{"error":{"msg","code"}}` with the HTTP status given by the code
+//! ([`status_for`]); an agent's own error is relayed as the agent sent it. Request bodies are
+//! parsed here rather than by axum's `Json` extractor so a malformed body gets the same error
+//! shape as everything else.
+//!
+//! The response types are public and shared with [`crate::client`].
+
+use crate::fleet::{Fleet, FleetError};
+use crate::store::{ConnectionRecord, LogEntry, ServerRecord, TaskEvent, TaskRecord, TokenRecord};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use futures::Stream;
+use molar_protocol::{ErrorBody, Secret, codes};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Default and maximum `timeout_s` of `POST /servers/{id}/call`.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A server as the API shows it: the stored record, `connected` from the live connections,
+/// the latest connection and, on request, the stored inventory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerView {
+    #[serde(flatten)]
+    pub server: ServerRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerList {
+    pub servers: Vec<ServerView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallRequest {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallResponse {
+    pub result: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStarted {
+    pub task_id: String,
+    pub state: crate::store::TaskPhase,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogPage {
+    pub logs: Vec<LogEntry>,
+    /// Pass as `after` to get the next page (the last id returned, or `after` if none).
+    pub next_after: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+}
+
+/// The answer to `POST /tokens`: the only time the token is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub id: String,
+    pub name: String,
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenRecord>,
+}
+
+/// The HTTP status for an error code.
+pub fn status_for(code: &str) -> StatusCode {
+    match code {
+        codes::INVALID_PARAMS | codes::INVALID_REQUEST => StatusCode::BAD_REQUEST,
+        codes::UNAUTHORIZED => StatusCode::UNAUTHORIZED,
+        codes::NOT_FOUND => StatusCode::NOT_FOUND,
+        codes::NOT_CONNECTED | codes::TASK_CONFLICT => StatusCode::CONFLICT,
+        codes::TIMEOUT => StatusCode::GATEWAY_TIMEOUT,
+        codes::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// An API error: an [`ErrorBody`] answered with the status of its code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError(pub ErrorBody);
+
+impl ApiError {
+    fn new(code: &str, msg: impl Into<String>) -> Self {
+        ApiError(ErrorBody::new(code, msg))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = status_for(&self.0.code);
+        (
+            status,
+            axum::Json(json!({"error": {"msg": self.0.msg, "code": self.0.code}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        if let FleetError::Store(s) = &e {
+            tracing::error!(error = %s, "store failure in an API request");
+        }
+        ApiError(e.to_body())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        FleetError::Store(e).into()
+    }
+}
+
+type ApiResult<T> = Result<axum::Json<T>, ApiError>;
+
+struct ApiState {
+    fleet: Arc<Fleet>,
+    admin_hash: [u8; 32],
+    shutdown: CancellationToken,
+}
+
+/// Parses a JSON request body: bad syntax is `invalid_request`, a wrong shape `invalid_params`.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::new(codes::INVALID_PARAMS, format!("invalid request body: {e}"))
+        }
+        _ => ApiError::new(
+            codes::INVALID_REQUEST,
+            format!("request body is not valid JSON: {e}"),
+        ),
+    })
+}
+
+/// `a=1&b=x` into pairs (values here are ids, numbers and booleans: no escaping needed).
+fn query_pairs(q: &Option<String>) -> Vec<(String, String)> {
+    q.as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (p.to_owned(), String::new()),
+        })
+        .collect()
+}
+
+fn query_num<T: std::str::FromStr>(
+    q: &[(String, String)],
+    key: &str,
+    default: T,
+) -> Result<T, ApiError> {
+    match q.iter().find(|(k, _)| k == key) {
+        None => Ok(default),
+        Some((_, v)) => v.parse().map_err(|_| {
+            ApiError::new(
+                codes::INVALID_PARAMS,
+                format!("query parameter {key} must be a number, not {v:?}"),
+            )
+        }),
+    }
+}
+
+/// Builds the router (without the TLS listener), for [`serve`] and for in-process tests.
+pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationToken) -> Router {
+    let state = Arc::new(ApiState {
+        fleet,
+        admin_hash: Sha256::digest(admin_token.expose().as_bytes()).into(),
+        shutdown,
+    });
+    let api = Router::new()
+        .route("/servers", get(list_servers))
+        .route("/servers/{id}", get(show_server))
+        .route("/servers/{id}/call", post(call))
+        .route("/servers/{id}/tasks", post(start_task).get(server_tasks))
+        .route("/servers/{id}/logs", get(server_logs))
+        .route("/tasks/{task_id}", get(show_task))
+        .route("/tasks/{task_id}/events", get(task_events))
+        .route("/tokens", post(create_token).get(list_tokens))
+        .route("/tokens/{id}", delete(revoke_token));
+    Router::new()
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        codes::NOT_FOUND,
+        format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return ApiError::new(codes::UNAUTHORIZED, "missing admin token").into_response();
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    if presented.is_empty() || !bool::from(hash.ct_eq(&st.admin_hash)) {
+        return ApiError::new(codes::UNAUTHORIZED, "invalid admin token").into_response();
+    }
+    next.run(req).await
+}
+
+fn view(fleet: &Fleet, mut server: ServerRecord) -> ServerView {
+    server.connected = fleet.is_connected(&server.id);
+    ServerView {
+        server,
+        connection: None,
+        inventory: None,
+    }
+}
+
+async fn list_servers(State(st): State<Arc<ApiState>>) -> ApiResult<ServerList> {
+    let servers = st.fleet.store.list_servers()?;
+    let servers = servers.into_iter().map(|s| view(&st.fleet, s)).collect();
+    Ok(axum::Json(ServerList { servers }))
+}
+
+fn server_or_404(fleet: &Fleet, id: &str) -> Result<ServerRecord, ApiError> {
+    fleet
+        .store
+        .get_server(id)?
+        .ok_or_else(|| FleetError::ServerNotFound(id.to_owned()).into())
+}
+
+async fn show_server(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<ServerView> {
+    let q = query_pairs(&q);
+    let with_inventory = q
+        .iter()
+        .any(|(k, v)| k == "inventory" && (v == "true" || v == "1" || v.is_empty()));
+    let server = server_or_404(&st.fleet, &id)?;
+    let mut v = view(&st.fleet, server);
+    v.connection = st.fleet.store.last_connection(&id)?;
+    if with_inventory {
+        v.inventory = Some(st.fleet.store.server_inventory(&id)?.unwrap_or(Value::Null));
+    }
+    Ok(axum::Json(v))
+}
+
+async fn call(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<CallResponse> {
+    let req: CallRequest = parse_body(&body)?;
+    let timeout = match req.timeout_s {
+        None => DEFAULT_CALL_TIMEOUT,
+        Some(t) if t.is_finite() && t > 0.0 => Duration::from_secs_f64(t).min(MAX_CALL_TIMEOUT),
+        Some(t) => {
+            return Err(ApiError::new(
+                codes::INVALID_PARAMS,
+                format!("timeout_s must be a positive number of seconds, not {t}"),
+            ));
+        }
+    };
+    let params = req.params.unwrap_or_else(|| json!({}));
+    if !params.is_object() {
+        return Err(ApiError::new(
+            codes::INVALID_PARAMS,
+            "params must be a JSON object",
+        ));
+    }
+    let result = st.fleet.call(&id, &req.method, params, timeout).await?;
+    Ok(axum::Json(CallResponse { result }))
+}
+
+async fn start_task(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<TaskStarted> {
+    let req: TaskRequest = parse_body(&body)?;
+    let params = req.params.unwrap_or_else(|| json!({}));
+    let task = st.fleet.start_task(&id, &req.method, params).await?;
+    Ok(axum::Json(TaskStarted {
+        task_id: task.task_id,
+        state: task.state,
+    }))
+}
+
+async fn server_tasks(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> ApiResult<TaskList> {
+    server_or_404(&st.fleet, &id)?;
+    Ok(axum::Json(TaskList {
+        tasks: st.fleet.store.server_tasks(&id)?,
+    }))
+}
+
+async fn server_logs(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<LogPage> {
+    let q = query_pairs(&q);
+    let after: i64 = query_num(&q, "after", 0)?;
+    let limit: u32 = query_num(&q, "limit", 100)?;
+    server_or_404(&st.fleet, &id)?;
+    let logs = st.fleet.store.logs(&id, after, limit.clamp(1, 1000))?;
+    let next_after = logs.last().map_or(after, |l| l.id);
+    Ok(axum::Json(LogPage { logs, next_after }))
+}
+
+async fn show_task(
+    State(st): State<Arc<ApiState>>,
+    Path(task_id): Path<String>,
+) -> ApiResult<TaskRecord> {
+    let task = st
+        .fleet
+        .store
+        .get_task(&task_id)?
+        .ok_or(FleetError::TaskNotFound(task_id))?;
+    Ok(axum::Json(task))
+}
+
+struct Follow {
+    fleet: Arc<Fleet>,
+    task_id: String,
+    rx: broadcast::Receiver<TaskEvent>,
+    backlog: VecDeque<TaskEvent>,
+    last_id: i64,
+    /// The task was already finished when the stream opened: end after the backlog.
+    finished: bool,
+    done: bool,
+    shutdown: CancellationToken,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Option<TaskEvent> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(ev) = self.backlog.pop_front() {
+                if ev.id <= self.last_id {
+                    continue;
+                }
+                self.last_id = ev.id;
+                if ev.state.is_terminal() {
+                    self.done = true;
+                }
+                return Some(ev);
+            }
+            if self.finished {
+                return None;
+            }
+            tokio::select! {
+                r = self.rx.recv() => match r {
+                    Ok(ev) if ev.task_id == self.task_id => self.backlog.push_back(ev),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed some: the store has them all.
+                        match self.fleet.store.task_events(&self.task_id, self.last_id) {
+                            Ok(evs) => self.backlog.extend(evs),
+                            Err(e) => {
+                                tracing::error!(error = %e, "reading task events");
+                                return None;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = self.shutdown.cancelled() => return None,
+            }
+        }
+    }
+}
+
+async fn task_events(
+    State(st): State<Arc<ApiState>>,
+    Path(task_id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Subscribe before reading what is stored, so nothing falls between the two.
+    let rx = st.fleet.subscribe();
+    let task = st
+        .fleet
+        .store
+        .get_task(&task_id)?
+        .ok_or_else(|| FleetError::TaskNotFound(task_id.clone()))?;
+    let backlog: VecDeque<TaskEvent> = st.fleet.store.task_events(&task_id, 0)?.into();
+    let follow = Follow {
+        fleet: st.fleet.clone(),
+        task_id,
+        rx,
+        backlog,
+        last_id: 0,
+        finished: task.state.is_terminal(),
+        done: false,
+        shutdown: st.shutdown.clone(),
+    };
+    let stream = futures::stream::unfold(follow, |mut f| async move {
+        let ev = f.next().await?;
+        let data = serde_json::to_string(&ev).unwrap_or_default();
+        let event = Event::default()
+            .event("status")
+            .id(ev.id.to_string())
+            .data(data);
+        Some((Ok(event), f))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn create_token(State(st): State<Arc<ApiState>>, body: Bytes) -> ApiResult<CreatedToken> {
+    let req: TokenRequest = parse_body(&body)?;
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > 128 {
+        return Err(ApiError::new(
+            codes::INVALID_PARAMS,
+            "token name must be 1 to 128 characters",
+        ));
+    }
+    let (rec, token) = st.fleet.create_token(name)?;
+    Ok(axum::Json(CreatedToken {
+        id: rec.id,
+        name: rec.name,
+        token,
+    }))
+}
+
+async fn list_tokens(State(st): State<Arc<ApiState>>) -> ApiResult<TokenList> {
+    Ok(axum::Json(TokenList {
+        tokens: st.fleet.store.list_tokens()?,
+    }))
+}
+
+async fn revoke_token(State(st): State<Arc<ApiState>>, Path(id): Path<String>) -> ApiResult<Value> {
+    st.fleet.revoke_token(&id)?;
+    Ok(axum::Json(json!({"id": id, "revoked": true})))
+}
+
+/// Serves `router` over HTTPS on `listener` until `shutdown`, then lets open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an API connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %addr, error = %e, "API TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    router.clone().oneshot(req)
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %addr, error = %e, "API connection ended");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+}

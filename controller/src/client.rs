@@ -1,0 +1,325 @@
+//! A typed client of the controller's HTTP API: what the `molar` CLI and the end-to-end tests
+//! use. It trusts only the controller's CA (no public roots) and sends the admin token.
+
+use crate::api::{
+    CallRequest, CallResponse, CreatedToken, LogPage, ServerList, ServerView, TaskList,
+    TaskRequest, TaskStarted, TokenList, TokenRequest,
+};
+use crate::store::{TaskEvent, TaskRecord, TokenRecord};
+use molar_protocol::{ErrorBody, Secret, codes};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is empty")]
+    Empty { path: PathBuf },
+    #[error("parsing the CA certificate: {0}")]
+    Ca(reqwest::Error),
+    #[error("building the HTTP client: {0}")]
+    Build(reqwest::Error),
+    #[error("reaching the controller at {url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+    /// The API answered with an error body.
+    #[error("{0}")]
+    Api(ErrorBody),
+    #[error("unexpected answer from {url} (HTTP {status}): {msg}")]
+    Decode {
+        url: String,
+        status: u16,
+        msg: String,
+    },
+}
+
+impl ClientError {
+    /// The stable code: the API's own code, or `io_error` when the API was not reached.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::Api(b) => &b.code,
+            ClientError::Decode { .. } => codes::INTERNAL,
+            _ => codes::IO,
+        }
+    }
+}
+
+type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// An API client.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Secret,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("base", &self.base).finish()
+    }
+}
+
+fn read_trimmed(path: &Path) -> Result<String> {
+    let s = std::fs::read_to_string(path).map_err(|source| ClientError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let s = s.trim().to_owned();
+    if s.is_empty() {
+        return Err(ClientError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(s)
+}
+
+/// Follows `GET /tasks/{id}/events`: stored events first, then live ones, ending after the
+/// terminal one.
+pub struct TaskEvents {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    data: String,
+    url: String,
+}
+
+impl TaskEvents {
+    /// The next event, or `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<Result<TaskEvent>> {
+        loop {
+            while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    if self.data.is_empty() {
+                        continue;
+                    }
+                    let data = std::mem::take(&mut self.data);
+                    return Some(
+                        serde_json::from_str(&data).map_err(|e| ClientError::Decode {
+                            url: self.url.clone(),
+                            status: 200,
+                            msg: e.to_string(),
+                        }),
+                    );
+                }
+                if let Some(d) = line.strip_prefix("data:") {
+                    if !self.data.is_empty() {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                }
+                // `event:`, `id:` and `:` keep-alive comments need nothing.
+            }
+            match self.resp.chunk().await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
+                Ok(None) => return None,
+                Err(source) => {
+                    return Some(Err(ClientError::Http {
+                        url: self.url.clone(),
+                        source,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+impl Client {
+    /// A client of the API at `api_url` (e.g. `https://127.0.0.1:7701`) trusting `ca_pem`.
+    pub fn new(api_url: &str, token: Secret, ca_pem: &[u8]) -> Result<Client> {
+        crate::pki::install_default_provider();
+        let ca = reqwest::Certificate::from_pem(ca_pem).map_err(ClientError::Ca)?;
+        let http = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(ClientError::Build)?;
+        Ok(Client {
+            http,
+            base: format!("{}/api/v1", api_url.trim().trim_end_matches('/')),
+            token,
+        })
+    }
+
+    /// A client from explicit files.
+    pub fn from_files(api_url: &str, token_file: &Path, ca_file: &Path) -> Result<Client> {
+        let token = Secret::new(read_trimmed(token_file)?);
+        let ca = std::fs::read(ca_file).map_err(|source| ClientError::Read {
+            path: ca_file.to_owned(),
+            source,
+        })?;
+        Client::new(api_url, token, &ca)
+    }
+
+    /// A client from a controller's state directory (`api.url`, `admin.token`, `ca.pem`).
+    pub fn from_state_dir(dir: &Path) -> Result<Client> {
+        let url = read_trimmed(&dir.join("api.url"))?;
+        Client::from_files(&url, &dir.join("admin.token"), &dir.join("ca.pem"))
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T> {
+        let resp = req
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|source| ClientError::Http {
+                url: url.to_owned(),
+                source,
+            })?;
+        Self::decode(resp, url).await
+    }
+
+    async fn decode<T: DeserializeOwned>(resp: reqwest::Response, url: &str) -> Result<T> {
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Http {
+            url: url.to_owned(),
+            source,
+        })?;
+        let decode_err = |msg: String| ClientError::Decode {
+            url: url.to_owned(),
+            status: status.as_u16(),
+            msg,
+        };
+        if !status.is_success() {
+            let v: Value = serde_json::from_slice(&bytes)
+                .map_err(|_| decode_err(String::from_utf8_lossy(&bytes).into_owned()))?;
+            let body: ErrorBody = serde_json::from_value(v["error"].clone())
+                .map_err(|_| decode_err(String::from_utf8_lossy(&bytes).into_owned()))?;
+            return Err(ClientError::Api(body));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| decode_err(e.to_string()))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = self.url(path);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
+        let url = self.url(path);
+        self.send(self.http.post(&url).json(body), &url).await
+    }
+
+    pub async fn servers(&self) -> Result<Vec<ServerView>> {
+        Ok(self.get::<ServerList>("/servers").await?.servers)
+    }
+
+    pub async fn server(&self, id: &str, inventory: bool) -> Result<ServerView> {
+        let q = if inventory { "?inventory=true" } else { "" };
+        self.get(&format!("/servers/{id}{q}")).await
+    }
+
+    /// Calls `method` on the server's agent and returns its result.
+    pub async fn call(
+        &self,
+        id: &str,
+        method: &str,
+        params: Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value> {
+        let body = CallRequest {
+            method: method.to_owned(),
+            params: Some(params),
+            timeout_s: timeout.map(|t| t.as_secs_f64()),
+        };
+        let r: CallResponse = self.post(&format!("/servers/{id}/call"), &body).await?;
+        Ok(r.result)
+    }
+
+    pub async fn start_task(&self, id: &str, method: &str, params: Value) -> Result<TaskStarted> {
+        let body = TaskRequest {
+            method: method.to_owned(),
+            params: Some(params),
+        };
+        self.post(&format!("/servers/{id}/tasks"), &body).await
+    }
+
+    pub async fn task(&self, task_id: &str) -> Result<TaskRecord> {
+        self.get(&format!("/tasks/{task_id}")).await
+    }
+
+    pub async fn server_tasks(&self, id: &str) -> Result<Vec<TaskRecord>> {
+        Ok(self
+            .get::<TaskList>(&format!("/servers/{id}/tasks"))
+            .await?
+            .tasks)
+    }
+
+    /// Opens the task's event stream.
+    pub async fn task_events(&self, task_id: &str) -> Result<TaskEvents> {
+        let url = self.url(&format!("/tasks/{task_id}/events"));
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        if !resp.status().is_success() {
+            return Err(Self::decode::<Value>(resp, &url).await.err().unwrap_or(
+                ClientError::Decode {
+                    url,
+                    status: 0,
+                    msg: "error status without an error body".into(),
+                },
+            ));
+        }
+        Ok(TaskEvents {
+            resp,
+            buf: Vec::new(),
+            data: String::new(),
+            url,
+        })
+    }
+
+    /// Log records with an id greater than `after`.
+    pub async fn logs(&self, id: &str, after: i64, limit: u32) -> Result<LogPage> {
+        self.get(&format!("/servers/{id}/logs?after={after}&limit={limit}"))
+            .await
+    }
+
+    /// Creates an agent token; the answer is the only time the token is shown.
+    pub async fn create_token(&self, name: &str) -> Result<CreatedToken> {
+        self.post(
+            "/tokens",
+            &TokenRequest {
+                name: name.to_owned(),
+            },
+        )
+        .await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        Ok(self.get::<TokenList>("/tokens").await?.tokens)
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<()> {
+        let url = self.url(&format!("/tokens/{id}"));
+        let _: Value = self.send(self.http.delete(&url), &url).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,354 @@
+//! The controller-side rows of the "bad input" table (issue 2), each asserting the exact
+//! reply, that nothing stored changed, and that another connected agent still answers.
+
+mod common;
+
+use common::*;
+use molar_controller::PLAINTEXT_REFUSAL;
+use molar_protocol::methods::{TaskState, TaskStatus, TaskStatusUpdate};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn handshake_line(token: &str, n: u32) -> String {
+    json!({"version":"v1","id":"h1","method":"handshake","params": hello(token, n)}).to_string()
+}
+
+#[tokio::test]
+async fn handshake_with_a_wrong_token_is_refused_and_changes_nothing() {
+    let c = controller().await;
+    let good = fake_agent(&c, 1).await;
+    let before = c.client.servers().await.unwrap();
+
+    let mut raw = Raw::new(tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await);
+    raw.send(&handshake_line("not-the-token", 2)).await;
+    assert_eq!(
+        raw.recv_json().await,
+        json!({"version":"v1","id":"h1","error":{"msg":"invalid agent token","code":"unauthorized"}})
+    );
+    assert_eq!(
+        raw.recv_json().await,
+        json!({"version":"v1","fatal_error":"handshake failed: invalid agent token"})
+    );
+    assert_eq!(raw.recv().await, None);
+
+    // A missing token is the same refusal (and the token is never echoed).
+    let mut raw = Raw::new(tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await);
+    let mut line: Value = serde_json::from_str(&handshake_line("", 3)).unwrap();
+    line["params"].as_object_mut().unwrap().remove("token");
+    raw.send(&line.to_string()).await;
+    let reply = raw.recv_json().await;
+    assert_eq!(reply["error"]["code"], "invalid_params");
+    assert_eq!(
+        reply["error"]["msg"],
+        "invalid params for handshake: missing field `token`"
+    );
+    assert_eq!(
+        raw.recv_json().await,
+        json!({"version":"v1","fatal_error":"handshake failed: invalid params for handshake: missing field `token`"})
+    );
+
+    // A revoked token is refused too.
+    let tokens = c.client.tokens().await.unwrap();
+    c.client.revoke_token(&tokens[0].id).await.unwrap();
+    let mut raw = Raw::new(tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await);
+    raw.send(&handshake_line(&c.agent_token, 4)).await;
+    assert_eq!(raw.recv_json().await["error"]["code"], "unauthorized");
+
+    assert_eq!(c.client.servers().await.unwrap(), before);
+    still_answers(&c, &good.welcome.server_id).await;
+}
+
+#[tokio::test]
+async fn a_command_before_the_handshake_is_refused() {
+    let c = controller().await;
+    let good = fake_agent(&c, 1).await;
+    let mut raw = Raw::new(tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await);
+    raw.send(r#"{"version":"v1","id":"p1","method":"ping","params":{}}"#)
+        .await;
+    assert_eq!(
+        raw.recv_json().await,
+        json!({"version":"v1","id":"p1","error":{"msg":"the first command must be handshake, not ping","code":"handshake_required"}})
+    );
+    assert_eq!(
+        raw.recv_json().await,
+        json!({"version":"v1","fatal_error":"handshake required"})
+    );
+    assert_eq!(raw.recv().await, None);
+
+    // Not JSON at all: a fatal error naming the problem.
+    let mut raw = Raw::new(tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await);
+    raw.send("hello").await;
+    assert_eq!(
+        raw.recv_json().await,
+        json!({"version":"v1","fatal_error":"line is not valid JSON: expected value at line 1 column 1"})
+    );
+    assert_eq!(raw.recv().await, None);
+
+    // An agent speaking only another protocol version.
+    let mut raw = Raw::new(tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await);
+    let mut line: Value = serde_json::from_str(&handshake_line(&c.agent_token, 5)).unwrap();
+    line["params"]["protocols"] = json!(["v2"]);
+    raw.send(&line.to_string()).await;
+    assert_eq!(
+        raw.recv_json().await,
+        json!({"version":"v1","id":"h1","error":{"code":"unsupported_protocol",
+            "msg":"no common protocol version: the agent speaks [\"v2\"], the controller speaks [\"v1\"]"}})
+    );
+    assert_eq!(
+        raw.recv_json().await["fatal_error"],
+        "handshake failed: no common protocol version: the agent speaks [\"v2\"], the controller speaks [\"v1\"]"
+    );
+
+    assert_eq!(c.client.servers().await.unwrap().len(), 1);
+    still_answers(&c, &good.welcome.server_id).await;
+}
+
+#[tokio::test]
+async fn a_plaintext_client_on_the_tls_listener_gets_one_plaintext_line() {
+    let c = controller().await;
+    let good = fake_agent(&c, 1).await;
+    let mut tcp = TcpStream::connect(c.running.agent_addr).await.unwrap();
+    tcp.write_all(format!("{}\n", handshake_line(&c.agent_token, 2)).as_bytes())
+        .await
+        .unwrap();
+    let mut got = String::new();
+    tcp.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, format!("{PLAINTEXT_REFUSAL}\n"));
+    assert_eq!(
+        got.trim_end(),
+        r#"{"version":"v1","fatal_error":"this listener requires TLS; connect with TLS or start the controller with --allow-plaintext-agents"}"#
+    );
+
+    // Garbage that is neither TLS nor JSON just fails the TLS handshake.
+    let mut tcp = TcpStream::connect(c.running.agent_addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tcp.read_to_end(&mut buf).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("fatal_error"));
+
+    assert_eq!(c.client.servers().await.unwrap().len(), 1);
+    still_answers(&c, &good.welcome.server_id).await;
+}
+
+#[tokio::test]
+async fn a_repeated_terminal_task_status_is_stored_once() {
+    let c = controller().await;
+    let a = fake_agent(&c, 1).await;
+    let other = fake_agent(&c, 2).await;
+    let sid = a.welcome.server_id.clone();
+    let done = TaskStatus {
+        task_id: "t-agent-own".into(),
+        state: TaskState::Complete,
+        percent: None,
+        eta: None,
+        msg: None,
+        code: None,
+        result: Some(json!({"n": 1})),
+        seq: 7,
+    };
+    for _ in 0..3 {
+        // Every copy is acknowledged (so the agent stops resending) ...
+        let ack = a.peer.call_method::<TaskStatusUpdate>(&done).await.unwrap();
+        assert_eq!(serde_json::to_value(ack).unwrap(), json!({}));
+    }
+    // ... an error after complete too, and it changes nothing.
+    let late_error = TaskStatus {
+        state: TaskState::Error,
+        msg: Some("late".into()),
+        result: None,
+        ..done.clone()
+    };
+    a.peer
+        .call_method::<TaskStatusUpdate>(&late_error)
+        .await
+        .unwrap();
+    let task = c.client.task("t-agent-own").await.unwrap();
+    assert_eq!(task.state.as_str(), "complete");
+    assert_eq!(task.server_id, sid);
+    assert_eq!(task.result, Some(json!({"n": 1})));
+    let mut events = c.client.task_events("t-agent-own").await.unwrap();
+    let ev = events.next().await.unwrap().unwrap();
+    assert_eq!(ev.state.as_str(), "complete");
+    assert!(events.next().await.is_none(), "stored exactly once");
+
+    // Bad params of task_status are an error response; the connection stays up.
+    let err = a
+        .peer
+        .call("task_status", json!({"task_id": 3}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_body(),
+        molar_protocol::ErrorBody::new(
+            "invalid_params",
+            "invalid params for task_status: invalid type: integer `3`, expected a string"
+        )
+    );
+    let err = a.peer.call("frobnicate", json!({})).await.unwrap_err();
+    assert_eq!(
+        err.to_body(),
+        molar_protocol::ErrorBody::new("unknown_method", "unknown method frobnicate")
+    );
+    // The acknowledged task is announced at the next handshake.
+    drop(a);
+    still_answers(&c, &other.welcome.server_id).await;
+    let again = fake_agent(&c, 1).await;
+    assert_eq!(again.welcome.server_id, sid);
+    assert_eq!(again.welcome.acknowledged_tasks, vec!["t-agent-own"]);
+}
+
+async fn raw_api(
+    c: &Controller,
+    method: reqwest::Method,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let ca = std::fs::read(&c.running.ca_pem_path).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let mut req = http.request(method, format!("{}/api/v1{path}", c.running.api_url));
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_owned());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn api_calls_without_or_with_a_wrong_admin_token_are_refused() {
+    let c = controller().await;
+    let good = fake_agent(&c, 1).await;
+    let before = c.client.servers().await.unwrap();
+    for path in ["/servers", "/tokens", "/nope"] {
+        assert_eq!(
+            raw_api(&c, reqwest::Method::GET, path, None, None).await,
+            (
+                401,
+                json!({"error":{"msg":"missing admin token","code":"unauthorized"}})
+            )
+        );
+        assert_eq!(
+            raw_api(&c, reqwest::Method::GET, path, Some("Bearer wrong"), None).await,
+            (
+                401,
+                json!({"error":{"msg":"invalid admin token","code":"unauthorized"}})
+            )
+        );
+    }
+    // Creating a token without the admin token creates nothing.
+    let (status, _) = raw_api(
+        &c,
+        reqwest::Method::POST,
+        "/tokens",
+        Some("Bearer wrong"),
+        Some(r#"{"name":"x"}"#),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(c.client.tokens().await.unwrap().len(), 1);
+    assert_eq!(c.client.servers().await.unwrap(), before);
+    still_answers(&c, &good.welcome.server_id).await;
+}
+
+#[tokio::test]
+async fn a_call_to_a_server_without_an_agent_is_not_connected() {
+    let c = controller().await;
+    let good = fake_agent(&c, 1).await;
+    let gone = fake_agent(&c, 2).await;
+    let gone_id = gone.welcome.server_id.clone();
+    gone.peer.close(None).await;
+    let _ = gone.task.await;
+    let fleet = c.running.fleet.clone();
+    eventually("the agent to be disconnected", || {
+        !fleet.is_connected(&gone_id)
+    })
+    .await;
+    let auth = format!("Bearer {}", c.running.admin_token.expose());
+    assert_eq!(
+        raw_api(
+            &c,
+            reqwest::Method::POST,
+            &format!("/servers/{gone_id}/call"),
+            Some(&auth),
+            Some(r#"{"method":"ping","params":{}}"#)
+        )
+        .await,
+        (
+            409,
+            json!({"error":{"msg": format!("server {gone_id} has no agent connection"),"code":"not_connected"}})
+        )
+    );
+    // A server that never existed is not found.
+    assert_eq!(
+        raw_api(
+            &c,
+            reqwest::Method::POST,
+            "/servers/srv-00000000/call",
+            Some(&auth),
+            Some(r#"{"method":"ping"}"#)
+        )
+        .await,
+        (
+            404,
+            json!({"error":{"msg":"server srv-00000000 not found","code":"not_found"}})
+        )
+    );
+    // The disconnected server is still stored, with its closed connection.
+    let v = c.client.server(&gone_id, false).await.unwrap();
+    assert!(!v.server.connected);
+    assert_eq!(
+        v.connection.unwrap().close_reason.as_deref(),
+        Some("closed by the other side")
+    );
+    still_answers(&c, &good.welcome.server_id).await;
+}
+
+#[tokio::test]
+async fn an_invalid_json_body_is_a_bad_request() {
+    let c = controller().await;
+    let good = fake_agent(&c, 1).await;
+    let sid = good.welcome.server_id.clone();
+    let auth = format!("Bearer {}", c.running.admin_token.expose());
+    let path = format!("/servers/{sid}/call");
+    assert_eq!(
+        raw_api(&c, reqwest::Method::POST, &path, Some(&auth), Some("{not json")).await,
+        (
+            400,
+            json!({"error":{"msg":"request body is not valid JSON: key must be a string at line 1 column 2","code":"invalid_request"}})
+        )
+    );
+    assert_eq!(
+        raw_api(&c, reqwest::Method::POST, &path, Some(&auth), Some(r#"{"method":1}"#)).await,
+        (
+            400,
+            json!({"error":{"msg":"invalid request body: invalid type: integer `1`, expected a string at line 1 column 11","code":"invalid_params"}})
+        )
+    );
+    assert_eq!(
+        raw_api(
+            &c,
+            reqwest::Method::POST,
+            &format!("/servers/{sid}/tasks"),
+            Some(&auth),
+            Some(r#"{"method":"test.task","params":[1]}"#)
+        )
+        .await,
+        (
+            400,
+            json!({"error":{"msg":"task params must be a JSON object","code":"invalid_params"}})
+        )
+    );
+    assert!(c.client.server_tasks(&sid).await.unwrap().is_empty());
+    still_answers(&c, &sid).await;
+}

@@ -1,0 +1,199 @@
+//! Helpers shared by the controller's integration tests: a controller on loopback in a temp
+//! state dir, fake agents built on the real protocol `Peer` over TLS, and raw-line clients.
+#![allow(dead_code)]
+
+use futures::FutureExt;
+use molar_controller::{Running, ServeConfig, start};
+use molar_protocol::methods::{Handshake, HandshakeParams, HandshakeResult, NodeIdentity};
+use molar_protocol::{CloseReason, ErrorBody, Handler, Peer, PeerConfig, PeerHandle, Secret};
+use serde_json::{Value, json};
+use rustls_pki_types::pem::PemObject;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct Controller {
+    pub dir: tempfile::TempDir,
+    pub running: Running,
+    pub shutdown: CancellationToken,
+    pub client: molar_controller::client::Client,
+    pub agent_token: String,
+}
+
+pub async fn controller() -> Controller {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = start(ServeConfig::loopback(dir.path()), shutdown.clone())
+        .await
+        .unwrap();
+    let client = running.client().unwrap();
+    let agent_token = client.create_token("tests").await.unwrap().token.expose().to_owned();
+    Controller {
+        dir,
+        running,
+        shutdown,
+        client,
+        agent_token,
+    }
+}
+
+pub fn tls_connector(ca_pem: &Path) -> tokio_rustls::TlsConnector {
+    let pem = std::fs::read(ca_pem).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+pub async fn tls_stream(
+    addr: SocketAddr,
+    ca_pem: &Path,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tls_connector(ca_pem).connect(name, tcp).await.unwrap()
+}
+
+pub fn hello(token: &str, n: u32) -> HandshakeParams {
+    HandshakeParams {
+        agent_version: "0.1.0-test".into(),
+        protocols: vec!["v1".into()],
+        boot_id: format!("boot-{n}"),
+        node: NodeIdentity {
+            system_uuid: Some(format!("4c4c4544-0000-4000-8000-{n:012x}")),
+            serial: None,
+            macs: vec![format!("52:54:00:00:{:02x}:{:02x}", n >> 8 & 0xff, n & 0xff)],
+            hostname: Some(format!("node{n}")),
+        },
+        token: Secret::new(token),
+    }
+}
+
+/// Answers `test.task` (a task reporting three running steps then `complete`) and `test.fail`.
+pub fn fake_handler() -> Arc<dyn Handler> {
+    Arc::new(|peer: &PeerHandle, method: String, params: Value| {
+        let peer = peer.clone();
+        async move {
+            match method.as_str() {
+                "test.task" => {
+                    let task_id = params["task_id"].as_str().unwrap_or_default().to_owned();
+                    let steps = params["steps"].as_u64().unwrap_or(3);
+                    let id = task_id.clone();
+                    tokio::spawn(async move {
+                        for i in 1..=steps {
+                            let st = json!({"task_id": id, "state": "running",
+                                "percent": (i * 100 / (steps + 1)) as f64, "eta": steps + 1 - i, "seq": i});
+                            let _ = peer.call("task_status", st).await;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        let done = json!({"task_id": id, "state": "complete",
+                            "result": {"ok": true}, "seq": steps + 1});
+                        let _ = peer.call("task_status", done).await;
+                    });
+                    Ok(json!({"task_id": task_id, "state": "running"}))
+                }
+                "test.fail" => Err(ErrorBody::new("refused", "the fake agent refuses")),
+                other => Err(ErrorBody::new(
+                    "unknown_method",
+                    format!("unknown method {other}"),
+                )),
+            }
+        }
+        .boxed()
+    })
+}
+
+pub struct FakeAgent {
+    pub peer: PeerHandle,
+    pub task: JoinHandle<CloseReason>,
+    pub welcome: HandshakeResult,
+}
+
+pub async fn fake_agent(c: &Controller, n: u32) -> FakeAgent {
+    let tls = tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await;
+    let (peer, task) = Peer::spawn(
+        tls,
+        fake_handler(),
+        PeerConfig {
+            name: format!("fake agent {n}"),
+            id_prefix: "a".into(),
+            ..PeerConfig::default()
+        },
+    );
+    let welcome = peer
+        .call_method::<Handshake>(&hello(&c.agent_token, n))
+        .await
+        .unwrap();
+    FakeAgent {
+        peer,
+        task,
+        welcome,
+    }
+}
+
+/// A raw line client over TLS.
+pub struct Raw<S> {
+    pub rd: BufReader<tokio::io::ReadHalf<S>>,
+    pub wr: tokio::io::WriteHalf<S>,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite> Raw<S> {
+    pub fn new(s: S) -> Self {
+        let (rd, wr) = tokio::io::split(s);
+        Raw {
+            rd: BufReader::new(rd),
+            wr,
+        }
+    }
+    pub async fn send(&mut self, line: &str) {
+        self.wr.write_all(line.as_bytes()).await.unwrap();
+        self.wr.write_all(b"\n").await.unwrap();
+        self.wr.flush().await.unwrap();
+    }
+    /// The next line, `None` at EOF (or a reset after the close).
+    pub async fn recv(&mut self) -> Option<String> {
+        let mut s = String::new();
+        match tokio::time::timeout(Duration::from_secs(10), self.rd.read_line(&mut s)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => None,
+            Ok(Ok(_)) => Some(s.trim_end().to_owned()),
+            Err(_) => panic!("no line within 10 s"),
+        }
+    }
+    pub async fn recv_json(&mut self) -> Value {
+        serde_json::from_str(&self.recv().await.expect("a line")).unwrap()
+    }
+}
+
+/// Waits until `f` holds (polling), panicking after 10 s.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Asserts another agent still answers a ping through the API.
+pub async fn still_answers(c: &Controller, server_id: &str) {
+    let r = c
+        .client
+        .call(server_id, "ping", json!({"alive": true}), None)
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"alive": true}));
+}
