@@ -9,6 +9,7 @@
 //! - [`listener`]: the agent listener (TLS, handshake, per-connection protocol peer).
 //! - [`api`]: the HTTPS JSON API under `/api/v1`.
 //! - [`client`]: a typed client of that API (the CLI and the end-to-end tests use it).
+//! - [`cli`]: the `molar` command line.
 //!
 //! Architecture invariant: wire types come from `molar-protocol`; this crate converts them at
 //! the edge and defines only its own store and API shapes. Architecture invariant: the HTTP
@@ -29,6 +30,7 @@
 //! ```
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod fleet;
 pub mod identity;

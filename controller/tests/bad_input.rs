@@ -322,14 +322,28 @@ async fn an_invalid_json_body_is_a_bad_request() {
     let auth = format!("Bearer {}", c.running.admin_token.expose());
     let path = format!("/servers/{sid}/call");
     assert_eq!(
-        raw_api(&c, reqwest::Method::POST, &path, Some(&auth), Some("{not json")).await,
+        raw_api(
+            &c,
+            reqwest::Method::POST,
+            &path,
+            Some(&auth),
+            Some("{not json")
+        )
+        .await,
         (
             400,
             json!({"error":{"msg":"request body is not valid JSON: key must be a string at line 1 column 2","code":"invalid_request"}})
         )
     );
     assert_eq!(
-        raw_api(&c, reqwest::Method::POST, &path, Some(&auth), Some(r#"{"method":1}"#)).await,
+        raw_api(
+            &c,
+            reqwest::Method::POST,
+            &path,
+            Some(&auth),
+            Some(r#"{"method":1}"#)
+        )
+        .await,
         (
             400,
             json!({"error":{"msg":"invalid request body: invalid type: integer `1`, expected a string at line 1 column 11","code":"invalid_params"}})

@@ -6,8 +6,8 @@ use futures::FutureExt;
 use molar_controller::{Running, ServeConfig, start};
 use molar_protocol::methods::{Handshake, HandshakeParams, HandshakeResult, NodeIdentity};
 use molar_protocol::{CloseReason, ErrorBody, Handler, Peer, PeerConfig, PeerHandle, Secret};
-use serde_json::{Value, json};
 use rustls_pki_types::pem::PemObject;
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,7 +32,13 @@ pub async fn controller() -> Controller {
         .await
         .unwrap();
     let client = running.client().unwrap();
-    let agent_token = client.create_token("tests").await.unwrap().token.expose().to_owned();
+    let agent_token = client
+        .create_token("tests")
+        .await
+        .unwrap()
+        .token
+        .expose()
+        .to_owned();
     Controller {
         dir,
         running,
@@ -75,7 +81,11 @@ pub fn hello(token: &str, n: u32) -> HandshakeParams {
         node: NodeIdentity {
             system_uuid: Some(format!("4c4c4544-0000-4000-8000-{n:012x}")),
             serial: None,
-            macs: vec![format!("52:54:00:00:{:02x}:{:02x}", n >> 8 & 0xff, n & 0xff)],
+            macs: vec![format!(
+                "52:54:00:00:{:02x}:{:02x}",
+                n >> 8 & 0xff,
+                n & 0xff
+            )],
             hostname: Some(format!("node{n}")),
         },
         token: Secret::new(token),

@@ -1,0 +1,742 @@
+//! The `molar` command line: `molar serve` runs the controller, every other command is a
+//! client of its API ([`crate::client`]).
+//!
+//! Exit codes are part of the interface (scripts rely on them): see [`EXIT_CODES`].
+
+use crate::client::{Client, ClientError};
+use crate::store::{TaskEvent, TaskPhase};
+use crate::{ServeConfig, start};
+use clap::{Parser, Subcommand};
+use molar_protocol::codes;
+use serde::Serialize;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Shown at the end of `molar --help`.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  other error
+  2  usage error (bad arguments, invalid JSON)
+  3  not found (server, task or token)
+  4  not connected (the server has no agent connection)
+  5  task failed, or the agent returned an error
+  6  unauthorized (admin token missing or wrong)
+  7  timeout";
+
+pub const EXIT_OTHER: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_NOT_FOUND: u8 = 3;
+pub const EXIT_NOT_CONNECTED: u8 = 4;
+pub const EXIT_FAILED: u8 = 5;
+pub const EXIT_UNAUTHORIZED: u8 = 6;
+pub const EXIT_TIMEOUT: u8 = 7;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "molar",
+    version,
+    about = "molar controller (`molar serve`) and its command line client",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// Controller state directory: `serve` keeps everything there; clients read api.url,
+    /// admin.token and ca.pem from it unless --api/--token-file/--ca say otherwise.
+    #[arg(
+        long,
+        global = true,
+        env = "MOLAR_STATE_DIR",
+        default_value = "/var/lib/molar"
+    )]
+    pub state_dir: PathBuf,
+    /// API URL, e.g. https://127.0.0.1:7701. For `serve`: the address the API listens on
+    /// (default 127.0.0.1:7701).
+    #[arg(long, global = true, env = "MOLAR_API")]
+    pub api: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, global = true, env = "MOLAR_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) the API's certificate is checked against.
+    #[arg(long, global = true, env = "MOLAR_CA")]
+    pub ca: Option<PathBuf>,
+    /// Print JSON instead of tables and text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller.
+    Serve {
+        /// Agent listener address, e.g. 0.0.0.0:7700.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Extra DNS name or IP address for the server certificate (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Also serve agents that connect without TLS (lab only).
+        #[arg(long)]
+        allow_plaintext_agents: bool,
+        /// Agent connections held at once.
+        #[arg(long, default_value_t = 20_000)]
+        max_connections: usize,
+    },
+    /// Agent tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// List servers.
+    Servers,
+    /// Show one server.
+    Server {
+        id: String,
+        /// Include the stored inventory.
+        #[arg(long)]
+        inventory: bool,
+    },
+    /// Call a method on a server's agent and print its result as one line of JSON.
+    Call {
+        id: String,
+        method: String,
+        /// Params, a JSON object (default {}).
+        params: Option<String>,
+        /// Seconds to wait for the agent's answer.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Tasks.
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
+    /// List a server's tasks.
+    Tasks { id: String },
+    /// Print a server's logs.
+    Logs {
+        id: String,
+        /// Keep printing new records.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an agent token and print it (only this once).
+    Create { name: String },
+    /// List agent tokens.
+    List,
+    /// Revoke an agent token.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Start a task on a server.
+    Start {
+        id: String,
+        method: String,
+        /// Params, a JSON object (default {}).
+        params: Option<String>,
+        /// Follow the task's progress until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a task.
+    Show { task: String },
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub msg: String,
+}
+
+impl Failure {
+    fn new(code: u8, msg: impl Into<String>) -> Self {
+        Failure {
+            code,
+            msg: msg.into(),
+        }
+    }
+}
+
+/// Exit code for an API error; `agent_call` marks commands whose other errors come from the
+/// agent (exit 5).
+fn exit_for(e: &ClientError, agent_call: bool) -> u8 {
+    match e.code() {
+        codes::NOT_FOUND => EXIT_NOT_FOUND,
+        codes::NOT_CONNECTED => EXIT_NOT_CONNECTED,
+        codes::UNAUTHORIZED => EXIT_UNAUTHORIZED,
+        codes::TIMEOUT => EXIT_TIMEOUT,
+        _ if matches!(e, ClientError::Api(_)) && agent_call => EXIT_FAILED,
+        codes::INVALID_PARAMS | codes::INVALID_REQUEST => EXIT_USAGE,
+        _ => EXIT_OTHER,
+    }
+}
+
+fn api_err(agent_call: bool) -> impl Fn(ClientError) -> Failure {
+    move |e| Failure::new(exit_for(&e, agent_call), e.to_string())
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("molar: starting the async runtime: {e}");
+            return ExitCode::from(EXIT_OTHER);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("molar: {}", f.msg);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn client(cli: &Cli) -> Result<Client, Failure> {
+    let dir = &cli.state_dir;
+    let url = match &cli.api {
+        Some(u) => u.clone(),
+        None => std::fs::read_to_string(dir.join("api.url"))
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| {
+                Failure::new(
+                    EXIT_USAGE,
+                    format!(
+                        "reading {}: {e} (pass --state-dir of a controller, or --api)",
+                        dir.join("api.url").display()
+                    ),
+                )
+            })?,
+    };
+    let token = cli
+        .token_file
+        .clone()
+        .unwrap_or_else(|| dir.join("admin.token"));
+    let ca = cli.ca.clone().unwrap_or_else(|| dir.join("ca.pem"));
+    Client::from_files(&url, &token, &ca).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))
+}
+
+/// The API listen address of `serve`: `--api ADDR` (a URL's `https://` is tolerated, so one
+/// `MOLAR_API` serves the daemon and its clients).
+fn api_listen_addr(api: Option<&str>) -> Result<SocketAddr, Failure> {
+    let Some(api) = api else {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], 7701)));
+    };
+    let addr = api
+        .trim()
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    addr.parse().map_err(|_| {
+        Failure::new(
+            EXIT_USAGE,
+            format!("--api must be an address such as 127.0.0.1:7701, not {api:?}"),
+        )
+    })
+}
+
+fn parse_params(text: Option<&str>) -> Result<Value, Failure> {
+    let Some(text) = text else {
+        return Ok(Value::Object(Default::default()));
+    };
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| Failure::new(EXIT_USAGE, format!("params are not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(Failure::new(EXIT_USAGE, "params must be a JSON object"));
+    }
+    Ok(v)
+}
+
+fn print_json<T: Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into())
+    );
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time in milliseconds.
+pub fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn opt(s: &Option<String>) -> String {
+    s.clone().unwrap_or_else(|| "-".into())
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Serve {
+            listen,
+            sans,
+            allow_plaintext_agents,
+            max_connections,
+        } => {
+            serve(
+                &cli.state_dir,
+                *listen,
+                api_listen_addr(cli.api.as_deref())?,
+                sans,
+                *allow_plaintext_agents,
+                *max_connections,
+            )
+            .await
+        }
+        Command::Token { command } => {
+            let c = client(&cli)?;
+            match command {
+                TokenCommand::Create { name } => {
+                    let t = c.create_token(name).await.map_err(api_err(false))?;
+                    if cli.json {
+                        print_json(
+                            &serde_json::json!({"id": t.id, "name": t.name, "token": t.token.expose()}),
+                        );
+                    } else {
+                        println!("{}", t.token.expose());
+                    }
+                }
+                TokenCommand::List => {
+                    let ts = c.tokens().await.map_err(api_err(false))?;
+                    if cli.json {
+                        print_json(&ts);
+                    } else {
+                        let rows = ts
+                            .into_iter()
+                            .map(|t| {
+                                vec![
+                                    t.id,
+                                    t.name,
+                                    format_time(t.created_ms),
+                                    t.revoked_ms.map_or("-".into(), format_time),
+                                ]
+                            })
+                            .collect();
+                        table(&["ID", "NAME", "CREATED", "REVOKED"], rows);
+                    }
+                }
+                TokenCommand::Revoke { id } => {
+                    c.revoke_token(id).await.map_err(api_err(false))?;
+                    if cli.json {
+                        print_json(&serde_json::json!({"id": id, "revoked": true}));
+                    } else {
+                        println!("token {id} revoked");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Servers => {
+            let c = client(&cli)?;
+            let servers = c.servers().await.map_err(api_err(false))?;
+            if cli.json {
+                print_json(&servers);
+            } else {
+                let rows = servers
+                    .into_iter()
+                    .map(|v| {
+                        let s = v.server;
+                        vec![
+                            s.id,
+                            s.state.as_str().into(),
+                            if s.connected { "yes" } else { "no" }.into(),
+                            opt(&s.hostname),
+                            opt(&s.agent_version),
+                            format_time(s.last_seen_ms),
+                            s.system_uuid
+                                .or(s.serial)
+                                .unwrap_or_else(|| s.macs.join(",")),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID",
+                        "STATE",
+                        "CONNECTED",
+                        "HOSTNAME",
+                        "AGENT",
+                        "LAST SEEN",
+                        "IDENTITY",
+                    ],
+                    rows,
+                );
+            }
+            Ok(())
+        }
+        Command::Server { id, inventory } => {
+            let c = client(&cli)?;
+            let v = c.server(id, *inventory).await.map_err(api_err(false))?;
+            if cli.json {
+                print_json(&v);
+                return Ok(());
+            }
+            let s = &v.server;
+            println!("id:            {}", s.id);
+            println!("state:         {}", s.state.as_str());
+            println!("connected:     {}", if s.connected { "yes" } else { "no" });
+            println!("hostname:      {}", opt(&s.hostname));
+            println!("system uuid:   {}", opt(&s.system_uuid));
+            println!("serial:        {}", opt(&s.serial));
+            println!("macs:          {}", s.macs.join(", "));
+            println!("agent version: {}", opt(&s.agent_version));
+            println!("boot id:       {}", opt(&s.boot_id));
+            println!("first seen:    {}", format_time(s.first_seen_ms));
+            println!("last seen:     {}", format_time(s.last_seen_ms));
+            println!("logs dropped:  {}", s.logs_dropped);
+            if let Some(conn) = &v.connection {
+                println!("peer address:  {}", conn.peer_addr);
+                println!("connected at:  {}", format_time(conn.opened_ms));
+                if let (Some(at), Some(why)) = (conn.closed_ms, &conn.close_reason) {
+                    println!("closed at:     {} ({why})", format_time(at));
+                }
+            }
+            if let Some(inv) = &v.inventory {
+                println!("inventory:");
+                println!("{}", serde_json::to_string_pretty(inv).unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::Call {
+            id,
+            method,
+            params,
+            timeout,
+        } => {
+            let params = parse_params(params.as_deref())?;
+            let timeout = match timeout {
+                Some(t) if t.is_finite() && *t > 0.0 => Some(Duration::from_secs_f64(*t)),
+                Some(t) => {
+                    return Err(Failure::new(
+                        EXIT_USAGE,
+                        format!("--timeout must be a positive number of seconds, not {t}"),
+                    ));
+                }
+                None => None,
+            };
+            let c = client(&cli)?;
+            let result = c
+                .call(id, method, params, timeout)
+                .await
+                .map_err(api_err(true))?;
+            if cli.json {
+                print_json(&result);
+            } else {
+                println!("{result}");
+            }
+            Ok(())
+        }
+        Command::Task { command } => match command {
+            TaskCommand::Start {
+                id,
+                method,
+                params,
+                wait,
+            } => {
+                let params = parse_params(params.as_deref())?;
+                let c = client(&cli)?;
+                let started = c
+                    .start_task(id, method, params)
+                    .await
+                    .map_err(api_err(true))?;
+                if !*wait {
+                    if cli.json {
+                        print_json(&started);
+                    } else {
+                        println!("{}", started.task_id);
+                    }
+                    return Ok(());
+                }
+                follow_task(&c, &started.task_id, cli.json).await
+            }
+            TaskCommand::Show { task } => {
+                let c = client(&cli)?;
+                let t = c.task(task).await.map_err(api_err(false))?;
+                if cli.json {
+                    print_json(&t);
+                    return Ok(());
+                }
+                println!("task:     {}", t.task_id);
+                println!("server:   {}", t.server_id);
+                println!("method:   {}", t.method);
+                println!("state:    {}", t.state.as_str());
+                if let Some(p) = t.percent {
+                    println!("percent:  {p:.1}");
+                }
+                if let Some(e) = t.eta {
+                    println!("eta:      {e} s");
+                }
+                if let Some(m) = &t.msg {
+                    println!("msg:      {m}");
+                }
+                if let Some(code) = &t.code {
+                    println!("code:     {code}");
+                }
+                println!("created:  {}", format_time(t.created_ms));
+                if let Some(f) = t.finished_ms {
+                    println!("finished: {}", format_time(f));
+                }
+                if let Some(r) = &t.result {
+                    println!("result:   {r}");
+                }
+                Ok(())
+            }
+        },
+        Command::Tasks { id } => {
+            let c = client(&cli)?;
+            let tasks = c.server_tasks(id).await.map_err(api_err(false))?;
+            if cli.json {
+                print_json(&tasks);
+            } else {
+                let rows = tasks
+                    .into_iter()
+                    .map(|t| {
+                        vec![
+                            t.task_id,
+                            t.method,
+                            t.state.as_str().into(),
+                            t.percent.map_or("-".into(), |p| format!("{p:.0}%")),
+                            format_time(t.created_ms),
+                            t.msg.unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["TASK", "METHOD", "STATE", "PERCENT", "CREATED", "MSG"],
+                    rows,
+                );
+            }
+            Ok(())
+        }
+        Command::Logs { id, follow } => {
+            let c = client(&cli)?;
+            let mut after = 0;
+            loop {
+                let page = c.logs(id, after, 1000).await.map_err(api_err(false))?;
+                for l in &page.logs {
+                    if cli.json {
+                        println!("{}", serde_json::to_string(l).unwrap_or_default());
+                    } else {
+                        let fields = l
+                            .fields
+                            .as_ref()
+                            .map(|f| format!(" {f}"))
+                            .unwrap_or_default();
+                        println!(
+                            "{} {:>5} {}: {}{fields}",
+                            format_time(l.ts_ms),
+                            l.level.to_uppercase(),
+                            l.target,
+                            l.msg
+                        );
+                    }
+                }
+                after = page.next_after;
+                if page.logs.len() < 1000 {
+                    if !*follow {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn follow_task(c: &Client, task_id: &str, json: bool) -> Result<(), Failure> {
+    let bar = indicatif::ProgressBar::new(100);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{bar:40}] {pos:>3}% {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(task_id.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut events = c.task_events(task_id).await.map_err(api_err(false))?;
+    let mut last: Option<TaskEvent> = None;
+    while let Some(ev) = events.next().await {
+        let ev = ev.map_err(api_err(false))?;
+        if let Some(p) = ev.percent {
+            bar.set_position(p.clamp(0.0, 100.0) as u64);
+        }
+        let eta = ev.eta.map(|e| format!("eta {e} s")).unwrap_or_default();
+        bar.set_message(format!("{task_id} {eta}"));
+        let terminal = ev.state.is_terminal();
+        last = Some(ev);
+        if terminal {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let task = c.task(task_id).await.map_err(api_err(false))?;
+    if json {
+        print_json(&task);
+    }
+    let finished = last
+        .as_ref()
+        .filter(|e| e.state.is_terminal())
+        .map(|e| e.at_ms)
+        .or(task.finished_ms);
+    let took = finished
+        .map(|f| (f - task.created_ms).max(0) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    match task.state {
+        TaskPhase::Complete => {
+            if !json {
+                println!("task {task_id} complete in {took:.1} s");
+            }
+            Ok(())
+        }
+        TaskPhase::Error => {
+            let msg = task.msg.unwrap_or_else(|| "no message".into());
+            let code = task.code.unwrap_or_else(|| codes::INTERNAL.into());
+            if !json {
+                println!("task {task_id} failed: {msg} ({code})");
+            }
+            Err(Failure::new(
+                EXIT_FAILED,
+                format!("task {task_id} failed: {msg} ({code})"),
+            ))
+        }
+        other => Err(Failure::new(
+            EXIT_OTHER,
+            format!(
+                "the event stream of task {task_id} ended while it is {}",
+                other.as_str()
+            ),
+        )),
+    }
+}
+
+async fn serve(
+    state_dir: &Path,
+    listen: SocketAddr,
+    api: SocketAddr,
+    sans: &[String],
+    allow_plaintext_agents: bool,
+    max_connections: usize,
+) -> Result<(), Failure> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let mut cfg = ServeConfig::new(listen, api, state_dir);
+    cfg.sans = sans.to_vec();
+    cfg.allow_plaintext_agents = allow_plaintext_agents;
+    cfg.max_connections = max_connections;
+    let shutdown = CancellationToken::new();
+    let running = start(cfg, shutdown.clone())
+        .await
+        .map_err(|e| Failure::new(EXIT_OTHER, e.to_string()))?;
+    // The fingerprint alone on stdout: agents pin it (`molar.ca=sha256:...`).
+    println!("{}", running.ca_fingerprint);
+    tracing::info!(
+        agents = %running.agent_addr,
+        api = %running.api_url,
+        ca = %running.ca_pem_path.display(),
+        "serving"
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    running.join().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent_and_documents_exit_codes() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("7  timeout"));
+    }
+
+    #[test]
+    fn times_are_formatted_in_utc() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_763_751_600_000), "2025-11-21 19:00:00");
+    }
+
+    #[test]
+    fn params_must_be_an_object() {
+        assert_eq!(parse_params(None).unwrap(), serde_json::json!({}));
+        assert_eq!(parse_params(Some("[1]")).unwrap_err().code, EXIT_USAGE);
+        assert_eq!(parse_params(Some("{")).unwrap_err().code, EXIT_USAGE);
+    }
+}
