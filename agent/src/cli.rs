@@ -28,6 +28,63 @@ struct Cli {
 enum Command {
     /// Connect to a controller and serve it until stopped.
     Run(RunArgs),
+    /// Talk to this machine's BMC through /dev/ipmi0 (the same code the controller's
+    /// `bmc.*` and `chassis.*` methods run).
+    Bmc {
+        #[command(subcommand)]
+        action: BmcCommand,
+        /// Root under which /dev/ipmi0 is found.
+        #[arg(long, default_value = "/", global = true)]
+        root: PathBuf,
+    },
+    /// Print this machine's hardware inventory as JSON (the `inventory` method's result).
+    Inventory {
+        /// Root under which /sys, /proc and /dev are read (a fixture tree in tests).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+    /// Run any protocol method locally and print its JSON result.
+    Call {
+        method: String,
+        /// Params as a JSON object.
+        #[arg(default_value = "{}")]
+        params: String,
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BmcCommand {
+    /// Device id, firmware, LAN channels and users (never passwords).
+    Info,
+    /// Create or update a BMC user; prints the credentials as JSON.
+    SetCredentials {
+        #[arg(long)]
+        username: String,
+        /// File holding the password; a strong one is generated when absent.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[arg(long)]
+        user_id: Option<u32>,
+        #[arg(long)]
+        channel: Option<u32>,
+        /// callback, user, operator, administrator or oem.
+        #[arg(long, default_value = "administrator")]
+        privilege: String,
+    },
+    /// Reset the BMC: cold or warm.
+    Reset { kind: String },
+    /// Set the next boot device: pxe, disk, bios, cdrom or none.
+    BootDevice {
+        device: String,
+        #[arg(long)]
+        persistent: bool,
+        #[arg(long)]
+        efi: bool,
+    },
+    /// Chassis power: status, on, off, soft, reset or cycle.
+    Power { action: String },
 }
 
 #[derive(Args, Debug)]
@@ -83,9 +140,64 @@ fn read_token(path: Option<&PathBuf>) -> anyhow::Result<Secret> {
     Ok(Secret::new(token))
 }
 
-/// The methods every agent offers, whatever it runs on.
-pub fn default_methods() -> Methods {
-    Methods::new()
+/// The methods every agent offers on the machine under `root`.
+pub fn default_methods(root: &std::path::Path) -> Methods {
+    crate::capabilities::methods(&crate::capabilities::Machine {
+        root: root.to_owned(),
+    })
+}
+
+/// Runs one method locally, as the controller would, and prints its result.
+async fn call_local(root: PathBuf, method: &str, params: serde_json::Value) -> anyhow::Result<()> {
+    init_logging(tracing::Level::WARN);
+    let mut config = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
+    config.root = root.clone();
+    let agent = Agent::new(config, default_methods(&root), LogBuffer::new(1));
+    match agent.dispatch(method.to_owned(), params).await {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Err(e) => bail!("{method}: {} ({})", e.msg, e.code),
+    }
+}
+
+fn bmc_call(action: BmcCommand) -> anyhow::Result<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    Ok(match action {
+        BmcCommand::Info => ("bmc.info", json!({})),
+        BmcCommand::SetCredentials {
+            username,
+            password_file,
+            user_id,
+            channel,
+            privilege,
+        } => {
+            let mut p = json!({"username": username, "privilege": privilege});
+            if let Some(f) = password_file {
+                let pw = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading password file {}", f.display()))?;
+                p["password"] = json!(pw.trim_end_matches(['\n', '\r']));
+            }
+            if let Some(u) = user_id {
+                p["user_id"] = json!(u);
+            }
+            if let Some(c) = channel {
+                p["channel"] = json!(c);
+            }
+            ("bmc.set_credentials", p)
+        }
+        BmcCommand::Reset { kind } => ("bmc.reset", json!({ "kind": kind })),
+        BmcCommand::BootDevice {
+            device,
+            persistent,
+            efi,
+        } => (
+            "chassis.boot_device",
+            json!({"device": device, "persistent": persistent, "efi": efi}),
+        ),
+        BmcCommand::Power { action } => ("chassis.power", json!({ "action": action })),
+    })
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -109,7 +221,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         read_token(args.token_file.as_ref())?,
     );
     config.root = args.root;
-    let agent = Agent::new(config, default_methods(), logs);
+    let methods = default_methods(&config.root);
+    let agent = Agent::new(config, methods, logs);
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -151,6 +264,21 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
+            Command::Bmc { action, root } => match bmc_call(action) {
+                Ok((method, params)) => call_local(root, method, params).await,
+                Err(e) => Err(e),
+            },
+            Command::Inventory { root } => {
+                call_local(root, "inventory", serde_json::json!({})).await
+            }
+            Command::Call {
+                method,
+                params,
+                root,
+            } => match serde_json::from_str(&params) {
+                Ok(p) => call_local(root, &method, p).await,
+                Err(e) => Err(anyhow::anyhow!("params are not JSON: {e}")),
+            },
         }
     });
     match result {

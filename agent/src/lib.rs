@@ -8,6 +8,7 @@
 //! Architecture invariant: only `hw` issues ioctls; only `ramdisk` assumes it is PID 1;
 //! destructive actions pass through `safety`.
 pub mod bmc;
+pub mod capabilities;
 pub mod cli;
 pub mod disks;
 pub mod erase;

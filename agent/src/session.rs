@@ -214,7 +214,13 @@ impl Agent {
         }
     }
 
-    async fn dispatch(self: Arc<Self>, method: String, params: Value) -> Result<Value, ErrorBody> {
+    /// Answers one command as if it had come from the controller: the connection uses this,
+    /// and so does the local command line (`molar-agent bmc ...`), so both run the same code.
+    pub async fn dispatch(
+        self: Arc<Self>,
+        method: String,
+        params: Value,
+    ) -> Result<Value, ErrorBody> {
         let to_value = |v: Result<Value, serde_json::Error>| {
             v.map_err(|e| ErrorBody::new(codes::INTERNAL, format!("encoding result: {e}")))
         };

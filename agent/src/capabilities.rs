@@ -1,0 +1,324 @@
+//! The protocol methods the agent offers beyond the built-ins, and the glue from each to the
+//! module that does the work: BMC and chassis over in-band IPMI, hardware inventory, disk
+//! erase. Hardware calls block, so they run on tokio's blocking pool; one lock serialises
+//! everything that talks to the BMC so a credential change never interleaves with a read.
+
+use crate::bmc;
+use crate::hw::ipmi::IpmiDevice;
+use crate::session::Methods;
+use molar_protocol::bmc::{
+    BmcResetParams, BootDeviceParams, ChassisPowerParams, ChassisPowerResult, PowerAction,
+    SetCredentialsParams,
+};
+use molar_protocol::methods::{Empty, parse_params};
+use molar_protocol::{ErrorBody, codes};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the capabilities need to know about the machine they run on.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// Root under which /sys, /proc and /dev are read.
+    pub root: PathBuf,
+}
+
+/// Runs blocking hardware work off the async runtime and turns its outcome into a reply.
+async fn blocking<T, E, F>(f: F) -> Result<Value, ErrorBody>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: Into<ErrorBody> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => serde_json::to_value(v)
+            .map_err(|e| ErrorBody::new(codes::INTERNAL, format!("encoding result: {e}"))),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(ErrorBody::new(
+            codes::INTERNAL,
+            format!("hardware call failed: {e}"),
+        )),
+    }
+}
+
+impl From<bmc::BmcError> for ErrorBody {
+    fn from(e: bmc::BmcError) -> Self {
+        ErrorBody::new(e.code(), e.to_string())
+    }
+}
+
+impl From<crate::hw::ipmi::IpmiError> for ErrorBody {
+    fn from(e: crate::hw::ipmi::IpmiError) -> Self {
+        ErrorBody::new(e.code(), e.to_string())
+    }
+}
+
+/// The BMC, opened per operation under one process-wide lock.
+#[derive(Clone)]
+struct Bmc {
+    root: PathBuf,
+    lock: Arc<Mutex<()>>,
+}
+
+impl Bmc {
+    fn run<T, F>(&self, f: F) -> Result<T, ErrorBody>
+    where
+        F: FnOnce(&mut IpmiDevice) -> Result<T, bmc::BmcError>,
+    {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dev = IpmiDevice::open(&self.root)?;
+        Ok(f(&mut dev)?)
+    }
+}
+
+fn bmc_at(root: &Path) -> Bmc {
+    Bmc {
+        root: root.to_owned(),
+        lock: Arc::new(Mutex::new(())),
+    }
+}
+
+/// Registers the BMC and chassis methods.
+fn register_bmc(m: &mut Methods, dev: Bmc) {
+    let d = dev.clone();
+    m.call("bmc.info", move |params| {
+        let d = d.clone();
+        async move {
+            parse_params::<Empty>("bmc.info", params)?;
+            blocking(move || d.run(|t| bmc::info(t))).await
+        }
+    });
+
+    let d = dev.clone();
+    m.call("bmc.set_credentials", move |params| {
+        let d = d.clone();
+        async move {
+            let p: SetCredentialsParams = parse_params("bmc.set_credentials", params)?;
+            // The result carries the password to the controller; it is never logged.
+            let r = blocking(move || d.run(|t| bmc::set_credentials(t, &p))).await;
+            match &r {
+                Ok(v) => tracing::info!(user_id = %v["user_id"], username = %v["username"], "BMC credentials set"),
+                Err(e) => tracing::warn!(error = %e, "setting BMC credentials failed"),
+            }
+            r
+        }
+    });
+
+    let d = dev.clone();
+    m.call("bmc.reset", move |params| {
+        let d = d.clone();
+        async move {
+            let p: BmcResetParams = parse_params("bmc.reset", params)?;
+            blocking(move || d.run(|t| bmc::reset(t, p.kind))).await
+        }
+    });
+
+    let d = dev.clone();
+    m.call("chassis.boot_device", move |params| {
+        let d = d.clone();
+        async move {
+            let p: BootDeviceParams = parse_params("chassis.boot_device", params)?;
+            blocking(move || d.run(|t| bmc::boot_device(t, &p))).await
+        }
+    });
+
+    m.call("chassis.power", move |params| {
+        let d = dev.clone();
+        async move {
+            let p: ChassisPowerParams = parse_params("chassis.power", params)?;
+            let action = p.action;
+            // Reading the status first proves the BMC answers before we promise anything.
+            let status = {
+                let d = d.clone();
+                blocking(move || d.run(|t| bmc::chassis_status(t))).await?
+            };
+            let status = serde_json::from_value(status)
+                .map_err(|e| ErrorBody::new(codes::INTERNAL, format!("chassis status: {e}")))?;
+            if action != PowerAction::Status {
+                // Answer first, then act: after a power action there may be nobody left to
+                // send the answer.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    tracing::warn!(?action, "chassis power action");
+                    let r =
+                        tokio::task::spawn_blocking(move || d.run(|t| bmc::power(t, action))).await;
+                    if let Ok(Err(e)) = r {
+                        tracing::error!(error = %e, "chassis power action failed");
+                    }
+                });
+            }
+            serde_json::to_value(ChassisPowerResult { action, status })
+                .map_err(|e| ErrorBody::new(codes::INTERNAL, format!("encoding result: {e}")))
+        }
+    });
+}
+
+/// The whole hardware inventory, with the BMC section when a BMC answers.
+pub fn inventory(root: &Path, bmc_lock: &Arc<Mutex<()>>) -> molar_protocol::inventory::Inventory {
+    let mut inv = crate::inventory::collect(root, &crate::inventory::CollectOptions::default());
+    let dev = Bmc {
+        root: root.to_owned(),
+        lock: bmc_lock.clone(),
+    };
+    match dev.run(|t| bmc::info(t)) {
+        Ok(info) => inv.bmc = Some(info),
+        Err(e) if e.code == "ipmi_no_device" => {}
+        Err(e) => inv.notes.push(molar_protocol::inventory::Note {
+            path: "/dev/ipmi0".into(),
+            reason: format!("BMC not inventoried: {}", e.msg),
+        }),
+    }
+    inv
+}
+
+/// Registers `inventory`.
+fn register_inventory(m: &mut Methods, machine: &Machine, bmc_lock: Arc<Mutex<()>>) {
+    let root = machine.root.clone();
+    m.call("inventory", move |params| {
+        let root = root.clone();
+        let lock = bmc_lock.clone();
+        async move {
+            parse_params::<Empty>("inventory", params)?;
+            blocking(move || Ok::<_, ErrorBody>(inventory(&root, &lock))).await
+        }
+    });
+}
+
+/// Every capability method, for an agent running on `machine`.
+pub fn methods(machine: &Machine) -> Methods {
+    let mut m = Methods::new();
+    let dev = bmc_at(&machine.root);
+    let lock = dev.lock.clone();
+    register_bmc(&mut m, dev);
+    register_inventory(&mut m, machine, lock);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Agent, AgentConfig};
+    use crate::tls::Trust;
+    use molar_protocol::Secret;
+    use serde_json::json;
+
+    /// Without /dev/ipmi0 every BMC method answers with the device error, naming the fix.
+    #[tokio::test]
+    async fn bmc_methods_without_a_device_say_which_modules_to_load() {
+        let root = tempfile::tempdir().unwrap();
+        let m = methods(&Machine {
+            root: root.path().to_owned(),
+        });
+        let mut cfg = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
+        cfg.root = root.path().to_owned();
+        let agent = Agent::new(cfg, m, crate::logfwd::LogBuffer::new(1));
+        for (method, params) in [
+            ("bmc.info", json!({})),
+            (
+                "bmc.set_credentials",
+                json!({"username": "molar", "privilege": "administrator"}),
+            ),
+            ("bmc.reset", json!({"kind": "cold"})),
+            (
+                "chassis.boot_device",
+                json!({"device": "pxe", "persistent": false, "efi": false}),
+            ),
+            ("chassis.power", json!({"action": "status"})),
+        ] {
+            let err = agent
+                .clone()
+                .dispatch(method.to_owned(), params)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, "ipmi_no_device", "{method}: {err}");
+            assert!(
+                err.msg
+                    .contains("load the kernel modules ipmi_msghandler, ipmi_si and ipmi_devintf"),
+                "{method}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn inventory_of_a_fixture_tree_and_its_bad_params() {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inventory/qemu-q35");
+        let m = methods(&Machine {
+            root: fixture.clone(),
+        });
+        let agent = Agent::new(
+            AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
+            m,
+            crate::logfwd::LogBuffer::new(1),
+        );
+        let inv = agent
+            .clone()
+            .dispatch("inventory".into(), json!({}))
+            .await
+            .unwrap();
+        assert_eq!(inv["system"]["serial"], "S123");
+        assert!(inv["block_devices"].as_array().unwrap().len() >= 2);
+        assert!(
+            inv.get("bmc").is_none_or(|b| b.is_null()),
+            "no /dev/ipmi0 in the fixture"
+        );
+        let err = agent
+            .dispatch("inventory".into(), json!({"all": true}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, codes::INVALID_PARAMS);
+    }
+
+    #[tokio::test]
+    async fn bmc_methods_reject_hostile_params_before_touching_the_bmc() {
+        let root = tempfile::tempdir().unwrap();
+        let m = methods(&Machine {
+            root: root.path().to_owned(),
+        });
+        let agent = Agent::new(
+            AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
+            m,
+            crate::logfwd::LogBuffer::new(1),
+        );
+        let cases = [
+            ("bmc.info", json!({"x": 1}), "unknown field `x`"),
+            (
+                "bmc.set_credentials",
+                json!({"username": 7}),
+                "invalid type: integer `7`",
+            ),
+            (
+                "bmc.set_credentials",
+                json!({"username": "a", "privilege": "root"}),
+                "unknown variant `root`",
+            ),
+            (
+                "bmc.reset",
+                json!({"kind": "hard"}),
+                "unknown variant `hard`",
+            ),
+            (
+                "chassis.power",
+                json!({"action": "explode"}),
+                "unknown variant `explode`",
+            ),
+            ("chassis.power", json!({}), "missing field `action`"),
+            (
+                "chassis.boot_device",
+                json!({"device": "floppy"}),
+                "unknown variant `floppy`",
+            ),
+        ];
+        for (method, params, want) in cases {
+            let err = agent
+                .clone()
+                .dispatch(method.to_owned(), params)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, codes::INVALID_PARAMS, "{method}: {err}");
+            assert!(err.msg.contains(want), "{method}: {} lacks {want}", err.msg);
+        }
+    }
+}
