@@ -1,6 +1,9 @@
 //! The controller-side rows of the "bad input" table (issue 2), each asserting the exact
 //! reply, that nothing stored changed, and that another connected agent still answers.
 
+// Helpers outside #[test] fns: a failed step should panic with its error.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,7 @@
 //! Helpers shared by the controller's integration tests: a controller on loopback in a temp
 //! state dir, fake agents built on the real protocol `Peer` over TLS, and raw-line clients.
-#![allow(dead_code)]
+// Test helpers: a failed setup step should panic with its error.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use futures::FutureExt;
 use molar_controller::{Running, ServeConfig, start};

@@ -1,0 +1,257 @@
+//! The controller's happy paths with fake agents (real protocol peers over TLS): tasks and
+//! their event stream, superseded connections, logs, a restart on the same state dir, and the
+//! `molar` binary's output and exit codes.
+
+// Helpers outside #[test] fns: a failed step should panic with its error.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use molar_controller::{ServeConfig, start};
+use molar_protocol::CloseReason;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn a_task_streams_its_progress_and_ends_once() {
+    let c = controller().await;
+    let a = fake_agent(&c, 1).await;
+    let sid = a.welcome.server_id.clone();
+    let v = c.client.server(&sid, false).await.unwrap();
+    assert_eq!(v.server.state.as_str(), "discovery");
+    assert!(v.server.connected);
+    assert_eq!(v.server.boot_id.as_deref(), Some("boot-1"));
+
+    let started = c
+        .client
+        .start_task(&sid, "test.task", json!({"steps": 3}))
+        .await
+        .unwrap();
+    assert!(started.task_id.starts_with("t-"));
+    let mut events = c.client.task_events(&started.task_id).await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(ev) = events.next().await {
+        seen.push(ev.unwrap());
+    }
+    let states: Vec<&str> = seen.iter().map(|e| e.state.as_str()).collect();
+    assert_eq!(states, ["running", "running", "running", "complete"]);
+    let percents: Vec<f64> = seen.iter().filter_map(|e| e.percent).collect();
+    assert_eq!(percents, [25.0, 50.0, 75.0]);
+    assert_eq!(seen[0].eta, Some(3));
+    let t = c.client.task(&started.task_id).await.unwrap();
+    assert_eq!(t.state.as_str(), "complete");
+    assert_eq!(t.result, Some(json!({"ok": true})));
+    assert_eq!(t.method, "test.task");
+    assert_eq!(t.params, json!({"steps": 3}));
+    assert!(t.finished_ms.is_some());
+    // A finished task's stream replays what is stored and ends.
+    let mut again = c.client.task_events(&started.task_id).await.unwrap();
+    let mut n = 0;
+    while let Some(ev) = again.next().await {
+        ev.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 4);
+
+    // A task the agent refuses ends in error with the agent's message, relayed as is.
+    let err = c
+        .client
+        .start_task(&sid, "test.fail", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "the fake agent refuses (refused)");
+    let tasks = c.client.server_tasks(&sid).await.unwrap();
+    assert_eq!(tasks.len(), 2);
+    let failed = tasks.iter().find(|t| t.method == "test.fail").unwrap();
+    assert_eq!(failed.state.as_str(), "error");
+    assert_eq!(failed.code.as_deref(), Some("refused"));
+}
+
+#[tokio::test]
+async fn a_second_connection_of_the_same_server_supersedes_the_first() {
+    let c = controller().await;
+    let first = fake_agent(&c, 7).await;
+    let second = fake_agent(&c, 7).await;
+    assert_eq!(first.welcome.server_id, second.welcome.server_id);
+    assert_eq!(
+        first.task.await.unwrap(),
+        CloseReason::RemoteFatal("superseded by a new connection".into())
+    );
+    still_answers(&c, &second.welcome.server_id).await;
+    assert_eq!(c.client.servers().await.unwrap().len(), 1);
+    assert!(c.running.fleet.is_connected(&second.welcome.server_id));
+}
+
+#[tokio::test]
+async fn logs_are_stored_in_order_and_paged() {
+    let c = controller().await;
+    let a = fake_agent(&c, 1).await;
+    let sid = a.welcome.server_id.clone();
+    let records: Vec<_> = (0..5)
+        .map(|i| {
+            json!({"ts_ms": 1000 + i, "level": "info", "target": "t", "msg": format!("m{i}"),
+            "fields": {"i": i}})
+        })
+        .collect();
+    a.peer
+        .call("log", json!({"records": records, "dropped": 2}))
+        .await
+        .unwrap();
+    let page = c.client.logs(&sid, 0, 3).await.unwrap();
+    assert_eq!(
+        page.logs.iter().map(|l| l.msg.as_str()).collect::<Vec<_>>(),
+        ["m0", "m1", "m2"]
+    );
+    assert_eq!(page.logs[1].fields, Some(json!({"i": 1})));
+    let rest = c.client.logs(&sid, page.next_after, 100).await.unwrap();
+    assert_eq!(rest.logs.len(), 2);
+    assert_eq!(
+        c.client
+            .server(&sid, false)
+            .await
+            .unwrap()
+            .server
+            .logs_dropped,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_restart_on_the_same_state_dir_keeps_everything() {
+    let c = controller().await;
+    let a = fake_agent(&c, 1).await;
+    let sid = a.welcome.server_id.clone();
+    // A task the agent will finish while the controller is away.
+    let started = c
+        .client
+        .start_task(&sid, "test.task", json!({"steps": 0}))
+        .await
+        .unwrap();
+    let fingerprint = c.running.ca_fingerprint.clone();
+    c.shutdown.cancel();
+    let Controller {
+        dir,
+        running,
+        agent_token,
+        ..
+    } = c;
+    running.join().await;
+    assert!(matches!(
+        a.task.await.unwrap(),
+        CloseReason::RemoteFatal(_) | CloseReason::Eof
+    ));
+
+    let shutdown = CancellationToken::new();
+    let running = start(ServeConfig::loopback(dir.path()), shutdown.clone())
+        .await
+        .unwrap();
+    assert!(!running.created_ca);
+    assert_eq!(running.ca_fingerprint, fingerprint);
+    let client = running.client().unwrap();
+    let c = Controller {
+        dir,
+        running,
+        shutdown,
+        client,
+        agent_token,
+    };
+    // Nobody is connected after a restart; the agent token still works.
+    assert!(!c.client.server(&sid, false).await.unwrap().server.connected);
+    let b = fake_agent(&c, 1).await;
+    assert_eq!(b.welcome.server_id, sid);
+    let t = c.client.task(&started.task_id).await.unwrap();
+    // The status sent while the controller was down was lost with the connection: the agent
+    // resends it after reconnecting, and it is stored once.
+    if t.state.as_str() != "complete" {
+        for _ in 0..2 {
+            b.peer
+                .call(
+                    "task_status",
+                    json!({"task_id": started.task_id, "state": "complete", "result": {"ok": true}, "seq": 1}),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let t = c.client.task(&started.task_id).await.unwrap();
+    assert_eq!(t.state.as_str(), "complete");
+    let mut evs = c.client.task_events(&started.task_id).await.unwrap();
+    let mut terminal = 0;
+    while let Some(ev) = evs.next().await {
+        if ev.unwrap().state.is_terminal() {
+            terminal += 1;
+        }
+    }
+    assert_eq!(terminal, 1);
+    drop(b);
+    let again = fake_agent(&c, 1).await;
+    assert_eq!(again.welcome.acknowledged_tasks, vec![started.task_id]);
+}
+
+async fn molar(c: &Controller, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_molar"))
+        .arg("--state-dir")
+        .arg(c.dir.path())
+        .args(args)
+        .env_remove("MOLAR_API")
+        .env_remove("MOLAR_TOKEN_FILE")
+        .env_remove("MOLAR_CA")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_prints_what_scripts_need_and_exits_with_documented_codes() {
+    let c = controller().await;
+    let a = fake_agent(&c, 1).await;
+    let sid = a.welcome.server_id.clone();
+    assert_eq!(
+        molar(&c, &["call", &sid, "ping", r#"{"x":1}"#]).await,
+        (0, "{\"x\":1}\n".into(), String::new())
+    );
+    let (code, out, _) = molar(&c, &["servers"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(&sid) && out.contains("discovery"), "{out}");
+    let (code, out, _) = molar(&c, &["task", "start", &sid, "test.task", "--wait"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("task t-") && out.contains(" complete in "),
+        "{out}"
+    );
+    let (code, _, err) = molar(&c, &["task", "start", &sid, "test.fail"]).await;
+    assert_eq!(
+        (code, err.as_str()),
+        (5, "molar: the fake agent refuses (refused)\n")
+    );
+    let (code, _, err) = molar(&c, &["call", "srv-00000000", "ping"]).await;
+    assert_eq!(
+        (code, err.as_str()),
+        (3, "molar: server srv-00000000 not found (not_found)\n")
+    );
+    let (code, _, _) = molar(&c, &["call", &sid, "ping", "[1]"]).await;
+    assert_eq!(code, 2);
+    let (code, _, _) = molar(&c, &["frobnicate"]).await;
+    assert_eq!(code, 2);
+    let (code, tok, _) = molar(&c, &["token", "create", "cli"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(tok.trim().len(), 64);
+    let bad = c.dir.path().join("bad.token");
+    std::fs::write(&bad, "nope\n").unwrap();
+    let (code, _, err) = molar(&c, &["--token-file", bad.to_str().unwrap(), "servers"]).await;
+    assert_eq!(
+        (code, err.as_str()),
+        (6, "molar: invalid admin token (unauthorized)\n")
+    );
+    a.peer.close(None).await;
+    let fleet = c.running.fleet.clone();
+    eventually("the agent to leave", || !fleet.is_connected(&sid)).await;
+    let (code, _, _) = molar(&c, &["call", &sid, "ping"]).await;
+    assert_eq!(code, 4);
+}
