@@ -4,12 +4,16 @@
 //! everything that talks to the BMC so a credential change never interleaves with a read.
 
 use crate::bmc;
+use crate::erase::{self, EraseEnv, EraseRequest};
 use crate::hw::ipmi::IpmiDevice;
+use crate::safety::Authority;
 use crate::session::Methods;
+use crate::tasks::{Task, TaskContext, TaskFailure};
 use molar_protocol::bmc::{
     BmcResetParams, BootDeviceParams, ChassisPowerParams, ChassisPowerResult, PowerAction,
     SetCredentialsParams,
 };
+use molar_protocol::erase::{DiskEraseParams, DiskEraseResult};
 use molar_protocol::methods::{Empty, parse_params};
 use molar_protocol::{ErrorBody, codes};
 use serde::Serialize;
@@ -23,6 +27,78 @@ use std::time::Duration;
 pub struct Machine {
     /// Root under which /sys, /proc and /dev are read.
     pub root: PathBuf,
+    /// Who may be erased: every local disk in the ramdisk, only named devices on a host.
+    pub authority: Authority,
+}
+
+impl Machine {
+    /// This machine: the ramdisk when PID 1, else a host where only `allow_host` devices may
+    /// be touched.
+    pub fn detect(root: PathBuf, allow_host: &[String]) -> Machine {
+        Machine {
+            root,
+            authority: Authority::detect(allow_host),
+        }
+    }
+}
+
+/// `decom.disk_erase`: the erase engine as a task.
+pub struct DiskErase {
+    pub env: EraseEnv,
+}
+
+/// Turns an erase report into the task's outcome: complete only when every attempted device
+/// was erased (and verified); otherwise an error that still carries the whole report.
+pub fn erase_outcome(report: &DiskEraseResult) -> Result<Value, TaskFailure> {
+    let value = serde_json::to_value(report).map_err(|e| {
+        TaskFailure::new(codes::INTERNAL, format!("encoding the erase report: {e}"))
+    })?;
+    if report.devices.is_empty() {
+        let why: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.device, s.reason))
+            .collect();
+        let msg = if why.is_empty() {
+            "no device to erase".to_owned()
+        } else {
+            format!("no device was erased: {}", why.join("; "))
+        };
+        return Err(TaskFailure::new(codes::REFUSED, msg).with_details(value));
+    }
+    match erase::failure_message(report) {
+        None => Ok(value),
+        Some(msg) if report.cancelled => {
+            Err(TaskFailure::new(codes::CANCELLED, msg).with_details(value))
+        }
+        Some(msg) => Err(TaskFailure::new("erase_failed", msg).with_details(value)),
+    }
+}
+
+impl Task for DiskErase {
+    type Params = DiskEraseParams;
+
+    async fn run(&self, params: DiskEraseParams, ctx: TaskContext) -> Result<Value, TaskFailure> {
+        let env = self.env.clone();
+        let req = EraseRequest::from_params(&params);
+        let cancel = ctx.cancel_token().clone();
+        let progress_ctx = ctx.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            erase::run(
+                &req,
+                &env,
+                &|p| {
+                    progress_ctx.set_progress(p.percent(), p.eta().map(|d| d.as_secs()));
+                    progress_ctx.set_message(p.message());
+                },
+                &cancel,
+            )
+        })
+        .await
+        .map_err(|e| TaskFailure::new(codes::INTERNAL, format!("erase thread: {e}")))?
+        .map_err(|e| TaskFailure::new(e.code(), e.to_string()))?;
+        erase_outcome(&report)
+    }
 }
 
 /// Runs blocking hardware work off the async runtime and turns its outcome into a reply.
@@ -87,7 +163,7 @@ fn register_bmc(m: &mut Methods, dev: Bmc) {
         let d = d.clone();
         async move {
             parse_params::<Empty>("bmc.info", params)?;
-            blocking(move || d.run(|t| bmc::info(t))).await
+            blocking(move || d.run(bmc::info)).await
         }
     });
 
@@ -132,7 +208,7 @@ fn register_bmc(m: &mut Methods, dev: Bmc) {
             // Reading the status first proves the BMC answers before we promise anything.
             let status = {
                 let d = d.clone();
-                blocking(move || d.run(|t| bmc::chassis_status(t))).await?
+                blocking(move || d.run(bmc::chassis_status)).await?
             };
             let status = serde_json::from_value(status)
                 .map_err(|e| ErrorBody::new(codes::INTERNAL, format!("chassis status: {e}")))?;
@@ -162,7 +238,7 @@ pub fn inventory(root: &Path, bmc_lock: &Arc<Mutex<()>>) -> molar_protocol::inve
         root: root.to_owned(),
         lock: bmc_lock.clone(),
     };
-    match dev.run(|t| bmc::info(t)) {
+    match dev.run(bmc::info) {
         Ok(info) => inv.bmc = Some(info),
         Err(e) if e.code == "ipmi_no_device" => {}
         Err(e) => inv.notes.push(molar_protocol::inventory::Note {
@@ -193,6 +269,12 @@ pub fn methods(machine: &Machine) -> Methods {
     let lock = dev.lock.clone();
     register_bmc(&mut m, dev);
     register_inventory(&mut m, machine, lock);
+    m.task(
+        "decom.disk_erase",
+        DiskErase {
+            env: EraseEnv::new(machine.root.clone(), machine.authority.clone()),
+        },
+    );
     m
 }
 
@@ -210,6 +292,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let m = methods(&Machine {
             root: root.path().to_owned(),
+            authority: Authority::Host { allowed: vec![] },
         });
         let mut cfg = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
         cfg.root = root.path().to_owned();
@@ -247,6 +330,7 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inventory/qemu-q35");
         let m = methods(&Machine {
             root: fixture.clone(),
+            authority: Authority::Host { allowed: vec![] },
         });
         let agent = Agent::new(
             AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
@@ -276,6 +360,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let m = methods(&Machine {
             root: root.path().to_owned(),
+            authority: Authority::Host { allowed: vec![] },
         });
         let agent = Agent::new(
             AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),

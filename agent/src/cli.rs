@@ -43,6 +43,29 @@ enum Command {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// Securely erase disks here, with a progress bar (the `decom.disk_erase` engine).
+    Erase {
+        /// Device to erase (/dev/sdX, nvme0n1, ...). Repeatable.
+        #[arg(long = "device", required = true)]
+        devices: Vec<String>,
+        /// auto, nvme_sanitize, nvme_format, ata_secure_erase, discard, overwrite, metadata.
+        #[arg(long, default_value = "auto")]
+        method: String,
+        /// For overwrite: passes (all but the last random, the last zeros).
+        #[arg(long)]
+        passes: Option<u32>,
+        /// Skip reading back zeros afterwards.
+        #[arg(long)]
+        no_verify: bool,
+        /// Allow the named devices to be erased on this host (outside the ramdisk).
+        #[arg(long)]
+        allow_host: bool,
+        /// Confirm that everything on the devices is to be destroyed.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Run any protocol method locally and print its JSON result.
     Call {
         method: String,
@@ -110,6 +133,10 @@ struct RunArgs {
     /// Log level forwarded and printed: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", env = "MOLAR_LOG")]
     log: tracing::Level,
+    /// Outside the ramdisk, the only devices destructive methods may touch (tests use loop
+    /// devices). Repeatable. Without it, a host agent refuses every destructive action.
+    #[arg(long = "allow-host", value_name = "DEVICE")]
+    allow_host: Vec<String>,
 }
 
 /// Installs stderr logging plus forwarding to the controller; returns the forwarding buffer.
@@ -141,10 +168,96 @@ fn read_token(path: Option<&PathBuf>) -> anyhow::Result<Secret> {
 }
 
 /// The methods every agent offers on the machine under `root`.
-pub fn default_methods(root: &std::path::Path) -> Methods {
-    crate::capabilities::methods(&crate::capabilities::Machine {
-        root: root.to_owned(),
+pub fn default_methods(root: &std::path::Path, allow_host: &[String]) -> Methods {
+    crate::capabilities::methods(&crate::capabilities::Machine::detect(
+        root.to_owned(),
+        allow_host,
+    ))
+}
+
+struct EraseArgs {
+    devices: Vec<String>,
+    method: String,
+    passes: Option<u32>,
+    verify: bool,
+    allow_host: bool,
+    yes: bool,
+    root: PathBuf,
+}
+
+/// `molar-agent erase`: the task's engine with a progress bar instead of `task_status`.
+async fn erase_local(a: EraseArgs) -> anyhow::Result<()> {
+    use crate::erase::{self, EraseEnv, EraseRequest};
+    use crate::safety::Authority;
+    use molar_protocol::erase::{DiskEraseParams, EraseMethod};
+    init_logging(tracing::Level::WARN);
+    if !a.yes {
+        bail!(
+            "this destroys every byte on {}: add --yes to go ahead",
+            a.devices.join(", ")
+        );
+    }
+    let method: EraseMethod = a.method.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let authority = if a.allow_host {
+        Authority::Host {
+            allowed: a.devices.clone(),
+        }
+    } else {
+        Authority::detect(&[])
+    };
+    let params = DiskEraseParams {
+        devices: Some(a.devices),
+        exclude: None,
+        method: Some(method),
+        verify: Some(a.verify),
+        concurrency: None,
+        passes: a.passes,
+    };
+    let req = EraseRequest::from_params(&params);
+    let env = EraseEnv::new(a.root, authority);
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            wait_for_signal().await;
+            cancel.cancel();
+        }
+    });
+    let report = tokio::task::spawn_blocking({
+        let bar = bar.clone();
+        move || {
+            erase::run(
+                &req,
+                &env,
+                &|p| {
+                    bar.set_length(p.bytes_total);
+                    bar.set_position(p.bytes_done);
+                    bar.set_message(p.message());
+                },
+                &cancel,
+            )
+        }
     })
+    .await??;
+    bar.finish_and_clear();
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    match crate::capabilities::erase_outcome(&report) {
+        Ok(_) => {
+            eprintln!(
+                "erased {} device(s), {} bytes in {:.1} s",
+                report.erased, report.bytes, report.seconds
+            );
+            Ok(())
+        }
+        Err(f) => bail!("{} ({})", f.msg, f.code),
+    }
 }
 
 /// Runs one method locally, as the controller would, and prints its result.
@@ -152,7 +265,7 @@ async fn call_local(root: PathBuf, method: &str, params: serde_json::Value) -> a
     init_logging(tracing::Level::WARN);
     let mut config = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
     config.root = root.clone();
-    let agent = Agent::new(config, default_methods(&root), LogBuffer::new(1));
+    let agent = Agent::new(config, default_methods(&root, &[]), LogBuffer::new(1));
     match agent.dispatch(method.to_owned(), params).await {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -221,7 +334,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         read_token(args.token_file.as_ref())?,
     );
     config.root = args.root;
-    let methods = default_methods(&config.root);
+    let methods = default_methods(&config.root, &args.allow_host);
     let agent = Agent::new(config, methods, logs);
     let shutdown = CancellationToken::new();
     tokio::spawn({
@@ -268,6 +381,26 @@ pub fn main() -> ExitCode {
                 Ok((method, params)) => call_local(root, method, params).await,
                 Err(e) => Err(e),
             },
+            Command::Erase {
+                devices,
+                method,
+                passes,
+                no_verify,
+                allow_host,
+                yes,
+                root,
+            } => {
+                erase_local(EraseArgs {
+                    devices,
+                    method,
+                    passes,
+                    verify: !no_verify,
+                    allow_host,
+                    yes,
+                    root,
+                })
+                .await
+            }
             Command::Inventory { root } => {
                 call_local(root, "inventory", serde_json::json!({})).await
             }

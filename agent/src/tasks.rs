@@ -40,6 +40,8 @@ pub const FINISHED_KEPT: usize = 1000;
 pub struct TaskFailure {
     pub code: String,
     pub msg: String,
+    /// A partial result sent with the `error` status (e.g. which disks did get erased).
+    pub details: Option<Value>,
 }
 
 impl TaskFailure {
@@ -47,7 +49,14 @@ impl TaskFailure {
         TaskFailure {
             code: code.to_owned(),
             msg: msg.into(),
+            details: None,
         }
+    }
+
+    /// Attaches a partial result, sent as the `error` status's `result`.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
     }
 
     pub fn cancelled() -> Self {
@@ -286,6 +295,7 @@ impl Inner {
                 e.state = TaskState::Error;
                 e.msg = Some(f.msg);
                 e.code = Some(f.code);
+                e.result = f.details;
             }
         }
         e.eta = None;
