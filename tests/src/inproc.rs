@@ -188,7 +188,17 @@ impl TestAgent {
         root: tempfile::TempDir,
         logs: Arc<LogBuffer>,
     ) -> TestAgent {
-        let agent = Agent::new(cfg, Self::methods(), logs);
+        Self::start_with_methods(cfg, root, logs, Self::methods())
+    }
+
+    /// Starts an agent offering `methods` (e.g. the product's capabilities).
+    pub fn start_with_methods(
+        cfg: AgentConfig,
+        root: tempfile::TempDir,
+        logs: Arc<LogBuffer>,
+        methods: Methods,
+    ) -> TestAgent {
+        let agent = Agent::new(cfg, methods, logs);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let agent = agent.clone();

@@ -8,3 +8,4 @@
 pub mod bins;
 pub mod inproc;
 pub mod lab;
+pub mod privileged;

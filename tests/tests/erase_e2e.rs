@@ -1,0 +1,86 @@
+//! `decom.disk_erase` end to end: the controller starts the task on a real agent, progress
+//! streams back, and the loop devices' backing files read all zeros afterwards; a device the
+//! agent was not allowed to touch is reported as skipped and left intact. Needs root and loop
+//! devices (CI runs it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use molar_agent::capabilities::Machine;
+use molar_agent::logfwd::LogBuffer;
+use molar_agent::tls::Trust;
+use molar_controller::store::TaskPhase;
+use molar_tests::inproc::{Controller, TestAgent};
+use molar_tests::privileged::{LoopDevice, require_root_and_losetup};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_two_loop_devices_through_the_controller() {
+    if !require_root_and_losetup("erase_two_loop_devices_through_the_controller") {
+        return;
+    }
+    let a = LoopDevice::new(64 << 20);
+    let b = LoopDevice::new(64 << 20);
+    let untouched = LoopDevice::new(8 << 20);
+
+    let ctl = Controller::start().await;
+    let token = ctl.agent_token().await;
+    // The real machine's /sys and /dev, but only these two devices may be touched.
+    let root = tempfile::tempdir().unwrap();
+    let cfg = TestAgent::config(
+        &ctl.agent_addr(),
+        Trust::CaFile(ctl.ca_pem()),
+        token,
+        std::path::Path::new("/"),
+    );
+    let methods =
+        molar_agent::capabilities::methods(&Machine::detect("/".into(), &[a.name(), b.name()]));
+    let agent = TestAgent::start_with_methods(cfg, root, LogBuffer::new(10), methods);
+    let client = ctl.client();
+    let id = the_server(&client).await;
+
+    let started = client
+        .start_task(
+            &id,
+            "decom.disk_erase",
+            json!({"devices": [a.name(), b.name(), untouched.name()], "method": "overwrite", "passes": 2}),
+        )
+        .await
+        .unwrap();
+    let mut events = client.task_events(&started.task_id).await.unwrap();
+    let mut last = None;
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(120), events.next())
+        .await
+        .unwrap()
+    {
+        last = Some(ev.unwrap());
+    }
+    let last = last.expect("at least the terminal event");
+    assert_eq!(last.state, TaskPhase::Complete, "{last:?}");
+    let result = last.result.unwrap();
+    assert_eq!(result["erased"], 2, "{result}");
+    assert_eq!(result["failed"], 0, "{result}");
+    let skipped = result["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{result}");
+    assert_eq!(skipped[0]["device"], untouched.name());
+    assert_eq!(skipped[0]["code"], "not_allowed_on_host");
+    assert!(a.backing_is_zero(), "first device erased");
+    assert!(b.backing_is_zero(), "second device erased");
+    assert!(
+        !untouched.backing_is_zero(),
+        "the device not allowed is intact"
+    );
+    agent.stop().await;
+}
+
+/// The one server this controller knows, once connected.
+async fn the_server(client: &molar_controller::client::Client) -> String {
+    molar_tests::inproc::eventually(20, "the agent to connect", || async {
+        let servers = client.servers().await.ok()?;
+        servers
+            .into_iter()
+            .find(|s| s.server.connected)
+            .map(|s| s.server.id)
+    })
+    .await
+}
