@@ -529,6 +529,49 @@ pub fn apply_lease(
     Ok(())
 }
 
+/// Keeps the chosen link's configuration in step with its DHCP client's events.
+#[derive(Debug)]
+struct LeaseKeeper {
+    link: Link,
+    current: Option<Lease>,
+}
+
+impl LeaseKeeper {
+    /// Applies `event` and returns the state to publish.
+    fn handle(&mut self, sys: &dyn System, event: Event) -> Option<NetState> {
+        let link = &self.link;
+        match event {
+            Event::Bound(lease) | Event::Renewed(lease) => {
+                if self.current.as_ref().is_some_and(|c| c.same_config(&lease)) {
+                    tracing::debug!(link = %link.name, "dhcp lease renewed");
+                } else {
+                    match apply_lease(sys, link.ifindex, self.current.as_ref(), &lease) {
+                        Ok(()) => tracing::info!(
+                            link = %link.name, address = %lease.address, prefix = lease.prefix_len,
+                            router = ?lease.router, server = %lease.server, lease_secs = lease.lease_secs,
+                            "network configured"
+                        ),
+                        Err(e) => tracing::error!(
+                            link = %link.name, error = %e, "configuring the lease failed"
+                        ),
+                    }
+                }
+                self.current = Some(lease.clone());
+                Some(NetState {
+                    link: link.clone(),
+                    lease,
+                })
+            }
+            Event::Lost(old) => {
+                tracing::warn!(link = %link.name, address = %old.address, "dhcp lease lost");
+                let _ = sys.addr_del(link.ifindex, old.address, old.prefix_len);
+                self.current = None;
+                None
+            }
+        }
+    }
+}
+
 fn dhcp_socket(link: &Link) -> Result<tokio::net::UdpSocket, NetError> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
@@ -710,41 +753,19 @@ async fn manage(
                 token.cancel();
             }
         }
-        let mut current: Option<Lease> = None;
-        let mut next = Some(lease);
+        let mut keeper = LeaseKeeper {
+            link,
+            current: None,
+        };
+        state.send_replace(keeper.handle(sys.as_ref(), Event::Bound(lease)));
         loop {
-            if let Some(lease) = next.take() {
-                if current.as_ref().is_some_and(|c| c.same_config(&lease)) {
-                    tracing::debug!(link = %link.name, "dhcp lease renewed");
-                } else {
-                    match apply_lease(sys.as_ref(), ifindex, current.as_ref(), &lease) {
-                        Ok(()) => tracing::info!(
-                            link = %link.name, address = %lease.address, prefix = lease.prefix_len,
-                            router = ?lease.router, server = %lease.server, lease_secs = lease.lease_secs,
-                            "network configured"
-                        ),
-                        Err(e) => {
-                            tracing::error!(link = %link.name, error = %e, "configuring the lease failed")
-                        }
-                    }
-                }
-                current = Some(lease.clone());
-                state.send_replace(Some(NetState {
-                    link: link.clone(),
-                    lease,
-                }));
-            }
             let event = tokio::select! {
                 _ = cancel.cancelled() => return,
                 e = events.recv() => e,
             };
             match event {
-                Some((i, Event::Bound(l) | Event::Renewed(l))) if i == ifindex => next = Some(l),
-                Some((i, Event::Lost(old))) if i == ifindex => {
-                    tracing::warn!(link = %link.name, address = %old.address, "dhcp lease lost");
-                    let _ = sys.addr_del(ifindex, old.address, old.prefix_len);
-                    current = None;
-                    state.send_replace(None);
+                Some((i, event)) if i == ifindex => {
+                    state.send_replace(keeper.handle(sys.as_ref(), event));
                 }
                 Some(_) => {}
                 None => break,
@@ -1067,6 +1088,87 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn keeper_reconfigures_only_on_change_and_removes_lost_leases() {
+        let (_, lease) = bound_client();
+        let sys = RecordingSystem::default();
+        let link = Link {
+            name: "eth0".into(),
+            ifindex: 2,
+            mac: MAC,
+        };
+        let mut keeper = LeaseKeeper {
+            link: link.clone(),
+            current: None,
+        };
+        let state = keeper.handle(&sys, Event::Bound(lease.clone())).unwrap();
+        assert_eq!(state.link, link);
+        let mut renewed = lease.clone();
+        renewed.t1 += secs(100);
+        assert_eq!(
+            keeper
+                .handle(&sys, Event::Renewed(renewed.clone()))
+                .unwrap()
+                .lease,
+            renewed
+        );
+        let mut moved = renewed.clone();
+        moved.address = Ipv4Addr::new(10, 0, 2, 20);
+        keeper.handle(&sys, Event::Renewed(moved.clone()));
+        assert_eq!(keeper.handle(&sys, Event::Lost(moved.clone())), None);
+        assert_eq!(
+            sys.calls(),
+            vec![
+                Call::AddrAdd {
+                    ifindex: 2,
+                    addr: YIADDR,
+                    prefix_len: 24
+                },
+                Call::AddrDel {
+                    ifindex: 2,
+                    addr: YIADDR,
+                    prefix_len: 24
+                },
+                Call::AddrAdd {
+                    ifindex: 2,
+                    addr: moved.address,
+                    prefix_len: 24
+                },
+                Call::AddrDel {
+                    ifindex: 2,
+                    addr: moved.address,
+                    prefix_len: 24
+                },
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn links_are_set_up_and_those_with_carrier_returned() {
+        let root = tempfile::tempdir().unwrap();
+        for (name, index, carrier) in [("eth0", "2", "1"), ("eth1", "3", "0")] {
+            let d = root.path().join("sys/class/net").join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("type"), "1\n").unwrap();
+            std::fs::write(d.join("ifindex"), index).unwrap();
+            std::fs::write(d.join("address"), format!("52:54:00:00:00:0{index}\n")).unwrap();
+            std::fs::write(d.join("carrier"), carrier).unwrap();
+        }
+        let sys = RecordingSystem::default();
+        let t0 = tokio::time::Instant::now();
+        let up = links_with_carrier(&sys, root.path()).await;
+        assert_eq!(
+            up.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            vec!["eth0"]
+        );
+        // The link without carrier got a second to come up.
+        assert!(t0.elapsed() >= Duration::from_secs(1) && t0.elapsed() < CARRIER_WAIT);
+        assert_eq!(sys.calls(), vec![Call::LinkUp(2), Call::LinkUp(3)]);
+        // No links at all: nothing to wait for.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(links_with_carrier(&sys, empty.path()).await.is_empty());
     }
 
     #[test]
