@@ -444,9 +444,10 @@ where
     tracing::info!(server = %server.id, peer = %addr, agent_version = %hello.agent_version, "agent connected");
 
     // Bytes the agent sent after its handshake are already in the framing buffer.
+    // Copied out so the framing buffer's 8 KiB allocation is not held for the connection's life.
     let parts = framed.into_parts();
     let stream = Prefixed {
-        prefix: parts.read_buf,
+        prefix: BytesMut::from(&parts.read_buf[..]),
         inner: parts.io,
     };
     let handler = Arc::new(AgentCommands {
