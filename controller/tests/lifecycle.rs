@@ -255,3 +255,45 @@ async fn the_cli_prints_what_scripts_need_and_exits_with_documented_codes() {
     let (code, _, _) = molar(&c, &["call", &sid, "ping"]).await;
     assert_eq!(code, 4);
 }
+
+#[tokio::test]
+async fn plaintext_agents_are_served_only_when_allowed_and_shutdown_tells_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let mut cfg = ServeConfig::loopback(dir.path());
+    cfg.allow_plaintext_agents = true;
+    let running = start(cfg, shutdown.clone()).await.unwrap();
+    let client = running.client().unwrap();
+    let token = client.create_token("lab").await.unwrap().token;
+    let tcp = tokio::net::TcpStream::connect(running.agent_addr)
+        .await
+        .unwrap();
+    let (peer, task) =
+        molar_protocol::Peer::spawn(tcp, fake_handler(), molar_protocol::PeerConfig::default());
+    let welcome = peer
+        .call_method::<molar_protocol::methods::Handshake>(&hello(token.expose(), 9))
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .call(&welcome.server_id, "ping", json!({"plain": 1}), None)
+            .await
+            .unwrap(),
+        json!({"plain": 1})
+    );
+    // TLS agents are still served on the same port.
+    let tls = tls_stream(running.agent_addr, &running.ca_pem_path).await;
+    let (tls_peer, _t) =
+        molar_protocol::Peer::spawn(tls, fake_handler(), molar_protocol::PeerConfig::default());
+    tls_peer
+        .call_method::<molar_protocol::methods::Handshake>(&hello(token.expose(), 10))
+        .await
+        .unwrap();
+
+    shutdown.cancel();
+    running.join().await;
+    assert_eq!(
+        task.await.unwrap(),
+        CloseReason::RemoteFatal("controller shutting down".into())
+    );
+}
