@@ -451,6 +451,33 @@ pub fn read_early(root: &Path) -> EarlySettings {
     }
 }
 
+/// Module parameters from the kernel command line, `MODULE.PARAM=VALUE` (what modprobe
+/// passes on; the kernel applies them only to built-in code): module name (with `_`) → the
+/// parameter string for finit_module, e.g. `ipmi_si.type=kcs ipmi_si.ports=0xca2` →
+/// `ipmi_si` → `type=kcs ports=0xca2`. Values with spaces are quoted again.
+pub fn module_params(line: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in split_cmdline(line) {
+        let Some((module, param)) = key.split_once('.') else {
+            continue;
+        };
+        if module.is_empty() || param.is_empty() || module == "molar" {
+            continue;
+        }
+        let param = match value {
+            Some(v) if v.chars().any(char::is_whitespace) => format!("{param}=\"{v}\""),
+            Some(v) => format!("{param}={v}"),
+            None => param.to_string(),
+        };
+        let entry = out.entry(module.replace('-', "_")).or_default();
+        if !entry.is_empty() {
+            entry.push(' ');
+        }
+        entry.push_str(&param);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,6 +500,22 @@ mod tests {
                 ("x".into(), Some("y z".into())),
                 ("k".into(), Some("".into())),
                 ("ro".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn module_parameters_for_finit_module() {
+        let p = module_params(
+            "console=ttyS0 ipmi_si.type=kcs ipmi-si.ports=0xca2 molar.token=x e1000e.debug \
+             mlx5_core.prof_sel=\"2 3\" .bad=1 bad.=1",
+        );
+        assert_eq!(
+            p.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("e1000e".to_string(), "debug".to_string()),
+                ("ipmi_si".to_string(), "type=kcs ports=0xca2".to_string()),
+                ("mlx5_core".to_string(), "prof_sel=\"2 3\"".to_string()),
             ]
         );
     }

@@ -413,6 +413,8 @@ pub struct Loader<'a> {
     sys: &'a dyn System,
     index: &'a ModuleIndex,
     threads: usize,
+    /// Module name → parameters for finit_module (from the kernel command line).
+    params: BTreeMap<String, String>,
     done: BTreeMap<String, Outcome>,
     report: ModuleReport,
 }
@@ -423,9 +425,16 @@ impl<'a> Loader<'a> {
             sys,
             index,
             threads: threads.max(1),
+            params: BTreeMap::new(),
             done: BTreeMap::new(),
             report: ModuleReport::default(),
         }
+    }
+
+    /// Parameters to load modules with, by module name (see [`super::cmdline::module_params`]).
+    pub fn with_params(mut self, params: BTreeMap<String, String>) -> Self {
+        self.params = params;
+        self
     }
 
     fn fail(&mut self, module: &str, reason: String) {
@@ -577,7 +586,8 @@ impl<'a> Loader<'a> {
                     Some(dep) => Err(format!("dependency {dep} failed")),
                     None => {
                         drop(guard);
-                        let r = match self.sys.load_module(&step.file, "") {
+                        let params = self.params.get(&step.module).map_or("", String::as_str);
+                        let r = match self.sys.load_module(&step.file, params) {
                             Ok(()) | Err(Errno::EEXIST) => Ok(()),
                             Err(e) => Err(format!("{}: {}", step.file.display(), e.desc())),
                         };
@@ -681,7 +691,9 @@ pub fn coldplug(
 ) -> Result<ModuleReport, ModulesError> {
     let release = sys.kernel_release().map_err(ModulesError::KernelRelease)?;
     let index = ModuleIndex::read(&root.join("lib/modules").join(release))?;
-    let mut loader = Loader::new(sys, &index, threads);
+    let cmdline = std::fs::read_to_string(root.join("proc/cmdline")).unwrap_or_default();
+    let mut loader =
+        Loader::new(sys, &index, threads).with_params(super::cmdline::module_params(&cmdline));
     let mut unmatched = 0;
     for pass in 1..=MAX_PASSES {
         let aliases = device_modaliases(root);
@@ -700,7 +712,7 @@ pub fn coldplug(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ramdisk::sys::RecordingSystem;
+    use crate::ramdisk::sys::{Call, RecordingSystem};
 
     #[test]
     fn glob_matches_real_alias_lines() {
@@ -944,6 +956,12 @@ mod tests {
     #[test]
     fn coldplug_end_to_end_with_already_loaded_modules() {
         let root = fixture();
+        std::fs::create_dir_all(root.path().join("proc")).unwrap();
+        std::fs::write(
+            root.path().join("proc/cmdline"),
+            "console=ttyS0 ipmi_si.type=kcs ipmi_si.ports=0xca2 nvme-core.multipath=N\n",
+        )
+        .unwrap();
         let sys = RecordingSystem {
             module_errors: vec![("virtio.ko".into(), Errno::EEXIST)],
             ..Default::default()
@@ -967,6 +985,19 @@ mod tests {
             report.failed,
             vec![("loop".to_string(), "no such module".to_string())]
         );
+        // Command-line module parameters reach finit_module; other modules get none.
+        let params_of = |file: &str| {
+            sys.calls().into_iter().find_map(|c| match c {
+                Call::LoadModule { path, params } if path.ends_with(file) => Some(params),
+                _ => None,
+            })
+        };
+        assert_eq!(
+            params_of("ipmi_si.ko").as_deref(),
+            Some("type=kcs ports=0xca2")
+        );
+        assert_eq!(params_of("nvme-core.ko").as_deref(), Some("multipath=N"));
+        assert_eq!(params_of("nvme.ko").as_deref(), Some(""));
     }
 
     #[test]
