@@ -774,6 +774,62 @@ mod tests {
         assert!(m.artefact(INITRAMFS).unwrap().size <= 25 << 20);
         let vmlinux = fs::read(dir.path().join("out").join(VMLINUX)).unwrap();
         assert!(vmlinux.starts_with(b"\x7fELF"));
+
+        // Where the host has kmod's depmod, it must agree with what was computed from the
+        // modules' own modinfo (as sets: the order within a line may differ, validly).
+        let Some(depmod) = ["/usr/sbin/depmod", "/sbin/depmod"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+        else {
+            eprintln!("depmod not installed: not cross-checking modules.dep");
+            return;
+        };
+        let img = fs::read(dir.path().join("out").join(INITRAMFS)).unwrap();
+        let root = dir.path().join("unpacked");
+        for e in parse_cpio(&unpack(&img, m.compression)) {
+            let path = root.join(&e.name);
+            match e.mode & 0o170000 {
+                0o040000 => fs::create_dir_all(&path).unwrap(),
+                0o100000 => fs::write(&path, &e.data).unwrap(),
+                _ => {}
+            }
+        }
+        let mdir = root.join("lib/modules").join(&m.kernel_version);
+        let ours_dep = fs::read_to_string(mdir.join("modules.dep")).unwrap();
+        let ours_alias = fs::read_to_string(mdir.join("modules.alias")).unwrap();
+        let status = std::process::Command::new(depmod)
+            .arg("-b")
+            .arg(&root)
+            .arg(&m.kernel_version)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let as_sets = |text: &str| -> std::collections::BTreeMap<
+            String,
+            std::collections::BTreeSet<String>,
+        > {
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        v.split_whitespace().map(String::from).collect(),
+                    )
+                })
+                .collect()
+        };
+        let theirs_dep = fs::read_to_string(mdir.join("modules.dep")).unwrap();
+        assert_eq!(as_sets(&ours_dep), as_sets(&theirs_dep));
+        let aliases = |text: &str| -> std::collections::BTreeSet<String> {
+            text.lines()
+                .filter(|l| l.starts_with("alias "))
+                .map(String::from)
+                .collect()
+        };
+        let theirs_alias = fs::read_to_string(mdir.join("modules.alias")).unwrap();
+        assert_eq!(aliases(&ours_alias), aliases(&theirs_alias));
     }
 
     #[test]
