@@ -88,6 +88,12 @@ pub struct SettingError {
     pub problem: String,
 }
 
+impl SettingError {
+    pub fn code(&self) -> &'static str {
+        "invalid_setting"
+    }
+}
+
 pub const KEY_CONTROLLER: &str = "molar.controller";
 pub const KEY_TOKEN: &str = "molar.token";
 pub const KEY_CA: &str = "molar.ca";

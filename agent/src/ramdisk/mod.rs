@@ -413,7 +413,7 @@ pub async fn wait_for_settings(root: &Path, retry: Duration) -> Settings {
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -477,7 +477,16 @@ where
     let started = Instant::now();
     tracing::info!(pid = sys.pid(), "molar init starting");
     let (modules, hostname) = prepare(sys.clone(), &root).await;
-    tokio::spawn(reap_forever(sys.clone(), root.clone()));
+    let (reap_sys, reap_root) = (sys.clone(), root.clone());
+    tokio::spawn(async move {
+        loop {
+            let run = reap_forever(reap_sys.clone(), reap_root.clone());
+            if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+                tracing::error!(panic = %panic_message(panic.as_ref()), "reaper panicked; restarting");
+                tokio::time::sleep(REAP_INTERVAL).await;
+            }
+        }
+    });
 
     let mut network = net::start(
         sys.clone(),
@@ -717,6 +726,28 @@ mod tests {
             vec![50]
         );
         assert_eq!(sys.calls(), vec![Call::Reap(50)]);
+    }
+
+    #[test]
+    fn real_zombie_is_found_in_proc_and_reaped() {
+        // A child of this test process that exits and is not waited for is a zombie whose
+        // parent is us, exactly like an orphan under PID 1.
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let me = std::process::id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !zombies(Path::new("/"), me).contains(&pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child {pid} never became a zombie"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let sys = sys::LinuxSystem;
+        assert_eq!(sys.reap(pid), Ok(true));
+        assert!(!zombies(Path::new("/"), me).contains(&pid));
+        assert_eq!(sys.reap(pid), Err(Errno::ECHILD));
+        drop(child);
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,12 +8,14 @@
 //! request sets the BROADCAST flag, so replies reach a link that has no address yet.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dhcproto::v4::{self, DhcpOption, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use futures::FutureExt;
 use nix::errno::Errno;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -42,8 +44,6 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
-    #[error("encoding a dhcp message: {0}")]
-    Encode(String),
 }
 
 impl NetError {
@@ -51,7 +51,6 @@ impl NetError {
         match self {
             NetError::Socket { .. } => "dhcp_socket_failed",
             NetError::Io { .. } => "dhcp_io_failed",
-            NetError::Encode(_) => "dhcp_encode_failed",
         }
     }
 }
@@ -686,7 +685,24 @@ pub fn start(
     cancel: CancellationToken,
 ) -> watch::Receiver<Option<NetState>> {
     let (tx, rx) = watch::channel(None);
-    tokio::spawn(manage(sys, root, hostname, tx, cancel));
+    tokio::spawn(async move {
+        // A panic in the network task must not leave PID 1 without a network for good.
+        while !cancel.is_cancelled() {
+            let run = manage(
+                sys.clone(),
+                root.clone(),
+                hostname.clone(),
+                &tx,
+                cancel.clone(),
+            );
+            if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+                let msg = super::panic_message(panic.as_ref());
+                tracing::error!(panic = %msg, "network task panicked; restarting");
+                tx.send_replace(None);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
     rx
 }
 
@@ -694,7 +710,7 @@ async fn manage(
     sys: Arc<dyn System>,
     root: PathBuf,
     hostname: Option<String>,
-    state: watch::Sender<Option<NetState>>,
+    state: &watch::Sender<Option<NetState>>,
     cancel: CancellationToken,
 ) {
     let epoch = tokio::time::Instant::now();

@@ -94,9 +94,8 @@ impl System for LinuxSystem {
             .write(true)
             .open(path)
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-        // setsid so the console can become our controlling terminal; PID 1 already leads its
-        // session, which is reported as EPERM and is fine.
-        let _ = nix::unistd::setsid();
+        // No controlling terminal on purpose: a ^C typed on the serial console must not
+        // signal PID 1.
         nix::unistd::dup2_stdin(&console)?;
         nix::unistd::dup2_stdout(&console)?;
         nix::unistd::dup2_stderr(&console)
