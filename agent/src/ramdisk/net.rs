@@ -855,6 +855,35 @@ mod tests {
         let tx = step.transmit.unwrap();
         assert_eq!(tx.to, Ipv4Addr::BROADCAST);
         assert_eq!(step.deadline, secs(2));
+        // The fixed BOOTP header, read by hand (RFC 2131 figure 1), independent of dhcproto.
+        let b = &tx.bytes;
+        assert_eq!(
+            &b[0..4],
+            &[1, 1, 6, 0],
+            "op BOOTREQUEST, htype ethernet, hlen 6, hops 0"
+        );
+        assert_eq!(u32::from_be_bytes(b[4..8].try_into().unwrap()), c.xid());
+        assert_eq!(&b[10..12], &[0x80, 0], "BROADCAST flag");
+        assert_eq!(
+            &b[12..28],
+            &[0u8; 16],
+            "ciaddr, yiaddr, siaddr, giaddr all zero"
+        );
+        assert_eq!(&b[28..34], &MAC);
+        assert_eq!(&b[236..240], &[99, 130, 83, 99], "magic cookie");
+        // Walk the options: code, length, value; until END.
+        let mut options = std::collections::BTreeMap::new();
+        let mut i = 240;
+        while b[i] != 255 {
+            let (code, len) = (b[i], b[i + 1] as usize);
+            options.insert(code, b[i + 2..i + 2 + len].to_vec());
+            i += 2 + len;
+        }
+        assert_eq!(options[&53], vec![1], "DHCPDISCOVER");
+        assert_eq!(options[&61], vec![1, 0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert_eq!(options[&12], b"molar-525400123456".to_vec());
+        assert_eq!(options[&57], 1500u16.to_be_bytes().to_vec());
+        assert_eq!(options[&55], vec![1, 3, 6, 51, 58, 59, 54]);
         let discover = decode(&tx.bytes);
         assert_eq!(discover.opts().msg_type(), Some(MessageType::Discover));
         assert!(discover.flags().broadcast());
