@@ -680,6 +680,13 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// Whether a device modalias is a network controller: a PCI function of class 02, or a
+/// virtio network device. Their drivers load in coldplug's first phase.
+pub fn is_network_modalias(modalias: &str) -> bool {
+    (modalias.starts_with("pci:") && modalias.contains("bc02sc"))
+        || modalias.starts_with("virtio:d00000001v")
+}
+
 /// Coldplug under `root` for the running kernel: passes until nothing new loads; the explicit
 /// `extras` (module names or aliases) load with the first pass. `threads` loads run at once
 /// (see [`COLDPLUG_THREADS`]).
@@ -689,11 +696,36 @@ pub fn coldplug(
     extras: &[String],
     threads: usize,
 ) -> Result<ModuleReport, ModulesError> {
+    coldplug_network_first(sys, root, extras, threads, || {})
+}
+
+/// [`coldplug`] in two phases: first only the drivers of network controllers (and what they
+/// need, and the devices they expose: virtio_pci, then virtio_net), then `network_ready` is
+/// called, so DHCP can start while storage and the rest load (AHCI alone probed for 0.45 s in
+/// QEMU; SAS HBAs take seconds). `network_ready` is not called when the module index cannot
+/// be read.
+pub fn coldplug_network_first(
+    sys: &dyn System,
+    root: &Path,
+    extras: &[String],
+    threads: usize,
+    network_ready: impl FnOnce(),
+) -> Result<ModuleReport, ModulesError> {
     let release = sys.kernel_release().map_err(ModulesError::KernelRelease)?;
     let index = ModuleIndex::read(&root.join("lib/modules").join(release))?;
     let cmdline = std::fs::read_to_string(root.join("proc/cmdline")).unwrap_or_default();
     let mut loader =
         Loader::new(sys, &index, threads).with_params(super::cmdline::module_params(&cmdline));
+    for pass in 1..=MAX_PASSES {
+        let mut aliases = device_modaliases(root);
+        aliases.retain(|a| is_network_modalias(a));
+        let (_, progressed) = loader.coldplug_pass(&aliases, &[]);
+        tracing::debug!(pass, devices = aliases.len(), "network coldplug pass");
+        if !progressed {
+            break;
+        }
+    }
+    network_ready();
     let mut unmatched = 0;
     for pass in 1..=MAX_PASSES {
         let aliases = device_modaliases(root);
@@ -1061,6 +1093,45 @@ mod tests {
                 vec!["broken", "needs_broken"]
             );
         }
+    }
+
+    #[test]
+    fn network_drivers_load_first() {
+        let root = fixture();
+        let d = root
+            .path()
+            .join("sys/devices/pci0000:00/0000:00:01.0/virtio0");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("modalias"), "virtio:d00000001v00001AF4\n").unwrap();
+        bus_link(root.path(), "virtio", &d);
+        let sys = RecordingSystem::default();
+        let mut at_ready = None;
+        let report = coldplug_network_first(&sys, root.path(), &["ipmi_si".to_string()], 1, || {
+            at_ready = Some(sys.loaded_modules())
+        })
+        .unwrap();
+        assert_eq!(
+            at_ready.unwrap(),
+            vec![
+                "virtio_ring.ko",
+                "virtio.ko",
+                "virtio_pci_modern_dev.ko",
+                "virtio_pci_legacy_dev.ko",
+                "virtio_pci.ko",
+                "failover.ko",
+                "net_failover.ko",
+                "virtio_net.ko",
+            ]
+        );
+        assert_eq!(report.loaded.len(), 18);
+        assert_eq!(report.unmatched_aliases, 1);
+        assert!(is_network_modalias(
+            "pci:v00008086d000010D3sv00008086sd0000A01Fbc02sc00i00"
+        ));
+        assert!(!is_network_modalias(
+            "pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02"
+        ));
+        assert!(!is_network_modalias("virtio:d00000002v00001AF4"));
     }
 
     #[test]
