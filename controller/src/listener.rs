@@ -521,6 +521,9 @@ impl Handler for AgentCommands {
                             tracing::debug!(server = %server_id, task = %st.task_id, state = %st.state, "duplicate task status acknowledged");
                         }
                         Ok(StatusOutcome::Stale) => {}
+                        Ok(StatusOutcome::Foreign) => {
+                            tracing::warn!(server = %server_id, task = %st.task_id, "status of another server's task ignored");
+                        }
                         Err(e) => {
                             tracing::error!(server = %server_id, error = %e, "storing a task status");
                             // Not acknowledged: the agent keeps the status and resends it.

@@ -97,6 +97,9 @@ CREATE TABLE logs (
 CREATE INDEX logs_server ON logs(server_id, id);
 "#];
 
+/// Most task ids listed in a handshake's `acknowledged_tasks`.
+pub const ACKNOWLEDGED_MAX: i64 = 1000;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -345,6 +348,9 @@ pub enum StatusOutcome {
     Duplicate,
     /// A `running` update not newer than the stored one: acknowledged, ignored.
     Stale,
+    /// The task belongs to another server: acknowledged (so the agent stops resending),
+    /// ignored.
+    Foreign,
 }
 
 /// A stored log record.
@@ -970,11 +976,11 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(q("storing a task status"))?;
         let now = now_ms();
-        let current: Option<(String, i64)> = tx
+        let current: Option<(String, i64, String)> = tx
             .query_row(
-                "SELECT state, seq FROM tasks WHERE task_id = ?1",
+                "SELECT state, seq, server_id FROM tasks WHERE task_id = ?1",
                 [&st.task_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(q("reading a task"))?;
@@ -991,10 +997,11 @@ impl Store {
                 )
                 .map_err(q("storing a task"))?;
             }
-            Some((state, _)) if TaskPhase::parse(&state).is_some_and(TaskPhase::is_terminal) => {
+            Some((_, _, owner)) if owner != server_id => return Ok(StatusOutcome::Foreign),
+            Some((state, _, _)) if TaskPhase::parse(&state).is_some_and(TaskPhase::is_terminal) => {
                 return Ok(StatusOutcome::Duplicate);
             }
-            Some((_, stored_seq)) if phase == TaskPhase::Running && seq <= stored_seq => {
+            Some((_, stored_seq, _)) if phase == TaskPhase::Running && seq <= stored_seq => {
                 return Ok(StatusOutcome::Stale);
             }
             Some(_) => {}
@@ -1085,17 +1092,22 @@ impl Store {
         rows.into_iter().map(finish_event).collect()
     }
 
-    /// Ids of the server's tasks whose terminal status is stored: the agent stops resending.
+    /// Ids of the server's most recently finished tasks (at most [`ACKNOWLEDGED_MAX`]) whose
+    /// terminal status is stored: the agent stops resending them. Older ones are not listed
+    /// (the handshake answer must stay far below the line limit); a resent old status is
+    /// still acknowledged as a duplicate.
     pub fn acknowledged_tasks(&self, server_id: &str) -> Result<Vec<String>> {
         let conn = self.lock();
         let mut st = conn
             .prepare_cached(
-                "SELECT task_id FROM tasks WHERE server_id = ?1 AND state IN ('complete','error')
+                "SELECT task_id FROM (
+                    SELECT task_id FROM tasks WHERE server_id = ?1 AND state IN ('complete','error')
+                    ORDER BY finished_ms DESC, task_id LIMIT ?2)
                  ORDER BY task_id",
             )
             .map_err(q("listing acknowledged tasks"))?;
         let rows = st
-            .query_map([server_id], |r| r.get(0))
+            .query_map(params![server_id, ACKNOWLEDGED_MAX], |r| r.get(0))
             .map_err(q("listing acknowledged tasks"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(q("listing acknowledged tasks"))
@@ -1300,6 +1312,12 @@ mod tests {
             .unwrap();
         assert_eq!(s.get_task("t-x").unwrap().unwrap().state, TaskPhase::Error);
         s.create_task("t-2", "srv-1", "m", &json!({})).unwrap();
+        s.register(&reg("k2"), &mut || "srv-2".into(), "b").unwrap();
+        assert_eq!(
+            s.apply_task_status("srv-2", &status("t-x", TaskState::Complete, 2))
+                .unwrap(),
+            StatusOutcome::Foreign
+        );
         let ev = s.task_refused("t-2", "nope", "unknown_method").unwrap();
         assert_eq!(ev.unwrap().state, TaskPhase::Error);
         assert!(s.task_refused("t-2", "again", "x").unwrap().is_none());
