@@ -598,6 +598,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// Consecutive failed attempts to follow a task's events before `--wait` gives up (about a
+/// minute: long enough for a controller restart).
+const FOLLOW_RETRIES: u32 = 60;
+
 async fn follow_task(c: &Client, task_id: &str, json: bool) -> Result<(), Failure> {
     let bar = indicatif::ProgressBar::new(100);
     bar.set_style(
@@ -607,20 +611,47 @@ async fn follow_task(c: &Client, task_id: &str, json: bool) -> Result<(), Failur
     );
     bar.set_message(task_id.to_owned());
     bar.enable_steady_tick(Duration::from_millis(200));
-    let mut events = c.task_events(task_id).await.map_err(api_err(false))?;
     let mut last: Option<TaskEvent> = None;
-    while let Some(ev) = events.next().await {
-        let ev = ev.map_err(api_err(false))?;
-        if let Some(p) = ev.percent {
-            bar.set_position(p.clamp(0.0, 100.0) as u64);
+    // The stream replays stored events, so after a lost connection (e.g. the controller
+    // restarting mid-task) following again from the start loses nothing.
+    let mut failures = 0;
+    'follow: loop {
+        let opened = c.task_events(task_id).await;
+        let mut events = match opened {
+            Ok(ev) => ev,
+            Err(e) if matches!(e, ClientError::Api(_)) => return Err(api_err(false)(e)),
+            Err(e) => {
+                failures += 1;
+                if failures > FOLLOW_RETRIES {
+                    return Err(api_err(false)(e));
+                }
+                bar.set_message(format!("{task_id} (reconnecting: {e})"));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(ev) = events.next().await {
+            let Ok(ev) = ev else { break };
+            failures = 0;
+            if let Some(p) = ev.percent {
+                bar.set_position(p.clamp(0.0, 100.0) as u64);
+            }
+            let eta = ev.eta.map(|e| format!("eta {e} s")).unwrap_or_default();
+            bar.set_message(format!("{task_id} {eta}"));
+            let terminal = ev.state.is_terminal();
+            last = Some(ev);
+            if terminal {
+                break 'follow;
+            }
         }
-        let eta = ev.eta.map(|e| format!("eta {e} s")).unwrap_or_default();
-        bar.set_message(format!("{task_id} {eta}"));
-        let terminal = ev.state.is_terminal();
-        last = Some(ev);
-        if terminal {
+        if c.task(task_id).await.is_ok_and(|t| t.state.is_terminal()) {
             break;
         }
+        failures += 1;
+        if failures > FOLLOW_RETRIES {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     bar.finish_and_clear();
     let task = c.task(task_id).await.map_err(api_err(false))?;
