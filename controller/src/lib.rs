@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub peer: PeerConfig,
     /// Listen backlog of the agent socket: agents arriving in a burst wait there.
     pub backlog: u32,
+    /// Time an agent gets for the TLS handshake, and again for its `handshake` command.
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -79,6 +81,7 @@ impl ServeConfig {
             max_connections: 20_000,
             peer: ListenerConfig::default_peer(),
             backlog: 4096,
+            handshake_timeout: std::time::Duration::from_secs(10),
         }
     }
 
@@ -212,6 +215,7 @@ pub async fn start(
     lcfg.allow_plaintext = config.allow_plaintext_agents;
     lcfg.max_connections = config.max_connections;
     lcfg.peer = config.peer.clone();
+    lcfg.handshake_timeout = config.handshake_timeout;
     let api_tls = pki::server_config(&pki, &[b"http/1.1"])?;
     let router = api::router(fleet.clone(), &admin_token, shutdown.clone());
 

@@ -369,3 +369,43 @@ async fn an_invalid_json_body_is_a_bad_request() {
     assert!(c.client.server_tasks(&sid).await.unwrap().is_empty());
     still_answers(&c, &sid).await;
 }
+
+#[tokio::test]
+async fn a_client_that_never_sends_its_handshake_is_closed() {
+    // The listener on its own, mini-redis style: run(listener, shutdown) with a short
+    // handshake timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = molar_controller::pki::load_or_create(dir.path(), &[]).unwrap();
+    let store = std::sync::Arc::new(molar_controller::store::Store::open_in_memory().unwrap());
+    let fleet = molar_controller::Fleet::new(store);
+    let mut cfg = molar_controller::ListenerConfig::new(
+        molar_controller::pki::server_config(&pki, &[]).unwrap(),
+    );
+    cfg.handshake_timeout = std::time::Duration::from_millis(200);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(molar_controller::listener::run(
+        listener,
+        fleet.clone(),
+        cfg,
+        shutdown.clone(),
+    ));
+
+    // TLS done, then silence: one fatal line naming the problem, then the close.
+    let mut raw = Raw::new(tls_stream(addr, &pki.ca_pem_path).await);
+    assert_eq!(
+        raw.recv_json().await,
+        json!({"version":"v1","fatal_error":"no handshake within 0.2 s"})
+    );
+    assert_eq!(raw.recv().await, None);
+    // Not even the first byte: closed without a word.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    tcp.read_to_end(&mut buf).await.unwrap();
+    assert!(buf.is_empty());
+
+    assert_eq!(fleet.store.list_servers().unwrap(), vec![]);
+    shutdown.cancel();
+    server.await.unwrap();
+}
