@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
+use molar_protocol::Secret;
+
 /// Where a setting's value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -22,27 +24,6 @@ impl fmt::Display for Source {
             Source::Cmdline => "kernel command line",
             Source::Smbios => "smbios oem strings",
         })
-    }
-}
-
-/// The controller's enrolment token. Debug and Display never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl Token {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the handshake and nothing else.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
     }
 }
 
@@ -67,7 +48,8 @@ impl fmt::Display for ControllerAddr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub controller: ControllerAddr,
-    pub token: Token,
+    /// The controller's enrolment token, as the handshake carries it (redacted in Debug).
+    pub token: Secret,
     /// SHA-256 of the controller CA certificate (DER), from `molar.ca=sha256:HEX64`.
     pub ca_sha256: Option<[u8; 32]>,
     /// `molar.insecure=1`: plaintext to the controller (lab only).
@@ -266,7 +248,7 @@ pub fn parse_settings(
                 bad(KEY_TOKEN, Some(src), "contains control characters".into());
                 None
             } else {
-                Some(Token::new(v))
+                Some(Secret::new(v))
             }
         }
     };
