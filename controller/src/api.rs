@@ -234,6 +234,7 @@ pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationTok
     Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -243,6 +244,14 @@ async fn not_found(req: Request) -> ApiError {
         codes::NOT_FOUND,
         format!("no such endpoint: {} {}", req.method(), req.uri().path()),
     )
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let body = json!({"error": {
+        "msg": format!("method {} is not allowed on {}", req.method(), req.uri().path()),
+        "code": codes::INVALID_REQUEST,
+    }});
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
 async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {

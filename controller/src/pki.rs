@@ -17,7 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -155,10 +155,15 @@ fn parse_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 /// Loads the CA and server certificate from `dir`, creating what is missing. The server
 /// certificate is reissued (by the same CA) when the requested names changed.
 pub fn load_or_create(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
-    std::fs::create_dir_all(dir).map_err(|source| PkiError::CreateDir {
-        path: dir.to_owned(),
-        source,
-    })?;
+    // The directory holds private keys and the admin token: only its owner may list it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| PkiError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
     let ca_pem_path = dir.join("ca.pem");
     let ca_key_path = dir.join("ca.key");
     let created = !ca_pem_path.exists() || !ca_key_path.exists();
@@ -303,7 +308,12 @@ mod tests {
 
     #[test]
     fn first_start_creates_later_starts_reuse() {
-        let dir = tempfile::tempdir().unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state");
+        load_or_create(&dir, &[]).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let dir = tempfile::TempDir::new_in(parent.path()).unwrap();
         let a = load_or_create(dir.path(), &[]).unwrap();
         assert!(a.created);
         assert!(a.ca_fingerprint.starts_with("sha256:"));

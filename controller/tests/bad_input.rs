@@ -249,6 +249,21 @@ async fn api_calls_without_or_with_a_wrong_admin_token_are_refused() {
             )
         );
     }
+    let auth = format!("Bearer {}", c.running.admin_token.expose());
+    assert_eq!(
+        raw_api(&c, reqwest::Method::PUT, "/servers", Some(&auth), None).await,
+        (
+            405,
+            json!({"error":{"msg":"method PUT is not allowed on /api/v1/servers","code":"invalid_request"}})
+        )
+    );
+    assert_eq!(
+        raw_api(&c, reqwest::Method::GET, "/nope", Some(&auth), None).await,
+        (
+            404,
+            json!({"error":{"msg":"no such endpoint: GET /api/v1/nope","code":"not_found"}})
+        )
+    );
     // Creating a token without the admin token creates nothing.
     let (status, _) = raw_api(
         &c,
