@@ -555,6 +555,59 @@ where
     }
 }
 
+/// The whole of `/init` (and `molar-agent init`), for `main` to call first thing: [`early_init`]
+/// before the process opens any file or starts a runtime, then `install_logging` with the
+/// `molar.log=` level (if given; logs go to stderr, now the console), then a tokio runtime
+/// running [`run_init`] with `session`, forever. Should PID 1 itself panic outside the
+/// session, it logs and starts over (modules load again as EEXIST, addresses are replaced),
+/// because a returning init panics the kernel. Returns only the refusal when this process is
+/// not PID 1, having done nothing.
+pub fn init_main<L, F, Fut, E>(install_logging: L, mut session: F) -> RamdiskError
+where
+    L: FnOnce(Option<&str>),
+    F: FnMut(Boot) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let sys: Arc<dyn System> = Arc::new(sys::LinuxSystem);
+    let root = PathBuf::from("/");
+    let mut problems = early_init(sys.as_ref(), &root);
+    if let Some(pos) = problems
+        .iter()
+        .position(|p| matches!(p, RamdiskError::NotInit { .. }))
+    {
+        return problems.swap_remove(pos);
+    }
+    install_logging(cmdline::read_early(&root).log.as_deref());
+    for p in &problems {
+        tracing::error!(error = %p, code = p.code(), "early init problem");
+    }
+    loop {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                tracing::error!(error = %e, "starting the async runtime failed; retrying");
+                std::thread::sleep(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            runtime.block_on(run_init(sys.clone(), root.clone(), &mut session))
+        }));
+        match run {
+            Ok(Ok(never)) => match never {},
+            Ok(Err(refused)) => return refused,
+            Err(panic) => {
+                tracing::error!(panic = %panic_message(panic.as_ref()), "pid 1 panicked; starting over");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,6 +765,16 @@ mod tests {
             sys.calls().is_empty(),
             "nothing mounted, loaded or configured"
         );
+    }
+
+    #[test]
+    fn init_main_does_nothing_outside_pid_1() {
+        assert_ne!(std::process::id(), 1, "tests do not run as init");
+        let refused = init_main(
+            |_| panic!("no logging is installed outside pid 1"),
+            |_: Boot| async { Ok::<(), String>(()) },
+        );
+        assert_eq!(refused.code(), "not_ramdisk_init");
     }
 
     #[test]
