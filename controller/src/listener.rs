@@ -196,7 +196,8 @@ async fn connection(
         let _ = stream.shutdown().await;
         return Ok(());
     }
-    let tls = tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(stream))
+    // Boxed: the TLS handshake's state is large and short-lived (see `serve`).
+    let tls = tokio::time::timeout(cfg.handshake_timeout, Box::pin(acceptor.accept(stream)))
         .await
         .map_err(|_| ConnectionError::Silent {
             addr,
@@ -302,6 +303,19 @@ where
         .map_err(|source| ConnectionError::Write { addr, source })
 }
 
+/// An agent past its handshake, its peer running.
+struct Admitted {
+    server_id: String,
+    conn_id: i64,
+    peer: PeerHandle,
+    task: tokio::task::JoinHandle<molar_protocol::CloseReason>,
+}
+
+/// Serves one connection: the handshake, then the agent's life.
+///
+/// The handshake's state (framing buffers, the stream itself) is large and needed only for a
+/// moment, so it runs in its own boxed future: what stays allocated for the connection's
+/// life is the small future that waits for the peer to end.
 async fn serve<S>(
     stream: S,
     addr: SocketAddr,
@@ -312,10 +326,49 @@ async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let admitted = Box::pin(admit(stream, addr, &fleet, cfg, &shutdown)).await?;
+    let Some(Admitted {
+        server_id,
+        conn_id,
+        peer,
+        mut task,
+    }) = admitted
+    else {
+        return Ok(());
+    };
+    let reason = tokio::select! {
+        r = &mut task => r.map(|r| r.to_string()).unwrap_or_else(|e| format!("connection task failed: {e}")),
+        _ = shutdown.cancelled() => {
+            peer.close(Some("controller shutting down".into())).await;
+            match task.await {
+                Ok(r) => r.to_string(),
+                Err(e) => format!("connection task failed: {e}"),
+            }
+        }
+    };
+    let still = fleet.detach(&server_id, conn_id);
+    if let Err(e) = fleet.store.close_connection(conn_id, &reason, still) {
+        tracing::error!(server = %server_id, error = %e, "recording a closed connection");
+    }
+    tracing::info!(server = %server_id, peer = %addr, %reason, "agent disconnected");
+    Ok(())
+}
+
+/// Reads and judges the handshake; on success starts the peer and registers it.
+async fn admit<S>(
+    stream: S,
+    addr: SocketAddr,
+    fleet: &Arc<Fleet>,
+    cfg: &ListenerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<Admitted>, ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut framed = Framed::new(stream, LineCodec::new(cfg.peer.max_line));
     let first = tokio::select! {
         r = tokio::time::timeout(cfg.handshake_timeout, framed.next()) => r,
-        _ = shutdown.cancelled() => return Ok(()),
+        _ = shutdown.cancelled() => return Ok(None),
     };
     let verdict = match first {
         Err(_) => Opening::Refused {
@@ -335,7 +388,7 @@ where
         Ok(Some(Ok(line))) => opening(&line),
     };
     let (id, hello) = match verdict {
-        Opening::Gone => return Ok(()),
+        Opening::Gone => return Ok(None),
         Opening::Refused { reply, fatal } => {
             if let Some(r) = reply {
                 send_line(&mut framed, addr, Message::Error(r)).await?;
@@ -463,23 +516,12 @@ where
         tracing::info!(server = %server.id, "closing the connection superseded by {addr}");
         tokio::spawn(async move { old.close(Some(SUPERSEDED.into())).await });
     }
-    let mut task = task;
-    let reason = tokio::select! {
-        r = &mut task => r.map(|r| r.to_string()).unwrap_or_else(|e| format!("connection task failed: {e}")),
-        _ = shutdown.cancelled() => {
-            peer.close(Some("controller shutting down".into())).await;
-            match task.await {
-                Ok(r) => r.to_string(),
-                Err(e) => format!("connection task failed: {e}"),
-            }
-        }
-    };
-    let still = fleet.detach(&server.id, conn_id);
-    if let Err(e) = fleet.store.close_connection(conn_id, &reason, still) {
-        tracing::error!(server = %server.id, error = %e, "recording a closed connection");
-    }
-    tracing::info!(server = %server.id, peer = %addr, %reason, "agent disconnected");
-    Ok(())
+    Ok(Some(Admitted {
+        server_id: server.id,
+        conn_id,
+        peer,
+        task,
+    }))
 }
 
 /// Serves the agent's commands after the handshake.

@@ -12,6 +12,9 @@
 //! `Fleet::call`, the path `POST /api/v1/servers/{id}/call` takes, over random agents:
 //! sequential (latency when idle) and 64 in flight (latency under load); a smaller sample
 //! goes through the HTTPS API itself with the typed client.
+//!
+//! `--plaintext` runs the same benchmark with the controller's lab-only plaintext agent
+//! listener, to show what TLS costs per connection.
 
 use anyhow::{Context, Result, bail};
 use futures::FutureExt;
@@ -29,7 +32,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: fanin-bench [--agents N[,N...]] [--samples S]";
+const USAGE: &str = "usage: fanin-bench [--agents N[,N...]] [--samples S] [--plaintext]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,17 +43,23 @@ fn main() -> Result<()> {
             .cloned()
     };
     raise_fd_limit();
+    let plaintext = args.iter().any(|a| a == "--plaintext");
     if args.iter().any(|a| a == "--child") {
         let addr: SocketAddr = flag("--addr").context("--addr")?.parse()?;
         let ca = PathBuf::from(flag("--ca").context("--ca")?);
         let token = flag("--token").context("--token")?;
         let n: usize = flag("--agents").context("--agents")?.parse()?;
-        return runtime()?.block_on(child(addr, &ca, &token, n));
+        let tls = if plaintext {
+            None
+        } else {
+            Some(tls_connector(&ca)?)
+        };
+        return runtime()?.block_on(child(addr, tls, &token, n));
     }
     let samples: usize = flag("--samples").map_or(Ok(3000), |s| s.parse())?;
     if let Some(n) = flag("--run") {
         let n: usize = n.parse()?;
-        return runtime()?.block_on(run(n, samples));
+        return runtime()?.block_on(run(n, samples, plaintext));
     }
     let list = flag("--agents").unwrap_or_else(|| "1000,10000".into());
     let counts = list
@@ -59,24 +68,33 @@ fn main() -> Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .context(USAGE)?;
     println!(
-        "fan-in benchmark: controller in-process, agents in a child process, TLS 1.3 on loopback, {} cores",
+        "fan-in benchmark: controller in-process, agents in a child process, {} on loopback, {} cores",
+        if plaintext {
+            "plaintext (lab mode)"
+        } else {
+            "TLS 1.3"
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:>7} {:>7} {:>12} {:>10} {:>19} {:>23} {:>19}",
+        "{:>7} {:>7} {:>12} {:>10} {:>11} {:>19} {:>23} {:>19}",
         "agents",
         "held",
         "handshake/s",
         "KiB/conn",
+        "heap KiB/c",
         "call p50/p99 ms",
         "64-in-flight p50/p99",
         "API p50/p99 ms"
     );
     let exe = std::env::current_exe()?;
     for n in counts {
-        let status = std::process::Command::new(&exe)
-            .args(["--run", &n.to_string(), "--samples", &samples.to_string()])
-            .status()?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["--run", &n.to_string(), "--samples", &samples.to_string()]);
+        if plaintext {
+            cmd.arg("--plaintext");
+        }
+        let status = cmd.status()?;
         if !status.success() {
             bail!("the run with {n} agents failed: {status}");
         }
@@ -118,6 +136,14 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes in use in the malloc heap (glibc), to tell live allocations from allocator overhead
+/// in the RSS figure.
+fn heap_bytes() -> u64 {
+    // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value.
+    let mi = unsafe { libc::mallinfo2() };
+    (mi.uordblks + mi.hblkhd) as u64
+}
+
 /// xorshift64*: enough randomness to pick agents, without a dependency.
 struct Rng(u64);
 
@@ -142,11 +168,12 @@ fn percentiles(mut v: Vec<Duration>) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
-async fn run(n: usize, samples: usize) -> Result<()> {
+async fn run(n: usize, samples: usize, plaintext: bool) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let shutdown = CancellationToken::new();
     let mut cfg = ServeConfig::loopback(dir.path());
     cfg.max_connections = n.max(20_000);
+    cfg.allow_plaintext_agents = plaintext;
     let running = start(cfg, shutdown.clone()).await?;
     let fleet = running.fleet.clone();
     let (_, token) = fleet.create_token("bench")?;
@@ -155,8 +182,13 @@ async fn run(n: usize, samples: usize) -> Result<()> {
     let _ = client.servers().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base_rss = rss_kib();
+    let base_heap = heap_bytes();
 
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+    let mut child = tokio::process::Command::new(std::env::current_exe()?);
+    if plaintext {
+        child.arg("--plaintext");
+    }
+    let mut child = child
         .args([
             "--child",
             "--addr",
@@ -192,6 +224,7 @@ async fn run(n: usize, samples: usize) -> Result<()> {
     let held = fleet.connected_count();
     let rss = rss_kib();
     let per_conn = (rss.saturating_sub(base_rss)) as f64 / held.max(1) as f64;
+    let heap_per_conn = heap_bytes().saturating_sub(base_heap) as f64 / 1024.0 / held.max(1) as f64;
 
     let ids = fleet.connected_ids();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ n as u64);
@@ -236,11 +269,12 @@ async fn run(n: usize, samples: usize) -> Result<()> {
     let (l50, l99) = percentiles(loaded);
     let (a50, a99) = percentiles(api);
     println!(
-        "{:>7} {:>7} {:>12.0} {:>10.1} {:>9.2} / {:<7.2} {:>11.2} / {:<9.2} {:>9.2} / {:<7.2}",
+        "{:>7} {:>7} {:>12.0} {:>10.1} {:>11.1} {:>9.2} / {:<7.2} {:>11.2} / {:<9.2} {:>9.2} / {:<7.2}",
         n,
         held.min(held_after),
         connected as f64 / secs.max(1e-9),
         per_conn,
+        heap_per_conn,
         s50,
         s99,
         l50,
@@ -274,24 +308,25 @@ fn tls_connector(ca: &Path) -> Result<tokio_rustls::TlsConnector> {
 
 async fn one_agent(
     addr: SocketAddr,
-    tls: &tokio_rustls::TlsConnector,
+    tls: Option<&tokio_rustls::TlsConnector>,
     handler: Arc<dyn Handler>,
     token: &str,
     i: usize,
 ) -> Result<PeerHandle> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
-    let stream = tls.connect(name, tcp).await?;
-    let (peer, _task) = Peer::spawn(
-        stream,
-        handler,
-        PeerConfig {
-            name: format!("bench agent {i}"),
-            id_prefix: "a".into(),
-            ..PeerConfig::default()
-        },
-    );
+    let cfg = PeerConfig {
+        name: format!("bench agent {i}"),
+        id_prefix: "a".into(),
+        ..PeerConfig::default()
+    };
+    let (peer, _task) = match tls {
+        Some(tls) => {
+            let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
+            Peer::spawn(tls.connect(name, tcp).await?, handler, cfg)
+        }
+        None => Peer::spawn(tcp, handler, cfg),
+    };
     let hello = HandshakeParams {
         agent_version: "fanin-bench".into(),
         protocols: vec!["v1".into()],
@@ -315,8 +350,12 @@ async fn one_agent(
 
 /// The agent side: connect `n` agents (at most 256 handshakes in flight), report, then hold
 /// them until stdin closes.
-async fn child(addr: SocketAddr, ca: &Path, token: &str, n: usize) -> Result<()> {
-    let tls = tls_connector(ca)?;
+async fn child(
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
+    token: &str,
+    n: usize,
+) -> Result<()> {
     // Agents answer only ping (the peer does); anything else is an error.
     let handler: Arc<dyn Handler> = Arc::new(|_: &PeerHandle, method: String, _: Value| {
         async move {
@@ -338,7 +377,7 @@ async fn child(addr: SocketAddr, ca: &Path, token: &str, n: usize) -> Result<()>
         set.spawn(async move {
             let mut last = None;
             for _ in 0..3 {
-                match one_agent(addr, &tls, handler.clone(), &token, i).await {
+                match one_agent(addr, tls.as_ref(), handler.clone(), &token, i).await {
                     Ok(p) => {
                         drop(permit);
                         return Ok(p);
