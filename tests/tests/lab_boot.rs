@@ -10,6 +10,17 @@ use std::time::{Duration, Instant};
 
 use molar_tests::lab::{IpmiSimConfig, Lab, QemuConfig};
 
+fn alive(pid: u32) -> bool {
+    // Gone, or a zombie about to be reaped: either way no longer running.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 /// The kernel's last word before running the initramfs's `/init`.
 const RUN_INIT: &str = "Run /init as init process";
 /// Proof that `/init` ran: the placeholder agent exits and the kernel panics; the real agent,
@@ -112,4 +123,53 @@ fn bmc_owns_the_servers_power() {
         .unwrap();
     vm.wait_for_console_from(before, RUN_INIT, BOOT_TIMEOUT)
         .unwrap();
+}
+
+/// The harness's own promise: a test that panics with a BMC-owned VM and a second VM running
+/// leaves no process behind and keeps its console logs.
+#[test]
+fn a_panicking_test_leaves_no_process_and_keeps_its_logs() {
+    let Some(lab) = Lab::require("a_panicking_test_leaves_no_process") else {
+        return;
+    };
+    let log_dir = lab.log_dir();
+    let pids = std::sync::Mutex::new(Vec::new());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let lab = lab;
+        let sim = lab
+            .start_ipmi_sim(IpmiSimConfig {
+                power: Some(QemuConfig::server(&lab)),
+                ..IpmiSimConfig::default()
+            })
+            .unwrap();
+        let mut second = QemuConfig::server(&lab);
+        second.name = "second".into();
+        let vm2 = lab.spawn_qemu(&second).unwrap();
+        let vm = sim.vm().unwrap();
+        vm.wait_for_console(RUN_INIT, BOOT_TIMEOUT).unwrap();
+        let mut p = pids.lock().unwrap();
+        p.extend(sim.pid());
+        p.extend(vm.pid().map(|p| p as u32));
+        p.extend(vm2.pid().map(|p| p as u32));
+        drop(p);
+        panic!("deliberate failure with everything running");
+    }));
+    assert!(result.is_err());
+    let pids = pids.into_inner().unwrap();
+    assert_eq!(
+        pids.len(),
+        3,
+        "not all processes were seen running: {pids:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "processes survived the panic: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kept = std::fs::read_to_string(log_dir.join("server-console.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&log_dir);
+    assert!(kept.contains(RUN_INIT), "the console log was not kept");
 }

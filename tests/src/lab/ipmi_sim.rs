@@ -238,6 +238,11 @@ impl IpmiSim {
         Ok(sim)
     }
 
+    /// The `ipmi_sim` process's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The RMCP+ LAN port (UDP, 127.0.0.1).
     pub fn lan_port(&self) -> u16 {
         self.lan_port
