@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::{anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use molar_imagebuilder::{
     AgentSource, BuildOptions, Compression, KernelArgs, KernelSource, Profile, Token, agent,
@@ -107,7 +107,9 @@ fn run(args: BuildArgs) -> anyhow::Result<()> {
     let manifest = molar_imagebuilder::build(&opts, &mut |line| {
         eprintln!("molar-imagebuilder: {line}");
     })
-    .with_context(|| format!("building into {}", args.out.display()))?;
+    // BuildError's message already names every cause: flatten it rather than chain it, so
+    // `{:#}` prints each cause once.
+    .map_err(|e| anyhow!("building into {}: {e}", args.out.display()))?;
     eprint!("{}", molar_imagebuilder::summary(&manifest));
     eprintln!(
         "wrote {} in {:.1} s",
