@@ -7,6 +7,7 @@
 //! `dhcproto`. The socket is UDP on 0.0.0.0:68 with SO_BINDTODEVICE and SO_BROADCAST, and every
 //! request sets the BROADCAST flag, so replies reach a link that has no address yet.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -25,8 +26,10 @@ use super::sys::System;
 
 const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
-/// How long a link may take to report carrier after it was set up.
+/// After this long without any link with carrier, say so on the console.
 const CARRIER_WAIT: Duration = Duration::from_secs(5);
+/// How often links and their carrier are looked at while no lease is held.
+const CARRIER_POLL: Duration = Duration::from_millis(50);
 /// How long one round of DHCP on all links may take before the links are scanned again.
 const ACQUIRE_WAIT: Duration = Duration::from_secs(60);
 
@@ -650,30 +653,20 @@ async fn run_link(
     }
 }
 
-/// Sets every link up and returns those with carrier within [`CARRIER_WAIT`].
-async fn links_with_carrier(sys: &dyn System, root: &Path) -> Vec<Link> {
+/// Sets links not set up before (`upped`) up, and returns the links that have carrier now.
+fn scan_links(sys: &dyn System, root: &Path, upped: &mut BTreeSet<u32>) -> Vec<Link> {
     let links = list_links(root);
     for link in &links {
-        if let Err(e) = sys.link_up(link.ifindex) {
+        if upped.insert(link.ifindex)
+            && let Err(e) = sys.link_up(link.ifindex)
+        {
             tracing::warn!(link = %link.name, error = %e, "setting link up failed");
         }
     }
-    let start = tokio::time::Instant::now();
-    loop {
-        let up: Vec<Link> = links
-            .iter()
-            .filter(|l| has_carrier(root, &l.name))
-            .cloned()
-            .collect();
-        if up.len() == links.len() || (start.elapsed() >= CARRIER_WAIT) {
-            return up;
-        }
-        // The first link with carrier is enough to start once the others had a second.
-        if !up.is_empty() && start.elapsed() >= Duration::from_secs(1) {
-            return up;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    links
+        .into_iter()
+        .filter(|l| has_carrier(root, &l.name))
+        .collect()
 }
 
 /// Starts networking in the background and returns the configured state as it changes
@@ -714,58 +707,67 @@ async fn manage(
     cancel: CancellationToken,
 ) {
     let epoch = tokio::time::Instant::now();
-    let mut pause = Duration::from_secs(1);
+    let mut upped = BTreeSet::new();
     while !cancel.is_cancelled() {
-        let links = links_with_carrier(sys.as_ref(), &root).await;
-        if links.is_empty() {
-            tracing::warn!(retry_in = ?pause, "no network link has carrier");
-            tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(pause) => {} }
-            pause = (pause * 2).min(Duration::from_secs(30));
-            continue;
-        }
+        // One round: DHCP starts on each link the moment it has carrier (links and carrier
+        // are polled, so NICs that come late or are unplugged cost nothing), and the first
+        // link to be bound wins.
         let round = cancel.child_token();
         let (events_tx, mut events) = mpsc::channel(8);
-        let mut per_link = Vec::new();
-        for link in &links {
-            tracing::info!(link = %link.name, mac = %link.mac_string(), "dhcp started");
-            let token = round.child_token();
-            per_link.push((link.clone(), token.clone()));
-            let (link, hostname, events_tx) = (link.clone(), hostname.clone(), events_tx.clone());
-            tokio::spawn(async move {
-                let name = link.name.clone();
-                if let Err(e) = run_link(link, hostname, epoch, events_tx, token).await {
-                    tracing::warn!(link = %name, error = %e, "dhcp stopped");
-                }
-            });
-        }
-        drop(events_tx);
-        // The first link to be bound wins; the others stop.
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return,
-            e = tokio::time::timeout(ACQUIRE_WAIT, async {
-                loop {
-                    match events.recv().await {
-                        Some((ifindex, Event::Bound(lease))) => return Some((ifindex, lease)),
-                        Some(_) => continue,
-                        None => return None,
+        let mut per_link: BTreeMap<u32, (Link, CancellationToken)> = BTreeMap::new();
+        let started = tokio::time::Instant::now();
+        let mut warned = false;
+        let mut poll = tokio::time::interval(CARRIER_POLL);
+        let first = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(started + ACQUIRE_WAIT) => break None,
+                e = events.recv() => {
+                    if let Some((ifindex, Event::Bound(lease))) = e {
+                        break Some((ifindex, lease));
                     }
                 }
-            }) => e.ok().flatten(),
+                _ = poll.tick() => {
+                    for link in scan_links(sys.as_ref(), &root, &mut upped) {
+                        if per_link.contains_key(&link.ifindex) {
+                            continue;
+                        }
+                        tracing::info!(link = %link.name, mac = %link.mac_string(), "dhcp started");
+                        let token = round.child_token();
+                        per_link.insert(link.ifindex, (link.clone(), token.clone()));
+                        let (hostname, events_tx) = (hostname.clone(), events_tx.clone());
+                        tokio::spawn(async move {
+                            let name = link.name.clone();
+                            if let Err(e) = run_link(link, hostname, epoch, events_tx, token).await {
+                                tracing::warn!(link = %name, error = %e, "dhcp stopped");
+                            }
+                        });
+                    }
+                    if per_link.is_empty() && !warned && started.elapsed() >= CARRIER_WAIT {
+                        tracing::warn!(links = upped.len(), "no network link has carrier yet");
+                        warned = true;
+                    }
+                }
+            }
         };
+        // From here on only the link tasks hold senders, so a closed channel means the
+        // winner's task ended.
+        drop(events_tx);
         let Some((ifindex, lease)) = first else {
             tracing::warn!(
-                links = links.len(),
-                "no dhcp lease on any link; scanning links again"
+                links = upped.len(),
+                with_carrier = per_link.len(),
+                "no dhcp lease on any link; starting over"
             );
             round.cancel();
             continue;
         };
-        pause = Duration::from_secs(1);
-        let Some(link) = links.iter().find(|l| l.ifindex == ifindex).cloned() else {
+        let Some(link) = per_link.get(&ifindex).map(|(l, _)| l.clone()) else {
+            round.cancel();
             continue;
         };
-        for (other, token) in &per_link {
-            if other.ifindex != ifindex {
+        for (other, (_, token)) in &per_link {
+            if *other != ifindex {
                 token.cancel();
             }
         }
@@ -784,7 +786,14 @@ async fn manage(
                     state.send_replace(keeper.handle(sys.as_ref(), event));
                 }
                 Some(_) => {}
-                None => break,
+                None => {
+                    tracing::warn!(link = %keeper.link.name, "dhcp client stopped; starting over");
+                    if let Some(lease) = keeper.current.clone() {
+                        keeper.handle(sys.as_ref(), Event::Lost(lease));
+                    }
+                    state.send_replace(None);
+                    break;
+                }
             }
         }
         round.cancel();
@@ -1190,8 +1199,8 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn links_are_set_up_and_those_with_carrier_returned() {
+    #[test]
+    fn links_are_set_up_once_and_those_with_carrier_returned() {
         let root = tempfile::tempdir().unwrap();
         for (name, index, carrier) in [("eth0", "2", "1"), ("eth1", "3", "0")] {
             let d = root.path().join("sys/class/net").join(name);
@@ -1202,18 +1211,21 @@ mod tests {
             std::fs::write(d.join("carrier"), carrier).unwrap();
         }
         let sys = RecordingSystem::default();
-        let t0 = tokio::time::Instant::now();
-        let up = links_with_carrier(&sys, root.path()).await;
+        let mut upped = BTreeSet::new();
+        let names = |links: Vec<Link>| links.into_iter().map(|l| l.name).collect::<Vec<_>>();
         assert_eq!(
-            up.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            names(scan_links(&sys, root.path(), &mut upped)),
             vec!["eth0"]
         );
-        // The link without carrier got a second to come up.
-        assert!(t0.elapsed() >= Duration::from_secs(1) && t0.elapsed() < CARRIER_WAIT);
+        // eth1 gets its cable later; it is not set up twice.
+        std::fs::write(root.path().join("sys/class/net/eth1/carrier"), "1\n").unwrap();
+        assert_eq!(
+            names(scan_links(&sys, root.path(), &mut upped)),
+            vec!["eth0", "eth1"]
+        );
         assert_eq!(sys.calls(), vec![Call::LinkUp(2), Call::LinkUp(3)]);
-        // No links at all: nothing to wait for.
         let empty = tempfile::tempdir().unwrap();
-        assert!(links_with_carrier(&sys, empty.path()).await.is_empty());
+        assert!(scan_links(&sys, empty.path(), &mut upped).is_empty());
     }
 
     #[test]
