@@ -6,6 +6,7 @@
 use crate::bmc;
 use crate::erase::{self, EraseEnv, EraseRequest};
 use crate::hw::ipmi::IpmiDevice;
+use crate::ramdisk::sys::System;
 use crate::safety::Authority;
 use crate::session::Methods;
 use crate::tasks::{Task, TaskContext, TaskFailure};
@@ -262,13 +263,53 @@ fn register_inventory(m: &mut Methods, machine: &Machine, bmc_lock: Arc<Mutex<()
     });
 }
 
+/// `reboot` and `poweroff`: sync, then reboot(2), only as PID 1 of the ramdisk. The refusal
+/// is checked before answering; the action itself happens after the answer went out.
+fn register_power(m: &mut Methods, sys: Arc<dyn System>) {
+    for method in ["reboot", "poweroff"] {
+        let sys = sys.clone();
+        m.call(method, move |params| {
+            let sys = sys.clone();
+            async move {
+                parse_params::<Empty>(method, params)?;
+                let pid = sys.pid();
+                if pid != 1 {
+                    let refused = crate::ramdisk::RamdiskError::NotInit {
+                        action: method,
+                        pid,
+                    };
+                    return Err(ErrorBody::new(codes::REFUSED, refused.to_string()));
+                }
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let r = tokio::task::spawn_blocking(move || match method {
+                        "reboot" => crate::ramdisk::reboot(sys.as_ref()),
+                        _ => crate::ramdisk::poweroff(sys.as_ref()),
+                    })
+                    .await;
+                    if let Ok(Err(e)) = r {
+                        tracing::error!(error = %e, "{method} failed");
+                    }
+                });
+                Ok(serde_json::json!({ "action": method }))
+            }
+        });
+    }
+}
+
 /// Every capability method, for an agent running on `machine`.
 pub fn methods(machine: &Machine) -> Methods {
+    methods_with_system(machine, Arc::new(crate::ramdisk::sys::LinuxSystem))
+}
+
+/// [`methods`] with the side effects of `reboot`/`poweroff` going through `sys`.
+pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
     let mut m = Methods::new();
     let dev = bmc_at(&machine.root);
     let lock = dev.lock.clone();
     register_bmc(&mut m, dev);
     register_inventory(&mut m, machine, lock);
+    register_power(&mut m, sys);
     m.task(
         "decom.disk_erase",
         DiskErase {
@@ -353,6 +394,73 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code, codes::INVALID_PARAMS);
+    }
+
+    #[tokio::test]
+    async fn reboot_and_poweroff_are_refused_outside_the_ramdisk_and_act_inside() {
+        use crate::ramdisk::sys::{Call, RecordingSystem};
+        let host = Arc::new(RecordingSystem {
+            pid: 4242,
+            ..RecordingSystem::default()
+        });
+        let machine = Machine {
+            root: "/nonexistent".into(),
+            authority: Authority::Host { allowed: vec![] },
+        };
+        let agent = Agent::new(
+            AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
+            methods_with_system(&machine, host.clone()),
+            crate::logfwd::LogBuffer::new(1),
+        );
+        for method in ["reboot", "poweroff"] {
+            let err = agent
+                .clone()
+                .dispatch(method.into(), json!({}))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, codes::REFUSED);
+            assert!(
+                err.msg
+                    .contains(&format!("{method} refused: the agent is not pid 1")),
+                "{err}"
+            );
+            let err = agent
+                .clone()
+                .dispatch(method.into(), json!({"now": 1}))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, codes::INVALID_PARAMS);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !host.calls().iter().any(|c| matches!(c, Call::Reboot(_))),
+            "nothing happened on the host"
+        );
+
+        let pid1 = Arc::new(RecordingSystem::default());
+        let agent = Agent::new(
+            AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
+            methods_with_system(&machine, pid1.clone()),
+            crate::logfwd::LogBuffer::new(1),
+        );
+        let answer = agent
+            .clone()
+            .dispatch("reboot".into(), json!({}))
+            .await
+            .unwrap();
+        assert_eq!(answer, json!({"action": "reboot"}));
+        assert!(pid1.calls().is_empty(), "answered before acting");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let calls = pid1.calls();
+        let sync = calls
+            .iter()
+            .position(|c| matches!(c, Call::Sync))
+            .expect("synced");
+        let reboot = calls
+            .iter()
+            .position(|c| matches!(c, Call::Reboot(_)))
+            .expect("rebooted");
+        assert!(sync < reboot);
     }
 
     #[tokio::test]

@@ -28,6 +28,9 @@ struct Cli {
 enum Command {
     /// Connect to a controller and serve it until stopped.
     Run(RunArgs),
+    /// Be the ramdisk's /init: mount, load modules, DHCP, read molar.* settings from the
+    /// kernel command line, then serve the controller forever. Refused unless PID 1.
+    Init,
     /// Talk to this machine's BMC through /dev/ipmi0 (the same code the controller's
     /// `bmc.*` and `chassis.*` methods run).
     Bmc {
@@ -361,8 +364,92 @@ async fn wait_for_signal() {
     }
 }
 
+/// The ramdisk's session: one agent for the life of PID 1 (its tasks survive reconnects and
+/// session restarts), configured from the kernel command line.
+fn ramdisk_session(
+    logs: Arc<LogBuffer>,
+) -> impl FnMut(crate::ramdisk::Boot) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    use futures::FutureExt;
+    let agent: Arc<std::sync::Mutex<Option<Arc<Agent>>>> = Arc::default();
+    move |boot: crate::ramdisk::Boot| {
+        let logs = logs.clone();
+        let agent = agent.clone();
+        async move {
+            let existing = agent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let a = match existing {
+                Some(a) => a,
+                None => {
+                    let s = &boot.settings;
+                    let trust = match (s.ca_sha256, s.insecure) {
+                        (Some(fp), _) => Trust::Fingerprint(fp),
+                        (None, true) => Trust::Insecure,
+                        (None, false) => bail!(
+                            "no way to trust the controller: put molar.ca=sha256:HEX (from `molar serve`) \
+                             or, in a lab only, molar.insecure=1 on the kernel command line"
+                        ),
+                    };
+                    let mut config =
+                        AgentConfig::new(s.controller.to_string(), trust, s.token.clone());
+                    config.ramdisk = true;
+                    let methods = default_methods(&config.root, &[]);
+                    let a = Agent::new(config, methods, logs);
+                    a.set_modules(molar_protocol::methods::ModuleReport {
+                        loaded: boot.modules.loaded.clone(),
+                        failed: boot.modules.failed.clone(),
+                        unmatched_aliases: boot.modules.unmatched_aliases,
+                    });
+                    *agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(a.clone());
+                    a
+                }
+            };
+            a.run(CancellationToken::new()).await;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// `/init` of the ramdisk (also `molar-agent init`): never returns when PID 1.
+fn init() -> ExitCode {
+    let logs: Arc<std::sync::Mutex<Option<Arc<LogBuffer>>>> = Arc::default();
+    let install = {
+        let logs = logs.clone();
+        move |level: Option<&str>| {
+            let level = level
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(tracing::Level::INFO);
+            *logs.lock().unwrap_or_else(|p| p.into_inner()) = Some(init_logging(level));
+        }
+    };
+    // `install` runs before the session is first called; the buffer is read lazily.
+    let session_logs = {
+        let logs = logs.clone();
+        move || {
+            logs.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| LogBuffer::new(crate::logfwd::DEFAULT_CAPACITY))
+        }
+    };
+    let mut session = None;
+    let refused = crate::ramdisk::init_main(install, move |boot| {
+        let s = session.get_or_insert_with(|| ramdisk_session(session_logs()));
+        s(boot)
+    });
+    eprintln!("molar-agent init: {refused}");
+    ExitCode::FAILURE
+}
+
 /// Entry point of the `molar-agent` binary.
 pub fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let first = args.next();
+    if crate::ramdisk::is_init_invocation(&argv0, std::process::id())
+        || first.as_deref() == Some(std::ffi::OsStr::new("init"))
+    {
+        return init();
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -377,6 +464,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
+            Command::Init => unreachable!("handled before argument parsing"),
             Command::Bmc { action, root } => match bmc_call(action) {
                 Ok((method, params)) => call_local(root, method, params).await,
                 Err(e) => Err(e),

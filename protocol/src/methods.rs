@@ -237,6 +237,9 @@ pub struct ModuleReport {
     pub loaded: Vec<String>,
     /// `(module, reason)`.
     pub failed: Vec<(String, String)>,
+    /// Device modaliases no module matched.
+    #[serde(default)]
+    pub unmatched_aliases: usize,
 }
 
 /// One structured log record.
