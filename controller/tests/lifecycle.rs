@@ -297,3 +297,113 @@ async fn plaintext_agents_are_served_only_when_allowed_and_shutdown_tells_agents
         CloseReason::RemoteFatal("controller shutting down".into())
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn connect_agent(
+    agent_addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    token: &str,
+    handler: std::sync::Arc<dyn molar_protocol::Handler>,
+) -> molar_protocol::PeerHandle {
+    let tls = tls_stream(agent_addr, ca).await;
+    let (peer, _task) =
+        molar_protocol::Peer::spawn(tls, handler, molar_protocol::PeerConfig::default());
+    peer.call_method::<molar_protocol::methods::Handshake>(&hello(token, 1))
+        .await
+        .unwrap();
+    peer
+}
+
+#[tokio::test]
+async fn task_start_wait_survives_a_controller_restart() {
+    use futures::FutureExt;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let shutdown = CancellationToken::new();
+    let running = start(ServeConfig::new(listen, api, dir.path()), shutdown.clone())
+        .await
+        .unwrap();
+    let client = running.client().unwrap();
+    let token = client.create_token("t").await.unwrap().token;
+    // The agent only accepts the task and remembers its id; the test sends the statuses.
+    let accepted: Arc<Mutex<Option<String>>> = Arc::default();
+    let slot = accepted.clone();
+    let handler: Arc<dyn molar_protocol::Handler> = Arc::new(
+        move |_: &molar_protocol::PeerHandle, _m: String, params: serde_json::Value| {
+            let id = params["task_id"].as_str().unwrap_or_default().to_owned();
+            *slot.lock().unwrap() = Some(id.clone());
+            async move { Ok(json!({"task_id": id, "state": "running"})) }.boxed()
+        },
+    );
+    let peer = connect_agent(
+        listen,
+        &running.ca_pem_path,
+        token.expose(),
+        handler.clone(),
+    )
+    .await;
+    let sid = client.servers().await.unwrap()[0].server.id.clone();
+
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_molar"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["task", "start", &sid, "slow.task", "--wait"])
+        .env_remove("MOLAR_API")
+        .env_remove("MOLAR_TOKEN_FILE")
+        .env_remove("MOLAR_CA")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let acc = accepted.clone();
+    eventually("the agent to get the task", || {
+        acc.lock().unwrap().is_some()
+    })
+    .await;
+    let task_id = accepted.lock().unwrap().clone().unwrap();
+    let status = |state: &str, seq: u64| {
+        json!({"task_id": task_id, "state": state, "percent": 50.0, "eta": 1, "seq": seq,
+            "result": if state == "complete" { json!({"ok": true}) } else { json!(null) }})
+    };
+    peer.call("task_status", status("running", 1))
+        .await
+        .unwrap();
+
+    // Restart the controller on the same state dir and ports, mid-task.
+    shutdown.cancel();
+    running.join().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let shutdown = CancellationToken::new();
+    let running = start(ServeConfig::new(listen, api, dir.path()), shutdown.clone())
+        .await
+        .unwrap();
+    let peer = connect_agent(listen, &running.ca_pem_path, token.expose(), handler).await;
+    peer.call("task_status", status("running", 2))
+        .await
+        .unwrap();
+    let mut done = status("complete", 3);
+    done.as_object_mut().unwrap().remove("percent");
+    done.as_object_mut().unwrap().remove("eta");
+    peer.call("task_status", done).await.unwrap();
+
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), cli.wait_with_output())
+        .await
+        .expect("the CLI ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!("task {task_id} complete in ")),
+        "{stdout}"
+    );
+    shutdown.cancel();
+    running.join().await;
+}
