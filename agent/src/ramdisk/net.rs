@@ -138,6 +138,8 @@ pub struct Lease {
     pub prefix_len: u8,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    /// DHCP option 15, the DNS search domain.
+    pub domain: Option<String>,
     pub server: Ipv4Addr,
     pub lease_secs: u32,
     #[serde(skip)]
@@ -286,6 +288,7 @@ impl DhcpClient {
             OptionCode::SubnetMask,
             OptionCode::Router,
             OptionCode::DomainNameServer,
+            OptionCode::DomainName,
             OptionCode::AddressLeaseTime,
             OptionCode::Renewal,
             OptionCode::Rebinding,
@@ -477,6 +480,10 @@ fn lease_from(msg: &v4::Message, server: Ipv4Addr, now: Duration) -> Option<Leas
         Some(DhcpOption::DomainNameServer(d)) => d.clone(),
         _ => Vec::new(),
     };
+    let domain = match opts.get(OptionCode::DomainName) {
+        Some(DhcpOption::DomainName(d)) if valid_search_domain(d) => Some(d.clone()),
+        _ => None,
+    };
     let lease_secs = match opts.get(OptionCode::AddressLeaseTime) {
         Some(DhcpOption::AddressLeaseTime(t)) => *t,
         _ => 3600,
@@ -496,6 +503,7 @@ fn lease_from(msg: &v4::Message, server: Ipv4Addr, now: Duration) -> Option<Leas
         prefix_len: prefix_len.min(32),
         router,
         dns,
+        domain,
         server,
         lease_secs,
         acquired: now,
@@ -531,9 +539,35 @@ pub fn apply_lease(
     Ok(())
 }
 
+/// A domain from a DHCP server that may go into resolv.conf: letters, digits, `-`, `.`.
+fn valid_search_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+/// `/etc/resolv.conf` for a lease: its DNS servers and search domain (so a
+/// `molar.controller=` host name resolves; musl reads this file). `None` when the lease
+/// names no DNS server.
+pub fn resolv_conf(link: &Link, lease: &Lease) -> Option<String> {
+    if lease.dns.is_empty() {
+        return None;
+    }
+    let mut out = format!("# from the dhcp lease on {}\n", link.name);
+    if let Some(domain) = &lease.domain {
+        out.push_str(&format!("search {domain}\n"));
+    }
+    for server in lease.dns.iter().take(3) {
+        out.push_str(&format!("nameserver {server}\n"));
+    }
+    Some(out)
+}
+
 /// Keeps the chosen link's configuration in step with its DHCP client's events.
 #[derive(Debug)]
 struct LeaseKeeper {
+    root: PathBuf,
     link: Link,
     current: Option<Lease>,
 }
@@ -556,6 +590,18 @@ impl LeaseKeeper {
                         Err(e) => tracing::error!(
                             link = %link.name, error = %e, "configuring the lease failed"
                         ),
+                    }
+                }
+                let dns_changed = self
+                    .current
+                    .as_ref()
+                    .is_none_or(|c| c.dns != lease.dns || c.domain != lease.domain);
+                if dns_changed && let Some(conf) = resolv_conf(link, &lease) {
+                    let etc = self.root.join("etc");
+                    if let Err(e) = std::fs::create_dir_all(&etc)
+                        .and_then(|()| std::fs::write(etc.join("resolv.conf"), conf))
+                    {
+                        tracing::error!(error = %e, "writing /etc/resolv.conf failed");
                     }
                 }
                 self.current = Some(lease.clone());
@@ -772,6 +818,7 @@ async fn manage(
             }
         }
         let mut keeper = LeaseKeeper {
+            root: root.clone(),
             link,
             current: None,
         };
@@ -892,7 +939,7 @@ mod tests {
         assert_eq!(options[&61], vec![1, 0x52, 0x54, 0, 0x12, 0x34, 0x56]);
         assert_eq!(options[&12], b"molar-525400123456".to_vec());
         assert_eq!(options[&57], 1500u16.to_be_bytes().to_vec());
-        assert_eq!(options[&55], vec![1, 3, 6, 51, 58, 59, 54]);
+        assert_eq!(options[&55], vec![1, 3, 6, 15, 51, 58, 59, 54]);
         let discover = decode(&tx.bytes);
         assert_eq!(discover.opts().msg_type(), Some(MessageType::Discover));
         assert!(discover.flags().broadcast());
@@ -1088,6 +1135,54 @@ mod tests {
     }
 
     #[test]
+    fn dns_servers_and_domain_go_to_resolv_conf() {
+        let mut c = DhcpClient::new(MAC, None, 9);
+        c.start(secs(0));
+        let xid = c.xid();
+        c.on_packet(&reply(xid, MessageType::Offer, &[]), secs(0))
+            .unwrap();
+        let dns = vec![Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(10, 0, 2, 4)];
+        let step = c
+            .on_packet(
+                &reply(
+                    xid,
+                    MessageType::Ack,
+                    &[
+                        DhcpOption::DomainNameServer(dns.clone()),
+                        DhcpOption::DomainName("lab.example".into()),
+                    ],
+                ),
+                secs(1),
+            )
+            .unwrap();
+        let Some(Event::Bound(lease)) = step.event else {
+            panic!("{step:?}")
+        };
+        assert_eq!(lease.domain.as_deref(), Some("lab.example"));
+        let link = Link {
+            name: "eth0".into(),
+            ifindex: 2,
+            mac: MAC,
+        };
+        let root = tempfile::tempdir().unwrap();
+        let mut keeper = LeaseKeeper {
+            root: root.path().to_path_buf(),
+            link: link.clone(),
+            current: None,
+        };
+        keeper.handle(&RecordingSystem::default(), Event::Bound(lease.clone()));
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("etc/resolv.conf")).unwrap(),
+            "# from the dhcp lease on eth0\nsearch lab.example\nnameserver 10.0.2.3\nnameserver 10.0.2.4\n"
+        );
+        // A hostile domain is dropped, not written into the file.
+        let mut bad = lease.clone();
+        bad.domain = None;
+        assert!(!resolv_conf(&link, &bad).unwrap().contains("search"));
+        assert!(!valid_search_domain("x\nnameserver 6.6.6.6"));
+    }
+
+    #[test]
     fn lease_without_options_uses_defaults() {
         let mut msg = v4::Message::new_with_id(
             1,
@@ -1153,12 +1248,18 @@ mod tests {
             ifindex: 2,
             mac: MAC,
         };
+        let root = tempfile::tempdir().unwrap();
         let mut keeper = LeaseKeeper {
+            root: root.path().to_path_buf(),
             link: link.clone(),
             current: None,
         };
         let state = keeper.handle(&sys, Event::Bound(lease.clone())).unwrap();
         assert_eq!(state.link, link);
+        assert!(
+            !root.path().join("etc/resolv.conf").exists(),
+            "no dns servers, no resolv.conf"
+        );
         let mut renewed = lease.clone();
         renewed.t1 += secs(100);
         assert_eq!(
