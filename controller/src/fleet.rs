@@ -4,16 +4,21 @@
 //! Both the agent listener and the HTTP API hold an `Arc<Fleet>`; the API's `call` and the
 //! fan-in benchmark go through [`Fleet::call`], so the benchmark measures the API's path.
 
-use crate::store::{StatusOutcome, Store, StoreError, TaskEvent, TaskRecord, TokenRecord};
+use crate::store::{
+    ServerState, StatusOutcome, Store, StoreError, TaskEvent, TaskRecord, TokenRecord,
+};
 use molar_protocol::methods::{TaskAccepted, TaskStatus};
 use molar_protocol::{CallError, ErrorBody, PeerHandle, Secret, codes};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
+
+/// How long discovery waits for an agent's inventory (slow disks, many DIMMs).
+pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a task command may take to be accepted by the agent.
 pub const TASK_ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -204,13 +209,40 @@ impl Fleet {
         timeout: Duration,
     ) -> Result<Value, FleetError> {
         let peer = self.peer(server_id)?;
-        peer.call_timeout(method, params, timeout)
+        let result = peer
+            .call_timeout(method, params, timeout)
             .await
             .map_err(|source| FleetError::Call {
                 server: server_id.to_owned(),
                 method: method.to_owned(),
                 source,
-            })
+            })?;
+        if method == "inventory" {
+            // The latest inventory is what `molar server ID --inventory` shows.
+            if let Err(e) = self.store.set_server_inventory(server_id, &result) {
+                tracing::error!(server = %server_id, error = %e, "storing an inventory");
+            }
+        }
+        Ok(result)
+    }
+
+    /// In-band discovery of a server in the `discovery` state: takes its inventory and, once
+    /// stored, makes it `available` (seed 003's Discovery → Available). A failure leaves it in
+    /// `discovery`; the next connection tries again.
+    pub async fn discover(&self, server_id: &str) {
+        match self
+            .call(server_id, "inventory", json!({}), DISCOVERY_TIMEOUT)
+            .await
+        {
+            Ok(_) => match self
+                .store
+                .set_server_state(server_id, ServerState::Available)
+            {
+                Ok(_) => tracing::info!(server = %server_id, "discovery complete: available"),
+                Err(e) => tracing::error!(server = %server_id, error = %e, "storing the state"),
+            },
+            Err(e) => tracing::warn!(server = %server_id, error = %e, "discovery failed"),
+        }
     }
 
     /// Starts a task: stores it `pending`, sends `method` with a fresh `task_id` in its params,

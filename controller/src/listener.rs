@@ -10,7 +10,7 @@
 
 use crate::fleet::Fleet;
 use crate::identity::identity_key;
-use crate::store::{Registration, StatusOutcome};
+use crate::store::{Registration, ServerState, StatusOutcome};
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
 use molar_protocol::methods::{
@@ -515,6 +515,10 @@ where
     if let Some(old) = fleet.attach(&server.id, conn_id, peer.clone()) {
         tracing::info!(server = %server.id, "closing the connection superseded by {addr}");
         tokio::spawn(async move { old.close(Some(SUPERSEDED.into())).await });
+    }
+    if server.state == ServerState::Discovery {
+        let (fleet, id) = (fleet.clone(), server.id.clone());
+        tokio::spawn(async move { fleet.discover(&id).await });
     }
     Ok(Some(Admitted {
         server_id: server.id,

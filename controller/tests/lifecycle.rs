@@ -339,7 +339,16 @@ async fn task_start_wait_survives_a_controller_restart() {
     let slot = accepted.clone();
     let handler: Arc<dyn molar_protocol::Handler> = Arc::new(
         move |_: &molar_protocol::PeerHandle, _m: String, params: serde_json::Value| {
-            let id = params["task_id"].as_str().unwrap_or_default().to_owned();
+            // Discovery asks a new server for its inventory first; this agent has none.
+            let Some(id) = params["task_id"].as_str().map(str::to_owned) else {
+                return async {
+                    Err(molar_protocol::ErrorBody::new(
+                        "unknown_method",
+                        "no inventory here",
+                    ))
+                }
+                .boxed();
+            };
             *slot.lock().unwrap() = Some(id.clone());
             async move { Ok(json!({"task_id": id, "state": "running"})) }.boxed()
         },

@@ -169,8 +169,13 @@ impl TestAgent {
         cfg
     }
 
-    pub fn methods() -> Methods {
-        let mut m = Methods::new();
+    /// The product's capabilities on the machine under `root` (nothing destructive allowed),
+    /// plus the test task.
+    pub fn methods(root: &Path) -> Methods {
+        let mut m = molar_agent::capabilities::methods(&molar_agent::capabilities::Machine {
+            root: root.to_owned(),
+            authority: molar_agent::safety::Authority::Host { allowed: vec![] },
+        });
         m.task("test.count", Count);
         m
     }
@@ -188,7 +193,8 @@ impl TestAgent {
         root: tempfile::TempDir,
         logs: Arc<LogBuffer>,
     ) -> TestAgent {
-        Self::start_with_methods(cfg, root, logs, Self::methods())
+        let methods = Self::methods(&cfg.root);
+        Self::start_with_methods(cfg, root, logs, methods)
     }
 
     /// Starts an agent offering `methods` (e.g. the product's capabilities).

@@ -52,6 +52,17 @@ async fn agent_registers_and_answers_ping_and_status() {
     assert_eq!(view.server.boot_id.as_deref(), Some("boot-S100"));
     assert_eq!(view.server.agent_version.as_deref(), Some(AGENT_VERSION));
 
+    // Discovery: the controller took the inventory at the first connection and made the
+    // server available.
+    let discovered = eventually(10, "discovery to complete", || async {
+        let v = client.server(&id, true).await.ok()?;
+        (v.server.state == molar_controller::store::ServerState::Available).then_some(v)
+    })
+    .await;
+    let inv = discovered.inventory.expect("inventory stored");
+    assert_eq!(inv["system"]["serial"], "S100");
+    assert_eq!(inv["nics"][0]["mac"], "52:54:00:12:34:56");
+
     agent.stop().await;
     eventually(10, "server to show disconnected", || async {
         let v = client.server(&id, false).await.ok()?;
