@@ -144,12 +144,18 @@ struct RunArgs {
 
 /// Installs stderr logging plus forwarding to the controller; returns the forwarding buffer.
 pub fn init_logging(level: tracing::Level) -> Arc<LogBuffer> {
+    init_logging_to(level, true)
+}
+
+/// [`init_logging`], with or without ANSI colours (a serial console shows them as noise).
+pub fn init_logging_to(level: tracing::Level, ansi: bool) -> Arc<LogBuffer> {
     let buffer = LogBuffer::new(crate::logfwd::DEFAULT_CAPACITY);
     let filter = tracing_subscriber::filter::LevelFilter::from_level(level);
     let _ = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(ansi)
                 .with_filter(filter),
         )
         .with(ForwardLayer::new(buffer.clone(), level))
@@ -418,7 +424,7 @@ fn init() -> ExitCode {
             let level = level
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(tracing::Level::INFO);
-            *logs.lock().unwrap_or_else(|p| p.into_inner()) = Some(init_logging(level));
+            *logs.lock().unwrap_or_else(|p| p.into_inner()) = Some(init_logging_to(level, false));
         }
     };
     // `install` runs before the session is first called; the buffer is read lazily.

@@ -56,6 +56,7 @@ pub struct Controller {
     shutdown: CancellationToken,
     listen: SocketAddr,
     api: SocketAddr,
+    sans: Vec<String>,
 }
 
 /// A loopback port that was free a moment ago.
@@ -70,6 +71,11 @@ pub fn free_port() -> u16 {
 impl Controller {
     /// Starts a controller on fixed loopback ports so a restart keeps its address.
     pub async fn start() -> Controller {
+        Self::start_with_sans(Vec::new()).await
+    }
+
+    /// Starts a controller whose certificate also names `sans` (e.g. the address a VM dials).
+    pub async fn start_with_sans(sans: Vec<String>) -> Controller {
         let state = tempfile::tempdir().unwrap();
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -79,6 +85,7 @@ impl Controller {
             shutdown: CancellationToken::new(),
             listen,
             api,
+            sans,
         };
         c.restart().await;
         c
@@ -88,7 +95,8 @@ impl Controller {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.shutdown = CancellationToken::new();
-        let cfg = ServeConfig::new(self.listen, self.api, self.state.path());
+        let mut cfg = ServeConfig::new(self.listen, self.api, self.state.path());
+        cfg.sans = self.sans.clone();
         let running = molar_controller::start(cfg, self.shutdown.clone())
             .await
             .expect("controller starts");

@@ -65,7 +65,8 @@ async fn a_server_boots_registers_and_is_managed() {
     let Some(lab) = Lab::require("a_server_boots_registers_and_is_managed") else {
         return;
     };
-    let ctl = Controller::start().await;
+    // The guest dials 10.0.2.100 (QEMU's guestfwd): the certificate must name it.
+    let ctl = Controller::start_with_sans(vec!["10.0.2.100".into()]).await;
     let client = ctl.client();
     let token = ctl.agent_token().await;
     let ctl_port: u16 = ctl
