@@ -1,0 +1,281 @@
+//! `molar-lab-demo`: the main job, end to end, as an operator would watch it. `scripts/demo`
+//! builds the binaries and the ramdisk, then runs this:
+//!
+//! 1. `molar serve` on loopback (its certificate also names 10.0.2.100, the address the VM
+//!    dials), `molar token create`;
+//! 2. `ipmi_sim` as the server's BMC, owning a QEMU server that boots the ramdisk with the
+//!    controller address, token and CA fingerprint on its kernel command line;
+//! 3. the server registers, discovery stores its inventory (`molar servers`,
+//!    `molar server ID --inventory`);
+//! 4. `bmc.set_credentials` in-band, proven out-of-band with `ipmitool -I lanplus`;
+//! 5. `decom.disk_erase` with a progress bar (`molar task start ... --wait`), checked on the
+//!    host's disk images;
+//! 6. `poweroff`.
+//!
+//! Everything is torn down at the end or on failure; logs stay in the lab directory.
+
+use anyhow::{Context, Result, bail, ensure};
+use molar_tests::lab::{IpmiSimConfig, Lab, QemuConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the demo's own directory")?;
+    let p = dir.join(name);
+    ensure!(p.exists(), "{} is not built: run scripts/demo", p.display());
+    Ok(p)
+}
+
+fn step(n: u32, what: &str) {
+    println!("\n\x1b[1m== {n}. {what}\x1b[0m");
+}
+
+struct Molar {
+    bin: PathBuf,
+    state: PathBuf,
+}
+
+impl Molar {
+    /// Runs `molar --state-dir STATE ARGS`, echoing the command and its output.
+    fn run(&self, args: &[&str]) -> Result<String> {
+        println!("$ molar {}", args.join(" "));
+        let out = Command::new(&self.bin)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running molar")?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!("molar {} failed ({}): {stdout}", args.join(" "), out.status);
+        }
+        Ok(stdout)
+    }
+
+    /// Like [`run`], with the terminal attached (progress bars).
+    fn run_live(&self, args: &[&str]) -> Result<()> {
+        println!("$ molar {}", args.join(" "));
+        let status = Command::new(&self.bin)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .status()
+            .context("running molar")?;
+        ensure!(
+            status.success(),
+            "molar {} failed ({status})",
+            args.join(" ")
+        );
+        Ok(())
+    }
+
+    fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = Command::new(&self.bin)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--json")
+            .args(args)
+            .output()
+            .context("running molar")?;
+        serde_json::from_slice(&out.stdout).context("molar --json output")
+    }
+}
+
+fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {secs} s waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn is_zero(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let Some(mut lab) = Lab::require("molar-lab-demo") else {
+        bail!("the lab's prerequisites are missing (see above); scripts/demo installs them");
+    };
+    lab.keep_logs();
+    let state = lab.dir().join("controller");
+    let molar = Molar {
+        bin: bin("molar")?,
+        state: state.clone(),
+    };
+    let agent_port = molar_tests::inproc::free_port();
+    let api_port = molar_tests::inproc::free_port();
+
+    step(1, "a controller on this machine");
+    println!(
+        "$ molar serve --listen 127.0.0.1:{agent_port} --api 127.0.0.1:{api_port} --state-dir {} --san 10.0.2.100",
+        state.display()
+    );
+    let serve_log = std::fs::File::create(lab.dir().join("controller.log"))?;
+    let mut serve = molar_tests::bins::Proc::spawn(
+        {
+            let mut c = Command::new(&molar.bin);
+            c.args(["serve", "--listen", &format!("127.0.0.1:{agent_port}")])
+                .args(["--api", &format!("127.0.0.1:{api_port}")])
+                .arg("--state-dir")
+                .arg(&state)
+                .args(["--san", "10.0.2.100"])
+                .stdout(Stdio::piped())
+                .stderr(serve_log);
+            c
+        },
+        "molar serve",
+    );
+    wait_until("the controller's API", 30, || {
+        molar.json(&["servers"]).ok().map(|_| ())
+    })?;
+    let fingerprint = std::fs::read_to_string(state.join("ca.sha256"))?
+        .trim()
+        .to_owned();
+    println!("CA fingerprint: {fingerprint}");
+    let token = molar.run(&["token", "create", "lab"])?.trim().to_owned();
+    println!("agent token created (not shown)");
+
+    step(
+        2,
+        "a BMC (ipmi_sim) powers on a QEMU server that PXE-style boots the ramdisk",
+    );
+    let mut server = QemuConfig::server(&lab);
+    server.forward_as(9000, agent_port);
+    server.append.extend([
+        "molar.controller=10.0.2.100:9000".to_owned(),
+        format!("molar.token={token}"),
+        format!("molar.ca={fingerprint}"),
+    ]);
+    let started = Instant::now();
+    let sim = lab.start_ipmi_sim(IpmiSimConfig {
+        power: Some(server),
+        ..IpmiSimConfig::default()
+    })?;
+    let images: Vec<PathBuf> = (0..2)
+        .map(|i| lab.dir().join(format!("server-disk{i}.img")))
+        .collect();
+    for img in &images {
+        // Data for the erase to destroy.
+        std::fs::write(img, vec![0x5au8; 64 << 20])?;
+    }
+    println!(
+        "console log: {}",
+        sim.vm().context("the BMC's VM")?.console_log().display()
+    );
+
+    step(3, "the server registers and discovery stores its inventory");
+    let id = wait_until("the server to register", 180, || {
+        let v = molar.json(&["servers"]).ok()?;
+        let list = v
+            .as_array()
+            .cloned()
+            .or_else(|| v["servers"].as_array().cloned())?;
+        list.iter()
+            .find(|s| s["serial"] == "S123" && s["connected"] == true)
+            .and_then(|s| s["id"].as_str().map(str::to_owned))
+    })?;
+    println!(
+        "registered {:.1} s after QEMU started",
+        started.elapsed().as_secs_f64()
+    );
+    wait_until("discovery", 120, || {
+        let v = molar.json(&["server", &id]).ok()?;
+        (v["state"] == "available").then_some(())
+    })?;
+    print!("{}", molar.run(&["servers"])?);
+    let inv = molar.json(&["server", &id, "--inventory"])?;
+    let inv = &inv["inventory"];
+    println!(
+        "inventory: {} {} serial {}, {} CPU(s), {} MiB, disks {}, NICs {}, BMC {}",
+        inv["system"]["manufacturer"].as_str().unwrap_or("?"),
+        inv["system"]["product"].as_str().unwrap_or("?"),
+        inv["system"]["serial"].as_str().unwrap_or("?"),
+        inv["cpu"]["threads"],
+        inv["memory"]["total_bytes"].as_u64().unwrap_or(0) >> 20,
+        inv["block_devices"]
+            .as_array()
+            .map(|d| d
+                .iter()
+                .filter_map(|d| d["name"].as_str())
+                .collect::<Vec<_>>()
+                .join(","))
+            .unwrap_or_default(),
+        inv["nics"]
+            .as_array()
+            .map(|d| d
+                .iter()
+                .filter_map(|d| d["mac"].as_str())
+                .collect::<Vec<_>>()
+                .join(","))
+            .unwrap_or_default(),
+        inv["bmc"]["lan_channels"][0]["mac"].as_str().unwrap_or("?"),
+    );
+
+    step(4, "BMC credentials set in-band, used out-of-band");
+    let creds = molar.json(&[
+        "call",
+        &id,
+        "bmc.set_credentials",
+        r#"{"username":"molar","privilege":"administrator"}"#,
+    ])?;
+    let password = creds["password"].as_str().context("a password")?.to_owned();
+    println!(
+        "user {} (id {}) created; password returned to the controller only",
+        creds["username"], creds["user_id"]
+    );
+    println!(
+        "$ ipmitool -I lanplus -C 3 -H 127.0.0.1 -p {} -U molar -P *** chassis power status",
+        sim.lan_port()
+    );
+    print!(
+        "{}",
+        sim.ipmitool_ok("molar", &password, &["chassis", "power", "status"])?
+    );
+
+    step(5, "decommission: erase every disk, verified");
+    molar.run_live(&[
+        "task",
+        "start",
+        &id,
+        "decom.disk_erase",
+        r#"{"method":"auto"}"#,
+        "--wait",
+    ])?;
+    for img in &images {
+        ensure!(is_zero(img)?, "{} still holds data", img.display());
+        println!("host image {} reads all zeros", img.display());
+    }
+
+    step(6, "power off");
+    molar.run(&["call", &id, "poweroff"])?;
+    let vm = sim.vm().context("the BMC's VM")?;
+    wait_until("QEMU to end", 60, || vm.pid().is_none().then_some(()))?;
+    println!(
+        "server powered off; total {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(sim);
+    serve.terminate();
+    println!("\nlogs kept in {}", lab.dir().display());
+    Ok(())
+}
