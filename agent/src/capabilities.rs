@@ -23,6 +23,28 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Resolves once the machine's drivers are loaded (the ramdisk's coldplug), so hardware
+/// methods never look at a half-probed machine. Always ready outside the ramdisk.
+#[derive(Debug, Clone, Default)]
+pub struct HardwareReady(Option<tokio::sync::watch::Receiver<bool>>);
+
+/// Longest a hardware method waits for drivers: a machine whose coldplug hangs is still
+/// inventoried rather than never.
+const READY_WAIT: Duration = Duration::from_secs(120);
+
+impl HardwareReady {
+    pub fn new(rx: tokio::sync::watch::Receiver<bool>) -> Self {
+        HardwareReady(Some(rx))
+    }
+
+    pub async fn wait(&self) {
+        if let Some(rx) = &self.0 {
+            let mut rx = rx.clone();
+            let _ = tokio::time::timeout(READY_WAIT, rx.wait_for(|ready| *ready)).await;
+        }
+    }
+}
+
 /// What the capabilities need to know about the machine they run on.
 #[derive(Debug, Clone)]
 pub struct Machine {
@@ -30,6 +52,7 @@ pub struct Machine {
     pub root: PathBuf,
     /// Who may be erased: every local disk in the ramdisk, only named devices on a host.
     pub authority: Authority,
+    pub ready: HardwareReady,
 }
 
 impl Machine {
@@ -39,6 +62,7 @@ impl Machine {
         Machine {
             root,
             authority: Authority::detect(allow_host),
+            ready: HardwareReady::default(),
         }
     }
 }
@@ -46,6 +70,7 @@ impl Machine {
 /// `decom.disk_erase`: the erase engine as a task.
 pub struct DiskErase {
     pub env: EraseEnv,
+    pub ready: HardwareReady,
 }
 
 /// Turns an erase report into the task's outcome: complete only when every attempted device
@@ -80,6 +105,8 @@ impl Task for DiskErase {
     type Params = DiskEraseParams;
 
     async fn run(&self, params: DiskEraseParams, ctx: TaskContext) -> Result<Value, TaskFailure> {
+        // Every disk's driver must be loaded before "every disk" means anything.
+        self.ready.wait().await;
         let env = self.env.clone();
         let req = EraseRequest::from_params(&params);
         let cancel = ctx.cancel_token().clone();
@@ -137,6 +164,7 @@ impl From<crate::hw::ipmi::IpmiError> for ErrorBody {
 struct Bmc {
     root: PathBuf,
     lock: Arc<Mutex<()>>,
+    ready: HardwareReady,
 }
 
 impl Bmc {
@@ -150,10 +178,11 @@ impl Bmc {
     }
 }
 
-fn bmc_at(root: &Path) -> Bmc {
+fn bmc_at(machine: &Machine) -> Bmc {
     Bmc {
-        root: root.to_owned(),
+        root: machine.root.clone(),
         lock: Arc::new(Mutex::new(())),
+        ready: machine.ready.clone(),
     }
 }
 
@@ -164,6 +193,7 @@ fn register_bmc(m: &mut Methods, dev: Bmc) {
         let d = d.clone();
         async move {
             parse_params::<Empty>("bmc.info", params)?;
+            d.ready.wait().await;
             blocking(move || d.run(bmc::info)).await
         }
     });
@@ -173,6 +203,7 @@ fn register_bmc(m: &mut Methods, dev: Bmc) {
         let d = d.clone();
         async move {
             let p: SetCredentialsParams = parse_params("bmc.set_credentials", params)?;
+            d.ready.wait().await;
             // The result carries the password to the controller; it is never logged.
             let r = blocking(move || d.run(|t| bmc::set_credentials(t, &p))).await;
             match &r {
@@ -188,6 +219,7 @@ fn register_bmc(m: &mut Methods, dev: Bmc) {
         let d = d.clone();
         async move {
             let p: BmcResetParams = parse_params("bmc.reset", params)?;
+            d.ready.wait().await;
             blocking(move || d.run(|t| bmc::reset(t, p.kind))).await
         }
     });
@@ -197,6 +229,7 @@ fn register_bmc(m: &mut Methods, dev: Bmc) {
         let d = d.clone();
         async move {
             let p: BootDeviceParams = parse_params("chassis.boot_device", params)?;
+            d.ready.wait().await;
             blocking(move || d.run(|t| bmc::boot_device(t, &p))).await
         }
     });
@@ -205,6 +238,7 @@ fn register_bmc(m: &mut Methods, dev: Bmc) {
         let d = dev.clone();
         async move {
             let p: ChassisPowerParams = parse_params("chassis.power", params)?;
+            d.ready.wait().await;
             let action = p.action;
             // Reading the status first proves the BMC answers before we promise anything.
             let status = {
@@ -238,6 +272,7 @@ pub fn inventory(root: &Path, bmc_lock: &Arc<Mutex<()>>) -> molar_protocol::inve
     let dev = Bmc {
         root: root.to_owned(),
         lock: bmc_lock.clone(),
+        ready: HardwareReady::default(),
     };
     match dev.run(bmc::info) {
         Ok(info) => inv.bmc = Some(info),
@@ -253,11 +288,14 @@ pub fn inventory(root: &Path, bmc_lock: &Arc<Mutex<()>>) -> molar_protocol::inve
 /// Registers `inventory`.
 fn register_inventory(m: &mut Methods, machine: &Machine, bmc_lock: Arc<Mutex<()>>) {
     let root = machine.root.clone();
+    let ready = machine.ready.clone();
     m.call("inventory", move |params| {
         let root = root.clone();
         let lock = bmc_lock.clone();
+        let ready = ready.clone();
         async move {
             parse_params::<Empty>("inventory", params)?;
+            ready.wait().await;
             blocking(move || Ok::<_, ErrorBody>(inventory(&root, &lock))).await
         }
     });
@@ -305,7 +343,7 @@ pub fn methods(machine: &Machine) -> Methods {
 /// [`methods`] with the side effects of `reboot`/`poweroff` going through `sys`.
 pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
     let mut m = Methods::new();
-    let dev = bmc_at(&machine.root);
+    let dev = bmc_at(machine);
     let lock = dev.lock.clone();
     register_bmc(&mut m, dev);
     register_inventory(&mut m, machine, lock);
@@ -314,6 +352,7 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
         "decom.disk_erase",
         DiskErase {
             env: EraseEnv::new(machine.root.clone(), machine.authority.clone()),
+            ready: machine.ready.clone(),
         },
     );
     m
@@ -334,6 +373,7 @@ mod tests {
         let m = methods(&Machine {
             root: root.path().to_owned(),
             authority: Authority::Host { allowed: vec![] },
+            ready: HardwareReady::default(),
         });
         let mut cfg = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
         cfg.root = root.path().to_owned();
@@ -372,6 +412,7 @@ mod tests {
         let m = methods(&Machine {
             root: fixture.clone(),
             authority: Authority::Host { allowed: vec![] },
+            ready: HardwareReady::default(),
         });
         let agent = Agent::new(
             AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
@@ -406,6 +447,7 @@ mod tests {
         let machine = Machine {
             root: "/nonexistent".into(),
             authority: Authority::Host { allowed: vec![] },
+            ready: HardwareReady::default(),
         };
         let agent = Agent::new(
             AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
@@ -469,6 +511,7 @@ mod tests {
         let m = methods(&Machine {
             root: root.path().to_owned(),
             authority: Authority::Host { allowed: vec![] },
+            ready: HardwareReady::default(),
         });
         let agent = Agent::new(
             AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),

@@ -397,12 +397,27 @@ fn ramdisk_session(
                     let mut config =
                         AgentConfig::new(s.controller.to_string(), trust, s.token.clone());
                     config.ramdisk = true;
-                    let methods = default_methods(&config.root, &[]);
+                    // The session starts while drivers still load: hardware methods wait for
+                    // coldplug through this gate, `status` shows the report once it exists.
+                    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+                    let mut machine =
+                        crate::capabilities::Machine::detect(config.root.clone(), &[]);
+                    machine.ready = crate::capabilities::HardwareReady::new(ready_rx);
+                    let methods = crate::capabilities::methods(&machine);
                     let a = Agent::new(config, methods, logs);
-                    a.set_modules(molar_protocol::methods::ModuleReport {
-                        loaded: boot.modules.loaded.clone(),
-                        failed: boot.modules.failed.clone(),
-                        unmatched_aliases: boot.modules.unmatched_aliases,
+                    let mut modules = boot.modules.clone();
+                    let report_to = a.clone();
+                    tokio::spawn(async move {
+                        if let Ok(r) = modules.wait_for(Option::is_some).await
+                            && let Some(r) = r.as_ref()
+                        {
+                            report_to.set_modules(molar_protocol::methods::ModuleReport {
+                                loaded: r.loaded.clone(),
+                                failed: r.failed.clone(),
+                                unmatched_aliases: r.unmatched_aliases,
+                            });
+                        }
+                        let _ = ready_tx.send(true);
                     });
                     *agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(a.clone());
                     a

@@ -137,6 +137,28 @@ impl AgentConfig {
     }
 }
 
+/// This process's resident set size, from `ROOT/proc/self/status`.
+fn rss_bytes(root: &std::path::Path) -> Option<u64> {
+    let status = std::fs::read_to_string(root.join("proc/self/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Seconds since the kernel booted (`ROOT/proc/uptime`), in milliseconds: on the same clock as
+/// the kernel's console timestamps, so boot timings can be read off one console log.
+fn uptime_ms(root: &std::path::Path) -> Option<u64> {
+    let s = std::fs::read_to_string(root.join("proc/uptime")).ok()?;
+    let secs: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some((secs * 1000.0) as u64)
+}
+
 /// Why one session attempt ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -211,6 +233,7 @@ impl Agent {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            rss_bytes: rss_bytes(&self.config.root),
         }
     }
 
@@ -289,6 +312,7 @@ impl Agent {
         tracing::info!(
             server_id = %welcome.server_id,
             controller = %cfg.controller,
+            uptime_ms = uptime_ms(&cfg.root),
             "connected to the controller"
         );
         *self.server_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(welcome.server_id);
@@ -360,6 +384,14 @@ mod tests {
             let d30 = b.delay(30);
             assert!(d30 >= Duration::from_secs(60) && d30 <= Duration::from_secs(120));
         }
+    }
+
+    #[test]
+    fn rss_and_uptime_are_read_from_proc() {
+        let root = std::path::Path::new("/");
+        assert!(rss_bytes(root).is_some_and(|b| b > 1 << 20));
+        assert!(uptime_ms(root).is_some_and(|u| u > 0));
+        assert_eq!(rss_bytes(std::path::Path::new("/nonexistent")), None);
     }
 
     #[test]

@@ -228,6 +228,9 @@ pub struct StatusResult {
     /// Kernel modules the ramdisk loaded and failed to load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modules: Option<ModuleReport>,
+    /// The agent's resident memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
 }
 
 /// What the ramdisk's coldplug loaded.

@@ -183,6 +183,7 @@ impl TestAgent {
         let mut m = molar_agent::capabilities::methods(&molar_agent::capabilities::Machine {
             root: root.to_owned(),
             authority: molar_agent::safety::Authority::Host { allowed: vec![] },
+            ready: Default::default(),
         });
         m.task("test.count", Count);
         m

@@ -131,7 +131,12 @@ async fn a_server_boots_registers_and_is_managed() {
         call(&client, &id, "ping", json!({"x": 1})).await,
         json!({"x": 1})
     );
-    let status = call(&client, &id, "status", json!({})).await;
+    // The session starts while drivers still load; the module report follows.
+    let status = eventually(60, "the module report in status", || async {
+        let s = client.call(&id, "status", json!({}), None).await.ok()?;
+        s["modules"].is_object().then_some(s)
+    })
+    .await;
     assert_eq!(status["ramdisk"], true);
     let loaded: Vec<&str> = status["modules"]["loaded"]
         .as_array()

@@ -306,7 +306,10 @@ async fn reap_forever(sys: Arc<dyn System>, root: PathBuf) {
 pub struct Boot {
     pub settings: Settings,
     pub hostname: String,
-    pub modules: ModuleReport,
+    /// What coldplug loaded: `None` while modules are still loading. The session starts as
+    /// soon as the network is up (the controller hears from the machine sooner); whatever needs
+    /// the hardware waits for this.
+    pub modules: watch::Receiver<Option<ModuleReport>>,
     /// The configured network; changes when the lease is renewed with new parameters or lost.
     pub network: watch::Receiver<Option<NetState>>,
     /// When PID 1 started.
@@ -531,7 +534,11 @@ where
         elapsed_ms = started.elapsed().as_millis() as u64,
         "network configured"
     );
-    let modules = modules_loading.report().await;
+    let (modules_done, modules) = watch::channel(None);
+    tokio::spawn(async move {
+        let report = modules_loading.report().await;
+        let _ = modules_done.send(Some(report));
+    });
 
     let settings = wait_for_settings(&root, SETTINGS_RETRY).await;
     tracing::info!(
@@ -880,7 +887,7 @@ mod tests {
         Boot {
             settings,
             hostname: "h".into(),
-            modules: ModuleReport::default(),
+            modules: watch::channel(Some(ModuleReport::default())).1,
             network: watch::channel(None).1,
             started: Instant::now(),
         }
