@@ -64,7 +64,10 @@ async fn main() -> Result<()> {
     );
     println!(
         "  initramfs ({})   {:6.2} MiB   target <= 25 MiB   ({:.0}% of target; the Python ramdisk is ~340 MB: {:.0}x smaller)",
-        manifest["compression"]["kind"].as_str().or(manifest["compression"].as_str()).unwrap_or("compressed"),
+        manifest["compression"]["kind"]
+            .as_str()
+            .or(manifest["compression"].as_str())
+            .unwrap_or("compressed"),
         initrd_bytes / MIB,
         initrd_bytes / (25.0 * MIB) * 100.0,
         340e6 / initrd_bytes
