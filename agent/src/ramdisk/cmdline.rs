@@ -1,9 +1,9 @@
 //! The ramdisk's settings: `molar.*` parameters from the kernel command line
 //! (`ROOT/proc/cmdline`), with SMBIOS type 11 OEM strings of the same `key=value` form as the
-//! fallback for each key (read from the raw table `ROOT/sys/firmware/dmi/tables/DMI`). The OEM
-//! string walk here is deliberately minimal (type 11 only); the full SMBIOS parser belongs to
-//! the inventory. Problems are collected per key, so the console can name every missing or
-//! malformed key at once; the token never appears in Debug output or in an error.
+//! fallback for each key (read from the raw table `ROOT/sys/firmware/dmi/tables/DMI` with the
+//! inventory's SMBIOS structure walk). Problems are collected per key, so the console can name
+//! every missing or malformed key at once; the token never appears in Debug output or in an
+//! error.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -140,42 +140,21 @@ pub fn molar_params(
     out
 }
 
-/// The OEM strings (SMBIOS structure type 11) of a raw SMBIOS table, in order.
+/// The OEM strings (SMBIOS structure type 11) of a raw SMBIOS table, in order. The walk is
+/// the inventory's; a malformed table yields the strings before the damage.
 pub fn smbios_oem_strings(table: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos + 4 <= table.len() {
-        let kind = table[pos];
-        let len = table[pos + 1] as usize;
-        if len < 4 || pos + len > table.len() {
-            break;
-        }
-        // The string set follows the formatted area and ends with two NULs.
-        let strings_start = pos + len;
-        let mut end = strings_start;
-        while end + 1 < table.len() && !(table[end] == 0 && table[end + 1] == 0) {
-            end += 1;
-        }
-        let strings: Vec<&[u8]> = if end == strings_start {
-            Vec::new()
-        } else {
-            table[strings_start..end].split(|b| *b == 0).collect()
-        };
-        if kind == 11 && len >= 5 {
-            let count = table[pos + 4] as usize;
-            out.extend(
-                strings
-                    .iter()
-                    .take(count)
-                    .map(|s| String::from_utf8_lossy(s).into_owned()),
-            );
-        }
-        if kind == 127 {
-            break;
-        }
-        pos = end + 2;
-    }
-    out
+    let (structures, _damage) = crate::inventory::smbios::walk(table, None);
+    structures
+        .iter()
+        .filter(|s| s.kind == 11)
+        .flat_map(|s| {
+            let count = s.formatted.get(4).copied().map_or(0, usize::from);
+            s.strings
+                .iter()
+                .take(count)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        })
+        .collect()
 }
 
 /// Reads both sources under `root`: the command line's `molar.*` values, then the SMBIOS ones.
