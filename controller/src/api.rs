@@ -48,6 +48,9 @@ pub struct ServerView {
     pub connection: Option<ConnectionRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<Value>,
+    /// The BMC table's entry (seed 004), without the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<crate::store::BmcRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -277,6 +280,7 @@ fn view(fleet: &Fleet, mut server: ServerRecord) -> ServerView {
         server,
         connection: None,
         inventory: None,
+        bmc: None,
     }
 }
 
@@ -305,6 +309,7 @@ async fn show_server(
     let server = server_or_404(&st.fleet, &id)?;
     let mut v = view(&st.fleet, server);
     v.connection = st.fleet.store.last_connection(&id)?;
+    v.bmc = st.fleet.store.bmc(&id)?;
     if with_inventory {
         v.inventory = Some(st.fleet.store.server_inventory(&id)?.unwrap_or(Value::Null));
     }

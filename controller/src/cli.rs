@@ -446,6 +446,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     println!("closed at:     {} ({why})", format_time(at));
                 }
             }
+            if let Some(b) = &v.bmc {
+                println!(
+                    "bmc:           {} {} user {} ({}, {})",
+                    opt(&b.mac),
+                    opt(&b.ip),
+                    b.username,
+                    b.source,
+                    format_time(b.updated_ms)
+                );
+            }
             if let Some(inv) = &v.inventory {
                 println!("inventory:");
                 println!("{}", serde_json::to_string_pretty(inv).unwrap_or_default());

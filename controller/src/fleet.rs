@@ -223,7 +223,65 @@ impl Fleet {
                 tracing::error!(server = %server_id, error = %e, "storing an inventory");
             }
         }
+        if method == "bmc.set_credentials" {
+            self.remember_bmc(server_id, &peer, &result).await;
+        }
         Ok(result)
+    }
+
+    /// Seed 004's BMC table: credentials the agent set in-band are stored with the BMC's MAC
+    /// and IP (read fresh with `bmc.info`, else from the stored inventory), so the controller
+    /// can manage the machine out-of-band later. The password is never logged.
+    async fn remember_bmc(&self, server_id: &str, peer: &PeerHandle, result: &Value) {
+        let Ok(creds) =
+            serde_json::from_value::<molar_protocol::bmc::SetCredentialsResult>(result.clone())
+        else {
+            tracing::warn!(server = %server_id, "bmc.set_credentials answered an unexpected shape; not stored");
+            return;
+        };
+        let info = match peer
+            .call_timeout("bmc.info", json!({}), Duration::from_secs(60))
+            .await
+        {
+            Ok(v) => Some(v),
+            Err(_) => self
+                .store
+                .server_inventory(server_id)
+                .ok()
+                .flatten()
+                .map(|inv| inv["bmc"].clone()),
+        };
+        let channels = info
+            .as_ref()
+            .and_then(|i| i["lan_channels"].as_array().cloned())
+            .unwrap_or_default();
+        let lan = channels
+            .iter()
+            .find(|c| {
+                c["channel"]
+                    .as_u64()
+                    .is_some_and(|n| creds.channels.contains(&(n as u8)))
+            })
+            .or(channels.first());
+        let text = |k: &str| lan.and_then(|c| c[k].as_str()).map(str::to_owned);
+        let (mac, ip) = (text("mac"), text("ip"));
+        let stored = self.store.set_bmc(
+            server_id,
+            &crate::store::BmcCredentials {
+                mac: mac.as_deref(),
+                ip: ip.as_deref(),
+                username: &creds.username,
+                password: &creds.password,
+                user_id: Some(i64::from(creds.user_id)),
+                source: "in_band",
+            },
+        );
+        match stored {
+            Ok(()) => {
+                tracing::info!(server = %server_id, username = %creds.username, mac = ?mac, ip = ?ip, "BMC credentials stored")
+            }
+            Err(e) => tracing::error!(server = %server_id, error = %e, "storing BMC credentials"),
+        }
     }
 
     /// In-band discovery of a server in the `discovery` state: takes its inventory and, once

@@ -190,6 +190,23 @@ async fn a_server_boots_registers_and_is_managed() {
     let status =
         block(|| sim.ipmitool_ok("molar", &password, &["chassis", "power", "status"])).unwrap();
     assert!(status.contains("Chassis Power is on"), "{status}");
+    // Seed 004's BMC table: the controller kept the credentials with the BMC's MAC.
+    let bmc = eventually(30, "the BMC table entry", || async {
+        client.server(&id, false).await.ok()?.bmc
+    })
+    .await;
+    assert_eq!(bmc.username, "molar");
+    assert_eq!(bmc.mac.as_deref(), Some(BMC_MAC));
+    assert_eq!(
+        ctl.running()
+            .fleet
+            .store
+            .bmc_password(&id)
+            .unwrap()
+            .unwrap()
+            .expose(),
+        password
+    );
     let wrong =
         block(|| sim.ipmitool("molar", "not-the-password", &["chassis", "power", "status"]))
             .unwrap();
