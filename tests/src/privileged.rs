@@ -58,6 +58,39 @@ impl LoopDevice {
         LoopDevice { dev, backing }
     }
 
+    /// A `size`-byte loop device over a sparse file with data only at its start, middle and
+    /// end: big devices without writing them whole first.
+    pub fn sparse(size: u64) -> LoopDevice {
+        use std::io::{Seek, SeekFrom, Write};
+        let backing = tempfile::NamedTempFile::new().expect("temp file");
+        {
+            let mut f = backing.as_file();
+            f.set_len(size).expect("sizing the backing file");
+            let chunk = vec![0xa5u8; 1 << 20];
+            for off in [0, size / 2, size - (1 << 20)] {
+                f.seek(SeekFrom::Start(off)).expect("seek");
+                f.write_all(&chunk).expect("writing the pattern");
+            }
+            f.sync_all().expect("sync");
+        }
+        Self::attach(backing)
+    }
+
+    fn attach(backing: tempfile::NamedTempFile) -> LoopDevice {
+        let out = Command::new("losetup")
+            .args(["-f", "--show", "--direct-io=on"])
+            .arg(backing.path())
+            .output()
+            .expect("running losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        LoopDevice { dev, backing }
+    }
+
     pub fn name(&self) -> String {
         self.dev.display().to_string()
     }

@@ -84,3 +84,67 @@ async fn the_server(client: &molar_controller::client::Client) -> String {
     })
     .await
 }
+
+/// The task_status stream of a longer erase: percent climbs steadily and running updates carry
+/// a sensible eta. 1 GiB, three passes (two random, one zeros).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erase_streams_steady_percent_and_eta() {
+    if !require_root_and_losetup("an_erase_streams_steady_percent_and_eta") {
+        return;
+    }
+    let dev = LoopDevice::sparse(1 << 30);
+    let ctl = Controller::start().await;
+    let token = ctl.agent_token().await;
+    let root = tempfile::tempdir().unwrap();
+    let cfg = TestAgent::config(
+        &ctl.agent_addr(),
+        Trust::CaFile(ctl.ca_pem()),
+        token,
+        std::path::Path::new("/"),
+    );
+    let methods = molar_agent::capabilities::methods(&Machine::detect("/".into(), &[dev.name()]));
+    let agent = TestAgent::start_with_methods(cfg, root, LogBuffer::new(10), methods);
+    let client = ctl.client();
+    let id = the_server(&client).await;
+    let t = client
+        .start_task(
+            &id,
+            "decom.disk_erase",
+            json!({"devices": [dev.name()], "method": "overwrite", "passes": 3}),
+        )
+        .await
+        .unwrap();
+    let mut events = client.task_events(&t.task_id).await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(300), events.next())
+        .await
+        .unwrap()
+    {
+        seen.push(ev.unwrap());
+    }
+    let last = seen.last().unwrap();
+    assert_eq!(last.state, TaskPhase::Complete, "{last:?}");
+    let running: Vec<_> = seen
+        .iter()
+        .filter(|e| e.state == TaskPhase::Running)
+        .collect();
+    let percents: Vec<f64> = running.iter().filter_map(|e| e.percent).collect();
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]),
+        "steady: {percents:?}"
+    );
+    let mid: Vec<_> = running
+        .iter()
+        .filter(|e| e.percent.is_some_and(|p| p > 0.0 && p < 100.0))
+        .collect();
+    assert!(
+        !mid.is_empty(),
+        "progress between 0 and 100 was reported: {percents:?}"
+    );
+    assert!(
+        mid.iter().all(|e| e.eta.is_some_and(|s| s < 600)),
+        "every running update carries a sensible eta: {mid:?}"
+    );
+    assert!(dev.backing_is_zero());
+    agent.stop().await;
+}
