@@ -113,7 +113,9 @@ impl LogBuffer {
                 .await
             {
                 Ok(_) => {}
-                Err(molar_protocol::CallError::Remote(_)) => {
+                Err(molar_protocol::CallError::Remote(body))
+                    if crate::tasks::refused_for_good(&body) =>
+                {
                     // Refused as malformed: resending the same batch cannot help.
                 }
                 Err(_) => {

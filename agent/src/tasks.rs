@@ -319,6 +319,15 @@ impl Inner {
     }
 }
 
+/// Whether a refusal means the message itself can never be accepted (as opposed to the
+/// receiver failing to take it now, which is worth retrying).
+pub fn refused_for_good(body: &ErrorBody) -> bool {
+    matches!(
+        body.code.as_str(),
+        codes::INVALID_PARAMS | codes::INVALID_REQUEST | codes::UNKNOWN_METHOD
+    )
+}
+
 /// Aliases the seed's misspelling and its correction to one canonical method name.
 pub fn canonical_method(method: &str) -> String {
     match method.strip_prefix("standby.") {
@@ -535,17 +544,25 @@ impl TaskEngine {
         loop {
             let changed = self.inner.changed.notified();
             let (due, next) = self.collect_due();
+            let mut retry_soon = false;
             for status in due {
                 let seq = status.seq;
                 let terminal = status.state.is_terminal();
                 let task_id = status.task_id.clone();
                 match peer.call_method::<TaskStatusUpdate>(&status).await {
                     Ok(_) => self.mark_acked(&task_id, seq),
-                    Err(CallError::Remote(body)) => {
-                        // The controller read it and refused it: resending the same status
-                        // cannot succeed, so count it as delivered.
+                    Err(CallError::Remote(body)) if refused_for_good(&body) => {
+                        // The controller read it and can never accept it: resending the same
+                        // status cannot succeed, so count it as delivered.
                         tracing::warn!(%task_id, error = %body, "controller refused a task status");
                         self.mark_acked(&task_id, seq);
+                    }
+                    Err(CallError::Remote(body)) => {
+                        // The controller could not store it now (its database is busy or
+                        // full): the status stays due and goes out again after a pause.
+                        tracing::warn!(%task_id, error = %body, "controller could not take a task status; retrying");
+                        self.unmark_sent(&task_id, seq);
+                        retry_soon = true;
                     }
                     Err(e) => {
                         tracing::debug!(%task_id, terminal, error = %e, "task status not delivered");
@@ -557,7 +574,11 @@ impl TaskEngine {
                     }
                 }
             }
-            let wait = next.unwrap_or(MAX_UPDATE_INTERVAL);
+            let wait = match next {
+                _ if retry_soon => MIN_UPDATE_INTERVAL,
+                Some(n) => n,
+                None => MAX_UPDATE_INTERVAL,
+            };
             tokio::select! {
                 _ = changed => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -823,6 +844,56 @@ mod tests {
             log.last().unwrap().state.is_terminal(),
             "nothing after the terminal status"
         );
+        assert_eq!(e.unacknowledged(), 0);
+    }
+
+    /// A controller whose store fails once answers an `internal` error: the terminal status
+    /// is retried, not dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_controller_failing_to_store_gets_the_terminal_status_again() {
+        let e = engine();
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let noop = Arc::new(|_: &PeerHandle, _: String, _: Value| async { Ok(json!({})) }.boxed());
+        let (agent, _) = Peer::spawn(a, noop, PeerConfig::default());
+        let ctl_handler: Arc<dyn Handler> = {
+            let stored = stored.clone();
+            Arc::new(move |_: &PeerHandle, _m: String, params: Value| {
+                let stored = stored.clone();
+                let failed_once = failed_once.clone();
+                async move {
+                    let s: TaskStatus = serde_json::from_value(params).unwrap();
+                    if s.state.is_terminal()
+                        && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        return Err(ErrorBody::new(
+                            codes::INTERNAL,
+                            "the controller cannot store task statuses now",
+                        ));
+                    }
+                    stored.lock().unwrap().push(s);
+                    Ok(json!({}))
+                }
+                .boxed()
+            })
+        };
+        let (_ctl, _) = Peer::spawn(b, ctl_handler, PeerConfig::default());
+        tokio::spawn({
+            let e = e.clone();
+            async move { e.pump(agent).await }
+        });
+        e.submit("test.count", json!({"task_id":"s","steps":2,"step_ms":10}))
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let terminal: Vec<_> = stored
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.state.is_terminal())
+            .cloned()
+            .collect();
+        assert_eq!(terminal.len(), 1, "delivered once, after the failure");
         assert_eq!(e.unacknowledged(), 0);
     }
 
