@@ -324,7 +324,9 @@ async fn call(
     let req: CallRequest = parse_body(&body)?;
     let timeout = match req.timeout_s {
         None => DEFAULT_CALL_TIMEOUT,
-        Some(t) if t.is_finite() && t > 0.0 => Duration::from_secs_f64(t).min(MAX_CALL_TIMEOUT),
+        Some(t) if t.is_finite() && t > 0.0 => {
+            Duration::from_secs_f64(t.min(MAX_CALL_TIMEOUT.as_secs_f64()))
+        }
         Some(t) => {
             return Err(ApiError::new(
                 codes::INVALID_PARAMS,

@@ -470,7 +470,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let params = parse_params(params.as_deref())?;
             let timeout = match timeout {
-                Some(t) if t.is_finite() && *t > 0.0 => Some(Duration::from_secs_f64(*t)),
+                Some(t) if t.is_finite() && *t > 0.0 => {
+                    Some(Duration::from_secs_f64(t.min(86_400.0)))
+                }
                 Some(t) => {
                     return Err(Failure::new(
                         EXIT_USAGE,

@@ -164,6 +164,13 @@ pub fn load_or_create(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
             path: dir.to_owned(),
             source,
         })?;
+    // An existing directory (a packaged /var/lib/molar at 0755) is tightened too.
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(
+        |source| PkiError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        },
+    )?;
     let ca_pem_path = dir.join("ca.pem");
     let ca_key_path = dir.join("ca.key");
     let created = !ca_pem_path.exists() || !ca_key_path.exists();

@@ -122,6 +122,11 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("creating database file {path} (mode 0600): {source}")]
+    CreateFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("opening database {path}: {source}")]
     Open {
         path: PathBuf,
@@ -564,6 +569,21 @@ impl Store {
             source,
         })?;
         let path = dir.join("molar.db");
+        // The database holds BMC passwords: owner-only from its first byte. SQLite gives its
+        // -wal and -shm files the database file's mode.
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let created = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)));
+            created.map_err(|source| StoreError::CreateFile {
+                path: path.clone(),
+                source,
+            })?;
+        }
         let conn = Connection::open(&path).map_err(|source| StoreError::Open {
             path: path.clone(),
             source,
@@ -1345,8 +1365,14 @@ mod tests {
 
     #[test]
     fn migrations_apply_once_and_reopen() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join("molar.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the database holds BMC passwords");
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         s.create_token("tok-1", "a", "00").unwrap();
         drop(s);

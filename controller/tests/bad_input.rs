@@ -307,6 +307,33 @@ async fn a_call_to_a_server_without_an_agent_is_not_connected() {
             json!({"error":{"msg": format!("server {gone_id} has no agent connection"),"code":"not_connected"}})
         )
     );
+    // A huge timeout is clamped, not a panic; a negative one is named.
+    assert_eq!(
+        raw_api(
+            &c,
+            reqwest::Method::POST,
+            &format!("/servers/{gone_id}/call"),
+            Some(&auth),
+            Some(r#"{"method":"ping","timeout_s":1e300}"#)
+        )
+        .await
+        .0,
+        409
+    );
+    assert_eq!(
+        raw_api(
+            &c,
+            reqwest::Method::POST,
+            &format!("/servers/{gone_id}/call"),
+            Some(&auth),
+            Some(r#"{"method":"ping","timeout_s":-1}"#)
+        )
+        .await,
+        (
+            400,
+            json!({"error":{"msg":"timeout_s must be a positive number of seconds, not -1","code":"invalid_params"}})
+        )
+    );
     // A server that never existed is not found.
     assert_eq!(
         raw_api(
