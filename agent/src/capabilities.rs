@@ -52,16 +52,33 @@ pub struct Machine {
     pub root: PathBuf,
     /// Who may be erased: every local disk in the ramdisk, only named devices on a host.
     pub authority: Authority,
+    /// Whether `chassis.power` (other than `status`) and `bmc.reset` may act: in the ramdisk,
+    /// or on a host when its operator said so.
+    pub power_allowed: bool,
     pub ready: HardwareReady,
 }
 
 impl Machine {
-    /// This machine: the ramdisk when PID 1, else a host where only `allow_host` devices may
-    /// be touched.
-    pub fn detect(root: PathBuf, allow_host: &[String]) -> Machine {
+    /// The ramdisk, as its `/init` runs it: every local disk may be erased (subject to the
+    /// other safety rules) and the BMC may power-cycle the machine.
+    pub fn ramdisk(root: PathBuf) -> Machine {
         Machine {
             root,
-            authority: Authority::detect(allow_host),
+            authority: Authority::Ramdisk,
+            power_allowed: true,
+            ready: HardwareReady::default(),
+        }
+    }
+
+    /// Some host (`molar-agent run`): only the `allow_host` devices may be erased and power
+    /// actions are refused. Whether the process is PID 1 does not matter (containers).
+    pub fn host(root: PathBuf, allow_host: &[String]) -> Machine {
+        Machine {
+            root,
+            authority: Authority::Host {
+                allowed: allow_host.to_vec(),
+            },
+            power_allowed: false,
             ready: HardwareReady::default(),
         }
     }
@@ -165,6 +182,23 @@ struct Bmc {
     root: PathBuf,
     lock: Arc<Mutex<()>>,
     ready: HardwareReady,
+    power_allowed: bool,
+}
+
+impl Bmc {
+    /// Refuses an action that can take the machine (or its BMC) away, outside the ramdisk.
+    fn may_act(&self, what: &str) -> Result<(), ErrorBody> {
+        if self.power_allowed {
+            return Ok(());
+        }
+        Err(ErrorBody::new(
+            codes::REFUSED,
+            format!(
+                "{what} refused: not running as the ramdisk's init (on a host, start the agent \
+                 with --allow-host-power)"
+            ),
+        ))
+    }
 }
 
 impl Bmc {
@@ -183,6 +217,7 @@ fn bmc_at(machine: &Machine) -> Bmc {
         root: machine.root.clone(),
         lock: Arc::new(Mutex::new(())),
         ready: machine.ready.clone(),
+        power_allowed: machine.power_allowed,
     }
 }
 
@@ -219,6 +254,7 @@ fn register_bmc(m: &mut Methods, dev: Bmc) {
         let d = d.clone();
         async move {
             let p: BmcResetParams = parse_params("bmc.reset", params)?;
+            d.may_act("bmc.reset")?;
             d.ready.wait().await;
             blocking(move || d.run(|t| bmc::reset(t, p.kind))).await
         }
@@ -238,6 +274,12 @@ fn register_bmc(m: &mut Methods, dev: Bmc) {
         let d = dev.clone();
         async move {
             let p: ChassisPowerParams = parse_params("chassis.power", params)?;
+            if p.action != PowerAction::Status {
+                d.may_act(&format!(
+                    "chassis.power {}",
+                    format!("{:?}", p.action).to_lowercase()
+                ))?;
+            }
             d.ready.wait().await;
             let action = p.action;
             // Reading the status first proves the BMC answers before we promise anything.
@@ -273,6 +315,7 @@ pub fn inventory(root: &Path, bmc_lock: &Arc<Mutex<()>>) -> molar_protocol::inve
         root: root.to_owned(),
         lock: bmc_lock.clone(),
         ready: HardwareReady::default(),
+        power_allowed: false,
     };
     match dev.run(bmc::info) {
         Ok(info) => inv.bmc = Some(info),
@@ -373,6 +416,7 @@ mod tests {
         let m = methods(&Machine {
             root: root.path().to_owned(),
             authority: Authority::Host { allowed: vec![] },
+            power_allowed: true,
             ready: HardwareReady::default(),
         });
         let mut cfg = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
@@ -405,6 +449,48 @@ mod tests {
         }
     }
 
+    /// On a host (no --allow-host-power), power and BMC resets are refused before the BMC is
+    /// touched; reading the power state is not.
+    #[tokio::test]
+    async fn power_actions_are_refused_on_a_host() {
+        let root = tempfile::tempdir().unwrap();
+        let m = methods(&Machine::host(root.path().to_owned(), &[]));
+        let mut cfg = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
+        cfg.root = root.path().to_owned();
+        let agent = Agent::new(cfg, m, crate::logfwd::LogBuffer::new(1));
+        for (method, params, what) in [
+            (
+                "chassis.power",
+                json!({"action": "off"}),
+                "chassis.power off",
+            ),
+            (
+                "chassis.power",
+                json!({"action": "cycle"}),
+                "chassis.power cycle",
+            ),
+            ("bmc.reset", json!({"kind": "cold"}), "bmc.reset"),
+        ] {
+            let err = agent
+                .clone()
+                .dispatch(method.into(), params)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, codes::REFUSED, "{method}: {err}");
+            assert!(
+                err.msg.starts_with(&format!(
+                    "{what} refused: not running as the ramdisk's init"
+                )),
+                "{err}"
+            );
+        }
+        let err = agent
+            .dispatch("chassis.power".into(), json!({"action": "status"}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, "ipmi_no_device", "status is only a read: {err}");
+    }
+
     #[tokio::test]
     async fn inventory_of_a_fixture_tree_and_its_bad_params() {
         let fixture =
@@ -412,6 +498,7 @@ mod tests {
         let m = methods(&Machine {
             root: fixture.clone(),
             authority: Authority::Host { allowed: vec![] },
+            power_allowed: false,
             ready: HardwareReady::default(),
         });
         let agent = Agent::new(
@@ -447,6 +534,7 @@ mod tests {
         let machine = Machine {
             root: "/nonexistent".into(),
             authority: Authority::Host { allowed: vec![] },
+            power_allowed: false,
             ready: HardwareReady::default(),
         };
         let agent = Agent::new(
@@ -511,6 +599,7 @@ mod tests {
         let m = methods(&Machine {
             root: root.path().to_owned(),
             authority: Authority::Host { allowed: vec![] },
+            power_allowed: false,
             ready: HardwareReady::default(),
         });
         let agent = Agent::new(

@@ -140,6 +140,10 @@ struct RunArgs {
     /// devices). Repeatable. Without it, a host agent refuses every destructive action.
     #[arg(long = "allow-host", value_name = "DEVICE")]
     allow_host: Vec<String>,
+    /// Outside the ramdisk, let the controller power-cycle this machine and reset its BMC
+    /// (chassis.power, bmc.reset). Refused without it.
+    #[arg(long)]
+    allow_host_power: bool,
 }
 
 /// Installs stderr logging plus forwarding to the controller; returns the forwarding buffer.
@@ -176,12 +180,12 @@ fn read_token(path: Option<&PathBuf>) -> anyhow::Result<Secret> {
     Ok(Secret::new(token))
 }
 
-/// The methods every agent offers on the machine under `root`.
-pub fn default_methods(root: &std::path::Path, allow_host: &[String]) -> Methods {
-    crate::capabilities::methods(&crate::capabilities::Machine::detect(
-        root.to_owned(),
-        allow_host,
-    ))
+/// The methods an agent on a host offers for the machine under `root`: only `allow_host`
+/// devices may be erased; power actions only with `allow_power`.
+pub fn host_methods(root: &std::path::Path, allow_host: &[String], allow_power: bool) -> Methods {
+    let mut machine = crate::capabilities::Machine::host(root.to_owned(), allow_host);
+    machine.power_allowed = allow_power;
+    crate::capabilities::methods(&machine)
 }
 
 struct EraseArgs {
@@ -212,7 +216,9 @@ async fn erase_local(a: EraseArgs) -> anyhow::Result<()> {
             allowed: a.devices.clone(),
         }
     } else {
-        Authority::detect(&[])
+        // Outside --allow-host nothing may be erased from the command line, even in the
+        // ramdisk's shell (the controller's decom.disk_erase is the ramdisk's way).
+        Authority::Host { allowed: vec![] }
     };
     let params = DiskEraseParams {
         devices: Some(a.devices),
@@ -274,7 +280,9 @@ async fn call_local(root: PathBuf, method: &str, params: serde_json::Value) -> a
     init_logging(tracing::Level::WARN);
     let mut config = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
     config.root = root.clone();
-    let agent = Agent::new(config, default_methods(&root, &[]), LogBuffer::new(1));
+    // The operator at this machine asked for this one action: power actions are theirs to
+    // take; erasing still needs `molar-agent erase --allow-host`.
+    let agent = Agent::new(config, host_methods(&root, &[], true), LogBuffer::new(1));
     match agent.dispatch(method.to_owned(), params).await {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -343,7 +351,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         read_token(args.token_file.as_ref())?,
     );
     config.root = args.root;
-    let methods = default_methods(&config.root, &args.allow_host);
+    let methods = host_methods(&config.root, &args.allow_host, args.allow_host_power);
     let agent = Agent::new(config, methods, logs);
     let shutdown = CancellationToken::new();
     tokio::spawn({
@@ -400,8 +408,7 @@ fn ramdisk_session(
                     // The session starts while drivers still load: hardware methods wait for
                     // coldplug through this gate, `status` shows the report once it exists.
                     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
-                    let mut machine =
-                        crate::capabilities::Machine::detect(config.root.clone(), &[]);
+                    let mut machine = crate::capabilities::Machine::ramdisk(config.root.clone());
                     machine.ready = crate::capabilities::HardwareReady::new(ready_rx);
                     let methods = crate::capabilities::methods(&machine);
                     let a = Agent::new(config, methods, logs);
@@ -466,7 +473,7 @@ pub fn main() -> ExitCode {
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
     let first = args.next();
-    if crate::ramdisk::is_init_invocation(&argv0, std::process::id())
+    if crate::ramdisk::is_init_invocation(&argv0)
         || first.as_deref() == Some(std::ffi::OsStr::new("init"))
     {
         return init();

@@ -28,20 +28,6 @@ pub enum Authority {
     Host { allowed: Vec<String> },
 }
 
-impl Authority {
-    /// `Ramdisk` when this process is PID 1, else `Host` with the given allow list
-    /// (empty list: every device is refused).
-    pub fn detect(allow_host: &[String]) -> Authority {
-        if std::process::id() == 1 {
-            Authority::Ramdisk
-        } else {
-            Authority::Host {
-                allowed: allow_host.to_vec(),
-            }
-        }
-    }
-}
-
 /// Why a device was not touched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {

@@ -180,11 +180,10 @@ impl TestAgent {
     /// The product's capabilities on the machine under `root` (nothing destructive allowed),
     /// plus the test task.
     pub fn methods(root: &Path) -> Methods {
-        let mut m = molar_agent::capabilities::methods(&molar_agent::capabilities::Machine {
-            root: root.to_owned(),
-            authority: molar_agent::safety::Authority::Host { allowed: vec![] },
-            ready: Default::default(),
-        });
+        let mut m = molar_agent::capabilities::methods(&molar_agent::capabilities::Machine::host(
+            root.to_owned(),
+            &[],
+        ));
         m.task("test.count", Count);
         m
     }

@@ -34,7 +34,7 @@ async fn erase_two_loop_devices_through_the_controller() {
         std::path::Path::new("/"),
     );
     let methods =
-        molar_agent::capabilities::methods(&Machine::detect("/".into(), &[a.name(), b.name()]));
+        molar_agent::capabilities::methods(&Machine::host("/".into(), &[a.name(), b.name()]));
     let agent = TestAgent::start_with_methods(cfg, root, LogBuffer::new(10), methods);
     let client = ctl.client();
     let id = the_server(&client).await;
@@ -102,7 +102,7 @@ async fn an_erase_streams_steady_percent_and_eta() {
         token,
         std::path::Path::new("/"),
     );
-    let methods = molar_agent::capabilities::methods(&Machine::detect("/".into(), &[dev.name()]));
+    let methods = molar_agent::capabilities::methods(&Machine::host("/".into(), &[dev.name()]));
     let agent = TestAgent::start_with_methods(cfg, root, LogBuffer::new(10), methods);
     let client = ctl.client();
     let id = the_server(&client).await;

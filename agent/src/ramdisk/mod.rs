@@ -197,9 +197,11 @@ pub fn attach_console(sys: &dyn System, root: &Path) -> Result<(), RamdiskError>
         .map_err(|source| RamdiskError::Console { path, source })
 }
 
-/// True when this process is the ramdisk's init: PID 1, or started as `/init`.
-pub fn is_init_invocation(argv0: &std::ffi::OsStr, pid: u32) -> bool {
-    pid == 1 || Path::new(argv0) == Path::new("/init")
+/// True when this process was started as the ramdisk's `/init`. Being PID 1 alone is not
+/// enough: `molar-agent run` as PID 1 of a container must stay an ordinary agent, not mount,
+/// load modules or configure the host's network. (`init_main` still refuses unless PID 1.)
+pub fn is_init_invocation(argv0: &std::ffi::OsStr) -> bool {
+    Path::new(argv0) == Path::new("/init")
 }
 
 fn shutdown(sys: &dyn System, mode: RebootMode) -> Result<(), RamdiskError> {
@@ -786,9 +788,12 @@ mod tests {
 
     #[test]
     fn init_invocation() {
-        assert!(is_init_invocation("/init".as_ref(), 1234));
-        assert!(is_init_invocation("molar-agent".as_ref(), 1));
-        assert!(!is_init_invocation("/usr/bin/molar-agent".as_ref(), 1234));
+        assert!(is_init_invocation("/init".as_ref()));
+        assert!(
+            !is_init_invocation("molar-agent".as_ref()),
+            "PID 1 of a container is not init"
+        );
+        assert!(!is_init_invocation("/usr/bin/molar-agent".as_ref()));
     }
 
     fn proc_entry(root: &Path, pid: i32, stat: &str) {
