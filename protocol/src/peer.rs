@@ -341,7 +341,12 @@ impl Peer {
         // Outgoing commands and responses are checked against `max_line` before they are
         // queued; the slack only lets a `fatal_error` about an over-long line through.
         let writer = FramedWrite::new(wr, LineCodec::new(config.max_line.saturating_add(4096)));
-        let writer_task = tokio::spawn(write_loop(writer, out_rx, handle.shared.clone()));
+        let writer_task = tokio::spawn(write_loop(
+            writer,
+            out_rx,
+            handle.shared.clone(),
+            config.idle_timeout,
+        ));
         let task = tokio::spawn(read_loop(
             reader,
             writer_task,
@@ -357,6 +362,7 @@ async fn write_loop<W>(
     mut sink: FramedWrite<W, LineCodec>,
     mut rx: mpsc::Receiver<Out>,
     shared: Arc<Shared>,
+    stall: Duration,
 ) -> Option<String>
 where
     W: AsyncWrite + Send + Unpin,
@@ -370,9 +376,18 @@ where
         };
         match out {
             Some(Out::Line(line)) => {
-                if let Err(e) = sink.send(line).await {
-                    tracing::debug!(peer = %shared.name, error = %e, "write failed");
-                    break;
+                // A peer that stops reading (a zero TCP window) must not hold the connection,
+                // its queue and the reader behind it for ever.
+                match tokio::time::timeout(stall, sink.send(line)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %shared.name, error = %e, "write failed");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(peer = %shared.name, "the other side stopped reading; closing");
+                        break;
+                    }
                 }
             }
             Some(Out::Close(fatal)) => {
@@ -381,7 +396,7 @@ where
                         fatal_error: msg.clone(),
                     })
                     .encode();
-                    let _ = sink.send(line).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(line)).await;
                     sent_fatal = Some(msg);
                 }
                 break;
@@ -854,6 +869,33 @@ mod tests {
         raw.send(r#"{"version":"v1","id":"9","method":"ping"}"#)
             .await;
         assert_eq!(raw.recv().await.unwrap()["id"], "9");
+    }
+
+    /// A peer that keeps talking but never reads fills the pipe; the writer gives up after
+    /// the idle timeout instead of holding the connection for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_is_closed() {
+        let (a, b) = tokio::io::duplex(256);
+        let (_h, task) = Peer::spawn(a, echo_handler(), cfg("p"));
+        let (_rd, mut wr) = tokio::io::split(b);
+        let big = "y".repeat(100);
+        let talk = tokio::spawn(async move {
+            for i in 0.. {
+                let line = format!(
+                    "{{\"version\":\"v1\",\"id\":\"{i}\",\"method\":\"ping\",\"params\":{{\"p\":\"{big}\"}}}}\n"
+                );
+                if wr.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        let reason = tokio::time::timeout(Duration::from_secs(600), task)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        assert!(matches!(reason, CloseReason::Local(_)), "{reason:?}");
+        talk.abort();
     }
 
     #[tokio::test]
