@@ -234,6 +234,11 @@ struct MountTable {
     swaps: BTreeSet<String>,
     root_dev: Option<DevT>,
     boot_devs: Vec<DevT>,
+    /// Mounts whose device number is anonymous (`0:N`: btrfs, for one), by the kernel name
+    /// of their `/dev/NAME` source: the number says nothing about the disk behind them.
+    by_name: BTreeMap<String, Vec<(String, String)>>,
+    /// Root and boot mounts known only by their source name.
+    boot_names: Vec<String>,
 }
 
 fn read_mounts(root: &Path) -> Result<MountTable, DiskError> {
@@ -263,6 +268,8 @@ fn parse_mountinfo(text: &str) -> MountTable {
         swaps: BTreeSet::new(),
         root_dev: None,
         boot_devs: Vec::new(),
+        by_name: BTreeMap::new(),
+        boot_names: Vec::new(),
     };
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -279,6 +286,30 @@ fn parse_mountinfo(text: &str) -> MountTable {
             .and_then(|i| fields.get(i + 1))
             .map(|s| s.to_string())
             .unwrap_or_default();
+        let is_boot_mount = mount_point == "/"
+            || matches!(
+                mount_point.as_str(),
+                "/boot" | "/boot/efi" | "/efi" | "/run/live/medium" | "/lib/live/mount/medium"
+            )
+            || mount_point.starts_with("/run/initramfs/");
+        if dev.0 == 0 {
+            let source = fields
+                .iter()
+                .position(|f| *f == "-")
+                .and_then(|i| fields.get(i + 2))
+                .and_then(|s| s.strip_prefix("/dev/"))
+                .filter(|n| !n.is_empty() && !n.contains('/'));
+            if let Some(name) = source {
+                if is_boot_mount {
+                    table.boot_names.push(name.to_owned());
+                }
+                table
+                    .by_name
+                    .entry(name.to_owned())
+                    .or_default()
+                    .push((mount_point.clone(), fs_type.clone()));
+            }
+        }
         if dev.0 != 0 {
             if mount_point == "/" {
                 table.root_dev = Some(dev);
@@ -421,6 +452,13 @@ fn mounts_of(root: &Path, table: &MountTable, names: &[String]) -> Vec<Mount> {
                     fs_type: fs.clone(),
                 });
             }
+        }
+        for (mp, fs) in table.by_name.get(n).into_iter().flatten() {
+            out.push(Mount {
+                device: n.clone(),
+                mount_point: mp.clone(),
+                fs_type: fs.clone(),
+            });
         }
         if table.swaps.contains(n) {
             out.push(Mount {
@@ -687,7 +725,7 @@ impl BootHints {
     fn read(root: &Path, table: &MountTable) -> BootHints {
         let mut devs: Vec<DevT> = table.boot_devs.clone();
         devs.extend(table.root_dev);
-        let mut names = BTreeSet::new();
+        let mut names: BTreeSet<String> = table.boot_names.iter().cloned().collect();
         if let Ok(cmdline) = fs::read_to_string(root.join("proc/cmdline")) {
             for arg in cmdline.split_whitespace() {
                 let Some(val) = arg.strip_prefix("root=") else {
@@ -1086,6 +1124,21 @@ pub(crate) mod tests {
             Some(("sda", Some(0)))
         );
         assert!(find(&disks, "sdz").is_none());
+    }
+
+    /// btrfs reports an anonymous device number; its source names the partition.
+    #[test]
+    fn btrfs_mounts_are_found_by_their_source() {
+        let t = parse_mountinfo(
+            "29 1 0:26 / / rw,relatime shared:1 - btrfs /dev/nvme0n1p2 rw,ssd\n\
+             30 29 0:26 /home /home rw shared:2 - btrfs /dev/nvme0n1p2 rw\n\
+             31 29 0:5 / /dev rw - devtmpfs udev rw\n",
+        );
+        let mounted = t.by_name.get("nvme0n1p2").unwrap();
+        assert_eq!(mounted.len(), 2);
+        assert_eq!(mounted[0], ("/".to_owned(), "btrfs".to_owned()));
+        assert_eq!(t.boot_names, vec!["nvme0n1p2".to_owned()]);
+        assert!(!t.by_name.contains_key("udev"), "not a /dev/ source");
     }
 
     #[test]
