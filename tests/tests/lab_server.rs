@@ -85,12 +85,16 @@ async fn a_server_boots_registers_and_is_managed() {
         size_bytes: 32 << 20,
     });
     server.forward_as(9000, ctl_port);
+    // The controller on the kernel command line, the secrets in SMBIOS OEM strings (the
+    // kernel prints its command line on the console): both settings sources are exercised.
     server.append.extend([
         "molar.controller=10.0.2.100:9000".to_owned(),
-        format!("molar.token={}", token.expose()),
-        format!("molar.ca={}", ctl.running().ca_fingerprint),
         "panic=10".to_owned(),
     ]);
+    server.oem_strings = vec![
+        format!("molar.token={}", token.expose()),
+        format!("molar.ca={}", ctl.running().ca_fingerprint),
+    ];
     let started = Instant::now();
     let sim = block(|| {
         lab.start_ipmi_sim(IpmiSimConfig {

@@ -161,11 +161,14 @@ fn main() -> Result<()> {
     );
     let mut server = QemuConfig::server(&lab);
     server.forward_as(9000, agent_port);
-    server.append.extend([
-        "molar.controller=10.0.2.100:9000".to_owned(),
+    // Secrets travel as SMBIOS OEM strings: the kernel prints its command line on the console.
+    server
+        .append
+        .push("molar.controller=10.0.2.100:9000".to_owned());
+    server.oem_strings = vec![
         format!("molar.token={token}"),
         format!("molar.ca={fingerprint}"),
-    ]);
+    ];
     let started = Instant::now();
     let sim = lab.start_ipmi_sim(IpmiSimConfig {
         power: Some(server),
@@ -276,6 +279,5 @@ fn main() -> Result<()> {
     );
     drop(sim);
     serve.terminate();
-    println!("\nlogs kept in {}", lab.dir().display());
     Ok(())
 }

@@ -92,11 +92,12 @@ async fn main() -> Result<()> {
         let mut cfg = QemuConfig::server(&lab);
         cfg.name = format!("bench{i}");
         cfg.forward_as(9000, port);
-        cfg.append.extend([
-            "molar.controller=10.0.2.100:9000".to_owned(),
+        cfg.append
+            .push("molar.controller=10.0.2.100:9000".to_owned());
+        cfg.oem_strings = vec![
             format!("molar.token={}", token.expose()),
             format!("molar.ca={}", ctl.running().ca_fingerprint),
-        ]);
+        ];
         let started = Instant::now();
         let vm = lab.spawn_qemu(&cfg)?;
         let id = eventually(180, "the server to register", || async {

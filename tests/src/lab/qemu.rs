@@ -106,6 +106,10 @@ pub struct QemuConfig {
     /// The `ipmi_sim` serial (`VM` codec) port; `IpmiSim::start` fills it in.
     pub ipmi_port: Option<u16>,
     pub smbios: Option<Smbios>,
+    /// SMBIOS type 11 OEM strings (`-smbios type=11,value=...`): how the lab hands the agent
+    /// its token and CA pin without putting them on the kernel command line, which the
+    /// kernel prints on the console.
+    pub oem_strings: Vec<String>,
     /// `-no-reboot`: a guest reset ends QEMU instead of rebooting.
     pub no_reboot: bool,
 }
@@ -156,6 +160,7 @@ impl QemuConfig {
                 serial: "S123".into(),
                 uuid: "5e1f6c2a-8d3b-4b8e-9a51-0c2d3e4f5a6b".into(),
             }),
+            oem_strings: Vec::new(),
             no_reboot: false,
         }
     }
@@ -319,6 +324,12 @@ impl QemuConfig {
                     s.manufacturer, s.product, s.serial, s.uuid
                 ),
             ]);
+        }
+        for v in &self.oem_strings {
+            if v.contains(',') {
+                bail!("OEM string {v:?} contains a comma, which QEMU's -smbios cannot take");
+            }
+            push(&["-smbios", &format!("type=11,value={v}")]);
         }
         match &self.boot {
             Boot::Kernel { kernel, initrd } => {
