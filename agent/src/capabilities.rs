@@ -275,10 +275,7 @@ fn register_bmc(m: &mut Methods, dev: Bmc) {
         async move {
             let p: ChassisPowerParams = parse_params("chassis.power", params)?;
             if p.action != PowerAction::Status {
-                d.may_act(&format!(
-                    "chassis.power {}",
-                    format!("{:?}", p.action).to_lowercase()
-                ))?;
+                d.may_act(&format!("chassis.power {:?}", p.action).to_lowercase())?;
             }
             d.ready.wait().await;
             let action = p.action;

@@ -380,8 +380,11 @@ async fn wait_for_signal() {
 
 /// The ramdisk's session: one agent for the life of PID 1 (its tasks survive reconnects and
 /// session restarts), configured from the kernel command line.
+/// `logs` is the slot `init_main`'s logging setup fills before the first session starts.
+type LogSlot = Arc<std::sync::Mutex<Option<Arc<LogBuffer>>>>;
+
 fn ramdisk_session(
-    logs: Arc<LogBuffer>,
+    logs: LogSlot,
 ) -> impl FnMut(crate::ramdisk::Boot) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
     use futures::FutureExt;
     let agent: Arc<std::sync::Mutex<Option<Arc<Agent>>>> = Arc::default();
@@ -411,6 +414,11 @@ fn ramdisk_session(
                     let mut machine = crate::capabilities::Machine::ramdisk(config.root.clone());
                     machine.ready = crate::capabilities::HardwareReady::new(ready_rx);
                     let methods = crate::capabilities::methods(&machine);
+                    let logs = logs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                        .unwrap_or_else(|| LogBuffer::new(crate::logfwd::DEFAULT_CAPACITY));
                     let a = Agent::new(config, methods, logs);
                     let mut modules = boot.modules.clone();
                     let report_to = a.clone();
@@ -439,7 +447,7 @@ fn ramdisk_session(
 
 /// `/init` of the ramdisk (also `molar-agent init`): never returns when PID 1.
 fn init() -> ExitCode {
-    let logs: Arc<std::sync::Mutex<Option<Arc<LogBuffer>>>> = Arc::default();
+    let logs: LogSlot = Arc::default();
     let install = {
         let logs = logs.clone();
         move |level: Option<&str>| {
@@ -449,21 +457,7 @@ fn init() -> ExitCode {
             *logs.lock().unwrap_or_else(|p| p.into_inner()) = Some(init_logging_to(level, false));
         }
     };
-    // `install` runs before the session is first called; the buffer is read lazily.
-    let session_logs = {
-        let logs = logs.clone();
-        move || {
-            logs.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .unwrap_or_else(|| LogBuffer::new(crate::logfwd::DEFAULT_CAPACITY))
-        }
-    };
-    let mut session = None;
-    let refused = crate::ramdisk::init_main(install, move |boot| {
-        let s = session.get_or_insert_with(|| ramdisk_session(session_logs()));
-        s(boot)
-    });
+    let refused = crate::ramdisk::init_main(install, ramdisk_session(logs));
     eprintln!("molar-agent init: {refused}");
     ExitCode::FAILURE
 }

@@ -114,7 +114,10 @@ pub fn client_config(trust: &Trust) -> Result<Option<Arc<rustls::ClientConfig>>,
         }
         Trust::Fingerprint(fp) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCa { fingerprint: *fp }))
+            .with_custom_certificate_verifier(Arc::new(PinnedCa {
+                fingerprint: *fp,
+                provider: provider(),
+            }))
             .with_no_client_auth(),
     };
     Ok(Some(Arc::new(config)))
@@ -194,6 +197,8 @@ pub async fn connect(
 #[derive(Debug)]
 struct PinnedCa {
     fingerprint: [u8; 32],
+    /// Built once, not at every handshake.
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 fn sha256(der: &[u8]) -> [u8; 32] {
@@ -222,9 +227,10 @@ impl ServerCertVerifier for PinnedCa {
         roots
             .add(ca.clone().into_owned())
             .map_err(|e| rustls::Error::General(format!("pinned CA is not usable: {e}")))?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         let others: Vec<CertificateDer<'_>> = intermediates
             .iter()
             .filter(|c| sha256(c) != self.fingerprint)
@@ -243,7 +249,7 @@ impl ServerCertVerifier for PinnedCa {
             message,
             cert,
             dss,
-            &provider().signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -257,12 +263,12 @@ impl ServerCertVerifier for PinnedCa {
             message,
             cert,
             dss,
-            &provider().signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
+        self.provider
             .signature_verification_algorithms
             .supported_schemes()
     }

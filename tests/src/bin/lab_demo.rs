@@ -16,7 +16,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use molar_tests::lab::{IpmiSimConfig, Lab, QemuConfig};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -94,21 +94,6 @@ fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> Res
             bail!("timed out after {secs} s waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn is_zero(path: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        if buf[..n].iter().any(|b| *b != 0) {
-            return Ok(false);
-        }
     }
 }
 
@@ -265,7 +250,11 @@ fn main() -> Result<()> {
         "--wait",
     ])?;
     for img in &images {
-        ensure!(is_zero(img)?, "{} still holds data", img.display());
+        ensure!(
+            molar_tests::privileged::is_all_zero(img),
+            "{} still holds data",
+            img.display()
+        );
         println!("host image {} reads all zeros", img.display());
     }
 
