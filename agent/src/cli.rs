@@ -222,6 +222,7 @@ async fn erase_local(a: EraseArgs) -> anyhow::Result<()> {
     };
     let params = DiskEraseParams {
         devices: Some(a.devices),
+        expect: None,
         exclude: None,
         method: Some(method),
         verify: Some(a.verify),

@@ -109,7 +109,7 @@ impl LogBuffer {
                 dropped,
             };
             match peer
-                .call_method::<molar_protocol::methods::Log>(&params)
+                .call_method::<molar_protocol::catalogue::Log>(&params)
                 .await
             {
                 Ok(_) => {}

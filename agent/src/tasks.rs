@@ -15,7 +15,8 @@
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use molar_protocol::methods::{TaskAccepted, TaskInfo, TaskState, TaskStatus, TaskStatusUpdate};
+use molar_protocol::catalogue::{TaskStatusUpdate, canonical_method};
+use molar_protocol::methods::{TaskAccepted, TaskInfo, TaskState, TaskStatus};
 use molar_protocol::{CallError, ErrorBody, PeerHandle, codes};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -328,14 +329,6 @@ pub fn refused_for_good(body: &ErrorBody) -> bool {
     )
 }
 
-/// Aliases the seed's misspelling and its correction to one canonical method name.
-pub fn canonical_method(method: &str) -> String {
-    match method.strip_prefix("standby.") {
-        Some(rest) => format!("standbye.{rest}"),
-        None => method.to_owned(),
-    }
-}
-
 /// The engine: one per agent process, shared by every connection it makes.
 #[derive(Clone)]
 pub struct TaskEngine {
@@ -361,7 +354,7 @@ impl TaskEngine {
 
     /// Starts (or, for a repeated id, looks up) a task from a command's params.
     pub fn submit(&self, method: &str, params: Value) -> Result<TaskAccepted, ErrorBody> {
-        let method = canonical_method(method);
+        let method = canonical_method(method).into_owned();
         let Value::Object(mut params) = params else {
             return Err(ErrorBody::new(
                 codes::INVALID_PARAMS,

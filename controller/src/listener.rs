@@ -13,8 +13,9 @@ use crate::identity::identity_key;
 use crate::store::{Registration, ServerState, StatusOutcome};
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
+use molar_protocol::catalogue::{Handshake, Log, Method, TaskStatusUpdate};
 use molar_protocol::methods::{
-    Handshake, HandshakeParams, HandshakeResult, LogParams, Method, TaskStatus, parse_params,
+    HandshakeParams, HandshakeResult, LogParams, TaskStatus, parse_params,
 };
 use molar_protocol::{
     Command, ErrorBody, ErrorResponse, Handler, LineCodec, Message, Peer, PeerConfig, PeerHandle,
@@ -545,7 +546,7 @@ impl Handler for AgentCommands {
         let server_id = self.server_id.clone();
         async move {
             match method.as_str() {
-                "log" => {
+                m if m == Log::NAME => {
                     let p: LogParams = parse_params(&method, params)?;
                     if p.dropped > 0 {
                         tracing::warn!(server = %server_id, dropped = p.dropped, "agent dropped log records");
@@ -559,7 +560,7 @@ impl Handler for AgentCommands {
                         })?;
                     Ok(json!({}))
                 }
-                "task_status" => {
+                m if m == TaskStatusUpdate::NAME => {
                     let st: TaskStatus = parse_params(&method, params)?;
                     match fleet.task_status(&server_id, &st) {
                         Ok(StatusOutcome::Stored(_)) => {}
@@ -581,7 +582,7 @@ impl Handler for AgentCommands {
                     }
                     Ok(json!({}))
                 }
-                "handshake" => Err(ErrorBody::new(
+                m if m == Handshake::NAME => Err(ErrorBody::new(
                     codes::INVALID_REQUEST,
                     "the handshake is already done on this connection",
                 )),

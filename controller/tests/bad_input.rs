@@ -8,7 +8,8 @@ mod common;
 
 use common::*;
 use molar_controller::PLAINTEXT_REFUSAL;
-use molar_protocol::methods::{TaskState, TaskStatus, TaskStatusUpdate};
+use molar_protocol::catalogue::TaskStatusUpdate;
+use molar_protocol::methods::{TaskState, TaskStatus};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

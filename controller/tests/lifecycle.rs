@@ -271,7 +271,7 @@ async fn plaintext_agents_are_served_only_when_allowed_and_shutdown_tells_agents
     let (peer, task) =
         molar_protocol::Peer::spawn(tcp, fake_handler(), molar_protocol::PeerConfig::default());
     let welcome = peer
-        .call_method::<molar_protocol::methods::Handshake>(&hello(token.expose(), 9))
+        .call_method::<molar_protocol::catalogue::Handshake>(&hello(token.expose(), 9))
         .await
         .unwrap();
     assert_eq!(
@@ -286,7 +286,7 @@ async fn plaintext_agents_are_served_only_when_allowed_and_shutdown_tells_agents
     let (tls_peer, _t) =
         molar_protocol::Peer::spawn(tls, fake_handler(), molar_protocol::PeerConfig::default());
     tls_peer
-        .call_method::<molar_protocol::methods::Handshake>(&hello(token.expose(), 10))
+        .call_method::<molar_protocol::catalogue::Handshake>(&hello(token.expose(), 10))
         .await
         .unwrap();
 
@@ -315,7 +315,7 @@ async fn connect_agent(
     let tls = tls_stream(agent_addr, ca).await;
     let (peer, _task) =
         molar_protocol::Peer::spawn(tls, handler, molar_protocol::PeerConfig::default());
-    peer.call_method::<molar_protocol::methods::Handshake>(&hello(token, 1))
+    peer.call_method::<molar_protocol::catalogue::Handshake>(&hello(token, 1))
         .await
         .unwrap();
     peer

@@ -2,7 +2,8 @@
 //!
 //! The task engine strips `task_id` before the params reach [`DiskEraseParams`], which
 //! therefore rejects every field it does not know (hostile or mistyped params fail loudly
-//! rather than erasing with defaults).
+//! rather than erasing with defaults). The result types tolerate unknown fields: a controller
+//! must understand the report of an agent one release newer.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,11 @@ pub struct DiskEraseParams {
     /// Partitions are erased only when named here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<String>>,
+    /// Disks that must be present, by serial or WWN (as the inventory reports them): when one
+    /// is missing the task fails and erases nothing. The controller fills it from the stored
+    /// inventory when the operator names no devices, so "every disk" means every disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Vec<String>>,
     /// Devices to leave alone (reported as skipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclude: Option<Vec<String>>,
@@ -111,7 +117,6 @@ pub enum DeviceOutcome {
 
 /// What the read-back found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Verification {
     pub passed: bool,
     /// Number of blocks read back.
@@ -124,7 +129,6 @@ pub struct Verification {
 
 /// An error with a stable code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EraseErrorInfo {
     pub code: String,
     pub msg: String,
@@ -132,7 +136,6 @@ pub struct EraseErrorInfo {
 
 /// Result for one device that was attempted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeviceEraseResult {
     /// Device node, e.g. `/dev/sda`.
     pub device: String,
@@ -160,7 +163,6 @@ pub struct DeviceEraseResult {
 
 /// A device that was not touched, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SkippedDevice {
     pub device: String,
     /// Stable snake_case reason (`mounted`, `has_holders`, `boot_device`, …).
@@ -171,7 +173,6 @@ pub struct SkippedDevice {
 
 /// Result of `decom.disk_erase`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiskEraseResult {
     pub devices: Vec<DeviceEraseResult>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -9,6 +9,7 @@
 //! The crate does socket I/O only through the stream handed to [`Peer::spawn`].
 
 pub mod bmc;
+pub mod catalogue;
 pub mod codec;
 pub mod erase;
 pub mod inventory;
@@ -17,10 +18,10 @@ pub mod methods;
 pub mod peer;
 pub mod secret;
 
+pub use catalogue::{Method, TaskMethod, canonical_method};
 pub use codec::{CodecError, DEFAULT_MAX_LINE, LineCodec};
 pub use message::{
     Command, DecodeError, ErrorBody, ErrorResponse, Fatal, Message, Success, VERSION, codes,
 };
-pub use methods::Method;
 pub use peer::{CallError, CloseReason, Handler, Peer, PeerConfig, PeerHandle};
 pub use secret::Secret;

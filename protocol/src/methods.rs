@@ -3,71 +3,35 @@
 //! `task.cancel`). Capability methods (erase, BMC, inventory, ...) define their types in
 //! modules of their own.
 //!
-//! Params structs deny unknown fields: a typo in a hostile or careless command is an
-//! `invalid_params` error, never silently ignored.
+//! The method names and which types go with them are in [`crate::catalogue`].
+//!
+//! Params of commands the agent acts on deny unknown fields: a typo in a hostile or careless
+//! command is an `invalid_params` error, never silently ignored. What the other side reports
+//! (results, `handshake`, `task_status`, `log`) tolerates unknown fields, so a peer one release
+//! newer is still understood (DESIGN.md, "Versioning").
 
 use crate::Secret;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// A protocol method with its name and typed params and result.
-pub trait Method {
-    const NAME: &'static str;
-    type Params: Serialize + DeserializeOwned + Send + 'static;
-    type Result: Serialize + DeserializeOwned + Send + 'static;
-}
-
-macro_rules! method {
-    ($(#[$doc:meta])* $ty:ident, $name:literal, $params:ty, $result:ty) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy)]
-        pub struct $ty;
-        impl Method for $ty {
-            const NAME: &'static str = $name;
-            type Params = $params;
-            type Result = $result;
-        }
-    };
-}
-
-method!(
-    /// agent → controller, first command of every connection.
-    Handshake, "handshake", HandshakeParams, HandshakeResult
-);
-method!(
-    /// Either direction; the params are echoed back as the result.
-    Ping, "ping", Map<String, Value>, Map<String, Value>
-);
-method!(
-    /// controller → agent.
-    Status, "status", Empty, StatusResult
-);
-method!(
-    /// agent → controller: a batch of structured log records.
-    Log, "log", LogParams, Empty
-);
-method!(
-    /// agent → controller: progress or outcome of a task.
-    TaskStatusUpdate, "task_status", TaskStatus, Empty
-);
-method!(
-    /// controller → agent.
-    TaskList, "task.list", Empty, TaskListResult
-);
-method!(
-    /// controller → agent.
-    TaskCancel, "task.cancel", TaskRef, TaskInfo
-);
-
-/// No params or an empty result: `{}` (unknown fields refused).
+/// No params: `{}` (unknown fields refused).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
+/// An empty result: `{}`, and whatever a newer peer adds to it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ack {}
+
+/// `reboot` and `poweroff` result: the action that will follow the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerResult {
+    pub action: String,
+}
+
 /// Who the agent is: read from SMBIOS and the network interfaces.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeIdentity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_uuid: Option<String>,
@@ -81,7 +45,6 @@ pub struct NodeIdentity {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HandshakeParams {
     pub agent_version: String,
     /// Protocol versions the agent speaks; the controller picks one.
@@ -93,7 +56,6 @@ pub struct HandshakeParams {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HandshakeResult {
     /// The controller's id for this server, stable across reboots.
     pub server_id: String,
@@ -145,15 +107,15 @@ impl std::fmt::Display for TaskState {
 /// `task_status` params: `running` carries `percent` and `eta`; `error` carries `msg` (and a
 /// `code`); `complete` carries `result`. Nothing follows a terminal status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TaskStatus {
     pub task_id: String,
     pub state: TaskState,
     /// 0–100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
-    /// Seconds of work estimated to remain.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Seconds of work estimated to remain; `null` while unknown, never absent (the seed:
+    /// running "will additionally contain .eta and .percent").
+    #[serde(default)]
     pub eta: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub msg: Option<String>,
@@ -169,7 +131,6 @@ pub struct TaskStatus {
 
 /// The immediate answer to a task command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TaskAccepted {
     pub task_id: String,
     pub state: TaskState,
@@ -184,7 +145,6 @@ pub struct TaskRef {
 
 /// One task as the agent knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TaskInfo {
     pub task_id: String,
     pub method: String,
@@ -209,13 +169,11 @@ pub struct TaskInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TaskListResult {
     pub tasks: Vec<TaskInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StatusResult {
     pub agent_version: String,
     pub uptime_s: u64,
@@ -235,7 +193,6 @@ pub struct StatusResult {
 
 /// What the ramdisk's coldplug loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ModuleReport {
     pub loaded: Vec<String>,
     /// `(module, reason)`.
@@ -247,7 +204,6 @@ pub struct ModuleReport {
 
 /// One structured log record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogRecord {
     /// Unix time in milliseconds.
     pub ts_ms: u64,
@@ -260,7 +216,6 @@ pub struct LogRecord {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogParams {
     pub records: Vec<LogRecord>,
     /// Records dropped since the previous batch because the buffer was full.

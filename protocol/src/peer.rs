@@ -10,9 +10,9 @@
 //! line without a usable id gets a `fatal_error` naming the problem and the connection closes;
 //! a malformed command with a usable id gets an `error` response and the connection stays up.
 
+use crate::catalogue::Method;
 use crate::codec::{CodecError, LineCodec};
 use crate::message::{Command, ErrorBody, ErrorResponse, Fatal, Message, Success, codes};
-use crate::methods::Method;
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::Value;

@@ -5,7 +5,8 @@
 
 use futures::FutureExt;
 use molar_controller::{Running, ServeConfig, start};
-use molar_protocol::methods::{Handshake, HandshakeParams, HandshakeResult, NodeIdentity};
+use molar_protocol::catalogue::Handshake;
+use molar_protocol::methods::{HandshakeParams, HandshakeResult, NodeIdentity};
 use molar_protocol::{CloseReason, ErrorBody, Handler, Peer, PeerConfig, PeerHandle, Secret};
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};

@@ -19,7 +19,8 @@
 use anyhow::{Context, Result, bail};
 use futures::FutureExt;
 use molar_controller::{ServeConfig, start};
-use molar_protocol::methods::{Handshake, HandshakeParams, NodeIdentity};
+use molar_protocol::catalogue::Handshake;
+use molar_protocol::methods::{HandshakeParams, NodeIdentity};
 use molar_protocol::{ErrorBody, Handler, Peer, PeerConfig, PeerHandle, Secret};
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
