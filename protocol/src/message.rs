@@ -35,6 +35,13 @@ pub mod codes {
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// The first command of a connection must be `handshake`.
     pub const HANDSHAKE_REQUIRED: &str = "handshake_required";
+    /// The agent serves no command until the controller accepted its handshake.
+    pub const NOT_READY: &str = "not_ready";
+    /// The hardware is not ready for the request yet (drivers loading, disks still
+    /// appearing); retrying later may succeed.
+    pub const HARDWARE_NOT_READY: &str = "hardware_not_ready";
+    /// A disk the request expects (by serial or WWN) is not present.
+    pub const EXPECTED_DISK_MISSING: &str = "expected_disk_missing";
     /// No common protocol version.
     pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
     /// The addressed server has no live agent connection.
@@ -412,11 +419,35 @@ mod tests {
         );
     }
 
+    /// serde_json's default float parsing is only approximately exact: this number decoded to
+    /// a neighbour of itself, so `ping` did not echo it.
+    #[test]
+    fn a_number_that_used_to_drift_round_trips() {
+        let line = r#"{"version":"v1","id":"1","result":1.0715660391465826e-75}"#;
+        let m = Message::decode(line).unwrap();
+        let Message::Success(s) = &m else {
+            panic!("not a success")
+        };
+        assert_eq!(s.result.as_f64(), Some(1.0715660391465826e-75));
+        assert!(
+            m.encode().contains("1.0715660391465826e-75"),
+            "{}",
+            m.encode()
+        );
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+    }
+
     fn arb_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            // Every finite f64 bit pattern, not only the "nice" ones.
+            any::<u64>()
+                .prop_map(f64::from_bits)
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
             "\\PC{0,12}".prop_map(Value::String),
         ];
         leaf.prop_recursive(3, 24, 4, |inner| {
@@ -457,6 +488,17 @@ mod tests {
             let line = m.encode();
             prop_assert!(!line.contains('\n'));
             prop_assert_eq!(Message::decode(&line).unwrap(), m);
+        }
+
+        #[test]
+        fn every_finite_number_round_trips_exactly(bits in any::<u64>()) {
+            let f = f64::from_bits(bits);
+            prop_assume!(f.is_finite());
+            let m = Message::Success(Success { id: "1".into(), result: json!(f) });
+            let Message::Success(back) = Message::decode(&m.encode()).unwrap() else {
+                panic!("not a success");
+            };
+            prop_assert_eq!(back.result.as_f64().map(f64::to_bits), Some(bits));
         }
 
         #[test]
