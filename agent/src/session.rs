@@ -11,9 +11,9 @@ use crate::tasks::{TaskEngine, TaskRegistry};
 use crate::tls::{self, Trust};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use molar_protocol::catalogue::Handshake;
 use molar_protocol::methods::{
-    Empty, Handshake, HandshakeParams, ModuleReport, StatusResult, TaskListResult, TaskRef,
-    parse_params,
+    Empty, HandshakeParams, ModuleReport, StatusResult, TaskListResult, TaskRef, parse_params,
 };
 use molar_protocol::{
     CallError, CloseReason, ErrorBody, Handler, Peer, PeerConfig, PeerHandle, Secret, codes,
@@ -21,6 +21,7 @@ use molar_protocol::{
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -275,9 +276,19 @@ impl Agent {
         }
     }
 
-    fn handler(self: &Arc<Self>) -> Arc<dyn Handler> {
+    /// The handler of one connection: until `accepted` is set (the controller answered the
+    /// handshake with a server id) every command is refused with `not_ready` and starts
+    /// nothing, so a controller that refuses the handshake cannot have anything run.
+    fn handler(self: &Arc<Self>, accepted: Arc<AtomicBool>) -> Arc<dyn Handler> {
         let agent = self.clone();
         Arc::new(move |_: &PeerHandle, method: String, params: Value| {
+            if !accepted.load(Ordering::Acquire) {
+                let refused = ErrorBody::new(
+                    codes::NOT_READY,
+                    "the agent serves no command before the controller accepted its handshake",
+                );
+                return futures::future::ready(Err(refused)).boxed();
+            }
             agent.clone().dispatch(method, params).boxed()
         })
     }
@@ -290,7 +301,8 @@ impl Agent {
         let cfg = &self.config;
         let tls = tls::client_config(&cfg.trust)?;
         let stream = tls::connect(&cfg.controller, tls, cfg.connect_timeout).await?;
-        let (peer, done) = Peer::spawn(stream, self.handler(), cfg.peer.clone());
+        let accepted = Arc::new(AtomicBool::new(false));
+        let (peer, done) = Peer::spawn(stream, self.handler(accepted.clone()), cfg.peer.clone());
         let hello = HandshakeParams {
             agent_version: AGENT_VERSION.to_owned(),
             protocols: vec![molar_protocol::VERSION.to_owned()],
@@ -309,6 +321,7 @@ impl Agent {
                 });
             }
         };
+        accepted.store(true, Ordering::Release);
         tracing::info!(
             server_id = %welcome.server_id,
             controller = %cfg.controller,
@@ -392,6 +405,69 @@ mod tests {
         assert!(rss_bytes(root).is_some_and(|b| b > 1 << 20));
         assert!(uptime_ms(root).is_some_and(|u| u > 0));
         assert_eq!(rss_bytes(std::path::Path::new("/nonexistent")), None);
+    }
+
+    struct Sleep;
+
+    impl crate::tasks::Task for Sleep {
+        type Params = Empty;
+        async fn run(
+            &self,
+            _: Empty,
+            ctx: crate::tasks::TaskContext,
+        ) -> Result<Value, crate::tasks::TaskFailure> {
+            ctx.cancel_token().cancelled().await;
+            Err(crate::tasks::TaskFailure::cancelled())
+        }
+    }
+
+    /// A controller that sends a task before answering the handshake, then refuses it: the
+    /// command is answered `not_ready` and no task exists afterwards.
+    #[tokio::test]
+    async fn nothing_is_served_before_the_handshake_is_accepted() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut methods = Methods::new();
+        methods.task("test.sleep", Sleep);
+        let agent = Agent::new(
+            AgentConfig::new(addr, Trust::Insecure, Secret::new("t")),
+            methods,
+            LogBuffer::new(1),
+        );
+        let session = tokio::spawn({
+            let agent = agent.clone();
+            async move { agent.session(&CancellationToken::new()).await }
+        });
+        let (sock, _) = listener.accept().await.unwrap();
+        let (rd, mut wr) = sock.into_split();
+        let mut lines = BufReader::new(rd).lines();
+        let hello: Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(hello["method"], "handshake");
+        wr.write_all(
+            b"{\"version\":\"v1\",\"id\":\"c1\",\"method\":\"test.sleep\",\"params\":{\"task_id\":\"early\"}}\n",
+        )
+        .await
+        .unwrap();
+        let answer: Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(answer["id"], "c1");
+        assert_eq!(answer["error"]["code"], codes::NOT_READY, "{answer}");
+        let refusal = serde_json::json!({
+            "version": "v1",
+            "id": hello["id"],
+            "error": {"code": codes::UNAUTHORIZED, "msg": "unknown token"},
+        });
+        wr.write_all(format!("{refusal}\n").as_bytes())
+            .await
+            .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(ended, Err(SessionError::Refused(_))), "{ended:?}");
+        assert!(agent.engine().list().is_empty(), "a task was started");
     }
 
     #[test]
