@@ -42,9 +42,11 @@ fn live_machine_inventory_is_complete_and_round_trips() {
     assert!(!inv.agent_version.is_empty());
     assert!(inv.collected_at.ends_with('Z'));
     for note in &inv.notes {
+        // A note names a file as the machine sees it (`/sys/...`) or a facility (`ethtool`).
+        assert!(!note.path.is_empty(), "{note:?}");
         assert!(
-            note.path.starts_with('/') || !note.path.is_empty(),
-            "{note:?}"
+            !note.path.contains('/') || note.path.starts_with('/'),
+            "a file path must be absolute: {note:?}"
         );
         assert!(!note.reason.is_empty(), "{note:?}");
     }

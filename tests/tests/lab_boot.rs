@@ -23,9 +23,32 @@ fn alive(pid: u32) -> bool {
 
 /// The kernel's last word before running the initramfs's `/init`.
 const RUN_INIT: &str = "Run /init as init process";
-/// Proof that `/init` ran: the placeholder agent exits and the kernel panics; the real agent,
-/// which never exits, announces itself ("molar init starting").
-const INIT_RAN: &[&str] = &["Attempted to kill init", "molar init", "molar-agent"];
+/// Proof that `/init` runs: the agent announces itself as PID 1 and gets as far as a
+/// configured network. A kernel panic ("Attempted to kill init") is a failure, not proof.
+const INIT_RUNS: &str = "network configured";
+const INIT_DIED: &[&str] = &["Attempted to kill init", "Kernel panic"];
+
+/// Waits until the console proves `/init` is the agent and alive; fails on a kernel panic.
+fn assert_init_runs(vm: &molar_tests::lab::Qemu, from: usize) -> String {
+    let line = vm
+        .wait_for_any_from(
+            from,
+            &[&[INIT_RUNS], INIT_DIED].concat(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let console = vm.console();
+    let tail = console.get(from..).unwrap_or("");
+    assert!(
+        !INIT_DIED.iter().any(|p| tail.contains(p)),
+        "the kernel panicked instead of running the agent: {line}"
+    );
+    assert!(
+        tail.contains("molar init starting"),
+        "/init is not the molar agent"
+    );
+    line
+}
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -41,9 +64,7 @@ fn kernel_boot_reaches_init() {
     let vm = lab.spawn_qemu(&cfg).unwrap();
     vm.wait_for_console(RUN_INIT, BOOT_TIMEOUT).unwrap();
     let to_init = started.elapsed();
-    let line = vm
-        .wait_for_any_from(0, INIT_RAN, Duration::from_secs(30))
-        .unwrap();
+    let line = assert_init_runs(&vm, 0);
     eprintln!(
         "kernel boot: QEMU start -> /init in {:.1} s ({line})",
         to_init.as_secs_f64()
@@ -68,8 +89,7 @@ fn pxe_boot_script_reaches_init() {
         console.contains("molar.controller="),
         "the kernel did not get boot.ipxe's command line"
     );
-    vm.wait_for_any_from(0, INIT_RAN, Duration::from_secs(30))
-        .unwrap();
+    assert_init_runs(&vm, 0);
     eprintln!(
         "PXE boot: QEMU start -> /init in {:.1} s",
         to_init.as_secs_f64()
@@ -82,7 +102,7 @@ fn bmc_owns_the_servers_power() {
         return;
     };
     let mut server = QemuConfig::server(&lab);
-    // The placeholder agent panics the kernel: stay halted there rather than reboot-loop.
+    // Should the kernel panic, stay halted there rather than reboot-loop.
     server.append.push("panic=0".into());
     let sim = lab
         .start_ipmi_sim(IpmiSimConfig {
@@ -92,6 +112,7 @@ fn bmc_owns_the_servers_power() {
         .unwrap();
     let vm = sim.vm().unwrap();
     vm.wait_for_console(RUN_INIT, BOOT_TIMEOUT).unwrap();
+    assert_init_runs(&vm, 0);
     let status = sim
         .ipmitool_ok("ipmiusr", "test", &["chassis", "power", "status"])
         .unwrap();
