@@ -10,7 +10,7 @@
 //! line without a usable id gets a `fatal_error` naming the problem and the connection closes;
 //! a malformed command with a usable id gets an `error` response and the connection stays up.
 
-use crate::catalogue::Method;
+use crate::catalogue::{Method, Ping};
 use crate::codec::{CodecError, LineCodec};
 use crate::message::{Command, ErrorBody, ErrorResponse, Fatal, Message, Success, codes};
 use futures::future::BoxFuture;
@@ -442,7 +442,7 @@ impl Reader {
         }
         let shared = &self.handle.shared;
         match Message::decode(&line) {
-            Ok(Message::Command(c)) if c.method == "ping" => {
+            Ok(Message::Command(c)) if c.method == Ping::NAME => {
                 self.send(Message::Success(Success {
                     id: c.id,
                     result: c.params,
@@ -581,7 +581,7 @@ where
                     last_ping = Some(now);
                     let h = handle.clone();
                     tokio::spawn(async move {
-                        let _ = h.call("ping", serde_json::json!({})).await;
+                        let _ = h.call(Ping::NAME, serde_json::json!({})).await;
                     });
                 }
             }
