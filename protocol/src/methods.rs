@@ -282,6 +282,25 @@ mod tests {
         );
     }
 
+    /// The first status of an erase had no `eta` at all; the seed says a running status
+    /// carries it, so an unknown one is `null`, never absent.
+    #[test]
+    fn a_running_status_without_an_estimate_says_eta_null() {
+        let s = TaskStatus {
+            task_id: "t".into(),
+            state: TaskState::Running,
+            percent: Some(0.0),
+            eta: None,
+            msg: None,
+            code: None,
+            result: None,
+            seq: 1,
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v.get("eta"), Some(&Value::Null), "{v}");
+        assert_eq!(serde_json::from_value::<TaskStatus>(v).unwrap(), s);
+    }
+
     #[test]
     fn task_state_is_lowercase_on_the_wire() {
         let s = TaskStatus {
