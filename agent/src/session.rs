@@ -21,7 +21,6 @@ use molar_protocol::{
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -276,19 +275,9 @@ impl Agent {
         }
     }
 
-    /// The handler of one connection: until `accepted` is set (the controller answered the
-    /// handshake with a server id) every command is refused with `not_ready` and starts
-    /// nothing, so a controller that refuses the handshake cannot have anything run.
-    fn handler(self: &Arc<Self>, accepted: Arc<AtomicBool>) -> Arc<dyn Handler> {
+    fn handler(self: &Arc<Self>) -> Arc<dyn Handler> {
         let agent = self.clone();
         Arc::new(move |_: &PeerHandle, method: String, params: Value| {
-            if !accepted.load(Ordering::Acquire) {
-                let refused = ErrorBody::new(
-                    codes::NOT_READY,
-                    "the agent serves no command before the controller accepted its handshake",
-                );
-                return futures::future::ready(Err(refused)).boxed();
-            }
             agent.clone().dispatch(method, params).boxed()
         })
     }
@@ -301,8 +290,13 @@ impl Agent {
         let cfg = &self.config;
         let tls = tls::client_config(&cfg.trust)?;
         let stream = tls::connect(&cfg.controller, tls, cfg.connect_timeout).await?;
-        let accepted = Arc::new(AtomicBool::new(false));
-        let (peer, done) = Peer::spawn(stream, self.handler(accepted.clone()), cfg.peer.clone());
+        // Gated: nothing the controller sends is served until it accepted the handshake, so
+        // a controller that refuses it cannot have anything run.
+        let peer_config = PeerConfig {
+            gated: true,
+            ..cfg.peer.clone()
+        };
+        let (peer, done) = Peer::spawn(stream, self.handler(), peer_config);
         let hello = HandshakeParams {
             agent_version: AGENT_VERSION.to_owned(),
             protocols: vec![molar_protocol::VERSION.to_owned()],
@@ -310,7 +304,7 @@ impl Agent {
             node: crate::identity::node_identity(&cfg.root),
             token: cfg.token.clone(),
         };
-        let welcome = match peer.call_method::<Handshake>(&hello).await {
+        let welcome = match peer.call_method_opening::<Handshake>(&hello).await {
             Ok(w) => w,
             Err(e) => {
                 peer.close(None).await;
@@ -321,7 +315,6 @@ impl Agent {
                 });
             }
         };
-        accepted.store(true, Ordering::Release);
         tracing::info!(
             server_id = %welcome.server_id,
             controller = %cfg.controller,

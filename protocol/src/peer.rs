@@ -18,7 +18,7 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -44,6 +44,11 @@ pub struct PeerConfig {
     pub idle_timeout: Duration,
     /// Incoming commands handled concurrently; more are answered `busy`.
     pub max_in_flight: usize,
+    /// Serve no command until a call made with [`PeerHandle::call_method_opening`] succeeded:
+    /// until then every command is answered `not_ready` and reaches no handler. The agent's
+    /// session opens with its handshake (DESIGN.md: "Until the handshake is accepted, the agent
+    /// serves no command").
+    pub gated: bool,
 }
 
 impl Default for PeerConfig {
@@ -56,6 +61,7 @@ impl Default for PeerConfig {
             keepalive_after: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             max_in_flight: 256,
+            gated: false,
         }
     }
 }
@@ -177,6 +183,10 @@ struct Shared {
     closing: CancellationToken,
     /// Set when the reader and writer have both ended.
     closed: CancellationToken,
+    /// Whether commands are served (see [`PeerConfig::gated`]).
+    open: AtomicBool,
+    /// The id of the call whose success opens a gated peer.
+    opening: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -228,12 +238,25 @@ impl PeerHandle {
         params: Value,
         after: Duration,
     ) -> Result<Value, CallError> {
+        self.exchange(method, params, after, false).await
+    }
+
+    async fn exchange(
+        &self,
+        method: &str,
+        params: Value,
+        after: Duration,
+        opens: bool,
+    ) -> Result<Value, CallError> {
         let shared = &*self.shared;
         if shared.closing.is_cancelled() {
             return Err(CallError::Closed);
         }
         let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}{n}", shared.id_prefix);
+        if opens {
+            *shared.opening.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
+        }
         let line = Message::Command(Command {
             id: id.clone(),
             method: method.to_owned(),
@@ -270,11 +293,32 @@ impl PeerHandle {
 
     /// A typed call of a [`Method`].
     pub async fn call_method<M: Method>(&self, params: &M::Params) -> Result<M::Result, CallError> {
+        self.typed::<M>(params, false).await
+    }
+
+    /// A typed call whose success opens a [gated](PeerConfig::gated) peer: the reader marks
+    /// the peer open when it reads the success response, before it reads the next line, so
+    /// a command the other side sends right after answering is served, and one it sent
+    /// before answering is not.
+    pub async fn call_method_opening<M: Method>(
+        &self,
+        params: &M::Params,
+    ) -> Result<M::Result, CallError> {
+        self.typed::<M>(params, true).await
+    }
+
+    async fn typed<M: Method>(
+        &self,
+        params: &M::Params,
+        opens: bool,
+    ) -> Result<M::Result, CallError> {
         let params = serde_json::to_value(params).map_err(|e| CallError::Encode {
             method: M::NAME.to_owned(),
             msg: e.to_string(),
         })?;
-        let v = self.call(M::NAME, params).await?;
+        let v = self
+            .exchange(M::NAME, params, self.shared.call_timeout, opens)
+            .await?;
         serde_json::from_value(v).map_err(|e| CallError::BadResult {
             method: M::NAME.to_owned(),
             msg: e.to_string(),
@@ -334,6 +378,8 @@ impl Peer {
             out: out_tx,
             closing: CancellationToken::new(),
             closed: CancellationToken::new(),
+            open: AtomicBool::new(!config.gated),
+            opening: Mutex::new(None),
         });
         let handle = PeerHandle { shared };
         let (rd, wr) = tokio::io::split(stream);
@@ -449,6 +495,17 @@ impl Reader {
                 }))
                 .await;
             }
+            Ok(Message::Command(c)) if !shared.open.load(Ordering::Acquire) => {
+                let error = ErrorBody::new(
+                    codes::NOT_READY,
+                    format!(
+                        "{} refused: nothing is served before the handshake is accepted",
+                        c.method
+                    ),
+                );
+                self.send(Message::Error(ErrorResponse { id: c.id, error }))
+                    .await;
+            }
             Ok(Message::Command(c)) => {
                 let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                     let error = ErrorBody::new(
@@ -522,6 +579,13 @@ impl Reader {
 
     fn complete(&self, id: &str, result: Result<Value, ErrorBody>) {
         let shared = &self.handle.shared;
+        if result.is_ok() {
+            let mut opening = shared.opening.lock().unwrap_or_else(|p| p.into_inner());
+            if opening.as_deref() == Some(id) {
+                *opening = None;
+                shared.open.store(true, Ordering::Release);
+            }
+        }
         let waiter = shared.pending().remove(id);
         match waiter {
             // The caller may have given up meanwhile (timeout): nothing to do.
@@ -671,6 +735,55 @@ mod tests {
                 wr,
             },
         )
+    }
+
+    /// A gated peer serves nothing before its opening call succeeded; the command the other
+    /// side sends right after its success response is served (the reader opens the gate
+    /// before it reads on); a refused opening call leaves it closed.
+    #[tokio::test]
+    async fn a_gated_peer_serves_only_after_its_opening_call_succeeded() {
+        for accept in [true, false] {
+            let (h, _t, mut raw) = raw_pair(PeerConfig {
+                gated: true,
+                ..cfg("agent")
+            });
+            let opening = tokio::spawn({
+                let h = h.clone();
+                async move {
+                    h.call_method_opening::<crate::catalogue::Ping>(&serde_json::Map::new())
+                        .await
+                }
+            });
+            let hello = raw.recv().await.unwrap();
+            assert_eq!(hello["method"], "ping");
+            raw.send(r#"{"version":"v1","id":"early","method":"echo","params":{"a":1}}"#)
+                .await;
+            let early = raw.recv().await.unwrap();
+            assert_eq!(early["id"], "early");
+            assert_eq!(early["error"]["code"], codes::NOT_READY, "{early}");
+            let answer = if accept {
+                json!({"version": "v1", "id": hello["id"], "result": {}})
+            } else {
+                json!({"version": "v1", "id": hello["id"],
+                    "error": {"code": "unauthorized", "msg": "no"}})
+            };
+            // The answer and the next command arrive in one write: no time for the caller to
+            // run in between.
+            let next = r#"{"version":"v1","id":"next","method":"echo","params":{"b":2}}"#;
+            raw.wr
+                .write_all(format!("{answer}\n{next}\n").as_bytes())
+                .await
+                .unwrap();
+            let reply = raw.recv().await.unwrap();
+            assert_eq!(reply["id"], "next");
+            if accept {
+                assert_eq!(reply["result"], json!({"b": 2}), "{reply}");
+                assert!(opening.await.unwrap().is_ok());
+            } else {
+                assert_eq!(reply["error"]["code"], codes::NOT_READY, "{reply}");
+                assert!(opening.await.unwrap().is_err());
+            }
+        }
     }
 
     #[tokio::test]
