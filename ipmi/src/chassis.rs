@@ -1,4 +1,4 @@
-//! The chassis: Get Chassis Status (28.2), Chassis Control (28.3).
+//! The chassis: Get Chassis Status (28.2), Chassis Control (28.3), Chassis Identify (28.5).
 
 use crate::command::Command;
 use crate::error::CommandError;
@@ -89,6 +89,39 @@ pub fn chassis_control<T: Transport + ?Sized>(
     Ok(())
 }
 
+/// What the chassis identify light (or other indicator) should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identify {
+    /// The BMC's default interval, 15 seconds.
+    Default,
+    /// On for this many seconds; 0 turns it off.
+    Seconds(u8),
+    /// On until turned off (the "force identify on" byte of IPMI 2.0).
+    Indefinitely,
+}
+
+/// Chassis Identify request: byte 1 the interval, byte 2 bit 0 "force on". Both bytes are
+/// optional; only the ones the request needs are sent, since IPMI 1.5 BMCs refuse byte 2.
+pub fn encode_chassis_identify(identify: Identify) -> Vec<u8> {
+    match identify {
+        Identify::Default => vec![],
+        Identify::Seconds(s) => vec![s],
+        Identify::Indefinitely => vec![0x00, 0x01],
+    }
+}
+
+pub fn chassis_identify<T: Transport + ?Sized>(
+    t: &mut T,
+    identify: Identify,
+) -> Result<(), CommandError<T::Error>> {
+    call::<_, 0>(
+        t,
+        Command::ChassisIdentify,
+        &encode_chassis_identify(identify),
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +181,37 @@ mod tests {
                 "power control is never resent"
             );
         }
+    }
+
+    #[test]
+    fn chassis_identify_sends_only_the_bytes_it_needs() {
+        // 28.5: no data = the default 15 s; byte 1 = interval in seconds (0 = off); byte 2
+        // bit 0 = force identify on, byte 1 then ignored.
+        assert_eq!(encode_chassis_identify(Identify::Default), Vec::<u8>::new());
+        assert_eq!(encode_chassis_identify(Identify::Seconds(0)), vec![0x00]);
+        assert_eq!(encode_chassis_identify(Identify::Seconds(30)), vec![0x1E]);
+        assert_eq!(
+            encode_chassis_identify(Identify::Indefinitely),
+            vec![0x00, 0x01]
+        );
+
+        let mut bmc = FakeBmc::new()
+            .expect(Command::ChassisIdentify, &[0x1E], &[0x00])
+            .expect(Command::ChassisIdentify, &[0x00, 0x01], &[0xCC]);
+        chassis_identify(&mut bmc, Identify::Seconds(30)).unwrap();
+        let err = chassis_identify(&mut bmc, Identify::Indefinitely).unwrap_err();
+        bmc.done();
+        assert_eq!(
+            err.to_string(),
+            "chassis identify: the BMC answered invalid data field in request (completion code \
+             0xcc)"
+        );
+        assert_eq!(
+            (
+                Command::ChassisIdentify.netfn(),
+                Command::ChassisIdentify.cmd()
+            ),
+            (0, 4)
+        );
     }
 }

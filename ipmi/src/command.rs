@@ -16,16 +16,20 @@ pub enum Command {
     GetDeviceId,
     ColdReset,
     WarmReset,
+    GetChannelAuthCapabilities,
     GetChannelInfo,
     SetUserAccess,
     GetUserAccess,
     SetUserName,
     GetUserName,
     SetUserPassword,
+    ActivatePayload,
+    DeactivatePayload,
     SetUserPayloadAccess,
     GetLanConfig,
     GetChassisStatus,
     ChassisControl,
+    ChassisIdentify,
     SetBootOptions,
     GetBootOptions,
 }
@@ -35,18 +39,22 @@ impl Command {
         match self {
             Command::GetChassisStatus
             | Command::ChassisControl
+            | Command::ChassisIdentify
             | Command::SetBootOptions
             | Command::GetBootOptions => netfn::CHASSIS,
             Command::GetLanConfig => netfn::TRANSPORT,
             Command::GetDeviceId
             | Command::ColdReset
             | Command::WarmReset
+            | Command::GetChannelAuthCapabilities
             | Command::GetChannelInfo
             | Command::SetUserAccess
             | Command::GetUserAccess
             | Command::SetUserName
             | Command::GetUserName
             | Command::SetUserPassword
+            | Command::ActivatePayload
+            | Command::DeactivatePayload
             | Command::SetUserPayloadAccess => netfn::APP,
         }
     }
@@ -56,16 +64,20 @@ impl Command {
             Command::GetDeviceId => 0x01,
             Command::ColdReset => 0x02,
             Command::WarmReset => 0x03,
+            Command::GetChannelAuthCapabilities => 0x38,
             Command::GetChannelInfo => 0x42,
             Command::SetUserAccess => 0x43,
             Command::GetUserAccess => 0x44,
             Command::SetUserName => 0x45,
             Command::GetUserName => 0x46,
             Command::SetUserPassword => 0x47,
+            Command::ActivatePayload => 0x48,
+            Command::DeactivatePayload => 0x49,
             Command::SetUserPayloadAccess => 0x4C,
             Command::GetLanConfig => 0x02,
             Command::GetChassisStatus => 0x01,
             Command::ChassisControl => 0x02,
+            Command::ChassisIdentify => 0x04,
             Command::SetBootOptions => 0x08,
             Command::GetBootOptions => 0x09,
         }
@@ -76,16 +88,20 @@ impl Command {
             Command::GetDeviceId => "get device id",
             Command::ColdReset => "cold reset",
             Command::WarmReset => "warm reset",
+            Command::GetChannelAuthCapabilities => "get channel authentication capabilities",
             Command::GetChannelInfo => "get channel info",
             Command::SetUserAccess => "set user access",
             Command::GetUserAccess => "get user access",
             Command::SetUserName => "set user name",
             Command::GetUserName => "get user name",
             Command::SetUserPassword => "set user password",
+            Command::ActivatePayload => "activate payload",
+            Command::DeactivatePayload => "deactivate payload",
             Command::SetUserPayloadAccess => "set user payload access",
             Command::GetLanConfig => "get lan configuration parameters",
             Command::GetChassisStatus => "get chassis status",
             Command::ChassisControl => "chassis control",
+            Command::ChassisIdentify => "chassis identify",
             Command::SetBootOptions => "set system boot options",
             Command::GetBootOptions => "get system boot options",
         }
@@ -117,16 +133,20 @@ mod tests {
             (Command::GetDeviceId, 0x06, 0x01),
             (Command::ColdReset, 0x06, 0x02),
             (Command::WarmReset, 0x06, 0x03),
+            (Command::GetChannelAuthCapabilities, 0x06, 0x38),
             (Command::GetChannelInfo, 0x06, 0x42),
             (Command::SetUserAccess, 0x06, 0x43),
             (Command::GetUserAccess, 0x06, 0x44),
             (Command::SetUserName, 0x06, 0x45),
             (Command::GetUserName, 0x06, 0x46),
             (Command::SetUserPassword, 0x06, 0x47),
+            (Command::ActivatePayload, 0x06, 0x48),
+            (Command::DeactivatePayload, 0x06, 0x49),
             (Command::SetUserPayloadAccess, 0x06, 0x4C),
             (Command::GetLanConfig, 0x0C, 0x02),
             (Command::GetChassisStatus, 0x00, 0x01),
             (Command::ChassisControl, 0x00, 0x02),
+            (Command::ChassisIdentify, 0x00, 0x04),
             (Command::SetBootOptions, 0x00, 0x08),
             (Command::GetBootOptions, 0x00, 0x09),
         ];

@@ -1,6 +1,6 @@
 //! Completion codes: the first byte of every response, and what each means for a command
-//! (IPMI 2.0 table 5-2 and the command-specific codes of sections 22.30, 23.2, 28.12
-//! and 28.13).
+//! (IPMI 2.0 table 5-2 and the command-specific codes of sections 22.30, 23.2, 24.1, 24.2,
+//! 28.12 and 28.13).
 
 use crate::command::Command;
 
@@ -33,6 +33,13 @@ pub fn meaning(command: Command, code: u8) -> &'static str {
         (Command::SetUserPassword, PASSWORD_WRONG_SIZE) => {
             "password test failed: wrong password size"
         }
+        (Command::ActivatePayload, 0x80) => "payload already active on another session",
+        (Command::ActivatePayload, 0x81) => "payload type is disabled",
+        (Command::ActivatePayload, 0x82) => "payload activation limit reached",
+        (Command::ActivatePayload, 0x83) => "cannot activate the payload with encryption",
+        (Command::ActivatePayload, 0x84) => "cannot activate the payload without encryption",
+        (Command::DeactivatePayload, 0x80) => "payload already deactivated",
+        (Command::DeactivatePayload, 0x81) => "payload type is disabled",
         (c, 0x80) if c.has_parameter_codes() => "parameter not supported",
         (c, 0x81) if c.has_parameter_codes() => {
             "another client holds the parameters in 'set in progress'"
@@ -104,6 +111,32 @@ mod tests {
                 Command::GetBootOptions,
                 0x81,
                 "another client holds the parameters in 'set in progress'",
+            ),
+            (
+                Command::ActivatePayload,
+                0x80,
+                "payload already active on another session",
+            ),
+            (Command::ActivatePayload, 0x81, "payload type is disabled"),
+            (
+                Command::ActivatePayload,
+                0x82,
+                "payload activation limit reached",
+            ),
+            (
+                Command::ActivatePayload,
+                0x83,
+                "cannot activate the payload with encryption",
+            ),
+            (
+                Command::ActivatePayload,
+                0x84,
+                "cannot activate the payload without encryption",
+            ),
+            (
+                Command::DeactivatePayload,
+                0x80,
+                "payload already deactivated",
             ),
             (Command::ChassisControl, 0x80, "command-specific error"),
             (Command::ChassisControl, 0xFF, "unspecified error"),
