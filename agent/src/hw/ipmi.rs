@@ -9,7 +9,9 @@
 //! again under a new msgid.
 //!
 //! This module knows nothing about IPMI commands: it moves `(netfn, cmd, data)` requests and
-//! returns the raw response bytes, completion code first. `crate::bmc` gives them meaning.
+//! returns the raw response bytes, completion code first, as the `molar_ipmi::Transport`
+//! the `molar-ipmi` crate encodes and decodes commands over; `crate::bmc` builds the
+//! operations on them.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -29,8 +31,6 @@ pub const DEFAULT_RETRIES: u32 = 2;
 pub const MAX_REQUEST_DATA: usize = 272;
 /// Response buffer size: `IPMI_MAX_MSG_LENGTH` of current kernels, with room to spare.
 const RESPONSE_BUFFER: usize = 320;
-/// Completion code "node busy": the command was not executed and may be sent again.
-const CC_NODE_BUSY: u8 = 0xC0;
 /// Pause before resending after a "node busy" answer.
 const BUSY_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -409,7 +409,7 @@ impl Exchange {
                         cmd,
                     });
                 };
-                if cc == CC_NODE_BUSY && attempt < attempts {
+                if cc == molar_ipmi::completion::NODE_BUSY && attempt < attempts {
                     // Busy means "not executed": safe to send again even for side effects.
                     std::thread::sleep(BUSY_BACKOFF);
                     break 'wait;
@@ -508,6 +508,18 @@ impl IpmiDevice {
     /// effect a lost answer must not double (power cycle, BMC reset).
     pub fn request_once(&mut self, netfn: u8, cmd: u8, data: &[u8]) -> Result<Vec<u8>, IpmiError> {
         self.exchange.run(&mut self.file, netfn, cmd, data, 1)
+    }
+}
+
+impl molar_ipmi::Transport for IpmiDevice {
+    type Error = IpmiError;
+
+    fn request(&mut self, netfn: u8, cmd: u8, data: &[u8]) -> Result<Vec<u8>, IpmiError> {
+        IpmiDevice::request(self, netfn, cmd, data)
+    }
+
+    fn request_once(&mut self, netfn: u8, cmd: u8, data: &[u8]) -> Result<Vec<u8>, IpmiError> {
+        IpmiDevice::request_once(self, netfn, cmd, data)
     }
 }
 
