@@ -1,0 +1,141 @@
+//! The BMC table (seed 004): where a server's BMC is and credentials that work.
+
+use super::{Result, Store, now_ms, q};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// A server's BMC as seed 004's BMC table keeps it: where it is and credentials that work.
+/// The password is stored for the controller's own out-of-band use and never listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BmcRecord {
+    pub server_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+    /// How the credentials were obtained: `in_band` (the agent set them).
+    pub source: String,
+    pub updated_ms: i64,
+}
+
+/// What is stored for a BMC.
+#[derive(Debug, Clone)]
+pub struct BmcCredentials<'a> {
+    pub mac: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    pub username: &'a str,
+    pub password: &'a molar_protocol::Secret,
+    pub user_id: Option<i64>,
+    pub source: &'a str,
+}
+
+impl Store {
+    /// Stores (or replaces) the server's BMC entry.
+    pub fn set_bmc(&self, server_id: &str, c: &BmcCredentials<'_>) -> Result<()> {
+        self.lock()
+            .execute(
+                "INSERT INTO bmcs (server_id, mac, ip, username, password, user_id, source, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(server_id) DO UPDATE SET mac = excluded.mac, ip = excluded.ip,
+                   username = excluded.username, password = excluded.password,
+                   user_id = excluded.user_id, source = excluded.source,
+                   updated_ms = excluded.updated_ms",
+                params![
+                    server_id,
+                    c.mac,
+                    c.ip,
+                    c.username,
+                    c.password.expose(),
+                    c.user_id,
+                    c.source,
+                    now_ms()
+                ],
+            )
+            .map_err(q("storing a BMC"))?;
+        Ok(())
+    }
+
+    /// The server's BMC entry, without its password.
+    pub fn bmc(&self, server_id: &str) -> Result<Option<BmcRecord>> {
+        self.lock()
+            .query_row(
+                "SELECT server_id, mac, ip, username, user_id, source, updated_ms FROM bmcs
+                 WHERE server_id = ?1",
+                [server_id],
+                |r| {
+                    Ok(BmcRecord {
+                        server_id: r.get(0)?,
+                        mac: r.get(1)?,
+                        ip: r.get(2)?,
+                        username: r.get(3)?,
+                        user_id: r.get(4)?,
+                        source: r.get(5)?,
+                        updated_ms: r.get(6)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(q("reading a BMC"))
+    }
+
+    /// The stored BMC password, for the controller's out-of-band use only.
+    pub fn bmc_password(&self, server_id: &str) -> Result<Option<molar_protocol::Secret>> {
+        let p: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT password FROM bmcs WHERE server_id = ?1",
+                [server_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(q("reading a BMC password"))?;
+        Ok(p.map(molar_protocol::Secret::new))
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::*;
+
+    #[test]
+    fn the_bmc_table_keeps_credentials_and_lists_them_without_the_password() {
+        let s = Store::open_in_memory().unwrap();
+        s.register(&reg("uuid:u"), &mut || "srv-1".into(), "127.0.0.1:1")
+            .unwrap();
+        assert_eq!(s.bmc("srv-1").unwrap(), None);
+        let pw = molar_protocol::Secret::new("Zq8-secret-pw");
+        let c = BmcCredentials {
+            mac: Some("52:54:00:be:ef:01"),
+            ip: Some("192.0.2.10"),
+            username: "molar",
+            password: &pw,
+            user_id: Some(3),
+            source: "in_band",
+        };
+        s.set_bmc("srv-1", &c).unwrap();
+        let pw2 = molar_protocol::Secret::new("second-pw");
+        s.set_bmc(
+            "srv-1",
+            &BmcCredentials {
+                password: &pw2,
+                ..c
+            },
+        )
+        .unwrap();
+        let rec = s.bmc("srv-1").unwrap().unwrap();
+        assert_eq!(rec.mac.as_deref(), Some("52:54:00:be:ef:01"));
+        assert_eq!(rec.username, "molar");
+        assert_eq!(rec.user_id, Some(3));
+        let listed = serde_json::to_string(&rec).unwrap();
+        assert!(!listed.contains("pw"), "{listed}");
+        assert_eq!(
+            s.bmc_password("srv-1").unwrap().unwrap().expose(),
+            "second-pw"
+        );
+        // A BMC for a server that does not exist is refused by the foreign key.
+        assert!(s.set_bmc("srv-nope", &c).is_err());
+    }
+}

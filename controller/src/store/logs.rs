@@ -1,0 +1,115 @@
+//! Log records forwarded by agents.
+
+use super::{Result, Store, now_ms, parse_json, q};
+use molar_protocol::methods::LogRecord;
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A stored log record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub id: i64,
+    pub ts_ms: i64,
+    pub level: String,
+    pub target: String,
+    pub msg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Value>,
+}
+
+impl Store {
+    /// Appends a batch of log records of a server; `dropped` adds to its dropped counter.
+    pub fn append_logs(&self, server_id: &str, records: &[LogRecord], dropped: u64) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(q("storing logs"))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO logs (server_id, ts_ms, level, target, msg, fields)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(q("storing logs"))?;
+            for r in records {
+                let fields =
+                    (!r.fields.is_empty()).then(|| Value::Object(r.fields.clone()).to_string());
+                st.execute(params![
+                    server_id,
+                    r.ts_ms.min(i64::MAX as u64) as i64,
+                    r.level,
+                    r.target,
+                    r.msg,
+                    fields
+                ])
+                .map_err(q("storing logs"))?;
+            }
+        }
+        tx.execute(
+            "UPDATE servers SET logs_dropped = logs_dropped + ?2, last_seen_ms = ?3 WHERE id = ?1",
+            params![server_id, dropped.min(i64::MAX as u64) as i64, now_ms()],
+        )
+        .map_err(q("storing logs"))?;
+        tx.commit().map_err(q("storing logs"))
+    }
+
+    /// Log records of a server with an id greater than `after`, oldest first.
+    pub fn logs(&self, server_id: &str, after: i64, limit: u32) -> Result<Vec<LogEntry>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT id, ts_ms, level, target, msg, fields FROM logs
+                 WHERE server_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )
+            .map_err(q("reading logs"))?;
+        let rows = st
+            .query_map(params![server_id, after, limit], |r| {
+                Ok((
+                    LogEntry {
+                        id: r.get(0)?,
+                        ts_ms: r.get(1)?,
+                        level: r.get(2)?,
+                        target: r.get(3)?,
+                        msg: r.get(4)?,
+                        fields: None,
+                    },
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .map_err(q("reading logs"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(q("reading logs"))?;
+        rows.into_iter()
+            .map(|(mut e, f)| {
+                e.fields = parse_json("log fields", f)?;
+                Ok(e)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::*;
+
+    #[test]
+    fn logs_page_by_id() {
+        let s = Store::open_in_memory().unwrap();
+        s.register(&reg("k"), &mut || "srv-1".into(), "a").unwrap();
+        let rec = |m: &str| LogRecord {
+            ts_ms: 1,
+            level: "info".into(),
+            target: "t".into(),
+            msg: m.into(),
+            fields: Default::default(),
+        };
+        s.append_logs("srv-1", &[rec("a"), rec("b"), rec("c")], 4)
+            .unwrap();
+        let first = s.logs("srv-1", 0, 2).unwrap();
+        assert_eq!(first.len(), 2);
+        let rest = s.logs("srv-1", first[1].id, 10).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].msg, "c");
+        assert_eq!(s.get_server("srv-1").unwrap().unwrap().logs_dropped, 4);
+    }
+}

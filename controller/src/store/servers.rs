@@ -1,0 +1,390 @@
+//! Servers (identity, lifecycle state, stored inventory) and their agent connections.
+
+use super::{Result, Store, StoreError, json_text, now_ms, parse_json, q};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Lifecycle states of a server (seed 003).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    Initial,
+    Discovery,
+    Available,
+    Reserved,
+    Cleanup,
+    Maintenance,
+    Error,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Initial => "initial",
+            ServerState::Discovery => "discovery",
+            ServerState::Available => "available",
+            ServerState::Reserved => "reserved",
+            ServerState::Cleanup => "cleanup",
+            ServerState::Maintenance => "maintenance",
+            ServerState::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ServerState> {
+        Some(match s {
+            "initial" => ServerState::Initial,
+            "discovery" => ServerState::Discovery,
+            "available" => ServerState::Available,
+            "reserved" => ServerState::Reserved,
+            "cleanup" => ServerState::Cleanup,
+            "maintenance" => ServerState::Maintenance,
+            "error" => ServerState::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// A server as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    pub macs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    pub state: ServerState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub connected: bool,
+    pub logs_dropped: u64,
+}
+
+/// What a handshake tells about a server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    /// From [`crate::identity::identity_key`].
+    pub identity_key: String,
+    pub system_uuid: Option<String>,
+    pub serial: Option<String>,
+    pub macs: Vec<String>,
+    pub hostname: Option<String>,
+    pub agent_version: String,
+    pub boot_id: String,
+}
+
+/// One agent connection as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionRecord {
+    pub id: i64,
+    pub server_id: String,
+    pub peer_addr: String,
+    pub boot_id: String,
+    pub agent_version: String,
+    pub opened_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_reason: Option<String>,
+}
+
+const SERVER_COLS: &str = "id, system_uuid, serial, macs, hostname, state, agent_version, boot_id, \
+     first_seen_ms, last_seen_ms, connected, logs_dropped";
+
+fn server_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(ServerRecord, String, String)> {
+    let macs: String = row.get(3)?;
+    let state: String = row.get(5)?;
+    Ok((
+        ServerRecord {
+            id: row.get(0)?,
+            system_uuid: row.get(1)?,
+            serial: row.get(2)?,
+            macs: Vec::new(),
+            hostname: row.get(4)?,
+            state: ServerState::Initial,
+            agent_version: row.get(6)?,
+            boot_id: row.get(7)?,
+            first_seen_ms: row.get(8)?,
+            last_seen_ms: row.get(9)?,
+            connected: row.get::<_, i64>(10)? != 0,
+            logs_dropped: row.get::<_, i64>(11)?.max(0) as u64,
+        },
+        macs,
+        state,
+    ))
+}
+
+fn finish_server((mut s, macs, state): (ServerRecord, String, String)) -> Result<ServerRecord> {
+    s.macs = serde_json::from_str(&macs).map_err(|e| StoreError::Corrupt {
+        what: "server macs",
+        msg: e.to_string(),
+    })?;
+    s.state = ServerState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+        what: "server state",
+        msg: state.clone(),
+    })?;
+    Ok(s)
+}
+
+impl Store {
+    /// Finds the server by identity or creates it (state `discovery`, a fresh `new_id`),
+    /// refreshes what the handshake tells, marks it connected and records the connection.
+    /// Returns the server and the connection's id.
+    pub fn register(
+        &self,
+        reg: &Registration,
+        new_id: &mut dyn FnMut() -> String,
+        peer_addr: &str,
+    ) -> Result<(ServerRecord, i64)> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(q("registering a server"))?;
+        let now = now_ms();
+        let macs = serde_json::to_string(&reg.macs).unwrap_or_else(|_| "[]".into());
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT id FROM servers WHERE identity_key = ?1",
+                [&reg.identity_key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(q("looking up a server"))?;
+        let id = match existing {
+            Some(id) => {
+                tx.execute(
+                    "UPDATE servers SET system_uuid = ?2, serial = ?3, macs = ?4,
+                        hostname = COALESCE(?5, hostname), agent_version = ?6, boot_id = ?7,
+                        last_seen_ms = ?8, connected = 1 WHERE id = ?1",
+                    params![
+                        id,
+                        reg.system_uuid,
+                        reg.serial,
+                        macs,
+                        reg.hostname,
+                        reg.agent_version,
+                        reg.boot_id,
+                        now
+                    ],
+                )
+                .map_err(q("updating a server"))?;
+                id
+            }
+            None => {
+                // Short random ids can collide: draw again until one is free.
+                let new_id = loop {
+                    let id = new_id();
+                    let taken: Option<i64> = tx
+                        .query_row("SELECT 1 FROM servers WHERE id = ?1", [&id], |r| r.get(0))
+                        .optional()
+                        .map_err(q("looking up a server"))?;
+                    if taken.is_none() {
+                        break id;
+                    }
+                };
+                tx.execute(
+                    "INSERT INTO servers (id, identity_key, system_uuid, serial, macs, hostname,
+                        state, agent_version, boot_id, first_seen_ms, last_seen_ms, connected)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'discovery', ?7, ?8, ?9, ?9, 1)",
+                    params![
+                        new_id,
+                        reg.identity_key,
+                        reg.system_uuid,
+                        reg.serial,
+                        macs,
+                        reg.hostname,
+                        reg.agent_version,
+                        reg.boot_id,
+                        now
+                    ],
+                )
+                .map_err(q("creating a server"))?;
+                new_id
+            }
+        };
+        tx.execute(
+            "INSERT INTO connections (server_id, peer_addr, boot_id, agent_version, opened_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, peer_addr, reg.boot_id, reg.agent_version, now],
+        )
+        .map_err(q("recording a connection"))?;
+        let conn_id = tx.last_insert_rowid();
+        let server = tx
+            .query_row(
+                &format!("SELECT {SERVER_COLS} FROM servers WHERE id = ?1"),
+                [&id],
+                server_row,
+            )
+            .map_err(q("reading a server"))?;
+        tx.commit().map_err(q("registering a server"))?;
+        Ok((finish_server(server)?, conn_id))
+    }
+
+    /// Records the end of a connection; `still_connected` is whether the server has another
+    /// live connection (one that superseded this one).
+    pub fn close_connection(
+        &self,
+        conn_id: i64,
+        reason: &str,
+        still_connected: bool,
+    ) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(q("closing a connection"))?;
+        let now = now_ms();
+        tx.execute(
+            "UPDATE connections SET closed_ms = ?2, close_reason = ?3 WHERE id = ?1 AND closed_ms IS NULL",
+            params![conn_id, now, reason],
+        )
+        .map_err(q("closing a connection"))?;
+        tx.execute(
+            "UPDATE servers SET last_seen_ms = ?2, connected = ?3
+             WHERE id = (SELECT server_id FROM connections WHERE id = ?1)",
+            params![conn_id, now, still_connected as i64],
+        )
+        .map_err(q("closing a connection"))?;
+        tx.commit().map_err(q("closing a connection"))
+    }
+
+    /// At start-up: no agent is connected yet, whatever the last run left behind.
+    pub fn reset_connections(&self, reason: &str) -> Result<()> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE connections SET closed_ms = ?1, close_reason = ?2 WHERE closed_ms IS NULL",
+            params![now_ms(), reason],
+        )
+        .map_err(q("closing stale connections"))?;
+        conn.execute("UPDATE servers SET connected = 0", [])
+            .map_err(q("closing stale connections"))?;
+        Ok(())
+    }
+
+    pub fn touch_server(&self, id: &str) -> Result<()> {
+        self.lock()
+            .execute(
+                "UPDATE servers SET last_seen_ms = ?2 WHERE id = ?1",
+                params![id, now_ms()],
+            )
+            .map_err(q("updating a server"))?;
+        Ok(())
+    }
+
+    pub fn list_servers(&self) -> Result<Vec<ServerRecord>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {SERVER_COLS} FROM servers ORDER BY first_seen_ms, id"
+            ))
+            .map_err(q("listing servers"))?;
+        let rows = st
+            .query_map([], server_row)
+            .map_err(q("listing servers"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(q("listing servers"))?;
+        rows.into_iter().map(finish_server).collect()
+    }
+
+    pub fn get_server(&self, id: &str) -> Result<Option<ServerRecord>> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                &format!("SELECT {SERVER_COLS} FROM servers WHERE id = ?1"),
+                [id],
+                server_row,
+            )
+            .optional()
+            .map_err(q("reading a server"))?;
+        row.map(finish_server).transpose()
+    }
+
+    /// The stored inventory (set by the inventory capability), if any.
+    pub fn server_inventory(&self, id: &str) -> Result<Option<Value>> {
+        let conn = self.lock();
+        let text: Option<Option<String>> = conn
+            .query_row("SELECT inventory FROM servers WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(q("reading an inventory"))?;
+        parse_json("inventory", text.flatten())
+    }
+
+    pub fn set_server_inventory(&self, id: &str, inventory: &Value) -> Result<bool> {
+        let n = self
+            .lock()
+            .execute(
+                "UPDATE servers SET inventory = ?2 WHERE id = ?1",
+                params![id, json_text(inventory)],
+            )
+            .map_err(q("storing an inventory"))?;
+        Ok(n > 0)
+    }
+
+    pub fn set_server_state(&self, id: &str, state: ServerState) -> Result<bool> {
+        let n = self
+            .lock()
+            .execute(
+                "UPDATE servers SET state = ?2 WHERE id = ?1",
+                params![id, state.as_str()],
+            )
+            .map_err(q("changing a server's state"))?;
+        Ok(n > 0)
+    }
+
+    /// The latest connection of a server.
+    pub fn last_connection(&self, server_id: &str) -> Result<Option<ConnectionRecord>> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT id, server_id, peer_addr, boot_id, agent_version, opened_ms, closed_ms, close_reason
+             FROM connections WHERE server_id = ?1 ORDER BY id DESC LIMIT 1",
+            [server_id],
+            |r| {
+                Ok(ConnectionRecord {
+                    id: r.get(0)?,
+                    server_id: r.get(1)?,
+                    peer_addr: r.get(2)?,
+                    boot_id: r.get(3)?,
+                    agent_version: r.get(4)?,
+                    opened_ms: r.get(5)?,
+                    closed_ms: r.get(6)?,
+                    close_reason: r.get(7)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(q("reading a connection"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::*;
+
+    #[test]
+    fn register_finds_the_same_server_by_identity() {
+        let s = Store::open_in_memory().unwrap();
+        let (a, c1) = s
+            .register(&reg("uuid:u"), &mut || "srv-1".into(), "127.0.0.1:1")
+            .unwrap();
+        assert_eq!(a.state, ServerState::Discovery);
+        assert!(a.connected);
+        let (b, c2) = s
+            .register(&reg("uuid:u"), &mut || "srv-2".into(), "127.0.0.1:2")
+            .unwrap();
+        assert_eq!(b.id, "srv-1");
+        assert_ne!(c1, c2);
+        s.close_connection(c1, "superseded", true).unwrap();
+        assert!(s.get_server("srv-1").unwrap().unwrap().connected);
+        s.close_connection(c2, "eof", false).unwrap();
+        assert!(!s.get_server("srv-1").unwrap().unwrap().connected);
+        assert_eq!(
+            s.last_connection("srv-1").unwrap().unwrap().close_reason,
+            Some("eof".into())
+        );
+    }
+}
