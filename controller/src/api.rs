@@ -285,15 +285,16 @@ fn view(fleet: &Fleet, mut server: ServerRecord) -> ServerView {
 }
 
 async fn list_servers(State(st): State<Arc<ApiState>>) -> ApiResult<ServerList> {
-    let servers = st.fleet.store.list_servers()?;
+    let servers = st.fleet.store.list_servers().await?;
     let servers = servers.into_iter().map(|s| view(&st.fleet, s)).collect();
     Ok(axum::Json(ServerList { servers }))
 }
 
-fn server_or_404(fleet: &Fleet, id: &str) -> Result<ServerRecord, ApiError> {
+async fn server_or_404(fleet: &Fleet, id: &str) -> Result<ServerRecord, ApiError> {
     fleet
         .store
-        .get_server(id)?
+        .get_server(id)
+        .await?
         .ok_or_else(|| FleetError::ServerNotFound(id.to_owned()).into())
 }
 
@@ -306,12 +307,18 @@ async fn show_server(
     let with_inventory = q
         .iter()
         .any(|(k, v)| k == "inventory" && (v == "true" || v == "1" || v.is_empty()));
-    let server = server_or_404(&st.fleet, &id)?;
+    let server = server_or_404(&st.fleet, &id).await?;
     let mut v = view(&st.fleet, server);
-    v.connection = st.fleet.store.last_connection(&id)?;
-    v.bmc = st.fleet.store.bmc(&id)?;
+    v.connection = st.fleet.store.last_connection(&id).await?;
+    v.bmc = st.fleet.store.bmc(&id).await?;
     if with_inventory {
-        v.inventory = Some(st.fleet.store.server_inventory(&id)?.unwrap_or(Value::Null));
+        v.inventory = Some(
+            st.fleet
+                .store
+                .server_inventory(&id)
+                .await?
+                .unwrap_or(Value::Null),
+        );
     }
     Ok(axum::Json(v))
 }
@@ -363,9 +370,9 @@ async fn server_tasks(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> ApiResult<TaskList> {
-    server_or_404(&st.fleet, &id)?;
+    server_or_404(&st.fleet, &id).await?;
     Ok(axum::Json(TaskList {
-        tasks: st.fleet.store.server_tasks(&id)?,
+        tasks: st.fleet.store.server_tasks(&id).await?,
     }))
 }
 
@@ -377,8 +384,12 @@ async fn server_logs(
     let q = query_pairs(&q);
     let after: i64 = query_num(&q, "after", 0)?;
     let limit: u32 = query_num(&q, "limit", 100)?;
-    server_or_404(&st.fleet, &id)?;
-    let logs = st.fleet.store.logs(&id, after, limit.clamp(1, 1000))?;
+    server_or_404(&st.fleet, &id).await?;
+    let logs = st
+        .fleet
+        .store
+        .logs(&id, after, limit.clamp(1, 1000))
+        .await?;
     let next_after = logs.last().map_or(after, |l| l.id);
     Ok(axum::Json(LogPage { logs, next_after }))
 }
@@ -390,7 +401,8 @@ async fn show_task(
     let task = st
         .fleet
         .store
-        .get_task(&task_id)?
+        .get_task(&task_id)
+        .await?
         .ok_or(FleetError::TaskNotFound(task_id))?;
     Ok(axum::Json(task))
 }
@@ -432,7 +444,7 @@ impl Follow {
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Missed some: the store has them all.
-                        match self.fleet.store.task_events(&self.task_id, self.last_id) {
+                        match self.fleet.store.task_events(&self.task_id, self.last_id).await {
                             Ok(evs) => self.backlog.extend(evs),
                             Err(e) => {
                                 tracing::error!(error = %e, "reading task events");
@@ -457,9 +469,10 @@ async fn task_events(
     let task = st
         .fleet
         .store
-        .get_task(&task_id)?
+        .get_task(&task_id)
+        .await?
         .ok_or_else(|| FleetError::TaskNotFound(task_id.clone()))?;
-    let backlog: VecDeque<TaskEvent> = st.fleet.store.task_events(&task_id, 0)?.into();
+    let backlog: VecDeque<TaskEvent> = st.fleet.store.task_events(&task_id, 0).await?.into();
     let follow = Follow {
         fleet: st.fleet.clone(),
         task_id,
@@ -491,7 +504,7 @@ async fn create_token(State(st): State<Arc<ApiState>>, body: Bytes) -> ApiResult
             "token name must be 1 to 128 characters",
         ));
     }
-    let (rec, token) = st.fleet.create_token(name)?;
+    let (rec, token) = st.fleet.create_token(name).await?;
     Ok(axum::Json(CreatedToken {
         id: rec.id,
         name: rec.name,
@@ -501,12 +514,12 @@ async fn create_token(State(st): State<Arc<ApiState>>, body: Bytes) -> ApiResult
 
 async fn list_tokens(State(st): State<Arc<ApiState>>) -> ApiResult<TokenList> {
     Ok(axum::Json(TokenList {
-        tokens: st.fleet.store.list_tokens()?,
+        tokens: st.fleet.store.list_tokens().await?,
     }))
 }
 
 async fn revoke_token(State(st): State<Arc<ApiState>>, Path(id): Path<String>) -> ApiResult<Value> {
-    st.fleet.revoke_token(&id)?;
+    st.fleet.revoke_token(&id).await?;
     Ok(axum::Json(json!({"id": id, "revoked": true})))
 }
 

@@ -123,15 +123,18 @@ impl Fleet {
     // ---- agent tokens ----
 
     /// Creates an agent token; the token itself is returned only here.
-    pub fn create_token(&self, name: &str) -> Result<(TokenRecord, Secret), FleetError> {
+    pub async fn create_token(&self, name: &str) -> Result<(TokenRecord, Secret), FleetError> {
         let token = crate::pki::random_hex(32);
         let id = format!("tok-{}", crate::pki::random_hex(4));
-        let rec = self.store.create_token(&id, name, &token_hash(&token))?;
+        let rec = self
+            .store
+            .create_token(&id, name, &token_hash(&token))
+            .await?;
         Ok((rec, Secret::new(token)))
     }
 
-    pub fn revoke_token(&self, id: &str) -> Result<(), FleetError> {
-        if self.store.revoke_token(id)? {
+    pub async fn revoke_token(&self, id: &str) -> Result<(), FleetError> {
+        if self.store.revoke_token(id).await? {
             Ok(())
         } else {
             Err(FleetError::TokenNotFound(id.to_owned()))
@@ -140,10 +143,10 @@ impl Fleet {
 
     /// Whether `token` is one of the tokens not revoked. Compares hashes in constant time and
     /// looks at every stored token whatever matches.
-    pub fn agent_token_valid(&self, token: &Secret) -> Result<bool, StoreError> {
+    pub async fn agent_token_valid(&self, token: &Secret) -> Result<bool, StoreError> {
         let presented = Sha256::digest(token.expose().as_bytes());
         let mut ok = subtle::Choice::from(0);
-        for stored in self.store.active_token_hashes()? {
+        for stored in self.store.active_token_hashes().await? {
             let stored = hex::decode(stored).unwrap_or_default();
             ok |= presented.as_slice().ct_eq(&stored);
         }
@@ -187,14 +190,20 @@ impl Fleet {
         self.agents().keys().cloned().collect()
     }
 
+    /// The live connection of a server, if it has one.
+    fn live_peer(&self, server_id: &str) -> Option<PeerHandle> {
+        self.agents()
+            .get(server_id)
+            .filter(|a| !a.peer.is_closed())
+            .map(|a| a.peer.clone())
+    }
+
     /// The live connection of a server, or why there is none.
-    pub fn peer(&self, server_id: &str) -> Result<PeerHandle, FleetError> {
-        if let Some(a) = self.agents().get(server_id)
-            && !a.peer.is_closed()
-        {
-            return Ok(a.peer.clone());
+    pub async fn peer(&self, server_id: &str) -> Result<PeerHandle, FleetError> {
+        if let Some(peer) = self.live_peer(server_id) {
+            return Ok(peer);
         }
-        match self.store.get_server(server_id)? {
+        match self.store.get_server(server_id).await? {
             Some(_) => Err(FleetError::NotConnected(server_id.to_owned())),
             None => Err(FleetError::ServerNotFound(server_id.to_owned())),
         }
@@ -208,7 +217,7 @@ impl Fleet {
         params: Value,
         timeout: Duration,
     ) -> Result<Value, FleetError> {
-        let peer = self.peer(server_id)?;
+        let peer = self.peer(server_id).await?;
         let result = peer
             .call_timeout(method, params, timeout)
             .await
@@ -219,7 +228,11 @@ impl Fleet {
             })?;
         if method == "inventory" {
             // The latest inventory is what `molar server ID --inventory` shows.
-            if let Err(e) = self.store.set_server_inventory(server_id, &result) {
+            if let Err(e) = self
+                .store
+                .set_server_inventory(server_id, result.clone())
+                .await
+            {
                 tracing::error!(server = %server_id, error = %e, "storing an inventory");
             }
         }
@@ -247,6 +260,7 @@ impl Fleet {
             Err(_) => self
                 .store
                 .server_inventory(server_id)
+                .await
                 .ok()
                 .flatten()
                 .map(|inv| inv["bmc"].clone()),
@@ -265,17 +279,20 @@ impl Fleet {
             .or(channels.first());
         let text = |k: &str| lan.and_then(|c| c[k].as_str()).map(str::to_owned);
         let (mac, ip) = (text("mac"), text("ip"));
-        let stored = self.store.set_bmc(
-            server_id,
-            &crate::store::BmcCredentials {
-                mac: mac.as_deref(),
-                ip: ip.as_deref(),
-                username: &creds.username,
-                password: &creds.password,
-                user_id: Some(i64::from(creds.user_id)),
-                source: "in_band",
-            },
-        );
+        let stored = self
+            .store
+            .set_bmc(
+                server_id,
+                crate::store::BmcCredentials {
+                    mac: mac.clone(),
+                    ip: ip.clone(),
+                    username: creds.username.clone(),
+                    password: creds.password.clone(),
+                    user_id: Some(i64::from(creds.user_id)),
+                    source: "in_band".into(),
+                },
+            )
+            .await;
         match stored {
             Ok(()) => {
                 tracing::info!(server = %server_id, username = %creds.username, mac = ?mac, ip = ?ip, "BMC credentials stored")
@@ -295,6 +312,7 @@ impl Fleet {
             Ok(_) => match self
                 .store
                 .set_server_state(server_id, ServerState::Available)
+                .await
             {
                 Ok(_) => tracing::info!(server = %server_id, "discovery complete: available"),
                 Err(e) => tracing::error!(server = %server_id, error = %e, "storing the state"),
@@ -321,11 +339,12 @@ impl Fleet {
                 "task params must not carry task_id: the controller chooses it".into(),
             ));
         }
-        let peer = self.peer(server_id)?;
+        let peer = self.peer(server_id).await?;
         let task_id = format!("t-{}", crate::pki::random_hex(8));
         let stored = Value::Object(params.clone());
         self.store
-            .create_task(&task_id, server_id, method, &stored)?;
+            .create_task(&task_id, server_id, method, stored)
+            .await?;
         params.insert("task_id".into(), Value::String(task_id.clone()));
         match peer
             .call_timeout(method, Value::Object(params), TASK_ACCEPT_TIMEOUT)
@@ -336,10 +355,14 @@ impl Fleet {
                 if accepted.as_ref().is_some_and(|a| a.task_id != task_id) {
                     tracing::warn!(server = server_id, task = %task_id, "agent accepted the task under another id");
                 }
-                self.store.task_accepted(&task_id)?;
+                self.store.task_accepted(&task_id).await?;
             }
             Err(CallError::Remote(body)) => {
-                if let Some(ev) = self.store.task_refused(&task_id, &body.msg, &body.code)? {
+                if let Some(ev) = self
+                    .store
+                    .task_refused(&task_id, &body.msg, &body.code)
+                    .await?
+                {
                     self.publish(ev);
                 }
                 return Err(FleetError::Call {
@@ -359,17 +382,18 @@ impl Fleet {
             }
         }
         self.store
-            .get_task(&task_id)?
+            .get_task(&task_id)
+            .await?
             .ok_or(FleetError::TaskNotFound(task_id))
     }
 
     /// Stores a `task_status` from the agent of `server_id` and tells watchers.
-    pub fn task_status(
+    pub async fn task_status(
         &self,
         server_id: &str,
-        st: &TaskStatus,
+        st: TaskStatus,
     ) -> Result<StatusOutcome, StoreError> {
-        let outcome = self.store.apply_task_status(server_id, st)?;
+        let outcome = self.store.apply_task_status(server_id, st).await?;
         if let StatusOutcome::Stored(ev) = &outcome {
             self.publish(ev.clone());
         }

@@ -187,7 +187,7 @@ pub async fn start(
     let pki = pki::load_or_create(&dir, &config.sans)?;
     let admin_token = pki::load_or_create_admin_token(&dir)?;
     let store = Arc::new(store::Store::open(&dir)?);
-    store.reset_connections("controller restarted")?;
+    store.reset_connections("controller restarted").await?;
     let fleet = Fleet::new(store);
 
     let agent_listener = bind(config.listen, config.backlog)?;

@@ -10,7 +10,7 @@
 
 use crate::fleet::Fleet;
 use crate::identity::identity_key;
-use crate::store::{Registration, ServerState, StatusOutcome};
+use crate::store::{Registration, ServerRecord, ServerState, StatusOutcome, StoreError};
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
 use molar_protocol::catalogue::{Handshake, Log, Method, TaskStatusUpdate};
@@ -348,7 +348,7 @@ where
         }
     };
     let still = fleet.detach(&server_id, conn_id);
-    if let Err(e) = fleet.store.close_connection(conn_id, &reason, still) {
+    if let Err(e) = fleet.store.close_connection(conn_id, &reason, still).await {
         tracing::error!(server = %server_id, error = %e, "recording a closed connection");
     }
     tracing::info!(server = %server_id, peer = %addr, %reason, "agent disconnected");
@@ -420,7 +420,7 @@ where
             format!("handshake failed: {msg}"),
         )
     };
-    let admitted = match fleet.agent_token_valid(&hello.token) {
+    let admitted = match fleet.agent_token_valid(&hello.token).await {
         Ok(true) => match identity_key(&hello.node) {
             Some(key) => Ok(key),
             None => Err(reject(
@@ -437,32 +437,16 @@ where
             ))
         }
     };
-    let registered = admitted.and_then(|key| {
-        let reg = Registration {
-            identity_key: key,
-            system_uuid: hello.node.system_uuid.clone(),
-            serial: hello.node.serial.clone(),
-            macs: hello.node.macs.clone(),
-            hostname: hello.node.hostname.clone(),
-            agent_version: hello.agent_version.clone(),
-            boot_id: hello.boot_id.clone(),
-        };
-        let new_id = &mut || format!("srv-{}", crate::pki::random_hex(4));
-        let stored = fleet
-            .store
-            .register(&reg, new_id, &addr.to_string())
-            .and_then(|(server, conn_id)| {
-                let acked = fleet.store.acknowledged_tasks(&server.id)?;
-                Ok((server, conn_id, acked))
-            });
-        stored.map_err(|e| {
+    let registered = match admitted {
+        Ok(key) => register(fleet, &hello, key, addr).await.map_err(|e| {
             tracing::error!(error = %e, "storing a server");
             reject(
                 codes::INTERNAL,
                 "the controller cannot store the server now",
             )
-        })
-    });
+        }),
+        Err(e) => Err(e),
+    };
     let (server, conn_id, acknowledged_tasks) = match registered {
         Ok(x) => x,
         Err((reply, fatal)) => {
@@ -489,10 +473,10 @@ where
     };
     let result = serde_json::to_value(&welcome).unwrap_or(Value::Null);
     if let Err(e) = send_line(&mut framed, addr, Message::Success(Success { id, result })).await {
-        let _ =
-            fleet
-                .store
-                .close_connection(conn_id, &e.to_string(), fleet.is_connected(&server.id));
+        let _ = fleet
+            .store
+            .close_connection(conn_id, &e.to_string(), fleet.is_connected(&server.id))
+            .await;
         return Err(e);
     }
     tracing::info!(server = %server.id, peer = %addr, agent_version = %hello.agent_version, "agent connected");
@@ -529,6 +513,29 @@ where
     }))
 }
 
+/// Stores the server of an accepted handshake and its connection; returns the server, the
+/// connection's id and the tasks whose end is already stored.
+async fn register(
+    fleet: &Fleet,
+    hello: &HandshakeParams,
+    identity_key: String,
+    addr: SocketAddr,
+) -> Result<(ServerRecord, i64, Vec<String>), StoreError> {
+    let reg = Registration {
+        identity_key,
+        system_uuid: hello.node.system_uuid.clone(),
+        serial: hello.node.serial.clone(),
+        macs: hello.node.macs.clone(),
+        hostname: hello.node.hostname.clone(),
+        agent_version: hello.agent_version.clone(),
+        boot_id: hello.boot_id.clone(),
+    };
+    let new_id = || format!("srv-{}", crate::pki::random_hex(4));
+    let (server, conn_id) = fleet.store.register(reg, new_id, &addr.to_string()).await?;
+    let acked = fleet.store.acknowledged_tasks(&server.id).await?;
+    Ok((server, conn_id, acked))
+}
+
 /// Serves the agent's commands after the handshake.
 struct AgentCommands {
     fleet: Arc<Fleet>,
@@ -553,7 +560,8 @@ impl Handler for AgentCommands {
                     }
                     fleet
                         .store
-                        .append_logs(&server_id, &p.records, p.dropped)
+                        .append_logs(&server_id, p.records, p.dropped)
+                        .await
                         .map_err(|e| {
                             tracing::error!(server = %server_id, error = %e, "storing logs");
                             ErrorBody::new(e.code(), "the controller cannot store logs now")
@@ -562,14 +570,16 @@ impl Handler for AgentCommands {
                 }
                 m if m == TaskStatusUpdate::NAME => {
                     let st: TaskStatus = parse_params(&method, params)?;
-                    match fleet.task_status(&server_id, &st) {
+                    let task_id = st.task_id.clone();
+                    let state = st.state;
+                    match fleet.task_status(&server_id, st).await {
                         Ok(StatusOutcome::Stored(_)) => {}
                         Ok(StatusOutcome::Duplicate) => {
-                            tracing::debug!(server = %server_id, task = %st.task_id, state = %st.state, "duplicate task status acknowledged");
+                            tracing::debug!(server = %server_id, task = %task_id, %state, "duplicate task status acknowledged");
                         }
                         Ok(StatusOutcome::Stale) => {}
                         Ok(StatusOutcome::Foreign) => {
-                            tracing::warn!(server = %server_id, task = %st.task_id, "status of another server's task ignored");
+                            tracing::warn!(server = %server_id, task = %task_id, "status of another server's task ignored");
                         }
                         Err(e) => {
                             tracing::error!(server = %server_id, error = %e, "storing a task status");

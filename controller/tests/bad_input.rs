@@ -448,7 +448,7 @@ async fn a_client_that_never_sends_its_handshake_is_closed() {
     tcp.read_to_end(&mut buf).await.unwrap();
     assert!(buf.is_empty());
 
-    assert_eq!(fleet.store.list_servers().unwrap(), vec![]);
+    assert_eq!(fleet.store.list_servers().await.unwrap(), vec![]);
     shutdown.cancel();
     server.await.unwrap();
 }

@@ -206,6 +206,7 @@ async fn a_server_boots_registers_and_is_managed() {
             .fleet
             .store
             .bmc_password(&id)
+            .await
             .unwrap()
             .unwrap()
             .expose(),

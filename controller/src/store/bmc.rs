@@ -1,6 +1,6 @@
 //! The BMC table (seed 004): where a server's BMC is and credentials that work.
 
-use super::{Result, Store, now_ms, q};
+use super::{Db, Result, Store, now_ms, q};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -23,19 +23,19 @@ pub struct BmcRecord {
 
 /// What is stored for a BMC.
 #[derive(Debug, Clone)]
-pub struct BmcCredentials<'a> {
-    pub mac: Option<&'a str>,
-    pub ip: Option<&'a str>,
-    pub username: &'a str,
-    pub password: &'a molar_protocol::Secret,
+pub struct BmcCredentials {
+    pub mac: Option<String>,
+    pub ip: Option<String>,
+    pub username: String,
+    pub password: molar_protocol::Secret,
     pub user_id: Option<i64>,
-    pub source: &'a str,
+    pub source: String,
 }
 
-impl Store {
+impl Db {
     /// Stores (or replaces) the server's BMC entry.
-    pub fn set_bmc(&self, server_id: &str, c: &BmcCredentials<'_>) -> Result<()> {
-        self.lock()
+    pub fn set_bmc(&self, server_id: &str, c: &BmcCredentials) -> Result<()> {
+        self.conn
             .execute(
                 "INSERT INTO bmcs (server_id, mac, ip, username, password, user_id, source, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -60,7 +60,7 @@ impl Store {
 
     /// The server's BMC entry, without its password.
     pub fn bmc(&self, server_id: &str) -> Result<Option<BmcRecord>> {
-        self.lock()
+        self.conn
             .query_row(
                 "SELECT server_id, mac, ip, username, user_id, source, updated_ms FROM bmcs
                  WHERE server_id = ?1",
@@ -84,7 +84,7 @@ impl Store {
     /// The stored BMC password, for the controller's out-of-band use only.
     pub fn bmc_password(&self, server_id: &str) -> Result<Option<molar_protocol::Secret>> {
         let p: Option<String> = self
-            .lock()
+            .conn
             .query_row(
                 "SELECT password FROM bmcs WHERE server_id = ?1",
                 [server_id],
@@ -95,6 +95,26 @@ impl Store {
         Ok(p.map(molar_protocol::Secret::new))
     }
 }
+impl Store {
+    /// Stores (or replaces) the server's BMC entry.
+    pub async fn set_bmc(&self, server_id: &str, c: BmcCredentials) -> Result<()> {
+        let id = server_id.to_owned();
+        self.write(move |db| db.set_bmc(&id, &c)).await
+    }
+
+    /// The server's BMC entry, without its password.
+    pub async fn bmc(&self, server_id: &str) -> Result<Option<BmcRecord>> {
+        let id = server_id.to_owned();
+        self.read(move |db| db.bmc(&id)).await
+    }
+
+    /// The stored BMC password, for the controller's out-of-band use only.
+    pub async fn bmc_password(&self, server_id: &str) -> Result<Option<molar_protocol::Secret>> {
+        let id = server_id.to_owned();
+        self.read(move |db| db.bmc_password(&id)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,26 +122,24 @@ mod tests {
 
     #[test]
     fn the_bmc_table_keeps_credentials_and_lists_them_without_the_password() {
-        let s = Store::open_in_memory().unwrap();
+        let mut s = Db::open_in_memory().unwrap();
         s.register(&reg("uuid:u"), &mut || "srv-1".into(), "127.0.0.1:1")
             .unwrap();
         assert_eq!(s.bmc("srv-1").unwrap(), None);
-        let pw = molar_protocol::Secret::new("Zq8-secret-pw");
         let c = BmcCredentials {
-            mac: Some("52:54:00:be:ef:01"),
-            ip: Some("192.0.2.10"),
-            username: "molar",
-            password: &pw,
+            mac: Some("52:54:00:be:ef:01".into()),
+            ip: Some("192.0.2.10".into()),
+            username: "molar".into(),
+            password: molar_protocol::Secret::new("Zq8-secret-pw"),
             user_id: Some(3),
-            source: "in_band",
+            source: "in_band".into(),
         };
         s.set_bmc("srv-1", &c).unwrap();
-        let pw2 = molar_protocol::Secret::new("second-pw");
         s.set_bmc(
             "srv-1",
             &BmcCredentials {
-                password: &pw2,
-                ..c
+                password: molar_protocol::Secret::new("second-pw"),
+                ..c.clone()
             },
         )
         .unwrap();

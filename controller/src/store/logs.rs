@@ -1,6 +1,6 @@
 //! Log records forwarded by agents.
 
-use super::{Result, Store, now_ms, parse_json, q};
+use super::{Db, Result, Store, now_ms, parse_json, q};
 use molar_protocol::methods::LogRecord;
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
@@ -18,11 +18,15 @@ pub struct LogEntry {
     pub fields: Option<Value>,
 }
 
-impl Store {
+impl Db {
     /// Appends a batch of log records of a server; `dropped` adds to its dropped counter.
-    pub fn append_logs(&self, server_id: &str, records: &[LogRecord], dropped: u64) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(q("storing logs"))?;
+    pub fn append_logs(
+        &mut self,
+        server_id: &str,
+        records: &[LogRecord],
+        dropped: u64,
+    ) -> Result<()> {
+        let tx = self.write_tx().map_err(q("storing logs"))?;
         {
             let mut st = tx
                 .prepare_cached(
@@ -54,7 +58,7 @@ impl Store {
 
     /// Log records of a server with an id greater than `after`, oldest first.
     pub fn logs(&self, server_id: &str, after: i64, limit: u32) -> Result<Vec<LogEntry>> {
-        let conn = self.lock();
+        let conn = &self.conn;
         let mut st = conn
             .prepare_cached(
                 "SELECT id, ts_ms, level, target, msg, fields FROM logs
@@ -87,6 +91,26 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Appends a batch of log records of a server; `dropped` adds to its dropped counter.
+    pub async fn append_logs(
+        &self,
+        server_id: &str,
+        records: Vec<LogRecord>,
+        dropped: u64,
+    ) -> Result<()> {
+        let id = server_id.to_owned();
+        self.write(move |db| db.append_logs(&id, &records, dropped))
+            .await
+    }
+
+    /// Log records of a server with an id greater than `after`, oldest first.
+    pub async fn logs(&self, server_id: &str, after: i64, limit: u32) -> Result<Vec<LogEntry>> {
+        let id = server_id.to_owned();
+        self.read(move |db| db.logs(&id, after, limit)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,7 +118,7 @@ mod tests {
 
     #[test]
     fn logs_page_by_id() {
-        let s = Store::open_in_memory().unwrap();
+        let mut s = Db::open_in_memory().unwrap();
         s.register(&reg("k"), &mut || "srv-1".into(), "a").unwrap();
         let rec = |m: &str| LogRecord {
             ts_ms: 1,

@@ -1,10 +1,11 @@
 //! The controller's embedded SQLite store: servers, agent connections, agent tokens, the BMC
 //! table, tasks, task events and logs, one file per table group.
 //!
-//! One `rusqlite` connection behind a mutex: every query is short (a row or a small batch),
-//! so holding the lock from async code is cheaper than a thread hop. The schema is versioned
-//! with `PRAGMA user_version` and an ordered list of migration steps ([`MIGRATIONS`]); a step
-//! is never edited once released, only appended to.
+//! No SQLite call runs on an async worker: [`Store`] is a handle to store threads that own
+//! the connections ([`Db`]), and its async methods send them jobs. The table modules write
+//! each query once, as a synchronous method on [`Db`], and its async face on [`Store`]. The
+//! schema is versioned with `PRAGMA user_version` and an ordered list of migration steps
+//! ([`MIGRATIONS`]); a step is never edited once released, only appended to.
 //!
 //! Idempotence of task statuses lives in [`tasks`], in SQL: a terminal state is stored once
 //! per `(task_id, state)` (a partial unique index enforces it even if two connections race),
@@ -25,7 +26,8 @@ pub use tokens::TokenRecord;
 use rusqlite::Connection;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 /// Ordered schema migrations; `PRAGMA user_version` is the number of steps applied.
 pub const MIGRATIONS: &[&str] = &[
@@ -151,6 +153,10 @@ pub enum StoreError {
         what: &'static str,
         source: rusqlite::Error,
     },
+    #[error("starting the store thread: {source}")]
+    Thread { source: std::io::Error },
+    #[error("the store thread has stopped")]
+    Stopped,
     #[error("stored {what} is corrupt: {msg}")]
     Corrupt { what: &'static str, msg: String },
 }
@@ -175,9 +181,40 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The SQLite store.
+/// How long a statement waits for a lock another connection holds (another process on the
+/// same file, a backup, the reader during a checkpoint) before failing with "database is
+/// locked". Writes wait rather than fail at once; the wait happens on the store threads, so
+/// it never stalls the async workers serving agents.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Jobs waiting for a store thread; more make callers wait (asynchronously) to queue theirs.
+const QUEUE: usize = 4096;
+
+/// One connection to the database, owned by a store thread. The table modules implement
+/// their queries on it; async code reaches it only through [`Store`].
+pub struct Db {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Db")
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Db) + Send>;
+
+/// The store as async code sees it: a cheap handle to two threads, one owning the
+/// connection that writes and one owning a read-only connection, each running the jobs sent
+/// to it in order. No SQLite call ever runs on an async worker, so a slow commit or a lock
+/// held by another process delays only the store's own callers, never the agent
+/// connections' protocol work (pings, keepalives, other agents' commands). In WAL mode the
+/// reader is not blocked by the writer, so API reads go on while a write waits for a lock.
+#[derive(Clone)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    writer: mpsc::Sender<Job>,
+    /// `None` for an in-memory store (a second connection would be another database).
+    reader: Option<mpsc::Sender<Job>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -200,9 +237,19 @@ fn parse_json(what: &'static str, s: Option<String>) -> Result<Option<Value>> {
     .transpose()
 }
 
-impl Store {
+impl Db {
     /// Opens (creating if needed) `dir/molar.db` and brings its schema up to date.
-    pub fn open(dir: &Path) -> Result<Store> {
+    pub fn open(dir: &Path) -> Result<Db> {
+        let path = Self::create_file(dir)?;
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        Self::init(conn, &path, false)
+    }
+
+    /// `dir/molar.db`, created owner-only if missing.
+    fn create_file(dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_owned(),
             source,
@@ -210,68 +257,152 @@ impl Store {
         let path = dir.join("molar.db");
         // The database holds BMC passwords: owner-only from its first byte. SQLite gives its
         // -wal and -shm files the database file's mode.
-        {
-            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            let created = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&path)
-                .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)));
-            created.map_err(|source| StoreError::CreateFile {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let created = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)));
+        created.map_err(|source| StoreError::CreateFile {
             path: path.clone(),
             source,
         })?;
-        Self::init(conn, &path)
+        Ok(path)
     }
 
-    /// A throwaway in-memory store (tests).
-    pub fn open_in_memory() -> Result<Store> {
+    /// A second connection, for reads only, to a database [`Db::open`] prepared.
+    fn open_reader(path: &Path) -> Result<Db> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::init(conn, path, true)
+    }
+
+    /// A throwaway in-memory database (tests).
+    pub fn open_in_memory() -> Result<Db> {
         let path = PathBuf::from(":memory:");
         let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
             path: path.clone(),
             source,
         })?;
-        Self::init(conn, &path)
+        Self::init(conn, &path, false)
     }
 
-    fn init(mut conn: Connection, path: &Path) -> Result<Store> {
+    fn init(mut conn: Connection, path: &Path, reader: bool) -> Result<Db> {
         let open = |source| StoreError::Open {
             path: path.to_owned(),
             source,
         };
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open)?;
-        // WAL: readers never block the writer; NORMAL sync is durable across process crashes,
-        // which is what matters for a daemon (a power cut may lose the last commits).
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open)?;
-        migrate(&mut conn)?;
-        Ok(Store {
-            conn: Mutex::new(conn),
-        })
+        if reader {
+            conn.pragma_update(None, "query_only", "ON").map_err(open)?;
+        } else {
+            // WAL: readers never block the writer; NORMAL sync is durable across process
+            // crashes, which is what matters for a daemon (a power cut may lose the last
+            // commits).
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(open)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(open)?;
+            migrate(&mut conn)?;
+        }
+        Ok(Db { conn })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite itself consistent (statements are
-        // atomic and transactions roll back on drop), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// A write transaction that takes the write lock at once: a deferred one that read first
+    /// could not wait for the lock (SQLite answers "busy" at once when a read transaction
+    /// must be upgraded after another connection's commit).
+    fn write_tx(&mut self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
     }
 
     /// The applied schema version.
     pub fn schema_version(&self) -> Result<i64> {
-        self.lock()
+        self.conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(q("reading the schema version"))
+    }
+}
+
+/// Runs the jobs of `rx` on `db` until every sender is gone.
+fn serve(mut db: Db, mut rx: mpsc::Receiver<Job>) {
+    while let Some(job) = rx.blocking_recv() {
+        // A panicking job (a bug) drops its answer channel, so its caller gets
+        // `StoreError::Stopped`; the thread and SQLite stay usable (transactions roll back on
+        // drop).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut db)));
+    }
+}
+
+fn spawn(name: &str, db: Db) -> Result<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || serve(db, rx))
+        .map_err(|source| StoreError::Thread { source })?;
+    Ok(tx)
+}
+
+async fn submit<T: Send + 'static>(
+    jobs: &mpsc::Sender<Job>,
+    f: impl FnOnce(&mut Db) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move |db| {
+        let _ = tx.send(f(db));
+    });
+    jobs.send(job).await.map_err(|_| StoreError::Stopped)?;
+    rx.await.map_err(|_| StoreError::Stopped)?
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/molar.db`, brings its schema up to date and starts the
+    /// store threads. They end when the last handle is dropped.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = Db::open(dir)?;
+        let reader = Db::open_reader(&dir.join("molar.db"))?;
+        Ok(Store {
+            writer: spawn("molar-store", db)?,
+            reader: Some(spawn("molar-store-read", reader)?),
+        })
+    }
+
+    /// A throwaway in-memory store (tests): one thread for reads and writes.
+    pub fn open_in_memory() -> Result<Store> {
+        Ok(Store {
+            writer: spawn("molar-store", Db::open_in_memory()?)?,
+            reader: None,
+        })
+    }
+
+    /// Runs `f` on the writing connection's thread and returns what it returns.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        submit(&self.writer, f).await
+    }
+
+    /// Runs `f` on the read-only connection's thread (`f` must not write: that connection
+    /// refuses to).
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        submit(self.reader.as_ref().unwrap_or(&self.writer), move |db| {
+            f(db)
+        })
+        .await
+    }
+
+    /// The applied schema version.
+    pub async fn schema_version(&self) -> Result<i64> {
+        self.read(|db| db.schema_version()).await
     }
 }
 
@@ -337,7 +468,7 @@ mod tests {
     fn migrations_apply_once_and_reopen() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Db::open(dir.path()).unwrap();
         let mode = std::fs::metadata(dir.path().join("molar.db"))
             .unwrap()
             .permissions()
@@ -346,7 +477,7 @@ mod tests {
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         s.create_token("tok-1", "a", "00").unwrap();
         drop(s);
-        let s = Store::open(dir.path()).unwrap();
+        let s = Db::open(dir.path()).unwrap();
         assert_eq!(s.list_tokens().unwrap().len(), 1);
     }
 }

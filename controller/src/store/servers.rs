@@ -1,6 +1,6 @@
 //! Servers (identity, lifecycle state, stored inventory) and their agent connections.
 
-use super::{Result, Store, StoreError, json_text, now_ms, parse_json, q};
+use super::{Db, Result, Store, StoreError, json_text, now_ms, parse_json, q};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -133,18 +133,17 @@ fn finish_server((mut s, macs, state): (ServerRecord, String, String)) -> Result
     Ok(s)
 }
 
-impl Store {
+impl Db {
     /// Finds the server by identity or creates it (state `discovery`, a fresh `new_id`),
     /// refreshes what the handshake tells, marks it connected and records the connection.
     /// Returns the server and the connection's id.
     pub fn register(
-        &self,
+        &mut self,
         reg: &Registration,
         new_id: &mut dyn FnMut() -> String,
         peer_addr: &str,
     ) -> Result<(ServerRecord, i64)> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(q("registering a server"))?;
+        let tx = self.write_tx().map_err(q("registering a server"))?;
         let now = now_ms();
         let macs = serde_json::to_string(&reg.macs).unwrap_or_else(|_| "[]".into());
         let existing: Option<String> = tx
@@ -228,13 +227,12 @@ impl Store {
     /// Records the end of a connection; `still_connected` is whether the server has another
     /// live connection (one that superseded this one).
     pub fn close_connection(
-        &self,
+        &mut self,
         conn_id: i64,
         reason: &str,
         still_connected: bool,
     ) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(q("closing a connection"))?;
+        let tx = self.write_tx().map_err(q("closing a connection"))?;
         let now = now_ms();
         tx.execute(
             "UPDATE connections SET closed_ms = ?2, close_reason = ?3 WHERE id = ?1 AND closed_ms IS NULL",
@@ -252,7 +250,7 @@ impl Store {
 
     /// At start-up: no agent is connected yet, whatever the last run left behind.
     pub fn reset_connections(&self, reason: &str) -> Result<()> {
-        let conn = self.lock();
+        let conn = &self.conn;
         conn.execute(
             "UPDATE connections SET closed_ms = ?1, close_reason = ?2 WHERE closed_ms IS NULL",
             params![now_ms(), reason],
@@ -264,7 +262,7 @@ impl Store {
     }
 
     pub fn touch_server(&self, id: &str) -> Result<()> {
-        self.lock()
+        self.conn
             .execute(
                 "UPDATE servers SET last_seen_ms = ?2 WHERE id = ?1",
                 params![id, now_ms()],
@@ -274,7 +272,7 @@ impl Store {
     }
 
     pub fn list_servers(&self) -> Result<Vec<ServerRecord>> {
-        let conn = self.lock();
+        let conn = &self.conn;
         let mut st = conn
             .prepare(&format!(
                 "SELECT {SERVER_COLS} FROM servers ORDER BY first_seen_ms, id"
@@ -289,7 +287,7 @@ impl Store {
     }
 
     pub fn get_server(&self, id: &str) -> Result<Option<ServerRecord>> {
-        let conn = self.lock();
+        let conn = &self.conn;
         let row = conn
             .query_row(
                 &format!("SELECT {SERVER_COLS} FROM servers WHERE id = ?1"),
@@ -303,7 +301,7 @@ impl Store {
 
     /// The stored inventory (set by the inventory capability), if any.
     pub fn server_inventory(&self, id: &str) -> Result<Option<Value>> {
-        let conn = self.lock();
+        let conn = &self.conn;
         let text: Option<Option<String>> = conn
             .query_row("SELECT inventory FROM servers WHERE id = ?1", [id], |r| {
                 r.get(0)
@@ -315,7 +313,7 @@ impl Store {
 
     pub fn set_server_inventory(&self, id: &str, inventory: &Value) -> Result<bool> {
         let n = self
-            .lock()
+            .conn
             .execute(
                 "UPDATE servers SET inventory = ?2 WHERE id = ?1",
                 params![id, json_text(inventory)],
@@ -326,7 +324,7 @@ impl Store {
 
     pub fn set_server_state(&self, id: &str, state: ServerState) -> Result<bool> {
         let n = self
-            .lock()
+            .conn
             .execute(
                 "UPDATE servers SET state = ?2 WHERE id = ?1",
                 params![id, state.as_str()],
@@ -337,7 +335,7 @@ impl Store {
 
     /// The latest connection of a server.
     pub fn last_connection(&self, server_id: &str) -> Result<Option<ConnectionRecord>> {
-        let conn = self.lock();
+        let conn = &self.conn;
         conn.query_row(
             "SELECT id, server_id, peer_addr, boot_id, agent_version, opened_ms, closed_ms, close_reason
              FROM connections WHERE server_id = ?1 ORDER BY id DESC LIMIT 1",
@@ -360,6 +358,76 @@ impl Store {
     }
 }
 
+impl Store {
+    /// [`Db::register`]: finds or creates the server of a handshake and records the
+    /// connection.
+    pub async fn register(
+        &self,
+        reg: Registration,
+        mut new_id: impl FnMut() -> String + Send + 'static,
+        peer_addr: &str,
+    ) -> Result<(ServerRecord, i64)> {
+        let peer_addr = peer_addr.to_owned();
+        self.write(move |db| db.register(&reg, &mut new_id, &peer_addr))
+            .await
+    }
+
+    /// [`Db::close_connection`].
+    pub async fn close_connection(
+        &self,
+        conn_id: i64,
+        reason: &str,
+        still_connected: bool,
+    ) -> Result<()> {
+        let reason = reason.to_owned();
+        self.write(move |db| db.close_connection(conn_id, &reason, still_connected))
+            .await
+    }
+
+    /// At start-up: no agent is connected yet, whatever the last run left behind.
+    pub async fn reset_connections(&self, reason: &str) -> Result<()> {
+        let reason = reason.to_owned();
+        self.write(move |db| db.reset_connections(&reason)).await
+    }
+
+    pub async fn touch_server(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |db| db.touch_server(&id)).await
+    }
+
+    pub async fn list_servers(&self) -> Result<Vec<ServerRecord>> {
+        self.read(|db| db.list_servers()).await
+    }
+
+    pub async fn get_server(&self, id: &str) -> Result<Option<ServerRecord>> {
+        let id = id.to_owned();
+        self.read(move |db| db.get_server(&id)).await
+    }
+
+    /// The stored inventory, if any.
+    pub async fn server_inventory(&self, id: &str) -> Result<Option<Value>> {
+        let id = id.to_owned();
+        self.read(move |db| db.server_inventory(&id)).await
+    }
+
+    pub async fn set_server_inventory(&self, id: &str, inventory: Value) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |db| db.set_server_inventory(&id, &inventory))
+            .await
+    }
+
+    pub async fn set_server_state(&self, id: &str, state: ServerState) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |db| db.set_server_state(&id, state)).await
+    }
+
+    /// The latest connection of a server.
+    pub async fn last_connection(&self, server_id: &str) -> Result<Option<ConnectionRecord>> {
+        let id = server_id.to_owned();
+        self.read(move |db| db.last_connection(&id)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,7 +435,7 @@ mod tests {
 
     #[test]
     fn register_finds_the_same_server_by_identity() {
-        let s = Store::open_in_memory().unwrap();
+        let mut s = Db::open_in_memory().unwrap();
         let (a, c1) = s
             .register(&reg("uuid:u"), &mut || "srv-1".into(), "127.0.0.1:1")
             .unwrap();

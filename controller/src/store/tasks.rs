@@ -1,6 +1,6 @@
 //! Tasks and their events: idempotent storage of the agent's task statuses.
 
-use super::{Result, Store, StoreError, json_text, now_ms, parse_json, q};
+use super::{Db, Result, Store, StoreError, json_text, now_ms, parse_json, q};
 use molar_protocol::methods::{TaskState, TaskStatus};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -227,7 +227,7 @@ fn insert_event(
     }))
 }
 
-impl Store {
+impl Db {
     /// Stores a task the controller is about to send, in state `pending`.
     pub fn create_task(
         &self,
@@ -237,7 +237,7 @@ impl Store {
         params: &Value,
     ) -> Result<TaskRecord> {
         let now = now_ms();
-        self.lock()
+        self.conn
             .execute(
                 "INSERT INTO tasks (task_id, server_id, method, params, state, created_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
@@ -265,7 +265,7 @@ impl Store {
     /// The agent accepted the task: `pending` becomes `running` (a status may have arrived
     /// first, and then it wins).
     pub fn task_accepted(&self, task_id: &str) -> Result<()> {
-        self.lock()
+        self.conn
             .execute(
                 "UPDATE tasks SET state = 'running', updated_ms = ?2
                  WHERE task_id = ?1 AND state = 'pending'",
@@ -276,9 +276,13 @@ impl Store {
     }
 
     /// The agent refused the task: it ends in `error` with the agent's message and code.
-    pub fn task_refused(&self, task_id: &str, msg: &str, code: &str) -> Result<Option<TaskEvent>> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(q("updating a task"))?;
+    pub fn task_refused(
+        &mut self,
+        task_id: &str,
+        msg: &str,
+        code: &str,
+    ) -> Result<Option<TaskEvent>> {
+        let tx = self.write_tx().map_err(q("updating a task"))?;
         let now = now_ms();
         let n = tx
             .execute(
@@ -307,9 +311,8 @@ impl Store {
     }
 
     /// Applies a `task_status` from the agent of `server_id`, idempotently.
-    pub fn apply_task_status(&self, server_id: &str, st: &TaskStatus) -> Result<StatusOutcome> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(q("storing a task status"))?;
+    pub fn apply_task_status(&mut self, server_id: &str, st: &TaskStatus) -> Result<StatusOutcome> {
+        let tx = self.write_tx().map_err(q("storing a task status"))?;
         let now = now_ms();
         let current: Option<(String, i64, String)> = tx
             .query_row(
@@ -384,7 +387,7 @@ impl Store {
     }
 
     pub fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>> {
-        let conn = self.lock();
+        let conn = &self.conn;
         let row = conn
             .query_row(
                 &format!("SELECT {TASK_COLS} FROM tasks WHERE task_id = ?1"),
@@ -397,7 +400,7 @@ impl Store {
     }
 
     pub fn server_tasks(&self, server_id: &str) -> Result<Vec<TaskRecord>> {
-        let conn = self.lock();
+        let conn = &self.conn;
         let mut st = conn
             .prepare(&format!(
                 "SELECT {TASK_COLS} FROM tasks WHERE server_id = ?1 ORDER BY created_ms, task_id"
@@ -413,7 +416,7 @@ impl Store {
 
     /// Events of a task with an id greater than `after`, oldest first.
     pub fn task_events(&self, task_id: &str, after: i64) -> Result<Vec<TaskEvent>> {
-        let conn = self.lock();
+        let conn = &self.conn;
         let mut st = conn
             .prepare_cached(&format!(
                 "SELECT {EVENT_COLS} FROM task_events WHERE task_id = ?1 AND id > ?2 ORDER BY id"
@@ -432,7 +435,7 @@ impl Store {
     /// (the handshake answer must stay far below the line limit); a resent old status is
     /// still acknowledged as a duplicate.
     pub fn acknowledged_tasks(&self, server_id: &str) -> Result<Vec<String>> {
-        let conn = self.lock();
+        let conn = &self.conn;
         let mut st = conn
             .prepare_cached(
                 "SELECT task_id FROM (
@@ -449,6 +452,73 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Stores a task the controller is about to send, in state `pending`.
+    pub async fn create_task(
+        &self,
+        task_id: &str,
+        server_id: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<TaskRecord> {
+        let (task_id, server_id, method) =
+            (task_id.to_owned(), server_id.to_owned(), method.to_owned());
+        self.write(move |db| db.create_task(&task_id, &server_id, &method, &params))
+            .await
+    }
+
+    /// [`Db::task_accepted`].
+    pub async fn task_accepted(&self, task_id: &str) -> Result<()> {
+        let task_id = task_id.to_owned();
+        self.write(move |db| db.task_accepted(&task_id)).await
+    }
+
+    /// [`Db::task_refused`].
+    pub async fn task_refused(
+        &self,
+        task_id: &str,
+        msg: &str,
+        code: &str,
+    ) -> Result<Option<TaskEvent>> {
+        let (task_id, msg, code) = (task_id.to_owned(), msg.to_owned(), code.to_owned());
+        self.write(move |db| db.task_refused(&task_id, &msg, &code))
+            .await
+    }
+
+    /// [`Db::apply_task_status`].
+    pub async fn apply_task_status(
+        &self,
+        server_id: &str,
+        st: TaskStatus,
+    ) -> Result<StatusOutcome> {
+        let server_id = server_id.to_owned();
+        self.write(move |db| db.apply_task_status(&server_id, &st))
+            .await
+    }
+
+    pub async fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>> {
+        let task_id = task_id.to_owned();
+        self.read(move |db| db.get_task(&task_id)).await
+    }
+
+    pub async fn server_tasks(&self, server_id: &str) -> Result<Vec<TaskRecord>> {
+        let id = server_id.to_owned();
+        self.read(move |db| db.server_tasks(&id)).await
+    }
+
+    /// Events of a task with an id greater than `after`, oldest first.
+    pub async fn task_events(&self, task_id: &str, after: i64) -> Result<Vec<TaskEvent>> {
+        let task_id = task_id.to_owned();
+        self.read(move |db| db.task_events(&task_id, after)).await
+    }
+
+    /// [`Db::acknowledged_tasks`].
+    pub async fn acknowledged_tasks(&self, server_id: &str) -> Result<Vec<String>> {
+        let id = server_id.to_owned();
+        self.read(move |db| db.acknowledged_tasks(&id)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,7 +528,7 @@ mod tests {
 
     #[test]
     fn terminal_status_is_stored_once_and_stale_running_ignored() {
-        let s = Store::open_in_memory().unwrap();
+        let mut s = Db::open_in_memory().unwrap();
         s.register(&reg("k"), &mut || "srv-1".into(), "a").unwrap();
         s.create_task("t-1", "srv-1", "x", &json!({})).unwrap();
         assert!(matches!(
@@ -493,7 +563,7 @@ mod tests {
 
     #[test]
     fn unknown_task_is_kept_and_refusal_ends_a_pending_task() {
-        let s = Store::open_in_memory().unwrap();
+        let mut s = Db::open_in_memory().unwrap();
         s.register(&reg("k"), &mut || "srv-1".into(), "a").unwrap();
         s.apply_task_status("srv-1", &status("t-x", TaskState::Error, 1))
             .unwrap();

@@ -1,6 +1,6 @@
 //! Agent tokens, kept by their SHA-256 hash.
 
-use super::{Result, Store, now_ms, q};
+use super::{Db, Result, Store, now_ms, q};
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
@@ -14,11 +14,11 @@ pub struct TokenRecord {
     pub revoked_ms: Option<i64>,
 }
 
-impl Store {
+impl Db {
     /// Stores a new agent token by its SHA-256 hash (lowercase hex).
     pub fn create_token(&self, id: &str, name: &str, sha256_hex: &str) -> Result<TokenRecord> {
         let created_ms = now_ms();
-        self.lock()
+        self.conn
             .execute(
                 "INSERT INTO tokens (id, name, sha256, created_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![id, name, sha256_hex, created_ms],
@@ -33,7 +33,7 @@ impl Store {
     }
 
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        let conn = self.lock();
+        let conn = &self.conn;
         let mut st = conn
             .prepare("SELECT id, name, created_ms, revoked_ms FROM tokens ORDER BY created_ms, id")
             .map_err(q("listing tokens"))?;
@@ -53,7 +53,7 @@ impl Store {
 
     /// Revokes a token; `false` when there is no such token.
     pub fn revoke_token(&self, id: &str) -> Result<bool> {
-        let conn = self.lock();
+        let conn = &self.conn;
         let n = conn
             .execute(
                 "UPDATE tokens SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE id = ?1",
@@ -65,7 +65,7 @@ impl Store {
 
     /// Hashes (hex) of the tokens not revoked.
     pub fn active_token_hashes(&self) -> Result<Vec<String>> {
-        let conn = self.lock();
+        let conn = &self.conn;
         let mut st = conn
             .prepare_cached("SELECT sha256 FROM tokens WHERE revoked_ms IS NULL")
             .map_err(q("reading tokens"))?;
@@ -74,5 +74,33 @@ impl Store {
             .map_err(q("reading tokens"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(q("reading tokens"))
+    }
+}
+
+impl Store {
+    pub async fn create_token(
+        &self,
+        id: &str,
+        name: &str,
+        sha256_hex: &str,
+    ) -> Result<TokenRecord> {
+        let (id, name, hash) = (id.to_owned(), name.to_owned(), sha256_hex.to_owned());
+        self.write(move |db| db.create_token(&id, &name, &hash))
+            .await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.read(|db| db.list_tokens()).await
+    }
+
+    /// Revokes a token; `false` when there is no such token.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |db| db.revoke_token(&id)).await
+    }
+
+    /// Hashes (hex) of the tokens not revoked.
+    pub async fn active_token_hashes(&self) -> Result<Vec<String>> {
+        self.read(|db| db.active_token_hashes()).await
     }
 }

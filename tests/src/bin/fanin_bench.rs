@@ -177,7 +177,7 @@ async fn run(n: usize, samples: usize, plaintext: bool) -> Result<()> {
     cfg.allow_plaintext_agents = plaintext;
     let running = start(cfg, shutdown.clone()).await?;
     let fleet = running.fleet.clone();
-    let (_, token) = fleet.create_token("bench")?;
+    let (_, token) = fleet.create_token("bench").await?;
     let client = running.client()?;
     // Warm up the API path and the allocator before the baseline.
     let _ = client.servers().await?;
