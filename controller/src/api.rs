@@ -118,35 +118,50 @@ pub struct TokenList {
     pub tokens: Vec<TokenRecord>,
 }
 
-/// The HTTP status for an error code.
-pub fn status_for(code: &str) -> StatusCode {
+/// The HTTP status for an error code; `from_agent` is whether the agent itself answered the
+/// error (or answered something unreadable). A code that says what is wrong with the request
+/// or the server's state keeps its status wherever it comes from; any other error is the
+/// gateway's (502) only when the agent produced it, else the controller's own (500).
+pub fn status_for(code: &str, from_agent: bool) -> StatusCode {
     match code {
-        codes::INVALID_PARAMS | codes::INVALID_REQUEST => StatusCode::BAD_REQUEST,
-        codes::UNAUTHORIZED => StatusCode::UNAUTHORIZED,
-        codes::NOT_FOUND => StatusCode::NOT_FOUND,
+        codes::INVALID_PARAMS | codes::INVALID_REQUEST | codes::UNKNOWN_METHOD => {
+            StatusCode::BAD_REQUEST
+        }
+        // The agent refusing the controller is not the operator's token being wrong.
+        codes::UNAUTHORIZED if !from_agent => StatusCode::UNAUTHORIZED,
+        codes::REFUSED => StatusCode::FORBIDDEN,
+        codes::NOT_FOUND | codes::UNKNOWN_TASK => StatusCode::NOT_FOUND,
         codes::NOT_CONNECTED | codes::TASK_CONFLICT => StatusCode::CONFLICT,
+        codes::BUSY => StatusCode::SERVICE_UNAVAILABLE,
         codes::TIMEOUT => StatusCode::GATEWAY_TIMEOUT,
-        codes::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_GATEWAY,
+        _ if from_agent => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-/// An API error: an [`ErrorBody`] answered with the status of its code.
+/// An API error: an [`ErrorBody`] and the HTTP status it is answered with.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ApiError(pub ErrorBody);
+pub struct ApiError {
+    pub body: ErrorBody,
+    pub status: StatusCode,
+}
 
 impl ApiError {
+    /// An error of the controller itself.
     fn new(code: &str, msg: impl Into<String>) -> Self {
-        ApiError(ErrorBody::new(code, msg))
+        let body = ErrorBody::new(code, msg);
+        ApiError {
+            status: status_for(&body.code, false),
+            body,
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = status_for(&self.0.code);
         (
-            status,
-            axum::Json(json!({"error": {"msg": self.0.msg, "code": self.0.code}})),
+            self.status,
+            axum::Json(json!({"error": {"msg": self.body.msg, "code": self.body.code}})),
         )
             .into_response()
     }
@@ -157,7 +172,11 @@ impl From<FleetError> for ApiError {
         if let FleetError::Store(s) = &e {
             tracing::error!(error = %s, "store failure in an API request");
         }
-        ApiError(e.to_body())
+        let body = e.to_body();
+        ApiError {
+            status: status_for(&body.code, e.from_agent()),
+            body,
+        }
     }
 }
 

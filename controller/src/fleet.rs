@@ -59,6 +59,18 @@ impl FleetError {
         }
     }
 
+    /// Whether the agent itself answered this error (or answered something unreadable),
+    /// as opposed to the controller failing or the connection failing.
+    pub fn from_agent(&self) -> bool {
+        matches!(
+            self,
+            FleetError::Call {
+                source: CallError::Remote(_) | CallError::BadResult { .. },
+                ..
+            }
+        )
+    }
+
     /// The error as a wire body. An agent's own error is relayed exactly as it sent it.
     pub fn to_body(&self) -> ErrorBody {
         match self {

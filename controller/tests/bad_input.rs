@@ -202,33 +202,6 @@ async fn a_repeated_terminal_task_status_is_stored_once() {
     assert_eq!(again.welcome.acknowledged_tasks, vec!["t-agent-own"]);
 }
 
-async fn raw_api(
-    c: &Controller,
-    method: reqwest::Method,
-    path: &str,
-    auth: Option<&str>,
-    body: Option<&str>,
-) -> (u16, Value) {
-    let ca = std::fs::read(&c.running.ca_pem_path).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap();
-    let mut req = http.request(method, format!("{}/api/v1{path}", c.running.api_url));
-    if let Some(a) = auth {
-        req = req.header("authorization", a);
-    }
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_owned());
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn api_calls_without_or_with_a_wrong_admin_token_are_refused() {
     let c = controller().await;

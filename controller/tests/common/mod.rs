@@ -118,6 +118,13 @@ pub fn fake_handler() -> Arc<dyn Handler> {
                     Ok(json!({"task_id": task_id, "state": "running"}))
                 }
                 "test.fail" => Err(ErrorBody::new("refused", "the fake agent refuses")),
+                // One answer per error code, for the API's status mapping.
+                "reboot" => Err(ErrorBody::new("refused", "not outside the ramdisk")),
+                "poweroff" => Err(ErrorBody::new("busy", "an erase is running")),
+                "task.cancel" => Err(ErrorBody::new("unknown_task", "no task t-x")),
+                "bmc.reset" => Err(ErrorBody::new("io_error", "the BMC did not answer")),
+                "chassis.power" => Err(ErrorBody::new("unauthorized", "the BMC refused")),
+                "status" => std::future::pending().await,
                 other => Err(ErrorBody::new(
                     "unknown_method",
                     format!("unknown method {other}"),
@@ -208,4 +215,37 @@ pub async fn still_answers(c: &Controller, server_id: &str) {
         .await
         .unwrap();
     assert_eq!(r, json!({"alive": true}));
+}
+
+/// One API request with explicit headers and body: the status and the JSON answer.
+pub async fn raw_api(
+    c: &Controller,
+    method: reqwest::Method,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let ca = std::fs::read(&c.running.ca_pem_path).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let mut req = http.request(method, format!("{}/api/v1{path}", c.running.api_url));
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_owned());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// `Bearer <admin token>` of `c`.
+pub fn admin(c: &Controller) -> String {
+    format!("Bearer {}", c.running.admin_token.expose())
 }
