@@ -19,6 +19,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use futures::Stream;
+use molar_protocol::bmc::SetCredentialsParams;
+use molar_protocol::catalogue::{
+    BmcSetCredentials, Direction, DiskErase, InventoryGet, Kind, Method, MethodInfo, lookup,
+};
+use molar_protocol::erase::DiskEraseParams;
+use molar_protocol::methods::{Empty, parse_params};
 use molar_protocol::{ErrorBody, Secret, codes};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -132,7 +138,10 @@ pub fn status_for(code: &str, from_agent: bool) -> StatusCode {
         codes::REFUSED => StatusCode::FORBIDDEN,
         codes::NOT_FOUND | codes::UNKNOWN_TASK => StatusCode::NOT_FOUND,
         codes::NOT_CONNECTED | codes::TASK_CONFLICT => StatusCode::CONFLICT,
-        codes::BUSY => StatusCode::SERVICE_UNAVAILABLE,
+        codes::EXPECTED_DISK_MISSING => StatusCode::CONFLICT,
+        codes::BUSY | codes::NOT_READY | codes::HARDWARE_NOT_READY => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         codes::TIMEOUT => StatusCode::GATEWAY_TIMEOUT,
         _ if from_agent => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -147,6 +156,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error of the controller itself, as a body.
+    fn from_body(body: ErrorBody) -> Self {
+        ApiError::new(&body.code, body.msg)
+    }
+
     /// An error of the controller itself.
     fn new(code: &str, msg: impl Into<String>) -> Self {
         let body = ErrorBody::new(code, msg);
@@ -367,8 +381,58 @@ async fn call(
             "params must be a JSON object",
         ));
     }
-    let result = st.fleet.call(&id, &req.method, params, timeout).await?;
+    let info = catalogue_entry(&req.method, Kind::Call)?;
+    // What the controller keeps of an answer is decided by an explicit handler, never by
+    // the generic call.
+    let result = match info.name {
+        name if name == InventoryGet::NAME => {
+            let _: Empty = parse_params(name, params).map_err(ApiError::from_body)?;
+            st.fleet.refresh_inventory(&id, timeout).await?
+        }
+        name if name == BmcSetCredentials::NAME => {
+            let p: SetCredentialsParams =
+                parse_params(name, params).map_err(ApiError::from_body)?;
+            st.fleet.set_bmc_credentials(&id, &p, timeout).await?
+        }
+        name => st.fleet.call(&id, name, params, timeout).await?,
+    };
     Ok(axum::Json(CallResponse { result }))
+}
+
+/// Most characters of an unknown method name repeated in an error.
+const SHOWN_NAME_MAX: usize = 64;
+
+/// The catalogue entry of a method an operator asks to send to an agent: it must exist, be
+/// sent to agents, and be of `kind` (the call and task routes are not interchangeable).
+fn catalogue_entry(method: &str, kind: Kind) -> Result<&'static MethodInfo, ApiError> {
+    let info = lookup(method).filter(|m| m.direction != Direction::ToController);
+    let Some(info) = info else {
+        let mut shown: String = method.chars().take(SHOWN_NAME_MAX).collect();
+        if shown.len() < method.len() {
+            shown.push_str("...");
+        }
+        return Err(ApiError::new(
+            codes::UNKNOWN_METHOD,
+            format!(
+                "unknown method {}: not one the controller sends to agents",
+                shown.escape_debug()
+            ),
+        ));
+    };
+    if info.kind != kind {
+        let msg = match info.kind {
+            Kind::Task => format!(
+                "{} is a task: start it with POST /servers/{{id}}/tasks (molar task start)",
+                info.name
+            ),
+            Kind::Call => format!(
+                "{} is not a task: call it with POST /servers/{{id}}/call (molar call)",
+                info.name
+            ),
+        };
+        return Err(ApiError::new(codes::INVALID_REQUEST, msg));
+    }
+    Ok(info)
 }
 
 async fn start_task(
@@ -377,8 +441,17 @@ async fn start_task(
     body: Bytes,
 ) -> ApiResult<TaskStarted> {
     let req: TaskRequest = parse_body(&body)?;
+    let info = catalogue_entry(&req.method, Kind::Task)?;
     let params = req.params.unwrap_or_else(|| json!({}));
-    let task = st.fleet.start_task(&id, &req.method, params).await?;
+    let task = if info.name == DiskErase::NAME {
+        // Checked here, before the erase's strict params would name task_id an unknown field.
+        let params = Fleet::task_params(params)?;
+        let p: DiskEraseParams =
+            parse_params(info.name, Value::Object(params)).map_err(ApiError::from_body)?;
+        st.fleet.erase_disks(&id, p).await?
+    } else {
+        st.fleet.start_task(&id, info.name, params).await?
+    };
     Ok(axum::Json(TaskStarted {
         task_id: task.task_id,
         state: task.state,

@@ -3,13 +3,23 @@
 //!
 //! Both the agent listener and the HTTP API hold an `Arc<Fleet>`; the API's `call` and the
 //! fan-in benchmark go through [`Fleet::call`], so the benchmark measures the API's path.
+//!
+//! Architecture invariant: nothing here writes an inventory or a BMC entry except the
+//! explicit handlers [`Fleet::refresh_inventory`] and [`Fleet::set_bmc_credentials`]; a
+//! generic call stores nothing, whatever its method.
 
 use crate::store::{
     ServerState, StatusOutcome, Store, StoreError, TaskEvent, TaskRecord, TokenRecord,
 };
-use molar_protocol::methods::{TaskAccepted, TaskStatus};
+use molar_protocol::bmc::SetCredentialsParams;
+use molar_protocol::catalogue::{
+    BmcInfoGet, BmcSetCredentials, DiskErase, InventoryGet, Method, TaskCommand, TaskMethod,
+};
+use molar_protocol::erase::DiskEraseParams;
+use molar_protocol::inventory::Inventory;
+use molar_protocol::methods::{Empty, TaskAccepted, TaskStatus};
 use molar_protocol::{CallError, ErrorBody, PeerHandle, Secret, codes};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +29,9 @@ use tokio::sync::broadcast;
 
 /// How long discovery waits for an agent's inventory (slow disks, many DIMMs).
 pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long reading the BMC's address may take after its credentials were set.
+pub const BMC_INFO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a task command may take to be accepted by the agent.
 pub const TASK_ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,6 +70,17 @@ impl FleetError {
             FleetError::Call { source, .. } => source.to_body().code,
             FleetError::Store(e) => e.code().into(),
         }
+    }
+
+    /// Whether the agent answered that it is not ready yet: asking again later may work.
+    pub fn not_ready(&self) -> bool {
+        matches!(
+            self,
+            FleetError::Call {
+                source: CallError::Remote(b),
+                ..
+            } if b.code == codes::NOT_READY || b.code == codes::HARDWARE_NOT_READY
+        )
     }
 
     /// Whether the agent itself answered this error (or answered something unreadable),
@@ -221,7 +245,9 @@ impl Fleet {
         }
     }
 
-    /// Calls `method` on the agent of `server_id` and returns its result.
+    /// Calls `method` on the agent of `server_id` and returns its result, as the agent sent
+    /// it. Nothing is stored: what a result means for the controller's tables is decided by
+    /// the explicit handlers ([`Fleet::refresh_inventory`], [`Fleet::set_bmc_credentials`]).
     pub async fn call(
         &self,
         server_id: &str,
@@ -230,69 +256,102 @@ impl Fleet {
         timeout: Duration,
     ) -> Result<Value, FleetError> {
         let peer = self.peer(server_id).await?;
-        let result = peer
-            .call_timeout(method, params, timeout)
+        peer.call_timeout(method, params, timeout)
             .await
             .map_err(|source| FleetError::Call {
                 server: server_id.to_owned(),
                 method: method.to_owned(),
                 source,
-            })?;
-        if method == "inventory" {
-            // The latest inventory is what `molar server ID --inventory` shows.
-            if let Err(e) = self
-                .store
-                .set_server_inventory(server_id, result.clone())
-                .await
-            {
-                tracing::error!(server = %server_id, error = %e, "storing an inventory");
-            }
-        }
-        if method == "bmc.set_credentials" {
-            self.remember_bmc(server_id, &peer, &result).await;
-        }
-        Ok(result)
+            })
     }
 
-    /// Seed 004's BMC table: credentials the agent set in-band are stored with the BMC's MAC
-    /// and IP (read fresh with `bmc.info`, else from the stored inventory), so the controller
-    /// can manage the machine out-of-band later. The password is never logged.
-    async fn remember_bmc(&self, server_id: &str, peer: &PeerHandle, result: &Value) {
-        let Ok(creds) =
-            serde_json::from_value::<molar_protocol::bmc::SetCredentialsResult>(result.clone())
-        else {
-            tracing::warn!(server = %server_id, "bmc.set_credentials answered an unexpected shape; not stored");
-            return;
+    /// A typed call of a catalogue method: its result decoded, and the result as sent.
+    async fn call_decoded<M: Method>(
+        &self,
+        server_id: &str,
+        params: &M::Params,
+        timeout: Duration,
+    ) -> Result<(M::Result, Value), FleetError> {
+        let err = |source| FleetError::Call {
+            server: server_id.to_owned(),
+            method: M::NAME.to_owned(),
+            source,
         };
-        let info = match peer
-            .call_timeout("bmc.info", json!({}), Duration::from_secs(60))
+        let params = serde_json::to_value(params).map_err(|e| {
+            err(CallError::Encode {
+                method: M::NAME.to_owned(),
+                msg: e.to_string(),
+            })
+        })?;
+        let raw = self.call(server_id, M::NAME, params, timeout).await?;
+        let typed = serde_json::from_value(raw.clone()).map_err(|e| {
+            err(CallError::BadResult {
+                method: M::NAME.to_owned(),
+                msg: e.to_string(),
+            })
+        })?;
+        Ok((typed, raw))
+    }
+
+    /// Calls the catalogue method `M` on the agent of `server_id`; its result decoded.
+    pub async fn call_method<M: Method>(
+        &self,
+        server_id: &str,
+        params: &M::Params,
+        timeout: Duration,
+    ) -> Result<M::Result, FleetError> {
+        Ok(self.call_decoded::<M>(server_id, params, timeout).await?.0)
+    }
+
+    /// Takes the server's inventory and stores it: the latest inventory is what
+    /// `molar server ID --inventory` shows and what an erase expects to find. Returns it as
+    /// the agent sent it (checked to be an inventory; stored whole, fields this release does
+    /// not know included).
+    pub async fn refresh_inventory(
+        &self,
+        server_id: &str,
+        timeout: Duration,
+    ) -> Result<Value, FleetError> {
+        let (_, raw) = self
+            .call_decoded::<InventoryGet>(server_id, &Empty {}, timeout)
+            .await?;
+        self.store
+            .set_server_inventory(server_id, raw.clone())
+            .await?;
+        Ok(raw)
+    }
+
+    /// Seed 004's BMC table: sets credentials on the server's BMC in-band and stores them
+    /// with the BMC's MAC and IP (read fresh with `bmc.info`, else from the stored
+    /// inventory), so the controller can manage the machine out-of-band later. Returns the
+    /// agent's result as sent. The password is never logged.
+    pub async fn set_bmc_credentials(
+        &self,
+        server_id: &str,
+        params: &SetCredentialsParams,
+        timeout: Duration,
+    ) -> Result<Value, FleetError> {
+        let (creds, raw) = self
+            .call_decoded::<BmcSetCredentials>(server_id, params, timeout)
+            .await?;
+        let info = match self
+            .call_method::<BmcInfoGet>(server_id, &Empty {}, BMC_INFO_TIMEOUT)
             .await
         {
-            Ok(v) => Some(v),
-            Err(_) => self
-                .store
-                .server_inventory(server_id)
-                .await
-                .ok()
-                .flatten()
-                .map(|inv| inv["bmc"].clone()),
+            Ok(info) => Some(info),
+            Err(e) => {
+                tracing::warn!(server = %server_id, error = %e, "reading the BMC's address after setting credentials; using the stored inventory");
+                self.stored_inventory(server_id).await.and_then(|i| i.bmc)
+            }
         };
-        let channels = info
-            .as_ref()
-            .and_then(|i| i["lan_channels"].as_array().cloned())
-            .unwrap_or_default();
+        let channels = info.map(|i| i.lan_channels).unwrap_or_default();
         let lan = channels
             .iter()
-            .find(|c| {
-                c["channel"]
-                    .as_u64()
-                    .is_some_and(|n| creds.channels.contains(&(n as u8)))
-            })
+            .find(|c| creds.channels.contains(&c.channel))
             .or(channels.first());
-        let text = |k: &str| lan.and_then(|c| c[k].as_str()).map(str::to_owned);
-        let (mac, ip) = (text("mac"), text("ip"));
-        let stored = self
-            .store
+        let mac = lan.and_then(|c| c.mac.clone());
+        let ip = lan.and_then(|c| c.ip).map(|ip| ip.to_string());
+        self.store
             .set_bmc(
                 server_id,
                 crate::store::BmcCredentials {
@@ -304,23 +363,45 @@ impl Fleet {
                     source: "in_band".into(),
                 },
             )
-            .await;
-        match stored {
-            Ok(()) => {
-                tracing::info!(server = %server_id, username = %creds.username, mac = ?mac, ip = ?ip, "BMC credentials stored")
+            .await?;
+        tracing::info!(server = %server_id, username = %creds.username, mac = ?mac, ip = ?ip, "BMC credentials stored");
+        Ok(raw)
+    }
+
+    /// The stored inventory, decoded; `None` when there is none or it cannot be read (an
+    /// older or newer shape is logged and treated as absent).
+    pub async fn stored_inventory(&self, server_id: &str) -> Option<Inventory> {
+        let raw = match self.store.server_inventory(server_id).await {
+            Ok(raw) => raw?,
+            Err(e) => {
+                tracing::error!(server = %server_id, error = %e, "reading the stored inventory");
+                return None;
             }
-            Err(e) => tracing::error!(server = %server_id, error = %e, "storing BMC credentials"),
-        }
+        };
+        serde_json::from_value(raw)
+            .inspect_err(|e| tracing::warn!(server = %server_id, error = %e, "the stored inventory does not decode"))
+            .ok()
     }
 
     /// In-band discovery of a server in the `discovery` state: takes its inventory and, once
-    /// stored, makes it `available` (seed 003's Discovery → Available). A failure leaves it in
-    /// `discovery`; the next connection tries again.
+    /// stored, makes it `available` (seed 003's Discovery → Available). An agent not ready
+    /// yet (it has not taken in the handshake's answer, or its drivers are still loading) is
+    /// asked again, backing off, for up to [`DISCOVERY_TIMEOUT`]. Another failure leaves it
+    /// in `discovery`; the next connection tries again.
     pub async fn discover(&self, server_id: &str) {
-        match self
-            .call(server_id, "inventory", json!({}), DISCOVERY_TIMEOUT)
-            .await
-        {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let outcome = loop {
+            match self.refresh_inventory(server_id, DISCOVERY_TIMEOUT).await {
+                Err(e) if e.not_ready() && started.elapsed() + backoff < DISCOVERY_TIMEOUT => {
+                    tracing::debug!(server = %server_id, error = %e, "agent not ready for discovery; asking again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok(_) => match self
                 .store
                 .set_server_state(server_id, ServerState::Available)
@@ -333,15 +414,53 @@ impl Fleet {
         }
     }
 
-    /// Starts a task: stores it `pending`, sends `method` with a fresh `task_id` in its params,
-    /// and records the agent's answer. Returns the stored task.
-    pub async fn start_task(
+    /// Starts the catalogue task `M` with typed params (see [`Fleet::start_task`]).
+    pub async fn start_task_method<M: TaskMethod>(
         &self,
         server_id: &str,
-        method: &str,
-        params: Value,
+        params: &M::Params,
     ) -> Result<TaskRecord, FleetError> {
-        let Value::Object(mut params) = params else {
+        let params = serde_json::to_value(params).map_err(|e| FleetError::Call {
+            server: server_id.to_owned(),
+            method: M::NAME.to_owned(),
+            source: CallError::Encode {
+                method: M::NAME.to_owned(),
+                msg: e.to_string(),
+            },
+        })?;
+        self.start_task(server_id, M::NAME, params).await
+    }
+
+    /// Starts `decom.disk_erase`. When the operator names neither `devices` nor `expect`,
+    /// `expect` is filled from the stored inventory ([`crate::erase::expected_disks`]), so
+    /// "every disk" fails instead of skipping a disk the agent does not see. The params are
+    /// stored as sent.
+    pub async fn erase_disks(
+        &self,
+        server_id: &str,
+        mut params: DiskEraseParams,
+    ) -> Result<TaskRecord, FleetError> {
+        if params.devices.is_none() && params.expect.is_none() {
+            match self.stored_inventory(server_id).await {
+                Some(inv) => {
+                    let exclude = params.exclude.as_deref().unwrap_or_default();
+                    let ids = crate::erase::expected_disks(&inv, exclude);
+                    if !ids.is_empty() {
+                        params.expect = Some(ids);
+                    }
+                }
+                None => {
+                    tracing::warn!(server = %server_id, "no stored inventory: the erase cannot check that every disk is present")
+                }
+            }
+        }
+        self.start_task_method::<DiskErase>(server_id, &params)
+            .await
+    }
+
+    /// The params of a task as an operator gives them: an object without `task_id`.
+    pub fn task_params(params: Value) -> Result<serde_json::Map<String, Value>, FleetError> {
+        let Value::Object(params) = params else {
             return Err(FleetError::InvalidParams(
                 "task params must be a JSON object".into(),
             ));
@@ -351,15 +470,31 @@ impl Fleet {
                 "task params must not carry task_id: the controller chooses it".into(),
             ));
         }
+        Ok(params)
+    }
+
+    /// Starts a task: stores it `pending` with `params` as given, sends `method` with a fresh
+    /// `task_id` beside them, and records the agent's answer. Returns the stored task.
+    pub async fn start_task(
+        &self,
+        server_id: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<TaskRecord, FleetError> {
+        let params = Self::task_params(params)?;
         let peer = self.peer(server_id).await?;
         let task_id = format!("t-{}", crate::pki::random_hex(8));
         let stored = Value::Object(params.clone());
         self.store
             .create_task(&task_id, server_id, method, stored)
             .await?;
-        params.insert("task_id".into(), Value::String(task_id.clone()));
+        let command = TaskCommand {
+            task_id: &task_id,
+            params: &params,
+        };
+        let command = serde_json::to_value(command).unwrap_or(Value::Null);
         match peer
-            .call_timeout(method, Value::Object(params), TASK_ACCEPT_TIMEOUT)
+            .call_timeout(method, command, TASK_ACCEPT_TIMEOUT)
             .await
         {
             Ok(v) => {

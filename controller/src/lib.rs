@@ -5,7 +5,9 @@
 //!   logs) with versioned migrations.
 //! - [`pki`]: the state directory: CA, server certificate, admin token.
 //! - [`identity`]: which stored server an agent is.
-//! - [`fleet`]: live agent connections, commands and tasks sent to them, task event bus.
+//! - [`fleet`]: live agent connections, commands and tasks sent to them, task event bus, and
+//!   the explicit handlers that store what agents answer (inventory, BMC credentials).
+//! - [`erase`]: the disks an erase started by the controller expects to find.
 //! - [`listener`]: the agent listener (TLS, handshake, per-connection protocol peer).
 //! - [`api`]: the HTTPS JSON API under `/api/v1`.
 //! - [`client`]: a typed client of that API (the CLI and the end-to-end tests use it).
@@ -32,6 +34,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod erase;
 pub mod fleet;
 pub mod identity;
 pub mod listener;

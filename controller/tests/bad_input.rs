@@ -374,7 +374,7 @@ async fn an_invalid_json_body_is_a_bad_request() {
             reqwest::Method::POST,
             &format!("/servers/{sid}/tasks"),
             Some(&auth),
-            Some(r#"{"method":"test.task","params":[1]}"#)
+            Some(&format!(r#"{{"method":"{TASK}","params":[1]}}"#))
         )
         .await,
         (

@@ -25,7 +25,7 @@ async fn a_task_streams_its_progress_and_ends_once() {
 
     let started = c
         .client
-        .start_task(&sid, "test.task", json!({"steps": 3}))
+        .start_task(&sid, TASK, json!({"steps": 3}))
         .await
         .unwrap();
     assert!(started.task_id.starts_with("t-"));
@@ -42,7 +42,7 @@ async fn a_task_streams_its_progress_and_ends_once() {
     let t = c.client.task(&started.task_id).await.unwrap();
     assert_eq!(t.state.as_str(), "complete");
     assert_eq!(t.result, Some(json!({"ok": true})));
-    assert_eq!(t.method, "test.task");
+    assert_eq!(t.method, TASK);
     assert_eq!(t.params, json!({"steps": 3}));
     assert!(t.finished_ms.is_some());
     // A finished task's stream replays what is stored and ends.
@@ -57,13 +57,13 @@ async fn a_task_streams_its_progress_and_ends_once() {
     // A task the agent refuses ends in error with the agent's message, relayed as is.
     let err = c
         .client
-        .start_task(&sid, "test.fail", json!({}))
+        .start_task(&sid, REFUSED_TASK, json!({}))
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "the fake agent refuses (refused)");
     let tasks = c.client.server_tasks(&sid).await.unwrap();
     assert_eq!(tasks.len(), 2);
-    let failed = tasks.iter().find(|t| t.method == "test.fail").unwrap();
+    let failed = tasks.iter().find(|t| t.method == REFUSED_TASK).unwrap();
     assert_eq!(failed.state.as_str(), "error");
     assert_eq!(failed.code.as_deref(), Some("refused"));
 }
@@ -125,7 +125,7 @@ async fn a_restart_on_the_same_state_dir_keeps_everything() {
     // A task the agent will finish while the controller is away.
     let started = c
         .client
-        .start_task(&sid, "test.task", json!({"steps": 0}))
+        .start_task(&sid, TASK, json!({"steps": 0}))
         .await
         .unwrap();
     let fingerprint = c.running.ca_fingerprint.clone();
@@ -219,13 +219,13 @@ async fn the_cli_prints_what_scripts_need_and_exits_with_documented_codes() {
     let (code, out, _) = molar(&c, &["servers"]).await;
     assert_eq!(code, 0);
     assert!(out.contains(&sid) && out.contains("discovery"), "{out}");
-    let (code, out, _) = molar(&c, &["task", "start", &sid, "test.task", "--wait"]).await;
+    let (code, out, _) = molar(&c, &["task", "start", &sid, TASK, "--wait"]).await;
     assert_eq!(code, 0);
     assert!(
         out.starts_with("task t-") && out.contains(" complete in "),
         "{out}"
     );
-    let (code, _, err) = molar(&c, &["task", "start", &sid, "test.fail"]).await;
+    let (code, _, err) = molar(&c, &["task", "start", &sid, REFUSED_TASK]).await;
     assert_eq!(
         (code, err.as_str()),
         (5, "molar: the fake agent refuses (refused)\n")
@@ -365,7 +365,7 @@ async fn task_start_wait_survives_a_controller_restart() {
     let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_molar"))
         .arg("--state-dir")
         .arg(dir.path())
-        .args(["task", "start", &sid, "slow.task", "--wait"])
+        .args(["task", "start", &sid, TASK, "--wait"])
         .env_remove("MOLAR_API")
         .env_remove("MOLAR_TOKEN_FILE")
         .env_remove("MOLAR_CA")

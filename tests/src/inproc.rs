@@ -7,7 +7,8 @@ use molar_agent::tasks::{Task, TaskContext, TaskFailure};
 use molar_agent::tls::Trust;
 use molar_controller::client::Client;
 use molar_controller::{Running, ServeConfig};
-use molar_protocol::{Secret, codes};
+use molar_protocol::catalogue::Qc;
+use molar_protocol::{Method, Secret, codes};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -18,7 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// A test task: counts `steps` steps of `step_ms` each, honouring cancellation; logs at
-/// start so log forwarding can be checked.
+/// start so log forwarding can be checked. Registered as `decom.qc`: the controller starts
+/// only catalogue tasks, and the product's agent does not implement that one yet.
 pub struct Count;
 
 #[derive(Deserialize)]
@@ -178,13 +180,13 @@ impl TestAgent {
     }
 
     /// The product's capabilities on the machine under `root` (nothing destructive allowed),
-    /// plus the test task.
+    /// plus the test task (as `decom.qc`).
     pub fn methods(root: &Path) -> Methods {
         let mut m = molar_agent::capabilities::methods(&molar_agent::capabilities::Machine::host(
             root.to_owned(),
             &[],
         ));
-        m.task("test.count", Count);
+        m.task(Qc::NAME, Count);
         m
     }
 

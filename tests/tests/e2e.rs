@@ -9,7 +9,8 @@ use molar_agent::logfwd::LogBuffer;
 use molar_agent::session::AGENT_VERSION;
 use molar_agent::tls::Trust;
 use molar_controller::store::TaskPhase;
-use molar_protocol::Secret;
+use molar_protocol::catalogue::Qc;
+use molar_protocol::{Method, Secret};
 use molar_tests::inproc::{Controller, TestAgent, connected_server, eventually};
 use serde_json::json;
 use std::time::Duration;
@@ -157,7 +158,7 @@ async fn a_task_lives_streams_progress_and_is_stored_once() {
     let id = connected_server(&client, "S130").await;
 
     let started = client
-        .start_task(&id, "test.count", json!({"steps": 40, "step_ms": 100}))
+        .start_task(&id, Qc::NAME, json!({"steps": 40, "step_ms": 100}))
         .await
         .unwrap();
     let mut events = client.task_events(&started.task_id).await.unwrap();
@@ -220,7 +221,7 @@ async fn cancellation_reaches_the_task_and_is_reported() {
     let client = ctl.client();
     let id = connected_server(&client, "S140").await;
     let t = client
-        .start_task(&id, "test.count", json!({"steps": 1000, "step_ms": 100}))
+        .start_task(&id, Qc::NAME, json!({"steps": 1000, "step_ms": 100}))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -252,7 +253,7 @@ async fn controller_restarted_mid_task_gets_the_final_status_exactly_once() {
     let id = connected_server(&ctl.client(), "S150").await;
     let t = ctl
         .client()
-        .start_task(&id, "test.count", json!({"steps": 30, "step_ms": 100}))
+        .start_task(&id, Qc::NAME, json!({"steps": 30, "step_ms": 100}))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -343,6 +344,7 @@ async fn bad_commands_reach_the_agent_and_get_exact_errors() {
         (e.code().to_owned(), e.to_string())
     };
 
+    // A name outside the catalogue is refused by the controller before it reaches the agent.
     let (code, msg) = err(client.call(&id, "frobnicate", json!({}), None).await);
     assert_eq!(code, "unknown_method");
     assert!(msg.contains("unknown method frobnicate"), "{msg}");
@@ -369,45 +371,42 @@ async fn bad_commands_reach_the_agent_and_get_exact_errors() {
         .await);
     assert_eq!(code, "unknown_task");
 
+    // A task command as the controller sends it (the API starts tasks with ids of its own,
+    // so these go to the agent's dispatch directly): the same id is idempotent with the same
+    // params and a conflict with others.
+    let dispatch =
+        |params: serde_json::Value| agent.agent.clone().dispatch(Qc::NAME.into(), params);
+    let derr = |r: Result<serde_json::Value, molar_protocol::ErrorBody>| {
+        let e = r.unwrap_err();
+        (e.code, e.msg)
+    };
     let first = json!({"task_id": "dup", "steps": 1, "step_ms": 1});
-    let ok = client
-        .call(&id, "test.count", first.clone(), None)
-        .await
-        .unwrap();
+    let ok = dispatch(first.clone()).await.unwrap();
     assert_eq!(ok, json!({"task_id": "dup", "state": "running"}));
-    let (code, msg) = err(client
-        .call(
-            &id,
-            "test.count",
-            json!({"task_id": "dup", "steps": 2, "step_ms": 1}),
-            None,
-        )
-        .await);
+    let (code, msg) = derr(dispatch(json!({"task_id": "dup", "steps": 2, "step_ms": 1})).await);
     assert_eq!(code, "task_conflict");
     assert!(
-        msg.contains("task dup already exists as test.count with different params"),
+        msg.contains(&format!(
+            "task dup already exists as {} with different params",
+            Qc::NAME
+        )),
         "{msg}"
     );
     // Repeating with the same params is idempotent.
-    let again = client.call(&id, "test.count", first, None).await.unwrap();
+    let again = dispatch(first).await.unwrap();
     assert_eq!(again["task_id"], "dup");
 
-    let (code, msg) = err(client
-        .call(&id, "test.count", json!({"steps": 1, "step_ms": 1}), None)
-        .await);
+    let (code, msg) = derr(dispatch(json!({"steps": 1, "step_ms": 1})).await);
     assert_eq!(code, "invalid_params");
     assert!(msg.contains("missing field `task_id`"), "{msg}");
 
-    let (code, msg) = err(client
-        .call(
-            &id,
-            "test.count",
-            json!({"task_id": "x", "steps": "many", "step_ms": 1}),
-            None,
-        )
-        .await);
+    let (code, msg) = derr(dispatch(json!({"task_id": "x", "steps": "many", "step_ms": 1})).await);
     assert_eq!(code, "invalid_params");
     assert!(msg.contains("invalid type: string \"many\""), "{msg}");
+
+    // Through the API a task is started on the task route, not called.
+    let (code, _) = err(client.call(&id, Qc::NAME, json!({}), None).await);
+    assert_eq!(code, "invalid_request");
 
     // After all that the connection is still up.
     assert_eq!(

@@ -6,6 +6,8 @@
 
 use molar_agent::logfwd::{ForwardLayer, LogBuffer};
 use molar_agent::tls::Trust;
+use molar_protocol::Method;
+use molar_protocol::catalogue::Qc;
 use molar_tests::inproc::{Controller, TestAgent, connected_server, eventually, machine_root};
 use serde_json::json;
 use tracing_subscriber::prelude::*;
@@ -32,7 +34,7 @@ async fn agent_logs_reach_the_controller() {
     let id = connected_server(&client, "S200").await;
 
     let t = client
-        .start_task(&id, "test.count", json!({"steps": 1, "step_ms": 1}))
+        .start_task(&id, Qc::NAME, json!({"steps": 1, "step_ms": 1}))
         .await
         .unwrap();
     let page = eventually(10, "the task's log record", || async {

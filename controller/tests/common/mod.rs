@@ -5,6 +5,7 @@
 
 use futures::FutureExt;
 use molar_controller::{Running, ServeConfig, start};
+use molar_protocol::Method;
 use molar_protocol::catalogue::Handshake;
 use molar_protocol::methods::{HandshakeParams, HandshakeResult, NodeIdentity};
 use molar_protocol::{CloseReason, ErrorBody, Handler, Peer, PeerConfig, PeerHandle, Secret};
@@ -13,6 +14,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -94,13 +96,37 @@ pub fn hello(token: &str, n: u32) -> HandshakeParams {
     }
 }
 
-/// Answers `test.task` (a task reporting three running steps then `complete`) and `test.fail`.
+/// The fake agent's counting task: three running steps then `complete`. A catalogue task
+/// (the controller starts no other), one the real agent does not implement yet.
+pub const TASK: &str = molar_protocol::catalogue::Qc::NAME;
+/// A catalogue task the fake agent refuses.
+pub const REFUSED_TASK: &str = molar_protocol::catalogue::FirmwareSecure::NAME;
+
+/// The inventory the fake agent reports (a QEMU q35 machine with two NVMe namespaces of one
+/// controller and a virtio disk).
+pub fn inventory_sample() -> Value {
+    serde_json::from_str(include_str!(
+        "../../../protocol/tests/data/inventory-qemu-q35.json"
+    ))
+    .unwrap()
+}
+
+/// Answers [`TASK`], [`REFUSED_TASK`], `bmc.set_credentials`, `bmc.info`,
+/// `decom.disk_erase` (accepted, never reported) and one method per error code; not
+/// `inventory`, so the server stays in discovery.
 pub fn fake_handler() -> Arc<dyn Handler> {
-    Arc::new(|peer: &PeerHandle, method: String, params: Value| {
+    fake_handler_with(Arc::new(AtomicBool::new(false)))
+}
+
+/// [`fake_handler`], also answering `inventory` with [`inventory_sample`] while `inventory`
+/// holds.
+pub fn fake_handler_with(inventory: Arc<AtomicBool>) -> Arc<dyn Handler> {
+    Arc::new(move |peer: &PeerHandle, method: String, params: Value| {
         let peer = peer.clone();
+        let inventory = inventory.load(Ordering::SeqCst);
         async move {
             match method.as_str() {
-                "test.task" => {
+                TASK => {
                     let task_id = params["task_id"].as_str().unwrap_or_default().to_owned();
                     let steps = params["steps"].as_u64().unwrap_or(3);
                     let id = task_id.clone();
@@ -117,7 +143,16 @@ pub fn fake_handler() -> Arc<dyn Handler> {
                     });
                     Ok(json!({"task_id": task_id, "state": "running"}))
                 }
-                "test.fail" => Err(ErrorBody::new("refused", "the fake agent refuses")),
+                REFUSED_TASK => Err(ErrorBody::new("refused", "the fake agent refuses")),
+                "inventory" if inventory => Ok(inventory_sample()),
+                "bmc.set_credentials" => Ok(json!({"user_id": 3, "username": params["username"],
+                    "password": "Zq8-fake-pw", "privilege": "administrator", "channels": [1],
+                    "sol_enabled": true, "password_verified": true})),
+                "bmc.info" => Ok(json!({"device_id": 32, "device_revision": 1,
+                    "firmware_version": "9.08", "ipmi_version": "2.0", "manufacturer_id": 4753,
+                    "product_id": 3842, "users": [], "lan_channels": [
+                        {"channel": 1, "mac": "52:54:00:be:ef:01", "ip": "192.0.2.10"}]})),
+                "decom.disk_erase" => Ok(json!({"task_id": params["task_id"], "state": "running"})),
                 // One answer per error code, for the API's status mapping.
                 "reboot" => Err(ErrorBody::new("refused", "not outside the ramdisk")),
                 "poweroff" => Err(ErrorBody::new("busy", "an erase is running")),
@@ -142,10 +177,15 @@ pub struct FakeAgent {
 }
 
 pub async fn fake_agent(c: &Controller, n: u32) -> FakeAgent {
+    fake_agent_with(c, n, fake_handler()).await
+}
+
+/// A fake agent answering with `handler`.
+pub async fn fake_agent_with(c: &Controller, n: u32, handler: Arc<dyn Handler>) -> FakeAgent {
     let tls = tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await;
     let (peer, task) = Peer::spawn(
         tls,
-        fake_handler(),
+        handler,
         PeerConfig {
             name: format!("fake agent {n}"),
             id_prefix: "a".into(),
