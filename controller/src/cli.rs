@@ -4,14 +4,14 @@
 //! Exit codes are part of the interface (scripts rely on them): see [`EXIT_CODES`].
 
 use crate::client::{Client, ClientError};
-use crate::store::{TaskEvent, TaskPhase};
+use crate::store::{Retention, TaskEvent, TaskPhase};
 use crate::{ServeConfig, start};
 use clap::{Parser, Subcommand};
 use molar_protocol::codes;
 use serde::Serialize;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +86,18 @@ pub enum Command {
         /// Agent connections held at once.
         #[arg(long, default_value_t = 20_000)]
         max_connections: usize,
+        /// Days agents' log records are kept (0: forever).
+        #[arg(long, default_value_t = 30)]
+        retain_logs_days: u64,
+        /// Most log records kept per server, the newest (0: no limit).
+        #[arg(long, default_value_t = 100_000)]
+        retain_logs_per_server: u64,
+        /// Days task events are kept; a task's latest and final events always are (0: forever).
+        #[arg(long, default_value_t = 30)]
+        retain_task_events_days: u64,
+        /// Most events kept per task, the newest (0: no limit).
+        #[arg(long, default_value_t = 10_000)]
+        retain_task_events_per_task: u64,
     },
     /// Agent tokens.
     Token {
@@ -327,16 +339,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             sans,
             allow_plaintext_agents,
             max_connections,
+            retain_logs_days,
+            retain_logs_per_server,
+            retain_task_events_days,
+            retain_task_events_per_task,
         } => {
-            serve(
-                &cli.state_dir,
+            let mut cfg = ServeConfig::new(
                 *listen,
                 api_listen_addr(cli.api.as_deref())?,
-                sans,
-                *allow_plaintext_agents,
-                *max_connections,
-            )
-            .await
+                &cli.state_dir,
+            );
+            cfg.sans = sans.clone();
+            cfg.allow_plaintext_agents = *allow_plaintext_agents;
+            cfg.max_connections = *max_connections;
+            cfg.retention = Retention {
+                logs_max_age: Retention::days(*retain_logs_days),
+                logs_per_server: Retention::count(*retain_logs_per_server),
+                task_events_max_age: Retention::days(*retain_task_events_days),
+                task_events_per_task: Retention::count(*retain_task_events_per_task),
+                ..Retention::default()
+            };
+            serve(cfg).await
         }
         Command::Token { command } => {
             let c = client(&cli)?;
@@ -706,24 +729,13 @@ async fn follow_task(c: &Client, task_id: &str, json: bool) -> Result<(), Failur
     }
 }
 
-async fn serve(
-    state_dir: &Path,
-    listen: SocketAddr,
-    api: SocketAddr,
-    sans: &[String],
-    allow_plaintext_agents: bool,
-    max_connections: usize,
-) -> Result<(), Failure> {
+async fn serve(cfg: ServeConfig) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    let mut cfg = ServeConfig::new(listen, api, state_dir);
-    cfg.sans = sans.to_vec();
-    cfg.allow_plaintext_agents = allow_plaintext_agents;
-    cfg.max_connections = max_connections;
     let shutdown = CancellationToken::new();
     let running = start(cfg, shutdown.clone())
         .await

@@ -71,6 +71,8 @@ pub struct ServeConfig {
     pub backlog: u32,
     /// Time an agent gets for the TLS handshake, and again for its `handshake` command.
     pub handshake_timeout: std::time::Duration,
+    /// How much of the logs and task events is kept.
+    pub retention: store::Retention,
 }
 
 impl ServeConfig {
@@ -85,6 +87,7 @@ impl ServeConfig {
             peer: ListenerConfig::default_peer(),
             backlog: 4096,
             handshake_timeout: std::time::Duration::from_secs(10),
+            retention: store::Retention::default(),
         }
     }
 
@@ -179,6 +182,32 @@ fn local_url(addr: SocketAddr) -> String {
     format!("https://{host}:{}", addr.port())
 }
 
+/// Prunes logs and task events under `retention`: at start, then every interval, until
+/// `shutdown`.
+async fn prune(store: Arc<store::Store>, retention: store::Retention, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(retention.interval.max(std::time::Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let pass = tokio::select! {
+            r = store.prune(&retention) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match pass {
+            Ok(p) if p == store::Pruned::default() => {}
+            Ok(p) => tracing::info!(
+                logs = p.logs,
+                task_events = p.task_events,
+                "pruned old records"
+            ),
+            Err(e) => tracing::error!(error = %e, "pruning old records"),
+        }
+    }
+}
+
 /// Starts the controller: prepares the state directory (CA, certificates, admin token, store),
 /// binds both listeners and serves until `shutdown` fires.
 pub async fn start(
@@ -229,8 +258,13 @@ pub async fn start(
         shutdown.clone(),
     ));
     let http = tokio::spawn(api::serve(api_listener, api_tls, router, shutdown.clone()));
+    let pruner = tokio::spawn(prune(
+        fleet.store.clone(),
+        config.retention.clone(),
+        shutdown.clone(),
+    ));
     let join = tokio::spawn(async move {
-        let _ = tokio::join!(agents, http);
+        let _ = tokio::join!(agents, http, pruner);
     });
     tracing::info!(%agent_addr, %api_url, "controller started");
     Ok(Running {

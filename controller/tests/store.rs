@@ -86,3 +86,45 @@ async fn a_held_write_lock_delays_writes_but_not_pings() {
         assert_eq!(page.logs[0].msg, "while locked");
     }
 }
+
+#[tokio::test]
+async fn the_controller_prunes_logs_beyond_the_configured_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut cfg = molar_controller::ServeConfig::loopback(dir.path());
+    cfg.retention.logs_per_server = Some(3);
+    cfg.retention.interval = Duration::from_secs(1);
+    let running = molar_controller::start(cfg, shutdown.clone())
+        .await
+        .unwrap();
+    let client = running.client().unwrap();
+    let token = client.create_token("t").await.unwrap().token;
+    let c = Controller {
+        dir,
+        running,
+        shutdown,
+        client,
+        agent_token: token.expose().to_owned(),
+    };
+    let a = fake_agent(&c, 1).await;
+    let sid = a.welcome.server_id.clone();
+    let records: Vec<_> = (0..10)
+        .map(|i| json!({"ts_ms": 1, "level": "info", "target": "t", "msg": format!("m{i}")}))
+        .collect();
+    a.peer
+        .call("log", json!({"records": records, "dropped": 0}))
+        .await
+        .unwrap();
+    assert_eq!(c.client.logs(&sid, 0, 100).await.unwrap().logs.len(), 10);
+    let mut kept = Vec::new();
+    for _ in 0..50 {
+        kept = c.client.logs(&sid, 0, 100).await.unwrap().logs;
+        if kept.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let msgs: Vec<&str> = kept.iter().map(|l| l.msg.as_str()).collect();
+    assert_eq!(msgs, ["m7", "m8", "m9"]);
+    c.shutdown.cancel();
+}

@@ -28,10 +28,11 @@ impl Db {
     ) -> Result<()> {
         let tx = self.write_tx().map_err(q("storing logs"))?;
         {
+            let now = now_ms();
             let mut st = tx
                 .prepare_cached(
-                    "INSERT INTO logs (server_id, ts_ms, level, target, msg, fields)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO logs (server_id, ts_ms, level, target, msg, fields, received_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(q("storing logs"))?;
             for r in records {
@@ -43,7 +44,8 @@ impl Db {
                     r.level,
                     r.target,
                     r.msg,
-                    fields
+                    fields,
+                    now
                 ])
                 .map_err(q("storing logs"))?;
             }
@@ -53,7 +55,9 @@ impl Db {
             params![server_id, dropped.min(i64::MAX as u64) as i64, now_ms()],
         )
         .map_err(q("storing logs"))?;
-        tx.commit().map_err(q("storing logs"))
+        tx.commit().map_err(q("storing logs"))?;
+        self.touched.server(server_id);
+        Ok(())
     }
 
     /// Log records of a server with an id greater than `after`, oldest first.

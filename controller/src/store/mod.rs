@@ -13,12 +13,14 @@
 
 mod bmc;
 mod logs;
+mod retention;
 mod servers;
 mod tasks;
 mod tokens;
 
 pub use bmc::{BmcCredentials, BmcRecord};
 pub use logs::LogEntry;
+pub use retention::{Pruned, Retention};
 pub use servers::{ConnectionRecord, Registration, ServerRecord, ServerState};
 pub use tasks::{ACKNOWLEDGED_MAX, StatusOutcome, TaskEvent, TaskPhase, TaskRecord};
 pub use tokens::TokenRecord;
@@ -121,6 +123,14 @@ CREATE TABLE bmcs (
     updated_ms    INTEGER NOT NULL
 );
 "#,
+    // Retention: logs age by when the controller received them (an agent's clock may be
+    // anywhere), rows already stored count from this migration.
+    r#"
+ALTER TABLE logs ADD COLUMN received_ms INTEGER;
+UPDATE logs SET received_ms = CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+CREATE INDEX logs_received ON logs(received_ms);
+CREATE INDEX task_events_at ON task_events(at_ms);
+"#,
 ];
 
 /// Why a store operation failed.
@@ -194,6 +204,8 @@ const QUEUE: usize = 4096;
 /// their queries on it; async code reaches it only through [`Store`].
 pub struct Db {
     conn: Connection,
+    /// What [`retention`] must look at next (written by the writer's own methods).
+    touched: retention::Touched,
 }
 
 impl std::fmt::Debug for Db {
@@ -310,7 +322,10 @@ impl Db {
                 .map_err(open)?;
             migrate(&mut conn)?;
         }
-        Ok(Db { conn })
+        Ok(Db {
+            conn,
+            touched: retention::Touched::default(),
+        })
     }
 
     /// A write transaction that takes the write lock at once: a deferred one that read first
@@ -479,5 +494,34 @@ mod tests {
         drop(s);
         let s = Db::open(dir.path()).unwrap();
         assert_eq!(s.list_tokens().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn logs_stored_before_retention_age_from_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("molar.db")).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO servers (id, identity_key, first_seen_ms, last_seen_ms)
+                    VALUES ('srv-1', 'k', 0, 0);
+                 INSERT INTO logs (server_id, ts_ms, level, target, msg)
+                    VALUES ('srv-1', 1, 'info', 't', 'old');",
+            )
+            .unwrap();
+        }
+        let before = now_ms();
+        let db = Db::open(dir.path()).unwrap();
+        let received: i64 = db
+            .conn
+            .query_row("SELECT received_ms FROM logs", [], |r| r.get(0))
+            .unwrap();
+        // Whole seconds: the migration's clock is SQLite's.
+        assert!(
+            received >= before - 1000 && received <= now_ms(),
+            "{received}"
+        );
     }
 }

@@ -307,6 +307,9 @@ impl Db {
             None
         };
         tx.commit().map_err(q("updating a task"))?;
+        if ev.is_some() {
+            self.touched.task(task_id);
+        }
         Ok(ev)
     }
 
@@ -383,6 +386,7 @@ impl Db {
         )
         .map_err(q("updating a server"))?;
         tx.commit().map_err(q("storing a task status"))?;
+        self.touched.task(&st.task_id);
         Ok(StatusOutcome::Stored(ev))
     }
 
