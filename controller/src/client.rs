@@ -31,6 +31,8 @@ pub enum ClientError {
     /// The API answered with an error body.
     #[error("{0}")]
     Api(ErrorBody),
+    #[error("an event from {url} exceeds {max} bytes; the stream is abandoned")]
+    EventTooLong { url: String, max: usize },
     #[error("unexpected answer from {url} (HTTP {status}): {msg}")]
     Decode {
         url: String,
@@ -44,7 +46,7 @@ impl ClientError {
     pub fn code(&self) -> &str {
         match self {
             ClientError::Api(b) => &b.code,
-            ClientError::Decode { .. } => codes::INTERNAL,
+            ClientError::Decode { .. } | ClientError::EventTooLong { .. } => codes::INTERNAL,
             _ => codes::IO,
         }
     }
@@ -80,6 +82,10 @@ fn read_trimmed(path: &Path) -> Result<String> {
     Ok(s)
 }
 
+/// Most bytes of one server-sent event (its lines and its data), like the protocol's line
+/// limit: a stream that never ends its line must not grow the client without bound.
+pub const MAX_EVENT: usize = molar_protocol::DEFAULT_MAX_LINE;
+
 /// Follows `GET /tasks/{id}/events`: stored events first, then live ones, ending after the
 /// terminal one.
 pub struct TaskEvents {
@@ -87,11 +93,17 @@ pub struct TaskEvents {
     buf: Vec<u8>,
     data: String,
     url: String,
+    /// An event was too long: the stream is over.
+    failed: bool,
 }
 
 impl TaskEvents {
-    /// The next event, or `None` when the stream ended.
+    /// The next event, or `None` when the stream ended. An event longer than [`MAX_EVENT`]
+    /// is an error, after which the stream ends.
     pub async fn next(&mut self) -> Option<Result<TaskEvent>> {
+        if self.failed {
+            return None;
+        }
         loop {
             while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
@@ -117,6 +129,15 @@ impl TaskEvents {
                     self.data.push_str(d.strip_prefix(' ').unwrap_or(d));
                 }
                 // `event:`, `id:` and `:` keep-alive comments need nothing.
+            }
+            if self.buf.len() + self.data.len() > MAX_EVENT {
+                self.failed = true;
+                self.buf = Vec::new();
+                self.data = String::new();
+                return Some(Err(ClientError::EventTooLong {
+                    url: self.url.clone(),
+                    max: MAX_EVENT,
+                }));
             }
             match self.resp.chunk().await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
@@ -293,6 +314,7 @@ impl Client {
             buf: Vec::new(),
             data: String::new(),
             url,
+            failed: false,
         })
     }
 

@@ -425,3 +425,56 @@ async fn a_client_that_never_sends_its_handshake_is_closed() {
     shutdown.cancel();
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_event_stream_that_never_ends_its_line_is_abandoned_at_the_cap() {
+    use molar_controller::client::{Client, ClientError, MAX_EVENT};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // An HTTPS server with the controller's certificate answering any request with an event
+    // stream whose first line never ends.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = molar_controller::pki::load_or_create(dir.path(), &[]).unwrap();
+    let tls = molar_controller::pki::server_config(&pki, &[b"http/1.1"]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut s = tokio_rustls::TlsAcceptor::from(tls)
+            .accept(tcp)
+            .await
+            .unwrap();
+        let mut req = vec![0u8; 4096];
+        let _ = s.read(&mut req).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: ")
+            .await
+            .unwrap();
+        let chunk = vec![b'a'; 64 * 1024];
+        // Until the client hangs up (or far past the cap, which would be the bug).
+        while counter.load(Ordering::SeqCst) < 64 * MAX_EVENT {
+            if s.write_all(&chunk).await.is_err() {
+                break;
+            }
+            counter.fetch_add(chunk.len(), Ordering::SeqCst);
+        }
+    });
+    let ca = std::fs::read(&pki.ca_pem_path).unwrap();
+    let client = Client::new(
+        &format!("https://{addr}"),
+        molar_protocol::Secret::new("x"),
+        &ca,
+    )
+    .unwrap();
+    let mut events = client.task_events("t-1").await.unwrap();
+    let err = events.next().await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, ClientError::EventTooLong { max, .. } if max == MAX_EVENT),
+        "{err}"
+    );
+    assert!(err.to_string().contains("exceeds 1048576 bytes"), "{err}");
+    assert!(events.next().await.is_none());
+    drop(events);
+    server.await.unwrap();
+    assert!(sent.load(Ordering::SeqCst) < 64 * MAX_EVENT);
+}
