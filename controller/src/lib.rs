@@ -1,8 +1,9 @@
 //! molar controller: the daemon (`molar serve`) and the library its CLI and tests share.
 //!
 //! Code map:
-//! - [`store`]: the embedded SQLite store (servers, connections, tokens, tasks, task events,
-//!   logs) with versioned migrations.
+//! - [`store`]: the embedded SQLite store (servers, connections, tokens, BMCs, tasks, task
+//!   events, logs; one file per table group) with versioned migrations and retention, run on
+//!   store threads behind an async handle.
 //! - [`pki`]: the state directory: CA, server certificate, admin token.
 //! - [`identity`]: which stored server an agent is.
 //! - [`fleet`]: live agent connections, commands and tasks sent to them, task event bus, and
