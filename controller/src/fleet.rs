@@ -351,7 +351,8 @@ impl Fleet {
             .or(channels.first());
         let mac = lan.and_then(|c| c.mac.clone());
         let ip = lan.and_then(|c| c.ip).map(|ip| ip.to_string());
-        self.store
+        let stored = self
+            .store
             .set_bmc(
                 server_id,
                 crate::store::BmcCredentials {
@@ -363,8 +364,14 @@ impl Fleet {
                     source: "in_band".into(),
                 },
             )
-            .await?;
-        tracing::info!(server = %server_id, username = %creds.username, mac = ?mac, ip = ?ip, "BMC credentials stored");
+            .await;
+        // The BMC has the new password now: failing here would lose the caller's only copy.
+        match stored {
+            Ok(()) => {
+                tracing::info!(server = %server_id, username = %creds.username, mac = ?mac, ip = ?ip, "BMC credentials stored")
+            }
+            Err(e) => tracing::error!(server = %server_id, error = %e, "storing BMC credentials"),
+        }
         Ok(raw)
     }
 
@@ -484,15 +491,21 @@ impl Fleet {
         let params = Self::task_params(params)?;
         let peer = self.peer(server_id).await?;
         let task_id = format!("t-{}", crate::pki::random_hex(8));
-        let stored = Value::Object(params.clone());
-        self.store
-            .create_task(&task_id, server_id, method, stored)
-            .await?;
         let command = TaskCommand {
             task_id: &task_id,
             params: &params,
         };
-        let command = serde_json::to_value(command).unwrap_or(Value::Null);
+        let command = serde_json::to_value(command).map_err(|e| FleetError::Call {
+            server: server_id.to_owned(),
+            method: method.to_owned(),
+            source: CallError::Encode {
+                method: method.to_owned(),
+                msg: e.to_string(),
+            },
+        })?;
+        self.store
+            .create_task(&task_id, server_id, method, Value::Object(params))
+            .await?;
         match peer
             .call_timeout(method, command, TASK_ACCEPT_TIMEOUT)
             .await
