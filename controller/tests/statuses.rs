@@ -56,6 +56,25 @@ async fn busy_is_503() {
 }
 
 #[tokio::test]
+async fn an_agent_not_ready_yet_is_503() {
+    let (c, _a, sid) = with_agent().await;
+    let path = format!("/servers/{sid}/call");
+    assert_eq!(
+        post(&c, &path, r#"{"method":"task.list"}"#).await,
+        (503, "not_ready".into())
+    );
+    assert_eq!(
+        post(
+            &c,
+            &path,
+            r#"{"method":"chassis.boot_device","params":{"device":"pxe"}}"#
+        )
+        .await,
+        (503, "hardware_not_ready".into())
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_task_is_404_from_the_agent_and_from_the_controller() {
     let (c, _a, sid) = with_agent().await;
     let path = format!("/servers/{sid}/call");

@@ -159,6 +159,8 @@ pub fn fake_handler_with(inventory: Arc<AtomicBool>) -> Arc<dyn Handler> {
                 "task.cancel" => Err(ErrorBody::new("unknown_task", "no task t-x")),
                 "bmc.reset" => Err(ErrorBody::new("io_error", "the BMC did not answer")),
                 "chassis.power" => Err(ErrorBody::new("unauthorized", "the BMC refused")),
+                "chassis.boot_device" => Err(ErrorBody::new("hardware_not_ready", "coldplug")),
+                "task.list" => Err(ErrorBody::new("not_ready", "handshake not taken in")),
                 "status" => std::future::pending().await,
                 other => Err(ErrorBody::new(
                     "unknown_method",
