@@ -30,13 +30,15 @@ const INIT_DIED: &[&str] = &["Attempted to kill init", "Kernel panic"];
 
 /// Waits until the console proves `/init` is the agent and alive; fails on a kernel panic.
 fn assert_init_runs(vm: &molar_tests::lab::Qemu, from: usize) -> String {
-    let line = vm
-        .wait_for_any_from(
-            from,
-            &[&[INIT_RUNS], INIT_DIED].concat(),
-            Duration::from_secs(60),
-        )
-        .unwrap();
+    let waited = vm.wait_for_any_from(
+        from,
+        &[&[INIT_RUNS], INIT_DIED].concat(),
+        Duration::from_secs(60),
+    );
+    let line = match waited {
+        Ok(line) => line,
+        Err(e) => panic!("/init never got the network up: {e}"),
+    };
     let console = vm.console();
     let tail = console.get(from..).unwrap_or("");
     assert!(
@@ -112,7 +114,7 @@ fn bmc_owns_the_servers_power() {
         .unwrap();
     let vm = sim.vm().unwrap();
     vm.wait_for_console(RUN_INIT, BOOT_TIMEOUT).unwrap();
-    assert_init_runs(&vm, 0);
+    assert_init_runs(vm, 0);
     let status = sim
         .ipmitool_ok("ipmiusr", "test", &["chassis", "power", "status"])
         .unwrap();
