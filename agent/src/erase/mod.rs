@@ -15,6 +15,7 @@
 //! Overwrite speed: the device is opened with `O_DIRECT`; writes are 4 MiB aligned buffers,
 //! [`WRITERS_PER_DEVICE`] in flight, so the device queue never drains between requests.
 
+mod expect;
 mod plan;
 mod probe;
 mod progress;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::disks::settle::{self, SettleError, SettleRule};
 use crate::disks::{self, DiskError};
 use crate::hw::{ata, block, nvme};
 use crate::safety::{self, Authority, ClearedTarget};
@@ -57,8 +59,10 @@ const MIB: u64 = 1 << 20;
 /// What to erase and how (the params, with defaults applied).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EraseRequest {
-    /// `None`: every whole disk.
+    /// `None`: every whole disk, once the block devices have settled.
     pub devices: Option<Vec<String>>,
+    /// Serials or WWNs of disks that must be present and erased, or nothing is.
+    pub expect: Vec<String>,
     pub exclude: Vec<String>,
     pub method: EraseMethod,
     pub verify: bool,
@@ -72,6 +76,7 @@ impl Default for EraseRequest {
     fn default() -> Self {
         EraseRequest {
             devices: None,
+            expect: Vec::new(),
             exclude: Vec::new(),
             method: EraseMethod::Auto,
             verify: true,
@@ -85,6 +90,7 @@ impl EraseRequest {
     pub fn from_params(p: &DiskEraseParams) -> EraseRequest {
         EraseRequest {
             devices: p.devices.clone(),
+            expect: p.expect.clone().unwrap_or_default(),
             exclude: p.exclude.clone().unwrap_or_default(),
             method: p.method.unwrap_or_default(),
             verify: p.verify.unwrap_or(true),
@@ -104,6 +110,8 @@ pub struct EraseEnv {
     pub verify_samples: usize,
     /// How often the progress callback is called.
     pub progress_interval: Duration,
+    /// How long "every disk" waits for the block devices to settle first.
+    pub settle: SettleRule,
 }
 
 impl EraseEnv {
@@ -113,6 +121,7 @@ impl EraseEnv {
             authority,
             verify_samples: 256,
             progress_interval: Duration::from_millis(250),
+            settle: SettleRule::default(),
         }
     }
 }
@@ -122,6 +131,19 @@ impl EraseEnv {
 pub enum EraseError {
     #[error("enumerating block devices: {0}")]
     Enumerate(#[from] DiskError),
+    #[error(transparent)]
+    Settle(#[from] SettleError),
+    #[error(
+        "expected disks are missing, so nothing was erased: {} (the serial or wwn of none of \
+         the {present} block devices present)",
+        missing.join(", ")
+    )]
+    ExpectedMissing {
+        missing: Vec<String>,
+        present: usize,
+    },
+    #[error("expected disks would not be erased, so nothing was: {}", disks.join("; "))]
+    ExpectedNotErased { disks: Vec<String> },
     #[error(
         "opening {device}: device is busy (mounted, held by dm/md, or opened exclusively by \
          another program)"
@@ -213,6 +235,9 @@ impl EraseError {
     pub fn code(&self) -> &'static str {
         match self {
             EraseError::Enumerate(e) => e.code(),
+            EraseError::Settle(e) => e.code(),
+            EraseError::ExpectedMissing { .. } => molar_protocol::codes::EXPECTED_DISK_MISSING,
+            EraseError::ExpectedNotErased { .. } => molar_protocol::codes::REFUSED,
             EraseError::Busy { .. } => "device_busy",
             EraseError::Open { .. } => "device_open_failed",
             EraseError::Block { source, .. } => source.code(),
@@ -491,9 +516,14 @@ pub fn failure_message(r: &EraseReport) -> Option<String> {
 
 /// Erase the devices `req` asks for. Blocking; run it on a blocking thread.
 ///
+/// Without `req.devices` ("every disk"), first waits for the block devices to settle
+/// ([`disks::settle`]) and fails with `hardware_not_ready` if they do not. Every disk in
+/// `req.expect` must then be present and cleared by the safety rules, or the run fails
+/// with `expected_disk_missing` (or `refused`) before erasing anything.
+///
 /// `progress` is called from this thread every `env.progress_interval` and once at the
-/// end. Fails as a whole only if the disks cannot be enumerated; everything else is
-/// reported per device.
+/// end. Fails as a whole only on those checks or if the disks cannot be enumerated;
+/// everything else is reported per device.
 pub fn run(
     req: &EraseRequest,
     env: &EraseEnv,
@@ -501,6 +531,14 @@ pub fn run(
     cancel: &CancellationToken,
 ) -> Result<EraseReport, EraseError> {
     let start = Instant::now();
+    if req.devices.is_none() {
+        let s = settle::wait(&env.root, &env.settle, cancel)?;
+        tracing::info!(
+            waited_ms = s.waited.as_millis() as u64,
+            block_devices = s.block_devices,
+            "block devices settled"
+        );
+    }
     let all = disks::enumerate(&env.root)?;
     let (targets, skipped) = safety::select_targets(
         &env.root,
@@ -509,6 +547,18 @@ pub fn run(
         req.devices.as_deref(),
         &req.exclude,
     );
+    match expect::check(&env.root, &all, &targets, &skipped, &req.expect) {
+        None => {}
+        Some(expect::ExpectProblem::Missing(missing)) => {
+            return Err(EraseError::ExpectedMissing {
+                missing,
+                present: all.len(),
+            });
+        }
+        Some(expect::ExpectProblem::NotErased(disks)) => {
+            return Err(EraseError::ExpectedNotErased { disks });
+        }
+    }
     let states: Vec<DevState> = targets
         .iter()
         .map(|t| {
@@ -654,6 +704,91 @@ pub fn run(
 mod tests {
     use super::*;
 
+    /// The settle rule in milliseconds, so "every disk" runs do not wait seconds.
+    fn fast_settle(mut env: EraseEnv) -> EraseEnv {
+        env.settle = SettleRule {
+            quiet: Duration::from_millis(5),
+            timeout: Duration::from_millis(200),
+            poll: Duration::from_millis(1),
+        };
+        env
+    }
+
+    fn untouched(dev: &Path) -> bool {
+        std::fs::read(dev).unwrap().iter().all(|b| *b == 0xa5)
+    }
+
+    #[test]
+    fn every_disk_fails_hardware_not_ready_and_erases_nothing_when_nvme_is_not_live() {
+        let (f, dev) = fixture_with_file_disk(MIB);
+        f.write("sys/class/nvme/nvme1/state", "connecting\n");
+        let env = fast_settle(EraseEnv::new(f.root(), Authority::Ramdisk));
+        let e = run(
+            &EraseRequest::default(),
+            &env,
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), "hardware_not_ready");
+        assert!(e.to_string().contains("nvme1 is connecting"), "{e}");
+        assert!(untouched(&dev));
+        // Named devices need no settling: the same tree erases vda.
+        let r = run(
+            &vda_request(EraseMethod::Overwrite),
+            &env,
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert_eq!(r.erased, 1, "{r:#?}");
+    }
+
+    #[test]
+    fn a_missing_expected_disk_fails_the_run_and_erases_nothing() {
+        let (f, dev) = fixture_with_file_disk(MIB);
+        let env = fast_settle(EraseEnv::new(f.root(), Authority::Ramdisk));
+        let req = EraseRequest {
+            expect: vec!["vblk1".into(), "S9GONE".into()],
+            method: EraseMethod::Overwrite,
+            ..Default::default()
+        };
+        let e = run(&req, &env, &|_| {}, &CancellationToken::new()).unwrap_err();
+        assert_eq!(e.code(), "expected_disk_missing");
+        assert!(e.to_string().contains(": S9GONE (the serial"), "{e}");
+        assert!(untouched(&dev));
+    }
+
+    #[test]
+    fn an_expected_disk_refused_by_safety_fails_the_run_and_erases_nothing() {
+        let (f, dev) = fixture_with_file_disk(MIB);
+        let env = fast_settle(EraseEnv::new(f.root(), Authority::Ramdisk));
+        // sda (serial S5Y1NX) holds the root filesystem.
+        let req = EraseRequest {
+            expect: vec!["vblk1".into(), "S5Y1NX".into()],
+            method: EraseMethod::Overwrite,
+            ..Default::default()
+        };
+        let e = run(&req, &env, &|_| {}, &CancellationToken::new()).unwrap_err();
+        assert_eq!(e.code(), "refused");
+        assert!(
+            e.to_string().contains("S5Y1NX (/dev/sda): skipped: "),
+            "{e}"
+        );
+        assert!(untouched(&dev));
+    }
+
+    #[test]
+    fn expected_disks_that_are_present_are_erased() {
+        let (f, dev) = fixture_with_file_disk(MIB);
+        let env = fast_settle(EraseEnv::new(f.root(), Authority::Ramdisk));
+        let mut req = vda_request(EraseMethod::Overwrite);
+        req.expect = vec!["vblk1".into()];
+        let r = run(&req, &env, &|_| {}, &CancellationToken::new()).unwrap();
+        assert_eq!(r.erased, 1, "{r:#?}");
+        assert!(std::fs::read(&dev).unwrap().iter().all(|b| *b == 0));
+    }
+
     #[test]
     fn request_from_params_applies_defaults() {
         let r = EraseRequest::from_params(&DiskEraseParams::default());
@@ -670,7 +805,7 @@ mod tests {
     #[test]
     fn run_on_fixture_skips_everything_on_host_without_allow_list() {
         let f = crate::disks::tests::sample();
-        let env = EraseEnv::new(f.root(), Authority::Host { allowed: vec![] });
+        let env = fast_settle(EraseEnv::new(f.root(), Authority::Host { allowed: vec![] }));
         let calls = std::sync::atomic::AtomicUsize::new(0);
         let r = run(
             &EraseRequest::default(),
@@ -808,7 +943,7 @@ mod tests {
     #[test]
     fn run_fails_whole_when_enumeration_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let env = EraseEnv::new(dir.path(), Authority::Ramdisk);
+        let env = fast_settle(EraseEnv::new(dir.path(), Authority::Ramdisk));
         let e = run(
             &EraseRequest::default(),
             &env,
