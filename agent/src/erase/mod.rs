@@ -16,6 +16,7 @@
 //! [`WRITERS_PER_DEVICE`] in flight, so the device queue never drains between requests.
 
 mod expect;
+mod hardware;
 mod plan;
 mod probe;
 mod progress;
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, SystemClock};
 use crate::disks::settle::{self, SettleError, SettleRule};
 use crate::disks::{self, DiskError};
 use crate::hw::{ata, block, nvme};
@@ -46,6 +48,7 @@ pub use plan::{AtaCaps, Capabilities, NvmeCaps, Plan, PlanError, Step, metadata_
 pub use progress::{DeviceProgress, EraseProgress, Phase};
 pub use steps::{CHUNK, WRITERS_PER_DEVICE};
 
+use hardware::EraseHardware;
 use probe::probe;
 use progress::{DevState, snapshot};
 use steps::run_step;
@@ -198,6 +201,17 @@ pub enum EraseError {
     AtaSecurityStillEnabled { device: String },
     #[error("{device}: nvme sanitize failed (sanitize status log reports failure)")]
     SanitizeFailed { device: String },
+    #[error(
+        "{device}: nvme sanitize still in progress after {} s ({percent}% done), well past \
+         the drive's own estimate; the controller finishes it on its own: read its sanitize \
+         status log before retrying",
+        waited.as_secs()
+    )]
+    SanitizeTimeout {
+        device: String,
+        waited: Duration,
+        percent: u32,
+    },
     #[error("writing {device} at offset {offset}: {source}")]
     Write {
         device: String,
@@ -249,6 +263,7 @@ impl EraseError {
             EraseError::AtaCountExpired { .. } => "ata_count_expired",
             EraseError::AtaSecurityStillEnabled { .. } => "ata_security_still_enabled",
             EraseError::SanitizeFailed { .. } => "nvme_sanitize_failed",
+            EraseError::SanitizeTimeout { .. } => "nvme_sanitize_timeout",
             EraseError::Write { .. } => "write_failed",
             EraseError::Read { .. } => "read_failed",
             EraseError::Sync { .. } => "sync_failed",
@@ -266,9 +281,13 @@ impl EraseError {
     }
 }
 
+/// One device being erased: where to write and read, how to send it commands, and the
+/// clock that bounds its polls.
 struct Ctx<'a> {
     device: String,
     file: &'a File,
+    hw: &'a dyn EraseHardware,
+    clock: &'a dyn Clock,
     size: u64,
     lbs: u64,
     st: &'a DevState,
@@ -377,9 +396,13 @@ fn erase_one(
         .map(u64::from)
         .unwrap_or(t.disk().logical_block_size_or_default() as u64)
         .max(512);
+    let hw = hardware::Device(&file);
+    let clock = SystemClock::new();
     let ctx = Ctx {
         device: device.clone(),
         file: &file,
+        hw: &hw,
+        clock: &clock,
         size,
         lbs,
         st,
@@ -416,15 +439,42 @@ fn erase_one(
     } else {
         Vec::new()
     };
+    run_plan(
+        &ctx,
+        plan.steps,
+        &caps,
+        req,
+        env.verify_samples,
+        &regions,
+        &mut out,
+    );
+    out
+}
 
+/// Try `steps` in order until one erases (and, when asked, verifies) the device; record
+/// the outcome in `out`. Cancellation is checked before every step.
+fn run_plan(
+    ctx: &Ctx<'_>,
+    mut steps: Vec<Step>,
+    caps: &Capabilities,
+    req: &EraseRequest,
+    verify_samples: usize,
+    regions: &[(u64, u64)],
+    out: &mut Outcome,
+) {
+    let device = &ctx.device;
+    let st = ctx.st;
     let t0 = Instant::now();
-    let mut steps = plan.steps.clone();
     let mut i = 0;
     while i < steps.len() {
         let step = steps[i];
         i += 1;
+        if ctx.cancel.is_cancelled() {
+            out.error = Some(ctx.cancelled());
+            break;
+        }
         st.set_phase(Phase::Erasing);
-        match run_step(&ctx, step, &caps, req, &regions) {
+        match run_step(ctx, step, caps, req, regions) {
             Ok(()) => {
                 out.method = Some(step.erased_with());
                 out.error = None;
@@ -433,6 +483,7 @@ fn erase_one(
                 out.error = Some(e);
                 break;
             }
+            // The next iteration stops there if the run was cancelled meanwhile.
             Err(e) if i < steps.len() => {
                 out.notes.push(format!(
                     "{} failed, trying the next method: {e}",
@@ -451,8 +502,8 @@ fn erase_one(
             break;
         }
         st.set_phase(Phase::Verifying);
-        let regions_opt = (step == Step::Metadata).then_some(regions.as_slice());
-        match verify(&ctx, env.verify_samples, regions_opt) {
+        let regions_opt = (step == Step::Metadata).then_some(regions);
+        match verify(ctx, verify_samples, regions_opt) {
             Ok(v) if v.passed => {
                 out.verification = Some(v);
                 out.error = None;
@@ -487,7 +538,6 @@ fn erase_one(
     if out.erase_time.is_zero() {
         out.erase_time = t0.elapsed();
     }
-    out
 }
 
 /// `None` when every attempted device was erased (skipped devices are not failures); else
@@ -712,6 +762,72 @@ mod tests {
             poll: Duration::from_millis(1),
         };
         env
+    }
+
+    #[test]
+    fn cancellation_between_steps_tries_no_further_step() {
+        use hardware::fake::{Call, Recording};
+        use nvme::SecureEraseSetting as S;
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(MIB).unwrap();
+        let cancel = std::sync::Arc::new(CancellationToken::new());
+        let c = cancel.clone();
+        // The format fails, and the operator cancels while it runs.
+        let hw = Recording {
+            fail: vec![Call::NvmeFormat(S::UserData)],
+            on_call: Some(Box::new(move |_| c.cancel())),
+            ..Default::default()
+        };
+        let st = DevState {
+            device: "/dev/fake".into(),
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(MIB),
+            phase: AtomicU8::new(0),
+        };
+        let clock = crate::clock::FakeClock::new();
+        let ctx = Ctx {
+            device: st.device.clone(),
+            file: &file,
+            hw: &hw,
+            clock: &clock,
+            size: MIB,
+            lbs: 512,
+            st: &st,
+            cancel: &cancel,
+        };
+        let caps = Capabilities {
+            nvme: Some(NvmeCaps {
+                format: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut out = Outcome {
+            method: None,
+            verification: None,
+            error: None,
+            notes: Vec::new(),
+            erase_time: Duration::ZERO,
+        };
+        let steps = vec![
+            Step::NvmeFormat(S::UserData),
+            Step::SecureDiscard,
+            Step::Overwrite,
+        ];
+        run_plan(
+            &ctx,
+            steps,
+            &caps,
+            &EraseRequest::default(),
+            0,
+            &[],
+            &mut out,
+        );
+        assert_eq!(hw.calls(), [Call::NvmeFormat(S::UserData)]);
+        assert_eq!(out.error.as_ref().map(EraseError::code), Some("cancelled"));
+        assert_eq!(out.method, None);
+        // Nothing was written by the overwrite that never ran.
+        assert_eq!(st.done.load(Ordering::Relaxed), 0);
     }
 
     fn untouched(dev: &Path) -> bool {

@@ -6,7 +6,6 @@ use rand::Rng;
 
 use super::steps::AlignedBuf;
 use super::{Ctx, EraseError, MIB, Verification};
-use crate::hw::block;
 
 /// Read size of verification.
 const VERIFY_CHUNK: usize = 1 << 20;
@@ -19,7 +18,7 @@ pub(super) fn verify(
     regions: Option<&[(u64, u64)]>,
 ) -> Result<Verification, EraseError> {
     // Reads after a hardware erase must come from the device, not stale cache.
-    let _ = block::flush_buffers(ctx.file);
+    let _ = ctx.hw.flush_buffers();
     let blk = ctx.lbs.max(4096);
     let mut ranges: Vec<(u64, u64)> = match regions {
         Some(r) => r.to_vec(),
@@ -99,6 +98,8 @@ mod tests {
         let ctx = Ctx {
             device: st.device.clone(),
             file: &file,
+            hw: &crate::erase::hardware::Device(&file),
+            clock: &crate::clock::SystemClock::new(),
             size: 4 * MIB,
             lbs: 512,
             st: &st,
