@@ -23,10 +23,9 @@ mod progress;
 mod steps;
 mod verify;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -328,26 +327,6 @@ impl Ctx<'_> {
     }
 }
 
-fn open_device(path: &Path) -> io::Result<File> {
-    // O_EXCL on a block device: the kernel refuses (EBUSY) if it is mounted, held by
-    // dm/md, or opened exclusively by anyone else — the safety rules, enforced again.
-    let open = |direct: bool| {
-        let mut flags = libc::O_EXCL | libc::O_CLOEXEC;
-        if direct {
-            flags |= libc::O_DIRECT;
-        }
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(flags)
-            .open(path)
-    };
-    match open(true) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => open(false),
-        r => r,
-    }
-}
-
 struct Outcome {
     method: Option<ErasedWith>,
     verification: Option<Verification>,
@@ -380,7 +359,7 @@ fn erase_one(
         return out;
     }
     st.set_phase(Phase::Erasing);
-    let file = match open_device(t.dev_path()) {
+    let file = match crate::directio::open(t.dev_path()) {
         Ok(f) => f,
         Err(source) if source.raw_os_error() == Some(libc::EBUSY) => {
             out.error = Some(EraseError::Busy { device });
@@ -830,7 +809,7 @@ mod tests {
         assert_eq!(st.done.load(Ordering::Relaxed), 0);
     }
 
-    fn untouched(dev: &Path) -> bool {
+    fn untouched(dev: &std::path::Path) -> bool {
         std::fs::read(dev).unwrap().iter().all(|b| *b == 0xa5)
     }
 

@@ -1,151 +1,52 @@
 //! The erase steps: overwrite (O_DIRECT, several requests in flight), discard / secure
 //! discard / zero-out ioctls, NVMe format and sanitize, ATA security erase.
 
-use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-use rand::{RngCore, SeedableRng};
 
 use super::hardware::RangeOp;
 use super::plan::{AtaCaps, Capabilities, NvmeCaps, Step};
 use super::{Ctx, EraseError, EraseRequest};
+use crate::directio;
 use crate::hw::{ata, nvme};
 
 /// Size of one overwrite request.
-pub const CHUNK: usize = 4 << 20;
+pub use crate::directio::CHUNK;
 /// Overwrite requests in flight per device.
-pub const WRITERS_PER_DEVICE: usize = 4;
+pub use crate::directio::REQUESTS_IN_FLIGHT as WRITERS_PER_DEVICE;
 /// Bytes per discard / zero-out ioctl (a progress and cancellation point).
 const IOCTL_CHUNK: u64 = 1 << 30;
 /// Temporary ATA user password, set only for the duration of the erase.
 const ATA_TEMP_PASSWORD: &[u8] = b"molar-erase";
 
-/// A heap buffer whose usable part is aligned for `O_DIRECT`.
-pub(super) struct AlignedBuf {
-    raw: Vec<u8>,
-    off: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    const ALIGN: usize = 4096;
-    pub(super) fn zeroed(len: usize) -> AlignedBuf {
-        let raw = vec![0u8; len + Self::ALIGN];
-        let off = raw.as_ptr().align_offset(Self::ALIGN);
-        AlignedBuf { raw, off, len }
-    }
-    pub(super) fn as_slice(&self) -> &[u8] {
-        &self.raw[self.off..self.off + self.len]
-    }
-    pub(super) fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[self.off..self.off + self.len]
-    }
-}
-
-/// One aligned `CHUNK` of zeroes shared by every writer of every device.
-fn zeros() -> &'static [u8] {
-    static ZEROS: std::sync::OnceLock<AlignedBuf> = std::sync::OnceLock::new();
-    ZEROS.get_or_init(|| AlignedBuf::zeroed(CHUNK)).as_slice()
-}
-
-/// The `CHUNK`-sized pieces of a list of regions, by index.
-struct ChunkList<'a> {
-    regions: &'a [(u64, u64)],
-    /// Index of the first chunk of each region, plus the total at the end.
-    first: Vec<u64>,
-}
-
-impl<'a> ChunkList<'a> {
-    fn new(regions: &'a [(u64, u64)]) -> ChunkList<'a> {
-        let mut first = Vec::with_capacity(regions.len() + 1);
-        let mut n = 0;
-        for (_, len) in regions {
-            first.push(n);
-            n += len.div_ceil(CHUNK as u64);
-        }
-        first.push(n);
-        ChunkList { regions, first }
-    }
-    fn len(&self) -> u64 {
-        self.first.last().copied().unwrap_or(0)
-    }
-    /// (offset, length) of chunk `i`.
-    fn get(&self, i: u64) -> Option<(u64, u64)> {
-        if i >= self.len() {
-            return None;
-        }
-        // The region whose first chunk is the last one ≤ i.
-        let r = self.first.partition_point(|f| *f <= i) - 1;
-        let (start, len) = *self.regions.get(r)?;
-        let off = start + (i - self.first[r]) * CHUNK as u64;
-        Some((off, (CHUNK as u64).min(start + len - off)))
-    }
-}
-
-/// Overwrite `regions` with zeros (last pass) or random data, `WRITERS_PER_DEVICE` requests
-/// in flight. `done_base` is the progress already accounted before this pass.
+/// Overwrite `regions` with zeros (last pass) or random data, through the shared direct
+/// writer.
 fn write_regions(ctx: &Ctx<'_>, regions: &[(u64, u64)], random: bool) -> Result<(), EraseError> {
-    // Work items are CHUNK pieces of the regions, numbered across regions and computed on
-    // demand (a list of them would take 80 MB for a 20 TB disk).
-    let items = ChunkList::new(regions);
-    let next = AtomicU64::new(0);
-    let stop = AtomicBool::new(false);
-    let first_err: Mutex<Option<EraseError>> = Mutex::new(None);
-    let writers = (WRITERS_PER_DEVICE as u64).min(items.len()).max(1) as usize;
-    std::thread::scope(|s| {
-        for _ in 0..writers {
-            s.spawn(|| {
-                // Zero passes share one read-only buffer for the whole process; only
-                // random passes need a buffer per writer.
-                let mut own = random.then(|| AlignedBuf::zeroed(CHUNK));
-                let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
-                loop {
-                    if stop.load(Ordering::Relaxed) || ctx.cancel.is_cancelled() {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((off, len)) = items.get(i) else {
-                        return;
-                    };
-                    let data: &[u8] = match own.as_mut() {
-                        Some(buf) => {
-                            let d = &mut buf.as_mut()[..len as usize];
-                            rng.fill_bytes(d);
-                            d
-                        }
-                        None => &zeros()[..len as usize],
-                    };
-                    if let Err(source) = ctx.file.write_all_at(data, off) {
-                        stop.store(true, Ordering::Relaxed);
-                        let mut e = first_err.lock().unwrap_or_else(|p| p.into_inner());
-                        // Keep the lowest failing offset: it says how far the device got.
-                        let replace = match &*e {
-                            Some(EraseError::Write { offset, .. }) => off < *offset,
-                            _ => true,
-                        };
-                        if replace {
-                            *e = Some(EraseError::Write {
-                                device: ctx.device.clone(),
-                                offset: off,
-                                source,
-                            });
-                        }
-                        return;
-                    }
-                    ctx.st.done.fetch_add(len, Ordering::Relaxed);
-                }
-            });
-        }
-    });
-    if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
+    let source = if random {
+        directio::Source::Random
+    } else {
+        directio::Source::Zeros
+    };
+    let progress = |n: u64| {
+        ctx.st.done.fetch_add(n, Ordering::Relaxed);
+    };
+    match directio::write_regions(ctx.file, regions, source, &progress, ctx.cancel) {
+        Ok(_) => Ok(()),
+        Err(directio::DirectIoError::Cancelled { .. }) => Err(ctx.cancelled()),
+        Err(directio::DirectIoError::Write { offset, source }) => Err(EraseError::Write {
+            device: ctx.device.clone(),
+            offset,
+            source,
+        }),
+        Err(directio::DirectIoError::Sync(source)) => Err(EraseError::Sync {
+            device: ctx.device.clone(),
+            source,
+        }),
+        Err(e) => Err(EraseError::Internal {
+            device: ctx.device.clone(),
+            msg: e.to_string(),
+        }),
     }
-    if ctx.cancel.is_cancelled() {
-        return Err(ctx.cancelled());
-    }
-    ctx.sync()
 }
 
 fn step_overwrite(ctx: &Ctx<'_>, passes: u32) -> Result<(), EraseError> {
@@ -390,7 +291,7 @@ mod tests {
     use crate::erase::DevState;
     use crate::erase::hardware::fake::{self, Call, Recording};
     use nvme::{SanitizeAction as A, SanitizeState as SS, SecureEraseSetting as SES};
-    use std::sync::atomic::AtomicU8;
+    use std::sync::atomic::{AtomicU8, AtomicU64};
     use tokio_util::sync::CancellationToken;
 
     const SIZE: u64 = 1 << 20;
@@ -612,22 +513,5 @@ mod tests {
                 Call::NvmeFormat(SES::UserData)
             ]
         );
-    }
-    #[test]
-    fn chunk_list_covers_regions_exactly() {
-        let c = CHUNK as u64;
-        let regions = [(0, 2 * c + 512), (10 * c, 0), (20 * c, c)];
-        let l = ChunkList::new(&regions);
-        assert_eq!(l.len(), 4);
-        assert_eq!(l.get(0), Some((0, c)));
-        assert_eq!(l.get(1), Some((c, c)));
-        assert_eq!(l.get(2), Some((2 * c, 512)));
-        assert_eq!(l.get(3), Some((20 * c, c)));
-        assert_eq!(l.get(4), None);
-        assert_eq!(ChunkList::new(&[]).get(0), None);
-        let huge = [(0u64, 20u64 << 40)];
-        let l = ChunkList::new(&huge);
-        assert_eq!(l.len(), (20u64 << 40) / c);
-        assert_eq!(l.get(l.len() - 1), Some(((20u64 << 40) - c, c)));
     }
 }

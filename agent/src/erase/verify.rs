@@ -4,8 +4,8 @@ use std::os::unix::fs::FileExt;
 
 use rand::Rng;
 
-use super::steps::AlignedBuf;
 use super::{Ctx, EraseError, MIB, Verification};
+use crate::directio::AlignedBuf;
 
 /// Read size of verification.
 const VERIFY_CHUNK: usize = 1 << 20;
@@ -46,7 +46,7 @@ pub(super) fn verify(
                 return Err(ctx.cancelled());
             }
             let n = (VERIFY_CHUNK as u64).min(start + len - off) as usize;
-            let data = &mut buf.as_mut()[..n];
+            let data = &mut buf.as_mut_slice()[..n];
             ctx.file
                 .read_exact_at(data, off)
                 .map_err(|source| EraseError::Read {
