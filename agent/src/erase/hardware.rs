@@ -255,3 +255,22 @@ pub(crate) mod fake {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real implementation reaches the device: on a plain file every command fails
+    /// with the kernel's answer, typed, instead of pretending to have worked.
+    #[test]
+    fn the_real_device_sends_real_commands() {
+        let file = tempfile::tempfile().unwrap();
+        let d = Device(&file);
+        let e = d.block_range(RangeOp::Discard, 0, 4096).unwrap_err();
+        assert_eq!(e.errno(), Some(nix::Error::ENOTTY));
+        assert!(d.block_range(RangeOp::ZeroOut, 0, 4096).is_err());
+        assert!(d.nvme_sanitize_status().unwrap_err().errno().is_some());
+        assert!(d.ata_identify().unwrap_err().errno().is_some());
+        assert!(d.flush_buffers().is_err());
+    }
+}

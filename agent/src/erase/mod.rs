@@ -1,18 +1,20 @@
 //! The disk erase engine behind `decom.disk_erase` and `molar-agent erase`.
 //!
-//! One call, [`run`], enumerates the disks, lets [`crate::safety`] decide which ones may be
-//! destroyed, then erases the cleared ones in parallel (each on its own thread, overwrites
-//! with a few writer threads per disk), verifies them by reading back, and returns the
+//! One call, [`run`], waits for the block devices to settle when asked for every disk,
+//! enumerates them, lets [`crate::safety`] decide which ones may be destroyed, checks that
+//! every disk the controller expects is among them, then erases the cleared ones in
+//! parallel (each on its own thread), verifies them by reading back, and returns the
 //! per-device report. It is blocking: the task engine runs it on a blocking thread and
 //! cancels it through the [`CancellationToken`].
 //!
 //! The engine is split along its seams: `plan` chooses the steps (a pure function of probed
 //! capabilities, unit-tested on capability fixtures), `probe` reads those capabilities from
-//! a device, `steps` runs one erase step, `verify` reads back, `progress` tracks bytes per
+//! a device, `steps` runs one erase step and sends its commands through the
+//! `hardware::EraseHardware` trait (over `crate::hw`, or a recording fake in tests),
+//! `expect` checks the expected disks, `verify` reads back, `progress` tracks bytes per
 //! device. This module owns the request, the errors and the per-device orchestration.
-//! Hardware access goes through `crate::hw`.
 //!
-//! Overwrite speed: the device is opened with `O_DIRECT`; writes are 4 MiB aligned buffers,
+//! Overwrite speed: [`crate::directio`] writes 4 MiB aligned `O_DIRECT` requests,
 //! [`WRITERS_PER_DEVICE`] in flight, so the device queue never drains between requests.
 
 mod expect;

@@ -1,5 +1,6 @@
-//! The erase steps: overwrite (O_DIRECT, several requests in flight), discard / secure
-//! discard / zero-out ioctls, NVMe format and sanitize, ATA security erase.
+//! The erase steps: overwrite (through [`crate::directio`]), discard / secure discard /
+//! zero-out, NVMe format and sanitize (polled with an overall bound), ATA security erase.
+//! Device commands go through [`super::hardware::EraseHardware`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
