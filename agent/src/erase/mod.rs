@@ -894,9 +894,11 @@ mod tests {
             passes: Some(0),
             verify: Some(false),
             concurrency: Some(2),
+            expect: Some(vec!["S5Y1NX".into()]),
             ..Default::default()
         });
         assert_eq!((r.passes, r.verify, r.concurrency), (1, false, 2));
+        assert_eq!(r.expect, ["S5Y1NX"]);
     }
 
     #[test]
