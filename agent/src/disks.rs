@@ -8,6 +8,11 @@
 //! A missing or unreadable attribute becomes `None` (or an empty list): one odd device must
 //! not hide the others. Only the two things the safety layer cannot do without fail the whole
 //! enumeration: the list of block devices and the mount table.
+//!
+//! [`settle`] waits, before a "every disk" enumeration, until the set of devices has stopped
+//! changing.
+
+pub mod settle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

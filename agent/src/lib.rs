@@ -10,6 +10,8 @@
 pub mod bmc;
 pub mod capabilities;
 pub mod cli;
+pub mod clock;
+pub mod directio;
 pub mod disks;
 pub mod erase;
 pub mod hw;
