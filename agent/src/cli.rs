@@ -183,9 +183,11 @@ fn read_token(path: Option<&PathBuf>) -> anyhow::Result<Secret> {
 /// The methods an agent on a host offers for the machine under `root`: only `allow_host`
 /// devices may be erased; power actions only with `allow_power`.
 pub fn host_methods(root: &std::path::Path, allow_host: &[String], allow_power: bool) -> Methods {
-    let mut machine = crate::capabilities::Machine::host(root.to_owned(), allow_host);
-    machine.power_allowed = allow_power;
-    crate::capabilities::methods(&machine)
+    let authority = crate::authority::Authority::host(allow_host, allow_power);
+    crate::capabilities::methods(&crate::capabilities::Machine::new(
+        root.to_owned(),
+        authority,
+    ))
 }
 
 struct EraseArgs {

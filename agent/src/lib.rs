@@ -6,7 +6,9 @@
 //! prepares the machine first. `main.rs` only calls [`cli::main`].
 //!
 //! Architecture invariant: only `hw` issues ioctls; only `ramdisk` assumes it is PID 1;
-//! destructive actions pass through `safety`.
+//! every action that changes the machine is decided by [`authority::Authority::decide`], and
+//! device actions pass through `safety`.
+pub mod authority;
 pub mod bmc;
 pub mod capabilities;
 pub mod cli;

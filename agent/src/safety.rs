@@ -1,11 +1,11 @@
-//! The one narrow gate every destructive action (erase, image write) goes through.
+//! The one narrow gate every destructive action on a device (erase, image write) goes through.
 //!
-//! DESIGN.md "Safety of destructive operations": the agent acts only when it is PID 1 of the
-//! ramdisk, or when the operator named the devices with `--allow-host`; never on a device
-//! with a mounted filesystem (on the disk, its partitions or anything stacked on them), a
-//! holder (dm, md, bcache …), the device the system booted from, removable media unless
-//! named, or a partition unless named. Each refusal is a typed [`Refusal`] that the caller
-//! reports as `skipped: <reason>`.
+//! DESIGN.md "Safety of destructive operations": the agent acts on a device only when its
+//! [`Authority`] allows it (the ramdisk's init, or a device the operator named with
+//! `--allow-host`: [`crate::authority`] decides); never on a device with a mounted filesystem
+//! (on the disk, its partitions or anything stacked on them), a holder (dm, md, bcache …), the
+//! device the system booted from, removable media unless named, or a partition unless named.
+//! Each refusal is a typed [`Refusal`] that the caller reports as `skipped: <reason>`.
 //!
 //! The only way to obtain a [`ClearedTarget`] — what destructive code takes as input — is
 //! [`select_targets`], so a device that was not checked cannot be erased by mistake. The
@@ -15,18 +15,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::authority::{Action, Device};
 use crate::disks::{Disk, Partition, Transport};
 
-/// Who allows destruction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Authority {
-    /// The agent is PID 1 of the ramdisk: every local disk is fair game (subject to the
-    /// other rules).
-    Ramdisk,
-    /// Running on some host: only the devices named explicitly with `--allow-host`, by
-    /// kernel name or path (`loop3`, `/dev/loop3`, `/dev/disk/by-id/…`).
-    Host { allowed: Vec<String> },
-}
+/// Who may change the machine; kept at this path for the erase engine.
+pub use crate::authority::Authority;
 
 /// Why a device was not touched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,18 +159,17 @@ pub fn device_name(root: &Path, spec: &str) -> String {
     spec.to_owned()
 }
 
-/// Check one device; `named` says the operator asked for it by name.
+/// Check one device for `action`; `named` says the operator asked for it by name.
 fn check(
+    root: &Path,
     authority: &Authority,
-    allowed: &BTreeSet<String>,
+    action: DeviceAction,
     disk: &Disk,
     partition: Option<&Partition>,
     named: bool,
 ) -> Result<(), Refusal> {
     let name = partition.map_or(&disk.name, |p| &p.name);
-    if let Authority::Host { .. } = authority
-        && !allowed.contains(name)
-    {
+    if authority.decide(&action(Device { root, name })).is_err() {
         return Err(Refusal::NotAllowedOnHost);
     }
     if disk.boot_device {
@@ -227,7 +219,10 @@ fn in_default_set(d: &Disk) -> bool {
 /// (label, (disk index, partition index) when found, named by the operator)
 type Candidate = (String, Option<(usize, Option<usize>)>, bool);
 
-/// Decide which devices may be destroyed. `devices = None` means every whole disk.
+/// Which device action a selection is for: `|d| Action::Erase(d)`, `|d| Action::WriteImage(d)`...
+pub type DeviceAction = for<'a> fn(Device<'a>) -> Action<'a>;
+
+/// Decide which devices may be erased. `devices = None` means every whole disk.
 /// Returns the cleared targets and the skipped devices with their reasons.
 pub fn select_targets(
     root: &Path,
@@ -236,10 +231,25 @@ pub fn select_targets(
     devices: Option<&[String]>,
     exclude: &[String],
 ) -> (Vec<ClearedTarget>, Vec<Skipped>) {
-    let allowed: BTreeSet<String> = match authority {
-        Authority::Host { allowed } => allowed.iter().map(|s| device_name(root, s)).collect(),
-        Authority::Ramdisk => BTreeSet::new(),
-    };
+    select_targets_for(
+        root,
+        disks,
+        authority,
+        |d| Action::Erase(d),
+        devices,
+        exclude,
+    )
+}
+
+/// [`select_targets`] for any device action (an image write asks about `Action::WriteImage`).
+pub fn select_targets_for(
+    root: &Path,
+    disks: &[Disk],
+    authority: &Authority,
+    action: DeviceAction,
+    devices: Option<&[String]>,
+    exclude: &[String],
+) -> (Vec<ClearedTarget>, Vec<Skipped>) {
     let excluded: BTreeSet<String> = exclude.iter().map(|s| device_name(root, s)).collect();
 
     let mut candidates: Vec<Candidate> = Vec::new();
@@ -298,7 +308,7 @@ pub fn select_targets(
             });
             continue;
         }
-        match check(authority, &allowed, disk, part, named) {
+        match check(root, authority, action, disk, part, named) {
             Ok(()) => cleared_idx.push((di, pi)),
             Err(refusal) => skipped.push(Skipped {
                 device: label,
@@ -471,6 +481,18 @@ mod tests {
         let none = Authority::Host { allowed: vec![] };
         let (t, _) = select_targets(f.root(), &disks, &none, Some(&list), &[]);
         assert!(t.is_empty());
+        // --allow-host-power changes nothing about devices; every device action asks the same.
+        let power = Authority::host(&["/dev/loop0".into()], true);
+        let actions: [DeviceAction; 3] = [
+            |d| Action::Erase(d),
+            |d| Action::WriteImage(d),
+            |d| Action::EditPartitions(d),
+        ];
+        for action in actions {
+            let (t, s) = select_targets_for(f.root(), &disks, &power, action, Some(&list), &[]);
+            assert_eq!(names(&t), ["loop0"]);
+            assert_eq!(codes(&s), [("vda".to_owned(), "not_allowed_on_host")]);
+        }
     }
 
     #[test]

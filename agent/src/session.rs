@@ -11,15 +11,16 @@ use crate::tasks::{TaskEngine, TaskRegistry};
 use crate::tls::{self, Trust};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use molar_protocol::catalogue::Handshake;
+use molar_protocol::catalogue::{Handshake, Method, Status, TaskCancel, TaskList, TaskMethod};
 use molar_protocol::methods::{
-    Empty, HandshakeParams, ModuleReport, StatusResult, TaskListResult, TaskRef, parse_params,
+    HandshakeParams, ModuleReport, StatusResult, TaskListResult, TaskRef, parse_params,
 };
 use molar_protocol::{
     CallError, CloseReason, ErrorBody, Handler, Peer, PeerConfig, PeerHandle, Secret, codes,
 };
 use serde_json::Value;
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,6 +61,36 @@ impl Methods {
         self.tasks.register(method, task);
         self
     }
+
+    /// Registers the handler of catalogue method `M`: its params are decoded as `M::Params`
+    /// (anything else is answered `invalid_params` before `f` runs) and its typed result is
+    /// encoded.
+    pub fn handle<M, F, Fut>(&mut self, f: F) -> &mut Self
+    where
+        M: Method,
+        F: Fn(M::Params) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<M::Result, ErrorBody>> + Send + 'static,
+    {
+        self.call(M::NAME, move |params| {
+            let answer = parse_params::<M::Params>(M::NAME, params).map(&f);
+            async move { encode_result(&answer?.await?) }
+        })
+    }
+
+    /// Registers `task` as catalogue task `M`, whose params it takes.
+    pub fn task_method<M, T>(&mut self, task: T) -> &mut Self
+    where
+        M: TaskMethod,
+        T: crate::tasks::Task<Params = M::Params>,
+    {
+        self.task(M::NAME, task)
+    }
+}
+
+/// A method's typed result as the JSON it is answered with.
+pub fn encode_result<T: serde::Serialize>(result: &T) -> Result<Value, ErrorBody> {
+    serde_json::to_value(result)
+        .map_err(|e| ErrorBody::new(codes::INTERNAL, format!("encoding result: {e}")))
 }
 
 /// Backoff between connection attempts.
@@ -244,27 +275,22 @@ impl Agent {
         method: String,
         params: Value,
     ) -> Result<Value, ErrorBody> {
-        let to_value = |v: Result<Value, serde_json::Error>| {
-            v.map_err(|e| ErrorBody::new(codes::INTERNAL, format!("encoding result: {e}")))
-        };
         match method.as_str() {
-            "status" => {
-                parse_params::<Empty>(&method, params)?;
-                to_value(serde_json::to_value(self.status()))
+            Status::NAME => {
+                parse_params::<<Status as Method>::Params>(&method, params)?;
+                encode_result(&self.status())
             }
-            "task.list" => {
-                parse_params::<Empty>(&method, params)?;
-                to_value(serde_json::to_value(TaskListResult {
+            TaskList::NAME => {
+                parse_params::<<TaskList as Method>::Params>(&method, params)?;
+                encode_result(&TaskListResult {
                     tasks: self.engine.list(),
-                }))
+                })
             }
-            "task.cancel" => {
+            TaskCancel::NAME => {
                 let r: TaskRef = parse_params(&method, params)?;
-                to_value(serde_json::to_value(self.engine.cancel(&r.task_id)?))
+                encode_result(&self.engine.cancel(&r.task_id)?)
             }
-            m if self.engine.handles(m) => {
-                to_value(serde_json::to_value(self.engine.submit(m, params)?))
-            }
+            m if self.engine.handles(m) => encode_result(&self.engine.submit(m, params)?),
             m => match self.calls.get(m) {
                 Some(f) => f(params).await,
                 None => Err(ErrorBody::new(
@@ -378,6 +404,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use molar_protocol::methods::Empty;
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

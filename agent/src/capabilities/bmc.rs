@@ -1,20 +1,20 @@
 //! The BMC and chassis methods (`bmc.*`, `chassis.*`) over in-band IPMI: the BMC is opened
 //! per operation under one process-wide lock, so a credential change never interleaves with
-//! a read.
+//! a read. `chassis.power` (other than `status`) and `bmc.reset` answer first and act after
+//! ([`answer_then_act`]).
 
-use super::{HardwareReady, Machine, blocking};
+use super::{Machine, answer_then_act, blocking};
+use crate::authority::Action;
 use crate::bmc;
 use crate::hw::ipmi::IpmiDevice;
 use crate::session::Methods;
-use molar_protocol::bmc::{
-    BmcResetParams, BootDeviceParams, ChassisPowerParams, ChassisPowerResult, PowerAction,
-    SetCredentialsParams,
+use molar_protocol::ErrorBody;
+use molar_protocol::bmc::{BmcResetResult, ChassisPowerResult, PowerAction};
+use molar_protocol::catalogue::{
+    BmcInfoGet, BmcReset, BmcSetCredentials, ChassisBootDevice, ChassisPower,
 };
-use molar_protocol::methods::{Empty, parse_params};
-use molar_protocol::{ErrorBody, codes};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 impl From<bmc::BmcError> for ErrorBody {
     fn from(e: bmc::BmcError) -> Self {
@@ -31,29 +31,20 @@ impl From<crate::hw::ipmi::IpmiError> for ErrorBody {
 /// The BMC, opened per operation under one process-wide lock.
 #[derive(Clone)]
 pub(super) struct Bmc {
-    pub(super) root: PathBuf,
-    pub(super) lock: Arc<Mutex<()>>,
-    pub(super) ready: HardwareReady,
-    pub(super) power_allowed: bool,
+    root: PathBuf,
+    lock: Arc<Mutex<()>>,
 }
 
 impl Bmc {
-    /// Refuses an action that can take the machine (or its BMC) away, outside the ramdisk.
-    fn may_act(&self, what: &str) -> Result<(), ErrorBody> {
-        if self.power_allowed {
-            return Ok(());
+    /// The BMC under `root` (`/dev/ipmi0`), with a lock of its own.
+    pub(super) fn new(root: PathBuf) -> Bmc {
+        Bmc {
+            root,
+            lock: Arc::new(Mutex::new(())),
         }
-        Err(ErrorBody::new(
-            codes::REFUSED,
-            format!(
-                "{what} refused: not running as the ramdisk's init (on a host, start the agent \
-                 with --allow-host-power)"
-            ),
-        ))
     }
-}
 
-impl Bmc {
+    /// Opens the BMC and runs `f` on it, holding the lock. Blocks: call on the blocking pool.
     pub(super) fn run<T, F>(&self, f: F) -> Result<T, ErrorBody>
     where
         F: FnOnce(&mut IpmiDevice) -> Result<T, bmc::BmcError>,
@@ -64,119 +55,91 @@ impl Bmc {
     }
 }
 
-pub(super) fn bmc_at(machine: &Machine) -> Bmc {
-    Bmc {
-        root: machine.root.clone(),
-        lock: Arc::new(Mutex::new(())),
-        ready: machine.ready.clone(),
-        power_allowed: machine.power_allowed,
-    }
-}
-
 /// Registers the BMC and chassis methods.
-pub(super) fn register(m: &mut Methods, dev: Bmc) {
+pub(super) fn register(m: &mut Methods, machine: &Machine, dev: Bmc) {
+    let ready = &machine.ready;
     let d = dev.clone();
-    m.call("bmc.info", move |params| {
-        let d = d.clone();
-        async move {
-            parse_params::<Empty>("bmc.info", params)?;
-            d.ready.wait().await;
-            blocking(move || d.run(bmc::info)).await
-        }
-    });
+    m.hardware::<BmcInfoGet, _, _>(ready, move |_| d.run(bmc::info));
 
     let d = dev.clone();
-    m.call("bmc.set_credentials", move |params| {
-        let d = d.clone();
-        async move {
-            let p: SetCredentialsParams = parse_params("bmc.set_credentials", params)?;
-            d.ready.wait().await;
-            // The result carries the password to the controller; it is never logged.
-            let r = blocking(move || d.run(|t| bmc::set_credentials(t, &p))).await;
-            match &r {
-                Ok(v) => tracing::info!(user_id = %v["user_id"], username = %v["username"], "BMC credentials set"),
-                Err(e) => tracing::warn!(error = %e, "setting BMC credentials failed"),
+    m.hardware::<BmcSetCredentials, _, _>(ready, move |p| {
+        // The result carries the password to the controller; it is never logged.
+        let r = d.run(|t| bmc::set_credentials(t, &p));
+        match &r {
+            Ok(v) => {
+                tracing::info!(user_id = v.user_id, username = %v.username, "BMC credentials set")
             }
-            r
+            Err(e) => tracing::warn!(error = %e, "setting BMC credentials failed"),
         }
+        r
     });
 
     let d = dev.clone();
-    m.call("bmc.reset", move |params| {
-        let d = d.clone();
+    m.hardware::<ChassisBootDevice, _, _>(ready, move |p| d.run(|t| bmc::boot_device(t, &p)));
+
+    let (d, r, authority) = (dev.clone(), ready.clone(), machine.authority.clone());
+    m.handle::<BmcReset, _, _>(move |p| {
+        let (d, ready, authority) = (d.clone(), r.clone(), authority.clone());
         async move {
-            let p: BmcResetParams = parse_params("bmc.reset", params)?;
-            d.may_act("bmc.reset")?;
-            d.ready.wait().await;
-            blocking(move || d.run(|t| bmc::reset(t, p.kind))).await
+            let kind = p.kind;
+            // Opening the BMC first proves there is one before the reset is promised.
+            let probe = d.clone();
+            let answer = async move {
+                ready.wait().await?;
+                blocking(move || probe.run(|_| Ok(()))).await?;
+                Ok(BmcResetResult { kind })
+            };
+            answer_then_act(&authority, Action::BmcReset, answer, move || {
+                d.run(|t| bmc::reset(t, kind)).map(drop)
+            })
+            .await
         }
     });
 
-    let d = dev.clone();
-    m.call("chassis.boot_device", move |params| {
-        let d = d.clone();
+    let (r, authority) = (ready.clone(), machine.authority.clone());
+    m.handle::<ChassisPower, _, _>(move |p| {
+        let (d, ready, authority) = (dev.clone(), r.clone(), authority.clone());
         async move {
-            let p: BootDeviceParams = parse_params("chassis.boot_device", params)?;
-            d.ready.wait().await;
-            blocking(move || d.run(|t| bmc::boot_device(t, &p))).await
-        }
-    });
-
-    m.call("chassis.power", move |params| {
-        let d = dev.clone();
-        async move {
-            let p: ChassisPowerParams = parse_params("chassis.power", params)?;
-            if p.action != PowerAction::Status {
-                d.may_act(&format!("chassis.power {:?}", p.action).to_lowercase())?;
-            }
-            d.ready.wait().await;
             let action = p.action;
             // Reading the status first proves the BMC answers before we promise anything.
-            let status = {
-                let d = d.clone();
-                blocking(move || d.run(bmc::chassis_status)).await?
+            let reader = d.clone();
+            let answer = async move {
+                ready.wait().await?;
+                let status = blocking(move || reader.run(bmc::chassis_status)).await?;
+                Ok(ChassisPowerResult { action, status })
             };
-            let status = serde_json::from_value(status)
-                .map_err(|e| ErrorBody::new(codes::INTERNAL, format!("chassis status: {e}")))?;
-            if action != PowerAction::Status {
-                // Answer first, then act: after a power action there may be nobody left to
-                // send the answer.
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    tracing::warn!(?action, "chassis power action");
-                    let r =
-                        tokio::task::spawn_blocking(move || d.run(|t| bmc::power(t, action))).await;
-                    if let Ok(Err(e)) = r {
-                        tracing::error!(error = %e, "chassis power action failed");
-                    }
-                });
+            if action == PowerAction::Status {
+                return answer.await;
             }
-            serde_json::to_value(ChassisPowerResult { action, status })
-                .map_err(|e| ErrorBody::new(codes::INTERNAL, format!("encoding result: {e}")))
+            answer_then_act(
+                &authority,
+                Action::ChassisPower(action),
+                answer,
+                move || d.run(|t| bmc::power(t, action)),
+            )
+            .await
         }
     });
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::capabilities::{HardwareReady, Machine, methods};
-    use crate::safety::Authority;
+    use crate::authority::Authority;
+    use crate::capabilities::{Machine, methods};
     use crate::session::{Agent, AgentConfig};
     use crate::tls::Trust;
-    use molar_protocol::Secret;
+    use molar_protocol::{Secret, codes};
     use serde_json::json;
 
     /// Without /dev/ipmi0 every BMC method answers with the device error, naming the fix.
     #[tokio::test]
     async fn bmc_methods_without_a_device_say_which_modules_to_load() {
         let root = tempfile::tempdir().unwrap();
-        let m = methods(&Machine {
-            root: root.path().to_owned(),
-            authority: Authority::Host { allowed: vec![] },
-            power_allowed: true,
-            ready: HardwareReady::default(),
-        });
+        // Power allowed: the refusal must not hide the missing device.
+        let m = methods(&Machine::new(
+            root.path().to_owned(),
+            Authority::host(&[], true),
+        ));
         let mut cfg = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
         cfg.root = root.path().to_owned();
         let agent = Agent::new(cfg, m, crate::logfwd::LogBuffer::new(1));
@@ -192,6 +155,7 @@ mod tests {
                 json!({"device": "pxe", "persistent": false, "efi": false}),
             ),
             ("chassis.power", json!({"action": "status"})),
+            ("chassis.power", json!({"action": "cycle"})),
         ] {
             let err = agent
                 .clone()
@@ -252,12 +216,7 @@ mod tests {
     #[tokio::test]
     async fn bmc_methods_reject_hostile_params_before_touching_the_bmc() {
         let root = tempfile::tempdir().unwrap();
-        let m = methods(&Machine {
-            root: root.path().to_owned(),
-            authority: Authority::Host { allowed: vec![] },
-            power_allowed: false,
-            ready: HardwareReady::default(),
-        });
+        let m = methods(&Machine::host(root.path().to_owned(), &[]));
         let agent = Agent::new(
             AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
             m,

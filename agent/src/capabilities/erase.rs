@@ -47,7 +47,10 @@ impl Task for DiskErase {
 
     async fn run(&self, params: DiskEraseParams, ctx: TaskContext) -> Result<Value, TaskFailure> {
         // Every disk's driver must be loaded before "every disk" means anything.
-        self.ready.wait().await;
+        self.ready
+            .wait()
+            .await
+            .map_err(|e| TaskFailure::new(&e.code, e.msg))?;
         let env = self.env.clone();
         let req = EraseRequest::from_params(&params);
         let cancel = ctx.cancel_token().clone();

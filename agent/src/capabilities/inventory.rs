@@ -1,27 +1,21 @@
 //! `inventory`: the whole hardware inventory, with the BMC section when a BMC answers.
 
+use super::Machine;
 use super::bmc::Bmc;
-use super::{HardwareReady, Machine, blocking};
 use crate::bmc;
 use crate::session::Methods;
 use molar_protocol::ErrorBody;
-use molar_protocol::methods::{Empty, parse_params};
+use molar_protocol::catalogue::InventoryGet;
+use molar_protocol::inventory::{Inventory, Note};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
-/// The whole hardware inventory, with the BMC section when a BMC answers.
-pub fn inventory(root: &Path, bmc_lock: &Arc<Mutex<()>>) -> molar_protocol::inventory::Inventory {
+/// The whole hardware inventory under `root`, with the BMC section when `dev` answers.
+fn collect(root: &Path, dev: &Bmc) -> Inventory {
     let mut inv = crate::inventory::collect(root, &crate::inventory::CollectOptions::default());
-    let dev = Bmc {
-        root: root.to_owned(),
-        lock: bmc_lock.clone(),
-        ready: HardwareReady::default(),
-        power_allowed: false,
-    };
     match dev.run(bmc::info) {
         Ok(info) => inv.bmc = Some(info),
         Err(e) if e.code == "ipmi_no_device" => {}
-        Err(e) => inv.notes.push(molar_protocol::inventory::Note {
+        Err(e) => inv.notes.push(Note {
             path: "/dev/ipmi0".into(),
             reason: format!("BMC not inventoried: {}", e.msg),
         }),
@@ -30,26 +24,17 @@ pub fn inventory(root: &Path, bmc_lock: &Arc<Mutex<()>>) -> molar_protocol::inve
 }
 
 /// Registers `inventory`.
-pub(super) fn register(m: &mut Methods, machine: &Machine, bmc_lock: Arc<Mutex<()>>) {
+pub(super) fn register(m: &mut Methods, machine: &Machine, dev: Bmc) {
     let root = machine.root.clone();
-    let ready = machine.ready.clone();
-    m.call("inventory", move |params| {
-        let root = root.clone();
-        let lock = bmc_lock.clone();
-        let ready = ready.clone();
-        async move {
-            parse_params::<Empty>("inventory", params)?;
-            ready.wait().await;
-            blocking(move || Ok::<_, ErrorBody>(inventory(&root, &lock))).await
-        }
+    m.hardware::<InventoryGet, _, _>(&machine.ready, move |_| {
+        Ok::<_, ErrorBody>(collect(&root, &dev))
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capabilities::{HardwareReady, Machine, methods};
-    use crate::safety::Authority;
+    use crate::capabilities::{Machine, methods};
     use crate::session::{Agent, AgentConfig};
     use crate::tls::Trust;
     use molar_protocol::Secret;
@@ -60,12 +45,7 @@ mod tests {
     async fn inventory_of_a_fixture_tree_and_its_bad_params() {
         let fixture =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inventory/qemu-q35");
-        let m = methods(&Machine {
-            root: fixture.clone(),
-            authority: Authority::Host { allowed: vec![] },
-            power_allowed: false,
-            ready: HardwareReady::default(),
-        });
+        let m = methods(&Machine::host(fixture.clone(), &[]));
         let agent = Agent::new(
             AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
             m,

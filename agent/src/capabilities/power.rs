@@ -1,85 +1,124 @@
-//! `reboot` and `poweroff`: sync, then reboot(2).
+//! `reboot` and `poweroff`: answered, then sync and reboot(2) ([`answer_then_act`]), when the
+//! agent's [`Authority`] allows it.
 
+use super::answer_then_act;
+use crate::authority::{Action, Authority};
+use crate::ramdisk::RamdiskError;
 use crate::ramdisk::sys::System;
 use crate::session::Methods;
-use molar_protocol::methods::{Empty, parse_params};
-use molar_protocol::{ErrorBody, codes};
+use molar_protocol::catalogue::{Method, Poweroff, Reboot};
+use molar_protocol::methods::{Empty, PowerResult};
 use std::sync::Arc;
-use std::time::Duration;
 
-/// `reboot` and `poweroff`: sync, then reboot(2), only as PID 1 of the ramdisk. The refusal
-/// is checked before answering; the action itself happens after the answer went out.
-pub(super) fn register(m: &mut Methods, sys: Arc<dyn System>) {
-    for method in ["reboot", "poweroff"] {
-        let sys = sys.clone();
-        m.call(method, move |params| {
-            let sys = sys.clone();
-            async move {
-                parse_params::<Empty>(method, params)?;
-                let pid = sys.pid();
-                if pid != 1 {
-                    let refused = crate::ramdisk::RamdiskError::NotInit {
-                        action: method,
-                        pid,
-                    };
-                    return Err(ErrorBody::new(codes::REFUSED, refused.to_string()));
-                }
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    let r = tokio::task::spawn_blocking(move || match method {
-                        "reboot" => crate::ramdisk::reboot(sys.as_ref()),
-                        _ => crate::ramdisk::poweroff(sys.as_ref()),
-                    })
-                    .await;
-                    if let Ok(Err(e)) = r {
-                        tracing::error!(error = %e, "{method} failed");
-                    }
-                });
-                Ok(serde_json::json!({ "action": method }))
-            }
-        });
-    }
+/// Registers `reboot` and `poweroff`.
+pub(super) fn register(m: &mut Methods, authority: &Authority, sys: Arc<dyn System>) {
+    register_one::<Reboot>(
+        m,
+        authority,
+        sys.clone(),
+        Action::Reboot,
+        crate::ramdisk::reboot,
+    );
+    register_one::<Poweroff>(
+        m,
+        authority,
+        sys,
+        Action::Poweroff,
+        crate::ramdisk::poweroff,
+    );
+}
+
+fn register_one<M>(
+    m: &mut Methods,
+    authority: &Authority,
+    sys: Arc<dyn System>,
+    action: Action<'static>,
+    act: fn(&dyn System) -> Result<(), RamdiskError>,
+) where
+    M: Method<Params = Empty, Result = PowerResult>,
+{
+    let authority = authority.clone();
+    m.handle::<M, _, _>(move |_| {
+        let (authority, sys) = (authority.clone(), sys.clone());
+        async move {
+            let answer = async {
+                Ok(PowerResult {
+                    action: M::NAME.to_owned(),
+                })
+            };
+            answer_then_act(&authority, action, answer, move || act(sys.as_ref())).await
+        }
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capabilities::{HardwareReady, Machine, methods_with_system};
-    use crate::safety::Authority;
+    use crate::capabilities::{ACT_AFTER, Machine, methods_with_system};
+    use crate::ramdisk::sys::{Call, RebootMode, RecordingSystem};
     use crate::session::{Agent, AgentConfig};
     use crate::tls::Trust;
-    use molar_protocol::Secret;
+    use molar_protocol::{Secret, codes};
     use serde_json::json;
+    use std::time::Duration;
 
-    #[tokio::test]
-    async fn reboot_and_poweroff_are_refused_outside_the_ramdisk_and_act_inside() {
-        use crate::ramdisk::sys::{Call, RecordingSystem};
-        let host = Arc::new(RecordingSystem {
-            pid: 4242,
-            ..RecordingSystem::default()
-        });
-        let machine = Machine {
-            root: "/nonexistent".into(),
-            authority: Authority::Host { allowed: vec![] },
-            power_allowed: false,
-            ready: HardwareReady::default(),
-        };
-        let agent = Agent::new(
+    fn agent(authority: Authority, sys: Arc<RecordingSystem>) -> Arc<Agent> {
+        let machine = Machine::new("/nonexistent".into(), authority);
+        Agent::new(
             AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
-            methods_with_system(&machine, host.clone()),
+            methods_with_system(&machine, sys),
             crate::logfwd::LogBuffer::new(1),
-        );
-        for method in ["reboot", "poweroff"] {
+        )
+    }
+
+    fn reboots(sys: &RecordingSystem) -> Vec<RebootMode> {
+        sys.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Reboot(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Lets every task that can run, run, without moving the (paused) clock.
+    async fn yields() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Waits until `sys` saw `n` calls: the action's blocking call runs on a real thread.
+    async fn until_calls(sys: &RecordingSystem, n: usize) {
+        for _ in 0..10_000 {
+            if sys.calls().len() >= n {
+                return;
+            }
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("only {:?} happened", sys.calls());
+    }
+
+    /// Authority comes from how the agent was started, not from its pid: a host agent that
+    /// happens to be PID 1 (a container) is refused, one given --allow-host-power is not.
+    #[tokio::test(start_paused = true)]
+    async fn reboot_and_poweroff_are_refused_on_a_host_whatever_its_pid() {
+        let pid1 = Arc::new(RecordingSystem::default());
+        let agent = agent(Authority::host(&["/dev/loop0".into()], false), pid1.clone());
+        for method in [Reboot::NAME, Poweroff::NAME] {
             let err = agent
                 .clone()
                 .dispatch(method.into(), json!({}))
                 .await
                 .unwrap_err();
             assert_eq!(err.code, codes::REFUSED);
-            assert!(
-                err.msg
-                    .contains(&format!("{method} refused: the agent is not pid 1")),
-                "{err}"
+            assert_eq!(
+                err.msg,
+                format!(
+                    "{method} refused: not running as the ramdisk's init (on a host, start the \
+                     agent with --allow-host-power)"
+                )
             );
             let err = agent
                 .clone()
@@ -88,35 +127,42 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.code, codes::INVALID_PARAMS);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(
-            !host.calls().iter().any(|c| matches!(c, Call::Reboot(_))),
-            "nothing happened on the host"
-        );
+        tokio::time::sleep(ACT_AFTER * 10).await;
+        yields().await;
+        assert!(pid1.calls().is_empty(), "nothing happened on the host");
+    }
 
-        let pid1 = Arc::new(RecordingSystem::default());
-        let agent = Agent::new(
-            AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
-            methods_with_system(&machine, pid1.clone()),
-            crate::logfwd::LogBuffer::new(1),
-        );
-        let answer = agent
-            .clone()
-            .dispatch("reboot".into(), json!({}))
-            .await
-            .unwrap();
-        assert_eq!(answer, json!({"action": "reboot"}));
-        assert!(pid1.calls().is_empty(), "answered before acting");
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        let calls = pid1.calls();
-        let sync = calls
-            .iter()
-            .position(|c| matches!(c, Call::Sync))
-            .expect("synced");
-        let reboot = calls
-            .iter()
-            .position(|c| matches!(c, Call::Reboot(_)))
-            .expect("rebooted");
-        assert!(sync < reboot);
+    /// The answer goes out first; sync and reboot(2) follow once `ACT_AFTER` has passed.
+    #[tokio::test(start_paused = true)]
+    async fn reboot_and_poweroff_answer_then_act_with_authority() {
+        for (authority, pid) in [(Authority::Ramdisk, 1), (Authority::host(&[], true), 4242)] {
+            for (method, mode) in [
+                (Reboot::NAME, RebootMode::Restart),
+                (Poweroff::NAME, RebootMode::PowerOff),
+            ] {
+                let sys = Arc::new(RecordingSystem {
+                    pid,
+                    ..RecordingSystem::default()
+                });
+                let agent = agent(authority.clone(), sys.clone());
+                let answer = agent.dispatch(method.into(), json!({})).await.unwrap();
+                assert_eq!(answer, json!({ "action": method }));
+                assert!(sys.calls().is_empty(), "{method}: answered before acting");
+                tokio::time::advance(ACT_AFTER - Duration::from_millis(1)).await;
+                yields().await;
+                assert!(
+                    sys.calls().is_empty(),
+                    "{method}: acted before {ACT_AFTER:?}"
+                );
+                tokio::time::advance(Duration::from_millis(2)).await;
+                until_calls(&sys, 2).await;
+                assert_eq!(
+                    sys.calls(),
+                    vec![Call::Sync, Call::Reboot(mode)],
+                    "{authority:?} {method}"
+                );
+                assert_eq!(reboots(&sys), [mode]);
+            }
+        }
     }
 }
