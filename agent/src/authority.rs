@@ -56,15 +56,11 @@ pub enum Action<'a> {
     BmcReset,
 }
 
-/// The word for a power action, as the wire spells it.
-fn power_word(action: PowerAction) -> &'static str {
-    match action {
-        PowerAction::Status => "status",
-        PowerAction::On => "on",
-        PowerAction::Off => "off",
-        PowerAction::Soft => "soft",
-        PowerAction::Reset => "reset",
-        PowerAction::Cycle => "cycle",
+/// The word for a power action, as the wire spells it (`off`, `cycle`).
+fn power_word(action: PowerAction) -> String {
+    match serde_json::to_value(action) {
+        Ok(serde_json::Value::String(word)) => word,
+        _ => format!("{action:?}").to_lowercase(),
     }
 }
 

@@ -7,6 +7,8 @@ use crate::tls::Trust;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use molar_protocol::Secret;
+use molar_protocol::catalogue::{InventoryGet, Method};
+use molar_protocol::methods::Empty;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -295,10 +297,26 @@ async fn call_local(root: PathBuf, method: &str, params: serde_json::Value) -> a
     }
 }
 
+/// The local call of catalogue method `M` with typed `params`.
+fn local_call<M: Method>(params: &M::Params) -> anyhow::Result<(&'static str, serde_json::Value)> {
+    Ok((M::NAME, serde_json::to_value(params)?))
+}
+
 fn bmc_call(action: BmcCommand) -> anyhow::Result<(&'static str, serde_json::Value)> {
-    use serde_json::json;
-    Ok(match action {
-        BmcCommand::Info => ("bmc.info", json!({})),
+    use molar_protocol::bmc::{
+        BmcResetParams, BootDeviceParams, ChassisPowerParams, SetCredentialsParams,
+    };
+    use molar_protocol::catalogue::{
+        BmcInfoGet, BmcReset, BmcSetCredentials, ChassisBootDevice, ChassisPower,
+    };
+    fn word<T: std::str::FromStr>(s: &str) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        s.parse().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+    match action {
+        BmcCommand::Info => local_call::<BmcInfoGet>(&Empty {}),
         BmcCommand::SetCredentials {
             username,
             password_file,
@@ -306,31 +324,38 @@ fn bmc_call(action: BmcCommand) -> anyhow::Result<(&'static str, serde_json::Val
             channel,
             privilege,
         } => {
-            let mut p = json!({"username": username, "privilege": privilege});
-            if let Some(f) = password_file {
-                let pw = std::fs::read_to_string(&f)
-                    .with_context(|| format!("reading password file {}", f.display()))?;
-                p["password"] = json!(pw.trim_end_matches(['\n', '\r']));
-            }
-            if let Some(u) = user_id {
-                p["user_id"] = json!(u);
-            }
-            if let Some(c) = channel {
-                p["channel"] = json!(c);
-            }
-            ("bmc.set_credentials", p)
+            let password = match password_file {
+                Some(f) => {
+                    let pw = std::fs::read_to_string(&f)
+                        .with_context(|| format!("reading password file {}", f.display()))?;
+                    Some(Secret::new(pw.trim_end_matches(['\n', '\r'])))
+                }
+                None => None,
+            };
+            local_call::<BmcSetCredentials>(&SetCredentialsParams {
+                username,
+                password,
+                user_id,
+                channel,
+                privilege: word(&privilege)?,
+            })
         }
-        BmcCommand::Reset { kind } => ("bmc.reset", json!({ "kind": kind })),
+        BmcCommand::Reset { kind } => {
+            local_call::<BmcReset>(&BmcResetParams { kind: word(&kind)? })
+        }
         BmcCommand::BootDevice {
             device,
             persistent,
             efi,
-        } => (
-            "chassis.boot_device",
-            json!({"device": device, "persistent": persistent, "efi": efi}),
-        ),
-        BmcCommand::Power { action } => ("chassis.power", json!({ "action": action })),
-    })
+        } => local_call::<ChassisBootDevice>(&BootDeviceParams {
+            device: word(&device)?,
+            persistent,
+            efi,
+        }),
+        BmcCommand::Power { action } => local_call::<ChassisPower>(&ChassisPowerParams {
+            action: word(&action)?,
+        }),
+    }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -514,9 +539,10 @@ pub fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Inventory { root } => {
-                call_local(root, "inventory", serde_json::json!({})).await
-            }
+            Command::Inventory { root } => match local_call::<InventoryGet>(&Empty {}) {
+                Ok((method, params)) => call_local(root, method, params).await,
+                Err(e) => Err(e),
+            },
             Command::Call {
                 method,
                 params,

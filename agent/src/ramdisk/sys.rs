@@ -1,13 +1,16 @@
 //! The narrow side-effect interface of PID 1: every mount, module load, hostname change,
 //! link/address/route change, console redirection, zombie reap and reboot(2) the ramdisk init
-//! performs goes through [`System`]. [`LinuxSystem`] does it for real; [`RecordingSystem`]
-//! records each call with its exact arguments so the init sequence is unit-tested without root
-//! (the shape of youki's `syscall/{linux,test}.rs`). Reads of /proc, /sys and /lib/modules are
+//! performs goes through [`System`]. [`LinuxSystem`] does it for real; `RecordingSystem`
+//! (unit tests only, not in the product) records each call with its exact arguments so the init
+//! sequence is unit-tested without root (the shape of youki's `syscall/{linux,test}.rs`). Reads of /proc, /sys and /lib/modules are
 //! not here: they take a root path like the rest of the agent, so tests use fixture trees.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
+#[cfg(test)]
 use std::sync::Mutex;
 
 use nix::errno::Errno;
@@ -193,6 +196,7 @@ impl System for LinuxSystem {
 }
 
 /// One side effect as [`RecordingSystem`] saw it.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Mount {
@@ -239,6 +243,7 @@ pub enum Call {
 
 /// A fake [`System`] that records every call and answers from a small script: a pid, a kernel
 /// release, and errnos to return for chosen module files or mount targets.
+#[cfg(test)]
 #[derive(Debug)]
 pub struct RecordingSystem {
     /// The record; read it with [`RecordingSystem::calls`].
@@ -258,6 +263,7 @@ pub struct RecordingSystem {
     pub zombies: Vec<i32>,
 }
 
+#[cfg(test)]
 impl Default for RecordingSystem {
     fn default() -> Self {
         Self {
@@ -273,6 +279,7 @@ impl Default for RecordingSystem {
     }
 }
 
+#[cfg(test)]
 impl RecordingSystem {
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<Call> {
@@ -299,6 +306,7 @@ impl RecordingSystem {
     }
 }
 
+#[cfg(test)]
 impl System for RecordingSystem {
     fn mount(
         &self,
