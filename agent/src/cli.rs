@@ -142,8 +142,8 @@ struct RunArgs {
     /// devices). Repeatable. Without it, a host agent refuses every destructive action.
     #[arg(long = "allow-host", value_name = "DEVICE")]
     allow_host: Vec<String>,
-    /// Outside the ramdisk, let the controller power-cycle this machine and reset its BMC
-    /// (chassis.power, bmc.reset). Refused without it.
+    /// Outside the ramdisk, let the controller reboot, power off or power-cycle this machine
+    /// and reset its BMC (reboot, poweroff, chassis.power, bmc.reset). Refused without it.
     #[arg(long)]
     allow_host_power: bool,
 }
