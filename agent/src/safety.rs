@@ -220,6 +220,8 @@ fn in_default_set(d: &Disk) -> bool {
 type Candidate = (String, Option<(usize, Option<usize>)>, bool);
 
 /// Which device action a selection is for: `|d| Action::Erase(d)`, `|d| Action::WriteImage(d)`...
+/// (a closure: the variant itself is not a function for every lifetime, clippy's
+/// `redundant_closure` notwithstanding).
 pub type DeviceAction = for<'a> fn(Device<'a>) -> Action<'a>;
 
 /// Decide which devices may be erased. `devices = None` means every whole disk.
@@ -231,6 +233,7 @@ pub fn select_targets(
     devices: Option<&[String]>,
     exclude: &[String],
 ) -> (Vec<ClearedTarget>, Vec<Skipped>) {
+    #[allow(clippy::redundant_closure)] // see DeviceAction
     select_targets_for(
         root,
         disks,
@@ -483,6 +486,7 @@ mod tests {
         assert!(t.is_empty());
         // --allow-host-power changes nothing about devices; every device action asks the same.
         let power = Authority::host(&["/dev/loop0".into()], true);
+        #[allow(clippy::redundant_closure)] // see DeviceAction
         let actions: [DeviceAction; 3] = [
             |d| Action::Erase(d),
             |d| Action::WriteImage(d),

@@ -2,6 +2,8 @@
 //! dispatches through the catalogue's types (`BmcInfoGet::NAME`), so a renamed method cannot
 //! leave a stale string behind. Unit-test modules may spell names out (they test the wire).
 
+#![allow(clippy::unwrap_used)]
+
 use molar_protocol::catalogue::CATALOGUE;
 use std::path::{Path, PathBuf};
 
