@@ -8,7 +8,20 @@ use molar_protocol::catalogue::CATALOGUE;
 use std::path::{Path, PathBuf};
 
 /// Source trees whose product code must not spell a method name.
-const TREES: &[&str] = &["agent/src"];
+const TREES: &[&str] = &["agent/src", "controller/src"];
+
+/// The same words where they are not method names: `(file, text of the line)`.
+const NOT_METHODS: &[(&str, &str)] = &[
+    // The API's `?inventory` query flag.
+    ("controller/src/api.rs", "k == \"inventory\""),
+    // The server-sent event carrying a task's status.
+    ("controller/src/api.rs", ".event(\"status\")"),
+    // A stored column's name in an error message.
+    (
+        "controller/src/store/servers.rs",
+        "parse_json(\"inventory\"",
+    ),
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -60,7 +73,15 @@ fn no_method_name_is_a_string_literal_outside_protocol() {
         assert!(!files.is_empty(), "no sources under {tree}");
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            let relative = file.strip_prefix(&workspace).unwrap_or(&file).to_owned();
             for (line, name) in method_literals(&text) {
+                let allowed = NOT_METHODS.iter().any(|(f, fragment)| {
+                    relative == Path::new(f) && lines[line - 1].contains(fragment)
+                });
+                if allowed {
+                    continue;
+                }
                 offences.push(format!("{}:{line}: \"{name}\"", file.display()));
             }
         }
