@@ -285,8 +285,9 @@ async fn call_local(root: PathBuf, method: &str, params: serde_json::Value) -> a
     init_logging(tracing::Level::WARN);
     let mut config = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
     config.root = root.clone();
-    // The operator at this machine asked for this one action: power actions are theirs to
-    // take; erasing still needs `molar-agent erase --allow-host`.
+    // The operator at this machine asked for this one action: power actions (`bmc power`,
+    // `call reboot`) are theirs to take, as with --allow-host-power; erasing still needs
+    // `molar-agent erase --allow-host`.
     let agent = Agent::new(config, host_methods(&root, &[], true), LogBuffer::new(1));
     match agent.dispatch(method.to_owned(), params).await {
         Ok(v) => {
