@@ -490,6 +490,62 @@ mod tests {
         assert!(agent.engine().list().is_empty(), "a task was started");
     }
 
+    /// A test-only catalogue-shaped method.
+    struct Suffix;
+    impl Method for Suffix {
+        const NAME: &'static str = "test.suffix";
+        const DIRECTION: molar_protocol::catalogue::Direction =
+            molar_protocol::catalogue::Direction::ToAgent;
+        const KIND: molar_protocol::catalogue::Kind = molar_protocol::catalogue::Kind::Call;
+        type Params = TaskRef;
+        type Result = TaskRef;
+    }
+
+    /// `handle::<M>` answers malformed params with `invalid_params` naming the method, before
+    /// the handler runs, and encodes the typed result.
+    #[tokio::test]
+    async fn typed_handlers_decode_params_and_encode_results() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let ran = Arc::new(AtomicBool::new(false));
+        let mut m = Methods::new();
+        let r = ran.clone();
+        m.handle::<Suffix, _, _>(move |p| {
+            r.store(true, Ordering::SeqCst);
+            async move {
+                Ok(TaskRef {
+                    task_id: format!("{}!", p.task_id),
+                })
+            }
+        });
+        let agent = Agent::new(
+            AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
+            m,
+            LogBuffer::new(1),
+        );
+        for bad in [
+            serde_json::json!({"task_id": 7}),
+            serde_json::json!({"task_id": "a", "x": 1}),
+            serde_json::json!([]),
+        ] {
+            let err = agent
+                .clone()
+                .dispatch(Suffix::NAME.into(), bad)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, codes::INVALID_PARAMS);
+            assert!(
+                err.msg.starts_with("invalid params for test.suffix"),
+                "{err}"
+            );
+        }
+        assert!(!ran.load(Ordering::SeqCst), "the handler ran on bad params");
+        let ok = agent
+            .dispatch(Suffix::NAME.into(), serde_json::json!({"task_id": "a"}))
+            .await
+            .unwrap();
+        assert_eq!(ok, serde_json::json!({"task_id": "a!"}));
+    }
+
     #[test]
     fn config_debug_never_shows_the_token() {
         let c = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::new("s3cret-token"));

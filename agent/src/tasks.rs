@@ -748,7 +748,7 @@ mod tests {
         assert!(e.handles("standby.count"));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn cancel_stops_the_task_and_reports_cancelled() {
         let e = engine();
         e.submit(
