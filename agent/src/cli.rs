@@ -41,6 +41,9 @@ enum Command {
         /// Root under which /dev/ipmi0 is found.
         #[arg(long, default_value = "/", global = true)]
         root: PathBuf,
+        /// Allow `power` actions other than `status`, and `reset`, on this host.
+        #[arg(long, global = true)]
+        allow_host_power: bool,
     },
     /// Print this machine's hardware inventory as JSON (the `inventory` method's result).
     Inventory {
@@ -79,6 +82,10 @@ enum Command {
         params: String,
         #[arg(long, default_value = "/")]
         root: PathBuf,
+        /// Allow reboot, poweroff, chassis power and BMC resets on this host (never needed
+        /// for reads); erasing needs `molar-agent erase --allow-host`.
+        #[arg(long)]
+        allow_host_power: bool,
     },
 }
 
@@ -281,14 +288,22 @@ async fn erase_local(a: EraseArgs) -> anyhow::Result<()> {
 }
 
 /// Runs one method locally, as the controller would, and prints its result.
-async fn call_local(root: PathBuf, method: &str, params: serde_json::Value) -> anyhow::Result<()> {
+async fn call_local(
+    root: PathBuf,
+    method: &str,
+    params: serde_json::Value,
+    allow_power: bool,
+) -> anyhow::Result<()> {
     init_logging(tracing::Level::WARN);
     let mut config = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
     config.root = root.clone();
-    // The operator at this machine asked for this one action: power actions (`bmc power`,
-    // `call reboot`) are theirs to take, as with --allow-host-power; erasing still needs
-    // `molar-agent erase --allow-host`.
-    let agent = Agent::new(config, host_methods(&root, &[], true), LogBuffer::new(1));
+    // A host, like `molar-agent run`: power actions only with --allow-host-power, erasing
+    // only through `molar-agent erase --allow-host`.
+    let agent = Agent::new(
+        config,
+        host_methods(&root, &[], allow_power),
+        LogBuffer::new(1),
+    );
     match agent.dispatch(method.to_owned(), params).await {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -516,8 +531,12 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Init => unreachable!("handled before argument parsing"),
-            Command::Bmc { action, root } => match bmc_call(action) {
-                Ok((method, params)) => call_local(root, method, params).await,
+            Command::Bmc {
+                action,
+                root,
+                allow_host_power,
+            } => match bmc_call(action) {
+                Ok((method, params)) => call_local(root, method, params, allow_host_power).await,
                 Err(e) => Err(e),
             },
             Command::Erase {
@@ -541,15 +560,16 @@ pub fn main() -> ExitCode {
                 .await
             }
             Command::Inventory { root } => match local_call::<InventoryGet>(&Empty {}) {
-                Ok((method, params)) => call_local(root, method, params).await,
+                Ok((method, params)) => call_local(root, method, params, false).await,
                 Err(e) => Err(e),
             },
             Command::Call {
                 method,
                 params,
                 root,
+                allow_host_power,
             } => match serde_json::from_str(&params) {
-                Ok(p) => call_local(root, &method, p).await,
+                Ok(p) => call_local(root, &method, p, allow_host_power).await,
                 Err(e) => Err(anyhow::anyhow!("params are not JSON: {e}")),
             },
         }
@@ -560,5 +580,71 @@ pub fn main() -> ExitCode {
             eprintln!("molar-agent: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Local calls are a host like `run`: power only when the operator says so on the
+    /// command line (a test that ran the real command would reboot the machine it runs on).
+    #[test]
+    fn local_power_needs_allow_host_power() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().command;
+        assert!(matches!(
+            parse(&["molar-agent", "call", "reboot"]),
+            Command::Call {
+                allow_host_power: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["molar-agent", "call", "reboot", "--allow-host-power"]),
+            Command::Call {
+                allow_host_power: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["molar-agent", "bmc", "power", "off"]),
+            Command::Bmc {
+                allow_host_power: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["molar-agent", "bmc", "--allow-host-power", "power", "off"]),
+            Command::Bmc {
+                allow_host_power: true,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_local_reboot_without_the_flag_is_refused_before_anything_happens() {
+        let root = tempfile::tempdir().unwrap();
+        let err = call_local(
+            root.path().to_owned(),
+            "reboot",
+            serde_json::json!({}),
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("reboot refused"), "{err}");
+        let err = call_local(
+            root.path().to_owned(),
+            "chassis.power",
+            serde_json::json!({"action": "off"}),
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("chassis.power off refused"),
+            "{err}"
+        );
     }
 }

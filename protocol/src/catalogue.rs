@@ -149,7 +149,7 @@ catalogue! {
     /// Create or update a BMC user; the result carries the password, for the controller only.
     BmcSetCredentials = "bmc.set_credentials", ToAgent, Call, destructive: true,
         SetCredentialsParams => SetCredentialsResult;
-    /// Cold or warm BMC reset, answered before it happens.
+    /// Cold or warm BMC reset, answered with the BMC's own completion code.
     BmcReset = "bmc.reset", ToAgent, Call, destructive: true,
         BmcResetParams => BmcResetResult;
     /// Chassis power through the local BMC, answered before it happens.

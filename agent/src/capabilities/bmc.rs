@@ -1,7 +1,7 @@
 //! The BMC and chassis methods (`bmc.*`, `chassis.*`) over in-band IPMI: the BMC is opened
 //! per operation under one process-wide lock, so a credential change never interleaves with
-//! a read. `chassis.power` (other than `status`) and `bmc.reset` answer first and act after
-//! ([`answer_then_act`]).
+//! a read. `chassis.power` (other than `status`) answers first and acts after
+//! ([`answer_then_act`]); `bmc.reset` answers with what the BMC said to it.
 
 use super::{Machine, answer_then_act, blocking};
 use crate::authority::Action;
@@ -9,7 +9,7 @@ use crate::bmc;
 use crate::hw::ipmi::IpmiDevice;
 use crate::session::Methods;
 use molar_protocol::ErrorBody;
-use molar_protocol::bmc::{BmcResetResult, ChassisPowerResult, PowerAction};
+use molar_protocol::bmc::{ChassisPowerResult, PowerAction};
 use molar_protocol::catalogue::{
     BmcInfoGet, BmcReset, BmcSetCredentials, ChassisBootDevice, ChassisPower,
 };
@@ -81,18 +81,13 @@ pub(super) fn register(m: &mut Methods, machine: &Machine, dev: Bmc) {
     m.handle::<BmcReset, _, _>(move |p| {
         let (d, ready, authority) = (d.clone(), r.clone(), authority.clone());
         async move {
+            // Not answer-then-act: the BMC answers a reset before it goes (IPMI 2.0 §20.2),
+            // and the host stays up, so the reply carries the BMC's own verdict (ipmi_sim, for
+            // one, refuses a cold reset).
+            authority.decide(&Action::BmcReset)?;
+            ready.wait().await?;
             let kind = p.kind;
-            // Opening the BMC first proves there is one before the reset is promised.
-            let probe = d.clone();
-            let answer = async move {
-                ready.wait().await?;
-                blocking(move || probe.run(|_| Ok(()))).await?;
-                Ok(BmcResetResult { kind })
-            };
-            answer_then_act(&authority, Action::BmcReset, answer, move || {
-                d.run(|t| bmc::reset(t, kind)).map(drop)
-            })
-            .await
+            blocking(move || d.run(|t| bmc::reset(t, kind))).await
         }
     });
 
