@@ -249,6 +249,20 @@ fn main() -> Result<()> {
         r#"{"method":"auto"}"#,
         "--wait",
     ])?;
+    let tasks = molar.json(&["tasks", &id])?;
+    let erase = tasks
+        .as_array()
+        .and_then(|t| t.iter().rev().find(|t| t["method"] == "decom.disk_erase"))
+        .context("the erase task")?;
+    for d in erase["result"]["devices"].as_array().into_iter().flatten() {
+        println!(
+            "{}: {} in {:.1} s, verified: {}",
+            d["device"].as_str().unwrap_or("?"),
+            d["method"].as_str().unwrap_or("?"),
+            d["seconds"].as_f64().unwrap_or(0.0),
+            d["verification"]["passed"]
+        );
+    }
     for img in &images {
         ensure!(
             molar_tests::privileged::is_all_zero(img),
