@@ -101,6 +101,22 @@ impl LoopDevice {
     }
 }
 
+/// Writes a recognisable pattern at the start, middle and end of a disk image, in place: its
+/// size never changes, so a VM that has it open (or is opening it right now) sees the whole
+/// disk. Truncating and rewriting it raced QEMU reading the size, which then saw a smaller
+/// disk whose tail an erase never reached.
+pub fn fill_pattern(path: &Path) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    let len = f.metadata()?.len();
+    let chunk = vec![0x5au8; 1 << 20];
+    for off in [0, len / 2, len.saturating_sub(1 << 20)] {
+        f.seek(SeekFrom::Start(off))?;
+        f.write_all(&chunk)?;
+    }
+    f.sync_all()
+}
+
 pub fn is_all_zero(path: &Path) -> bool {
     use std::io::Read;
     let mut f = std::fs::File::open(path).expect("opening backing file");

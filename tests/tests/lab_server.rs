@@ -17,8 +17,6 @@ use molar_tests::inproc::{Controller, eventually};
 use molar_tests::lab::{BMC_MAC, Disk, DiskKind, IpmiSimConfig, Lab, QemuConfig};
 use molar_tests::privileged::is_all_zero;
 use serde_json::{Value, json};
-use std::io::{Seek, SeekFrom, Write};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(180);
@@ -26,18 +24,6 @@ const SERVER_MAC: &str = "52:54:00:12:34:56";
 
 fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
-}
-
-/// Writes a recognisable pattern at both ends of a disk image.
-fn fill(path: &Path) {
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    let len = f.metadata().unwrap().len();
-    let chunk = vec![0x5au8; 1 << 20];
-    for off in [0, len / 2, len - (1 << 20)] {
-        f.seek(SeekFrom::Start(off)).unwrap();
-        f.write_all(&chunk).unwrap();
-    }
-    f.sync_all().unwrap();
 }
 
 async fn call(c: &Client, id: &str, method: &str, params: Value) -> Value {
@@ -107,7 +93,7 @@ async fn a_server_boots_registers_and_is_managed() {
         .map(|i| lab.dir().join(format!("server-disk{i}.img")))
         .collect();
     for d in &disks {
-        fill(d);
+        molar_tests::privileged::fill_pattern(d).unwrap();
     }
 
     // Boot → handshake → listed.

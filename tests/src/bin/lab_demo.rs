@@ -163,8 +163,9 @@ fn main() -> Result<()> {
         .map(|i| lab.dir().join(format!("server-disk{i}.img")))
         .collect();
     for img in &images {
-        // Data for the erase to destroy.
-        std::fs::write(img, vec![0x5au8; 64 << 20])?;
+        // Data for the erase to destroy, written in place: QEMU may be opening the image.
+        molar_tests::privileged::fill_pattern(img)
+            .with_context(|| format!("writing {}", img.display()))?;
     }
     println!(
         "console log: {}",
