@@ -6,6 +6,7 @@
 //!   store threads behind an async handle.
 //! - [`pki`]: the state directory: CA, server certificate, admin token.
 //! - [`identity`]: which stored server an agent is.
+//! - [`bounds`]: length and character limits on what agents send (handshake, inventory).
 //! - [`fleet`]: live agent connections, commands and tasks sent to them, task event bus, and
 //!   the explicit handlers that store what agents answer (inventory, BMC credentials).
 //! - [`erase`]: the disks an erase started by the controller expects to find.
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod api;
+pub mod bounds;
 pub mod cli;
 pub mod client;
 pub mod erase;

@@ -247,6 +247,16 @@ fn opening(line: &str) -> Opening {
                     };
                 }
             };
+            // Before anything is stored or logged: the refusal names the field, not the value.
+            if let Err(e) = crate::bounds::check_handshake(&params) {
+                let msg = format!("invalid params for handshake: {e}");
+                return refuse(
+                    id,
+                    codes::INVALID_PARAMS,
+                    msg.clone(),
+                    format!("handshake failed: {msg}"),
+                );
+            }
             if !params.protocols.iter().any(|p| p == VERSION) {
                 let msg = format!(
                     "no common protocol version: the agent speaks {:?}, the controller speaks [\"v1\"]",
@@ -267,7 +277,10 @@ fn opening(line: &str) -> Opening {
         Ok(Message::Command(Command { id, method, .. })) => refuse(
             id,
             codes::HANDSHAKE_REQUIRED,
-            format!("the first command must be handshake, not {method}"),
+            format!(
+                "the first command must be handshake, not {}",
+                crate::bounds::echo(&method)
+            ),
             "handshake required".into(),
         ),
         Ok(Message::Fatal(_)) => Opening::Gone,
