@@ -53,7 +53,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use fleet::Fleet;
-pub use listener::{ListenerConfig, PLAINTEXT_REFUSAL};
+pub use listener::{DEFAULT_PRE_HANDSHAKE, ListenerConfig, PLAINTEXT_REFUSAL};
 
 /// Everything `molar serve` needs.
 #[derive(Debug, Clone)]
@@ -68,11 +68,16 @@ pub struct ServeConfig {
     pub allow_plaintext_agents: bool,
     /// Agent connections held at once.
     pub max_connections: usize,
+    /// Agent-port connections held at once before their handshake is answered (see
+    /// [`ListenerConfig::pre_handshake`]).
+    pub pre_handshake_connections: usize,
     /// Base configuration of every agent connection's peer (timeouts, line limit).
     pub peer: PeerConfig,
     /// Listen backlog of the agent socket: agents arriving in a burst wait there.
     pub backlog: u32,
-    /// Time an agent gets for the TLS handshake, and again for its `handshake` command.
+    /// Time a client of either port gets for its TLS handshake (from the connection).
+    pub tls_handshake_timeout: std::time::Duration,
+    /// Time an agent gets for its `handshake` command once TLS is up.
     pub handshake_timeout: std::time::Duration,
     /// How much of the logs and task events is kept.
     pub retention: store::Retention,
@@ -87,8 +92,10 @@ impl ServeConfig {
             sans: Vec::new(),
             allow_plaintext_agents: false,
             max_connections: 20_000,
+            pre_handshake_connections: DEFAULT_PRE_HANDSHAKE,
             peer: ListenerConfig::default_peer(),
             backlog: 4096,
+            tls_handshake_timeout: std::time::Duration::from_secs(10),
             handshake_timeout: std::time::Duration::from_secs(10),
             retention: store::Retention::default(),
         }
@@ -250,6 +257,8 @@ pub async fn start(
     lcfg.allow_plaintext = config.allow_plaintext_agents;
     lcfg.max_connections = config.max_connections;
     lcfg.peer = config.peer.clone();
+    lcfg.pre_handshake = config.pre_handshake_connections;
+    lcfg.tls_handshake_timeout = config.tls_handshake_timeout;
     lcfg.handshake_timeout = config.handshake_timeout;
     let api_tls = pki::server_config(&pki, &[b"http/1.1"])?;
     let router = api::router(fleet.clone(), &admin_token, shutdown.clone());

@@ -11,6 +11,9 @@ use common::*;
 use molar_protocol::{ErrorBody, PeerHandle};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 type Change<'a> = Box<dyn Fn(&mut molar_protocol::methods::HandshakeParams) + 'a>;
 
@@ -137,4 +140,129 @@ async fn an_inventory_with_an_oversized_or_control_string_is_refused_and_not_sto
         .unwrap();
     let v = c.client.server(&id, true).await.unwrap();
     assert_eq!(v.inventory.unwrap()["system"]["product"], "X1\trev2");
+}
+
+/// [`controller`] with `change` applied to its configuration.
+async fn controller_with(change: impl FnOnce(&mut molar_controller::ServeConfig)) -> Controller {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut cfg = molar_controller::ServeConfig::loopback(dir.path());
+    change(&mut cfg);
+    let running = molar_controller::start(cfg, shutdown.clone())
+        .await
+        .unwrap();
+    let client = running.client().unwrap();
+    let agent_token = client
+        .create_token("tests")
+        .await
+        .unwrap()
+        .token
+        .expose()
+        .to_owned();
+    Controller {
+        dir,
+        running,
+        shutdown,
+        client,
+        agent_token,
+    }
+}
+
+/// Whether the controller closes `s` within a second without a byte sent either way (a
+/// socket it holds stays open until a timeout of several seconds).
+async fn closed_at_once(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// Fills the agent port's pre-handshake budget with idle sockets; returns them once a new
+/// idle socket is closed at once.
+async fn hold_pre_handshake_budget(c: &Controller, budget: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..budget {
+        held.push(TcpStream::connect(c.running.agent_addr).await.unwrap());
+    }
+    // A probe can win a permit from a held socket not yet accepted: then it is held too.
+    for _ in 0..budget + 1 {
+        let mut probe = TcpStream::connect(c.running.agent_addr).await.unwrap();
+        if closed_at_once(&mut probe).await {
+            return held;
+        }
+        held.push(probe);
+    }
+    panic!("no idle socket was refused with {} held", held.len());
+}
+
+/// A fake agent's handshake, retried while the controller closes the connection.
+async fn agent_eventually(c: &Controller, n: u32) -> FakeAgent {
+    for _ in 0..100 {
+        let attempt = async {
+            let tcp = TcpStream::connect(c.running.agent_addr).await.ok()?;
+            let name = rustls_pki_types::ServerName::try_from("127.0.0.1").ok()?;
+            let tls = tls_connector(&c.running.ca_pem_path)
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            let (peer, task) = molar_protocol::Peer::spawn(
+                tls,
+                fake_handler(),
+                molar_protocol::PeerConfig::default(),
+            );
+            let welcome = peer
+                .call_method::<molar_protocol::catalogue::Handshake>(&hello(&c.agent_token, n))
+                .await
+                .ok()?;
+            Some(FakeAgent {
+                peer,
+                task,
+                welcome,
+            })
+        };
+        if let Some(a) = attempt.await {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("agent {n} never got through");
+}
+
+#[tokio::test]
+async fn idle_unauthenticated_sockets_cannot_crowd_agents_out_of_the_agent_port() {
+    const BUDGET: usize = 4;
+    let c = controller_with(|cfg| cfg.pre_handshake_connections = BUDGET).await;
+    let good = fake_agent(&c, 1).await;
+
+    let held = hold_pre_handshake_budget(&c, BUDGET).await;
+    assert!(held.len() <= BUDGET + 1, "{} held", held.len());
+    // A connected agent is not counted against the budget and keeps working.
+    still_answers(&c, &good.welcome.server_id).await;
+    // Nor is a new agent let in past a spent budget: its connection is closed at once.
+    let mut late = TcpStream::connect(c.running.agent_addr).await.unwrap();
+    assert!(closed_at_once(&mut late).await);
+
+    // The budget frees as the idle sockets go, and a real agent then connects.
+    drop(held);
+    let agent = agent_eventually(&c, 2).await;
+    still_answers(&c, &agent.welcome.server_id).await;
+    still_answers(&c, &good.welcome.server_id).await;
+}
+
+#[tokio::test]
+async fn a_socket_that_never_starts_tls_is_closed_after_the_tls_timeout() {
+    let c = controller_with(|cfg| {
+        cfg.tls_handshake_timeout = Duration::from_millis(300);
+        cfg.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    // Half a TLS ClientHello record header, then nothing.
+    let mut s = TcpStream::connect(c.running.agent_addr).await.unwrap();
+    s.write_all(&[0x16, 0x03]).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(3));
 }
