@@ -75,6 +75,10 @@ pub struct ServeConfig {
     pub peer: PeerConfig,
     /// Listen backlog of the agent socket: agents arriving in a burst wait there.
     pub backlog: u32,
+    /// API connections served at once; past it a `503 busy` (see [`api::ApiLimits`]).
+    pub api_max_connections: usize,
+    /// Time an API client gets for a request's headers, also the keep-alive idle timeout.
+    pub api_header_timeout: std::time::Duration,
     /// Time a client of either port gets for its TLS handshake (from the connection).
     pub tls_handshake_timeout: std::time::Duration,
     /// Time an agent gets for its `handshake` command once TLS is up.
@@ -95,6 +99,8 @@ impl ServeConfig {
             pre_handshake_connections: DEFAULT_PRE_HANDSHAKE,
             peer: ListenerConfig::default_peer(),
             backlog: 4096,
+            api_max_connections: api::ApiLimits::default().max_connections,
+            api_header_timeout: api::ApiLimits::default().header_read_timeout,
             tls_handshake_timeout: std::time::Duration::from_secs(10),
             handshake_timeout: std::time::Duration::from_secs(10),
             retention: store::Retention::default(),
@@ -269,7 +275,18 @@ pub async fn start(
         lcfg,
         shutdown.clone(),
     ));
-    let http = tokio::spawn(api::serve(api_listener, api_tls, router, shutdown.clone()));
+    let api_limits = api::ApiLimits {
+        max_connections: config.api_max_connections,
+        tls_handshake_timeout: config.tls_handshake_timeout,
+        header_read_timeout: config.api_header_timeout,
+    };
+    let http = tokio::spawn(api::serve(
+        api_listener,
+        api_tls,
+        router,
+        api_limits,
+        shutdown.clone(),
+    ));
     let pruner = tokio::spawn(prune(
         fleet.store.clone(),
         config.retention.clone(),

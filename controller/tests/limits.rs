@@ -266,3 +266,134 @@ async fn a_socket_that_never_starts_tls_is_closed_after_the_tls_timeout() {
     assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
     assert!(t0.elapsed() < Duration::from_secs(3));
 }
+
+/// Reads until EOF or error; `None` if the peer kept the connection open for `within`.
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    within: Duration,
+) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    match tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    {
+        Ok(()) => Some(got),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn slow_header_and_idle_api_connections_are_closed_after_the_header_timeout() {
+    let c = controller_with(|cfg| cfg.api_header_timeout = Duration::from_millis(500)).await;
+    let api = c.running.api_addr;
+
+    // One header line every 200 ms, never the end of the head.
+    let slow = tls_stream(api, &c.running.ca_pem_path).await;
+    let (mut rd, mut wr) = tokio::io::split(slow);
+    let writer = tokio::spawn(async move {
+        let _ = wr
+            .write_all(b"GET /api/v1/servers HTTP/1.1\r\nhost: x\r\n")
+            .await;
+        for i in 0..50 {
+            if wr
+                .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return i;
+            }
+            let _ = wr.flush().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        50
+    });
+    assert!(
+        read_until_closed(&mut rd, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a slow-header client was still served after 5 s"
+    );
+    writer.abort();
+
+    // TLS done, then silence.
+    let mut idle = tls_stream(api, &c.running.ca_pem_path).await;
+    assert!(
+        read_until_closed(&mut idle, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+
+    // Idle after a request on a kept-alive connection.
+    let mut kept = tls_stream(api, &c.running.ca_pem_path).await;
+    let auth = admin(&c);
+    kept.write_all(
+        format!("GET /api/v1/servers HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let got = read_until_closed(&mut kept, Duration::from_secs(5))
+        .await
+        .expect("an idle kept-alive connection was still open after 5 s");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // The API still answers.
+    c.client.servers().await.unwrap();
+}
+
+#[tokio::test]
+async fn past_the_api_connection_cap_a_client_gets_503_busy_and_agents_still_connect() {
+    const CAP: usize = 3;
+    let c = controller_with(|cfg| {
+        cfg.api_max_connections = CAP;
+        cfg.api_header_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let api = c.running.api_addr;
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        held.push(tls_stream(api, &c.running.ca_pem_path).await);
+    }
+
+    let mut over = tls_stream(api, &c.running.ca_pem_path).await;
+    over.write_all(b"GET /api/v1/servers HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut over, Duration::from_secs(5))
+        .await
+        .expect("the connection past the cap was left open");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "busy");
+
+    // The agent port is another budget.
+    let agent = fake_agent(&c, 1).await;
+
+    // Places free as connections go, and the API answers again.
+    drop(held);
+    let mut ok = false;
+    for _ in 0..100 {
+        if c.client.servers().await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ok,
+        "the API never answered after the held connections closed"
+    );
+    still_answers(&c, &agent.welcome.server_id).await;
+}
