@@ -619,8 +619,8 @@ async fn revoke_token(State(st): State<Arc<ApiState>>, Path(id): Path<String>) -
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
     /// Connections served at once. Past it a connection gets a minimal `503`
-    /// `{"error":{"code":"busy",...}}` (from a small budget of its own, [`BUSY_ANSWERS`]),
-    /// or is closed at once when even that budget is spent.
+    /// `{"error":{"code":"busy",...}}` (from a small budget of its own, an eighth of this
+    /// and at most [`BUSY_ANSWERS`]), or is closed at once when even that budget is spent.
     pub max_connections: usize,
     /// Time from the connection to the end of the TLS handshake.
     pub tls_handshake_timeout: Duration,
@@ -640,7 +640,8 @@ impl Default for ApiLimits {
     }
 }
 
-/// Connections past [`ApiLimits::max_connections`] answered `503` at once; more are closed.
+/// Most connections past [`ApiLimits::max_connections`] answered `503` at once; more are
+/// closed. Each holds a descriptor for up to [`BUSY_TIMEOUT`] twice, so the budget is small.
 pub const BUSY_ANSWERS: usize = 64;
 
 /// Time a connection past the cap gets for its TLS handshake and request headers, each.
@@ -657,7 +658,9 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let tracker = TaskTracker::new();
     let served = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    let busy = Arc::new(tokio::sync::Semaphore::new(BUSY_ANSWERS));
+    let busy = Arc::new(tokio::sync::Semaphore::new(
+        (limits.max_connections / 8).clamp(1, BUSY_ANSWERS),
+    ));
     loop {
         let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {
