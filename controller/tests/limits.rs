@@ -399,3 +399,25 @@ async fn past_the_api_connection_cap_a_client_gets_503_busy_and_agents_still_con
     );
     still_answers(&c, &agent.welcome.server_id).await;
 }
+
+#[tokio::test]
+async fn an_api_client_that_never_finishes_tls_is_closed_after_the_tls_timeout() {
+    let c = controller_with(|cfg| {
+        cfg.tls_handshake_timeout = Duration::from_millis(300);
+        cfg.api_header_timeout = Duration::from_secs(60);
+    })
+    .await;
+    for opening in [&[][..], &[0x16, 0x03][..]] {
+        let mut s = TcpStream::connect(c.running.api_addr).await.unwrap();
+        s.write_all(opening).await.unwrap();
+        let t0 = std::time::Instant::now();
+        assert!(
+            read_until_closed(&mut s, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "a stalled TLS handshake was still open after 5 s"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3));
+    }
+    c.client.servers().await.unwrap();
+}
