@@ -615,15 +615,52 @@ async fn revoke_token(State(st): State<Arc<ApiState>>, Path(id): Path<String>) -
     Ok(axum::Json(json!({"id": id, "revoked": true})))
 }
 
+/// Resource limits of the API listener (issue #9).
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Connections served at once. Past it a connection gets a minimal `503`
+    /// `{"error":{"code":"busy",...}}` (from a small budget of its own, an eighth of this
+    /// and at most [`BUSY_ANSWERS`]), or is closed at once when even that budget is spent.
+    pub max_connections: usize,
+    /// Time from the connection to the end of the TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Time a client gets to send a request's headers. hyper starts this clock whenever the
+    /// connection is ready for a request, so it is also the keep-alive idle timeout: a
+    /// connection that sends no request for this long is closed.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_connections: 1024,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Most connections past [`ApiLimits::max_connections`] answered `503` at once; more are
+/// closed. Each holds a descriptor for up to [`BUSY_TIMEOUT`] twice, so the budget is small.
+pub const BUSY_ANSWERS: usize = 64;
+
+/// Time a connection past the cap gets for its TLS handshake and request headers, each.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Serves `router` over HTTPS on `listener` until `shutdown`, then lets open requests finish.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
+    limits: ApiLimits,
     shutdown: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let tracker = TaskTracker::new();
+    let served = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let busy = Arc::new(tokio::sync::Semaphore::new(
+        (limits.max_connections / 8).clamp(1, BUSY_ANSWERS),
+    ));
     loop {
         let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -637,25 +674,42 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let acceptor = acceptor.clone();
+        let Ok(permit) = served.clone().try_acquire_owned() else {
+            let Ok(answer) = busy.clone().try_acquire_owned() else {
+                // Not even a 503: the socket closes now rather than wait for a place.
+                tracing::debug!(peer = %addr, "API busy; connection closed");
+                continue;
+            };
+            tracing::debug!(peer = %addr, "API busy; answering 503");
+            tracker.spawn(async move {
+                answer_busy(stream, acceptor).await;
+                drop(answer);
+            });
+            continue;
+        };
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let limits = limits.clone();
         tracker.spawn(async move {
             let _ = stream.set_nodelay(true);
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::warn!(peer = %addr, error = %e, "API TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::warn!(peer = %addr, error = %e, "API TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     router.clone().oneshot(req)
                 });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
             tokio::pin!(conn);
             tokio::select! {
@@ -669,8 +723,34 @@ pub async fn serve(
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
                 }
             }
+            drop(permit);
         });
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+}
+
+/// Answers one request on a connection past the cap with `503 busy`, then closes it.
+async fn answer_busy(stream: tokio::net::TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
+    let Ok(Ok(tls)) = tokio::time::timeout(BUSY_TIMEOUT, acceptor.accept(stream)).await else {
+        return;
+    };
+    let svc = hyper::service::service_fn(|_req: hyper::Request<hyper::body::Incoming>| async {
+        let body = json!({"error": {
+            "code": "busy",
+            "msg": "the controller serves too many API connections now; retry later",
+        }})
+        .to_string();
+        hyper::Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::RETRY_AFTER, "1")
+            .body(axum::body::Body::from(body))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(BUSY_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+    let _ = tokio::time::timeout(BUSY_TIMEOUT * 2, conn).await;
 }

@@ -86,6 +86,8 @@ pub enum Command {
         /// Agent connections held at once.
         #[arg(long, default_value_t = 20_000)]
         max_connections: usize,
+        #[command(flatten)]
+        limits: crate::LimitFlags,
         /// Days agents' log records are kept (0: forever).
         #[arg(long, default_value_t = 30)]
         retain_logs_days: u64,
@@ -339,6 +341,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             sans,
             allow_plaintext_agents,
             max_connections,
+            limits,
             retain_logs_days,
             retain_logs_per_server,
             retain_task_events_days,
@@ -352,6 +355,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             cfg.sans = sans.clone();
             cfg.allow_plaintext_agents = *allow_plaintext_agents;
             cfg.max_connections = *max_connections;
+            limits.apply(&mut cfg);
             cfg.retention = Retention {
                 logs_max_age: Retention::days(*retain_logs_days),
                 logs_per_server: Retention::count(*retain_logs_per_server),

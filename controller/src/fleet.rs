@@ -315,6 +315,14 @@ impl Fleet {
         let (_, raw) = self
             .call_decoded::<InventoryGet>(server_id, &Empty {}, timeout)
             .await?;
+        crate::bounds::check_inventory(&raw).map_err(|e| FleetError::Call {
+            server: server_id.to_owned(),
+            method: InventoryGet::NAME.to_owned(),
+            source: CallError::BadResult {
+                method: InventoryGet::NAME.to_owned(),
+                msg: e.to_string(),
+            },
+        })?;
         self.store
             .set_server_inventory(server_id, raw.clone())
             .await?;

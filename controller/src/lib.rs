@@ -6,6 +6,7 @@
 //!   store threads behind an async handle.
 //! - [`pki`]: the state directory: CA, server certificate, admin token.
 //! - [`identity`]: which stored server an agent is.
+//! - [`bounds`]: length and character limits on what agents send (handshake, inventory).
 //! - [`fleet`]: live agent connections, commands and tasks sent to them, task event bus, and
 //!   the explicit handlers that store what agents answer (inventory, BMC credentials).
 //! - [`erase`]: the disks an erase started by the controller expects to find.
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod api;
+pub mod bounds;
 pub mod cli;
 pub mod client;
 pub mod erase;
@@ -51,7 +53,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use fleet::Fleet;
-pub use listener::{ListenerConfig, PLAINTEXT_REFUSAL};
+pub use listener::{DEFAULT_PRE_HANDSHAKE, ListenerConfig, PLAINTEXT_REFUSAL};
 
 /// Everything `molar serve` needs.
 #[derive(Debug, Clone)]
@@ -66,11 +68,20 @@ pub struct ServeConfig {
     pub allow_plaintext_agents: bool,
     /// Agent connections held at once.
     pub max_connections: usize,
+    /// Agent-port connections held at once before their handshake is answered (see
+    /// [`ListenerConfig::pre_handshake`]).
+    pub pre_handshake_connections: usize,
     /// Base configuration of every agent connection's peer (timeouts, line limit).
     pub peer: PeerConfig,
     /// Listen backlog of the agent socket: agents arriving in a burst wait there.
     pub backlog: u32,
-    /// Time an agent gets for the TLS handshake, and again for its `handshake` command.
+    /// API connections served at once; past it a `503 busy` (see [`api::ApiLimits`]).
+    pub api_max_connections: usize,
+    /// Time an API client gets for a request's headers, also the keep-alive idle timeout.
+    pub api_header_timeout: std::time::Duration,
+    /// Time a client of either port gets for its TLS handshake (from the connection).
+    pub tls_handshake_timeout: std::time::Duration,
+    /// Time an agent gets for its `handshake` command once TLS is up.
     pub handshake_timeout: std::time::Duration,
     /// How much of the logs and task events is kept.
     pub retention: store::Retention,
@@ -85,8 +96,12 @@ impl ServeConfig {
             sans: Vec::new(),
             allow_plaintext_agents: false,
             max_connections: 20_000,
+            pre_handshake_connections: DEFAULT_PRE_HANDSHAKE,
             peer: ListenerConfig::default_peer(),
             backlog: 4096,
+            api_max_connections: api::ApiLimits::default().max_connections,
+            api_header_timeout: api::ApiLimits::default().header_read_timeout,
+            tls_handshake_timeout: std::time::Duration::from_secs(10),
             handshake_timeout: std::time::Duration::from_secs(10),
             retention: store::Retention::default(),
         }
@@ -96,6 +111,41 @@ impl ServeConfig {
     pub fn loopback(state_dir: impl Into<PathBuf>) -> Self {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         ServeConfig::new(any, any, state_dir)
+    }
+}
+
+/// `molar serve`'s flags for the listeners' resource limits (issue #9); the defaults are
+/// [`ServeConfig::new`]'s.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitFlags {
+    /// Agent-port connections held at once before their handshake is answered; more are
+    /// closed at once (bounds concurrent handshakes, not connected agents).
+    #[arg(long, default_value_t = DEFAULT_PRE_HANDSHAKE)]
+    pub max_pre_handshake: usize,
+    /// API connections served at once; past it a client gets 503 busy.
+    #[arg(long, default_value_t = api::ApiLimits::default().max_connections)]
+    pub api_max_connections: usize,
+    /// Seconds a client of either port gets for its TLS handshake.
+    #[arg(long, default_value_t = 10)]
+    pub tls_handshake_timeout_s: u64,
+    /// Seconds an agent gets for its handshake command once TLS is up.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout_s: u64,
+    /// Seconds an API client gets to send a request's headers; also how long an idle
+    /// kept-alive API connection stays open.
+    #[arg(long, default_value_t = 10)]
+    pub api_header_timeout_s: u64,
+}
+
+impl LimitFlags {
+    /// Sets the limits in `cfg` (a zero timeout is taken as one second).
+    pub fn apply(&self, cfg: &mut ServeConfig) {
+        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
+        cfg.pre_handshake_connections = self.max_pre_handshake;
+        cfg.api_max_connections = self.api_max_connections;
+        cfg.tls_handshake_timeout = secs(self.tls_handshake_timeout_s);
+        cfg.handshake_timeout = secs(self.handshake_timeout_s);
+        cfg.api_header_timeout = secs(self.api_header_timeout_s);
     }
 }
 
@@ -248,6 +298,8 @@ pub async fn start(
     lcfg.allow_plaintext = config.allow_plaintext_agents;
     lcfg.max_connections = config.max_connections;
     lcfg.peer = config.peer.clone();
+    lcfg.pre_handshake = config.pre_handshake_connections;
+    lcfg.tls_handshake_timeout = config.tls_handshake_timeout;
     lcfg.handshake_timeout = config.handshake_timeout;
     let api_tls = pki::server_config(&pki, &[b"http/1.1"])?;
     let router = api::router(fleet.clone(), &admin_token, shutdown.clone());
@@ -258,7 +310,18 @@ pub async fn start(
         lcfg,
         shutdown.clone(),
     ));
-    let http = tokio::spawn(api::serve(api_listener, api_tls, router, shutdown.clone()));
+    let api_limits = api::ApiLimits {
+        max_connections: config.api_max_connections,
+        tls_handshake_timeout: config.tls_handshake_timeout,
+        header_read_timeout: config.api_header_timeout,
+    };
+    let http = tokio::spawn(api::serve(
+        api_listener,
+        api_tls,
+        router,
+        api_limits,
+        shutdown.clone(),
+    ));
     let pruner = tokio::spawn(prune(
         fleet.store.clone(),
         config.retention.clone(),

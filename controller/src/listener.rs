@@ -7,6 +7,13 @@
 //! overloaded controller leaves new agents in the kernel's backlog instead of dropping them),
 //! and a drain on exit. The handshake is read here, before the peer starts, so that nothing
 //! — not even a `ping` — is served to an agent that has not authenticated.
+//!
+//! Unauthenticated connections get a budget of their own (issue #9): a connection holds a
+//! pre-handshake permit from `accept` until its `handshake` is answered, and one that finds
+//! the budget spent is closed at once. Sockets that never authenticate thus hold at most
+//! that many of the connection cap's places, and the rest stays the agents'. The TLS
+//! handshake (with the wait for the first byte) has its own deadline, then the `handshake`
+//! command its own.
 
 use crate::fleet::Fleet;
 use crate::identity::identity_key;
@@ -29,7 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::bytes::{Buf, BytesMut};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +44,10 @@ use tokio_util::task::TaskTracker;
 
 /// The one line a plaintext client gets from the TLS-only listener before it is closed.
 pub const PLAINTEXT_REFUSAL: &str = r#"{"version":"v1","fatal_error":"this listener requires TLS; connect with TLS or start the controller with --allow-plaintext-agents"}"#;
+
+/// Default [`ListenerConfig::pre_handshake`]: four times the fan-in benchmark's ramp of 256
+/// concurrent handshakes, 5 % of the default connection cap.
+pub const DEFAULT_PRE_HANDSHAKE: usize = 1024;
 
 /// The fatal message an old connection gets when the same server connects again.
 pub const SUPERSEDED: &str = "superseded by a new connection";
@@ -49,7 +60,16 @@ pub struct ListenerConfig {
     pub allow_plaintext: bool,
     /// Connections held at once; more wait in the listen backlog.
     pub max_connections: usize,
-    /// Time allowed for the TLS handshake and for the `handshake` command, each.
+    /// Connections held at once that have not yet been answered their `handshake`; one more
+    /// is closed at once. It bounds concurrent handshakes, not sessions: a fleet reconnecting
+    /// after a controller restart handshakes a few hundred at a time (agents retry with
+    /// backoff, the fan-in benchmark ramps 256 at a time), well inside the default
+    /// [`DEFAULT_PRE_HANDSHAKE`], while unauthenticated sockets can never take more than
+    /// that share of `max_connections`.
+    pub pre_handshake: usize,
+    /// Time allowed for the first byte and the TLS handshake together.
+    pub tls_handshake_timeout: Duration,
+    /// Time allowed for the `handshake` command once the transport is up.
     pub handshake_timeout: Duration,
     /// Base configuration of every agent connection's peer.
     pub peer: PeerConfig,
@@ -61,6 +81,8 @@ impl ListenerConfig {
             tls,
             allow_plaintext: false,
             max_connections: 20_000,
+            pre_handshake: DEFAULT_PRE_HANDSHAKE,
+            tls_handshake_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             peer: Self::default_peer(),
         }
@@ -118,6 +140,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let unauthenticated = Arc::new(Semaphore::new(cfg.pre_handshake.max(1)));
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg.tls.clone());
     let cfg = Arc::new(cfg);
     let tracker = TaskTracker::new();
@@ -141,12 +164,19 @@ pub async fn run(
             },
             _ = shutdown.cancelled() => break,
         };
+        let Ok(pre) = unauthenticated.clone().try_acquire_owned() else {
+            // Closed at once (its cap permit with it): waiting would let idle sockets queue
+            // up behind idle sockets. Debug only: a flood must not flood the log too.
+            tracing::debug!(peer = %addr, "pre-handshake budget spent; connection closed");
+            drop(stream);
+            continue;
+        };
         let fleet = fleet.clone();
         let cfg = cfg.clone();
         let acceptor = acceptor.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = connection(stream, addr, acceptor, fleet, &cfg, shutdown).await {
+            if let Err(e) = connection(stream, addr, acceptor, fleet, &cfg, pre, shutdown).await {
                 match e {
                     ConnectionError::Tls { .. } => tracing::warn!(peer = %addr, "{e}"),
                     _ => tracing::info!(peer = %addr, "{e}"),
@@ -170,14 +200,20 @@ async fn connection(
     acceptor: tokio_rustls::TlsAcceptor,
     fleet: Arc<Fleet>,
     cfg: &ListenerConfig,
+    pre: OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError> {
     let _ = stream.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + cfg.tls_handshake_timeout;
+    let silent = || ConnectionError::Silent {
+        addr,
+        after: cfg.tls_handshake_timeout,
+    };
     let mut first = [0u8; 1];
     let n = tokio::select! {
-        r = tokio::time::timeout(cfg.handshake_timeout, stream.peek(&mut first)) => match r {
+        r = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => match r {
             Ok(r) => r.map_err(|source| ConnectionError::Peek { addr, source })?,
-            Err(_) => return Err(ConnectionError::Silent { addr, after: cfg.handshake_timeout }),
+            Err(_) => return Err(silent()),
         },
         _ = shutdown.cancelled() => return Ok(()),
     };
@@ -187,7 +223,7 @@ async fn connection(
     if first[0] == b'{' {
         if cfg.allow_plaintext {
             tracing::warn!(peer = %addr, "serving an agent in plaintext (--allow-plaintext-agents)");
-            return serve(stream, addr, fleet, cfg, shutdown).await;
+            return serve(stream, addr, fleet, cfg, pre, shutdown).await;
         }
         tracing::warn!(peer = %addr, "plaintext client on the TLS agent listener refused");
         let mut stream = stream;
@@ -198,14 +234,11 @@ async fn connection(
         return Ok(());
     }
     // Boxed: the TLS handshake's state is large and short-lived (see `serve`).
-    let tls = tokio::time::timeout(cfg.handshake_timeout, Box::pin(acceptor.accept(stream)))
+    let tls = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream)))
         .await
-        .map_err(|_| ConnectionError::Silent {
-            addr,
-            after: cfg.handshake_timeout,
-        })?
+        .map_err(|_| silent())?
         .map_err(|source| ConnectionError::Tls { addr, source })?;
-    serve(tls, addr, fleet, cfg, shutdown).await
+    serve(tls, addr, fleet, cfg, pre, shutdown).await
 }
 
 /// What the first line of a connection led to.
@@ -247,6 +280,16 @@ fn opening(line: &str) -> Opening {
                     };
                 }
             };
+            // Before anything is stored or logged: the refusal names the field, not the value.
+            if let Err(e) = crate::bounds::check_handshake(&params) {
+                let msg = format!("invalid params for handshake: {e}");
+                return refuse(
+                    id,
+                    codes::INVALID_PARAMS,
+                    msg.clone(),
+                    format!("handshake failed: {msg}"),
+                );
+            }
             if !params.protocols.iter().any(|p| p == VERSION) {
                 let msg = format!(
                     "no common protocol version: the agent speaks {:?}, the controller speaks [\"v1\"]",
@@ -267,7 +310,10 @@ fn opening(line: &str) -> Opening {
         Ok(Message::Command(Command { id, method, .. })) => refuse(
             id,
             codes::HANDSHAKE_REQUIRED,
-            format!("the first command must be handshake, not {method}"),
+            format!(
+                "the first command must be handshake, not {}",
+                crate::bounds::echo(&method)
+            ),
             "handshake required".into(),
         ),
         Ok(Message::Fatal(_)) => Opening::Gone,
@@ -322,12 +368,16 @@ async fn serve<S>(
     addr: SocketAddr,
     fleet: Arc<Fleet>,
     cfg: &ListenerConfig,
+    pre: OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let admitted = Box::pin(admit(stream, addr, &fleet, cfg, &shutdown)).await?;
+    let admitted = Box::pin(admit(stream, addr, &fleet, cfg, &shutdown)).await;
+    // Answered (or refused): no longer counted against the pre-handshake budget.
+    drop(pre);
+    let admitted = admitted?;
     let Some(Admitted {
         server_id,
         conn_id,

@@ -398,6 +398,7 @@ async fn a_client_that_never_sends_its_handshake_is_closed() {
         molar_controller::pki::server_config(&pki, &[]).unwrap(),
     );
     cfg.handshake_timeout = std::time::Duration::from_millis(200);
+    cfg.tls_handshake_timeout = std::time::Duration::from_millis(200);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
