@@ -260,7 +260,7 @@ pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationTok
     });
     let api = Router::new()
         .route("/servers", get(list_servers))
-        .route("/servers/{id}", get(show_server))
+        .route("/servers/{id}", get(show_server).delete(remove_server))
         .route("/servers/{id}/call", post(call))
         .route("/servers/{id}/tasks", post(start_task).get(server_tasks))
         .route("/servers/{id}/logs", get(server_logs))
@@ -397,6 +397,28 @@ async fn show_server(
         );
     }
     Ok(axum::Json(v))
+}
+
+/// The answer to `DELETE /servers/{id}`: what was deleted with the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemovedServer {
+    pub id: String,
+    pub removed: bool,
+    #[serde(flatten)]
+    pub deleted: crate::store::Removed,
+}
+
+async fn remove_server(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> ApiResult<RemovedServer> {
+    let deleted = st.fleet.remove_server(&id).await?;
+    tracing::info!(server = %id, ?deleted, "server removed");
+    Ok(axum::Json(RemovedServer {
+        id,
+        removed: true,
+        deleted,
+    }))
 }
 
 async fn call(

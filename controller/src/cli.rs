@@ -106,12 +106,16 @@ pub enum Command {
     },
     /// List servers.
     Servers,
-    /// Show one server.
+    /// Show one server (`molar server ID`), or remove one (`molar server remove ID`).
+    #[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
     Server {
-        id: String,
+        #[arg(required = true)]
+        id: Option<String>,
         /// Include the stored inventory.
         #[arg(long)]
         inventory: bool,
+        #[command(subcommand)]
+        command: Option<ServerCommand>,
     },
     /// Call a method on a server's agent and print its result as one line of JSON.
     Call {
@@ -137,6 +141,13 @@ pub enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Remove a server with its connections, tasks, task events, logs and BMC entry, closing
+    /// its agent connection (an agent still running there registers again as a new server).
+    Remove { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -618,7 +629,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Server { id, inventory } => {
+        Command::Server {
+            command: Some(ServerCommand::Remove { id }),
+            ..
+        } => {
+            let c = client(&cli)?;
+            let r = c.remove_server(id).await.map_err(api_err(false))?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                let d = r.deleted;
+                outln!(
+                    "server {} removed ({} tasks, {} task events, {} log records, {} connections)",
+                    sanitize(id),
+                    d.tasks,
+                    d.task_events,
+                    d.logs,
+                    d.connections
+                )?;
+            }
+            Ok(())
+        }
+        Command::Server { id, inventory, .. } => {
+            let Some(id) = id else {
+                return Err(Failure::new(EXIT_USAGE, "molar server needs a server id"));
+            };
             let c = client(&cli)?;
             let v = c.server(id, *inventory).await.map_err(api_err(false))?;
             if cli.json {
@@ -923,6 +958,29 @@ mod tests {
         Cli::command().debug_assert();
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("7  timeout"));
+    }
+
+    #[test]
+    fn server_shows_a_server_or_removes_one() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        match parse(&["molar", "server", "srv-1", "--inventory"]).unwrap() {
+            Command::Server {
+                id,
+                inventory,
+                command: None,
+            } => assert_eq!((id.as_deref(), inventory), (Some("srv-1"), true)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["molar", "--json", "server", "remove", "srv-1"]).unwrap() {
+            Command::Server {
+                id: None,
+                command: Some(ServerCommand::Remove { id }),
+                ..
+            } => assert_eq!(id, "srv-1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["molar", "server"]).is_err());
+        assert!(parse(&["molar", "server", "remove"]).is_err());
     }
 
     #[test]

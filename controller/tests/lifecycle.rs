@@ -416,3 +416,78 @@ async fn task_start_wait_survives_a_controller_restart() {
     shutdown.cancel();
     running.join().await;
 }
+
+#[tokio::test]
+async fn a_removed_server_loses_its_connection_tasks_and_logs() {
+    use molar_protocol::catalogue::TaskStatusUpdate;
+    use molar_protocol::methods::{TaskState, TaskStatus};
+    let c = controller().await;
+    let a = fake_agent(&c, 1).await;
+    let other = fake_agent(&c, 2).await;
+    let sid = a.welcome.server_id.clone();
+    a.peer
+        .call(
+            "log",
+            json!({"records": [{"ts_ms": 1, "level": "info", "target": "t", "msg": "m"}]}),
+        )
+        .await
+        .unwrap();
+    let running = TaskStatus {
+        task_id: "t-agent-own".into(),
+        state: TaskState::Running,
+        percent: Some(10.0),
+        eta: None,
+        msg: None,
+        code: None,
+        result: None,
+        seq: 1,
+    };
+    a.peer
+        .call_method::<TaskStatusUpdate>(&running)
+        .await
+        .unwrap();
+    assert_eq!(c.client.server_tasks(&sid).await.unwrap().len(), 1);
+
+    // Not without the admin token.
+    let (status, _) = raw_api(
+        &c,
+        reqwest::Method::DELETE,
+        &format!("/servers/{sid}"),
+        Some("Bearer wrong"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(c.client.server(&sid, false).await.is_ok());
+
+    let removed = c.client.remove_server(&sid).await.unwrap();
+    assert_eq!(removed.id, sid);
+    assert!(removed.removed);
+    assert_eq!(
+        (removed.deleted.tasks, removed.deleted.logs),
+        (1, 1),
+        "{removed:?}"
+    );
+    assert_eq!(
+        a.task.await.unwrap(),
+        CloseReason::RemoteFatal("server removed by the admin".into())
+    );
+    for gone in [
+        c.client.server(&sid, false).await.err(),
+        c.client.server_tasks(&sid).await.err(),
+        c.client.logs(&sid, 0, 10).await.err(),
+        c.client.task("t-agent-own").await.err(),
+        c.client.remove_server(&sid).await.err(),
+    ] {
+        assert_eq!(gone.expect("an error").code(), "not_found");
+    }
+    assert!(
+        !c.client
+            .servers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.server.id == sid)
+    );
+    still_answers(&c, &other.welcome.server_id).await;
+}
