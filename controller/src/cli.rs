@@ -456,6 +456,39 @@ fn opt(s: &Option<String>) -> String {
         .map_or_else(|| "-".into(), |s| sanitize(s).into_owned())
 }
 
+/// The table of `molar servers`.
+fn servers_table(servers: Vec<crate::api::ServerView>) -> Vec<String> {
+    let rows = servers
+        .into_iter()
+        .map(|v| {
+            let s = v.server;
+            vec![
+                s.id,
+                s.state.as_str().into(),
+                if s.connected { "yes" } else { "no" }.into(),
+                opt(&s.hostname),
+                opt(&s.agent_version),
+                format_time(s.last_seen_ms),
+                s.system_uuid
+                    .or(s.serial)
+                    .unwrap_or_else(|| s.macs.join(",")),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "ID",
+            "STATE",
+            "CONNECTED",
+            "HOSTNAME",
+            "AGENT",
+            "LAST SEEN",
+            "IDENTITY",
+        ],
+        rows,
+    )
+}
+
 /// The text of `molar server`: every agent- or BMC-reported value [`sanitize`]d, in full.
 fn server_text(v: &crate::api::ServerView) -> Vec<String> {
     let s = &v.server;
@@ -597,35 +630,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if cli.json {
                 print_json(&servers)?;
             } else {
-                let rows = servers
-                    .into_iter()
-                    .map(|v| {
-                        let s = v.server;
-                        vec![
-                            s.id,
-                            s.state.as_str().into(),
-                            if s.connected { "yes" } else { "no" }.into(),
-                            opt(&s.hostname),
-                            opt(&s.agent_version),
-                            format_time(s.last_seen_ms),
-                            s.system_uuid
-                                .or(s.serial)
-                                .unwrap_or_else(|| s.macs.join(",")),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "ID",
-                        "STATE",
-                        "CONNECTED",
-                        "HOSTNAME",
-                        "AGENT",
-                        "LAST SEEN",
-                        "IDENTITY",
-                    ],
-                    rows,
-                )?;
+                for line in servers_table(servers) {
+                    emit(&line)?;
+                }
             }
             Ok(())
         }
@@ -1058,26 +1065,19 @@ mod tests {
     #[test]
     fn server_tables_escape_and_cut_hostile_cells_without_panicking() {
         let huge = "v".repeat(200_000);
-        let s = server(HOSTILE, huge.clone()).server;
-        let lines = render_table(
-            &["ID", "HOSTNAME", "AGENT", "IDENTITY"],
-            vec![vec![
-                s.id,
-                opt(&s.hostname),
-                opt(&s.agent_version),
-                "x".into(),
-            ]],
-        );
-        assert_eq!(lines.len(), 2, "{lines:?}");
+        let lines = servers_table(vec![server(HOSTILE, huge), server("h2", "0.1".into())]);
+        assert_eq!(lines.len(), 3, "{lines:?}");
         for l in &lines {
             assert_printable(l);
-            assert!(l.chars().count() < 4 * (CELL_MAX + 2), "{l}");
+            assert!(l.chars().count() < 7 * (CELL_MAX + 2), "{l}");
         }
+        assert!(lines[1].contains(r"uuid\u{202e}1"), "{}", lines[1]);
         assert!(lines[1].contains(r"evil\x1b]0;pwned\x07\r\nforged"));
         assert!(lines[1].contains(&format!("{}…", "v".repeat(CELL_MAX - 1))));
         // The header lines up with the cut cells.
         let agent_col = lines[0].find("AGENT").unwrap();
         assert_eq!(lines[1].chars().nth(agent_col), Some('v'));
+        assert_eq!(lines[2].chars().nth(agent_col), Some('0'));
     }
 
     #[test]
