@@ -491,3 +491,58 @@ async fn a_removed_server_loses_its_connection_tasks_and_logs() {
     );
     still_answers(&c, &other.welcome.server_id).await;
 }
+
+#[tokio::test]
+async fn the_cli_escapes_what_a_hostile_agent_reports() {
+    use molar_protocol::catalogue::Handshake;
+    use molar_protocol::{Peer, PeerConfig};
+    let c = controller().await;
+    let hostile = "evil\x1b]0;pwned\x07\r\nforged\u{202e}";
+    let tls = tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await;
+    let (peer, _task) = Peer::spawn(
+        tls,
+        fake_handler(),
+        PeerConfig {
+            name: "hostile agent".into(),
+            id_prefix: "a".into(),
+            ..PeerConfig::default()
+        },
+    );
+    let mut params = hello(&c.agent_token, 1);
+    params.node.hostname = Some(hostile.into());
+    let welcome = peer.call_method::<Handshake>(&params).await.unwrap();
+    let sid = welcome.server_id;
+    peer.call(
+        "log",
+        json!({"records": [{"ts_ms": 1, "level": "info", "target": "t\x1b[2J",
+            "msg": "ok\r\n1970-01-01 00:00:00 ERROR agent: forged\x1b]0;t\x07",
+            "fields": {"k": "\u{9b}31m"}}]}),
+    )
+    .await
+    .unwrap();
+    let raw = |s: &str| {
+        s.chars()
+            .any(|c| c == '\x1b' || c == '\r' || c == '\x07' || c == '\u{9b}' || c == '\u{202e}')
+    };
+    let escaped = r"evil\x1b]0;pwned\x07\r\nforged\u{202e}";
+    for args in [vec!["servers"], vec!["server", &sid], vec!["logs", &sid]] {
+        let (code, out, err) = molar(&c, &args).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(
+            !raw(&out),
+            "{args:?} printed a raw control character: {out:?}"
+        );
+        if args[0] != "logs" {
+            assert!(out.contains(escaped), "{args:?}: {out}");
+        }
+    }
+    let (_, logs, _) = molar(&c, &["logs", &sid]).await;
+    assert_eq!(logs.lines().count(), 1, "{logs}");
+    assert!(logs.contains(r"ok\r\n1970-01-01"), "{logs}");
+    // --json keeps every value whole and still parses.
+    let (code, out, _) = molar(&c, &["--json", "servers"]).await;
+    assert_eq!(code, 0);
+    assert!(!raw(&out), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["hostname"], hostile);
+}
