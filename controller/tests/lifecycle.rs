@@ -546,3 +546,32 @@ async fn the_cli_escapes_what_a_hostile_agent_reports() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["hostname"], hostile);
 }
+
+#[tokio::test]
+async fn molar_server_remove_prints_what_it_deleted_and_exits_3_for_an_unknown_server() {
+    let c = controller().await;
+    let a = fake_agent(&c, 1).await;
+    let b = fake_agent(&c, 2).await;
+    let (code, out, err) = molar(&c, &["server", "remove", &a.welcome.server_id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!(
+            "server {} removed (0 tasks, 0 task events, 0 log records, 1 connections)",
+            a.welcome.server_id
+        )
+    );
+    let (code, out, err) = molar(&c, &["--json", "server", "remove", &b.welcome.server_id]).await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["id"], b.welcome.server_id.as_str());
+    assert_eq!(v["removed"], true);
+    assert_eq!(v["connections"], 1);
+    let (code, _, err) = molar(&c, &["server", "remove", &a.welcome.server_id]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("not found") || err.contains("no server"),
+        "{err}"
+    );
+    assert!(c.client.servers().await.unwrap().is_empty());
+}
