@@ -1,8 +1,9 @@
 //! The HTTP JSON API under `/api/v1`, served over HTTPS with the controller's certificate.
 //!
-//! Every route requires `Authorization: Bearer <admin token>` (compared in constant time).
-//! Errors are `{"error":{"msg","code"}}` with the HTTP status given by the code
-//! ([`status_for`]); an agent's own error is relayed as the agent sent it. Request bodies are
+//! Every route requires `Authorization: Bearer <admin token>` (scheme in any case; token
+//! compared in constant time). Errors are `{"error":{"msg","code"}}` with the HTTP status
+//! given by the code ([`status_for`]), axum's own rejections included ([`json_errors`]); an
+//! agent's own error is relayed as the agent sent it. Request bodies are
 //! parsed here rather than by axum's `Json` extractor so a malformed body gets the same error
 //! shape as everything else.
 //!
@@ -259,7 +260,7 @@ pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationTok
     });
     let api = Router::new()
         .route("/servers", get(list_servers))
-        .route("/servers/{id}", get(show_server))
+        .route("/servers/{id}", get(show_server).delete(remove_server))
         .route("/servers/{id}/call", post(call))
         .route("/servers/{id}/tasks", post(start_task).get(server_tasks))
         .route("/servers/{id}/logs", get(server_logs))
@@ -272,7 +273,47 @@ pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationTok
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Most bytes of a rejection's text repeated in its JSON error.
+const REJECTION_TEXT_MAX: usize = 512;
+
+/// Every error answered in the documented shape: axum's own rejections (body over the
+/// limit, a path segment that is not UTF-8, a bad query, ...) are plain text; they become
+/// `{"error":{"msg","code"}}` with the same status and their text as the message.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), REJECTION_TEXT_MAX)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let msg = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase()
+    } else {
+        text
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => codes::NOT_FOUND,
+        StatusCode::UNAUTHORIZED => codes::UNAUTHORIZED,
+        StatusCode::UNPROCESSABLE_ENTITY => codes::INVALID_PARAMS,
+        s if s.is_client_error() => codes::INVALID_REQUEST,
+        _ => codes::INTERNAL,
+    };
+    let body = json!({"error": {"msg": msg, "code": code}});
+    (status, axum::Json(body)).into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -294,17 +335,19 @@ async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Resp
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return ApiError::new(codes::UNAUTHORIZED, "missing admin token").into_response();
     };
-    let presented = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
+    let presented = value.to_str().ok().and_then(bearer).unwrap_or("");
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     if presented.is_empty() || !bool::from(hash.ct_eq(&st.admin_hash)) {
         return ApiError::new(codes::UNAUTHORIZED, "invalid admin token").into_response();
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization` value: the scheme `Bearer` in any case (HTTP schemes are
+/// case-insensitive), then one or more spaces.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn view(fleet: &Fleet, mut server: ServerRecord) -> ServerView {
@@ -354,6 +397,28 @@ async fn show_server(
         );
     }
     Ok(axum::Json(v))
+}
+
+/// The answer to `DELETE /servers/{id}`: what was deleted with the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemovedServer {
+    pub id: String,
+    pub removed: bool,
+    #[serde(flatten)]
+    pub deleted: crate::store::Removed,
+}
+
+async fn remove_server(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> ApiResult<RemovedServer> {
+    let deleted = st.fleet.remove_server(&id).await?;
+    tracing::info!(server = %id, ?deleted, "server removed");
+    Ok(axum::Json(RemovedServer {
+        id,
+        removed: true,
+        deleted,
+    }))
 }
 
 async fn call(

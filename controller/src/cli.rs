@@ -108,12 +108,16 @@ pub enum Command {
     },
     /// List servers.
     Servers,
-    /// Show one server.
+    /// Show one server (`molar server ID`), or remove one (`molar server remove ID`).
+    #[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
     Server {
-        id: String,
+        #[arg(required = true)]
+        id: Option<String>,
         /// Include the stored inventory.
         #[arg(long)]
         inventory: bool,
+        #[command(subcommand)]
+        command: Option<ServerCommand>,
     },
     /// Call a method on a server's agent and print its result as one line of JSON.
     Call {
@@ -139,6 +143,13 @@ pub enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Remove a server with its connections, tasks, task events, logs and BMC entry, closing
+    /// its agent connection (an agent still running there registers again as a new server).
+    Remove { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +192,11 @@ impl Failure {
             msg: msg.into(),
         }
     }
+
+    /// Stdout was closed (`molar ... | head`): not an error, the command just ends.
+    fn stdout_closed() -> Self {
+        Failure::new(0, "")
+    }
 }
 
 /// Exit code for an API error; `agent_call` marks commands whose other errors come from the
@@ -215,8 +231,10 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(f) if f.code == 0 => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("molar: {}", f.msg);
+            // Errors carry agents' messages: escaped like everything else they send.
+            eprintln!("molar: {}", sanitize(&f.msg));
             ExitCode::from(f.code)
         }
     }
@@ -276,11 +294,97 @@ fn parse_params(text: Option<&str>) -> Result<Value, Failure> {
     Ok(v)
 }
 
-fn print_json<T: Serialize>(v: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into())
-    );
+fn print_json<T: Serialize>(v: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into());
+    emit(&json_for_terminal(&text))
+}
+
+/// Writes one line to stdout. A closed stdout (`molar ... | head`) is [`Failure::stdout_closed`]:
+/// the command ends quietly instead of panicking like `println!`.
+fn emit(line: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(line.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::stdout_closed()),
+        Err(e) => Err(Failure::new(EXIT_OTHER, format!("writing to stdout: {e}"))),
+    }
+}
+
+/// `println!` through [`emit`]: evaluates to its `Result`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        emit(&format!($($arg)*))
+    };
+}
+
+/// Whether a character can steer a terminal or reorder what is shown: C0 controls (CR, LF,
+/// ESC, ...), DEL, C1 controls (U+0080..U+009F, CSI among them) and the Unicode bidi
+/// embeddings, overrides and isolates.
+fn is_unsafe_char(c: char) -> bool {
+    matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A string that came from an agent or a BMC, made safe to print on the operator's terminal:
+/// every [`is_unsafe_char`] becomes a visible escape (`\n`, `\r`, `\t`, `\x1b`,
+/// `\u{202e}`), so a hostile hostname or log record can neither forge lines nor send escape
+/// sequences.
+pub fn sanitize(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(is_unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && is_unsafe_char(c) => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if is_unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// JSON text made safe for a terminal and still the same JSON: serde_json escapes C0 controls
+/// in strings (raw ones are only the pretty printer's newlines) but writes DEL, C1 controls and
+/// bidi controls raw; those can only occur inside strings, so `\uXXXX` escapes them without
+/// changing the value.
+fn json_for_terminal(json: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_in_json = |c: char| is_unsafe_char(c) && c >= '\u{7f}';
+    if !json.chars().any(unsafe_in_json) {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        if unsafe_in_json(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Most characters of a table cell; longer values end in `…` (`--json` has them whole).
+pub const CELL_MAX: usize = 64;
+
+/// A table cell: [`sanitize`]d, then cut to [`CELL_MAX`] characters.
+fn cell(s: &str) -> String {
+    let s = sanitize(s);
+    if s.chars().count() <= CELL_MAX {
+        return s.into_owned();
+    }
+    let mut cut: String = s.chars().take(CELL_MAX - 1).collect();
+    cut.push('…');
+    cut
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time in milliseconds.
@@ -306,32 +410,148 @@ pub fn format_time(ms: i64) -> String {
     )
 }
 
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+/// A table with a header, columns two spaces apart; every cell goes through [`cell`].
+/// Padding is done by hand: a `{:w$}` width over `u16::MAX` panics ("Formatting argument out
+/// of range").
+fn render_table(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
+    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
+        .chain(
+            rows.into_iter()
+                .map(|r| r.iter().map(|c| cell(c)).collect()),
+        )
+        .collect();
+    let mut widths: Vec<usize> = vec![0; header.len()];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
             }
         }
-        println!("{}", s.trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r);
     }
+    rows.into_iter()
+        .map(|cells| {
+            let mut s = String::new();
+            let n = cells.len();
+            for (i, c) in cells.into_iter().enumerate() {
+                let pad = widths.get(i).copied().unwrap_or(0);
+                let len = c.chars().count();
+                s.push_str(&c);
+                if i + 1 < n {
+                    s.extend(std::iter::repeat_n(' ', pad.saturating_sub(len) + 2));
+                }
+            }
+            s.trim_end().to_owned()
+        })
+        .collect()
 }
 
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> Result<(), Failure> {
+    for line in render_table(header, rows) {
+        emit(&line)?;
+    }
+    Ok(())
+}
+
+/// An optional agent-reported value for text output, [`sanitize`]d; `-` when absent.
 fn opt(s: &Option<String>) -> String {
-    s.clone().unwrap_or_else(|| "-".into())
+    s.as_deref()
+        .map_or_else(|| "-".into(), |s| sanitize(s).into_owned())
+}
+
+/// The table of `molar servers`.
+fn servers_table(servers: Vec<crate::api::ServerView>) -> Vec<String> {
+    let rows = servers
+        .into_iter()
+        .map(|v| {
+            let s = v.server;
+            vec![
+                s.id,
+                s.state.as_str().into(),
+                if s.connected { "yes" } else { "no" }.into(),
+                opt(&s.hostname),
+                opt(&s.agent_version),
+                format_time(s.last_seen_ms),
+                s.system_uuid
+                    .or(s.serial)
+                    .unwrap_or_else(|| s.macs.join(",")),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "ID",
+            "STATE",
+            "CONNECTED",
+            "HOSTNAME",
+            "AGENT",
+            "LAST SEEN",
+            "IDENTITY",
+        ],
+        rows,
+    )
+}
+
+/// The text of `molar server`: every agent- or BMC-reported value [`sanitize`]d, in full.
+fn server_text(v: &crate::api::ServerView) -> Vec<String> {
+    let s = &v.server;
+    let mut out = vec![
+        format!("id:            {}", sanitize(&s.id)),
+        format!("state:         {}", s.state.as_str()),
+        format!("connected:     {}", if s.connected { "yes" } else { "no" }),
+        format!("hostname:      {}", opt(&s.hostname)),
+        format!("system uuid:   {}", opt(&s.system_uuid)),
+        format!("serial:        {}", opt(&s.serial)),
+        format!("macs:          {}", sanitize(&s.macs.join(", "))),
+        format!("agent version: {}", opt(&s.agent_version)),
+        format!("boot id:       {}", opt(&s.boot_id)),
+        format!("first seen:    {}", format_time(s.first_seen_ms)),
+        format!("last seen:     {}", format_time(s.last_seen_ms)),
+        format!("logs dropped:  {}", s.logs_dropped),
+    ];
+    if let Some(conn) = &v.connection {
+        out.push(format!("peer address:  {}", sanitize(&conn.peer_addr)));
+        out.push(format!("connected at:  {}", format_time(conn.opened_ms)));
+        if let (Some(at), Some(why)) = (conn.closed_ms, &conn.close_reason) {
+            out.push(format!(
+                "closed at:     {} ({})",
+                format_time(at),
+                sanitize(why)
+            ));
+        }
+    }
+    if let Some(b) = &v.bmc {
+        out.push(format!(
+            "bmc:           {} {} user {} ({}, {})",
+            opt(&b.mac),
+            opt(&b.ip),
+            sanitize(&b.username),
+            sanitize(&b.source),
+            format_time(b.updated_ms)
+        ));
+    }
+    if let Some(inv) = &v.inventory {
+        out.push("inventory:".into());
+        let text = serde_json::to_string_pretty(inv).unwrap_or_default();
+        out.push(json_for_terminal(&text).into_owned());
+    }
+    out
+}
+
+/// One line of `molar logs`: level, target, message and fields as the agent sent them,
+/// [`sanitize`]d (a record's CR/LF cannot forge further lines).
+fn log_line(l: &crate::store::LogEntry) -> String {
+    let fields = l
+        .fields
+        .as_ref()
+        .map(|f| format!(" {}", sanitize(&f.to_string())))
+        .unwrap_or_default();
+    format!(
+        "{} {:>5} {}: {}{fields}",
+        format_time(l.ts_ms),
+        sanitize(&l.level.to_uppercase()),
+        sanitize(&l.target),
+        sanitize(&l.msg)
+    )
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -373,15 +593,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     if cli.json {
                         print_json(
                             &serde_json::json!({"id": t.id, "name": t.name, "token": t.token.expose()}),
-                        );
+                        )?;
                     } else {
-                        println!("{}", t.token.expose());
+                        outln!("{}", t.token.expose())?;
                     }
                 }
                 TokenCommand::List => {
                     let ts = c.tokens().await.map_err(api_err(false))?;
                     if cli.json {
-                        print_json(&ts);
+                        print_json(&ts)?;
                     } else {
                         let rows = ts
                             .into_iter()
@@ -394,15 +614,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                 ]
                             })
                             .collect();
-                        table(&["ID", "NAME", "CREATED", "REVOKED"], rows);
+                        table(&["ID", "NAME", "CREATED", "REVOKED"], rows)?;
                     }
                 }
                 TokenCommand::Revoke { id } => {
                     c.revoke_token(id).await.map_err(api_err(false))?;
                     if cli.json {
-                        print_json(&serde_json::json!({"id": id, "revoked": true}));
+                        print_json(&serde_json::json!({"id": id, "revoked": true}))?;
                     } else {
-                        println!("token {id} revoked");
+                        outln!("token {id} revoked")?;
                     }
                 }
             }
@@ -412,80 +632,47 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let c = client(&cli)?;
             let servers = c.servers().await.map_err(api_err(false))?;
             if cli.json {
-                print_json(&servers);
+                print_json(&servers)?;
             } else {
-                let rows = servers
-                    .into_iter()
-                    .map(|v| {
-                        let s = v.server;
-                        vec![
-                            s.id,
-                            s.state.as_str().into(),
-                            if s.connected { "yes" } else { "no" }.into(),
-                            opt(&s.hostname),
-                            opt(&s.agent_version),
-                            format_time(s.last_seen_ms),
-                            s.system_uuid
-                                .or(s.serial)
-                                .unwrap_or_else(|| s.macs.join(",")),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "ID",
-                        "STATE",
-                        "CONNECTED",
-                        "HOSTNAME",
-                        "AGENT",
-                        "LAST SEEN",
-                        "IDENTITY",
-                    ],
-                    rows,
-                );
+                for line in servers_table(servers) {
+                    emit(&line)?;
+                }
             }
             Ok(())
         }
-        Command::Server { id, inventory } => {
+        Command::Server {
+            command: Some(ServerCommand::Remove { id }),
+            ..
+        } => {
+            let c = client(&cli)?;
+            let r = c.remove_server(id).await.map_err(api_err(false))?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                let d = r.deleted;
+                outln!(
+                    "server {} removed ({} tasks, {} task events, {} log records, {} connections)",
+                    sanitize(id),
+                    d.tasks,
+                    d.task_events,
+                    d.logs,
+                    d.connections
+                )?;
+            }
+            Ok(())
+        }
+        Command::Server { id, inventory, .. } => {
+            let Some(id) = id else {
+                return Err(Failure::new(EXIT_USAGE, "molar server needs a server id"));
+            };
             let c = client(&cli)?;
             let v = c.server(id, *inventory).await.map_err(api_err(false))?;
             if cli.json {
-                print_json(&v);
+                print_json(&v)?;
                 return Ok(());
             }
-            let s = &v.server;
-            println!("id:            {}", s.id);
-            println!("state:         {}", s.state.as_str());
-            println!("connected:     {}", if s.connected { "yes" } else { "no" });
-            println!("hostname:      {}", opt(&s.hostname));
-            println!("system uuid:   {}", opt(&s.system_uuid));
-            println!("serial:        {}", opt(&s.serial));
-            println!("macs:          {}", s.macs.join(", "));
-            println!("agent version: {}", opt(&s.agent_version));
-            println!("boot id:       {}", opt(&s.boot_id));
-            println!("first seen:    {}", format_time(s.first_seen_ms));
-            println!("last seen:     {}", format_time(s.last_seen_ms));
-            println!("logs dropped:  {}", s.logs_dropped);
-            if let Some(conn) = &v.connection {
-                println!("peer address:  {}", conn.peer_addr);
-                println!("connected at:  {}", format_time(conn.opened_ms));
-                if let (Some(at), Some(why)) = (conn.closed_ms, &conn.close_reason) {
-                    println!("closed at:     {} ({why})", format_time(at));
-                }
-            }
-            if let Some(b) = &v.bmc {
-                println!(
-                    "bmc:           {} {} user {} ({}, {})",
-                    opt(&b.mac),
-                    opt(&b.ip),
-                    b.username,
-                    b.source,
-                    format_time(b.updated_ms)
-                );
-            }
-            if let Some(inv) = &v.inventory {
-                println!("inventory:");
-                println!("{}", serde_json::to_string_pretty(inv).unwrap_or_default());
+            for line in server_text(&v) {
+                emit(&line)?;
             }
             Ok(())
         }
@@ -514,9 +701,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await
                 .map_err(api_err(true))?;
             if cli.json {
-                print_json(&result);
+                print_json(&result)?;
             } else {
-                println!("{result}");
+                emit(&json_for_terminal(&result.to_string()))?;
             }
             Ok(())
         }
@@ -535,9 +722,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .map_err(api_err(true))?;
                 if !*wait {
                     if cli.json {
-                        print_json(&started);
+                        print_json(&started)?;
                     } else {
-                        println!("{}", started.task_id);
+                        outln!("{}", sanitize(&started.task_id))?;
                     }
                     return Ok(());
                 }
@@ -547,31 +734,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 let c = client(&cli)?;
                 let t = c.task(task).await.map_err(api_err(false))?;
                 if cli.json {
-                    print_json(&t);
+                    print_json(&t)?;
                     return Ok(());
                 }
-                println!("task:     {}", t.task_id);
-                println!("server:   {}", t.server_id);
-                println!("method:   {}", t.method);
-                println!("state:    {}", t.state.as_str());
+                outln!("task:     {}", sanitize(&t.task_id))?;
+                outln!("server:   {}", sanitize(&t.server_id))?;
+                outln!("method:   {}", sanitize(&t.method))?;
+                outln!("state:    {}", t.state.as_str())?;
                 if let Some(p) = t.percent {
-                    println!("percent:  {p:.1}");
+                    outln!("percent:  {p:.1}")?;
                 }
                 if let Some(e) = t.eta {
-                    println!("eta:      {e} s");
+                    outln!("eta:      {e} s")?;
                 }
                 if let Some(m) = &t.msg {
-                    println!("msg:      {m}");
+                    outln!("msg:      {}", sanitize(m))?;
                 }
                 if let Some(code) = &t.code {
-                    println!("code:     {code}");
+                    outln!("code:     {}", sanitize(code))?;
                 }
-                println!("created:  {}", format_time(t.created_ms));
+                outln!("created:  {}", format_time(t.created_ms))?;
                 if let Some(f) = t.finished_ms {
-                    println!("finished: {}", format_time(f));
+                    outln!("finished: {}", format_time(f))?;
                 }
                 if let Some(r) = &t.result {
-                    println!("result:   {r}");
+                    outln!("result:   {}", sanitize(&r.to_string()))?;
                 }
                 Ok(())
             }
@@ -580,7 +767,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let c = client(&cli)?;
             let tasks = c.server_tasks(id).await.map_err(api_err(false))?;
             if cli.json {
-                print_json(&tasks);
+                print_json(&tasks)?;
             } else {
                 let rows = tasks
                     .into_iter()
@@ -598,7 +785,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 table(
                     &["TASK", "METHOD", "STATE", "PERCENT", "CREATED", "MSG"],
                     rows,
-                );
+                )?;
             }
             Ok(())
         }
@@ -609,20 +796,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 let page = c.logs(id, after, 1000).await.map_err(api_err(false))?;
                 for l in &page.logs {
                     if cli.json {
-                        println!("{}", serde_json::to_string(l).unwrap_or_default());
+                        let line = serde_json::to_string(l).unwrap_or_default();
+                        emit(&json_for_terminal(&line))?;
                     } else {
-                        let fields = l
-                            .fields
-                            .as_ref()
-                            .map(|f| format!(" {f}"))
-                            .unwrap_or_default();
-                        println!(
-                            "{} {:>5} {}: {}{fields}",
-                            format_time(l.ts_ms),
-                            l.level.to_uppercase(),
-                            l.target,
-                            l.msg
-                        );
+                        emit(&log_line(l))?;
                     }
                 }
                 after = page.next_after;
@@ -664,7 +841,10 @@ async fn follow_task(c: &Client, task_id: &str, json: bool) -> Result<(), Failur
                 if failures > FOLLOW_RETRIES {
                     return Err(api_err(false)(e));
                 }
-                bar.set_message(format!("{task_id} (reconnecting: {e})"));
+                bar.set_message(format!(
+                    "{task_id} (reconnecting: {})",
+                    sanitize(&e.to_string())
+                ));
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -695,7 +875,7 @@ async fn follow_task(c: &Client, task_id: &str, json: bool) -> Result<(), Failur
     bar.finish_and_clear();
     let task = c.task(task_id).await.map_err(api_err(false))?;
     if json {
-        print_json(&task);
+        print_json(&task)?;
     }
     let finished = last
         .as_ref()
@@ -708,15 +888,17 @@ async fn follow_task(c: &Client, task_id: &str, json: bool) -> Result<(), Failur
     match task.state {
         TaskPhase::Complete => {
             if !json {
-                println!("task {task_id} complete in {took:.1} s");
+                outln!("task {task_id} complete in {took:.1} s")?;
             }
             Ok(())
         }
         TaskPhase::Error => {
             let msg = task.msg.unwrap_or_else(|| "no message".into());
             let code = task.code.unwrap_or_else(|| codes::INTERNAL.into());
+            let (msg, code) = (sanitize(&msg), sanitize(&code));
             if !json {
-                println!("task {task_id} failed: {msg} ({code})");
+                // The task's failure decides the exit code, even if stdout is gone.
+                let _ = outln!("task {task_id} failed: {msg} ({code})");
             }
             Err(Failure::new(
                 EXIT_FAILED,
@@ -745,7 +927,10 @@ async fn serve(cfg: ServeConfig) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::new(EXIT_OTHER, e.to_string()))?;
     // The fingerprint alone on stdout: agents pin it (`molar.ca=sha256:...`).
-    println!("{}", running.ca_fingerprint);
+    // A closed stdout must not take the controller down with it.
+    if emit(&running.ca_fingerprint).is_err() {
+        tracing::warn!(fingerprint = %running.ca_fingerprint, "could not print the CA fingerprint to stdout");
+    }
     tracing::info!(
         agents = %running.agent_addr,
         api = %running.api_url,
@@ -787,6 +972,29 @@ mod tests {
     }
 
     #[test]
+    fn server_shows_a_server_or_removes_one() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        match parse(&["molar", "server", "srv-1", "--inventory"]).unwrap() {
+            Command::Server {
+                id,
+                inventory,
+                command: None,
+            } => assert_eq!((id.as_deref(), inventory), (Some("srv-1"), true)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["molar", "--json", "server", "remove", "srv-1"]).unwrap() {
+            Command::Server {
+                id: None,
+                command: Some(ServerCommand::Remove { id }),
+                ..
+            } => assert_eq!(id, "srv-1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["molar", "server"]).is_err());
+        assert!(parse(&["molar", "server", "remove"]).is_err());
+    }
+
+    #[test]
     fn times_are_formatted_in_utc() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00");
         assert_eq!(format_time(1_763_751_600_000), "2025-11-21 19:00:00");
@@ -797,5 +1005,115 @@ mod tests {
         assert_eq!(parse_params(None).unwrap(), serde_json::json!({}));
         assert_eq!(parse_params(Some("[1]")).unwrap_err().code, EXIT_USAGE);
         assert_eq!(parse_params(Some("{")).unwrap_err().code, EXIT_USAGE);
+    }
+
+    const HOSTILE: &str = "evil\x1b]0;pwned\x07\r\nforged";
+
+    fn server(hostname: &str, agent_version: String) -> crate::api::ServerView {
+        crate::api::ServerView {
+            server: crate::store::ServerRecord {
+                id: "srv-1".into(),
+                system_uuid: Some("uuid\u{202e}1".into()),
+                serial: None,
+                macs: vec!["52:54:00:00:00:01".into()],
+                hostname: Some(hostname.into()),
+                state: crate::store::ServerState::Available,
+                agent_version: Some(agent_version),
+                boot_id: None,
+                first_seen_ms: 0,
+                last_seen_ms: 0,
+                connected: true,
+                logs_dropped: 0,
+            },
+            connection: None,
+            inventory: None,
+            bmc: Some(crate::store::BmcRecord {
+                server_id: "srv-1".into(),
+                mac: None,
+                ip: Some("10.0.0.1\u{9b}2J".into()),
+                username: "admin\x1b[2J".into(),
+                user_id: None,
+                source: "in_band".into(),
+                updated_ms: 0,
+            }),
+        }
+    }
+
+    fn assert_printable(text: &str) {
+        assert!(
+            !text.chars().any(is_unsafe_char),
+            "raw control character in {text:?}"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_visibly() {
+        assert_eq!(sanitize("plain host-1"), "plain host-1");
+        assert_eq!(sanitize(HOSTILE), r"evil\x1b]0;pwned\x07\r\nforged");
+        assert_eq!(
+            sanitize("a\tb\x7fc\u{85}d\u{202e}e\u{2069}f\0"),
+            r"a\tb\x7fc\u{85}d\u{202e}e\u{2069}f\x00"
+        );
+        // Text beyond ASCII that steers nothing is left alone.
+        assert_eq!(sanitize("höst-ü→"), "höst-ü→");
+    }
+
+    #[test]
+    fn json_for_the_terminal_is_the_same_json() {
+        let v = serde_json::json!({"h": "a\u{9b}b\u{202e}c\x7f\x1b\n"});
+        let text = json_for_terminal(&serde_json::to_string_pretty(&v).unwrap()).into_owned();
+        assert_printable(&text.replace('\n', ""));
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+    }
+
+    #[test]
+    fn server_tables_escape_and_cut_hostile_cells_without_panicking() {
+        let huge = "v".repeat(200_000);
+        let lines = servers_table(vec![server(HOSTILE, huge), server("h2", "0.1".into())]);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        for l in &lines {
+            assert_printable(l);
+            assert!(l.chars().count() < 7 * (CELL_MAX + 2), "{l}");
+        }
+        assert!(lines[1].contains(r"uuid\u{202e}1"), "{}", lines[1]);
+        assert!(lines[1].contains(r"evil\x1b]0;pwned\x07\r\nforged"));
+        assert!(lines[1].contains(&format!("{}…", "v".repeat(CELL_MAX - 1))));
+        // The header lines up with the cut cells.
+        let agent_col = lines[0].find("AGENT").unwrap();
+        assert_eq!(lines[1].chars().nth(agent_col), Some('v'));
+        assert_eq!(lines[2].chars().nth(agent_col), Some('0'));
+    }
+
+    #[test]
+    fn server_text_escapes_every_reported_value() {
+        let text = server_text(&server(HOSTILE, "1.0\r\nstate:         error".into()));
+        for l in &text {
+            assert_printable(l);
+        }
+        let text = text.join("\n");
+        assert!(text.contains(r"hostname:      evil\x1b]0;pwned\x07\r\nforged"));
+        assert!(text.contains(r"agent version: 1.0\r\nstate:         error"));
+        assert!(text.contains(r"user admin\x1b[2J"));
+        assert!(text.contains(r"10.0.0.1\u{9b}2J"));
+        assert!(text.contains(r"uuid\u{202e}1"));
+        // A 200 KB agent version prints in full, escaped, without panicking.
+        let big = server_text(&server("h", "\x1b".repeat(200_000)));
+        assert!(big.iter().any(|l| l.len() > 800_000));
+    }
+
+    #[test]
+    fn log_lines_cannot_forge_lines_or_send_escapes() {
+        let l = crate::store::LogEntry {
+            id: 1,
+            ts_ms: 0,
+            level: "info\x1b".into(),
+            target: "agent\r".into(),
+            msg: "done\r\n1970-01-01 00:00:00 ERROR agent: forged\x1b]0;t\x07".into(),
+            fields: Some(serde_json::json!({"k": "\u{9b}31m\u{202e}"})),
+        };
+        let line = log_line(&l);
+        assert_printable(&line);
+        assert!(!line.contains('\n'));
+        assert!(line.contains(r"done\r\n1970-01-01"), "{line}");
     }
 }

@@ -2,8 +2,8 @@
 //! use. It trusts only the controller's CA (no public roots) and sends the admin token.
 
 use crate::api::{
-    CallRequest, CallResponse, CreatedToken, LogPage, ServerList, ServerView, TaskList,
-    TaskRequest, TaskStarted, TokenList, TokenRequest,
+    CallRequest, CallResponse, CreatedToken, LogPage, RemovedServer, ServerList, ServerView,
+    TaskList, TaskRequest, TaskStarted, TokenList, TokenRequest,
 };
 use crate::store::{TaskEvent, TaskRecord, TokenRecord};
 use molar_protocol::{ErrorBody, Secret, codes};
@@ -337,6 +337,12 @@ impl Client {
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {
         Ok(self.get::<TokenList>("/tokens").await?.tokens)
+    }
+
+    /// Removes a server with its connections, tasks, logs and BMC entry (admin).
+    pub async fn remove_server(&self, id: &str) -> Result<RemovedServer> {
+        let url = self.url(&format!("/servers/{id}"));
+        self.send(self.http.delete(&url), &url).await
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<()> {

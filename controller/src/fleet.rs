@@ -9,7 +9,7 @@
 //! generic call stores nothing, whatever its method.
 
 use crate::store::{
-    ServerState, StatusOutcome, Store, StoreError, TaskEvent, TaskRecord, TokenRecord,
+    Removed, ServerState, StatusOutcome, Store, StoreError, TaskEvent, TaskRecord, TokenRecord,
 };
 use molar_protocol::bmc::SetCredentialsParams;
 use molar_protocol::catalogue::{
@@ -115,6 +115,9 @@ impl FleetError {
     }
 }
 
+/// The fatal error a removed server's agent connection is closed with.
+pub const SERVER_REMOVED: &str = "server removed by the admin";
+
 struct LiveAgent {
     conn_id: i64,
     peer: PeerHandle,
@@ -175,6 +178,23 @@ impl Fleet {
         } else {
             Err(FleetError::TokenNotFound(id.to_owned()))
         }
+    }
+
+    // ---- servers ----
+
+    /// Removes a server (admin): closes its live agent connection, if any, then deletes it
+    /// with its connections, tasks, task events, logs and BMC entry. An agent still running
+    /// there registers again as a new server when it reconnects.
+    pub async fn remove_server(&self, server_id: &str) -> Result<Removed, FleetError> {
+        let live = self.agents().remove(server_id);
+        if let Some(live) = live {
+            tracing::info!(server = %server_id, "closing the connection of a removed server");
+            live.peer.close(Some(SERVER_REMOVED.into())).await;
+        }
+        self.store
+            .remove_server(server_id)
+            .await?
+            .ok_or_else(|| FleetError::ServerNotFound(server_id.to_owned()))
     }
 
     /// Whether `token` is one of the tokens not revoked. Compares hashes in constant time and

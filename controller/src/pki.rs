@@ -5,6 +5,8 @@
 //! `ca.pem`, `ca.key`, `ca.sha256` (the fingerprint agents pin), `server.pem` (leaf then CA, so
 //! an agent that pins the CA by fingerprint finds it in the chain), `server.key`,
 //! `server.sans` (the names the leaf was issued for: a new `--san` reissues it),
+//! `server.expires` (the leaf's end of validity, Unix seconds: a leaf within
+//! [`RENEW_BEFORE`] of it, or without the file, is reissued at start),
 //! `admin.token`, `api.url`, and `molar.db` (see [`crate::store`]).
 
 use molar_protocol::Secret;
@@ -20,6 +22,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Why preparing the state directory or the TLS configuration failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +104,31 @@ pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// How long a new CA certificate is valid (10 years). The CA is pinned by agents, so it is
+/// never renewed automatically.
+pub const CA_VALIDITY: Duration = Duration::from_secs(3652 * 86_400);
+/// How long a new server certificate is valid (1 year).
+pub const SERVER_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+/// A server certificate this close to its end is reissued at start.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+/// Certificates start this long before they are made: a ramdisk's clock comes from the RTC,
+/// which may be behind (or kept in local time).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(86_400);
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Valid from `now` less [`CLOCK_SKEW`] for `lasting`; returns the end, Unix seconds.
+fn set_validity(p: &mut CertificateParams, now: SystemTime, lasting: Duration) -> u64 {
+    let start = unix_secs(now).saturating_sub(CLOCK_SKEW.as_secs());
+    let end = unix_secs(now) + lasting.as_secs();
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    p.not_before = epoch + Duration::from_secs(start);
+    p.not_after = epoch + Duration::from_secs(end);
+    end
+}
+
 fn ca_params() -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -155,6 +183,11 @@ fn parse_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 /// Loads the CA and server certificate from `dir`, creating what is missing. The server
 /// certificate is reissued (by the same CA) when the requested names changed.
 pub fn load_or_create(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
+    load_or_create_at(dir, extra_sans, SystemTime::now())
+}
+
+/// [`load_or_create`] with the time taken as `now`.
+fn load_or_create_at(dir: &Path, extra_sans: &[String], now: SystemTime) -> Result<Pki> {
     // The directory holds private keys and the admin token: only its owner may list it.
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -181,7 +214,9 @@ pub fn load_or_create(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
                 source,
             }
         })?;
-        let cert = ca_params()
+        let mut params = ca_params();
+        set_validity(&mut params, now, CA_VALIDITY);
+        let cert = params
             .self_signed(&key)
             .map_err(|source| PkiError::Generate {
                 what: "the CA certificate",
@@ -215,7 +250,19 @@ pub fn load_or_create(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
     let recorded: Option<Vec<String>> = std::fs::read(&sans_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    if recorded.as_ref() != Some(&sans) || !server_pem.exists() || !server_key_path.exists() {
+    let expires_path = dir.join("server.expires");
+    let expires: Option<u64> = std::fs::read_to_string(&expires_path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    let expiring = expires.is_none_or(|e| e <= unix_secs(now) + RENEW_BEFORE.as_secs());
+    if expiring && expires.is_some() {
+        tracing::info!("the server certificate expires within 30 days: reissuing it");
+    }
+    if expiring
+        || recorded.as_ref() != Some(&sans)
+        || !server_pem.exists()
+        || !server_key_path.exists()
+    {
         let issuer = Issuer::new(ca_params(), ca_key);
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
             PkiError::Generate {
@@ -236,6 +283,7 @@ pub fn load_or_create(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
+        let end = set_validity(&mut params, now, SERVER_VALIDITY);
         let cert = params
             .signed_by(&key, &issuer)
             .map_err(|source| PkiError::Generate {
@@ -251,6 +299,7 @@ pub fn load_or_create(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
         )?;
         let list = serde_json::to_vec(&sans).unwrap_or_default();
         write_file(&sans_path, &list, 0o644)?;
+        write_file(&expires_path, format!("{end}\n").as_bytes(), 0o644)?;
     }
     let server_chain = parse_chain(&server_pem)?;
     let key_data = read(&server_key_path)?;
@@ -351,5 +400,64 @@ mod tests {
         let t2 = load_or_create_admin_token(dir.path()).unwrap();
         assert_eq!(t1, t2);
         assert_eq!(t1.expose().len(), 64);
+    }
+
+    /// notBefore and notAfter of a DER certificate, Unix seconds: the first two UTCTimes
+    /// (`YYMMDDHHMMSSZ`, years before 2050), which are the TBS validity.
+    fn validity(der: &[u8]) -> (u64, u64) {
+        let times: Vec<u64> = der
+            .windows(15)
+            .filter(|w| w[0] == 0x17 && w[1] == 13 && w[14] == b'Z')
+            .filter_map(|w| {
+                let d = std::str::from_utf8(&w[2..14]).ok()?;
+                let n = |i: usize| d[i..i + 2].parse::<i64>().ok();
+                let (y, m, day) = (2000 + n(0)?, n(2)?, n(4)?);
+                // Days from civil (Howard Hinnant), as in cli::format_time the other way.
+                let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+                let era = y.div_euclid(400);
+                let yoe = y - era * 400;
+                let doy = (153 * m + 2) / 5 + day - 1;
+                let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+                let days = era * 146_097 + doe - 719_468;
+                Some((days * 86_400 + n(6)? * 3600 + n(8)? * 60 + n(10)?) as u64)
+            })
+            .collect();
+        (times[0], times[1])
+    }
+
+    #[test]
+    fn certificates_have_sane_validity_and_the_server_one_is_renewed_before_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 86_400;
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_764_547_200); // 2025-12-01
+        let a = load_or_create_at(dir.path(), &[], t0).unwrap();
+        let now = unix_secs(t0);
+        assert_eq!(
+            validity(&a.server_chain[1]),
+            (now - day, now + 3652 * day),
+            "the CA"
+        );
+        assert_eq!(
+            validity(&a.server_chain[0]),
+            (now - day, now + 365 * day),
+            "the server certificate"
+        );
+        let expires = std::fs::read_to_string(dir.path().join("server.expires")).unwrap();
+        assert_eq!(expires.trim(), (now + 365 * day).to_string());
+        // Well before the end: kept.
+        let later = t0 + Duration::from_secs(300 * day);
+        let b = load_or_create_at(dir.path(), &[], later).unwrap();
+        assert_eq!(a.server_chain[0], b.server_chain[0]);
+        // Within 30 days of the end: reissued under the same CA, valid from then.
+        let late = t0 + Duration::from_secs(340 * day);
+        let c = load_or_create_at(dir.path(), &[], late).unwrap();
+        assert_ne!(a.server_chain[0], c.server_chain[0]);
+        assert_eq!(a.ca_fingerprint, c.ca_fingerprint);
+        let late = unix_secs(late);
+        assert_eq!(validity(&c.server_chain[0]), (late - day, late + 365 * day));
+        // A leaf issued before the expiry was recorded (no server.expires) is reissued too.
+        std::fs::remove_file(dir.path().join("server.expires")).unwrap();
+        let d = load_or_create_at(dir.path(), &[], UNIX_EPOCH + Duration::from_secs(late)).unwrap();
+        assert_ne!(c.server_chain[0], d.server_chain[0]);
     }
 }

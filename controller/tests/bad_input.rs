@@ -479,3 +479,62 @@ async fn an_event_stream_that_never_ends_its_line_is_abandoned_at_the_cap() {
     server.await.unwrap();
     assert!(sent.load(Ordering::SeqCst) < 64 * MAX_EVENT);
 }
+
+#[tokio::test]
+async fn every_api_rejection_has_the_json_error_shape() {
+    let c = controller().await;
+    let good = fake_agent(&c, 1).await;
+    let sid = good.welcome.server_id.clone();
+    let auth = admin(&c);
+    // A body over the limit (axum's 2 MiB) is refused before it is parsed.
+    let huge = format!(r#"{{"name":"{}"}}"#, "x".repeat(3 << 20));
+    let (status, body) = raw_api(
+        &c,
+        reqwest::Method::POST,
+        "/tokens",
+        Some(&auth),
+        Some(&huge),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    assert!(
+        body["error"]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("length limit")
+    );
+    // A path segment that is not UTF-8 once decoded.
+    for path in ["/servers/%FF", "/servers/%FF/logs", "/tasks/%C3%28"] {
+        let (status, body) = raw_api(&c, reqwest::Method::GET, path, Some(&auth), None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{path}: {body}");
+        assert!(body["error"]["msg"].is_string(), "{path}: {body}");
+    }
+    // The bearer scheme is case-insensitive and may be followed by several spaces.
+    let token = c.running.admin_token.expose();
+    for a in [
+        format!("bearer {token}"),
+        format!("BEARER {token}"),
+        format!("Bearer    {token}"),
+    ] {
+        let (status, body) = raw_api(&c, reqwest::Method::GET, "/servers", Some(&a), None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for a in [
+        format!("Basic {token}"),
+        format!("Bearer{token}"),
+        token.to_owned(),
+    ] {
+        let (status, body) = raw_api(&c, reqwest::Method::GET, "/servers", Some(&a), None).await;
+        assert_eq!(
+            (status, body),
+            (
+                401,
+                json!({"error":{"msg":"invalid admin token","code":"unauthorized"}})
+            )
+        );
+    }
+    assert_eq!(c.client.tokens().await.unwrap().len(), 1);
+    still_answers(&c, &sid).await;
+}

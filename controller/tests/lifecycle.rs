@@ -416,3 +416,162 @@ async fn task_start_wait_survives_a_controller_restart() {
     shutdown.cancel();
     running.join().await;
 }
+
+#[tokio::test]
+async fn a_removed_server_loses_its_connection_tasks_and_logs() {
+    use molar_protocol::catalogue::TaskStatusUpdate;
+    use molar_protocol::methods::{TaskState, TaskStatus};
+    let c = controller().await;
+    let a = fake_agent(&c, 1).await;
+    let other = fake_agent(&c, 2).await;
+    let sid = a.welcome.server_id.clone();
+    a.peer
+        .call(
+            "log",
+            json!({"records": [{"ts_ms": 1, "level": "info", "target": "t", "msg": "m"}]}),
+        )
+        .await
+        .unwrap();
+    let running = TaskStatus {
+        task_id: "t-agent-own".into(),
+        state: TaskState::Running,
+        percent: Some(10.0),
+        eta: None,
+        msg: None,
+        code: None,
+        result: None,
+        seq: 1,
+    };
+    a.peer
+        .call_method::<TaskStatusUpdate>(&running)
+        .await
+        .unwrap();
+    assert_eq!(c.client.server_tasks(&sid).await.unwrap().len(), 1);
+
+    // Not without the admin token.
+    let (status, _) = raw_api(
+        &c,
+        reqwest::Method::DELETE,
+        &format!("/servers/{sid}"),
+        Some("Bearer wrong"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(c.client.server(&sid, false).await.is_ok());
+
+    let removed = c.client.remove_server(&sid).await.unwrap();
+    assert_eq!(removed.id, sid);
+    assert!(removed.removed);
+    assert_eq!(
+        (removed.deleted.tasks, removed.deleted.logs),
+        (1, 1),
+        "{removed:?}"
+    );
+    assert_eq!(
+        a.task.await.unwrap(),
+        CloseReason::RemoteFatal("server removed by the admin".into())
+    );
+    for gone in [
+        c.client.server(&sid, false).await.err(),
+        c.client.server_tasks(&sid).await.err(),
+        c.client.logs(&sid, 0, 10).await.err(),
+        c.client.task("t-agent-own").await.err(),
+        c.client.remove_server(&sid).await.err(),
+    ] {
+        assert_eq!(gone.expect("an error").code(), "not_found");
+    }
+    assert!(
+        !c.client
+            .servers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.server.id == sid)
+    );
+    still_answers(&c, &other.welcome.server_id).await;
+}
+
+#[tokio::test]
+async fn the_cli_escapes_what_a_hostile_agent_reports() {
+    use molar_protocol::catalogue::Handshake;
+    use molar_protocol::{Peer, PeerConfig};
+    let c = controller().await;
+    let hostile = "evil\x1b]0;pwned\x07\r\nforged\u{202e}";
+    let tls = tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await;
+    let (peer, _task) = Peer::spawn(
+        tls,
+        fake_handler(),
+        PeerConfig {
+            name: "hostile agent".into(),
+            id_prefix: "a".into(),
+            ..PeerConfig::default()
+        },
+    );
+    let mut params = hello(&c.agent_token, 1);
+    params.node.hostname = Some(hostile.into());
+    let welcome = peer.call_method::<Handshake>(&params).await.unwrap();
+    let sid = welcome.server_id;
+    peer.call(
+        "log",
+        json!({"records": [{"ts_ms": 1, "level": "info", "target": "t\x1b[2J",
+            "msg": "ok\r\n1970-01-01 00:00:00 ERROR agent: forged\x1b]0;t\x07",
+            "fields": {"k": "\u{9b}31m"}}]}),
+    )
+    .await
+    .unwrap();
+    let raw = |s: &str| {
+        s.chars()
+            .any(|c| c == '\x1b' || c == '\r' || c == '\x07' || c == '\u{9b}' || c == '\u{202e}')
+    };
+    let escaped = r"evil\x1b]0;pwned\x07\r\nforged\u{202e}";
+    for args in [vec!["servers"], vec!["server", &sid], vec!["logs", &sid]] {
+        let (code, out, err) = molar(&c, &args).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(
+            !raw(&out),
+            "{args:?} printed a raw control character: {out:?}"
+        );
+        if args[0] != "logs" {
+            assert!(out.contains(escaped), "{args:?}: {out}");
+        }
+    }
+    let (_, logs, _) = molar(&c, &["logs", &sid]).await;
+    assert_eq!(logs.lines().count(), 1, "{logs}");
+    assert!(logs.contains(r"ok\r\n1970-01-01"), "{logs}");
+    // --json keeps every value whole and still parses.
+    let (code, out, _) = molar(&c, &["--json", "servers"]).await;
+    assert_eq!(code, 0);
+    assert!(!raw(&out), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["hostname"], hostile);
+}
+
+#[tokio::test]
+async fn molar_server_remove_prints_what_it_deleted_and_exits_3_for_an_unknown_server() {
+    let c = controller().await;
+    let a = fake_agent(&c, 1).await;
+    let b = fake_agent(&c, 2).await;
+    let (code, out, err) = molar(&c, &["server", "remove", &a.welcome.server_id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!(
+            "server {} removed (0 tasks, 0 task events, 0 log records, 1 connections)",
+            a.welcome.server_id
+        )
+    );
+    let (code, out, err) = molar(&c, &["--json", "server", "remove", &b.welcome.server_id]).await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["id"], b.welcome.server_id.as_str());
+    assert_eq!(v["removed"], true);
+    assert_eq!(v["connections"], 1);
+    let (code, _, err) = molar(&c, &["server", "remove", &a.welcome.server_id]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("not found") || err.contains("no server"),
+        "{err}"
+    );
+    assert!(c.client.servers().await.unwrap().is_empty());
+}

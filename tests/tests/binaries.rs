@@ -6,7 +6,7 @@
 
 use molar_tests::bins::{Proc, bin};
 use molar_tests::inproc::free_port;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn molar(state: &std::path::Path, args: &[&str]) -> Output {
@@ -16,6 +16,22 @@ fn molar(state: &std::path::Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running molar")
+}
+
+/// Runs molar with its stdout a pipe whose reader is already gone (`molar ... | head` after
+/// head exited): every write fails with EPIPE.
+fn molar_closed_stdout(state: &std::path::Path, args: &[&str]) -> Output {
+    let mut child = Command::new(bin("molar"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running molar");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("waiting for molar")
 }
 
 fn stdout(o: &Output) -> String {
@@ -98,6 +114,24 @@ fn serve_token_agent_servers_call() {
     let ping = molar(state.path(), &["call", &id, "ping", r#"{"x":1}"#]);
     assert!(ping.status.success(), "{ping:?}");
     assert_eq!(stdout(&ping), r#"{"x":1}"#);
+
+    // A closed stdout ends every printing command quietly, with its usual exit status.
+    let big = format!(r#"{{"x":"{}"}}"#, "y".repeat(100_000));
+    for args in [
+        vec!["call", &id, "ping", &big],
+        vec!["servers"],
+        vec!["--json", "servers"],
+        vec!["server", &id, "--inventory"],
+        vec!["logs", &id],
+        vec!["token", "list"],
+    ] {
+        let out = molar_closed_stdout(state.path(), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "molar {}: {err}", args[0]);
+        assert_eq!(out.status.code(), Some(0), "molar {}: {err}", args[0]);
+    }
+    let missing = molar_closed_stdout(state.path(), &["server", "srv-nope"]);
+    assert_eq!(missing.status.code(), Some(3), "{missing:?}");
 
     // Exit codes scripts can trust: unknown server, unknown method.
     let missing = molar(state.path(), &["call", "srv-nope", "ping"]);

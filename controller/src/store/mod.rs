@@ -21,7 +21,7 @@ mod tokens;
 pub use bmc::{BmcCredentials, BmcRecord};
 pub use logs::LogEntry;
 pub use retention::{Pruned, Retention};
-pub use servers::{ConnectionRecord, Registration, ServerRecord, ServerState};
+pub use servers::{ConnectionRecord, Registration, Removed, ServerRecord, ServerState};
 pub use tasks::{ACKNOWLEDGED_MAX, StatusOutcome, TaskEvent, TaskPhase, TaskRecord};
 pub use tokens::TokenRecord;
 

@@ -358,7 +358,53 @@ impl Db {
     }
 }
 
+/// What [`Db::remove_server`] deleted with a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub connections: u64,
+    pub tasks: u64,
+    pub task_events: u64,
+    pub logs: u64,
+    pub bmcs: u64,
+}
+
+impl Db {
+    /// Deletes a server with everything stored about it (connections, tasks and their
+    /// events, logs, BMC entry) in one transaction; `None` when there is no such server.
+    pub fn remove_server(&mut self, id: &str) -> Result<Option<Removed>> {
+        let what = "removing a server";
+        let tx = self.write_tx().map_err(q(what))?;
+        let n = |tx: &rusqlite::Transaction<'_>, sql: &str| -> Result<u64> {
+            tx.execute(sql, [id]).map(|n| n as u64).map_err(q(what))
+        };
+        // Children first: foreign keys are enforced.
+        let removed = Removed {
+            task_events: n(
+                &tx,
+                "DELETE FROM task_events WHERE task_id IN \
+                 (SELECT task_id FROM tasks WHERE server_id = ?1)",
+            )?,
+            tasks: n(&tx, "DELETE FROM tasks WHERE server_id = ?1")?,
+            logs: n(&tx, "DELETE FROM logs WHERE server_id = ?1")?,
+            bmcs: n(&tx, "DELETE FROM bmcs WHERE server_id = ?1")?,
+            connections: n(&tx, "DELETE FROM connections WHERE server_id = ?1")?,
+        };
+        if n(&tx, "DELETE FROM servers WHERE id = ?1")? == 0 {
+            // Nothing else can have matched either; dropping the transaction rolls back.
+            return Ok(None);
+        }
+        tx.commit().map_err(q(what))?;
+        Ok(Some(removed))
+    }
+}
+
 impl Store {
+    /// See [`Db::remove_server`].
+    pub async fn remove_server(&self, id: &str) -> Result<Option<Removed>> {
+        let id = id.to_owned();
+        self.write(move |db| db.remove_server(&id)).await
+    }
+
     /// [`Db::register`]: finds or creates the server of a handshake and records the
     /// connection.
     pub async fn register(
@@ -432,6 +478,58 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::test_support::*;
+
+    #[test]
+    fn removing_a_server_deletes_what_is_stored_about_it_and_nothing_else() {
+        use molar_protocol::methods::TaskState;
+        let mut s = Db::open_in_memory().unwrap();
+        for (key, id) in [("uuid:a", "srv-1"), ("uuid:b", "srv-2")] {
+            s.register(&reg(key), &mut || id.into(), "127.0.0.1:1")
+                .unwrap();
+            for (task, seq) in [(format!("t-{id}"), 1), (format!("t-{id}"), 2)] {
+                s.apply_task_status(id, &status(&task, TaskState::Running, seq))
+                    .unwrap();
+            }
+            s.conn
+                .execute(
+                    "INSERT INTO logs (server_id, ts_ms, level, target, msg, received_ms)
+                        VALUES (?1, 1, 'info', 't', 'm', 1)",
+                    [id],
+                )
+                .unwrap();
+            s.set_bmc(
+                id,
+                &crate::store::BmcCredentials {
+                    mac: None,
+                    ip: None,
+                    username: "molar".into(),
+                    password: molar_protocol::Secret::new("pw"),
+                    user_id: None,
+                    source: "in_band".into(),
+                },
+            )
+            .unwrap();
+        }
+        let removed = s.remove_server("srv-1").unwrap().unwrap();
+        assert_eq!(removed.connections, 1);
+        assert_eq!(removed.tasks, 1);
+        assert!(removed.task_events >= 1, "{removed:?}");
+        assert_eq!((removed.logs, removed.bmcs), (1, 1));
+        assert_eq!(s.get_server("srv-1").unwrap(), None);
+        assert_eq!(s.get_task("t-srv-1").unwrap(), None);
+        assert_eq!(s.task_events("t-srv-1", 0).unwrap(), vec![]);
+        assert_eq!(s.logs("srv-1", 0, 10).unwrap(), vec![]);
+        assert_eq!(s.bmc("srv-1").unwrap(), None);
+        assert_eq!(s.last_connection("srv-1").unwrap(), None);
+        // The other server keeps everything.
+        assert!(s.get_server("srv-2").unwrap().is_some());
+        assert!(s.get_task("t-srv-2").unwrap().is_some());
+        assert_eq!(s.logs("srv-2", 0, 10).unwrap().len(), 1);
+        assert!(s.bmc("srv-2").unwrap().is_some());
+        // Unknown (or already removed): nothing to do.
+        assert_eq!(s.remove_server("srv-1").unwrap(), None);
+        assert_eq!(s.remove_server("srv-nope").unwrap(), None);
+    }
 
     #[test]
     fn register_finds_the_same_server_by_identity() {
