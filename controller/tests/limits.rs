@@ -142,32 +142,6 @@ async fn an_inventory_with_an_oversized_or_control_string_is_refused_and_not_sto
     assert_eq!(v.inventory.unwrap()["system"]["product"], "X1\trev2");
 }
 
-/// [`controller`] with `change` applied to its configuration.
-async fn controller_with(change: impl FnOnce(&mut molar_controller::ServeConfig)) -> Controller {
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut cfg = molar_controller::ServeConfig::loopback(dir.path());
-    change(&mut cfg);
-    let running = molar_controller::start(cfg, shutdown.clone())
-        .await
-        .unwrap();
-    let client = running.client().unwrap();
-    let agent_token = client
-        .create_token("tests")
-        .await
-        .unwrap()
-        .token
-        .expose()
-        .to_owned();
-    Controller {
-        dir,
-        running,
-        shutdown,
-        client,
-        agent_token,
-    }
-}
-
 /// Whether the controller closes `s` within a second without a byte sent either way (a
 /// socket it holds stays open until a timeout of several seconds).
 async fn closed_at_once(s: &mut TcpStream) -> bool {

@@ -30,11 +30,16 @@ pub struct Controller {
 }
 
 pub async fn controller() -> Controller {
+    controller_with(|_| {}).await
+}
+
+/// [`controller`] with `change` applied to its configuration.
+pub async fn controller_with(change: impl FnOnce(&mut ServeConfig)) -> Controller {
     let dir = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
-    let running = start(ServeConfig::loopback(dir.path()), shutdown.clone())
-        .await
-        .unwrap();
+    let mut cfg = ServeConfig::loopback(dir.path());
+    change(&mut cfg);
+    let running = start(cfg, shutdown.clone()).await.unwrap();
     let client = running.client().unwrap();
     let agent_token = client
         .create_token("tests")
