@@ -6,6 +6,7 @@
 //! newline in a hostname would forge log lines. Every refusal names the field and the limit
 //! and never the value, so an error or a log line stays bounded whatever was sent.
 
+use molar_protocol::catalogue::{InventoryGet, Method};
 use molar_protocol::methods::HandshakeParams;
 use serde_json::Value;
 
@@ -125,7 +126,7 @@ pub fn check_inventory(v: &Value) -> Result<(), BoundsError> {
     if serde_json::to_writer(&mut size, v).is_err() || size.0 > INVENTORY_MAX {
         return Err(BoundsError::TooLarge { max: INVENTORY_MAX });
     }
-    walk(v, &mut String::from("inventory"))
+    walk(v, &mut String::from(InventoryGet::NAME))
 }
 
 /// Counts the bytes written to it.
