@@ -497,7 +497,10 @@ async fn the_cli_escapes_what_a_hostile_agent_reports() {
     use molar_protocol::catalogue::Handshake;
     use molar_protocol::{Peer, PeerConfig};
     let c = controller().await;
-    let hostile = "evil\x1b]0;pwned\x07\r\nforged\u{202e}";
+    // Control characters in a hostname are refused at the handshake (`limits.rs`); what
+    // passes those bounds, like a bidi override, must still not reach the terminal raw. The
+    // log record carries the C0/C1 escapes.
+    let hostile = "evil\u{202e}forged";
     let tls = tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await;
     let (peer, _task) = Peer::spawn(
         tls,
@@ -524,7 +527,7 @@ async fn the_cli_escapes_what_a_hostile_agent_reports() {
         s.chars()
             .any(|c| c == '\x1b' || c == '\r' || c == '\x07' || c == '\u{9b}' || c == '\u{202e}')
     };
-    let escaped = r"evil\x1b]0;pwned\x07\r\nforged\u{202e}";
+    let escaped = r"evil\u{202e}forged";
     for args in [vec!["servers"], vec!["server", &sid], vec!["logs", &sid]] {
         let (code, out, err) = molar(&c, &args).await;
         assert_eq!(code, 0, "{args:?}: {err}");
