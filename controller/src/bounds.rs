@@ -188,6 +188,83 @@ fn walk(v: &Value, path: &mut String) -> Result<(), BoundsError> {
     }
 }
 
+/// Longest log record `msg`, in bytes; longer ones are cut.
+pub const LOG_MSG_MAX: usize = 8192;
+/// Longest log record `level` and `target`.
+pub const LOG_LEVEL_MAX: usize = 16;
+pub const LOG_TARGET_MAX: usize = 128;
+/// Largest log record `fields`, serialized; larger ones are replaced by a note.
+pub const LOG_FIELDS_MAX: usize = 8192;
+
+/// `s` cut to at most `max` bytes (at a character boundary), with `…` when cut.
+fn cut(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+}
+
+/// Control characters replaced by U+FFFD, keeping `\n` and `\t` when `lines` holds.
+fn scrub(s: &mut String, lines: bool) {
+    if s.chars()
+        .any(|c| c.is_control() && !(lines && (c == '\n' || c == '\t')))
+    {
+        *s = s
+            .chars()
+            .map(|c| {
+                if c.is_control() && !(lines && (c == '\n' || c == '\t')) {
+                    '\u{fffd}'
+                } else {
+                    c
+                }
+            })
+            .collect();
+    }
+}
+
+/// Bounds a batch of log records before it is stored, in place: records are an agent's
+/// running commentary, so a bad one is cut rather than refused (refusing would drop the
+/// batch). `level` and `target` lose control characters and are cut to
+/// [`LOG_LEVEL_MAX`]/[`LOG_TARGET_MAX`]; `msg` keeps newlines and tabs (a multi-line error
+/// is legitimate; the CLI escapes them) but no other control character, cut at
+/// [`LOG_MSG_MAX`]; `fields` larger than [`LOG_FIELDS_MAX`] become
+/// `{"fields_cut_bytes": N}`. Returns how many records were changed.
+pub fn clamp_logs(records: &mut [molar_protocol::methods::LogRecord]) -> usize {
+    let mut changed = 0;
+    for r in records {
+        let before = (r.level.len(), r.target.len(), r.msg.len());
+        let (level, target, msg) = (r.level.clone(), r.target.clone(), r.msg.clone());
+        scrub(&mut r.level, false);
+        cut(&mut r.level, LOG_LEVEL_MAX);
+        scrub(&mut r.target, false);
+        cut(&mut r.target, LOG_TARGET_MAX);
+        scrub(&mut r.msg, true);
+        cut(&mut r.msg, LOG_MSG_MAX);
+        let mut size = Counter(0);
+        let fields_ok =
+            serde_json::to_writer(&mut size, &r.fields).is_ok() && size.0 <= LOG_FIELDS_MAX;
+        if !fields_ok {
+            let mut note = serde_json::Map::new();
+            note.insert("fields_cut_bytes".into(), Value::from(size.0 as u64));
+            r.fields = note;
+        }
+        if !fields_ok
+            || before != (r.level.len(), r.target.len(), r.msg.len())
+            || level != r.level
+            || target != r.target
+            || msg != r.msg
+        {
+            changed += 1;
+        }
+    }
+    changed
+}
+
 /// `s` if it is short and printable, else a description of it: for messages that name what
 /// a peer sent (a method name, say) without echoing unbounded input.
 pub fn echo(s: &str) -> String {
@@ -221,6 +298,7 @@ mod tests {
                 hostname: Some("node1.example.com".into()),
             },
             token: Secret::new("t"),
+            session: None,
         }
     }
 
@@ -337,6 +415,42 @@ mod tests {
         let deep = json!({"a".repeat(4000): {"b": "\n"}});
         let msg = check_inventory(&deep).unwrap_err().to_string();
         assert!(msg.len() < 200, "{msg}");
+    }
+
+    #[test]
+    fn log_records_are_cut_and_scrubbed_not_refused() {
+        use molar_protocol::methods::LogRecord;
+        let mut fields = serde_json::Map::new();
+        fields.insert("big".into(), json!("f".repeat(10_000)));
+        let mut records = vec![
+            LogRecord {
+                ts_ms: 1,
+                level: "info".into(),
+                target: "molar_agent::session".into(),
+                msg: "line one\n\tline two".into(),
+                fields: serde_json::Map::new(),
+            },
+            LogRecord {
+                ts_ms: 2,
+                level: "info\u{1b}[31m".repeat(10),
+                target: "t\r\n2026-01-01 ERROR forged".into(),
+                msg: format!("{}\u{1b}]0;title\u{7}", "é".repeat(10_000)),
+                fields,
+            },
+        ];
+        let first = records[0].clone();
+        assert_eq!(clamp_logs(&mut records), 1);
+        assert_eq!(records[0], first, "a usual record is stored as sent");
+        let r = &records[1];
+        assert!(
+            r.level.len() <= LOG_LEVEL_MAX && !r.level.contains('\u{1b}'),
+            "{:?}",
+            r.level
+        );
+        assert!(!r.target.contains(['\r', '\n']), "{:?}", r.target);
+        assert!(r.msg.len() <= LOG_MSG_MAX && r.msg.ends_with('…'));
+        assert!(!r.msg.chars().any(|c| c.is_control()));
+        assert_eq!(r.fields.get("fields_cut_bytes"), Some(&json!(10_010)));
     }
 
     #[test]

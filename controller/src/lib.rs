@@ -33,10 +33,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod api;
 pub mod bounds;
 pub mod cli;
 pub mod client;
+pub mod credentials;
 pub mod erase;
 pub mod fleet;
 pub mod identity;

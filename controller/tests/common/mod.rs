@@ -98,6 +98,7 @@ pub fn hello(token: &str, n: u32) -> HandshakeParams {
             hostname: Some(format!("node{n}")),
         },
         token: Secret::new(token),
+        session: None,
     }
 }
 
