@@ -23,6 +23,8 @@ pub const MACS_MAX: usize = 64;
 /// Most entries in `protocols`, and the longest entry.
 pub const PROTOCOLS_MAX: usize = 8;
 pub const PROTOCOL_NAME_MAX: usize = 16;
+/// Longest `token` and `session` credential (the controller's are 64 hex digits).
+pub const CREDENTIAL_MAX: usize = 128;
 /// Longest string (or object key) in an inventory.
 pub const INVENTORY_STRING_MAX: usize = 4096;
 /// Largest inventory, serialized. The line limit already bounds what an agent can send; this
@@ -73,9 +75,25 @@ pub fn is_mac(s: &str) -> bool {
         })
 }
 
-/// Checks every string of a handshake against its limit (the token excepted: it is only
-/// hashed and compared, never stored nor shown).
+/// Checks every string of a handshake against its limit. The token and the session
+/// credential are only hashed and compared, never stored nor shown: they are bounded in
+/// length only, and a refusal names them without a hint of their value.
 pub fn check_handshake(h: &HandshakeParams) -> Result<(), BoundsError> {
+    if h.token.expose().len() > CREDENTIAL_MAX {
+        return Err(BoundsError::TooLong {
+            field: "token".into(),
+            max: CREDENTIAL_MAX,
+        });
+    }
+    if h.session
+        .as_ref()
+        .is_some_and(|s| s.expose().len() > CREDENTIAL_MAX)
+    {
+        return Err(BoundsError::TooLong {
+            field: "session".into(),
+            max: CREDENTIAL_MAX,
+        });
+    }
     text(
         || "agent_version".into(),
         &h.agent_version,
@@ -349,6 +367,14 @@ mod tests {
             (
                 Box::new(|h| h.protocols = vec!["v1".into(), "v".repeat(17)]),
                 "protocols[1] is longer than 16 bytes",
+            ),
+            (
+                Box::new(|h| h.token = Secret::new("t".repeat(129))),
+                "token is longer than 128 bytes",
+            ),
+            (
+                Box::new(|h| h.session = Some(Secret::new("s".repeat(100_000)))),
+                "session is longer than 128 bytes",
             ),
         ];
         for (change, want) in cases {

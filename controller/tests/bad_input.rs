@@ -53,10 +53,10 @@ async fn handshake_with_a_wrong_token_is_refused_and_changes_nothing() {
     );
 
     // A revoked token is refused too.
-    let tokens = c.client.tokens().await.unwrap();
-    c.client.revoke_token(&tokens[0].id).await.unwrap();
+    let spare = c.client.create_token("spare").await.unwrap();
+    c.client.revoke_token(&spare.id).await.unwrap();
     let mut raw = Raw::new(tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await);
-    raw.send(&handshake_line(&c.agent_token, 4)).await;
+    raw.send(&handshake_line(spare.token.expose(), 4)).await;
     assert_eq!(raw.recv_json().await["error"]["code"], "unauthorized");
 
     assert_eq!(c.client.servers().await.unwrap(), before);
@@ -194,8 +194,15 @@ async fn a_repeated_terminal_task_status_is_stored_once() {
         err.to_body(),
         molar_protocol::ErrorBody::new("unknown_method", "unknown method frobnicate")
     );
-    // The acknowledged task is announced at the next handshake.
-    drop(a);
+    // The acknowledged task is announced at the next handshake (of the next boot, once
+    // this connection is gone: without its session credential nothing replaces it).
+    a.peer.close(None).await;
+    let _ = a.task.await;
+    let fleet = c.running.fleet.clone();
+    eventually("the first connection to be gone", || {
+        !fleet.is_connected(&sid)
+    })
+    .await;
     still_answers(&c, &other.welcome.server_id).await;
     let again = fake_agent(&c, 1).await;
     assert_eq!(again.welcome.server_id, sid);
