@@ -927,7 +927,10 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(crate::http_errors::JsonErrors::new(tls)),
+                    svc,
+                );
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

@@ -41,6 +41,7 @@ pub mod client;
 pub mod credentials;
 pub mod erase;
 pub mod fleet;
+pub mod http_errors;
 pub mod identity;
 pub mod listener;
 pub mod pki;
