@@ -4,7 +4,8 @@
 //! An agent is authenticated by a shared token, so a handshake or an inventory is still
 //! untrusted input: a 200 KB `agent_version` would be stored and logged as one huge line, a
 //! newline in a hostname would forge log lines. Every refusal names the field and the limit
-//! and never the value, so an error or a log line stays bounded whatever was sent.
+//! and never the value, so an error or a log line stays bounded whatever was sent. Log
+//! records are the exception: they are cut and scrubbed ([`clamp_logs`]), not refused.
 
 use molar_protocol::catalogue::{InventoryGet, Method};
 use molar_protocol::methods::HandshakeParams;

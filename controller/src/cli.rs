@@ -542,6 +542,12 @@ fn server_text(v: &crate::api::ServerView) -> Vec<String> {
         format!("last seen:     {}", format_time(s.last_seen_ms)),
         format!("logs dropped:  {}", s.logs_dropped),
     ];
+    if !s.labels.is_empty() {
+        out.push(format!("labels:        {}", sanitize(&s.labels.join(", "))));
+    }
+    if let Some(until) = s.expect_ramdisk_until_ms {
+        out.push(format!("reenrol until: {}", format_time(until)));
+    }
     if let Some(conn) = &v.connection {
         out.push(format!("peer address:  {}", sanitize(&conn.peer_addr)));
         out.push(format!("connected at:  {}", format_time(conn.opened_ms)));
