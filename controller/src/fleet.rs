@@ -10,9 +10,10 @@
 //! generic call stores nothing, whatever its method.
 
 use crate::store::{Removed, ServerState, StatusOutcome, Store, StoreError, TaskEvent, TaskRecord};
-use molar_protocol::bmc::SetCredentialsParams;
+use molar_protocol::bmc::{ChassisPowerParams, PowerAction, SetCredentialsParams};
 use molar_protocol::catalogue::{
-    BmcInfoGet, BmcSetCredentials, DiskErase, InventoryGet, Method, Reboot, TaskCommand, TaskMethod,
+    BmcInfoGet, BmcSetCredentials, ChassisPower, DiskErase, InventoryGet, Method, Poweroff, Reboot,
+    TaskCommand, TaskMethod,
 };
 use molar_protocol::erase::DiskEraseParams;
 use molar_protocol::inventory::Inventory;
@@ -119,9 +120,24 @@ pub const SERVER_REMOVED: &str = "server removed by the admin";
 /// The fatal error the sessions of a revoked (or rotated) token are closed with.
 pub const TOKEN_REVOKED: &str = "agent token revoked";
 
-/// How long the controller expects a server to boot the ramdisk after a `reboot` it asked
-/// for (see [`crate::admission`]).
+/// How long the controller expects a server to boot the ramdisk after a `reboot`, a
+/// `poweroff` or a `chassis.power` reset, cycle or off it asked for (see
+/// [`crate::admission`]).
 pub const REBOOT_EXPECTATION: Duration = Duration::from_secs(15 * 60);
+
+/// Whether a call, once answered, takes the machine down (its next boot is one the
+/// controller asked for): `reboot`, `poweroff`, and `chassis.power` other than `status`
+/// and `on`.
+fn takes_the_machine_away(method: &str, params: &Value) -> bool {
+    match method {
+        m if m == Reboot::NAME || m == Poweroff::NAME => true,
+        m if m == ChassisPower::NAME => {
+            serde_json::from_value::<ChassisPowerParams>(params.clone())
+                .is_ok_and(|p| !matches!(p.action, PowerAction::Status | PowerAction::On))
+        }
+        _ => false,
+    }
+}
 
 /// A live agent connection and the credentials it was admitted with.
 pub struct LiveAgent {
@@ -292,6 +308,7 @@ impl Fleet {
         timeout: Duration,
     ) -> Result<Value, FleetError> {
         let peer = self.peer(server_id).await?;
+        let restarts = takes_the_machine_away(method, &params);
         let result = peer
             .call_timeout(method, params, timeout)
             .await
@@ -300,14 +317,14 @@ impl Fleet {
                 method: method.to_owned(),
                 source,
             })?;
-        if method == Reboot::NAME {
+        if restarts {
             // The machine is going away and its next boot is the one the controller asked
             // for: it may take the place of this session (see `crate::admission`).
             if let Err(e) = self
                 .expect_ramdisk(
                     server_id,
                     REBOOT_EXPECTATION,
-                    "after a reboot the admin asked for",
+                    &format!("after a {method} the admin asked for"),
                 )
                 .await
             {

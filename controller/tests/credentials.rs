@@ -633,3 +633,52 @@ async fn hostile_input_to_the_new_routes_and_fields_is_refused_in_the_json_shape
     assert!(a.welcome.session.is_some());
     still_answers(&c, &sid).await;
 }
+
+#[tokio::test]
+async fn a_reboot_the_controller_sent_lets_the_new_boot_replace_the_session() {
+    use futures::FutureExt;
+    let c = controller().await;
+    let handler: std::sync::Arc<dyn molar_protocol::Handler> = std::sync::Arc::new(
+        |_: &molar_protocol::PeerHandle, method: String, params: serde_json::Value| {
+            async move {
+                Ok(match method.as_str() {
+                    "chassis.power" => json!({"action": params["action"],
+                        "status": {"power_on": true}}),
+                    _ => json!({"action": method}),
+                })
+            }
+            .boxed()
+        },
+    );
+    let a = fake_agent_with(&c, 9, handler).await;
+    let sid = a.welcome.server_id.clone();
+    let expected = || async {
+        c.client
+            .server(&sid, false)
+            .await
+            .unwrap()
+            .server
+            .expect_ramdisk_until_ms
+    };
+    // Reading the power state expects nothing.
+    let _ = c
+        .client
+        .call(&sid, "chassis.power", json!({"action": "status"}), None)
+        .await;
+    assert_eq!(expected().await, None);
+    c.client
+        .call(&sid, "reboot", json!({}), None)
+        .await
+        .unwrap();
+    assert!(expected().await.is_some());
+    // The rebooted machine's old connection never closed; its new boot takes its place.
+    let b = fake_agent_as(&c, &node(&c.agent_token, 9, "boot-9-after-reboot"))
+        .await
+        .unwrap();
+    assert_eq!(b.welcome.server_id, sid);
+    assert_eq!(
+        a.task.await.unwrap(),
+        CloseReason::RemoteFatal("superseded by a new connection".into())
+    );
+    assert_eq!(expected().await, None, "the expectation is used up");
+}
