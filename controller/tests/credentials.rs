@@ -619,6 +619,15 @@ async fn hostile_input_to_the_new_routes_and_fields_is_refused_in_the_json_shape
         body.msg,
         "invalid params for handshake: session is longer than 128 bytes"
     );
+    // Refused before any server is looked at, and still an event, without the value.
+    let evs = events(&c).await;
+    let ev = evs.last().unwrap();
+    assert_eq!(ev.event.kind, "handshake_refused");
+    assert!(
+        ev.event.msg.contains("session is longer than 128 bytes"),
+        "{ev:?}"
+    );
+    assert!(!serde_json::to_string(&evs).unwrap().contains("ccccccccc"));
     let mut raw = Raw::new(tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await);
     let mut params = serde_json::to_value(hello(&c.agent_token, 2)).unwrap();
     params["session"] = json!({"nested": true});
