@@ -81,6 +81,16 @@ impl Molar {
         Ok(())
     }
 
+    /// The result of the server's latest task of `method`.
+    fn task_result(&self, id: &str, method: &str) -> Result<serde_json::Value> {
+        let tasks = self.json(&["tasks", id])?;
+        tasks
+            .as_array()
+            .and_then(|t| t.iter().rev().find(|t| t["method"] == method))
+            .map(|t| t["result"].clone())
+            .with_context(|| format!("the {method} task"))
+    }
+
     fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let out = Command::new(&self.bin)
             .arg("--state-dir")
@@ -269,12 +279,8 @@ fn main() -> Result<()> {
         r#"{"method":"auto"}"#,
         "--wait",
     ])?;
-    let tasks = molar.json(&["tasks", &id])?;
-    let erase = tasks
-        .as_array()
-        .and_then(|t| t.iter().rev().find(|t| t["method"] == "decom.disk_erase"))
-        .context("the erase task")?;
-    for d in erase["result"]["devices"].as_array().into_iter().flatten() {
+    let erase = molar.task_result(&id, "decom.disk_erase")?;
+    for d in erase["devices"].as_array().into_iter().flatten() {
         println!(
             "{}: {} in {:.1} s, verified: {}",
             d["device"].as_str().unwrap_or("?"),
@@ -329,6 +335,15 @@ fn main() -> Result<()> {
         &serde_json::json!({"images": [spec], "device": "vda"}).to_string(),
         "--wait",
     ])?;
+    let cache = molar.task_result(&id, "standbye.cache_images")?;
+    for c in cache["cached"].as_array().into_iter().flatten() {
+        println!(
+            "cached {} ({} bytes) on {}",
+            c["id"].as_str().unwrap_or("?"),
+            c["bytes"],
+            c["device"].as_str().unwrap_or("memory")
+        );
+    }
     molar.run_live(&[
         "task",
         "start",
@@ -337,6 +352,15 @@ fn main() -> Result<()> {
         r#"{"image_id":"guest","device":"nvme0n1"}"#,
         "--wait",
     ])?;
+    let prep = molar.task_result(&id, "standbye.prepare_image")?;
+    println!(
+        "wrote {} bytes of {} to {} in {:.1} s, checksum {}",
+        prep["bytes_written"],
+        prep["format"].as_str().unwrap_or("?"),
+        prep["device"].as_str().unwrap_or("?"),
+        prep["seconds"].as_f64().unwrap_or(0.0),
+        prep["checksum"].as_str().unwrap_or("?")
+    );
     let written = guest::sha256_prefix(&images[0], std::fs::metadata(&disk.raw)?.len())?;
     ensure!(
         written == guest::sha256_file(&disk.raw)?,
@@ -367,6 +391,20 @@ fn main() -> Result<()> {
         .to_string(),
         "--wait",
     ])?;
+    let run = molar.task_result(&id, "standbye.run_image")?;
+    println!(
+        "boot: {} {} ({} entry), command line {:?}; config drive: partition {}",
+        run["boot"].as_str().unwrap_or("?"),
+        run["kernel"].as_str().unwrap_or("?"),
+        run["entry_source"].as_str().unwrap_or("?"),
+        run["cmdline"].as_str().unwrap_or("?"),
+        run["config_drive"]["partition_number"]
+    );
+    ensure!(
+        run["boot"] == "kexec",
+        "run_image did not kexec: {}",
+        run["reason"].as_str().unwrap_or("no reason given")
+    );
     vm.wait_for_console_from(console_from, guest::POWEROFF, Duration::from_secs(180))?;
     let console = vm.console();
     let report = GuestReport::parse(console.get(console_from..).unwrap_or(""));
