@@ -169,7 +169,7 @@ pub const ROOT_FS_UUID: &str = "6d6f6c61-722d-4c41-4200-000000000003";
 /// `spec.kernel` is set).
 pub fn build_disk(kit: &GuestKit, spec: &DiskSpec, dir: &Path, name: &str) -> Result<GuestDisk> {
     ensure!(
-        spec.size_bytes >= 8 * MIB && spec.size_bytes % MIB == 0,
+        spec.size_bytes >= 8 * MIB && spec.size_bytes.is_multiple_of(MIB),
         "a disk image of {} bytes: give a whole number of MiB, at least 8",
         spec.size_bytes
     );
