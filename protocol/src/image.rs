@@ -78,7 +78,7 @@ impl HashAlgo {
         }
     }
     /// Digest length in bytes.
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             HashAlgo::Sha256 => 32,
             HashAlgo::Sha512 => 64,
@@ -104,10 +104,10 @@ impl Digest {
     /// `HEX` of the given algorithm: exactly its length in hex digits.
     pub fn from_hex(algo: HashAlgo, hex: &str) -> Result<Digest, SpecError> {
         let hex = hex.trim();
-        if hex.len() != algo.len() * 2 {
+        if hex.len() != algo.digest_len() * 2 {
             return Err(SpecError::DigestLength {
                 algo: algo.as_str(),
-                want: algo.len() * 2,
+                want: algo.digest_len() * 2,
                 got: hex.len(),
             });
         }
