@@ -1,0 +1,2 @@
+//! Images written to disks.
+pub mod qcow2;
