@@ -12,6 +12,7 @@ pub mod bmc;
 pub mod catalogue;
 pub mod codec;
 pub mod erase;
+pub mod image;
 pub mod inventory;
 pub mod message;
 pub mod methods;

@@ -1,6 +1,7 @@
 //! The protocol methods the agent offers beyond the built-ins, one file per capability, and
 //! the glue from each to the module that does the work: [`bmc`] (BMC and chassis over
-//! in-band IPMI), [`inventory`], [`power`] (reboot, poweroff), [`erase`] (disk erase).
+//! in-band IPMI), [`inventory`], [`power`] (reboot, poweroff), [`erase`] (disk erase),
+//! [`image`] (image cache and writes).
 //!
 //! Two helpers carry what every capability would otherwise repeat: [`Methods::hardware`]
 //! (decode the params, wait for the drivers, run the blocking hardware call on the blocking
@@ -9,6 +10,7 @@
 
 mod bmc;
 mod erase;
+pub mod image;
 mod inventory;
 mod power;
 
@@ -187,6 +189,13 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
         env: EraseEnv::new(machine.root.clone(), machine.authority.clone()),
         ready: machine.ready.clone(),
     });
+    let images = image::ImageEnv::new(
+        machine.root.clone(),
+        machine.authority.clone(),
+        machine.ready.clone(),
+    );
+    m.task_method::<catalogue::PrepareImage, _>(image::PrepareImage(images.clone()));
+    m.task_method::<catalogue::CacheImages, _>(image::CacheImages(images));
     m
 }
 

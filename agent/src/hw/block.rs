@@ -60,6 +60,7 @@ mod ioctl {
     nix::ioctl_write_ptr_bad!(blksecdiscard, nix::request_code_none!(0x12, 125), [u64; 2]);
     nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
     nix::ioctl_none!(blkflsbuf, 0x12, 97);
+    nix::ioctl_none!(blkrrpart, 0x12, 95);
 }
 
 fn err(what: &'static str) -> impl FnOnce(nix::Error) -> BlockError {
@@ -142,6 +143,15 @@ pub fn flush_buffers(file: &File) -> Result<(), BlockError> {
     Ok(())
 }
 
+/// Make the kernel re-read the partition table (`BLKRRPART`), after an image was written.
+/// Fails with `EBUSY` when a partition is in use, `EINVAL` on devices without partitions
+/// (a loop device without `partscan`).
+pub fn reread_partitions(file: &File) -> Result<(), BlockError> {
+    // SAFETY: BLKRRPART takes no argument.
+    unsafe { ioctl::blkrrpart(file.as_raw_fd()) }.map_err(err("BLKRRPART"))?;
+    Ok(())
+}
+
 /// fsync: flush written data and the device's volatile cache.
 pub fn sync(file: &File) -> Result<(), BlockError> {
     file.sync_all().map_err(BlockError::Sync)
@@ -158,6 +168,7 @@ mod tests {
             (size_bytes(&f).unwrap_err(), "BLKGETSIZE64"),
             (logical_block_size(&f).unwrap_err(), "BLKSSZGET"),
             (physical_block_size(&f).unwrap_err(), "BLKPBSZGET"),
+            (reread_partitions(&f).unwrap_err(), "BLKRRPART"),
             (read_only(&f).unwrap_err(), "BLKROGET"),
             (discard_zeroes_data(&f).unwrap_err(), "BLKDISCARDZEROES"),
             (discard(&f, 0, 4096).unwrap_err(), "BLKDISCARD"),
@@ -180,5 +191,6 @@ mod tests {
         assert_eq!(nix::request_code_none!(0x12, 125), 0x127d);
         assert_eq!(nix::request_code_none!(0x12, 127), 0x127f);
         assert_eq!(nix::request_code_none!(0x12, 97), 0x1261);
+        assert_eq!(nix::request_code_none!(0x12, 95), 0x125f);
     }
 }
