@@ -16,6 +16,7 @@ use crate::bmc::{
 };
 use crate::erase::{DiskEraseParams, DiskEraseResult};
 use crate::inventory::Inventory;
+use crate::run_image::{RunImageParams, RunImageResult};
 use crate::methods::{
     Ack, Empty, HandshakeParams, HandshakeResult, LogParams, PowerResult, StatusResult,
     TaskAccepted, TaskInfo, TaskListResult, TaskRef, TaskStatus,
@@ -182,7 +183,7 @@ catalogue! {
         Unspecified => TaskAccepted, output: Value;
     /// Config drive, boot setup, then kexec or reboot into the written image.
     RunImage = "standbye.run_image", ToAgent, Task, destructive: true,
-        Unspecified => TaskAccepted, output: Value;
+        RunImageParams => TaskAccepted, output: RunImageResult;
 }
 
 /// Alternative spellings of method names: the seed's `standbye.` prefix is canonical, the
@@ -352,6 +353,19 @@ mod tests {
                 "skipped": [{"device": "/dev/sda", "code": "mounted", "reason": "skipped"}],
                 "erased": 1, "failed": 0, "cancelled": false, "bytes": 1, "seconds": 0.5}),
         );
+        tolerated::<<RunImage as TaskMethod>::Output>(
+            "standbye.run_image output",
+            json!({"image_id": "i", "device": "/dev/vda", "boot": "kexec",
+                "kernel": "/boot/vmlinuz", "initrd": ["/boot/initrd.img"],
+                "cmdline": "root=PARTUUID=x ro", "entry_source": "symlinks",
+                "config_drive": {"partition_number": 3, "start_bytes": 1, "size_bytes": 2,
+                    "format": "vfat", "reused": false},
+                "boot_entry": {"name": "Boot0003", "description": "debian",
+                    "loader": "\\EFI\\debian\\shimx64.efi", "partition": 1,
+                    "updated": false, "boot_order": ["0003"]},
+                "bmc_next_boot": {"device": "disk", "persistent": false, "efi": true},
+                "notes": ["n"]}),
+        );
         // What a newer agent reports to the controller.
         tolerated::<<Handshake as Method>::Params>(
             "handshake params",
@@ -383,6 +397,7 @@ mod tests {
             "BmcResetParams",
             "ChassisPowerParams",
             "BootDeviceParams",
+            "RunImageParams",
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for entry in std::fs::read_dir(&dir).unwrap() {

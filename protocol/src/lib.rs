@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod message;
 pub mod methods;
 pub mod peer;
+pub mod run_image;
 pub mod secret;
 
 pub use catalogue::{Method, TaskMethod, canonical_method};
