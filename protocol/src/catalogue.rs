@@ -383,6 +383,8 @@ mod tests {
             "BmcResetParams",
             "ChassisPowerParams",
             "BootDeviceParams",
+            "ConfigDriveContents",
+            "ConfigDriveFetch",
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for entry in std::fs::read_dir(&dir).unwrap() {
