@@ -398,6 +398,8 @@ mod tests {
             "ChassisPowerParams",
             "BootDeviceParams",
             "RunImageParams",
+            "ConfigDriveContents",
+            "ConfigDriveFetch",
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for entry in std::fs::read_dir(&dir).unwrap() {

@@ -11,6 +11,7 @@
 pub mod bmc;
 pub mod catalogue;
 pub mod codec;
+pub mod configdrive;
 pub mod erase;
 pub mod inventory;
 pub mod message;

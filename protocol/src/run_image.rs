@@ -5,7 +5,7 @@
 //! tolerates them, so a controller understands an agent one release newer.
 
 use crate::bmc::BootDeviceResult;
-use crate::configdrive::{ConfigDrive, ConfigDriveFormat};
+use crate::configdrive::{ConfigDrive, ConfigDriveFormat, ConfigDriveOutcome};
 use serde::{Deserialize, Serialize};
 
 /// Params of `standbye.run_image` (without the engine's `task_id`).
@@ -77,7 +77,7 @@ pub struct RunImageResult {
     pub entry_source: Option<String>,
     /// The config drive written (absent when none was asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_drive: Option<ConfigDriveReport>,
+    pub config_drive: Option<ConfigDriveOutcome>,
     /// The UEFI boot entry created or updated (absent on BIOS machines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_entry: Option<BootEntryReport>,
@@ -88,17 +88,6 @@ pub struct RunImageResult {
     /// it was...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
-}
-
-/// The config drive partition as written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfigDriveReport {
-    pub partition_number: u32,
-    pub start_bytes: u64,
-    pub size_bytes: u64,
-    pub format: ConfigDriveFormat,
-    /// An existing `config-2` partition was written over.
-    pub reused: bool,
 }
 
 /// The UEFI boot entry pointing at the image's loader.
