@@ -10,6 +10,7 @@
 //! device actions pass through `safety`.
 pub mod authority;
 pub mod bmc;
+pub mod boot;
 pub mod capabilities;
 pub mod cli;
 pub mod clock;

@@ -139,7 +139,10 @@ fn tokenize(text: &str) -> Vec<Token> {
             }
         }
     }
-    end_word!();
+    if in_word {
+        flush_lit(&mut word, &mut lit);
+        out.push(Token::Word(word));
+    }
     out
 }
 

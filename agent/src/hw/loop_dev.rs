@@ -212,6 +212,10 @@ mod tests {
             .read_to_end(&mut got)
             .unwrap();
         assert_eq!(got, vec![0x5a; 4096]);
-        assert!(OpenOptions::new().write(true).open(w.device()).is_err());
+        let written = OpenOptions::new()
+            .write(true)
+            .open(w.device())
+            .and_then(|mut f| f.write_all(&[0u8; 512]));
+        assert!(written.is_err(), "a read-only window took a write");
     }
 }
