@@ -1011,8 +1011,10 @@ mod tests {
     /// seconds late), and gives up, saying so, after its bound when no answer comes.
     #[tokio::test(start_paused = true)]
     async fn a_task_can_wait_until_its_terminal_status_is_acknowledged() {
-        for (ack_delay, want) in [(Duration::from_secs(2), true), (Duration::from_secs(60), false)]
-        {
+        for (ack_delay, want) in [
+            (Duration::from_secs(2), true),
+            (Duration::from_secs(60), false),
+        ] {
             let left = Arc::new(Mutex::new(None));
             let e = engine_with(left.clone());
             let (a, b) = tokio::io::duplex(1 << 20);

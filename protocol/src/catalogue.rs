@@ -16,11 +16,11 @@ use crate::bmc::{
 };
 use crate::erase::{DiskEraseParams, DiskEraseResult};
 use crate::inventory::Inventory;
-use crate::run_image::{RunImageParams, RunImageResult};
 use crate::methods::{
     Ack, Empty, HandshakeParams, HandshakeResult, LogParams, PowerResult, StatusResult,
     TaskAccepted, TaskInfo, TaskListResult, TaskRef, TaskStatus,
 };
+use crate::run_image::{RunImageParams, RunImageResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};

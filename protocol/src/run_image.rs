@@ -127,10 +127,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("unknown field `devices`"), "{e}");
-        let e =
-            serde_json::from_value::<RunImageParams>(json!({"image_id": "i", "device": "sda",
+        let e = serde_json::from_value::<RunImageParams>(json!({"image_id": "i", "device": "sda",
             "boot": "pxe"}))
-            .unwrap_err();
+        .unwrap_err();
         assert!(e.to_string().contains("unknown variant `pxe`"), "{e}");
     }
 

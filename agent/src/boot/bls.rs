@@ -214,7 +214,10 @@ mod tests {
              linux /vmlinuz-6.5.6-300.fc39.x86_64\ninitrd /initramfs-6.5.6.img\n\
              options root=UUID=abc ro\noptions rhgb quiet\nunknown-key x\n",
         );
-        assert_eq!(e.id, "6a9857a393724b7a981ebb5b8495b9ea-6.5.6-300.fc39.x86_64");
+        assert_eq!(
+            e.id,
+            "6a9857a393724b7a981ebb5b8495b9ea-6.5.6-300.fc39.x86_64"
+        );
         assert!(e.exhausted);
         assert_eq!(e.linux.as_deref(), Some("/vmlinuz-6.5.6-300.fc39.x86_64"));
         assert_eq!(e.initrd, ["/initramfs-6.5.6.img"]);

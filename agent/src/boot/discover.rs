@@ -195,7 +195,11 @@ fn root_fs(all: &[MountedFs], prefer: usize) -> &MountedFs {
         .unwrap_or(&all[prefer])
 }
 
-fn from_bls(all: &[MountedFs], kernel_args: Option<&str>, tried: &mut Vec<String>) -> Option<KernelEntry> {
+fn from_bls(
+    all: &[MountedFs],
+    kernel_args: Option<&str>,
+    tried: &mut Vec<String>,
+) -> Option<KernelEntry> {
     // (entry, filesystem index, base of its paths)
     let mut entries: Vec<(BlsEntry, usize, &'static str)> = Vec::new();
     for (i, fs) in all.iter().enumerate() {
@@ -220,7 +224,11 @@ fn from_bls(all: &[MountedFs], kernel_args: Option<&str>, tried: &mut Vec<String
             tried.push(format!(
                 "entry {} has no linux line{}",
                 e.id,
-                if e.efi.is_some() { " (a unified kernel image)" } else { "" }
+                if e.efi.is_some() {
+                    " (a unified kernel image)"
+                } else {
+                    ""
+                }
             ));
             continue;
         };
@@ -260,7 +268,11 @@ const GRUB_CONFIGS: &[(&str, &str)] = &[
     ("grub2/grub.cfg", ""),
 ];
 
-fn from_grub(all: &[MountedFs], kernel_args: Option<&str>, tried: &mut Vec<String>) -> Option<KernelEntry> {
+fn from_grub(
+    all: &[MountedFs],
+    kernel_args: Option<&str>,
+    tried: &mut Vec<String>,
+) -> Option<KernelEntry> {
     let mut configs: Vec<(usize, PathBuf, String)> = Vec::new();
     for (i, fs) in all.iter().enumerate() {
         for (rel, _) in GRUB_CONFIGS {
@@ -305,7 +317,10 @@ fn from_grub(all: &[MountedFs], kernel_args: Option<&str>, tried: &mut Vec<Strin
             continue;
         };
         let Some(kernel) = locate(all, i, &["", "/boot"], linux) else {
-            tried.push(format!("{rel}: entry '{}': kernel {linux} not found", entry.title));
+            tried.push(format!(
+                "{rel}: entry '{}': kernel {linux} not found",
+                entry.title
+            ));
             continue;
         };
         let mut initrds = Vec::new();
@@ -328,15 +343,25 @@ fn from_grub(all: &[MountedFs], kernel_args: Option<&str>, tried: &mut Vec<Strin
 
 fn root_cmdline(all: &[MountedFs], on: usize, kernel_args: Option<&str>) -> String {
     let root = root_fs(all, on);
-    with_args(&format!("root=PARTUUID={} ro", root.partition.partuuid), kernel_args)
+    with_args(
+        &format!("root=PARTUUID={} ro", root.partition.partuuid),
+        kernel_args,
+    )
 }
 
-fn from_symlinks(all: &[MountedFs], kernel_args: Option<&str>, tried: &mut Vec<String>) -> Option<KernelEntry> {
+fn from_symlinks(
+    all: &[MountedFs],
+    kernel_args: Option<&str>,
+    tried: &mut Vec<String>,
+) -> Option<KernelEntry> {
     for (i, fs) in all.iter().enumerate() {
         if fs.partition.role != Role::Data {
             continue;
         }
-        for (kernel, initrd) in [("boot/vmlinuz", "boot/initrd.img"), ("vmlinuz", "initrd.img")] {
+        for (kernel, initrd) in [
+            ("boot/vmlinuz", "boot/initrd.img"),
+            ("vmlinuz", "initrd.img"),
+        ] {
             let Some(kernel) = locate_on(fs, &[""], kernel) else {
                 continue;
             };
@@ -354,7 +379,11 @@ fn from_symlinks(all: &[MountedFs], kernel_args: Option<&str>, tried: &mut Vec<S
     None
 }
 
-fn from_versioned(all: &[MountedFs], kernel_args: Option<&str>, tried: &mut Vec<String>) -> Option<KernelEntry> {
+fn from_versioned(
+    all: &[MountedFs],
+    kernel_args: Option<&str>,
+    tried: &mut Vec<String>,
+) -> Option<KernelEntry> {
     let mut best: Option<(String, usize, &str)> = None;
     for (i, fs) in all.iter().enumerate() {
         if fs.partition.role == Role::Skip || fs.partition.role == Role::Esp {
@@ -438,7 +467,10 @@ mod tests {
 
     /// Filesystems `(number, role, files)`; a file whose content starts with `->` is a
     /// symlink to the rest.
-    fn tree(spec: &[(u32, Role, &[(&str, &str)])]) -> Tree {
+    /// `(partition number, role, (path, content) files)`.
+    type Spec<'a> = (u32, Role, &'a [(&'a str, &'a str)]);
+
+    fn tree(spec: &[Spec<'_>]) -> Tree {
         let dir = tempfile::tempdir().unwrap();
         let mut fss = Vec::new();
         for (number, role, files) in spec {
@@ -453,7 +485,11 @@ mod tests {
                 }
             }
             fss.push(MountedFs {
-                partition: part(*number, *role, &format!("0000000{number}-aaaa-bbbb-cccc-dddddddddddd")),
+                partition: part(
+                    *number,
+                    *role,
+                    &format!("0000000{number}-aaaa-bbbb-cccc-dddddddddddd"),
+                ),
                 fstype: "ext4".into(),
                 dir: root,
             });
@@ -495,7 +531,10 @@ mod tests {
         let t = tree(&[(
             1,
             Role::Data,
-            &[("boot/vmlinuz", "->../../../../../../etc/hostname"), ("etc/hostname", "image")],
+            &[
+                ("boot/vmlinuz", "->../../../../../../etc/hostname"),
+                ("etc/hostname", "image"),
+            ],
         )]);
         // `..` stops at the image's root: this is the image's /etc/hostname, not the agent's.
         let (host, path) = resolve_in(&t.fss[0].dir, "/boot/vmlinuz").unwrap();
@@ -512,16 +551,32 @@ mod tests {
                 1,
                 Role::Esp,
                 &[
-                    ("loader/entries/fedora-6.5.6.conf", "title Fedora 6.5.6\nversion 6.5.6\nsort-key fedora\nlinux /vmlinuz-6.5.6\ninitrd /initramfs-6.5.6.img\noptions root=UUID=r ro\n"),
-                    ("loader/entries/fedora-6.10.1.conf", "title Fedora 6.10.1\nversion 6.10.1\nsort-key fedora\nlinux /vmlinuz-6.10.1\ninitrd /initramfs-6.10.1.img\noptions root=UUID=r ro quiet\n"),
-                    ("loader/entries/uki.conf", "efi /EFI/Linux/x.efi\nsort-key a\n"),
+                    (
+                        "loader/entries/fedora-6.5.6.conf",
+                        "title Fedora 6.5.6\nversion 6.5.6\nsort-key fedora\nlinux /vmlinuz-6.5.6\ninitrd /initramfs-6.5.6.img\noptions root=UUID=r ro\n",
+                    ),
+                    (
+                        "loader/entries/fedora-6.10.1.conf",
+                        "title Fedora 6.10.1\nversion 6.10.1\nsort-key fedora\nlinux /vmlinuz-6.10.1\ninitrd /initramfs-6.10.1.img\noptions root=UUID=r ro quiet\n",
+                    ),
+                    (
+                        "loader/entries/uki.conf",
+                        "efi /EFI/Linux/x.efi\nsort-key a\n",
+                    ),
                     ("vmlinuz-6.5.6", "old"),
                     ("vmlinuz-6.10.1", "new"),
                     ("initramfs-6.10.1.img", "i"),
                     ("initramfs-6.5.6.img", "i"),
                 ],
             ),
-            (2, Role::Data, &[("boot/grub/grub.cfg", "menuentry x { linux /nope }"), ("boot/vmlinuz", "k")]),
+            (
+                2,
+                Role::Data,
+                &[
+                    ("boot/grub/grub.cfg", "menuentry x { linux /nope }"),
+                    ("boot/vmlinuz", "k"),
+                ],
+            ),
         ]);
         let e = discover(&t.fss, None).unwrap();
         assert_eq!(e.source, EntrySource::Bls);
@@ -538,15 +593,24 @@ mod tests {
             2,
             Role::Data,
             &[
-                ("boot/loader/entries/a.conf", "linux /vmlinuz-1\noptions x\n"),
-                ("boot/loader/entries/b.conf", "linux /boot/vmlinuz-2\noptions y\n"),
+                (
+                    "boot/loader/entries/a.conf",
+                    "linux /vmlinuz-1\noptions x\n",
+                ),
+                (
+                    "boot/loader/entries/b.conf",
+                    "linux /boot/vmlinuz-2\noptions y\n",
+                ),
                 ("boot/vmlinuz-1", "1"),
                 ("boot/vmlinuz-2", "2"),
             ],
         )]);
         // No sort-key: by file name, decreasing: b first.
         let e = discover(&t.fss, None).unwrap();
-        assert_eq!((e.kernel.path.as_str(), e.cmdline.as_str()), ("/boot/vmlinuz-2", "y"));
+        assert_eq!(
+            (e.kernel.path.as_str(), e.cmdline.as_str()),
+            ("/boot/vmlinuz-2", "y")
+        );
     }
 
     #[test]
@@ -556,7 +620,10 @@ mod tests {
                 1,
                 Role::Data,
                 &[
-                    ("grub/grub.cfg", "set default=1\nmenuentry a { linux /vmlinuz-a root=/dev/sda2 }\nmenuentry b {\n linux /vmlinuz-b root=/dev/sda2 ro\n initrd /initrd-b /missing\n}\n"),
+                    (
+                        "grub/grub.cfg",
+                        "set default=1\nmenuentry a { linux /vmlinuz-a root=/dev/sda2 }\nmenuentry b {\n linux /vmlinuz-b root=/dev/sda2 ro\n initrd /initrd-b /missing\n}\n",
+                    ),
                     ("vmlinuz-a", "a"),
                     ("vmlinuz-b", "b"),
                     ("initrd-b", "ib"),
@@ -575,12 +642,22 @@ mod tests {
     #[test]
     fn grub_stub_on_the_esp_is_passed_over_for_the_real_config() {
         let t = tree(&[
-            (1, Role::Esp, &[("EFI/ubuntu/grub.cfg", "search.fs_uuid x root\nset prefix=($root)'/boot/grub'\nconfigfile $prefix/grub.cfg\n")]),
+            (
+                1,
+                Role::Esp,
+                &[(
+                    "EFI/ubuntu/grub.cfg",
+                    "search.fs_uuid x root\nset prefix=($root)'/boot/grub'\nconfigfile $prefix/grub.cfg\n",
+                )],
+            ),
             (
                 2,
                 Role::Data,
                 &[
-                    ("boot/grub/grub.cfg", include_str!("testdata/debian-grub.cfg")),
+                    (
+                        "boot/grub/grub.cfg",
+                        include_str!("testdata/debian-grub.cfg"),
+                    ),
                     ("boot/vmlinuz-6.1.0-13-amd64", "k"),
                     ("boot/initrd.img-6.1.0-13-amd64", "i"),
                 ],
@@ -607,7 +684,10 @@ mod tests {
         let e = discover(&t.fss, None).unwrap();
         assert_eq!(e.source, EntrySource::Versioned);
         assert_eq!(e.kernel.path, "/boot/vmlinuz-5.14.0-162.el9.x86_64");
-        assert_eq!(e.initrds[0].path, "/boot/initramfs-5.14.0-162.el9.x86_64.img");
+        assert_eq!(
+            e.initrds[0].path,
+            "/boot/initramfs-5.14.0-162.el9.x86_64.img"
+        );
         assert!(e.cmdline.starts_with("root=PARTUUID=00000003-"));
     }
 
@@ -615,7 +695,17 @@ mod tests {
     fn nothing_found_says_what_was_tried() {
         let t = tree(&[
             (1, Role::Esp, &[("EFI/BOOT/BOOTX64.EFI", "x")]),
-            (2, Role::Data, &[("etc/os-release", ""), ("boot/grub/grub.cfg", "menuentry a { linux /boot/vmlinuz-gone }")]),
+            (
+                2,
+                Role::Data,
+                &[
+                    ("etc/os-release", ""),
+                    (
+                        "boot/grub/grub.cfg",
+                        "menuentry a { linux /boot/vmlinuz-gone }",
+                    ),
+                ],
+            ),
         ]);
         let e = discover(&t.fss, None).unwrap_err();
         assert_eq!(

@@ -154,7 +154,9 @@ impl LoadOption {
         let mut i = 6;
         let mut desc = Vec::new();
         loop {
-            let c = b.get(i..i + 2).ok_or_else(|| bad("description not terminated"))?;
+            let c = b
+                .get(i..i + 2)
+                .ok_or_else(|| bad("description not terminated"))?;
             i += 2;
             let c = u16::from_le_bytes([c[0], c[1]]);
             if c == 0 {
@@ -300,8 +302,12 @@ pub fn find_loader(esp: &Path, arch: &str) -> Result<(String, String), EfiError>
         }
     }
     let (boot_name, boot_dir) = entry_ci(&efi_dir, "BOOT").ok_or_else(no)?;
-    let (file, _) = entry_ci(&boot_dir, &format!("BOOT{}.EFI", arch.to_uppercase())).ok_or_else(no)?;
-    Ok((format!("\\{efi_name}\\{boot_name}\\{file}"), "UEFI OS".to_owned()))
+    let (file, _) =
+        entry_ci(&boot_dir, &format!("BOOT{}.EFI", arch.to_uppercase())).ok_or_else(no)?;
+    Ok((
+        format!("\\{efi_name}\\{boot_name}\\{file}"),
+        "UEFI OS".to_owned(),
+    ))
 }
 
 fn var_path(efivars: &Path, name: &str) -> PathBuf {
@@ -385,16 +391,20 @@ pub fn install(efivars: &Path, option: &LoadOption) -> Result<Installed, EfiErro
         let Some(hex) = name.strip_prefix("Boot") else {
             continue;
         };
-        if hex.len() != 4 || !hex.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()) {
+        if hex.len() != 4
+            || !hex
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+        {
             continue;
         }
         let Ok(number) = u16::from_str_radix(hex, 16) else {
             continue;
         };
         taken.insert(number);
-        match read_var(efivars, name).and_then(|d| {
-            d.map(|d| LoadOption::decode(name, &d)).transpose()
-        }) {
+        match read_var(efivars, name)
+            .and_then(|d| d.map(|d| LoadOption::decode(name, &d)).transpose())
+        {
             Ok(Some(existing)) => {
                 if same.is_none() && target.is_some() && existing.target() == target {
                     same = Some(number);
@@ -406,7 +416,12 @@ pub fn install(efivars: &Path, option: &LoadOption) -> Result<Installed, EfiErro
     }
     let (number, updated) = match same {
         Some(n) => (n, true),
-        None => ((0..=u16::MAX).find(|n| !taken.contains(n)).ok_or(EfiError::Full)?, false),
+        None => (
+            (0..=u16::MAX)
+                .find(|n| !taken.contains(n))
+                .ok_or(EfiError::Full)?,
+            false,
+        ),
     };
     write_var(efivars, &format!("Boot{number:04X}"), &option.encode())?;
     let mut order: Vec<u16> = read_var(efivars, "BootOrder")?
@@ -528,7 +543,10 @@ mod tests {
         assert_eq!(first.number, 1);
         assert!(!first.updated);
         assert_eq!(first.boot_order, [1, 0, 2]);
-        assert_eq!(first.notes, ["load option Boot0003: shorter than its header"]);
+        assert_eq!(
+            first.notes,
+            ["load option Boot0003: shorter than its header"]
+        );
         let raw = std::fs::read(var_path(ev, "Boot0001")).unwrap();
         assert_eq!(raw[..4], [7, 0, 0, 0]);
         assert_eq!(raw[4..], option().encode());
@@ -558,14 +576,20 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, "MZ").unwrap();
         };
-        assert!(matches!(find_loader(esp, "x64"), Err(EfiError::NoLoader { .. })));
+        assert!(matches!(
+            find_loader(esp, "x64"),
+            Err(EfiError::NoLoader { .. })
+        ));
         mk("EFI/BOOT/BOOTX64.EFI");
         assert_eq!(
             find_loader(esp, "x64").unwrap(),
             ("\\EFI\\BOOT\\BOOTX64.EFI".to_owned(), "UEFI OS".to_owned())
         );
         mk("EFI/debian/grubx64.efi");
-        assert_eq!(find_loader(esp, "x64").unwrap().0, "\\EFI\\debian\\grubx64.efi");
+        assert_eq!(
+            find_loader(esp, "x64").unwrap().0,
+            "\\EFI\\debian\\grubx64.efi"
+        );
         mk("EFI/debian/shimx64.efi");
         mk("EFI/Microsoft/Boot/bootmgfw.efi");
         assert_eq!(

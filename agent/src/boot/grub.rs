@@ -225,7 +225,7 @@ pub struct GrubMenu {
 
 fn strip_device(path: &str) -> String {
     match path.strip_prefix('(').and_then(|p| p.split_once(')')) {
-        Some((_, rest)) if rest.is_empty() => "/".to_owned(),
+        Some((_, "")) => "/".to_owned(),
         Some((_, rest)) => rest.to_owned(),
         None => path.to_owned(),
     }
@@ -267,10 +267,8 @@ impl Reader {
         if value.is_empty() && self.vars.get(name).is_some_and(|v| !v.is_empty()) {
             return;
         }
-        if name == "default" {
-            if !value.is_empty() {
-                self.default = Some(value.clone());
-            }
+        if name == "default" && !value.is_empty() {
+            self.default = Some(value.clone());
         }
         self.vars.insert(name.to_owned(), value);
     }
@@ -278,8 +276,7 @@ impl Reader {
     /// Reads `cmds` (the top level, an `if` or a `function` body), collecting menu items.
     fn read(&mut self, cmds: &[Command], items: &mut Vec<MenuItem>, entry: &mut Option<GrubEntry>) {
         for cmd in cmds {
-            let mut words: Vec<String> =
-                cmd.words.iter().map(|w| expand(w, &self.vars)).collect();
+            let mut words: Vec<String> = cmd.words.iter().map(|w| expand(w, &self.vars)).collect();
             // `then set x=1` on one line: the keyword starts the command the branch runs.
             while words
                 .first()
@@ -469,7 +466,10 @@ mod tests {
         let e = m.default_entry().unwrap();
         assert_eq!(e.title, "Debian GNU/Linux, with Linux 6.1.0-9-amd64");
         assert_eq!(e.linux.as_deref(), Some("/boot/vmlinuz-6.1.0-9-amd64"));
-        assert_eq!(e.initrd, ["/boot/intel-ucode.img", "/boot/initrd.img-6.1.0-9-amd64"]);
+        assert_eq!(
+            e.initrd,
+            ["/boot/intel-ucode.img", "/boot/initrd.img-6.1.0-9-amd64"]
+        );
 
         for (default, title) in [
             ("1>1", "Debian GNU/Linux, with Linux 6.1.0-9-amd64"),

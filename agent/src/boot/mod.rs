@@ -162,14 +162,20 @@ pub fn inspect(
     let mut esp = None;
     for p in table.partitions.iter().filter(|p| p.role != Role::Skip) {
         if filesystems.len() >= MAX_MOUNTS {
-            notes.push(format!("more than {MAX_MOUNTS} partitions: the rest not looked at"));
+            notes.push(format!(
+                "more than {MAX_MOUNTS} partitions: the rest not looked at"
+            ));
             break;
         }
         let (offset, len) = (table.offset_bytes(p), table.size_bytes(p));
         let mut head = vec![0u8; fssig::HEAD_LEN.min(len as usize)];
         disk.seek(SeekFrom::Start(offset)).map_err(open_err)?;
         if disk.read_exact(&mut head).is_err() {
-            notes.push(format!("partition {} lies past the end of {}", p.number, dev.display()));
+            notes.push(format!(
+                "partition {} lies past the end of {}",
+                p.number,
+                dev.display()
+            ));
             continue;
         }
         let Some(fstype) = mount_type(&fssig::detect_head(&head)) else {
@@ -187,7 +193,9 @@ pub fn inspect(
         match sys.mount_ro(&source, &target, fstype) {
             Ok(dir) => {
                 mounted.push(target);
-                if p.role == Role::Esp || (esp.is_none() && fstype == "vfat" && dir.join("EFI").is_dir()) {
+                if p.role == Role::Esp
+                    || (esp.is_none() && fstype == "vfat" && dir.join("EFI").is_dir())
+                {
                     esp = Some((p.number, dir.clone()));
                 }
                 filesystems.push(MountedFs {
@@ -241,10 +249,34 @@ pub mod tests {
         let mut img = gpt_image(
             32768,
             &[
-                (0, table::ESP_GUID, "5f5b2a1c-8e0d-4c4e-9a3b-1d2e3f405162", 2048, 6143),
-                (1, "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f", "11111111-0000-0000-0000-000000000002", 6144, 8191),
-                (2, "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", ROOT_UUID, 8192, 28671),
-                (3, "0fc63daf-8483-4772-8e79-3d69d8477de4", "11111111-0000-0000-0000-000000000004", 28672, 32734),
+                (
+                    0,
+                    table::ESP_GUID,
+                    "5f5b2a1c-8e0d-4c4e-9a3b-1d2e3f405162",
+                    2048,
+                    6143,
+                ),
+                (
+                    1,
+                    "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f",
+                    "11111111-0000-0000-0000-000000000002",
+                    6144,
+                    8191,
+                ),
+                (
+                    2,
+                    "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
+                    ROOT_UUID,
+                    8192,
+                    28671,
+                ),
+                (
+                    3,
+                    "0fc63daf-8483-4772-8e79-3d69d8477de4",
+                    "11111111-0000-0000-0000-000000000004",
+                    28672,
+                    32734,
+                ),
             ],
         );
         vfat_at(&mut img, 2048 * 512, "EFI");
@@ -270,11 +302,22 @@ pub mod tests {
             ..RecordingBoot::default()
         };
         let scratch = dir.path().join("mnt");
-        let mut got = inspect(&sys, dir.path(), "vda", &dev, 16 << 20, &scratch, Some("console=ttyS0"))
-            .unwrap();
+        let mut got = inspect(
+            &sys,
+            dir.path(),
+            "vda",
+            &dev,
+            16 << 20,
+            &scratch,
+            Some("console=ttyS0"),
+        )
+        .unwrap();
         let entry = got.entry.clone().unwrap();
         assert_eq!(entry.kernel.path, "/boot/vmlinuz-6.1.0");
-        assert_eq!(entry.cmdline, format!("root=PARTUUID={ROOT_UUID} ro console=ttyS0"));
+        assert_eq!(
+            entry.cmdline,
+            format!("root=PARTUUID={ROOT_UUID} ro console=ttyS0")
+        );
         assert_eq!(got.esp, Some((1, esp)));
         got.release(&sys);
         let window = |offset: u64, len: u64| Source::Window {
@@ -309,8 +352,16 @@ pub mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("vdb");
         std::fs::write(&dev, vec![0u8; 1 << 20]).unwrap();
-        let e = inspect(&RecordingBoot::default(), dir.path(), "vdb", &dev, 1 << 20, dir.path(), None)
-            .unwrap_err();
+        let e = inspect(
+            &RecordingBoot::default(),
+            dir.path(),
+            "vdb",
+            &dev,
+            1 << 20,
+            dir.path(),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("{}: no GPT and no MBR partition table", dev.display())

@@ -16,7 +16,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Node(PathBuf),
-    Window { disk: PathBuf, offset: u64, len: u64 },
+    Window {
+        disk: PathBuf,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// How the machine leaves the ramdisk.
@@ -66,8 +70,12 @@ pub trait BootSystem: Send + Sync {
         spec: &ConfigDrive,
         format: ConfigDriveFormat,
     ) -> Result<ConfigDriveOutcome, SysError>;
-    fn kexec_load(&self, kernel: &Path, initrds: &[PathBuf], cmdline: &str)
-    -> Result<(), KexecError>;
+    fn kexec_load(
+        &self,
+        kernel: &Path,
+        initrds: &[PathBuf],
+        cmdline: &str,
+    ) -> Result<(), KexecError>;
     fn kexec_unload(&self) -> Result<(), KexecError>;
     /// Next boot from disk through the local BMC; `Ok(None)` when there is no BMC.
     fn bmc_boot_from_disk(&self, efi: bool) -> Result<Option<BootDeviceResult>, SysError>;
@@ -75,10 +83,9 @@ pub trait BootSystem: Send + Sync {
     fn jump(&self, how: Jump) -> Result<(), SysError>;
 }
 
-type ConfigDriveWriter =
-    dyn Fn(&Path, &ConfigDrive, ConfigDriveFormat) -> Result<ConfigDriveOutcome, SysError>
-        + Send
-        + Sync;
+type ConfigDriveWriter = dyn Fn(&Path, &ConfigDrive, ConfigDriveFormat) -> Result<ConfigDriveOutcome, SysError>
+    + Send
+    + Sync;
 type BmcBoot = dyn Fn(bool) -> Result<Option<BootDeviceResult>, SysError> + Send + Sync;
 type WrittenOn = dyn Fn(&Path) -> Option<String> + Send + Sync;
 
@@ -131,10 +138,20 @@ impl BootSystem for LinuxBoot {
 
     fn mount_ro(&self, source: &Source, target: &Path, fstype: &str) -> Result<PathBuf, SysError> {
         std::fs::create_dir_all(target).map_err(|e| {
-            SysError::new("mount_failed", format!("creating {}: {e}", target.display()))
+            SysError::new(
+                "mount_failed",
+                format!("creating {}: {e}", target.display()),
+            )
         })?;
-        let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        let what = |dev: &Path| format!("mounting {} ({fstype}) on {}", dev.display(), target.display());
+        let flags =
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let what = |dev: &Path| {
+            format!(
+                "mounting {} ({fstype}) on {}",
+                dev.display(),
+                target.display()
+            )
+        };
         match source {
             Source::Node(dev) => {
                 nix::mount::mount(Some(dev), target, Some(fstype), flags, None::<&str>)
@@ -148,8 +165,14 @@ impl BootSystem for LinuxBoot {
                     *len,
                 )
                 .map_err(|e| SysError::new(e.code(), e.to_string()))?;
-                nix::mount::mount(Some(window.device()), target, Some(fstype), flags, None::<&str>)
-                    .map_err(errno(what(window.device())))?;
+                nix::mount::mount(
+                    Some(window.device()),
+                    target,
+                    Some(fstype),
+                    flags,
+                    None::<&str>,
+                )
+                .map_err(errno(what(window.device())))?;
                 // Dropping the window now leaves it auto-clearing: it goes with the umount.
             }
         }
@@ -157,16 +180,26 @@ impl BootSystem for LinuxBoot {
     }
 
     fn umount(&self, target: &Path) -> Result<(), SysError> {
-        nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
-            .map_err(|e| SysError::new("umount_failed", format!("unmounting {}: {e}", target.display())))?;
+        nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+            SysError::new(
+                "umount_failed",
+                format!("unmounting {}: {e}", target.display()),
+            )
+        })?;
         let _ = std::fs::remove_dir(target);
         Ok(())
     }
 
     fn mount_efivarfs(&self, target: &Path) -> Result<(), SysError> {
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        nix::mount::mount(Some("efivarfs"), target, Some("efivarfs"), flags, None::<&str>)
-            .map_err(errno(format!("mounting efivarfs on {}", target.display())))
+        nix::mount::mount(
+            Some("efivarfs"),
+            target,
+            Some("efivarfs"),
+            flags,
+            None::<&str>,
+        )
+        .map_err(errno(format!("mounting efivarfs on {}", target.display())))
     }
 
     fn image_written_on(&self, device: &Path) -> Option<String> {
@@ -182,7 +215,12 @@ impl BootSystem for LinuxBoot {
         (self.config_drive)(device, spec, format)
     }
 
-    fn kexec_load(&self, kernel: &Path, initrds: &[PathBuf], cmdline: &str) -> Result<(), KexecError> {
+    fn kexec_load(
+        &self,
+        kernel: &Path,
+        initrds: &[PathBuf],
+        cmdline: &str,
+    ) -> Result<(), KexecError> {
         crate::hw::kexec::load(kernel, initrds, cmdline)
     }
 
@@ -201,10 +239,12 @@ impl BootSystem for LinuxBoot {
                 Ok(never) => match never {},
                 Err(e) => Err(SysError::new(e.code(), e.to_string())),
             },
-            Jump::Reboot => match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
-                Ok(never) => match never {},
-                Err(e) => Err(SysError::new("reboot_failed", format!("reboot(2): {e}"))),
-            },
+            Jump::Reboot => {
+                match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
+                    Ok(never) => match never {},
+                    Err(e) => Err(SysError::new("reboot_failed", format!("reboot(2): {e}"))),
+                }
+            }
         }
     }
 }
@@ -221,13 +261,26 @@ pub mod fake {
     pub enum Call {
         LoadModules(Vec<String>),
         Reread(PathBuf),
-        Mount { source: Source, target: PathBuf, fstype: String },
+        Mount {
+            source: Source,
+            target: PathBuf,
+            fstype: String,
+        },
         Umount(PathBuf),
         MountEfivarfs(PathBuf),
-        ConfigDrive { device: PathBuf, format: ConfigDriveFormat },
-        KexecLoad { kernel: PathBuf, initrds: Vec<PathBuf>, cmdline: String },
+        ConfigDrive {
+            device: PathBuf,
+            format: ConfigDriveFormat,
+        },
+        KexecLoad {
+            kernel: PathBuf,
+            initrds: Vec<PathBuf>,
+            cmdline: String,
+        },
         KexecUnload,
-        BmcDisk { efi: bool },
+        BmcDisk {
+            efi: bool,
+        },
         Jump(Jump),
         /// Not a call: the controller stand-in stored a terminal status (tests push it into
         /// the same record to check the order).
@@ -256,14 +309,21 @@ pub mod fake {
 
     impl BootSystem for RecordingBoot {
         fn load_modules(&self, names: &[&str]) -> Vec<String> {
-            self.record(Call::LoadModules(names.iter().map(|n| n.to_string()).collect()));
+            self.record(Call::LoadModules(
+                names.iter().map(|n| n.to_string()).collect(),
+            ));
             Vec::new()
         }
         fn reread_partitions(&self, disk: &Path) -> Result<(), SysError> {
             self.record(Call::Reread(disk.to_path_buf()));
             Ok(())
         }
-        fn mount_ro(&self, source: &Source, target: &Path, fstype: &str) -> Result<PathBuf, SysError> {
+        fn mount_ro(
+            &self,
+            source: &Source,
+            target: &Path,
+            fstype: &str,
+        ) -> Result<PathBuf, SysError> {
             self.record(Call::Mount {
                 source: source.clone(),
                 target: target.to_path_buf(),
@@ -307,7 +367,12 @@ pub mod fake {
                 reused: false,
             })
         }
-        fn kexec_load(&self, kernel: &Path, initrds: &[PathBuf], cmdline: &str) -> Result<(), KexecError> {
+        fn kexec_load(
+            &self,
+            kernel: &Path,
+            initrds: &[PathBuf],
+            cmdline: &str,
+        ) -> Result<(), KexecError> {
             self.record(Call::KexecLoad {
                 kernel: kernel.to_path_buf(),
                 initrds: initrds.to_vec(),

@@ -82,8 +82,22 @@ pub enum TableError {
 pub fn guid_text(b: &[u8; 16]) -> String {
     format!(
         "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
-        b[14], b[15]
+        b[3],
+        b[2],
+        b[1],
+        b[0],
+        b[5],
+        b[4],
+        b[7],
+        b[6],
+        b[8],
+        b[9],
+        b[10],
+        b[11],
+        b[12],
+        b[13],
+        b[14],
+        b[15]
     )
 }
 
@@ -165,7 +179,9 @@ fn read_gpt<R: Read + Seek>(
     }
     let entries = read_at(r, entries_lba * u64::from(sector), count * entry_size)?;
     if crc32fast::hash(&entries) != le32(&full, 88) {
-        return Err(TableError::BadGpt("partition entries checksum mismatch".into()));
+        return Err(TableError::BadGpt(
+            "partition entries checksum mismatch".into(),
+        ));
     }
     let mut disk_guid = [0u8; 16];
     disk_guid.copy_from_slice(&full[56..72]);
@@ -351,8 +367,20 @@ pub mod tests {
         let img = gpt_image(
             8192,
             &[
-                (0, ESP_GUID, "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", 2048, 4095),
-                (2, "0fc63daf-8483-4772-8e79-3d69d8477de4", "0f0e0d0c-0b0a-0908-0706-050403020100", 4096, 8000),
+                (
+                    0,
+                    ESP_GUID,
+                    "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+                    2048,
+                    4095,
+                ),
+                (
+                    2,
+                    "0fc63daf-8483-4772-8e79-3d69d8477de4",
+                    "0f0e0d0c-0b0a-0908-0706-050403020100",
+                    4096,
+                    8000,
+                ),
             ],
         );
         let t = read(&mut Cursor::new(&img), img.len() as u64).unwrap();
@@ -365,7 +393,10 @@ pub mod tests {
         assert_eq!(t.sector_size, 512);
         assert_eq!(t.partitions.len(), 2);
         let esp = &t.partitions[0];
-        assert_eq!((esp.number, esp.role, esp.start_lba, esp.size_lba), (1, Role::Esp, 2048, 2048));
+        assert_eq!(
+            (esp.number, esp.role, esp.start_lba, esp.size_lba),
+            (1, Role::Esp, 2048, 2048)
+        );
         assert_eq!(esp.partuuid, "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee");
         assert_eq!(esp.name, "part");
         let root = t.partition(3).unwrap();
@@ -399,7 +430,12 @@ pub mod tests {
         mbr[510] = 0x55;
         mbr[511] = 0xaa;
         let t = read(&mut Cursor::new(&mbr), mbr.len() as u64).unwrap();
-        assert_eq!(t.scheme, Scheme::Mbr { signature: 0xa1b2c3d4 });
+        assert_eq!(
+            t.scheme,
+            Scheme::Mbr {
+                signature: 0xa1b2c3d4
+            }
+        );
         assert_eq!(t.partitions[0].partuuid, "a1b2c3d4-01");
         assert_eq!(t.partitions[1].role, Role::Esp);
         assert_eq!(t.partitions[1].number, 2);

@@ -38,7 +38,8 @@ pub fn clear_immutable(path: &Path) -> Result<(), InodeFlagsError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    let file = File::open(path)
+        .map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
     let mut flags: libc::c_int = 0;
     // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, which points to `flags`.
     match unsafe { ioctl::fs_ioc_getflags(file.as_raw_fd(), &mut flags) } {
@@ -62,7 +63,9 @@ mod tests {
     #[test]
     fn a_plain_file_is_left_writable_and_a_missing_one_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("BootOrder-8be4df61-93ca-11d2-aa0d-00e098032b8c");
+        let f = dir
+            .path()
+            .join("BootOrder-8be4df61-93ca-11d2-aa0d-00e098032b8c");
         std::fs::write(&f, [7, 0, 0, 0, 1, 0]).unwrap();
         clear_immutable(&f).unwrap();
         std::fs::write(&f, [7, 0, 0, 0, 2, 0]).unwrap();

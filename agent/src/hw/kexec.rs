@@ -82,8 +82,11 @@ fn initrd_fd(initrds: &[PathBuf]) -> Result<Option<OwnedFd>, KexecError> {
         [] => Ok(None),
         [one] => Ok(Some(open(one)?.into())),
         many => {
-            let fd = nix::sys::memfd::memfd_create("molar-initrd", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-                .map_err(|e| KexecError::Initrd(e.into()))?;
+            let fd = nix::sys::memfd::memfd_create(
+                "molar-initrd",
+                nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            )
+            .map_err(|e| KexecError::Initrd(e.into()))?;
             let mut out = File::from(fd);
             let mut written: u64 = 0;
             let mut buf = vec![0u8; 1 << 20];
@@ -138,9 +141,7 @@ pub fn load(kernel: &Path, initrds: &[PathBuf], cmdline: &str) -> Result<(), Kex
     Err(match nix::Error::last() {
         nix::Error::EPERM => KexecError::NotPermitted { kernel },
         nix::Error::ENOEXEC => KexecError::NotAKernel { kernel },
-        nix::Error::EKEYREJECTED | nix::Error::EBADMSG => {
-            KexecError::SignatureRejected { kernel }
-        }
+        nix::Error::EKEYREJECTED | nix::Error::EBADMSG => KexecError::SignatureRejected { kernel },
         nix::Error::ENOSYS => KexecError::Unsupported { kernel },
         source => KexecError::Load { kernel, source },
     })
@@ -193,12 +194,17 @@ mod tests {
             | KexecError::Unsupported { kernel: k } => assert_eq!(k, &kernel),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(err.to_string().starts_with(&format!(
-            "kexec_file_load of {}: ",
-            kernel.display()
-        )));
         assert!(
-            ["kexec_not_a_kernel", "kexec_not_permitted", "kexec_unsupported"].contains(&err.code())
+            err.to_string()
+                .starts_with(&format!("kexec_file_load of {}: ", kernel.display()))
+        );
+        assert!(
+            [
+                "kexec_not_a_kernel",
+                "kexec_not_permitted",
+                "kexec_unsupported"
+            ]
+            .contains(&err.code())
         );
     }
 
@@ -212,12 +218,17 @@ mod tests {
         std::fs::write(&kernel, b"x").unwrap();
         let err = load(&kernel, &[dir.path().join("initrd.img")], "").unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with(&format!("opening {}", dir.path().join("initrd.img").display())),
+            err.to_string().starts_with(&format!(
+                "opening {}",
+                dir.path().join("initrd.img").display()
+            )),
             "{err}"
         );
         let err = load(&kernel, &[], "a\0b").unwrap_err();
-        assert_eq!(err.to_string(), "the kernel command line contains a NUL byte");
+        assert_eq!(
+            err.to_string(),
+            "the kernel command line contains a NUL byte"
+        );
     }
 
     #[test]

@@ -182,8 +182,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = LoopWindow::map(dir.path(), Path::new("/nonexistent"), 0, 512).unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with(&format!("opening {}", dir.path().join("loop-control").display())),
+            err.to_string().starts_with(&format!(
+                "opening {}",
+                dir.path().join("loop-control").display()
+            )),
             "{err}"
         );
     }
