@@ -248,6 +248,9 @@ pub struct ConfigDriveOutcome {
     pub format: ConfigDriveFormat,
     /// An existing `config-2` partition was rewritten in place rather than a new one added.
     pub reused: bool,
+    /// What the agent noticed without failing (the kernel did not re-read the table ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Generic block device ioctls (`<linux/fs.h>`): geometry, discard, secure discard,
-//! zero-out, buffer flush.
+//! zero-out, buffer flush, partition table re-read.
 //!
 //! The erase engine uses these on whole disks; they work on any block device (SATA, SAS,
 //! NVMe namespaces, virtio, loop). On a plain file they fail with `ENOTTY`, which the tests
@@ -151,6 +151,14 @@ pub fn flush_buffers(file: &File) -> Result<(), BlockError> {
     Ok(())
 }
 
+/// Ask the kernel to re-read the partition table (`BLKRRPART`). Fails with `EBUSY` while a
+/// partition is in use, and with `EINVAL` on a loop device without partition scanning.
+pub fn reread_partitions(file: &File) -> Result<(), BlockError> {
+    // SAFETY: BLKRRPART takes no argument.
+    unsafe { ioctl::blkrrpart(file.as_raw_fd()) }.map_err(err("BLKRRPART"))?;
+    Ok(())
+}
+
 /// fsync: flush written data and the device's volatile cache.
 pub fn sync(file: &File) -> Result<(), BlockError> {
     file.sync_all().map_err(BlockError::Sync)
@@ -190,5 +198,6 @@ mod tests {
         assert_eq!(nix::request_code_none!(0x12, 125), 0x127d);
         assert_eq!(nix::request_code_none!(0x12, 127), 0x127f);
         assert_eq!(nix::request_code_none!(0x12, 97), 0x1261);
+        assert_eq!(nix::request_code_none!(0x12, 95), 0x125f);
     }
 }
