@@ -21,6 +21,7 @@ use crate::methods::{
     Ack, Empty, HandshakeParams, HandshakeResult, LogParams, PowerResult, StatusResult,
     TaskAccepted, TaskInfo, TaskListResult, TaskRef, TaskStatus,
 };
+use crate::run_image::{RunImageParams, RunImageResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -183,7 +184,7 @@ catalogue! {
         PrepareImageParams => TaskAccepted, output: PrepareImageResult;
     /// Config drive, boot setup, then kexec or reboot into the written image.
     RunImage = "standbye.run_image", ToAgent, Task, destructive: true,
-        Unspecified => TaskAccepted, output: Value;
+        RunImageParams => TaskAccepted, output: RunImageResult;
 }
 
 /// Alternative spellings of method names: the seed's `standbye.` prefix is canonical, the
@@ -367,6 +368,19 @@ mod tests {
                 "skipped": [{"id": "j", "code": "no_room", "reason": "r"}],
                 "evicted": ["k"], "capacity_bytes": 9, "used_bytes": 1}),
         );
+        tolerated::<<RunImage as TaskMethod>::Output>(
+            "standbye.run_image output",
+            json!({"image_id": "i", "device": "/dev/vda", "boot": "kexec",
+                "kernel": "/boot/vmlinuz", "initrd": ["/boot/initrd.img"],
+                "cmdline": "root=PARTUUID=x ro", "entry_source": "symlinks",
+                "config_drive": {"partition_number": 3, "start_bytes": 1, "size_bytes": 2,
+                    "format": "vfat", "reused": false},
+                "boot_entry": {"name": "Boot0003", "description": "debian",
+                    "loader": "\\EFI\\debian\\shimx64.efi", "partition": 1,
+                    "updated": false, "boot_order": ["0003"]},
+                "bmc_next_boot": {"device": "disk", "persistent": false, "efi": true},
+                "notes": ["n"]}),
+        );
         // What a newer agent reports to the controller.
         tolerated::<<Handshake as Method>::Params>(
             "handshake params",
@@ -401,6 +415,9 @@ mod tests {
             "ImageSpecWire",
             "PrepareImageParamsWire",
             "CacheImagesParams",
+            "RunImageParams",
+            "ConfigDriveContents",
+            "ConfigDriveFetch",
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for entry in std::fs::read_dir(&dir).unwrap() {

@@ -1,7 +1,8 @@
 //! The protocol methods the agent offers beyond the built-ins, one file per capability, and
 //! the glue from each to the module that does the work: [`bmc`] (BMC and chassis over
 //! in-band IPMI), [`inventory`], [`power`] (reboot, poweroff), [`erase`] (disk erase),
-//! [`image`] (image cache and writes).
+//! [`image`] (image cache and writes), [`run_image`] (config drive, boot setup, kexec or
+//! reboot into the written image).
 //!
 //! Two helpers carry what every capability would otherwise repeat: [`Methods::hardware`]
 //! (decode the params, wait for the drivers, run the blocking hardware call on the blocking
@@ -13,6 +14,7 @@ mod erase;
 pub mod image;
 mod inventory;
 mod power;
+pub mod run_image;
 
 pub use erase::{DiskErase, erase_outcome};
 
@@ -182,6 +184,7 @@ pub fn methods(machine: &Machine) -> Methods {
 pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
     let mut m = Methods::new();
     let dev = bmc::Bmc::new(machine.root.clone());
+    let bmc_dev = dev.clone();
     bmc::register(&mut m, machine, dev.clone());
     inventory::register(&mut m, machine, dev);
     power::register(&mut m, &machine.authority, sys);
@@ -196,7 +199,50 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
     );
     m.task_method::<catalogue::PrepareImage, _>(image::PrepareImage(images.clone()));
     m.task_method::<catalogue::CacheImages, _>(image::CacheImages(images));
+    m.task_method::<catalogue::RunImage, _>(run_image::RunImage {
+        root: machine.root.clone(),
+        authority: machine.authority.clone(),
+        ready: machine.ready.clone(),
+        sys: Arc::new(linux_boot(machine, bmc_dev)),
+        scratch: machine.root.join("run/molar/boot"),
+    });
     m
+}
+
+/// The real side effects of `standbye.run_image`, with the BMC and the modules that own the
+/// config drive and the written-image record.
+fn linux_boot(machine: &Machine, bmc_dev: bmc::Bmc) -> crate::boot::sys::LinuxBoot {
+    use crate::boot::sys::SysError;
+    use molar_protocol::bmc::{BootDevice, BootDeviceParams};
+    crate::boot::sys::LinuxBoot {
+        root: machine.root.clone(),
+        load_modules: machine.authority == Authority::Ramdisk,
+        config_drive: Box::new({
+            let (root, authority) = (machine.root.clone(), machine.authority.clone());
+            move |device, spec, format| {
+                // The device is already cleared by run_image's gate; the writer checks again
+                // by kernel name, under the same root.
+                let name = device.file_name().unwrap_or(device.as_os_str());
+                crate::configdrive::write(&root, &name.to_string_lossy(), spec, format, &authority)
+                    .map_err(|e| SysError::new(e.code(), e.to_string()))
+            }
+        }),
+        bmc: Box::new(move |efi| {
+            let params = BootDeviceParams {
+                device: BootDevice::Disk,
+                persistent: false,
+                efi,
+            };
+            match bmc_dev.run(|t| crate::bmc::boot_device(t, &params)) {
+                Ok(r) => Ok(Some(r)),
+                Err(e) if e.code == "ipmi_no_device" => Ok(None),
+                Err(e) => Err(SysError::new(&e.code, e.msg)),
+            }
+        }),
+        written_on: Box::new(|device| {
+            crate::image::written_on(&device.to_string_lossy()).map(|w| w.image_id)
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Generic block device ioctls (`<linux/fs.h>`): geometry, discard, secure discard,
-//! zero-out, buffer flush.
+//! zero-out, buffer flush, partition table re-read.
 //!
 //! The erase engine uses these on whole disks; they work on any block device (SATA, SAS,
 //! NVMe namespaces, virtio, loop). On a plain file they fail with `ENOTTY`, which the tests
@@ -65,6 +65,14 @@ mod ioctl {
 
 fn err(what: &'static str) -> impl FnOnce(nix::Error) -> BlockError {
     move |source| BlockError::Ioctl { what, source }
+}
+
+/// Makes the kernel read the partition table again (`BLKRRPART`); `EBUSY` while a
+/// partition of the disk is in use.
+pub fn reread_partitions(file: &File) -> Result<(), BlockError> {
+    // SAFETY: BLKRRPART takes no argument.
+    unsafe { ioctl::blkrrpart(file.as_raw_fd()) }.map_err(err("BLKRRPART"))?;
+    Ok(())
 }
 
 /// Size of the device in bytes (`BLKGETSIZE64`).
@@ -143,15 +151,6 @@ pub fn flush_buffers(file: &File) -> Result<(), BlockError> {
     Ok(())
 }
 
-/// Make the kernel re-read the partition table (`BLKRRPART`), after an image was written.
-/// Fails with `EBUSY` when a partition is in use, `EINVAL` on devices without partitions
-/// (a loop device without `partscan`).
-pub fn reread_partitions(file: &File) -> Result<(), BlockError> {
-    // SAFETY: BLKRRPART takes no argument.
-    unsafe { ioctl::blkrrpart(file.as_raw_fd()) }.map_err(err("BLKRRPART"))?;
-    Ok(())
-}
-
 /// fsync: flush written data and the device's volatile cache.
 pub fn sync(file: &File) -> Result<(), BlockError> {
     file.sync_all().map_err(BlockError::Sync)
@@ -175,6 +174,7 @@ mod tests {
             (secure_discard(&f, 0, 4096).unwrap_err(), "BLKSECDISCARD"),
             (zero_out(&f, 0, 4096).unwrap_err(), "BLKZEROOUT"),
             (flush_buffers(&f).unwrap_err(), "BLKFLSBUF"),
+            (reread_partitions(&f).unwrap_err(), "BLKRRPART"),
         ] {
             assert_eq!(e.errno(), Some(nix::Error::ENOTTY), "{what}");
             assert!(e.to_string().starts_with(what), "{e}");
