@@ -245,6 +245,7 @@ mod deploy {
             "prepare_image",
         );
         assert_eq!(prep["format"], "qcow2", "{prep}");
+        assert_eq!(prep["source"], "cache", "{prep}");
         assert_eq!(prep["checksum"], guest_img.0.checksum.as_str(), "{prep}");
         assert_eq!(
             http.requests().len(),
