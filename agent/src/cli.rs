@@ -342,7 +342,10 @@ async fn image_write(a: ImageWriteArgs) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
     init_logging(tracing::Level::WARN);
     if !a.yes {
-        bail!("this replaces everything on {}: add --yes to go ahead", a.device);
+        bail!(
+            "this replaces everything on {}: add --yes to go ahead",
+            a.device
+        );
     }
     // Like `molar-agent erase`: from the command line only a device named with --allow-host
     // may be written (the controller's prepare_image is the ramdisk's way).
@@ -353,9 +356,9 @@ async fn image_write(a: ImageWriteArgs) -> anyhow::Result<()> {
     };
     let word = |s: Option<String>| s.map(serde_json::Value::String);
     let ca_pem = match &a.ca {
-        Some(p) => Some(
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        ),
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
         None => None,
     };
     let wire = ImageSpecWire {
@@ -364,7 +367,9 @@ async fn image_write(a: ImageWriteArgs) -> anyhow::Result<()> {
         checksum: a.checksum,
         insecure_skip_checksum: a.insecure_skip_checksum,
         format: word(a.format).map(serde_json::from_value).transpose()?,
-        compression: word(a.compression).map(serde_json::from_value).transpose()?,
+        compression: word(a.compression)
+            .map(serde_json::from_value)
+            .transpose()?,
         ca_pem,
         ..ImageSpecWire::default()
     };

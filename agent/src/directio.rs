@@ -390,6 +390,8 @@ pub struct Writer {
     free: mpsc::Receiver<AlignedBuf>,
     spare: Vec<AlignedBuf>,
     buffers: usize,
+    /// Buffers the caller holds (handed out, not yet submitted or given back).
+    held: usize,
     threads: Vec<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     first_err: Arc<FirstError>,
@@ -399,7 +401,11 @@ pub struct Writer {
 impl Writer {
     /// `buffers` (at least `REQUESTS_IN_FLIGHT + 1`) buffers of [`CHUNK`] bytes; `progress`
     /// is called from the writer threads with the bytes each write completed.
-    pub fn new(file: Arc<File>, buffers: usize, progress: Arc<dyn Fn(u64) + Send + Sync>) -> Writer {
+    pub fn new(
+        file: Arc<File>,
+        buffers: usize,
+        progress: Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Writer {
         let buffers = buffers.max(REQUESTS_IN_FLIGHT + 1);
         let (free_tx, free) = mpsc::channel::<AlignedBuf>();
         let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(REQUESTS_IN_FLIGHT);
@@ -444,6 +450,7 @@ impl Writer {
             free,
             spare: (0..buffers).map(|_| AlignedBuf::zeroed(CHUNK)).collect(),
             buffers,
+            held: 0,
             threads,
             stop,
             first_err,
@@ -460,14 +467,17 @@ impl Writer {
     /// when all are in use.
     pub fn buffer(&mut self) -> Result<AlignedBuf, DirectIoError> {
         self.check()?;
-        if let Some(b) = self.spare.pop() {
-            return Ok(b);
-        }
-        self.free.recv().map_err(|_| self.dead())
+        let b = match self.spare.pop() {
+            Some(b) => b,
+            None => self.free.recv().map_err(|_| self.dead())?,
+        };
+        self.held += 1;
+        Ok(b)
     }
 
     /// Gives a buffer back unused.
     pub fn give_back(&mut self, buf: AlignedBuf) {
+        self.held = self.held.saturating_sub(1);
         self.spare.push(buf);
     }
 
@@ -479,6 +489,7 @@ impl Writer {
         writes: Vec<(usize, u64, usize)>,
     ) -> Result<(), DirectIoError> {
         self.check()?;
+        self.held = self.held.saturating_sub(1);
         if writes.is_empty() {
             self.spare.push(buf);
             return Ok(());
@@ -487,10 +498,11 @@ impl Writer {
         jobs.send(Job { buf, writes }).map_err(|_| self.dead())
     }
 
-    /// Waits until every queued write is done (all buffers are back): what was written can
-    /// be read back, or partly overwritten by a read-modify-write.
+    /// Waits until every queued write is done (every buffer the caller does not hold is
+    /// back): what was written can be read back, or partly overwritten by a
+    /// read-modify-write.
     pub fn drain(&mut self) -> Result<(), DirectIoError> {
-        while self.spare.len() < self.buffers {
+        while self.spare.len() + self.held < self.buffers {
             match self.free.recv() {
                 Ok(b) => self.spare.push(b),
                 Err(_) => return Err(self.dead()),
@@ -698,9 +710,13 @@ mod tests {
         let (t, f) = file_of(16 * MIB, 0xa5);
         let seen = Arc::new(AtomicU64::new(0));
         let s = seen.clone();
-        let mut w = Writer::new(Arc::new(f), 0, Arc::new(move |n| {
-            s.fetch_add(n, Ordering::Relaxed);
-        }));
+        let mut w = Writer::new(
+            Arc::new(f),
+            0,
+            Arc::new(move |n| {
+                s.fetch_add(n, Ordering::Relaxed);
+            }),
+        );
         // More jobs than buffers: buffer() waits for writes to finish.
         for i in 0..12u64 {
             let mut b = w.buffer().unwrap();
@@ -725,7 +741,10 @@ mod tests {
         let b = w.buffer().unwrap();
         w.submit(b, vec![(0, 8192, 4096)]).unwrap();
         let e = w.drain().unwrap_err();
-        assert!(matches!(e, DirectIoError::Write { offset: 8192, .. }), "{e}");
+        assert!(
+            matches!(e, DirectIoError::Write { offset: 8192, .. }),
+            "{e}"
+        );
         assert!(w.finish().is_err());
     }
 }

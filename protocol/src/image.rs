@@ -617,8 +617,10 @@ mod tests {
         // Round trip.
         let back: ImageSpec = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
         assert_eq!(back, s);
-        let sums = spec(json!({"id": "x", "urls": ["https://a/x.img", "http://b/x.img"],
-            "checksum": "https://a/SHA256SUMS"}))
+        let sums = spec(
+            json!({"id": "x", "urls": ["https://a/x.img", "http://b/x.img"],
+            "checksum": "https://a/SHA256SUMS"}),
+        )
         .unwrap();
         assert_eq!(
             sums.checksum,
@@ -637,7 +639,10 @@ mod tests {
             "container_format": "bare", "stream_raw_images": true}))
         .unwrap();
         assert_eq!(s.format, Some(DiskFormat::Qcow2));
-        assert_eq!(s.checksum.unwrap().to_string(), format!("sha512:{}", "cd".repeat(64)));
+        assert_eq!(
+            s.checksum.unwrap().to_string(),
+            format!("sha512:{}", "cd".repeat(64))
+        );
         let bare = spec(json!({"id": "x", "url": "http://a/b", "checksum": H256})).unwrap();
         assert_eq!(bare.checksum.unwrap().to_string(), format!("sha256:{H256}"));
     }
@@ -680,8 +685,10 @@ mod tests {
                 .contains("one or the other")
         );
         assert!(
-            e(json!({"id": "x", "url": url, "checksum": ck, "format": "raw",
-            "disk_format": "qcow2"}))
+            e(
+                json!({"id": "x", "url": url, "checksum": ck, "format": "raw",
+            "disk_format": "qcow2"})
+            )
             .contains("disagree")
         );
         assert!(
@@ -689,8 +696,10 @@ mod tests {
                 .contains("vmdk")
         );
         assert!(
-            e(json!({"id": "x", "url": url, "checksum": ck, "os_hash_algo": "sha256",
-            "os_hash_value": "00".repeat(32)}))
+            e(
+                json!({"id": "x", "url": url, "checksum": ck, "os_hash_algo": "sha256",
+            "os_hash_value": "00".repeat(32)})
+            )
             .contains("disagree")
         );
         assert!(
@@ -724,9 +733,8 @@ mod tests {
 
     #[test]
     fn prepare_params() {
-        let p = |v: Value| {
-            serde_json::from_value::<PrepareImageParams>(v).map_err(|e| e.to_string())
-        };
+        let p =
+            |v: Value| serde_json::from_value::<PrepareImageParams>(v).map_err(|e| e.to_string());
         let img = json!({"id": "x", "url": "http://a/b", "checksum": format!("sha256:{H256}")});
         let ok = p(json!({"image": img, "device": "/dev/nvme0n1"})).unwrap();
         assert!(matches!(ok.source, ImageSource::Spec(_)));
@@ -738,7 +746,11 @@ mod tests {
         assert_eq!(c.source, ImageSource::Cached("x".into()));
         assert!(c.device_reads_zeros);
         assert!(p(json!({"image": img, "image_id": "x", "device": "sda"})).is_err());
-        assert!(p(json!({"device": "sda"})).unwrap_err().contains("image_id"));
+        assert!(
+            p(json!({"device": "sda"}))
+                .unwrap_err()
+                .contains("image_id")
+        );
         assert!(p(json!({"image_id": "x"})).is_err());
         assert!(p(json!({"image_id": "a/b", "device": "sda"})).is_err());
         assert!(
@@ -751,7 +763,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cache.images.len(), 1);
-        assert!(serde_json::from_value::<CacheImagesParams>(json!({"images": [], "x": 1})).is_err());
+        assert!(
+            serde_json::from_value::<CacheImagesParams>(json!({"images": [], "x": 1})).is_err()
+        );
     }
 
     proptest! {

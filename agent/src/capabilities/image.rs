@@ -38,7 +38,10 @@ impl ImageEnv {
             root,
             authority,
             ready,
-            cache: Arc::new(Cache::new(std::env::temp_dir().join("molar-image-cache"), None)),
+            cache: Arc::new(Cache::new(
+                std::env::temp_dir().join("molar-image-cache"),
+                None,
+            )),
             fetch: FetchOptions::default(),
         }
     }
@@ -77,7 +80,11 @@ pub fn clear_target(
 }
 
 /// Sends `progress` to the task every second until `done` fires.
-fn report(ctx: TaskContext, progress: Arc<Progress>, what: &'static str) -> tokio::task::JoinHandle<()> {
+fn report(
+    ctx: TaskContext,
+    progress: Arc<Progress>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let t0 = Instant::now();
         loop {
@@ -224,7 +231,11 @@ pub struct PrepareImage(pub ImageEnv);
 impl crate::tasks::Task for PrepareImage {
     type Params = PrepareImageParams;
 
-    async fn run(&self, params: PrepareImageParams, ctx: TaskContext) -> Result<Value, TaskFailure> {
+    async fn run(
+        &self,
+        params: PrepareImageParams,
+        ctx: TaskContext,
+    ) -> Result<Value, TaskFailure> {
         self.0
             .ready
             .wait()
@@ -234,11 +245,11 @@ impl crate::tasks::Task for PrepareImage {
         let reporter = report(ctx.clone(), progress.clone(), "prepare_image");
         let env = self.0.clone();
         let cancel = ctx.cancel_token().clone();
-        let r = tokio::task::spawn_blocking(move || prepare(&env, &params, &progress, &cancel))
-            .await;
+        let r =
+            tokio::task::spawn_blocking(move || prepare(&env, &params, &progress, &cancel)).await;
         reporter.abort();
-        let result = r
-            .map_err(|e| TaskFailure::new(codes::INTERNAL, format!("image thread: {e}")))??;
+        let result =
+            r.map_err(|e| TaskFailure::new(codes::INTERNAL, format!("image thread: {e}")))??;
         serde_json::to_value(&result)
             .map_err(|e| TaskFailure::new(codes::INTERNAL, format!("encoding the result: {e}")))
     }
@@ -274,8 +285,8 @@ impl crate::tasks::Task for CacheImages {
         })
         .await;
         reporter.abort();
-        let result = r
-            .map_err(|e| TaskFailure::new(codes::INTERNAL, format!("image thread: {e}")))??;
+        let result =
+            r.map_err(|e| TaskFailure::new(codes::INTERNAL, format!("image thread: {e}")))??;
         serde_json::to_value(&result)
             .map_err(|e| TaskFailure::new(codes::INTERNAL, format!("encoding the result: {e}")))
     }

@@ -392,34 +392,35 @@ impl Cache {
             progress.fetch.clone(),
             cancel.clone(),
         );
-        let place = match &disk {
-            Some(d) => {
-                let mut sink = DirectSink::open(&d.path, false, None, Arc::new(|_| {}))
-                    .map_err(|source| ImageError::Open {
+        let place =
+            match &disk {
+                Some(d) => {
+                    let mut sink = DirectSink::open(&d.path, false, None, Arc::new(|_| {}))
+                        .map_err(|source| ImageError::Open {
+                            device: d.path.display().to_string(),
+                            source,
+                        })?;
+                    copy(&mut source, |at, data| sink.write_at(offset + at, data))?;
+                    sink.finish().map_err(|source| ImageError::Write {
                         device: d.path.display().to_string(),
                         source,
                     })?;
-                copy(&mut source, |at, data| sink.write_at(offset + at, data))?;
-                sink.finish().map_err(|source| ImageError::Write {
-                    device: d.path.display().to_string(),
-                    source,
-                })?;
-                Place::Disk { offset }
-            }
-            None => {
-                let path = self.memory_dir.join(format!("{rank}-{}", spec.id));
-                let mut f = File::create(&path).map_err(|source| ImageError::Write {
-                    device: path.display().to_string(),
-                    source,
-                })?;
-                let r = copy(&mut source, |_, data| f.write_all(data));
-                if r.is_err() {
-                    let _ = std::fs::remove_file(&path);
+                    Place::Disk { offset }
                 }
-                r?;
-                Place::Memory(path)
-            }
-        };
+                None => {
+                    let path = self.memory_dir.join(format!("{rank}-{}", spec.id));
+                    let mut f = File::create(&path).map_err(|source| ImageError::Write {
+                        device: path.display().to_string(),
+                        source,
+                    })?;
+                    let r = copy(&mut source, |_, data| f.write_all(data));
+                    if r.is_err() {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    r?;
+                    Place::Memory(path)
+                }
+            };
         let fetched = match source.take_outcome() {
             Some(Ok(f)) => f,
             Some(Err(e)) => {
@@ -428,7 +429,9 @@ impl Cache {
             }
             None => {
                 discard(&place);
-                return Err(ImageError::Internal("the fetch ended without an outcome".into()));
+                return Err(ImageError::Internal(
+                    "the fetch ended without an outcome".into(),
+                ));
             }
         };
         if let (Some(want), Some(got)) = (&digest, &fetched.digest)
@@ -518,12 +521,13 @@ impl Cache {
             )));
         }
         block.resize(TABLE_BLOCK, 0);
-        let mut sink = DirectSink::open(&d.path, false, None, Arc::new(|_| {})).map_err(
-            |source| ImageError::Open {
-                device: d.path.display().to_string(),
-                source,
-            },
-        )?;
+        let mut sink =
+            DirectSink::open(&d.path, false, None, Arc::new(|_| {})).map_err(|source| {
+                ImageError::Open {
+                    device: d.path.display().to_string(),
+                    source,
+                }
+            })?;
         let w = |source| ImageError::Write {
             device: d.path.display().to_string(),
             source,
@@ -555,7 +559,9 @@ pub fn read_table(block: &[u8]) -> Option<Vec<TableRow>> {
         .map(|e| {
             Some((
                 e.get("id")?.as_str()?.to_owned(),
-                e.get("checksum").and_then(|c| c.as_str()).map(str::to_owned),
+                e.get("checksum")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_owned),
                 e.get("offset")?.as_u64()?,
                 e.get("bytes")?.as_u64()?,
             ))

@@ -120,7 +120,11 @@ mod tests {
             "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
         );
         let h = Hasher::new(HashAlgo::Sha512);
-        assert!(h.finish().to_string().starts_with("sha512:cf83e1357eefb8bdf1542850d66d8007"));
+        assert!(
+            h.finish()
+                .to_string()
+                .starts_with("sha512:cf83e1357eefb8bdf1542850d66d8007")
+        );
     }
 
     #[test]
@@ -133,12 +137,21 @@ mod tests {
             "c".repeat(10)
         );
         let u = "http://h/SHA256SUMS";
-        assert_eq!(lookup(&text, "debian-12.raw", u).unwrap().to_string(), format!("sha256:{a}"));
+        assert_eq!(
+            lookup(&text, "debian-12.raw", u).unwrap().to_string(),
+            format!("sha256:{a}")
+        );
         let d = lookup(&text, "x.qcow2", u).unwrap();
         assert_eq!(d.algo, HashAlgo::Sha512);
-        assert!(matches!(lookup(&text, "short.img", u), Err(SumsError::BadLine { .. })));
+        assert!(matches!(
+            lookup(&text, "short.img", u),
+            Err(SumsError::BadLine { .. })
+        ));
         let e = lookup(&text, "missing.img", u).unwrap_err();
-        assert_eq!(e.to_string(), "http://h/SHA256SUMS has no line for missing.img");
+        assert_eq!(
+            e.to_string(),
+            "http://h/SHA256SUMS has no line for missing.img"
+        );
         assert_eq!(file_name("http://h/a/b/img.raw?x=1"), Some("img.raw"));
         assert_eq!(file_name("https://h/img.raw"), Some("img.raw"));
         assert_eq!(file_name("https://h/"), None);

@@ -111,17 +111,31 @@ mod tests {
     #[test]
     fn magic_bytes() {
         assert_eq!(compression(&[0x1f, 0x8b, 8, 0]).unwrap(), Compression::Gzip);
-        assert_eq!(compression(&[0x28, 0xb5, 0x2f, 0xfd, 0]).unwrap(), Compression::Zstd);
+        assert_eq!(
+            compression(&[0x28, 0xb5, 0x2f, 0xfd, 0]).unwrap(),
+            Compression::Zstd
+        );
         assert_eq!(compression(b"\xfd7zXZ\x00\x00").unwrap(), Compression::Xz);
-        assert_eq!(compression(b"QFI\xfb\0\0\0\x03").unwrap(), Compression::None);
+        assert_eq!(
+            compression(b"QFI\xfb\0\0\0\x03").unwrap(),
+            Compression::None
+        );
         assert_eq!(compression(b"").unwrap(), Compression::None);
         assert_eq!(compression(b"\x1f").unwrap(), Compression::None);
         assert!(compression(b"BZh91AY&").is_err());
         assert_eq!(format(b"QFI\xfb\0\0\0\x03"), DiskFormat::Qcow2);
         assert_eq!(format(b"\xeb\x63\x90"), DiskFormat::Raw);
-        let e = agree("format", Some(DiskFormat::Raw), DiskFormat::Qcow2, DiskFormat::as_str)
-            .unwrap_err();
-        assert_eq!(e.to_string(), "declared format raw but the image's bytes say qcow2");
+        let e = agree(
+            "format",
+            Some(DiskFormat::Raw),
+            DiskFormat::Qcow2,
+            DiskFormat::as_str,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "declared format raw but the image's bytes say qcow2"
+        );
         assert_eq!(
             agree("format", None, DiskFormat::Qcow2, DiskFormat::as_str).unwrap(),
             DiskFormat::Qcow2

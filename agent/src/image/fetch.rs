@@ -137,7 +137,11 @@ pub enum Origin {
         options: FetchOptions,
     },
     /// `len` bytes of a local file or device from `offset`.
-    Local { path: PathBuf, offset: u64, len: u64 },
+    Local {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// An HTTP client with its own small runtime, for blocking callers (the fetch thread, the
@@ -302,7 +306,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// `Content-Range: bytes A-B/TOTAL` → (A, TOTAL).
 fn content_range(resp: &reqwest::Response) -> Option<(u64, u64)> {
-    let v = resp.headers().get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    let v = resp
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?;
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (a, _) = range.split_once('-')?;
@@ -335,7 +343,12 @@ pub fn start(
         });
     let (rx, error) = match thread {
         Ok(_) => (Some(rx), None),
-        Err(e) => (None, Some(FetchError::Client(format!("starting the fetch thread: {e}")))),
+        Err(e) => (
+            None,
+            Some(FetchError::Client(format!(
+                "starting the fetch thread: {e}"
+            ))),
+        ),
     };
     Source {
         rx,
@@ -435,7 +448,14 @@ fn http_fetch(
             }
             let before = pos;
             let r = http.rt.block_on(attempt(
-                &http, url, &mut pos, &mut total, &mut hasher, counters, tx, cancel,
+                &http,
+                url,
+                &mut pos,
+                &mut total,
+                &mut hasher,
+                counters,
+                tx,
+                cancel,
             ));
             if pos > before && before > 0 {
                 resumed += 1;

@@ -75,7 +75,11 @@ pub enum ImageError {
     #[error("cache: {0}")]
     Cache(String),
     #[error("no room in the cache: {needed} bytes needed, {free} free of {capacity}")]
-    NoRoom { needed: u64, free: u64, capacity: u64 },
+    NoRoom {
+        needed: u64,
+        free: u64,
+        capacity: u64,
+    },
     #[error("cancelled")]
     Cancelled,
     #[error("internal error: {0}")]
@@ -90,9 +94,7 @@ impl ImageError {
             ImageError::Sums(_) => "checksum_unavailable",
             ImageError::Detect(detect::DetectError::Mismatch { .. }) => "format_mismatch",
             ImageError::Detect(_) => "unsupported_format",
-            ImageError::Qcow2(qcow2::Qcow2Error::NeedsRandomAccess { .. }) => {
-                "needs_random_access"
-            }
+            ImageError::Qcow2(qcow2::Qcow2Error::NeedsRandomAccess { .. }) => "needs_random_access",
             ImageError::Qcow2(_) => "qcow2_invalid",
             ImageError::Open { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
                 "device_busy"
@@ -146,3 +148,6 @@ pub fn record_written(w: Written) {
 pub fn forget_written(device: &str) {
     written().remove(device);
 }
+
+#[cfg(test)]
+mod tests;

@@ -68,7 +68,10 @@ pub struct Outcome {
 }
 
 /// The expected digest of `spec`'s file: its own, or its line in the sums file.
-pub fn resolve_digest(spec: &ImageSpec, options: &FetchOptions) -> Result<Option<Digest>, ImageError> {
+pub fn resolve_digest(
+    spec: &ImageSpec,
+    options: &FetchOptions,
+) -> Result<Option<Digest>, ImageError> {
     use molar_protocol::image::Checksum;
     match &spec.checksum {
         None => Ok(None),
@@ -203,7 +206,8 @@ fn random_access_layout(
                 len: *len,
             };
             let mut head = [0u8; detect::MAGIC_LEN];
-            if *len < head.len() as u64 || qcow2::RangeRead::read_at(&mut r, 0, &mut head).is_err() {
+            if *len < head.len() as u64 || qcow2::RangeRead::read_at(&mut r, 0, &mut head).is_err()
+            {
                 return Ok(None);
             }
             if detect::format(&head) != DiskFormat::Qcow2 {
@@ -285,7 +289,10 @@ impl qcow2::RangeRead for HttpRange {
         if end > self.total {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("read to {end} past the end of {} ({} bytes)", self.url, self.total),
+                format!(
+                    "read to {end} past the end of {} ({} bytes)",
+                    self.url, self.total
+                ),
             ));
         }
         let cached_end = self.cached_at + self.cached.len() as u64;
@@ -341,12 +348,11 @@ fn convert(
         Compression::as_str,
     )?;
     let inner: Box<dyn Read + Send + '_> = Box::new(Cursor::new(head).chain(source));
-    let mut reader = detect::decompressor(compression, inner).map_err(|source| {
-        ImageError::Decompress {
+    let mut reader =
+        detect::decompressor(compression, inner).map_err(|source| ImageError::Decompress {
             compression: compression.as_str(),
             source,
-        }
-    })?;
+        })?;
     let dec_err = |source: io::Error| ImageError::Decompress {
         compression: compression.as_str(),
         source,

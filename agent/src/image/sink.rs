@@ -17,8 +17,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use crate::directio::{self, AlignedBuf, CHUNK, DirectIoError, REQUESTS_IN_FLIGHT, Writer};
 pub use super::qcow2::DiskSink;
+use crate::directio::{self, AlignedBuf, CHUNK, DirectIoError, REQUESTS_IN_FLIGHT, Writer};
 
 /// Granularity of zero-run skipping.
 pub const ZERO_BLOCK: usize = 64 << 10;
@@ -100,10 +100,7 @@ impl DirectSink {
                 size,
                 crate::hw::block::logical_block_size(&file).map_or(512, u64::from),
             ),
-            Err(_) => (
-                file_capacity.unwrap_or(file.metadata()?.len()),
-                512,
-            ),
+            Err(_) => (file_capacity.unwrap_or(file.metadata()?.len()), 512),
         };
         Ok(DirectSink::new(file, capacity, align, skip_zeros, progress))
     }
@@ -163,7 +160,12 @@ impl DirectSink {
 
     /// Hands the pending buffer to the writer, its tail completed to a whole block.
     fn flush(&mut self) -> io::Result<()> {
-        let Some(Pending { mut buf, start, mut len }) = self.cur.take() else {
+        let Some(Pending {
+            mut buf,
+            start,
+            mut len,
+        }) = self.cur.take()
+        else {
             return Ok(());
         };
         let a = self.align as usize;
