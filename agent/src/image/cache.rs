@@ -285,7 +285,10 @@ impl Cache {
                 }),
             }
         }
-        if let Some(d) = state(&self.state).disk.clone() {
+        // The guard must be gone before write_table locks the state again: a temporary in
+        // an `if let` scrutinee lives through the whole block.
+        let area = state(&self.state).disk.clone();
+        if let Some(d) = area {
             self.write_table(&d)?;
         }
         result.used_bytes = state(&self.state).entries.iter().map(|e| e.bytes).sum();
