@@ -97,14 +97,21 @@ mod deploy {
             .unwrap_or_else(|e| panic!("starting {method}: {e}"));
         let mut events = c.task_events(&t.task_id).await.unwrap();
         let mut last = None;
-        let deadline = Duration::from_secs(secs);
-        while let Some(ev) = tokio::time::timeout(deadline, events.next())
-            .await
-            .unwrap_or_else(|_| panic!("{method} did not end within {secs} s"))
-        {
-            last = Some(ev.unwrap());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(Some(ev)) => last = Some(ev.unwrap()),
+                Ok(None) => break,
+                Err(_) => {
+                    dump_logs(c, id).await;
+                    panic!("{method} did not end within {secs} s; last event {last:?}");
+                }
+            }
         }
         let last = last.unwrap_or_else(|| panic!("{method}: no events"));
+        if last.state != TaskPhase::Complete {
+            dump_logs(c, id).await;
+        }
         eprintln!(
             "lab: {method}: {} {}",
             last.state.as_str(),
@@ -115,6 +122,19 @@ mod deploy {
                 .unwrap_or_default()
         );
         last
+    }
+
+    /// The agent's last log records, for a failed step.
+    async fn dump_logs(c: &Client, id: &str) {
+        match c.logs(id, 0, 10_000).await {
+            Ok(page) => {
+                for l in page.logs.iter().rev().take(60).rev() {
+                    let fields = l.fields.as_ref().map(Value::to_string).unwrap_or_default();
+                    eprintln!("agent log: {} {} {} {fields}", l.level, l.target, l.msg);
+                }
+            }
+            Err(e) => eprintln!("agent logs unavailable: {e}"),
+        }
     }
 
     fn complete(ev: &TaskEvent, what: &str) -> Value {
@@ -188,6 +208,7 @@ mod deploy {
         server.append.extend([
             "molar.controller=10.0.2.100:9000".to_owned(),
             "panic=10".to_owned(),
+            "molar.log=debug".to_owned(), // DEBUG-TMP
         ]);
         server.oem_strings = vec![
             format!("molar.token={}", token.expose()),
@@ -218,7 +239,7 @@ mod deploy {
                     "images": [image(&guest_img.0, "guest"), image(&nokernel_img.0, "nokernel")],
                     "device": "vda",
                 }),
-                300,
+                90,
             )
             .await,
             "cache_images",
@@ -356,7 +377,7 @@ mod deploy {
         assert_eq!(run["boot"], "reboot", "{run}");
         let reason = run["reason"].as_str().unwrap_or_default();
         assert!(
-            reason.contains("kernel"),
+            reason.contains("no kernel found"),
             "the reason names the missing kernel: {run}"
         );
         let (_, boot3) = connected(&client, Some(&boot2)).await;
