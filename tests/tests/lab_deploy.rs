@@ -10,8 +10,8 @@
 //!   disk) → `standbye.prepare_image` on the NVMe disk → `standbye.run_image` with a config
 //!   drive → the guest's marker and meta data on the serial console after kexec. Then the
 //!   reboot path in the same VM: it powers itself off, the BMC powers it on again into the
-//!   ramdisk, an image without a kernel is prepared and run, the task reports a reboot with
-//!   the reason, and the agent comes back with a new boot id.
+//!   ramdisk, an image without a kernel is written straight from its URL and run, the task
+//!   reports a reboot with the reason, and the agent comes back with a new boot id.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -208,7 +208,6 @@ mod deploy {
         server.append.extend([
             "molar.controller=10.0.2.100:9000".to_owned(),
             "panic=10".to_owned(),
-            "molar.log=debug".to_owned(), // DEBUG-TMP
         ]);
         server.oem_strings = vec![
             format!("molar.token={}", token.expose()),
@@ -239,7 +238,7 @@ mod deploy {
                     "images": [image(&guest_img.0, "guest"), image(&nokernel_img.0, "nokernel")],
                     "device": "vda",
                 }),
-                90,
+                300,
             )
             .await,
             "cache_images",
@@ -350,18 +349,27 @@ mod deploy {
         });
         let (_, boot2) = connected(&client, Some(&boot1)).await;
 
-        // The reboot path: an image without a kernel cannot be kexec'd.
-        complete(
+        // The reboot path: an image without a kernel cannot be kexec'd. This boot's agent
+        // has no cache in memory: the image comes straight from its URL.
+        let prep = complete(
             &run_task(
                 &client,
                 &id,
                 "standbye.prepare_image",
-                json!({"image_id": "nokernel", "device": NVME}),
+                json!({"image": image(&nokernel_img.0, "nokernel"), "device": NVME}),
                 300,
             )
             .await,
             "prepare_image nokernel",
         );
+        assert!(
+            prep["source"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("/nokernel.qcow2"),
+            "{prep}"
+        );
+        assert_eq!(prep["checksum"], nokernel_img.0.checksum.as_str(), "{prep}");
         let console_from = vm(&sim).console().len();
         let run = complete(
             &run_task(
