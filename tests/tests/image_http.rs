@@ -62,7 +62,10 @@ fn spec(urls: Vec<String>, checksum: Option<String>) -> ImageSpec {
 fn write(
     spec: &ImageSpec,
     len: usize,
-) -> (Result<pipeline::Outcome, molar_agent::image::ImageError>, Vec<u8>) {
+) -> (
+    Result<pipeline::Outcome, molar_agent::image::ImageError>,
+    Vec<u8>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("disk");
     std::fs::write(&target, vec![0xa5u8; len]).unwrap();
@@ -81,7 +84,11 @@ fn write(
         skip_zeros: false,
         file_capacity: None,
     };
-    let r = pipeline::write(&job, &Arc::new(Progress::default()), &CancellationToken::new());
+    let r = pipeline::write(
+        &job,
+        &Arc::new(Progress::default()),
+        &CancellationToken::new(),
+    );
     (r, std::fs::read(&target).unwrap())
 }
 
@@ -116,7 +123,11 @@ fn a_dropped_download_resumes_where_it_stopped() {
         "served {served} bytes for a {}-byte file",
         file.len()
     );
-    assert!(http.requests().iter().any(|r| r.ends_with(" 206")), "{:?}", http.requests());
+    assert!(
+        http.requests().iter().any(|r| r.ends_with(" 206")),
+        "{:?}",
+        http.requests()
+    );
     assert_eq!(out.digest.unwrap().to_string(), sha256(&file));
 }
 
@@ -134,7 +145,11 @@ fn a_server_ignoring_range_on_resume_is_refused() {
     let (r, _) = write(&s, 8 * MIB);
     let e = r.unwrap_err();
     assert_eq!(e.code(), "resume_refused", "{e}");
-    assert!(e.to_string().contains("ignored the range request resuming at byte"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("ignored the range request resuming at byte"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -145,7 +160,10 @@ fn urls_are_tried_in_order_and_sums_files_give_the_digest() {
         "0".repeat(64),
         &sha256(&data)["sha256:".len()..]
     );
-    let (_d, http) = serve(&[("a.raw", &data), ("SHA256SUMS", sums.as_bytes())], Faults::default());
+    let (_d, http) = serve(
+        &[("a.raw", &data), ("SHA256SUMS", sums.as_bytes())],
+        Faults::default(),
+    );
     // The first URL is a 404 at the same file name; the second serves it.
     let urls = vec![http.url("missing/a.raw"), http.url("a.raw")];
     let (r, got) = write(&spec(urls, Some(http.url("SHA256SUMS"))), 4 * MIB);
@@ -157,9 +175,15 @@ fn urls_are_tried_in_order_and_sums_files_give_the_digest() {
     let (r, _) = write(&spec(urls, Some(http.url("SHA256SUMS"))), 4 * MIB);
     let e = r.unwrap_err();
     assert_eq!(e.code(), "checksum_unavailable");
-    assert!(e.to_string().ends_with("has no line for nothere.raw"), "{e}");
+    assert!(
+        e.to_string().ends_with("has no line for nothere.raw"),
+        "{e}"
+    );
     // Every URL unreachable.
-    let (r, _) = write(&spec(vec!["http://127.0.0.1:9/a.raw".into()], Some(sha256(&data))), MIB);
+    let (r, _) = write(
+        &spec(vec!["http://127.0.0.1:9/a.raw".into()], Some(sha256(&data))),
+        MIB,
+    );
     assert_eq!(r.unwrap_err().code(), "unreachable");
 }
 
@@ -206,7 +230,11 @@ fn compressed_qcow2_by_range_map_then_one_stream_with_a_drop() {
     assert_eq!(out.format, DiskFormat::Qcow2);
     assert_eq!(out.disk_bytes, data.len() as u64);
     assert!(got[..data.len()] == data[..]);
-    assert!(out.notes.iter().any(|n| n.contains("range requests")), "{:?}", out.notes);
+    assert!(
+        out.notes.iter().any(|n| n.contains("range requests")),
+        "{:?}",
+        out.notes
+    );
     assert_eq!(out.resumed, 1);
 }
 
@@ -227,5 +255,9 @@ fn plain_qcow2_streams_from_a_server_without_range() {
     let out = r.unwrap();
     assert_eq!(out.format, DiskFormat::Qcow2);
     assert!(got[..data.len()] == data[..]);
-    assert!(out.notes.iter().any(|n| n.contains("does not serve byte ranges")));
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n.contains("does not serve byte ranges"))
+    );
 }

@@ -285,7 +285,8 @@ impl Cache {
                 }),
             }
         }
-        if let Some(d) = state(&self.state).disk.clone() {
+        let disk = state(&self.state).disk.clone();
+        if let Some(d) = disk {
             self.write_table(&d)?;
         }
         result.used_bytes = state(&self.state).entries.iter().map(|e| e.bytes).sum();

@@ -325,7 +325,10 @@ mod tests {
         assert!(r.ends_with("\r\n\r\n0123"), "{r}");
         assert!(http.dropped());
         let r = get(http.port(), "GET /a HTTP/1.1\r\nRange: bytes=4-\r\n\r\n");
-        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("0123456789"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.ends_with("0123456789"),
+            "{r}"
+        );
         assert_eq!(http.bytes_served(), 14);
     }
 
