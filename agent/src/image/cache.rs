@@ -285,10 +285,8 @@ impl Cache {
                 }),
             }
         }
-        // The guard must be gone before write_table locks the state again: a temporary in
-        // an `if let` scrutinee lives through the whole block.
-        let area = state(&self.state).disk.clone();
-        if let Some(d) = area {
+        let disk = state(&self.state).disk.clone();
+        if let Some(d) = disk {
             self.write_table(&d)?;
         }
         result.used_bytes = state(&self.state).entries.iter().map(|e| e.bytes).sum();
