@@ -365,7 +365,7 @@ fn no_table_and_a_whole_disk_filesystem_are_refused() {
     );
     // A FAT filesystem on the whole disk has the 55 aa signature but is no table.
     fatfs::format_volume(
-        &mut Region::new(&mut open(&f), 0, 8 * MIB),
+        Region::new(&mut open(&f), 0, 8 * MIB),
         fatfs::FormatVolumeOptions::new(),
     )
     .unwrap();
