@@ -103,13 +103,18 @@ pub(super) fn add_at_end<F: Read + Write + Seek>(
     }
     gpt.align = (ALIGN_BYTES / ss).max(1);
     let sectors = size_bytes.div_ceil(ss);
-    let Some(start) = gpt.find_last_place(sectors) else {
-        let last_end = gpt
-            .iter()
-            .filter(|(_, e)| e.is_used())
-            .map(|(_, e)| e.ending_lba + 1)
-            .max()
-            .unwrap_or(gpt.header.first_usable_lba);
+    let last_end = gpt
+        .iter()
+        .filter(|(_, e)| e.is_used())
+        .map(|(_, e)| e.ending_lba + 1)
+        .max()
+        .unwrap_or(gpt.header.first_usable_lba);
+    // The last free place big enough, but only after every partition: a gap between two
+    // partitions is not the end of the disk.
+    let start = gpt
+        .find_last_place(sectors)
+        .filter(|start| *start >= last_end);
+    let Some(start) = start else {
         return Err(PartitionError::NoRoom {
             device: geo.device.clone(),
             wanted: size_bytes,

@@ -260,6 +260,20 @@ fn no_room_at_the_end_is_a_clear_error() {
         ),
         "{e}"
     );
+    // A gap between partitions big enough is not the end of the disk.
+    let img = disk_with(
+        64 * MIB,
+        "label: gpt\n1 : start=2048, size=2048\n2 : start=40960, size=81920",
+    );
+    let e = add_at_end(
+        &mut open(&img),
+        &geo(64 * MIB),
+        8 * MIB,
+        "config-2",
+        Content::Vfat,
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), "no_room");
     let img = disk_with(64 * MIB, "label: dos\n1 : start=2048, size=120832, type=83");
     let e = add_at_end(
         &mut open(&img),
