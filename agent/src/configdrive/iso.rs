@@ -126,11 +126,11 @@ fn record(id: &[u8], lba: u32, len: u32, dir: bool, su: &[u8]) -> Vec<u8> {
     r[28..32].copy_from_slice(&both16(1));
     r[32] = id.len() as u8;
     r.extend_from_slice(id);
-    if id.len() % 2 == 0 {
+    if id.len().is_multiple_of(2) {
         r.push(0);
     }
     r.extend_from_slice(su);
-    if r.len() % 2 == 1 {
+    if !r.len().is_multiple_of(2) {
         r.push(0);
     }
     r[0] = r.len() as u8;
@@ -174,7 +174,7 @@ impl Tree {
                 t.extend_from_slice(&parent.to_le_bytes());
             }
             t.extend_from_slice(id);
-            if id.len() % 2 == 1 {
+            if !id.len().is_multiple_of(2) {
                 t.push(0);
             }
         };
@@ -220,12 +220,16 @@ impl<'a> Iso<'a> {
         d[1..6].copy_from_slice(b"CD001");
         d[6] = 1;
         let text = |d: &mut [u8], off: usize, len: usize, s: &str| {
-            let bytes = if tree.joliet { ucs2(s) } else { s.as_bytes().to_vec() };
+            let bytes = if tree.joliet {
+                ucs2(s)
+            } else {
+                s.as_bytes().to_vec()
+            };
             for (i, slot) in d[off..off + len].iter_mut().enumerate() {
                 *slot = match bytes.get(i) {
                     Some(b) => *b,
                     // Joliet pads with UCS-2 spaces (00 20), the primary with spaces.
-                    None if tree.joliet && i % 2 == 0 => 0,
+                    None if tree.joliet && i.is_multiple_of(2) => 0,
                     None => b' ',
                 };
             }
@@ -241,7 +245,11 @@ impl<'a> Iso<'a> {
         d[128..132].copy_from_slice(&both16(SECTOR as u16));
         let table_len = tree.path_table(self.versions, false).len() as u32;
         d[132..140].copy_from_slice(&both32(table_len));
-        let (l, m) = if tree.joliet { (21u32, 22u32) } else { (19, 20) };
+        let (l, m) = if tree.joliet {
+            (21u32, 22u32)
+        } else {
+            (19, 20)
+        };
         d[140..144].copy_from_slice(&l.to_le_bytes());
         d[148..152].copy_from_slice(&m.to_be_bytes());
         let root = record(&[0], tree.root_lba(), SECTOR as u32, true, &[]);

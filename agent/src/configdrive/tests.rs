@@ -57,6 +57,21 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `blkid -p` on the partition's bytes copied to a file of their own: what cloud-init's
+/// ConfigDrive datasource asks (`blkid -t TYPE=vfat`, `LABEL=config-2`).
+fn blkid_of(f: &mut File, start: u64, len: u64) -> Option<String> {
+    if !have("blkid") {
+        return None;
+    }
+    let copy = tempfile::NamedTempFile::new().unwrap();
+    let mut bytes = Vec::new();
+    Region::new(f, start, len).read_to_end(&mut bytes).unwrap();
+    std::fs::write(copy.path(), &bytes).unwrap();
+    Some(run(Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(copy.path())))
+}
+
 fn expected_files() -> Vec<(&'static str, Vec<u8>)> {
     let ConfigDrive::Contents(c) = contents() else {
         unreachable!()
@@ -71,7 +86,13 @@ fn vfat_documents_on_gpt_read_back_with_fatfs_and_mtools() {
     }
     let img = gpt_disk();
     let mut f = open(&img);
-    let o = write_on(&mut f, &geo(256 * MIB), &contents(), ConfigDriveFormat::Vfat).unwrap();
+    let o = write_on(
+        &mut f,
+        &geo(256 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap();
     assert_eq!(o.partition_number, 2);
     assert_eq!(o.format, ConfigDriveFormat::Vfat);
     assert!(!o.reused);
@@ -100,10 +121,16 @@ fn vfat_documents_on_gpt_read_back_with_fatfs_and_mtools() {
     // mtools, by offset on the whole image.
     let at = format!("{}@@{}", img.path().display(), o.start_bytes);
     let listing = run(Command::new("mdir").args(["-i", &at, "-b", "::/openstack/latest"]));
-    for name in ["meta_data.json", "network_data.json", "vendor_data2.json", "user_data"] {
+    for name in [
+        "meta_data.json",
+        "network_data.json",
+        "vendor_data2.json",
+        "user_data",
+    ] {
         assert!(listing.contains(name), "{name} missing from {listing}");
     }
-    let meta = run(Command::new("mtype").args(["-i", &at, "::/openstack/2018-08-27/meta_data.json"]));
+    let meta =
+        run(Command::new("mtype").args(["-i", &at, "::/openstack/2018-08-27/meta_data.json"]));
     let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
     assert_eq!(meta["hostname"], "node-1");
     let user = run(Command::new("mtype").args(["-i", &at, "::/openstack/latest/user_data"]));
@@ -112,6 +139,32 @@ fn vfat_documents_on_gpt_read_back_with_fatfs_and_mtools() {
     assert!(label.to_lowercase().contains("config-2"), "{label}");
     let dump = run(Command::new("sfdisk").arg("--dump").arg(img.path()));
     assert!(dump.contains("name=\"config-2\""), "{dump}");
+    if let Some(b) = blkid_of(&mut f, o.start_bytes, o.size_bytes) {
+        assert!(
+            b.contains("\nLABEL=config-2\n") && b.contains("\nTYPE=vfat\n"),
+            "{b}"
+        );
+    }
+    // dosfstools' checker, read-only, finds nothing to fix.
+    if have("fsck.vfat") {
+        let copy = tempfile::NamedTempFile::new().unwrap();
+        let mut bytes = Vec::new();
+        Region::new(&mut f, o.start_bytes, o.size_bytes)
+            .read_to_end(&mut bytes)
+            .unwrap();
+        std::fs::write(copy.path(), &bytes).unwrap();
+        let out = Command::new("fsck.vfat")
+            .arg("-n")
+            .arg(copy.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
@@ -121,8 +174,17 @@ fn iso9660_documents_read_back_with_isoinfo_and_xorriso() {
     }
     let img = gpt_disk();
     let mut f = open(&img);
-    let o = write_on(&mut f, &geo(256 * MIB), &contents(), ConfigDriveFormat::Iso9660).unwrap();
-    assert_eq!((o.partition_number, o.format), (2, ConfigDriveFormat::Iso9660));
+    let o = write_on(
+        &mut f,
+        &geo(256 * MIB),
+        &contents(),
+        ConfigDriveFormat::Iso9660,
+    )
+    .unwrap();
+    assert_eq!(
+        (o.partition_number, o.format),
+        (2, ConfigDriveFormat::Iso9660)
+    );
     assert_eq!(o.size_bytes, MIB);
     // The partition's bytes as an ISO file of their own.
     let iso = tempfile::Builder::new().suffix(".iso").tempfile().unwrap();
@@ -132,6 +194,12 @@ fn iso9660_documents_read_back_with_isoinfo_and_xorriso() {
     std::fs::write(iso.path(), &bytes).unwrap();
     let p = iso.path().to_str().unwrap();
 
+    if let Some(b) = blkid_of(&mut f, o.start_bytes, o.size_bytes) {
+        assert!(
+            b.contains("\nLABEL=config-2\n") && b.contains("\nTYPE=iso9660\n"),
+            "{b}"
+        );
+    }
     let d = run(Command::new("isoinfo").args(["-d", "-i", p]));
     assert!(d.contains("Volume id: config-2"), "{d}");
     assert!(d.contains("Rock Ridge signatures version 1 found"), "{d}");
@@ -158,7 +226,11 @@ fn iso9660_documents_read_back_with_isoinfo_and_xorriso() {
         .args(["-abort_on", "WARNING", "-indev", p, "-check_media", "--"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -169,11 +241,27 @@ fn an_existing_config_drive_is_reused_by_name_or_label() {
     // GPT: the second write finds the partition it named.
     let img = gpt_disk();
     let mut f = open(&img);
-    let first = write_on(&mut f, &geo(256 * MIB), &contents(), ConfigDriveFormat::Vfat).unwrap();
-    let second = write_on(&mut f, &geo(256 * MIB), &contents(), ConfigDriveFormat::Iso9660).unwrap();
+    let first = write_on(
+        &mut f,
+        &geo(256 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap();
+    let second = write_on(
+        &mut f,
+        &geo(256 * MIB),
+        &contents(),
+        ConfigDriveFormat::Iso9660,
+    )
+    .unwrap();
     assert!(second.reused);
     assert_eq!(
-        (second.partition_number, second.start_bytes, second.size_bytes),
+        (
+            second.partition_number,
+            second.start_bytes,
+            second.size_bytes
+        ),
         (first.partition_number, first.start_bytes, first.size_bytes)
     );
     // The zeroed region leaves no FAT behind the ISO.
@@ -186,9 +274,21 @@ fn an_existing_config_drive_is_reused_by_name_or_label() {
     let img = disk_with(32 * MIB, "label: dos\n1 : start=2048, size=8192, type=83");
     img.as_file().set_len(128 * MIB).unwrap();
     let mut f = open(&img);
-    let first = write_on(&mut f, &geo(128 * MIB), &contents(), ConfigDriveFormat::Vfat).unwrap();
+    let first = write_on(
+        &mut f,
+        &geo(128 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap();
     assert_eq!((first.partition_number, first.reused), (2, false));
-    let second = write_on(&mut f, &geo(128 * MIB), &contents(), ConfigDriveFormat::Vfat).unwrap();
+    let second = write_on(
+        &mut f,
+        &geo(128 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap();
     assert_eq!((second.partition_number, second.reused), (2, true));
     let dump = run(Command::new("sfdisk").arg("--dump").arg(img.path()));
     assert_eq!(dump.matches(" : start=").count(), 2, "{dump}");
@@ -203,8 +303,13 @@ fn an_existing_config_2_partition_too_small_is_an_error() {
         64 * MIB,
         "label: gpt\n1 : start=2048, size=8192\n2 : start=10240, size=2048, name=config-2",
     );
-    let e = write_on(&mut open(&img), &geo(64 * MIB), &contents(), ConfigDriveFormat::Vfat)
-        .unwrap_err();
+    let e = write_on(
+        &mut open(&img),
+        &geo(64 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), "no_room");
     assert_eq!(
         e.to_string(),
@@ -212,8 +317,13 @@ fn an_existing_config_2_partition_too_small_is_an_error() {
          config drive needs 8388608"
     );
     // The ISO of the same documents fits in it.
-    let o = write_on(&mut open(&img), &geo(64 * MIB), &contents(), ConfigDriveFormat::Iso9660)
-        .unwrap();
+    let o = write_on(
+        &mut open(&img),
+        &geo(64 * MIB),
+        &contents(),
+        ConfigDriveFormat::Iso9660,
+    )
+    .unwrap();
     assert_eq!((o.partition_number, o.reused), (2, true));
 }
 
@@ -224,8 +334,13 @@ fn a_disk_without_room_at_the_end_is_refused_untouched() {
     }
     let img = disk_with(64 * MIB, "label: gpt\n1 : start=2048, size=126976");
     let before = std::fs::read(img.path()).unwrap();
-    let e = write_on(&mut open(&img), &geo(64 * MIB), &contents(), ConfigDriveFormat::Vfat)
-        .unwrap_err();
+    let e = write_on(
+        &mut open(&img),
+        &geo(64 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), "no_room");
     assert!(
         e.to_string()
@@ -254,7 +369,11 @@ fn a_ready_image_made_by_genisoimage_is_written_as_is() {
     }
     let src = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(src.path().join("openstack/latest")).unwrap();
-    std::fs::write(src.path().join("openstack/latest/meta_data.json"), b"{\"uuid\":\"x\"}").unwrap();
+    std::fs::write(
+        src.path().join("openstack/latest/meta_data.json"),
+        b"{\"uuid\":\"x\"}",
+    )
+    .unwrap();
     let out = tempfile::tempdir().unwrap();
     let iso = out.path().join("cd.iso");
     run(Command::new("genisoimage")
@@ -281,8 +400,13 @@ fn a_ready_image_made_by_genisoimage_is_written_as_is() {
         .map(|c| format!("{}\n", std::str::from_utf8(c).unwrap()))
         .collect();
     let img = gpt_disk();
-    let o = write_on(&mut open(&img), &geo(256 * MIB), &ConfigDrive::Image(wrapped), ConfigDriveFormat::Vfat)
-        .unwrap();
+    let o = write_on(
+        &mut open(&img),
+        &geo(256 * MIB),
+        &ConfigDrive::Image(wrapped),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap();
     assert_eq!(o.format, ConfigDriveFormat::Iso9660);
 }
 
@@ -294,10 +418,20 @@ fn hostile_ready_images_are_refused_before_the_disk_is_touched() {
     let img = gpt_disk();
     let before = std::fs::read(img.path()).unwrap();
     let attempt = |spec: ConfigDrive| {
-        write_on(&mut open(&img), &geo(256 * MIB), &spec, ConfigDriveFormat::Vfat).unwrap_err()
+        write_on(
+            &mut open(&img),
+            &geo(256 * MIB),
+            &spec,
+            ConfigDriveFormat::Vfat,
+        )
+        .unwrap_err()
     };
     let e = attempt(ConfigDrive::Image("not base64 at all!".into()));
-    assert!(e.to_string().starts_with("config_drive image: not base64: "), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("config_drive image: not base64: "),
+        "{e}"
+    );
     assert_eq!(e.code(), "invalid_params");
     // A gzip bomb: 65 MiB of zeros in about 65 KiB; decoding stops one byte past the bound.
     let bomb = gzip(&vec![0u8; 65 << 20]);
@@ -313,18 +447,27 @@ fn hostile_ready_images_are_refused_before_the_disk_is_touched() {
         "config_drive image: not a vfat or iso9660 filesystem labelled config-2"
     );
     let e = attempt(ConfigDrive::Image(b64(&bomb[..bomb.len() / 2])));
-    assert!(e.to_string().starts_with("config_drive image: gzip: "), "{e}");
+    assert!(
+        e.to_string().starts_with("config_drive image: gzip: "),
+        "{e}"
+    );
     // A FAT image with another label.
     let mut fat = std::io::Cursor::new(vec![0u8; 4 << 20]);
-    fatfs::format_volume(&mut fat, fatfs::FormatVolumeOptions::new().volume_label(*b"OTHER      "))
-        .unwrap();
+    fatfs::format_volume(
+        &mut fat,
+        fatfs::FormatVolumeOptions::new().volume_label(*b"OTHER      "),
+    )
+    .unwrap();
     let e = attempt(ConfigDrive::Image(b64(&gzip(fat.get_ref()))));
     assert!(e.to_string().contains("labelled config-2"), "{e}");
     let e = attempt(ConfigDrive::Fetch {
         url: "http://127.0.0.1:1/cd.img".into(),
         checksum: "sha256:00".into(),
     });
-    assert_eq!(e.to_string(), "config_drive url: not supported yet (give the documents or an inline image)");
+    assert_eq!(
+        e.to_string(),
+        "config_drive url: not supported yet (give the documents or an inline image)"
+    );
     assert_eq!(std::fs::read(img.path()).unwrap(), before);
 }
 
@@ -357,11 +500,23 @@ fn the_gate_refuses_devices_not_named_on_a_host_and_partitions() {
         "config drive on vda refused: not running as the ramdisk's init and the device was not \
          named with --allow-host"
     );
-    let e = write(f.root(), "nope", &contents(), ConfigDriveFormat::Vfat, &Authority::Ramdisk)
-        .unwrap_err();
+    let e = write(
+        f.root(),
+        "nope",
+        &contents(),
+        ConfigDriveFormat::Vfat,
+        &Authority::Ramdisk,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), "not_found");
-    let e = write(f.root(), "sda", &contents(), ConfigDriveFormat::Vfat, &Authority::Ramdisk)
-        .unwrap_err();
+    let e = write(
+        f.root(),
+        "sda",
+        &contents(),
+        ConfigDriveFormat::Vfat,
+        &Authority::Ramdisk,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), "boot_device");
     // Bad params fail before the devices are looked at (this root has no /sys).
     let e = write(
@@ -389,4 +544,47 @@ fn the_iso_of_the_same_documents_is_the_same_bytes() {
         image::config_drive_format(&mut cur, a.len() as u64).unwrap(),
         Some(ConfigDriveFormat::Iso9660)
     );
+}
+
+#[test]
+fn a_4k_sector_disk_gets_fat_with_4k_sectors_and_no_iso() {
+    // gptman makes the table here: sfdisk cannot be told a file has 4096-byte sectors.
+    let size = 256 * MIB;
+    let mut disk = std::io::Cursor::new(vec![0u8; size as usize]);
+    let mut gpt = gptman::GPT::new_from(&mut disk, 4096, [7; 16]).unwrap();
+    gpt[1] = gptman::GPTPartitionEntry {
+        partition_type_guid: [1; 16],
+        unique_partition_guid: [2; 16],
+        starting_lba: 256,
+        ending_lba: 256 + 2559,
+        attribute_bits: 0,
+        partition_name: "root".into(),
+    };
+    gpt.write_into(&mut disk).unwrap();
+    gptman::GPT::write_protective_mbr_into(&mut disk, 4096).unwrap();
+    let g = Geometry {
+        sector_size: 4096,
+        ..geo(size)
+    };
+    let e = write_on(&mut disk, &g, &contents(), ConfigDriveFormat::Iso9660).unwrap_err();
+    assert!(e.to_string().contains("4096-byte sectors"), "{e}");
+    let o = write_on(&mut disk, &g, &contents(), ConfigDriveFormat::Vfat).unwrap();
+    assert_eq!((o.partition_number, o.size_bytes), (2, MIN_VFAT_BYTES));
+    let mut region = Region::new(&mut disk, o.start_bytes, o.size_bytes);
+    let mut boot = [0u8; 13];
+    region.read_exact(&mut boot).unwrap();
+    assert_eq!(u16::from_le_bytes([boot[11], boot[12]]), 4096);
+}
+
+#[test]
+fn fetched_bytes_are_checked_like_an_inline_image() {
+    let e = write_fetched(
+        Path::new("/nonexistent"),
+        "vda",
+        gzip(b"not a filesystem"),
+        &Authority::Ramdisk,
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), "invalid_params");
+    assert!(e.to_string().contains("labelled config-2"), "{e}");
 }
