@@ -74,6 +74,11 @@ enum Command {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// Write an OS image here, with a progress bar (the `standbye.prepare_image` pipeline).
+    Image {
+        #[command(subcommand)]
+        action: ImageCommand,
+    },
     /// Run any protocol method locally and print its JSON result.
     Call {
         method: String,
@@ -120,6 +125,48 @@ enum BmcCommand {
     },
     /// Chassis power: status, on, off, soft, reset or cycle.
     Power { action: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Fetch, verify, decompress, convert and write an image to a disk in one pass.
+    Write(ImageWriteArgs),
+}
+
+#[derive(Args, Debug)]
+struct ImageWriteArgs {
+    /// The image's URL (http or https). Repeatable: tried in order.
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
+    /// sha256:HEX, sha512:HEX, or the URL of a SHA256SUMS-style file.
+    #[arg(long, required_unless_present = "insecure_skip_checksum")]
+    checksum: Option<String>,
+    /// Write without checking the image's checksum.
+    #[arg(long, conflicts_with = "checksum")]
+    insecure_skip_checksum: bool,
+    /// The disk to write (/dev/nvme0n1, sdb, ...).
+    #[arg(long)]
+    device: String,
+    /// raw or qcow2 (detected when absent; a disagreement is refused).
+    #[arg(long)]
+    format: Option<String>,
+    /// none, gzip, zstd or xz (detected when absent).
+    #[arg(long)]
+    compression: Option<String>,
+    /// PEM file of a CA to trust for https, besides the public roots.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// The device reads zeros everywhere (freshly discarded): do not write runs of zeros.
+    #[arg(long)]
+    device_reads_zeros: bool,
+    /// Allow writing the named device on this host (outside the ramdisk).
+    #[arg(long)]
+    allow_host: bool,
+    /// Confirm that everything on the device is to be replaced.
+    #[arg(long)]
+    yes: bool,
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -280,6 +327,109 @@ async fn erase_local(a: EraseArgs) -> anyhow::Result<()> {
             eprintln!(
                 "erased {} device(s), {} bytes in {:.1} s",
                 report.erased, report.bytes, report.seconds
+            );
+            Ok(())
+        }
+        Err(f) => bail!("{} ({})", f.msg, f.code),
+    }
+}
+
+/// `molar-agent image write`: `prepare_image`'s checks and pipeline with a progress bar.
+async fn image_write(a: ImageWriteArgs) -> anyhow::Result<()> {
+    use crate::capabilities::image::{ImageEnv, prepare, progress_message};
+    use crate::safety::Authority;
+    use molar_protocol::image::{ImageSource, ImageSpecWire, PrepareImageParams};
+    use std::sync::atomic::Ordering;
+    init_logging(tracing::Level::WARN);
+    if !a.yes {
+        bail!(
+            "this replaces everything on {}: add --yes to go ahead",
+            a.device
+        );
+    }
+    // Like `molar-agent erase`: from the command line only a device named with --allow-host
+    // may be written (the controller's prepare_image is the ramdisk's way).
+    let allowed = if a.allow_host {
+        vec![a.device.clone()]
+    } else {
+        vec![]
+    };
+    let word = |s: Option<String>| s.map(serde_json::Value::String);
+    let ca_pem = match &a.ca {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    let wire = ImageSpecWire {
+        id: "local".into(),
+        urls: Some(a.urls),
+        checksum: a.checksum,
+        insecure_skip_checksum: a.insecure_skip_checksum,
+        format: word(a.format).map(serde_json::from_value).transpose()?,
+        compression: word(a.compression)
+            .map(serde_json::from_value)
+            .transpose()?,
+        ca_pem,
+        ..ImageSpecWire::default()
+    };
+    let spec = molar_protocol::image::ImageSpec::try_from(wire)?;
+    let params = PrepareImageParams {
+        source: ImageSource::Spec(Box::new(spec)),
+        device: a.device,
+        device_reads_zeros: a.device_reads_zeros,
+    };
+    let env = ImageEnv::new(
+        a.root,
+        Authority::Host { allowed },
+        crate::capabilities::HardwareReady::default(),
+    );
+    let progress = Arc::new(crate::image::Progress::default());
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let cancel = CancellationToken::new();
+    tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            wait_for_signal().await;
+            cancel.cancel();
+        }
+    });
+    let ticker = tokio::spawn({
+        let (bar, progress) = (bar.clone(), progress.clone());
+        async move {
+            let t0 = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let fetched = progress.fetch.fetched.load(Ordering::Relaxed);
+                let total = progress.fetch.total.load(Ordering::Relaxed);
+                let written = progress.written.load(Ordering::Relaxed);
+                bar.set_length(total);
+                bar.set_position(fetched);
+                let secs = t0.elapsed().as_secs_f64().max(0.001);
+                bar.set_message(progress_message("image", fetched, total, written, secs));
+            }
+        }
+    });
+    let result =
+        tokio::task::spawn_blocking(move || prepare(&env, &params, &progress, &cancel)).await?;
+    ticker.abort();
+    bar.finish_and_clear();
+    match result {
+        Ok(r) => {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            eprintln!(
+                "wrote {} bytes to {} in {:.1} s ({:.0} MB/s), {}",
+                r.disk_bytes,
+                r.device,
+                r.seconds,
+                r.throughput / 1e6,
+                r.checksum.as_deref().unwrap_or("checksum not checked")
             );
             Ok(())
         }
@@ -559,6 +709,9 @@ pub fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Image {
+                action: ImageCommand::Write(args),
+            } => image_write(args).await,
             Command::Inventory { root } => match local_call::<InventoryGet>(&Empty {}) {
                 Ok((method, params)) => call_local(root, method, params, false).await,
                 Err(e) => Err(e),

@@ -20,6 +20,7 @@ pub mod disks;
 pub mod erase;
 pub mod hw;
 pub mod identity;
+pub mod image;
 pub mod inventory;
 pub mod logfwd;
 pub mod partition;

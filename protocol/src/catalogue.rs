@@ -15,6 +15,7 @@ use crate::bmc::{
     ChassisPowerParams, ChassisPowerResult, SetCredentialsParams, SetCredentialsResult,
 };
 use crate::erase::{DiskEraseParams, DiskEraseResult};
+use crate::image::{CacheImagesParams, CacheImagesResult, PrepareImageParams, PrepareImageResult};
 use crate::inventory::Inventory;
 use crate::methods::{
     Ack, Empty, HandshakeParams, HandshakeResult, LogParams, PowerResult, StatusResult,
@@ -177,10 +178,10 @@ catalogue! {
         Unspecified => TaskAccepted, output: Value;
     /// Cache images on local storage in priority order.
     CacheImages = "standbye.cache_images", ToAgent, Task, destructive: true,
-        Unspecified => TaskAccepted, output: Value;
+        CacheImagesParams => TaskAccepted, output: CacheImagesResult;
     /// Write an image to a disk.
     PrepareImage = "standbye.prepare_image", ToAgent, Task, destructive: true,
-        Unspecified => TaskAccepted, output: Value;
+        PrepareImageParams => TaskAccepted, output: PrepareImageResult;
     /// Config drive, boot setup, then kexec or reboot into the written image.
     RunImage = "standbye.run_image", ToAgent, Task, destructive: true,
         RunImageParams => TaskAccepted, output: RunImageResult;
@@ -366,6 +367,20 @@ mod tests {
                 "bmc_next_boot": {"device": "disk", "persistent": false, "efi": true},
                 "notes": ["n"]}),
         );
+        tolerated::<<PrepareImage as TaskMethod>::Output>(
+            "standbye.prepare_image output",
+            json!({"image_id": "i", "device": "/dev/nvme0n1", "source": "cache",
+                "format": "qcow2", "compression": "none", "file_bytes": 1, "disk_bytes": 2,
+                "bytes_written": 2, "zero_bytes_skipped": 0, "seconds": 0.5,
+                "throughput": 4.0, "checksum": "sha256:00", "resumed": 1, "notes": ["n"]}),
+        );
+        tolerated::<<CacheImages as TaskMethod>::Output>(
+            "standbye.cache_images output",
+            json!({"cached": [{"id": "i", "bytes": 1, "checksum": null, "location": "disk",
+                "device": "/dev/sdb", "already": false}],
+                "skipped": [{"id": "j", "code": "no_room", "reason": "r"}],
+                "evicted": ["k"], "capacity_bytes": 9, "used_bytes": 1}),
+        );
         // What a newer agent reports to the controller.
         tolerated::<<Handshake as Method>::Params>(
             "handshake params",
@@ -400,6 +415,9 @@ mod tests {
             "RunImageParams",
             "ConfigDriveContents",
             "ConfigDriveFetch",
+            "ImageSpecWire",
+            "PrepareImageParamsWire",
+            "CacheImagesParams",
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for entry in std::fs::read_dir(&dir).unwrap() {

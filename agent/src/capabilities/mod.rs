@@ -1,7 +1,8 @@
 //! The protocol methods the agent offers beyond the built-ins, one file per capability, and
 //! the glue from each to the module that does the work: [`bmc`] (BMC and chassis over
 //! in-band IPMI), [`inventory`], [`power`] (reboot, poweroff), [`erase`] (disk erase),
-//! [`run_image`] (config drive, boot setup, kexec or reboot into the written image).
+//! [`image`] (image cache and writes), [`run_image`] (config drive, boot setup, kexec or
+//! reboot into the written image).
 //!
 //! Two helpers carry what every capability would otherwise repeat: [`Methods::hardware`]
 //! (decode the params, wait for the drivers, run the blocking hardware call on the blocking
@@ -10,6 +11,7 @@
 
 mod bmc;
 mod erase;
+pub mod image;
 mod inventory;
 mod power;
 pub mod run_image;
@@ -190,6 +192,13 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
         env: EraseEnv::new(machine.root.clone(), machine.authority.clone()),
         ready: machine.ready.clone(),
     });
+    let images = image::ImageEnv::new(
+        machine.root.clone(),
+        machine.authority.clone(),
+        machine.ready.clone(),
+    );
+    m.task_method::<catalogue::PrepareImage, _>(image::PrepareImage(images.clone()));
+    m.task_method::<catalogue::CacheImages, _>(image::CacheImages(images));
     m.task_method::<catalogue::RunImage, _>(run_image::RunImage {
         root: machine.root.clone(),
         authority: machine.authority.clone(),
@@ -205,14 +214,15 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
 fn linux_boot(machine: &Machine, bmc_dev: bmc::Bmc) -> crate::boot::sys::LinuxBoot {
     use crate::boot::sys::SysError;
     use molar_protocol::bmc::{BootDevice, BootDeviceParams};
+    let (root, authority) = (machine.root.clone(), machine.authority.clone());
     crate::boot::sys::LinuxBoot {
         root: machine.root.clone(),
         load_modules: machine.authority == Authority::Ramdisk,
-        config_drive: Box::new(|_device, _spec, _format| {
-            Err(SysError::new(
-                codes::UNSUPPORTED,
-                "writing a config drive is not in this build",
-            ))
+        config_drive: Box::new(move |device, spec, format| {
+            let name = device.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = name.unwrap_or_else(|| device.display().to_string());
+            crate::configdrive::write(&root, &name, spec, format, &authority)
+                .map_err(|e| SysError::new(e.code(), e.to_string()))
         }),
         bmc: Box::new(move |efi| {
             let params = BootDeviceParams {
@@ -226,7 +236,9 @@ fn linux_boot(machine: &Machine, bmc_dev: bmc::Bmc) -> crate::boot::sys::LinuxBo
                 Err(e) => Err(SysError::new(&e.code, e.msg)),
             }
         }),
-        written_on: Box::new(|_device| None),
+        written_on: Box::new(|device| {
+            crate::image::written_on(&device.to_string_lossy()).map(|w| w.image_id)
+        }),
     }
 }
 

@@ -77,9 +77,7 @@ pub(super) fn load(text: &str) -> Result<(Vec<u8>, ConfigDriveFormat), ConfigDri
     let mut cur = std::io::Cursor::new(bytes.as_slice());
     match config_drive_format(&mut cur, bytes.len() as u64) {
         Ok(Some(format)) => Ok((bytes, format)),
-        Ok(None) => Err(bad(
-            "not a vfat or iso9660 filesystem labelled config-2",
-        )),
+        Ok(None) => Err(bad("not a vfat or iso9660 filesystem labelled config-2")),
         Err(e) => Err(bad(format!("reading it: {e}"))),
     }
 }

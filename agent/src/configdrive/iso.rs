@@ -220,7 +220,11 @@ impl<'a> Iso<'a> {
         d[1..6].copy_from_slice(b"CD001");
         d[6] = 1;
         let text = |d: &mut [u8], off: usize, len: usize, s: &str| {
-            let bytes = if tree.joliet { ucs2(s) } else { s.as_bytes().to_vec() };
+            let bytes = if tree.joliet {
+                ucs2(s)
+            } else {
+                s.as_bytes().to_vec()
+            };
             for (i, slot) in d[off..off + len].iter_mut().enumerate() {
                 *slot = match bytes.get(i) {
                     Some(b) => *b,
@@ -241,7 +245,11 @@ impl<'a> Iso<'a> {
         d[128..132].copy_from_slice(&both16(SECTOR as u16));
         let table_len = tree.path_table(self.versions, false).len() as u32;
         d[132..140].copy_from_slice(&both32(table_len));
-        let (l, m) = if tree.joliet { (21u32, 22u32) } else { (19, 20) };
+        let (l, m) = if tree.joliet {
+            (21u32, 22u32)
+        } else {
+            (19, 20)
+        };
         d[140..144].copy_from_slice(&l.to_le_bytes());
         d[148..152].copy_from_slice(&m.to_be_bytes());
         let root = record(&[0], tree.root_lba(), SECTOR as u32, true, &[]);

@@ -100,7 +100,9 @@ pub enum ConfigDriveError {
     BadImage { reason: String },
     #[error("config_drive url: not supported yet (give the documents or an inline image)")]
     FetchNotSupported,
-    #[error("config drive: the documents need {needed} bytes, more than the {max} a config drive may have")]
+    #[error(
+        "config drive: the documents need {needed} bytes, more than the {max} a config drive may have"
+    )]
     TooLarge { needed: u64, max: u64 },
 }
 
@@ -276,9 +278,9 @@ pub fn write(
         // A loop device without partscan answers EINVAL; the table on disk is what counts
         // (the next boot reads it), the kernel's view only matters to someone using it now.
         tracing::warn!(device = %name, error = %e, "partition table written; the kernel did not re-read it");
-        outcome
-            .notes
-            .push(format!("the kernel did not re-read the partition table: {e}"));
+        outcome.notes.push(format!(
+            "the kernel did not re-read the partition table: {e}"
+        ));
     }
     tracing::info!(
         device = %name,
@@ -415,7 +417,10 @@ fn verify<F: Read + Write + Seek>(
     {
         let got = vfat::read_file(region, "openstack/latest/meta_data.json")
             .map_err(|e| fail(format!("meta_data.json cannot be read: {e}")))?;
-        let want = files.iter().find(|(n, _)| *n == "meta_data.json").map(|(_, d)| d);
+        let want = files
+            .iter()
+            .find(|(n, _)| *n == "meta_data.json")
+            .map(|(_, d)| d);
         if Some(&got) != want {
             return Err(fail("meta_data.json differs from what was written".into()));
         }

@@ -71,7 +71,13 @@ fn vfat_documents_on_gpt_read_back_with_fatfs_and_mtools() {
     }
     let img = gpt_disk();
     let mut f = open(&img);
-    let o = write_on(&mut f, &geo(256 * MIB), &contents(), ConfigDriveFormat::Vfat).unwrap();
+    let o = write_on(
+        &mut f,
+        &geo(256 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap();
     assert_eq!(o.partition_number, 2);
     assert_eq!(o.format, ConfigDriveFormat::Vfat);
     assert!(!o.reused);
@@ -100,10 +106,16 @@ fn vfat_documents_on_gpt_read_back_with_fatfs_and_mtools() {
     // mtools, by offset on the whole image.
     let at = format!("{}@@{}", img.path().display(), o.start_bytes);
     let listing = run(Command::new("mdir").args(["-i", &at, "-b", "::/openstack/latest"]));
-    for name in ["meta_data.json", "network_data.json", "vendor_data2.json", "user_data"] {
+    for name in [
+        "meta_data.json",
+        "network_data.json",
+        "vendor_data2.json",
+        "user_data",
+    ] {
         assert!(listing.contains(name), "{name} missing from {listing}");
     }
-    let meta = run(Command::new("mtype").args(["-i", &at, "::/openstack/2018-08-27/meta_data.json"]));
+    let meta =
+        run(Command::new("mtype").args(["-i", &at, "::/openstack/2018-08-27/meta_data.json"]));
     let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
     assert_eq!(meta["hostname"], "node-1");
     let user = run(Command::new("mtype").args(["-i", &at, "::/openstack/latest/user_data"]));
@@ -121,8 +133,17 @@ fn iso9660_documents_read_back_with_isoinfo_and_xorriso() {
     }
     let img = gpt_disk();
     let mut f = open(&img);
-    let o = write_on(&mut f, &geo(256 * MIB), &contents(), ConfigDriveFormat::Iso9660).unwrap();
-    assert_eq!((o.partition_number, o.format), (2, ConfigDriveFormat::Iso9660));
+    let o = write_on(
+        &mut f,
+        &geo(256 * MIB),
+        &contents(),
+        ConfigDriveFormat::Iso9660,
+    )
+    .unwrap();
+    assert_eq!(
+        (o.partition_number, o.format),
+        (2, ConfigDriveFormat::Iso9660)
+    );
     assert_eq!(o.size_bytes, MIB);
     // The partition's bytes as an ISO file of their own.
     let iso = tempfile::Builder::new().suffix(".iso").tempfile().unwrap();
@@ -158,7 +179,11 @@ fn iso9660_documents_read_back_with_isoinfo_and_xorriso() {
         .args(["-abort_on", "WARNING", "-indev", p, "-check_media", "--"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -169,11 +194,27 @@ fn an_existing_config_drive_is_reused_by_name_or_label() {
     // GPT: the second write finds the partition it named.
     let img = gpt_disk();
     let mut f = open(&img);
-    let first = write_on(&mut f, &geo(256 * MIB), &contents(), ConfigDriveFormat::Vfat).unwrap();
-    let second = write_on(&mut f, &geo(256 * MIB), &contents(), ConfigDriveFormat::Iso9660).unwrap();
+    let first = write_on(
+        &mut f,
+        &geo(256 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap();
+    let second = write_on(
+        &mut f,
+        &geo(256 * MIB),
+        &contents(),
+        ConfigDriveFormat::Iso9660,
+    )
+    .unwrap();
     assert!(second.reused);
     assert_eq!(
-        (second.partition_number, second.start_bytes, second.size_bytes),
+        (
+            second.partition_number,
+            second.start_bytes,
+            second.size_bytes
+        ),
         (first.partition_number, first.start_bytes, first.size_bytes)
     );
     // The zeroed region leaves no FAT behind the ISO.
@@ -186,9 +227,21 @@ fn an_existing_config_drive_is_reused_by_name_or_label() {
     let img = disk_with(32 * MIB, "label: dos\n1 : start=2048, size=8192, type=83");
     img.as_file().set_len(128 * MIB).unwrap();
     let mut f = open(&img);
-    let first = write_on(&mut f, &geo(128 * MIB), &contents(), ConfigDriveFormat::Vfat).unwrap();
+    let first = write_on(
+        &mut f,
+        &geo(128 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap();
     assert_eq!((first.partition_number, first.reused), (2, false));
-    let second = write_on(&mut f, &geo(128 * MIB), &contents(), ConfigDriveFormat::Vfat).unwrap();
+    let second = write_on(
+        &mut f,
+        &geo(128 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap();
     assert_eq!((second.partition_number, second.reused), (2, true));
     let dump = run(Command::new("sfdisk").arg("--dump").arg(img.path()));
     assert_eq!(dump.matches(" : start=").count(), 2, "{dump}");
@@ -203,8 +256,13 @@ fn an_existing_config_2_partition_too_small_is_an_error() {
         64 * MIB,
         "label: gpt\n1 : start=2048, size=8192\n2 : start=10240, size=2048, name=config-2",
     );
-    let e = write_on(&mut open(&img), &geo(64 * MIB), &contents(), ConfigDriveFormat::Vfat)
-        .unwrap_err();
+    let e = write_on(
+        &mut open(&img),
+        &geo(64 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), "no_room");
     assert_eq!(
         e.to_string(),
@@ -212,8 +270,13 @@ fn an_existing_config_2_partition_too_small_is_an_error() {
          config drive needs 8388608"
     );
     // The ISO of the same documents fits in it.
-    let o = write_on(&mut open(&img), &geo(64 * MIB), &contents(), ConfigDriveFormat::Iso9660)
-        .unwrap();
+    let o = write_on(
+        &mut open(&img),
+        &geo(64 * MIB),
+        &contents(),
+        ConfigDriveFormat::Iso9660,
+    )
+    .unwrap();
     assert_eq!((o.partition_number, o.reused), (2, true));
 }
 
@@ -224,8 +287,13 @@ fn a_disk_without_room_at_the_end_is_refused_untouched() {
     }
     let img = disk_with(64 * MIB, "label: gpt\n1 : start=2048, size=126976");
     let before = std::fs::read(img.path()).unwrap();
-    let e = write_on(&mut open(&img), &geo(64 * MIB), &contents(), ConfigDriveFormat::Vfat)
-        .unwrap_err();
+    let e = write_on(
+        &mut open(&img),
+        &geo(64 * MIB),
+        &contents(),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), "no_room");
     assert!(
         e.to_string()
@@ -254,7 +322,11 @@ fn a_ready_image_made_by_genisoimage_is_written_as_is() {
     }
     let src = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(src.path().join("openstack/latest")).unwrap();
-    std::fs::write(src.path().join("openstack/latest/meta_data.json"), b"{\"uuid\":\"x\"}").unwrap();
+    std::fs::write(
+        src.path().join("openstack/latest/meta_data.json"),
+        b"{\"uuid\":\"x\"}",
+    )
+    .unwrap();
     let out = tempfile::tempdir().unwrap();
     let iso = out.path().join("cd.iso");
     run(Command::new("genisoimage")
@@ -281,8 +353,13 @@ fn a_ready_image_made_by_genisoimage_is_written_as_is() {
         .map(|c| format!("{}\n", std::str::from_utf8(c).unwrap()))
         .collect();
     let img = gpt_disk();
-    let o = write_on(&mut open(&img), &geo(256 * MIB), &ConfigDrive::Image(wrapped), ConfigDriveFormat::Vfat)
-        .unwrap();
+    let o = write_on(
+        &mut open(&img),
+        &geo(256 * MIB),
+        &ConfigDrive::Image(wrapped),
+        ConfigDriveFormat::Vfat,
+    )
+    .unwrap();
     assert_eq!(o.format, ConfigDriveFormat::Iso9660);
 }
 
@@ -294,10 +371,20 @@ fn hostile_ready_images_are_refused_before_the_disk_is_touched() {
     let img = gpt_disk();
     let before = std::fs::read(img.path()).unwrap();
     let attempt = |spec: ConfigDrive| {
-        write_on(&mut open(&img), &geo(256 * MIB), &spec, ConfigDriveFormat::Vfat).unwrap_err()
+        write_on(
+            &mut open(&img),
+            &geo(256 * MIB),
+            &spec,
+            ConfigDriveFormat::Vfat,
+        )
+        .unwrap_err()
     };
     let e = attempt(ConfigDrive::Image("not base64 at all!".into()));
-    assert!(e.to_string().starts_with("config_drive image: not base64: "), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("config_drive image: not base64: "),
+        "{e}"
+    );
     assert_eq!(e.code(), "invalid_params");
     // A gzip bomb: 65 MiB of zeros in about 65 KiB; decoding stops one byte past the bound.
     let bomb = gzip(&vec![0u8; 65 << 20]);
@@ -313,18 +400,27 @@ fn hostile_ready_images_are_refused_before_the_disk_is_touched() {
         "config_drive image: not a vfat or iso9660 filesystem labelled config-2"
     );
     let e = attempt(ConfigDrive::Image(b64(&bomb[..bomb.len() / 2])));
-    assert!(e.to_string().starts_with("config_drive image: gzip: "), "{e}");
+    assert!(
+        e.to_string().starts_with("config_drive image: gzip: "),
+        "{e}"
+    );
     // A FAT image with another label.
     let mut fat = std::io::Cursor::new(vec![0u8; 4 << 20]);
-    fatfs::format_volume(&mut fat, fatfs::FormatVolumeOptions::new().volume_label(*b"OTHER      "))
-        .unwrap();
+    fatfs::format_volume(
+        &mut fat,
+        fatfs::FormatVolumeOptions::new().volume_label(*b"OTHER      "),
+    )
+    .unwrap();
     let e = attempt(ConfigDrive::Image(b64(&gzip(fat.get_ref()))));
     assert!(e.to_string().contains("labelled config-2"), "{e}");
     let e = attempt(ConfigDrive::Fetch {
         url: "http://127.0.0.1:1/cd.img".into(),
         checksum: "sha256:00".into(),
     });
-    assert_eq!(e.to_string(), "config_drive url: not supported yet (give the documents or an inline image)");
+    assert_eq!(
+        e.to_string(),
+        "config_drive url: not supported yet (give the documents or an inline image)"
+    );
     assert_eq!(std::fs::read(img.path()).unwrap(), before);
 }
 
@@ -357,11 +453,23 @@ fn the_gate_refuses_devices_not_named_on_a_host_and_partitions() {
         "config drive on vda refused: not running as the ramdisk's init and the device was not \
          named with --allow-host"
     );
-    let e = write(f.root(), "nope", &contents(), ConfigDriveFormat::Vfat, &Authority::Ramdisk)
-        .unwrap_err();
+    let e = write(
+        f.root(),
+        "nope",
+        &contents(),
+        ConfigDriveFormat::Vfat,
+        &Authority::Ramdisk,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), "not_found");
-    let e = write(f.root(), "sda", &contents(), ConfigDriveFormat::Vfat, &Authority::Ramdisk)
-        .unwrap_err();
+    let e = write(
+        f.root(),
+        "sda",
+        &contents(),
+        ConfigDriveFormat::Vfat,
+        &Authority::Ramdisk,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), "boot_device");
     // Bad params fail before the devices are looked at (this root has no /sys).
     let e = write(

@@ -67,14 +67,6 @@ fn err(what: &'static str) -> impl FnOnce(nix::Error) -> BlockError {
     move |source| BlockError::Ioctl { what, source }
 }
 
-/// Makes the kernel read the partition table again (`BLKRRPART`); `EBUSY` while a
-/// partition of the disk is in use.
-pub fn reread_partitions(file: &File) -> Result<(), BlockError> {
-    // SAFETY: BLKRRPART takes no argument.
-    unsafe { ioctl::blkrrpart(file.as_raw_fd()) }.map_err(err("BLKRRPART"))?;
-    Ok(())
-}
-
 /// Size of the device in bytes (`BLKGETSIZE64`).
 pub fn size_bytes(file: &File) -> Result<u64, BlockError> {
     let mut v: u64 = 0;
@@ -151,8 +143,9 @@ pub fn flush_buffers(file: &File) -> Result<(), BlockError> {
     Ok(())
 }
 
-/// Ask the kernel to re-read the partition table (`BLKRRPART`). Fails with `EBUSY` while a
-/// partition is in use, and with `EINVAL` on a loop device without partition scanning.
+/// Make the kernel re-read the partition table (`BLKRRPART`), after an image was written.
+/// Fails with `EBUSY` when a partition is in use, `EINVAL` on devices without partitions
+/// (a loop device without `partscan`).
 pub fn reread_partitions(file: &File) -> Result<(), BlockError> {
     // SAFETY: BLKRRPART takes no argument.
     unsafe { ioctl::blkrrpart(file.as_raw_fd()) }.map_err(err("BLKRRPART"))?;
@@ -175,13 +168,13 @@ mod tests {
             (size_bytes(&f).unwrap_err(), "BLKGETSIZE64"),
             (logical_block_size(&f).unwrap_err(), "BLKSSZGET"),
             (physical_block_size(&f).unwrap_err(), "BLKPBSZGET"),
+            (reread_partitions(&f).unwrap_err(), "BLKRRPART"),
             (read_only(&f).unwrap_err(), "BLKROGET"),
             (discard_zeroes_data(&f).unwrap_err(), "BLKDISCARDZEROES"),
             (discard(&f, 0, 4096).unwrap_err(), "BLKDISCARD"),
             (secure_discard(&f, 0, 4096).unwrap_err(), "BLKSECDISCARD"),
             (zero_out(&f, 0, 4096).unwrap_err(), "BLKZEROOUT"),
             (flush_buffers(&f).unwrap_err(), "BLKFLSBUF"),
-            (reread_partitions(&f).unwrap_err(), "BLKRRPART"),
         ] {
             assert_eq!(e.errno(), Some(nix::Error::ENOTTY), "{what}");
             assert!(e.to_string().starts_with(what), "{e}");

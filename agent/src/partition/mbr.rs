@@ -47,7 +47,10 @@ impl Entry {
     }
 }
 
-fn read_sector0<F: Read + Seek>(disk: &mut Region<'_, F>, geo: &Geometry) -> Result<[u8; 512], PartitionError> {
+fn read_sector0<F: Read + Seek>(
+    disk: &mut Region<'_, F>,
+    geo: &Geometry,
+) -> Result<[u8; 512], PartitionError> {
     let mut s = [0u8; 512];
     if disk.len() < 512 {
         return Ok(s);
@@ -88,8 +91,7 @@ pub(super) fn read<F: Read + Seek>(
     }
     let dev_sectors = geo.size_bytes / geo.sector_size;
     let plausible = entries.iter().all(|e| {
-        (e.boot == 0 || e.boot == 0x80)
-            && (!e.used() || (e.start >= 1 && e.sectors >= 1))
+        (e.boot == 0 || e.boot == 0x80) && (!e.used() || (e.start >= 1 && e.sectors >= 1))
     });
     if !plausible {
         return Ok(Label::None);

@@ -39,7 +39,9 @@ pub enum PartitionError {
     BadGpt { device: String, reason: String },
     #[error("{device}: writing the GPT: {reason}")]
     GptWrite { device: String, reason: String },
-    #[error("{device}: partition {number} ends at byte {end}, past the end of the device ({size} bytes)")]
+    #[error(
+        "{device}: partition {number} ends at byte {end}, past the end of the device ({size} bytes)"
+    )]
     BeyondEnd {
         device: String,
         number: u32,

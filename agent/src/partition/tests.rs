@@ -73,7 +73,11 @@ fn dump(img: &tempfile::NamedTempFile) -> Vec<(u32, u64, u64, String)> {
         .arg(img.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = img.path().display().to_string();
     String::from_utf8(out.stdout)
         .unwrap()
@@ -139,7 +143,10 @@ fn gpt_from_a_smaller_image_moves_the_backup_header_and_keeps_sparse_numbers() {
     assert_eq!(after.len(), 3, "{after:?}");
     assert_eq!(after[0], before[0], "partition 1 untouched");
     assert_eq!(after[2], before[1], "partition 3 untouched");
-    assert_eq!((after[1].0, after[1].1, after[1].2), (2, 119 * 2048, 8 * 2048));
+    assert_eq!(
+        (after[1].0, after[1].1, after[1].2),
+        (2, 119 * 2048, 8 * 2048)
+    );
     assert!(after[1].3.contains("name=\"config-2\""), "{}", after[1].3);
     assert!(after[1].3.contains("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"));
 
@@ -174,7 +181,14 @@ fn gpt_claiming_a_larger_disk_is_fitted_to_the_device() {
     );
     img.as_file().set_len(64 * MIB).unwrap();
     let mut f = open(&img);
-    let p = add_at_end(&mut f, &geo(64 * MIB), 4 * MIB, "config-2", Content::Iso9660).unwrap();
+    let p = add_at_end(
+        &mut f,
+        &geo(64 * MIB),
+        4 * MIB,
+        "config-2",
+        Content::Iso9660,
+    )
+    .unwrap();
     assert_eq!((p.number, p.start_bytes), (2, 59 * MIB));
     let v = sgdisk_verify(&img);
     assert!(v.contains("No problems found"), "{v}");
@@ -188,8 +202,14 @@ fn gpt_claiming_a_larger_disk_is_fitted_to_the_device() {
     );
     img.as_file().set_len(64 * MIB).unwrap();
     let before = std::fs::read(img.path()).unwrap();
-    let e = add_at_end(&mut open(&img), &geo(64 * MIB), MIB, "config-2", Content::Vfat)
-        .unwrap_err();
+    let e = add_at_end(
+        &mut open(&img),
+        &geo(64 * MIB),
+        MIB,
+        "config-2",
+        Content::Vfat,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), "partition_beyond_end");
     assert!(
         e.to_string()
@@ -225,8 +245,14 @@ fn no_room_at_the_end_is_a_clear_error() {
         return;
     }
     let img = disk_with(64 * MIB, "label: gpt\n1 : start=2048, size=120832");
-    let e = add_at_end(&mut open(&img), &geo(64 * MIB), 64 * MIB, "config-2", Content::Vfat)
-        .unwrap_err();
+    let e = add_at_end(
+        &mut open(&img),
+        &geo(64 * MIB),
+        64 * MIB,
+        "config-2",
+        Content::Vfat,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), "no_room");
     assert!(
         e.to_string().starts_with(
@@ -235,8 +261,14 @@ fn no_room_at_the_end_is_a_clear_error() {
         "{e}"
     );
     let img = disk_with(64 * MIB, "label: dos\n1 : start=2048, size=120832, type=83");
-    let e = add_at_end(&mut open(&img), &geo(64 * MIB), 64 * MIB, "config-2", Content::Vfat)
-        .unwrap_err();
+    let e = add_at_end(
+        &mut open(&img),
+        &geo(64 * MIB),
+        64 * MIB,
+        "config-2",
+        Content::Vfat,
+    )
+    .unwrap_err();
     assert_eq!(e.code(), "no_room");
     assert!(e.to_string().contains("4194304 bytes free"), "{e}");
 }
@@ -254,21 +286,34 @@ fn mbr_gets_a_primary_partition_in_the_lowest_free_slot() {
     let mut f = open(&img);
     let g = geo(96 * MIB);
     let p = add_at_end(&mut f, &g, 8 * MIB, "config-2", Content::Vfat).unwrap();
-    assert_eq!((p.number, p.start_bytes, p.size_bytes), (2, 88 * MIB, 8 * MIB));
+    assert_eq!(
+        (p.number, p.start_bytes, p.size_bytes),
+        (2, 88 * MIB, 8 * MIB)
+    );
     assert_eq!(p.name, None);
     let after = dump(&img);
     assert_eq!(after.len(), 3, "{after:?}");
-    assert_eq!((after[1].0, after[1].1, after[1].2), (2, 88 * 2048, 8 * 2048));
+    assert_eq!(
+        (after[1].0, after[1].1, after[1].2),
+        (2, 88 * 2048, 8 * 2048)
+    );
     assert!(after[1].3.contains("type=c"), "{}", after[1].3);
     let out = Command::new("sfdisk")
         .arg("--verify")
         .arg(img.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let t = read(&mut f, &g).unwrap();
     assert_eq!(t.scheme, Scheme::Mbr);
-    assert_eq!(t.parts.iter().map(|p| p.number).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        t.parts.iter().map(|p| p.number).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
 }
 
 #[test]
@@ -282,8 +327,14 @@ fn mbr_with_four_primaries_is_refused_and_logical_partitions_are_read() {
          3 : start=6144, size=2048\n4 : start=8192, size=2048",
     );
     let before = std::fs::read(img.path()).unwrap();
-    let e = add_at_end(&mut open(&img), &geo(64 * MIB), MIB, "config-2", Content::Vfat)
-        .unwrap_err();
+    let e = add_at_end(
+        &mut open(&img),
+        &geo(64 * MIB),
+        MIB,
+        "config-2",
+        Content::Vfat,
+    )
+    .unwrap_err();
     assert_eq!(e.to_string(), "disk.img: all 4 partition slots are used");
     assert_eq!(e.code(), "no_free_partition_slot");
     assert_eq!(std::fs::read(img.path()).unwrap(), before);
@@ -324,7 +375,10 @@ fn no_table_and_a_whole_disk_filesystem_are_refused() {
         sector_size: 520,
         ..geo(8 * MIB)
     };
-    assert_eq!(read(&mut open(&f), &g).unwrap_err().code(), "unsupported_sector_size");
+    assert_eq!(
+        read(&mut open(&f), &g).unwrap_err().code(),
+        "unsupported_sector_size"
+    );
 }
 
 #[test]
