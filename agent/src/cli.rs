@@ -79,6 +79,11 @@ enum Command {
         #[command(subcommand)]
         action: ImageCommand,
     },
+    /// Write a config drive here (what `standbye.run_image` does with its `config_drive`).
+    Configdrive {
+        #[command(subcommand)]
+        action: ConfigdriveCommand,
+    },
     /// Run any protocol method locally and print its JSON result.
     Call {
         method: String,
@@ -167,6 +172,78 @@ struct ImageWriteArgs {
     yes: bool,
     #[arg(long, default_value = "/")]
     root: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigdriveCommand {
+    /// Add (or rewrite) the config-2 partition at the end of a disk and print the outcome.
+    Write(ConfigdriveWriteArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConfigdriveWriteArgs {
+    /// The whole disk (/dev/sdX, nvme0n1, ...) holding the deployed image.
+    #[arg(long)]
+    device: String,
+    /// JSON file with the `config_drive` value: {meta_data, network_data?, user_data?,
+    /// vendor_data?}, a gzip+base64 string, or {url, checksum}.
+    #[arg(long)]
+    from: PathBuf,
+    /// Filesystem built from documents: vfat or iso9660 (a ready image keeps its own).
+    #[arg(long, default_value = "vfat")]
+    format: String,
+    /// Allow the named device to be edited on this host (outside the ramdisk).
+    #[arg(long)]
+    allow_host: bool,
+    /// Confirm that the partition table of the device is to be changed.
+    #[arg(long)]
+    yes: bool,
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+}
+
+/// `molar-agent configdrive write`: the run_image code, on the command line.
+async fn configdrive_local(a: ConfigdriveWriteArgs) -> anyhow::Result<()> {
+    use molar_protocol::configdrive::{ConfigDrive, ConfigDriveFormat, MAX_IMAGE_BASE64_BYTES};
+    use std::io::Read as _;
+    init_logging(tracing::Level::WARN);
+    if !a.yes {
+        bail!(
+            "this adds or rewrites a partition on {}: add --yes to go ahead",
+            a.device
+        );
+    }
+    let format: ConfigDriveFormat = a.format.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Bounded like a param on the wire could never be, but no more than the largest value.
+    let limit = MAX_IMAGE_BASE64_BYTES as u64 + (1 << 20);
+    let mut text = Vec::new();
+    std::fs::File::open(&a.from)
+        .with_context(|| format!("opening {}", a.from.display()))?
+        .take(limit + 1)
+        .read_to_end(&mut text)
+        .with_context(|| format!("reading {}", a.from.display()))?;
+    if text.len() as u64 > limit {
+        bail!("{}: more than {limit} bytes", a.from.display());
+    }
+    let spec: ConfigDrive = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a config_drive value", a.from.display()))?;
+    let authority = crate::authority::Authority::host(
+        &if a.allow_host {
+            vec![a.device.clone()]
+        } else {
+            // Without --allow-host nothing may be edited from the command line, even in the
+            // ramdisk's shell (run_image is the ramdisk's way).
+            vec![]
+        },
+        false,
+    );
+    let outcome = tokio::task::spawn_blocking(move || {
+        crate::configdrive::write(&a.root, &a.device, &spec, format, &authority)
+            .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))
+    })
+    .await??;
+    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -712,6 +789,9 @@ pub fn main() -> ExitCode {
             Command::Image {
                 action: ImageCommand::Write(args),
             } => image_write(args).await,
+            Command::Configdrive {
+                action: ConfigdriveCommand::Write(args),
+            } => configdrive_local(args).await,
             Command::Inventory { root } => match local_call::<InventoryGet>(&Empty {}) {
                 Ok((method, params)) => call_local(root, method, params, false).await,
                 Err(e) => Err(e),
@@ -773,6 +853,47 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn configdrive_write_needs_yes_and_a_valid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cd.json");
+        let args = |from: &std::path::Path, yes: bool| {
+            let mut v = vec!["molar-agent", "configdrive", "write", "--device", "loop9"];
+            v.extend(["--from", from.to_str().unwrap(), "--root"]);
+            v.push(dir.path().to_str().unwrap());
+            if yes {
+                v.push("--yes");
+            }
+            match Cli::try_parse_from(v).unwrap().command {
+                Command::Configdrive {
+                    action: ConfigdriveCommand::Write(a),
+                } => a,
+                other => panic!("{other:?}"),
+            }
+        };
+        let e = configdrive_local(args(&file, false)).await.unwrap_err();
+        assert!(e.to_string().contains("add --yes"), "{e}");
+        std::fs::write(&file, "{\"meta_data\": ").unwrap();
+        let e = configdrive_local(args(&file, true)).await.unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not a config_drive value"),
+            "{e:#}"
+        );
+        std::fs::write(&file, r#"{"meta_data": {}, "userdata": "x"}"#).unwrap();
+        let e = configdrive_local(args(&file, true)).await.unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unknown field `userdata`"),
+            "{e:#}"
+        );
+        // Valid, but the device was not named with --allow-host.
+        std::fs::write(&file, r#"{"meta_data": {"uuid": "u"}}"#).unwrap();
+        std::fs::create_dir_all(dir.path().join("sys/block")).unwrap();
+        std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
+        std::fs::write(dir.path().join("proc/self/mountinfo"), "").unwrap();
+        let e = configdrive_local(args(&file, true)).await.unwrap_err();
+        assert!(e.to_string().contains("(not_found)"), "{e}");
     }
 
     #[tokio::test]

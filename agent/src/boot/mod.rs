@@ -375,7 +375,10 @@ pub mod tests {
     fn a_real_ext4_root_is_mounted_through_a_loop_window() {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
-        let mkfs = std::process::Command::new("mkfs.ext4").arg("-V").output().is_ok();
+        let mkfs = std::process::Command::new("mkfs.ext4")
+            .arg("-V")
+            .output()
+            .is_ok();
         if !(root && mkfs && Path::new("/dev/loop-control").exists()) {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("needs root, /dev/loop-control and mkfs.ext4 under CI");
@@ -390,17 +393,30 @@ pub mod tests {
         std::fs::write(tree.join("boot/vmlinuz-6.1.0-13-amd64"), "not a kernel").unwrap();
         std::os::unix::fs::symlink("vmlinuz-6.1.0-13-amd64", tree.join("boot/vmlinuz")).unwrap();
         let fs_img = dir.path().join("root.ext4");
-        std::fs::File::create(&fs_img).unwrap().set_len(8 << 20).unwrap();
+        std::fs::File::create(&fs_img)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
         let out = std::process::Command::new("mkfs.ext4")
             .args(["-q", "-F", "-d"])
             .arg(&tree)
             .arg(&fs_img)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut img = gpt_image(
             2048 + 16384 + 34,
-            &[(0, "0fc63daf-8483-4772-8e79-3d69d8477de4", ROOT_UUID, 2048, 2048 + 16383)],
+            &[(
+                0,
+                "0fc63daf-8483-4772-8e79-3d69d8477de4",
+                ROOT_UUID,
+                2048,
+                2048 + 16383,
+            )],
         );
         let fs_bytes = std::fs::read(&fs_img).unwrap();
         img[2048 * 512..2048 * 512 + fs_bytes.len()].copy_from_slice(&fs_bytes);
@@ -427,12 +443,22 @@ pub mod tests {
         .unwrap();
         let entry = got.entry.clone().unwrap();
         assert_eq!(entry.kernel.path, "/boot/vmlinuz-6.1.0-13-amd64");
-        assert_eq!(std::fs::read_to_string(&entry.kernel.host).unwrap(), "not a kernel");
+        assert_eq!(
+            std::fs::read_to_string(&entry.kernel.host).unwrap(),
+            "not a kernel"
+        );
         assert_eq!(entry.cmdline, format!("root=PARTUUID={ROOT_UUID} ro"));
         let mounted = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(mounted().contains(&scratch.join("p1").display().to_string()));
         got.release(&sys);
-        assert!(got.notes.iter().all(|n| !n.contains("unmounting")), "{:?}", got.notes);
-        assert!(!mounted().contains(&scratch.display().to_string()), "still mounted");
+        assert!(
+            got.notes.iter().all(|n| !n.contains("unmounting")),
+            "{:?}",
+            got.notes
+        );
+        assert!(
+            !mounted().contains(&scratch.display().to_string()),
+            "still mounted"
+        );
     }
 }

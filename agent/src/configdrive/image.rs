@@ -16,8 +16,8 @@ fn bad(reason: impl Into<String>) -> ConfigDriveError {
     }
 }
 
-/// Decodes the image: base64 (whitespace, as `base64` wraps lines, is ignored), then gunzip
-/// when it is gzip (the reference family's form), else the bytes as they are.
+/// Decodes the image: base64 (whitespace, as `base64` wraps lines, is ignored), then
+/// [`unpack`].
 pub(super) fn decode(text: &str) -> Result<Vec<u8>, ConfigDriveError> {
     let compact: String;
     let text = if text.bytes().any(|b| b.is_ascii_whitespace()) {
@@ -29,6 +29,12 @@ pub(super) fn decode(text: &str) -> Result<Vec<u8>, ConfigDriveError> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(text)
         .map_err(|e| bad(format!("not base64: {e}")))?;
+    unpack(raw)
+}
+
+/// Gunzips the bytes when they are gzip (the reference family's form), else takes them as
+/// they are; either way at most [`MAX_CONFIG_DRIVE_BYTES`].
+pub(super) fn unpack(raw: Vec<u8>) -> Result<Vec<u8>, ConfigDriveError> {
     if raw.get(..2) != Some(&GZIP_MAGIC[..]) {
         if raw.len() as u64 > MAX_CONFIG_DRIVE_BYTES {
             return Err(bad(format!(
@@ -71,9 +77,8 @@ pub(super) fn config_drive_format<R: std::io::Read + std::io::Seek>(
     }))
 }
 
-/// Decodes and checks a ready image; returns its bytes and filesystem.
-pub(super) fn load(text: &str) -> Result<(Vec<u8>, ConfigDriveFormat), ConfigDriveError> {
-    let bytes = decode(text)?;
+/// Checks a ready image's bytes (decoded, unpacked); returns them with their filesystem.
+pub(super) fn check(bytes: Vec<u8>) -> Result<(Vec<u8>, ConfigDriveFormat), ConfigDriveError> {
     let mut cur = std::io::Cursor::new(bytes.as_slice());
     match config_drive_format(&mut cur, bytes.len() as u64) {
         Ok(Some(format)) => Ok((bytes, format)),

@@ -126,11 +126,11 @@ fn record(id: &[u8], lba: u32, len: u32, dir: bool, su: &[u8]) -> Vec<u8> {
     r[28..32].copy_from_slice(&both16(1));
     r[32] = id.len() as u8;
     r.extend_from_slice(id);
-    if id.len() % 2 == 0 {
+    if id.len().is_multiple_of(2) {
         r.push(0);
     }
     r.extend_from_slice(su);
-    if r.len() % 2 == 1 {
+    if !r.len().is_multiple_of(2) {
         r.push(0);
     }
     r[0] = r.len() as u8;
@@ -174,7 +174,7 @@ impl Tree {
                 t.extend_from_slice(&parent.to_le_bytes());
             }
             t.extend_from_slice(id);
-            if id.len() % 2 == 1 {
+            if !id.len().is_multiple_of(2) {
                 t.push(0);
             }
         };
@@ -229,7 +229,7 @@ impl<'a> Iso<'a> {
                 *slot = match bytes.get(i) {
                     Some(b) => *b,
                     // Joliet pads with UCS-2 spaces (00 20), the primary with spaces.
-                    None if tree.joliet && i % 2 == 0 => 0,
+                    None if tree.joliet && i.is_multiple_of(2) => 0,
                     None => b' ',
                 };
             }

@@ -8,7 +8,9 @@
 //! FAT by default (`vfat.rs`, written in place on the partition), ISO 9660 on request
 //! (`iso.rs`). A ready image ([`ConfigDrive::Image`], `image.rs`) is decoded with bounds and
 //! must already be such a filesystem; its own format is reported, whatever was asked.
-//! [`ConfigDrive::Fetch`] is refused until the image fetcher serves it.
+//! [`ConfigDrive::Fetch`] is refused by [`write`] ("not supported yet"): a caller holding
+//! the image fetcher downloads the file (bounded, checksum verified) and hands the bytes to
+//! [`write_fetched`], which treats them like an inline image.
 //!
 //! Where it goes ([`crate::partition`]): an existing `config-2` partition (by GPT name, or
 //! by filesystem label) is rewritten in place when big enough; otherwise a new partition
@@ -104,6 +106,11 @@ pub enum ConfigDriveError {
         "config drive: the documents need {needed} bytes, more than the {max} a config drive may have"
     )]
     TooLarge { needed: u64, max: u64 },
+    #[error(
+        "config drive on {device}: iso9660 cannot be read from a device with {sector_size}-byte \
+         sectors (Linux isofs needs them no larger than 2048): use vfat"
+    )]
+    IsoOnLargeSectors { device: String, sector_size: u64 },
 }
 
 impl ConfigDriveError {
@@ -123,6 +130,7 @@ impl ConfigDriveError {
             ConfigDriveError::BadImage { .. } => "invalid_params",
             ConfigDriveError::FetchNotSupported => "not_supported",
             ConfigDriveError::TooLarge { .. } => "invalid_params",
+            ConfigDriveError::IsoOnLargeSectors { .. } => "invalid_params",
         }
     }
 }
@@ -146,12 +154,15 @@ impl Payload {
                 files: ConfigDriveContents::files(c),
                 format,
             }),
-            ConfigDrive::Image(text) => {
-                let (bytes, format) = image::load(text)?;
-                Ok(Payload::Image { bytes, format })
-            }
+            ConfigDrive::Image(text) => Payload::image(image::decode(text)?),
             ConfigDrive::Fetch { .. } => Err(ConfigDriveError::FetchNotSupported),
         }
+    }
+
+    /// A ready image's bytes, possibly gzipped.
+    fn image(raw: Vec<u8>) -> Result<Payload, ConfigDriveError> {
+        let (bytes, format) = image::check(image::unpack(raw)?)?;
+        Ok(Payload::Image { bytes, format })
     }
 
     fn format(&self) -> ConfigDriveFormat {
@@ -175,13 +186,18 @@ impl Payload {
         }
     }
 
-    /// Writes the filesystem into `region` (zeroed already).
-    fn write<F: Read + Write + Seek>(&self, region: &mut Region<'_, F>) -> io::Result<()> {
+    /// Writes the filesystem into `region` (zeroed already) of a disk with `sector_size`
+    /// logical sectors (FAT's own sectors must not be smaller, or Linux refuses to mount it).
+    fn write<F: Read + Write + Seek>(
+        &self,
+        region: &mut Region<'_, F>,
+        sector_size: u64,
+    ) -> io::Result<()> {
         match self {
             Payload::Documents {
                 files,
                 format: ConfigDriveFormat::Vfat,
-            } => vfat::build(region, &VERSIONS, files),
+            } => vfat::build(region, sector_size as u16, &VERSIONS, files),
             Payload::Documents {
                 files,
                 format: ConfigDriveFormat::Iso9660,
@@ -215,6 +231,27 @@ pub fn write(
 ) -> Result<ConfigDriveOutcome, ConfigDriveError> {
     // Bad params fail before any device is looked at.
     let payload = Payload::new(spec, format)?;
+    write_gated(root, device, &payload, authority)
+}
+
+/// [`write`] for the fetched form: `raw` is the downloaded file (checksum verified by the
+/// caller's fetcher), a ready image, gzipped or not, checked like an inline one.
+pub fn write_fetched(
+    root: &Path,
+    device: &str,
+    raw: Vec<u8>,
+    authority: &Authority,
+) -> Result<ConfigDriveOutcome, ConfigDriveError> {
+    let payload = Payload::image(raw)?;
+    write_gated(root, device, &payload, authority)
+}
+
+fn write_gated(
+    root: &Path,
+    device: &str,
+    payload: &Payload,
+    authority: &Authority,
+) -> Result<ConfigDriveOutcome, ConfigDriveError> {
     let disks = crate::disks::enumerate(root)?;
     #[allow(clippy::redundant_closure)] // see safety::DeviceAction
     let (targets, skipped) = safety::select_targets_for(
@@ -272,7 +309,7 @@ pub fn write(
         size_bytes: block::size_bytes(&file).map_err(block_err)?,
         sector_size: block::logical_block_size(&file).map_err(block_err)? as u64,
     };
-    let mut outcome = write_payload(&mut file, &geo, &payload)?;
+    let mut outcome = write_payload(&mut file, &geo, payload)?;
     block::sync(&file).map_err(block_err)?;
     if let Err(e) = block::reread_partitions(&file) {
         // A loop device without partscan answers EINVAL; the table on disk is what counts
@@ -319,6 +356,12 @@ fn write_payload<F: Read + Write + Seek>(
         });
     }
     let format = payload.format();
+    if format == ConfigDriveFormat::Iso9660 && geo.sector_size > 2048 {
+        return Err(ConfigDriveError::IsoOnLargeSectors {
+            device: geo.device.clone(),
+            sector_size: geo.sector_size,
+        });
+    }
     let table = partition::read(dev, geo)?;
     let (part, reused) = match find_existing(dev, &table.parts)? {
         Some(p) if p.size_bytes < needed => {
@@ -350,7 +393,9 @@ fn write_payload<F: Read + Write + Seek>(
     };
     let mut region = Region::new(dev, part.start_bytes, region_len);
     region.zero().map_err(write_err)?;
-    payload.write(&mut region).map_err(write_err)?;
+    payload
+        .write(&mut region, geo.sector_size)
+        .map_err(write_err)?;
     region.flush().map_err(write_err)?;
     verify(&mut region, geo, &part, payload)?;
     Ok(ConfigDriveOutcome {

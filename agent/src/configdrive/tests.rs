@@ -498,3 +498,46 @@ fn the_iso_of_the_same_documents_is_the_same_bytes() {
         Some(ConfigDriveFormat::Iso9660)
     );
 }
+
+#[test]
+fn a_4k_sector_disk_gets_fat_with_4k_sectors_and_no_iso() {
+    // gptman makes the table here: sfdisk cannot be told a file has 4096-byte sectors.
+    let size = 256 * MIB;
+    let mut disk = std::io::Cursor::new(vec![0u8; size as usize]);
+    let mut gpt = gptman::GPT::new_from(&mut disk, 4096, [7; 16]).unwrap();
+    gpt[1] = gptman::GPTPartitionEntry {
+        partition_type_guid: [1; 16],
+        unique_partition_guid: [2; 16],
+        starting_lba: 256,
+        ending_lba: 256 + 2559,
+        attribute_bits: 0,
+        partition_name: "root".into(),
+    };
+    gpt.write_into(&mut disk).unwrap();
+    gptman::GPT::write_protective_mbr_into(&mut disk, 4096).unwrap();
+    let g = Geometry {
+        sector_size: 4096,
+        ..geo(size)
+    };
+    let e = write_on(&mut disk, &g, &contents(), ConfigDriveFormat::Iso9660).unwrap_err();
+    assert!(e.to_string().contains("4096-byte sectors"), "{e}");
+    let o = write_on(&mut disk, &g, &contents(), ConfigDriveFormat::Vfat).unwrap();
+    assert_eq!((o.partition_number, o.size_bytes), (2, MIN_VFAT_BYTES));
+    let mut region = Region::new(&mut disk, o.start_bytes, o.size_bytes);
+    let mut boot = [0u8; 13];
+    region.read_exact(&mut boot).unwrap();
+    assert_eq!(u16::from_le_bytes([boot[11], boot[12]]), 4096);
+}
+
+#[test]
+fn fetched_bytes_are_checked_like_an_inline_image() {
+    let e = write_fetched(
+        Path::new("/nonexistent"),
+        "vda",
+        gzip(b"not a filesystem"),
+        &Authority::Ramdisk,
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), "invalid_params");
+    assert!(e.to_string().contains("labelled config-2"), "{e}");
+}

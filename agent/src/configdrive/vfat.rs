@@ -9,16 +9,20 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 /// Space-padded to the 11 bytes of a FAT label.
 const LABEL: [u8; 11] = *b"config-2   ";
 
-/// Formats `disk` (the whole filesystem region, positioned anywhere) and writes the files.
+/// Formats `disk` (the whole filesystem region, positioned anywhere) with sectors of
+/// `sector_size` bytes and writes the files.
 pub(super) fn build<D: Read + Write + Seek>(
     disk: &mut D,
+    sector_size: u16,
     versions: &[&str],
     files: &[(&str, Vec<u8>)],
 ) -> io::Result<()> {
     disk.seek(SeekFrom::Start(0))?;
     fatfs::format_volume(
         &mut *disk,
-        fatfs::FormatVolumeOptions::new().volume_label(LABEL),
+        fatfs::FormatVolumeOptions::new()
+            .volume_label(LABEL)
+            .bytes_per_sector(sector_size),
     )?;
     disk.seek(SeekFrom::Start(0))?;
     let fs = fatfs::FileSystem::new(&mut *disk, fatfs::FsOptions::new())?;

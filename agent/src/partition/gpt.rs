@@ -8,7 +8,7 @@
 //! renumbers partitions, which would break an image's `root=/dev/sda3`).
 
 use super::{ALIGN_BYTES, Content, Geometry, Part, PartitionError, Region, Scheme, Table};
-use gptman::{GPT, GPTPartitionEntry};
+use gptman::{GPT, GPTHeader, GPTPartitionEntry};
 use std::io::{Read, Seek, SeekFrom, Write};
 
 /// Linux filesystem data, 0FC63DAF-8483-4772-8E79-3D69D8477DE4 (what `sgdisk` gives a new
@@ -28,7 +28,63 @@ fn bad(geo: &Geometry) -> impl Fn(gptman::Error) -> PartitionError + '_ {
     }
 }
 
+/// Most entries a table may declare: 128 is the standard, a few tools make a few hundred.
+const MAX_ENTRIES: u32 = 16384;
+
+/// Refuses a header `gptman` would accept (signature, revision and CRC valid) but whose
+/// fields it would trust too far: an entry count that sizes an allocation, an entry array
+/// past the end of the device, entries of a size it does not read, a device too small for
+/// the arrays its own arithmetic subtracts. The disk holds what the image made: bad input.
+fn check_headers<F: Read + Seek>(
+    disk: &mut Region<'_, F>,
+    geo: &Geometry,
+) -> Result<(), PartitionError> {
+    let ss = geo.sector_size;
+    let dev_sectors = geo.size_bytes / ss;
+    for lba in [1, dev_sectors.saturating_sub(1)] {
+        disk.seek(SeekFrom::Start(lba * ss)).map_err(geo.io())?;
+        let Ok(h) = GPTHeader::read_from(disk) else {
+            continue;
+        };
+        let reason = |why: String| PartitionError::BadGpt {
+            device: geo.device.clone(),
+            reason: format!("header at LBA {lba}: {why}"),
+        };
+        if h.number_of_partition_entries == 0 || h.number_of_partition_entries > MAX_ENTRIES {
+            return Err(reason(format!(
+                "{} partition entries (1 to {MAX_ENTRIES} supported)",
+                h.number_of_partition_entries
+            )));
+        }
+        if h.size_of_partition_entry != 128 {
+            return Err(reason(format!(
+                "partition entries of {} bytes (128 supported)",
+                h.size_of_partition_entry
+            )));
+        }
+        let array_sectors = (h.number_of_partition_entries as u64 * 128).div_ceil(ss);
+        let array_end = h
+            .partition_entry_lba
+            .checked_add(array_sectors)
+            .filter(|end| *end <= dev_sectors);
+        if array_end.is_none() {
+            return Err(reason(format!(
+                "the entry array at LBA {} runs past the end of the device",
+                h.partition_entry_lba
+            )));
+        }
+        if dev_sectors < 2 * (array_sectors + 1) + 3 {
+            return Err(reason(format!(
+                "the device ({} bytes) is too small for its entry arrays",
+                geo.size_bytes
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn load<F: Read + Seek>(disk: &mut Region<'_, F>, geo: &Geometry) -> Result<GPT, PartitionError> {
+    check_headers(disk, geo)?;
     let gpt = GPT::read_from(disk, geo.sector_size).map_err(bad(geo))?;
     let dev_sectors = geo.size_bytes / geo.sector_size;
     for (number, e) in gpt.iter().filter(|(_, e)| e.is_used()) {
@@ -36,7 +92,10 @@ fn load<F: Read + Seek>(disk: &mut Region<'_, F>, geo: &Geometry) -> Result<GPT,
             return Err(PartitionError::BeyondEnd {
                 device: geo.device.clone(),
                 number,
-                end: (e.ending_lba + 1) * geo.sector_size,
+                end: e
+                    .ending_lba
+                    .saturating_add(1)
+                    .saturating_mul(geo.sector_size),
                 size: geo.size_bytes,
             });
         }
@@ -103,13 +162,18 @@ pub(super) fn add_at_end<F: Read + Write + Seek>(
     }
     gpt.align = (ALIGN_BYTES / ss).max(1);
     let sectors = size_bytes.div_ceil(ss);
-    let Some(start) = gpt.find_last_place(sectors) else {
-        let last_end = gpt
-            .iter()
-            .filter(|(_, e)| e.is_used())
-            .map(|(_, e)| e.ending_lba + 1)
-            .max()
-            .unwrap_or(gpt.header.first_usable_lba);
+    let last_end = gpt
+        .iter()
+        .filter(|(_, e)| e.is_used())
+        .map(|(_, e)| e.ending_lba + 1)
+        .max()
+        .unwrap_or(gpt.header.first_usable_lba);
+    // The last free place big enough, but only after every partition: a gap between two
+    // partitions is not the end of the disk.
+    let start = gpt
+        .find_last_place(sectors)
+        .filter(|start| *start >= last_end);
+    let Some(start) = start else {
         return Err(PartitionError::NoRoom {
             device: geo.device.clone(),
             wanted: size_bytes,

@@ -260,6 +260,20 @@ fn no_room_at_the_end_is_a_clear_error() {
         ),
         "{e}"
     );
+    // A gap between partitions big enough is not the end of the disk.
+    let img = disk_with(
+        64 * MIB,
+        "label: gpt\n1 : start=2048, size=2048\n2 : start=40960, size=81920",
+    );
+    let e = add_at_end(
+        &mut open(&img),
+        &geo(64 * MIB),
+        8 * MIB,
+        "config-2",
+        Content::Vfat,
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), "no_room");
     let img = disk_with(64 * MIB, "label: dos\n1 : start=2048, size=120832, type=83");
     let e = add_at_end(
         &mut open(&img),
@@ -365,7 +379,7 @@ fn no_table_and_a_whole_disk_filesystem_are_refused() {
     );
     // A FAT filesystem on the whole disk has the 55 aa signature but is no table.
     fatfs::format_volume(
-        &mut Region::new(&mut open(&f), 0, 8 * MIB),
+        Region::new(&mut open(&f), 0, 8 * MIB),
         fatfs::FormatVolumeOptions::new(),
     )
     .unwrap();
@@ -398,4 +412,104 @@ fn a_region_is_a_bounded_stream_of_its_own() {
     r.zero().unwrap();
     let v = c.into_inner();
     assert_eq!(v.iter().filter(|b| **b == 1).count(), 0);
+}
+
+/// Rewrites one little-endian u32 field of the primary GPT header and fixes its CRC, so only
+/// the field is wrong (what a hostile or buggy image tool could leave).
+fn poke_header(img: &tempfile::NamedTempFile, offset: usize, value: u32) {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let mut f = open(img);
+    let mut h = [0u8; 92];
+    f.seek(SeekFrom::Start(512)).unwrap();
+    f.read_exact(&mut h).unwrap();
+    h[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+    h[16..20].copy_from_slice(&[0; 4]);
+    let mut crc = flate2::Crc::new();
+    crc.update(&h);
+    h[16..20].copy_from_slice(&crc.sum().to_le_bytes());
+    f.seek(SeekFrom::Start(512)).unwrap();
+    f.write_all(&h).unwrap();
+}
+
+#[test]
+fn hostile_gpt_headers_are_refused_not_trusted() {
+    if !have("sfdisk") {
+        return;
+    }
+    for (offset, value, want) in [
+        (
+            80,
+            u32::MAX,
+            "4294967295 partition entries (1 to 16384 supported)",
+        ),
+        (80, 0, "0 partition entries"),
+        (84, 256, "partition entries of 256 bytes (128 supported)"),
+        (
+            72,
+            0xffff_ff00,
+            "the entry array at LBA 4294967040 runs past the end",
+        ),
+    ] {
+        let img = disk_with(64 * MIB, "label: gpt\n1 : start=2048, size=8192");
+        poke_header(&img, offset, value);
+        let e = read(&mut open(&img), &geo(64 * MIB)).unwrap_err();
+        assert_eq!(e.code(), "bad_gpt");
+        assert!(
+            e.to_string().starts_with(&format!(
+                "disk.img: the GPT cannot be read: header at LBA 1: {want}"
+            )),
+            "{e}"
+        );
+    }
+}
+
+/// Whatever sector 0 and the GPT headers hold, reading and adding fail cleanly or succeed.
+#[test]
+fn random_tables_never_panic() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        ..Config::default()
+    });
+    let base = {
+        let mut c = std::io::Cursor::new(vec![0u8; (2 * MIB) as usize]);
+        let mut gpt = gptman::GPT::new_from(&mut c, 512, [3; 16]).unwrap();
+        gpt[1] = gptman::GPTPartitionEntry {
+            partition_type_guid: [1; 16],
+            unique_partition_guid: [2; 16],
+            starting_lba: 34,
+            ending_lba: 1000,
+            attribute_bits: 0,
+            partition_name: "a".into(),
+        };
+        gpt.write_into(&mut c).unwrap();
+        gptman::GPT::write_protective_mbr_into(&mut c, 512).unwrap();
+        c.into_inner()
+    };
+    runner
+        .run(
+            &(
+                prop::collection::vec((0usize..2048, any::<u8>()), 1..16),
+                any::<bool>(),
+            ),
+            |(pokes, fix_crc)| {
+                let mut img = base.clone();
+                for (at, v) in pokes {
+                    img[at] = v;
+                }
+                if fix_crc {
+                    img[512 + 16..512 + 20].copy_from_slice(&[0; 4]);
+                    let mut crc = flate2::Crc::new();
+                    crc.update(&img[512..512 + 92]);
+                    img[512 + 16..512 + 20].copy_from_slice(&crc.sum().to_le_bytes());
+                }
+                let len = img.len() as u64;
+                let mut c = std::io::Cursor::new(img);
+                let _ = read(&mut c, &geo(len));
+                let _ = add_at_end(&mut c, &geo(len), MIB / 2, "config-2", Content::Vfat);
+                Ok(())
+            },
+        )
+        .unwrap();
 }
