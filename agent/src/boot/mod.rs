@@ -96,7 +96,10 @@ impl Inspection {
 /// does not read (swap, LVM, a config drive).
 fn mount_type(sig: &[fssig::Signature]) -> Option<&'static str> {
     sig.iter().find_map(|s| {
-        if s.label.as_deref() == Some("config-2") {
+        if s.label
+            .as_deref()
+            .is_some_and(|l| l.eq_ignore_ascii_case("config-2"))
+        {
             return None;
         }
         match s.kind {
