@@ -219,10 +219,17 @@ fn linux_boot(machine: &Machine, bmc_dev: bmc::Bmc) -> crate::boot::sys::LinuxBo
         root: machine.root.clone(),
         load_modules: machine.authority == Authority::Ramdisk,
         config_drive: Box::new(move |device, spec, format| {
+            use molar_protocol::configdrive::ConfigDrive;
             let name = device.file_name().map(|n| n.to_string_lossy().into_owned());
             let name = name.unwrap_or_else(|| device.display().to_string());
-            crate::configdrive::write(&root, &name, spec, format, &authority)
-                .map_err(|e| SysError::new(e.code(), e.to_string()))
+            let written = match spec {
+                ConfigDrive::Fetch { url, checksum } => {
+                    let raw = run_image::fetch_config_drive(url, checksum)?;
+                    crate::configdrive::write_fetched(&root, &name, raw, &authority)
+                }
+                _ => crate::configdrive::write(&root, &name, spec, format, &authority),
+            };
+            written.map_err(|e| SysError::new(e.code(), e.to_string()))
         }),
         bmc: Box::new(move |efi| {
             let params = BootDeviceParams {
