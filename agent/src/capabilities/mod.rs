@@ -205,6 +205,7 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
         ready: machine.ready.clone(),
         sys: Arc::new(linux_boot(machine, bmc_dev)),
         scratch: machine.root.join("run/molar/boot"),
+        running: Arc::default(),
     });
     m
 }

@@ -94,6 +94,9 @@ pub struct RunImage {
     pub sys: Arc<dyn BootSystem>,
     /// Where the image's filesystems are mounted while it is inspected.
     pub scratch: PathBuf,
+    /// One run at a time: two would mount into the same scratch directory and race for the
+    /// jump.
+    pub running: Arc<std::sync::Mutex<()>>,
 }
 
 fn fail(code: &str, msg: impl Into<String>) -> TaskFailure {
@@ -121,6 +124,19 @@ fn kexec_blocker(root: &Path) -> Option<String> {
 impl RunImage {
     /// Everything up to the jump; blocking.
     fn prepare(&self, p: &RunImageParams, ctx: &TaskContext) -> Result<Prepared, TaskFailure> {
+        let _one = match self.running.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(fail(
+                    codes::BUSY,
+                    format!(
+                        "another {} is in progress",
+                        <molar_protocol::catalogue::RunImage as molar_protocol::Method>::NAME
+                    ),
+                ));
+            }
+        };
         let mode = p.boot.unwrap_or_default();
         // The way out first: nothing is written when the machine may not leave.
         let actions: &[Action<'_>] = match mode {
@@ -376,6 +392,7 @@ impl Task for RunImage {
             ready: self.ready.clone(),
             sys: self.sys.clone(),
             scratch: self.scratch.clone(),
+            running: self.running.clone(),
         };
         let task_ctx = ctx.clone();
         let prepared = tokio::task::spawn_blocking(move || this.prepare(&params, &task_ctx))
@@ -521,6 +538,7 @@ mod tests {
                 ready: HardwareReady::default(),
                 sys: sys.clone(),
                 scratch: w.fixture.root().join("run/molar/boot"),
+                running: Arc::default(),
             },
         );
         let engine = TaskEngine::new(r);
