@@ -195,6 +195,41 @@ fn root_fs(all: &[MountedFs], prefer: usize) -> &MountedFs {
         .unwrap_or(&all[prefer])
 }
 
+/// BLS options as GRUB's `blscfg` passes them: `$kernelopts` and the like (RHEL 8, Fedora
+/// before 33) come from the `grubenv` beside the configuration; a variable nobody set is
+/// left out rather than handed to the kernel as text.
+fn expand_options(options: &str, fs: &MountedFs) -> String {
+    if !options.contains('$') {
+        return options.to_owned();
+    }
+    let env = [
+        "grub2/grubenv",
+        "boot/grub2/grubenv",
+        "grub/grubenv",
+        "boot/grub/grubenv",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(fs.dir.join(p)).ok())
+    .map(|t| grub::parse_env(&t))
+    .unwrap_or_default();
+    options
+        .split_whitespace()
+        .flat_map(|word| {
+            match word.strip_prefix('$') {
+                Some(name) => {
+                    let name = name.trim_start_matches('{').trim_end_matches('}');
+                    env.get(name).cloned().unwrap_or_default()
+                }
+                None => word.to_owned(),
+            }
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn from_bls(
     all: &[MountedFs],
     kernel_args: Option<&str>,
@@ -254,7 +289,7 @@ fn from_bls(
             title: e.title.clone().unwrap_or_else(|| e.id.clone()),
             kernel,
             initrds,
-            cmdline: with_args(&e.options, kernel_args),
+            cmdline: with_args(&expand_options(&e.options, &all[*i]), kernel_args),
         });
     }
     None
@@ -610,6 +645,30 @@ mod tests {
         assert_eq!(
             (e.kernel.path.as_str(), e.cmdline.as_str()),
             ("/boot/vmlinuz-2", "y")
+        );
+    }
+
+    #[test]
+    fn bls_options_take_kernelopts_from_grubenv() {
+        let t = tree(&[(
+            1,
+            Role::Xbootldr,
+            &[
+                (
+                    "loader/entries/r.conf",
+                    "linux /vmlinuz-4.18\noptions $kernelopts $tuned_params x=1\n",
+                ),
+                (
+                    "grub2/grubenv",
+                    "# GRUB Environment Block\nkernelopts=root=/dev/mapper/rhel-root ro crashkernel=auto\n###",
+                ),
+                ("vmlinuz-4.18", "k"),
+            ],
+        )]);
+        let e = discover(&t.fss, None).unwrap();
+        assert_eq!(
+            e.cmdline,
+            "root=/dev/mapper/rhel-root ro crashkernel=auto x=1"
         );
     }
 

@@ -495,6 +495,32 @@ mod tests {
     }
 
     #[test]
+    fn an_mbr_partition_is_named_by_the_disk_signature() {
+        let mut mbr = vec![0u8; 1 << 20];
+        mbr[440..444].copy_from_slice(&0xa1b2c3d4u32.to_le_bytes());
+        mbr[446 + 4] = 0xef;
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&1024u32.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        let t = table::read(&mut std::io::Cursor::new(&mbr), mbr.len() as u64).unwrap();
+        let mut signature = [0u8; 16];
+        signature[..4].copy_from_slice(&[0xd4, 0xc3, 0xb2, 0xa1]);
+        assert_eq!(
+            hard_drive_node(&t, 1),
+            Some(DevicePathNode::HardDrive {
+                partition: 1,
+                start_lba: 2048,
+                size_lba: 1024,
+                signature,
+                mbr_type: 1,
+                signature_type: 1,
+            })
+        );
+        assert_eq!(hard_drive_node(&t, 2), None);
+    }
+
+    #[test]
     fn decoding_keeps_unknown_nodes_and_refuses_truncation() {
         let mut o = option();
         o.path.insert(

@@ -96,7 +96,10 @@ impl Inspection {
 /// does not read (swap, LVM, a config drive).
 fn mount_type(sig: &[fssig::Signature]) -> Option<&'static str> {
     sig.iter().find_map(|s| {
-        if s.label.as_deref() == Some("config-2") {
+        if s.label
+            .as_deref()
+            .is_some_and(|l| l.eq_ignore_ascii_case("config-2"))
+        {
             return None;
         }
         match s.kind {
@@ -365,6 +368,100 @@ pub mod tests {
         assert_eq!(
             e.to_string(),
             format!("{}: no GPT and no MBR partition table", dev.display())
+        );
+    }
+
+    /// Root, `/dev/loop-control` and `mkfs.ext4` (skipped otherwise, a failure under CI):
+    /// a GPT disk image whose ext4 root `mkfs.ext4 -d` made is mounted for real through a
+    /// read-only loop window, the kernel found on it, and everything unmounted again.
+    #[test]
+    fn a_real_ext4_root_is_mounted_through_a_loop_window() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mkfs = std::process::Command::new("mkfs.ext4")
+            .arg("-V")
+            .output()
+            .is_ok();
+        if !(root && mkfs && Path::new("/dev/loop-control").exists()) {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("needs root, /dev/loop-control and mkfs.ext4 under CI");
+            }
+            eprintln!("skipping: needs root, /dev/loop-control and mkfs.ext4");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("boot")).unwrap();
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("boot/vmlinuz-6.1.0-13-amd64"), "not a kernel").unwrap();
+        std::os::unix::fs::symlink("vmlinuz-6.1.0-13-amd64", tree.join("boot/vmlinuz")).unwrap();
+        let fs_img = dir.path().join("root.ext4");
+        std::fs::File::create(&fs_img)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&fs_img)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut img = gpt_image(
+            2048 + 16384 + 34,
+            &[(
+                0,
+                "0fc63daf-8483-4772-8e79-3d69d8477de4",
+                ROOT_UUID,
+                2048,
+                2048 + 16383,
+            )],
+        );
+        let fs_bytes = std::fs::read(&fs_img).unwrap();
+        img[2048 * 512..2048 * 512 + fs_bytes.len()].copy_from_slice(&fs_bytes);
+        let disk = dir.path().join("disk.img");
+        std::fs::write(&disk, &img).unwrap();
+
+        let sys = sys::LinuxBoot {
+            root: PathBuf::from("/"),
+            load_modules: false,
+            config_drive: Box::new(|_, _, _| Err(sys::SysError::new("unsupported", "no"))),
+            bmc: Box::new(|_| Ok(None)),
+            written_on: Box::new(|_| None),
+        };
+        let scratch = dir.path().join("mnt");
+        let mut got = inspect(
+            &sys,
+            Path::new("/"),
+            "disk.img",
+            &disk,
+            img.len() as u64,
+            &scratch,
+            None,
+        )
+        .unwrap();
+        let entry = got.entry.clone().unwrap();
+        assert_eq!(entry.kernel.path, "/boot/vmlinuz-6.1.0-13-amd64");
+        assert_eq!(
+            std::fs::read_to_string(&entry.kernel.host).unwrap(),
+            "not a kernel"
+        );
+        assert_eq!(entry.cmdline, format!("root=PARTUUID={ROOT_UUID} ro"));
+        let mounted = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(mounted().contains(&scratch.join("p1").display().to_string()));
+        got.release(&sys);
+        assert!(
+            got.notes.iter().all(|n| !n.contains("unmounting")),
+            "{:?}",
+            got.notes
+        );
+        assert!(
+            !mounted().contains(&scratch.display().to_string()),
+            "still mounted"
         );
     }
 }

@@ -365,6 +365,7 @@ pub mod fake {
                 size_bytes: 64 << 20,
                 format,
                 reused: false,
+                notes: Vec::new(),
             })
         }
         fn kexec_load(

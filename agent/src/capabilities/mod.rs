@@ -205,6 +205,7 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
         ready: machine.ready.clone(),
         sys: Arc::new(linux_boot(machine, bmc_dev)),
         scratch: machine.root.join("run/molar/boot"),
+        running: Arc::default(),
     });
     m
 }
@@ -214,18 +215,22 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
 fn linux_boot(machine: &Machine, bmc_dev: bmc::Bmc) -> crate::boot::sys::LinuxBoot {
     use crate::boot::sys::SysError;
     use molar_protocol::bmc::{BootDevice, BootDeviceParams};
+    let (root, authority) = (machine.root.clone(), machine.authority.clone());
     crate::boot::sys::LinuxBoot {
         root: machine.root.clone(),
         load_modules: machine.authority == Authority::Ramdisk,
-        config_drive: Box::new({
-            let (root, authority) = (machine.root.clone(), machine.authority.clone());
-            move |device, spec, format| {
-                // The device is already cleared by run_image's gate; the writer checks again
-                // by kernel name, under the same root.
-                let name = device.file_name().unwrap_or(device.as_os_str());
-                crate::configdrive::write(&root, &name.to_string_lossy(), spec, format, &authority)
-                    .map_err(|e| SysError::new(e.code(), e.to_string()))
-            }
+        config_drive: Box::new(move |device, spec, format| {
+            use molar_protocol::configdrive::ConfigDrive;
+            let name = device.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = name.unwrap_or_else(|| device.display().to_string());
+            let written = match spec {
+                ConfigDrive::Fetch { url, checksum } => {
+                    let raw = run_image::fetch_config_drive(url, checksum)?;
+                    crate::configdrive::write_fetched(&root, &name, raw, &authority)
+                }
+                _ => crate::configdrive::write(&root, &name, spec, format, &authority),
+            };
+            written.map_err(|e| SysError::new(e.code(), e.to_string()))
         }),
         bmc: Box::new(move |efi| {
             let params = BootDeviceParams {

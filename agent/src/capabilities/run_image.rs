@@ -9,12 +9,13 @@
 
 use super::HardwareReady;
 use crate::authority::{Action, Authority};
-use crate::boot::sys::{BootSystem, Jump};
+use crate::boot::sys::{BootSystem, Jump, SysError};
 use crate::boot::{self, efi};
 use crate::disks;
 use crate::safety;
 use crate::tasks::{Task, TaskContext, TaskFailure};
 use molar_protocol::codes;
+use molar_protocol::configdrive::MAX_CONFIG_DRIVE_BYTES;
 use molar_protocol::run_image::{
     BootEntryReport, BootMethod, BootMode, RunImageParams, RunImageResult,
 };
@@ -33,6 +34,58 @@ pub const ACK_WAIT: Duration = Duration::from_secs(10);
 /// then reset through the firmware (LAB.md), so kexec is not viable.
 pub const CAPSULE_MARKER: &str = "run/molar/capsule-pending";
 
+/// The `{url, checksum}` form of `config_drive`: the ready image, at most
+/// [`MAX_CONFIG_DRIVE_BYTES`] (it may be gzipped), fetched with the image fetcher's client in
+/// one Range request and checked against its digest (or its line in a sums file) before a
+/// byte of it reaches the disk.
+pub fn fetch_config_drive(url: &str, checksum: &str) -> Result<Vec<u8>, SysError> {
+    use crate::image::checksum::{self, Hasher};
+    use crate::image::fetch::{FetchOptions, Http};
+    use molar_protocol::image::Checksum;
+    let fetch_err = |e: crate::image::fetch::FetchError| {
+        SysError::new(e.code(), format!("config_drive url: {e}"))
+    };
+    let want = Checksum::parse(checksum)
+        .map_err(|e| SysError::new(codes::INVALID_PARAMS, format!("config_drive checksum: {e}")))?;
+    let http = Http::new(&FetchOptions::default()).map_err(fetch_err)?;
+    let want = match want {
+        Checksum::Digest(d) => d,
+        Checksum::SumsUrl(sums) => {
+            let name = checksum::file_name(url).unwrap_or(url);
+            let text = http.text(&sums).map_err(fetch_err)?;
+            checksum::lookup(&text, name, &sums)
+                .map_err(|e| SysError::new("checksum_mismatch", format!("config_drive: {e}")))?
+        }
+    };
+    let (url, len, ranges) = http.probe(&[url.to_owned()]).map_err(fetch_err)?;
+    let len = match (len, ranges) {
+        (Some(len), true) if len <= MAX_CONFIG_DRIVE_BYTES && len > 0 => len,
+        (Some(len), true) => {
+            return Err(SysError::new(
+                "config_drive_too_large",
+                format!("config_drive url: {url} is {len} bytes, at most {MAX_CONFIG_DRIVE_BYTES}"),
+            ));
+        }
+        _ => {
+            return Err(SysError::new(
+                codes::UNSUPPORTED,
+                format!("config_drive url: {url} serves no byte ranges with a length"),
+            ));
+        }
+    };
+    let bytes = http.range(&url, 0, len as usize).map_err(fetch_err)?;
+    let mut h = Hasher::new(want.algo);
+    h.update(&bytes);
+    let got = h.finish();
+    if got != want {
+        return Err(SysError::new(
+            "checksum_mismatch",
+            format!("config_drive url: {url} has {got}, expected {want}"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// `standbye.run_image`.
 pub struct RunImage {
     pub root: PathBuf,
@@ -41,6 +94,9 @@ pub struct RunImage {
     pub sys: Arc<dyn BootSystem>,
     /// Where the image's filesystems are mounted while it is inspected.
     pub scratch: PathBuf,
+    /// One run at a time: two would mount into the same scratch directory and race for the
+    /// jump.
+    pub running: Arc<std::sync::Mutex<()>>,
 }
 
 fn fail(code: &str, msg: impl Into<String>) -> TaskFailure {
@@ -68,6 +124,19 @@ fn kexec_blocker(root: &Path) -> Option<String> {
 impl RunImage {
     /// Everything up to the jump; blocking.
     fn prepare(&self, p: &RunImageParams, ctx: &TaskContext) -> Result<Prepared, TaskFailure> {
+        let _one = match self.running.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(fail(
+                    codes::BUSY,
+                    format!(
+                        "another {} is in progress",
+                        <molar_protocol::catalogue::RunImage as molar_protocol::Method>::NAME
+                    ),
+                ));
+            }
+        };
         let mode = p.boot.unwrap_or_default();
         // The way out first: nothing is written when the machine may not leave.
         let actions: &[Action<'_>] = match mode {
@@ -323,6 +392,7 @@ impl Task for RunImage {
             ready: self.ready.clone(),
             sys: self.sys.clone(),
             scratch: self.scratch.clone(),
+            running: self.running.clone(),
         };
         let task_ctx = ctx.clone();
         let prepared = tokio::task::spawn_blocking(move || this.prepare(&params, &task_ctx))
@@ -468,6 +538,7 @@ mod tests {
                 ready: HardwareReady::default(),
                 sys: sys.clone(),
                 scratch: w.fixture.root().join("run/molar/boot"),
+                running: Arc::default(),
             },
         );
         let engine = TaskEngine::new(r);
@@ -709,6 +780,64 @@ mod tests {
                 .iter()
                 .any(|c| matches!(c, Call::KexecLoad { .. }))
         );
+    }
+
+    /// Serves `body` for every request on 127.0.0.1, honouring `Range: bytes=A-B`.
+    fn serve(body: Vec<u8>) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut range = None;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        let (a, b) = v.trim().split_once('-').unwrap();
+                        range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+                    }
+                }
+                let mut w = conn;
+                let (a, b) = range.unwrap_or((0, body.len() - 1));
+                let part = &body[a..=b.min(body.len() - 1)];
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{}/{}\r\nConnection: close\r\n\r\n",
+                    part.len(),
+                    a + part.len() - 1,
+                    body.len()
+                );
+                let _ = w.write_all(part);
+            }
+        });
+        format!("http://{addr}/cd.img")
+    }
+
+    #[test]
+    fn a_fetched_config_drive_is_checked_before_use() {
+        let body = b"a config drive image".to_vec();
+        let url = serve(body.clone());
+        let digest = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(&body))
+        };
+        assert_eq!(
+            fetch_config_drive(&url, &format!("sha256:{digest}")).unwrap(),
+            body
+        );
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let e = fetch_config_drive(&url, &wrong).unwrap_err();
+        assert_eq!(e.code, "checksum_mismatch");
+        assert_eq!(
+            e.msg,
+            format!("config_drive url: {url} has sha256:{digest}, expected {wrong}")
+        );
+        let e = fetch_config_drive(&url, "md5:abc").unwrap_err();
+        assert_eq!(e.code, codes::INVALID_PARAMS);
     }
 
     /// Refusals come before anything is written: a host without --allow-host-power, a
