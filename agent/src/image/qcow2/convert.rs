@@ -70,6 +70,8 @@ enum Stage {
 #[derive(Debug)]
 struct Stream {
     max_buffer: usize,
+    /// Bytes before this offset are not held: the header cluster, once parsed.
+    hold_from: u64,
     held: Held,
     stage: Stage,
     builder: Option<Builder>,
@@ -104,6 +106,7 @@ impl Converter {
         let mut c = Converter::empty();
         c.stream = Some(Stream {
             max_buffer,
+            hold_from: 0,
             held: Held::default(),
             stage: Stage::Header { need: PROBE_LEN },
             builder: None,
@@ -164,7 +167,11 @@ impl Converter {
             if let Some(s) = &self.stream {
                 next = next.min(s.next_event());
             }
-            debug_assert!(next > self.pos);
+            if next <= self.pos {
+                // Every boundary above lies past the current offset; should one not, stop
+                // rather than loop forever.
+                return Err(Qcow2Error::Stalled { offset: self.pos });
+            }
             let (now, rest) = chunk.split_at((next - self.pos) as usize);
             self.consume(now, sink)?;
             self.pos = next;
@@ -247,7 +254,8 @@ impl Converter {
         let Some(s) = &mut self.stream else {
             return Ok(());
         };
-        s.held.push(self.pos, bytes);
+        let skip = s.hold_from.saturating_sub(self.pos).min(bytes.len() as u64) as usize;
+        s.held.push(self.pos + skip as u64, &bytes[skip..]);
         if s.held.allocated() > s.max_buffer {
             return Err(Qcow2Error::NeedsRandomAccess {
                 offset: self.pos,
@@ -319,7 +327,10 @@ impl Converter {
                     match Header::parse(&bytes, None)? {
                         Parsed::NeedBytes(n) => *need = n,
                         Parsed::Header(h) => {
-                            s.held.release(0, u64::from(h.header_length));
+                            // The rest of the header cluster is header extensions (and
+                            // nothing a valid image maps as data).
+                            s.held.release(0, h.cluster_size());
+                            s.hold_from = h.cluster_size();
                             self.stats.virtual_size = h.virtual_size;
                             s.builder = Some(Builder::new(h.cluster_bits));
                             s.stage = Stage::L1 {

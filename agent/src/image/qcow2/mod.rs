@@ -38,6 +38,8 @@ mod inflate;
 mod layout;
 mod map;
 mod output;
+#[cfg(test)]
+mod tests;
 
 use std::fs::File;
 use std::io;
@@ -231,6 +233,8 @@ pub enum Qcow2Error {
         #[source]
         source: io::Error,
     },
+    #[error("qcow2 converter made no progress at file offset {offset:#x} (a bug)")]
+    Stalled { offset: u64 },
     #[error("qcow2 converter used after an error")]
     AfterError,
 }
