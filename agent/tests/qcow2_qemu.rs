@@ -713,3 +713,110 @@ fn convert_errors(qcow2: &Path) -> (Qcow2Error, Qcow2Error) {
     };
     (a, b)
 }
+
+/// Peak RSS of the process since the last reset (kB), and a reset (Linux `clear_refs` 5).
+fn peak_rss_kb() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn reset_peak_rss() {
+    fs::write("/proc/self/clear_refs", "5").unwrap();
+}
+
+/// Compares two files in 1 MiB pieces without reading either whole.
+fn assert_same_files(a: &Path, b: &Path) {
+    let (mut fa, mut fb) = (File::open(a).unwrap(), File::open(b).unwrap());
+    assert_eq!(
+        fa.metadata().unwrap().len(),
+        fb.metadata().unwrap().len(),
+        "lengths"
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut at = 0u64;
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        if n == 0 {
+            return;
+        }
+        fb.read_exact(&mut bb[..n]).unwrap();
+        assert!(ba[..n] == bb[..n], "files differ in the MiB at {at:#x}");
+        at += n as u64;
+    }
+}
+
+/// Memory and time of both paths over a large compressed image; run by hand:
+/// `QCOW2_BIG_MIB=1024 cargo test -p molar-agent --test qcow2_qemu -- --ignored --nocapture`.
+#[test]
+#[ignore = "large: makes and converts a GiB-sized image"]
+fn large_compressed_image_in_bounded_memory() {
+    if !have_qemu_img("large_compressed_image_in_bounded_memory") {
+        return;
+    }
+    let mib: u64 = std::env::var("QCOW2_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let mut extra = vec!["-c"];
+    let opts = std::env::var("QCOW2_BIG_OPTS").unwrap_or_default();
+    if !opts.is_empty() {
+        extra.extend(["-o", opts.as_str()]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    make_raw(&raw, mib * MIB, 99);
+    let qcow2 = dir.path().join("img.qcow2");
+    let mut a = vec!["convert", "-f", "raw", "-O", "qcow2"];
+    a.extend_from_slice(&extra);
+    a.extend([raw.to_str().unwrap(), qcow2.to_str().unwrap()]);
+    qemu_img(&a);
+    fs::remove_file(&raw).unwrap();
+    let reference = dir.path().join("ref.raw");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        qcow2.to_str().unwrap(),
+        reference.to_str().unwrap(),
+    ]);
+    let file_len = fs::metadata(&qcow2).unwrap().len();
+    let vsize = fs::metadata(&reference).unwrap().len();
+    eprintln!("image: {mib} MiB virtual, {file_len} bytes of qcow2 ({opts})");
+
+    let base = peak_rss_kb();
+    reset_peak_rss();
+    let t = std::time::Instant::now();
+    let layout = Layout::read(&mut File::open(&qcow2).unwrap(), Some(file_len)).unwrap();
+    let (meta, reads) = layout.metadata_read();
+    let extents = layout.extents();
+    let out = dir.path().join("ranged.raw");
+    let mut sink = CheckedSink::new(&out, vsize);
+    let mut conv = Converter::new(layout);
+    feed_file(&mut conv, &qcow2, &mut sink, &mut Rng(1), None).unwrap();
+    let stats = conv.finish(&mut sink).unwrap();
+    eprintln!(
+        "ranged: {:.1} s, peak RSS {} kB (before: {base} kB), metadata {meta} bytes in {reads} \
+         reads, {extents} extents, {stats:?}",
+        t.elapsed().as_secs_f64(),
+        peak_rss_kb()
+    );
+    drop(sink);
+    assert_same_files(&out, &reference);
+    fs::remove_file(&out).unwrap();
+
+    reset_peak_rss();
+    let t = std::time::Instant::now();
+    let out = dir.path().join("streamed.raw");
+    let mut sink = CheckedSink::new(&out, vsize);
+    let mut conv = Converter::streaming(256 << 20);
+    let peak = feed_file(&mut conv, &qcow2, &mut sink, &mut Rng(2), None).unwrap();
+    conv.finish(&mut sink).unwrap();
+    eprintln!(
+        "streamed: {:.1} s, peak RSS {} kB, held at most {peak} bytes",
+        t.elapsed().as_secs_f64(),
+        peak_rss_kb()
+    );
+    drop(sink);
+    assert_same_files(&out, &reference);
+}

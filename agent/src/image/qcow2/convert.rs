@@ -50,6 +50,8 @@ pub struct Converter {
     output: Output,
     coverage: Coverage,
     inflater: Inflater,
+    /// A compressed cluster's input buffer, kept for the next one.
+    spare: Vec<u8>,
     /// While the map is incomplete.
     stream: Option<Stream>,
     stats: ConvertStats,
@@ -123,6 +125,7 @@ impl Converter {
             output: Output::default(),
             coverage: Coverage::default(),
             inflater: Inflater::new(),
+            spare: Vec::new(),
             stream: None,
             stats: ConvertStats::default(),
             failed: false,
@@ -214,10 +217,15 @@ impl Converter {
             });
         }
         let end = e.host_end(h.cluster_bits);
+        let mut input = Vec::new();
+        if !standard {
+            input = std::mem::take(&mut self.spare);
+            input.clear();
+        }
         self.active.push(Active {
             extent: e,
             end,
-            input: Vec::new(),
+            input,
         });
         Ok(())
     }
@@ -260,7 +268,8 @@ impl Converter {
             return Err(Qcow2Error::NeedsRandomAccess {
                 offset: self.pos,
                 reason: format!(
-                    "more than {} bytes of data arrive before the L2 tables that map them",
+                    "more than {} bytes would have to be held that the L2 tables read so far do \
+                     not map (data stored before its L2 table, as in compressed images)",
                     s.max_buffer
                 ),
             });
@@ -307,6 +316,7 @@ impl Converter {
                 if let Some(s) = &mut self.stream {
                     s.held.release(e.host, e.host + out.consumed as u64);
                 }
+                self.spare = a.input;
             }
         }
         Ok(())
@@ -543,7 +553,10 @@ fn take(held: &Held, start: u64, end: u64, what: &'static str) -> Result<Vec<u8>
         Ok(()) => Ok(out),
         Err(offset) => Err(Qcow2Error::NeedsRandomAccess {
             offset,
-            reason: format!("the {what} at {start:#x} lies before bytes that named it"),
+            reason: format!(
+                "the {what} at {start:#x} was not held when the stream reached it (it lies \
+                 before the table that names it, or inside data already placed)"
+            ),
         }),
     }
 }

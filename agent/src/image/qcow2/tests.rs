@@ -337,12 +337,7 @@ fn table_first_streams_without_holding_data() {
 
 #[test]
 fn overlapping_data_clusters_are_refused() {
-    let mut b = build(
-        12,
-        64 * 4096,
-        &[Some(Store::Plain); 64],
-        Order::TableFirst,
-    );
+    let mut b = build(12, 64 * 4096, &[Some(Store::Plain); 64], Order::TableFirst);
     // Point guest cluster 1 at guest cluster 0's data.
     let l1 = u64::from_be_bytes(b.file[40..48].try_into().unwrap()) as usize;
     let l2 = (u64::from_be_bytes(b.file[l1..l1 + 8].try_into().unwrap()) & 0x00ff_ffff_ffff_fe00)
