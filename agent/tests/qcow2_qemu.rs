@@ -173,7 +173,6 @@ fn feed_file(
     let mut f = File::open(path).unwrap();
     let mut buf = vec![0u8; 600_000];
     let mut total = 0u64;
-    let mut peak_held = 0;
     loop {
         let n = match rng.below(4) {
             0 => rng.below(16) as usize + 1,
@@ -183,10 +182,9 @@ fn feed_file(
         let n = limit.map_or(n, |l| n.min((l - total) as usize));
         let got = f.read(&mut buf[..n]).unwrap();
         if got == 0 {
-            return Ok(peak_held);
+            return Ok(conv.held_peak());
         }
         conv.feed(&buf[..got], sink)?;
-        peak_held = peak_held.max(conv.held_bytes());
         total += got as u64;
     }
 }
@@ -285,7 +283,8 @@ fn plain_image() {
     assert_eq!(stats.compressed_clusters, 0);
     assert_eq!(layout.version(), 3);
     // L2 tables come just before their data: streaming holds only a few metadata clusters.
-    assert!(peak <= 4 * 65536, "held {peak} bytes");
+    // Only metadata is held: an L2 table while it passes, the refcount block.
+    assert!(peak <= 3 * 65536, "held {peak} bytes");
 }
 
 #[test]
@@ -298,7 +297,7 @@ fn compressed_deflate_image() {
     assert!(stats.compressed_clusters > 50, "{stats:?}");
     assert_eq!(layout.compression(), Compression::Deflate);
     // This small image has its one L2 table before the data.
-    assert_eq!(peak, 0);
+    assert!(peak <= 3 * 65536, "held {peak} bytes");
 }
 
 #[test]

@@ -55,6 +55,8 @@ pub struct Converter {
     /// While the map is incomplete.
     stream: Option<Stream>,
     stats: ConvertStats,
+    /// Most bytes held at once (streaming).
+    held_peak: usize,
     failed: bool,
 }
 
@@ -72,8 +74,10 @@ enum Stage {
 #[derive(Debug)]
 struct Stream {
     max_buffer: usize,
-    /// Bytes before this offset are not held: the header cluster, once parsed.
-    hold_from: u64,
+    /// File ranges never held, sorted: metadata no valid image maps as data (the header
+    /// cluster, the refcount table, the rest of the L1 table's last cluster), so that a
+    /// plain image streams holding nothing but the table being read.
+    skip: Vec<(u64, u64)>,
     held: Held,
     stage: Stage,
     builder: Option<Builder>,
@@ -108,7 +112,7 @@ impl Converter {
         let mut c = Converter::empty();
         c.stream = Some(Stream {
             max_buffer,
-            hold_from: 0,
+            skip: Vec::new(),
             held: Held::default(),
             stage: Stage::Header { need: PROBE_LEN },
             builder: None,
@@ -128,6 +132,7 @@ impl Converter {
             spare: Vec::new(),
             stream: None,
             stats: ConvertStats::default(),
+            held_peak: 0,
             failed: false,
         }
     }
@@ -142,9 +147,14 @@ impl Converter {
         self.pos
     }
 
-    /// Bytes held for clusters whose L2 table has not passed yet (streaming only).
+    /// Memory holding bytes whose L2 table has not passed yet (streaming only).
     pub fn held_bytes(&self) -> usize {
         self.stream.as_ref().map_or(0, |s| s.held.allocated())
+    }
+
+    /// The most [`Converter::held_bytes`] has been so far.
+    pub fn held_peak(&self) -> usize {
+        self.held_peak
     }
 
     /// Feeds the next bytes of the file (chunks of any size).
@@ -262,8 +272,24 @@ impl Converter {
         let Some(s) = &mut self.stream else {
             return Ok(());
         };
-        let skip = s.hold_from.saturating_sub(self.pos).min(bytes.len() as u64) as usize;
-        s.held.push(self.pos + skip as u64, &bytes[skip..]);
+        let (mut at, end) = (self.pos, self.pos + bytes.len() as u64);
+        let first = s.skip.partition_point(|&(_, e)| e <= at);
+        for &(from, to) in &s.skip[first..] {
+            if from >= end {
+                break;
+            }
+            if from > at {
+                s.held.push(
+                    at,
+                    &bytes[(at - self.pos) as usize..(from - self.pos) as usize],
+                );
+            }
+            at = at.max(to);
+        }
+        if at < end {
+            s.held.push(at, &bytes[(at - self.pos) as usize..]);
+        }
+        self.held_peak = self.held_peak.max(s.held.allocated());
         if s.held.allocated() > s.max_buffer {
             return Err(Qcow2Error::NeedsRandomAccess {
                 offset: self.pos,
@@ -339,8 +365,23 @@ impl Converter {
                         Parsed::Header(h) => {
                             // The rest of the header cluster is header extensions (and
                             // nothing a valid image maps as data).
-                            s.held.release(0, h.cluster_size());
-                            s.hold_from = h.cluster_size();
+                            let cs = h.cluster_size();
+                            s.held.release(0, cs);
+                            s.skip.push((0, cs));
+                            let refcounts = u64::from(h.refcount_table_clusters) * cs;
+                            let l1_end = h.l1_offset + h.l1_bytes();
+                            let start = h.refcount_table_offset;
+                            if start >= cs
+                                && start < 1 << 56
+                                && start.is_multiple_of(cs)
+                                && (start + refcounts <= h.l1_offset || start >= l1_end)
+                            {
+                                s.skip.push((start, start + refcounts));
+                            }
+                            s.skip.push((l1_end, l1_end.next_multiple_of(cs)));
+                            s.skip.retain(|&(a, b)| a < b);
+                            s.skip.sort_unstable();
+                            merge_ranges(&mut s.skip);
                             self.stats.virtual_size = h.virtual_size;
                             s.builder = Some(Builder::new(h.cluster_bits));
                             s.stage = Stage::L1 {
@@ -523,6 +564,18 @@ impl Converter {
             .emit_zeros(sink, h.cluster_bits, h.virtual_size)?;
         Ok(self.stats)
     }
+}
+
+/// Merges overlapping ranges of a sorted list.
+fn merge_ranges(ranges: &mut Vec<(u64, u64)>) {
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for &(a, b) in ranges.iter() {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    *ranges = out;
 }
 
 /// Writes the part of `data` (for guest offset `guest`) that lies inside the virtual disk.
