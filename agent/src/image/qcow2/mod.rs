@@ -181,6 +181,8 @@ pub enum Qcow2Error {
     L1TooLarge { l1_size: u64, max: u64 },
     #[error("qcow2 {what} offset {offset:#x} is not aligned to a cluster")]
     Unaligned { what: &'static str, offset: u64 },
+    #[error("qcow2 {what} offset is 0, inside the header")]
+    InsideHeader { what: &'static str },
     #[error("qcow2 {what} offset {offset:#x} is beyond any file")]
     OffsetTooLarge { what: &'static str, offset: u64 },
     #[error(

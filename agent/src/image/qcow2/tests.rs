@@ -15,11 +15,16 @@ use super::*;
 /// 512, so every write is) and grows as written.
 struct MemSink {
     disk: Vec<u8>,
+    /// End of the last zero range: the next must not touch it (ranges are maximal).
+    zeros_end: Option<u64>,
 }
 
 impl MemSink {
     fn new() -> MemSink {
-        MemSink { disk: Vec::new() }
+        MemSink {
+            disk: Vec::new(),
+            zeros_end: None,
+        }
     }
 
     fn room(&mut self, end: u64) {
@@ -44,6 +49,11 @@ impl DiskSink for MemSink {
     fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
         assert_eq!(offset % 512, 0);
         assert!(len > 0);
+        assert!(
+            self.zeros_end.is_none_or(|end| offset > end),
+            "zero ranges not coalesced"
+        );
+        self.zeros_end = Some(offset + len);
         self.room(offset + len);
         self.disk[offset as usize..(offset + len) as usize].fill(0);
         Ok(())
@@ -355,6 +365,44 @@ fn overlapping_data_clusters_are_refused() {
         ),
         "{err}"
     );
+}
+
+#[test]
+fn zero_flags_in_a_version_2_image_are_refused() {
+    let mut b = build(
+        12,
+        64 * 4096,
+        &[Some(Store::ZeroAlloc); 64],
+        Order::TableFirst,
+    );
+    b.file[4..8].copy_from_slice(&2u32.to_be_bytes());
+    let err = ranged(&b.file, &[4096]).unwrap_err();
+    assert!(
+        matches!(err, Qcow2Error::ZeroClusterInV2 { guest_offset: 0 }),
+        "{err}"
+    );
+    let err = streamed(&b.file, &[4096], 1 << 20).unwrap_err();
+    assert!(
+        matches!(err, Qcow2Error::ZeroClusterInV2 { guest_offset: 0 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn adjacent_l2_tables_are_read_together() {
+    // With tables last, all of them sit side by side: one read for the lot.
+    let n = 3000;
+    let b = build(
+        9,
+        n as u64 * 512,
+        &vec![Some(Store::Plain); n],
+        Order::TablesLast,
+    );
+    let layout = Layout::read(&mut &b.file[..], Some(b.file.len() as u64)).unwrap();
+    // Header, L1, then one read of 47 tables.
+    assert_eq!(layout.metadata_read().1, 3);
+    assert_eq!(layout.extents(), 1, "a contiguous run is one extent");
+    assert_eq!(layout.allocated_bytes(), n as u64 * 512);
 }
 
 #[test]
