@@ -405,6 +405,41 @@ fn adjacent_l2_tables_are_read_together() {
     assert_eq!(layout.allocated_bytes(), n as u64 * 512);
 }
 
+/// A disk that fails every write.
+struct BrokenDisk;
+
+impl DiskSink for BrokenDisk {
+    fn write_at(&mut self, _: u64, _: &[u8]) -> io::Result<()> {
+        Err(io::Error::other("medium error"))
+    }
+
+    fn zeros(&mut self, _: u64, _: u64) -> io::Result<()> {
+        Err(io::Error::other("medium error"))
+    }
+}
+
+#[test]
+fn a_failing_disk_is_named_with_the_offset() {
+    let b = build(16, 128 << 20, &[Some(Store::Plain); 100], Order::TableFirst);
+    let layout = Layout::read(&mut &b.file[..], None).unwrap();
+    let mut conv = Converter::new(layout);
+    let err = conv.feed(&b.file, &mut BrokenDisk).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "writing the virtual disk at offset 0x0: medium error"
+    );
+    assert!(matches!(
+        conv.feed(&b.file, &mut BrokenDisk),
+        Err(Qcow2Error::AfterError)
+    ));
+    // Zeros too: a disk with no data at all fails at `finish`.
+    let b = build(16, 1 << 20, &[], Order::TableFirst);
+    let mut conv = Converter::streaming(1 << 20);
+    conv.feed(&b.file, &mut BrokenDisk).unwrap();
+    let err = conv.finish(&mut BrokenDisk).unwrap_err();
+    assert!(matches!(err, Qcow2Error::Sink { offset: 0, .. }), "{err}");
+}
+
 #[test]
 fn an_empty_disk_is_all_zeros() {
     let b = build(16, 5 << 20, &[], Order::TableFirst);
