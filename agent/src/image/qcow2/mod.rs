@@ -27,9 +27,10 @@
 //!   (zstd's window is capped at 4 MiB);
 //! - [`Layout::read`]: the L1 table (8 bytes per 512 MiB at 64 KiB clusters) and one read of
 //!   L2 tables (at most 4 MiB) at a time;
-//! - streaming only: up to `max_buffer` bytes held, counted as allocated (the held store
-//!   compacts itself so that is at most four times the live bytes), and the list of L2
-//!   table offsets (16 bytes per table).
+//! - streaming only: at most `max_buffer` bytes of allocation holding bytes not yet mapped
+//!   (the header cluster, the refcount table and the L1 cluster's slack are never held, so a
+//!   plain image holds one L2 table and its refcount blocks), the L1 table while it is read,
+//!   and the list of L2 table offsets (16 bytes per table).
 
 mod convert;
 mod header;
