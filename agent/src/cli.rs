@@ -74,6 +74,16 @@ enum Command {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// Write an OS image here, with a progress bar (the `standbye.prepare_image` pipeline).
+    Image {
+        #[command(subcommand)]
+        action: ImageCommand,
+    },
+    /// Write a config drive here (what `standbye.run_image` does with its `config_drive`).
+    Configdrive {
+        #[command(subcommand)]
+        action: ConfigdriveCommand,
+    },
     /// Run any protocol method locally and print its JSON result.
     Call {
         method: String,
@@ -120,6 +130,120 @@ enum BmcCommand {
     },
     /// Chassis power: status, on, off, soft, reset or cycle.
     Power { action: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Fetch, verify, decompress, convert and write an image to a disk in one pass.
+    Write(ImageWriteArgs),
+}
+
+#[derive(Args, Debug)]
+struct ImageWriteArgs {
+    /// The image's URL (http or https). Repeatable: tried in order.
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
+    /// sha256:HEX, sha512:HEX, or the URL of a SHA256SUMS-style file.
+    #[arg(long, required_unless_present = "insecure_skip_checksum")]
+    checksum: Option<String>,
+    /// Write without checking the image's checksum.
+    #[arg(long, conflicts_with = "checksum")]
+    insecure_skip_checksum: bool,
+    /// The disk to write (/dev/nvme0n1, sdb, ...).
+    #[arg(long)]
+    device: String,
+    /// raw or qcow2 (detected when absent; a disagreement is refused).
+    #[arg(long)]
+    format: Option<String>,
+    /// none, gzip, zstd or xz (detected when absent).
+    #[arg(long)]
+    compression: Option<String>,
+    /// PEM file of a CA to trust for https, besides the public roots.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// The device reads zeros everywhere (freshly discarded): do not write runs of zeros.
+    #[arg(long)]
+    device_reads_zeros: bool,
+    /// Allow writing the named device on this host (outside the ramdisk).
+    #[arg(long)]
+    allow_host: bool,
+    /// Confirm that everything on the device is to be replaced.
+    #[arg(long)]
+    yes: bool,
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigdriveCommand {
+    /// Add (or rewrite) the config-2 partition at the end of a disk and print the outcome.
+    Write(ConfigdriveWriteArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConfigdriveWriteArgs {
+    /// The whole disk (/dev/sdX, nvme0n1, ...) holding the deployed image.
+    #[arg(long)]
+    device: String,
+    /// JSON file with the `config_drive` value: {meta_data, network_data?, user_data?,
+    /// vendor_data?}, a gzip+base64 string, or {url, checksum}.
+    #[arg(long)]
+    from: PathBuf,
+    /// Filesystem built from documents: vfat or iso9660 (a ready image keeps its own).
+    #[arg(long, default_value = "vfat")]
+    format: String,
+    /// Allow the named device to be edited on this host (outside the ramdisk).
+    #[arg(long)]
+    allow_host: bool,
+    /// Confirm that the partition table of the device is to be changed.
+    #[arg(long)]
+    yes: bool,
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+}
+
+/// `molar-agent configdrive write`: the run_image code, on the command line.
+async fn configdrive_local(a: ConfigdriveWriteArgs) -> anyhow::Result<()> {
+    use molar_protocol::configdrive::{ConfigDrive, ConfigDriveFormat, MAX_IMAGE_BASE64_BYTES};
+    use std::io::Read as _;
+    init_logging(tracing::Level::WARN);
+    if !a.yes {
+        bail!(
+            "this adds or rewrites a partition on {}: add --yes to go ahead",
+            a.device
+        );
+    }
+    let format: ConfigDriveFormat = a.format.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Bounded like a param on the wire could never be, but no more than the largest value.
+    let limit = MAX_IMAGE_BASE64_BYTES as u64 + (1 << 20);
+    let mut text = Vec::new();
+    std::fs::File::open(&a.from)
+        .with_context(|| format!("opening {}", a.from.display()))?
+        .take(limit + 1)
+        .read_to_end(&mut text)
+        .with_context(|| format!("reading {}", a.from.display()))?;
+    if text.len() as u64 > limit {
+        bail!("{}: more than {limit} bytes", a.from.display());
+    }
+    let spec: ConfigDrive = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a config_drive value", a.from.display()))?;
+    let authority = crate::authority::Authority::host(
+        &if a.allow_host {
+            vec![a.device.clone()]
+        } else {
+            // Without --allow-host nothing may be edited from the command line, even in the
+            // ramdisk's shell (run_image is the ramdisk's way).
+            vec![]
+        },
+        false,
+    );
+    let outcome = tokio::task::spawn_blocking(move || {
+        crate::configdrive::write(&a.root, &a.device, &spec, format, &authority)
+            .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))
+    })
+    .await??;
+    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -280,6 +404,109 @@ async fn erase_local(a: EraseArgs) -> anyhow::Result<()> {
             eprintln!(
                 "erased {} device(s), {} bytes in {:.1} s",
                 report.erased, report.bytes, report.seconds
+            );
+            Ok(())
+        }
+        Err(f) => bail!("{} ({})", f.msg, f.code),
+    }
+}
+
+/// `molar-agent image write`: `prepare_image`'s checks and pipeline with a progress bar.
+async fn image_write(a: ImageWriteArgs) -> anyhow::Result<()> {
+    use crate::capabilities::image::{ImageEnv, prepare, progress_message};
+    use crate::safety::Authority;
+    use molar_protocol::image::{ImageSource, ImageSpecWire, PrepareImageParams};
+    use std::sync::atomic::Ordering;
+    init_logging(tracing::Level::WARN);
+    if !a.yes {
+        bail!(
+            "this replaces everything on {}: add --yes to go ahead",
+            a.device
+        );
+    }
+    // Like `molar-agent erase`: from the command line only a device named with --allow-host
+    // may be written (the controller's prepare_image is the ramdisk's way).
+    let allowed = if a.allow_host {
+        vec![a.device.clone()]
+    } else {
+        vec![]
+    };
+    let word = |s: Option<String>| s.map(serde_json::Value::String);
+    let ca_pem = match &a.ca {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    let wire = ImageSpecWire {
+        id: "local".into(),
+        urls: Some(a.urls),
+        checksum: a.checksum,
+        insecure_skip_checksum: a.insecure_skip_checksum,
+        format: word(a.format).map(serde_json::from_value).transpose()?,
+        compression: word(a.compression)
+            .map(serde_json::from_value)
+            .transpose()?,
+        ca_pem,
+        ..ImageSpecWire::default()
+    };
+    let spec = molar_protocol::image::ImageSpec::try_from(wire)?;
+    let params = PrepareImageParams {
+        source: ImageSource::Spec(Box::new(spec)),
+        device: a.device,
+        device_reads_zeros: a.device_reads_zeros,
+    };
+    let env = ImageEnv::new(
+        a.root,
+        Authority::Host { allowed },
+        crate::capabilities::HardwareReady::default(),
+    );
+    let progress = Arc::new(crate::image::Progress::default());
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let cancel = CancellationToken::new();
+    tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            wait_for_signal().await;
+            cancel.cancel();
+        }
+    });
+    let ticker = tokio::spawn({
+        let (bar, progress) = (bar.clone(), progress.clone());
+        async move {
+            let t0 = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let fetched = progress.fetch.fetched.load(Ordering::Relaxed);
+                let total = progress.fetch.total.load(Ordering::Relaxed);
+                let written = progress.written.load(Ordering::Relaxed);
+                bar.set_length(total);
+                bar.set_position(fetched);
+                let secs = t0.elapsed().as_secs_f64().max(0.001);
+                bar.set_message(progress_message("image", fetched, total, written, secs));
+            }
+        }
+    });
+    let result =
+        tokio::task::spawn_blocking(move || prepare(&env, &params, &progress, &cancel)).await?;
+    ticker.abort();
+    bar.finish_and_clear();
+    match result {
+        Ok(r) => {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            eprintln!(
+                "wrote {} bytes to {} in {:.1} s ({:.0} MB/s), {}",
+                r.disk_bytes,
+                r.device,
+                r.seconds,
+                r.throughput / 1e6,
+                r.checksum.as_deref().unwrap_or("checksum not checked")
             );
             Ok(())
         }
@@ -559,6 +786,12 @@ pub fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Image {
+                action: ImageCommand::Write(args),
+            } => image_write(args).await,
+            Command::Configdrive {
+                action: ConfigdriveCommand::Write(args),
+            } => configdrive_local(args).await,
             Command::Inventory { root } => match local_call::<InventoryGet>(&Empty {}) {
                 Ok((method, params)) => call_local(root, method, params, false).await,
                 Err(e) => Err(e),
@@ -620,6 +853,47 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn configdrive_write_needs_yes_and_a_valid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cd.json");
+        let args = |from: &std::path::Path, yes: bool| {
+            let mut v = vec!["molar-agent", "configdrive", "write", "--device", "loop9"];
+            v.extend(["--from", from.to_str().unwrap(), "--root"]);
+            v.push(dir.path().to_str().unwrap());
+            if yes {
+                v.push("--yes");
+            }
+            match Cli::try_parse_from(v).unwrap().command {
+                Command::Configdrive {
+                    action: ConfigdriveCommand::Write(a),
+                } => a,
+                other => panic!("{other:?}"),
+            }
+        };
+        let e = configdrive_local(args(&file, false)).await.unwrap_err();
+        assert!(e.to_string().contains("add --yes"), "{e}");
+        std::fs::write(&file, "{\"meta_data\": ").unwrap();
+        let e = configdrive_local(args(&file, true)).await.unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not a config_drive value"),
+            "{e:#}"
+        );
+        std::fs::write(&file, r#"{"meta_data": {}, "userdata": "x"}"#).unwrap();
+        let e = configdrive_local(args(&file, true)).await.unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unknown field `userdata`"),
+            "{e:#}"
+        );
+        // Valid, but the device was not named with --allow-host.
+        std::fs::write(&file, r#"{"meta_data": {"uuid": "u"}}"#).unwrap();
+        std::fs::create_dir_all(dir.path().join("sys/block")).unwrap();
+        std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
+        std::fs::write(dir.path().join("proc/self/mountinfo"), "").unwrap();
+        let e = configdrive_local(args(&file, true)).await.unwrap_err();
+        assert!(e.to_string().contains("(not_found)"), "{e}");
     }
 
     #[tokio::test]

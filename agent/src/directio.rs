@@ -10,13 +10,18 @@
 //! fill a buffer per writer; a reader is read sequentially by the calling thread into a
 //! small pool of buffers that the writers drain, so memory stays bounded
 //! (`(REQUESTS_IN_FLIGHT + 1) × CHUNK`) whatever the size of the data.
+//!
+//! [`Writer`] is the same machinery for a caller that places data itself (the image
+//! writer's `DiskSink`: qcow2 clusters land out of order, zero runs are skipped): it hands
+//! out aligned buffers from a fixed pool, takes them back filled with a list of
+//! (buffer offset, device offset, length) writes, and writes them on its own threads.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use rand::{RngCore, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -369,6 +374,191 @@ fn from_reader(
     Ok(read)
 }
 
+/// One filled buffer and the writes to make from it: (offset in the buffer, offset on the
+/// device, length), each aligned for direct I/O by the caller.
+struct Job {
+    buf: AlignedBuf,
+    writes: Vec<(usize, u64, usize)>,
+}
+
+/// Writer threads over a fixed pool of [`CHUNK`] buffers: memory is `buffers × CHUNK`
+/// whatever is written, and [`REQUESTS_IN_FLIGHT`] writes are outstanding while the caller
+/// fills the next buffer.
+pub struct Writer {
+    file: Arc<File>,
+    jobs: Option<mpsc::SyncSender<Job>>,
+    free: mpsc::Receiver<AlignedBuf>,
+    spare: Vec<AlignedBuf>,
+    buffers: usize,
+    /// Buffers the caller holds (handed out, not yet submitted or given back).
+    held: usize,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    first_err: Arc<FirstError>,
+    written: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// `buffers` (at least `REQUESTS_IN_FLIGHT + 1`) buffers of [`CHUNK`] bytes; `progress`
+    /// is called from the writer threads with the bytes each write completed.
+    pub fn new(
+        file: Arc<File>,
+        buffers: usize,
+        progress: Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Writer {
+        let buffers = buffers.max(REQUESTS_IN_FLIGHT + 1);
+        let (free_tx, free) = mpsc::channel::<AlignedBuf>();
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(REQUESTS_IN_FLIGHT);
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let stop = Arc::new(AtomicBool::new(false));
+        let first_err = Arc::new(FirstError::default());
+        let written = Arc::new(AtomicU64::new(0));
+        let threads = (0..REQUESTS_IN_FLIGHT)
+            .map(|_| {
+                let (file, jobs_rx, free_tx) = (file.clone(), jobs_rx.clone(), free_tx.clone());
+                let (stop, first_err) = (stop.clone(), first_err.clone());
+                let (written, progress) = (written.clone(), progress.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        let job = jobs_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok(Job { buf, writes }) = job else {
+                            return;
+                        };
+                        for (at, off, len) in writes {
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            match file.write_all_at(&buf.as_slice()[at..at + len], off) {
+                                Ok(()) => {
+                                    written.fetch_add(len as u64, Ordering::Relaxed);
+                                    progress(len as u64);
+                                }
+                                Err(e) => {
+                                    stop.store(true, Ordering::Relaxed);
+                                    first_err.set(off, e);
+                                }
+                            }
+                        }
+                        let _ = free_tx.send(buf);
+                    }
+                })
+            })
+            .collect();
+        Writer {
+            file,
+            jobs: Some(jobs_tx),
+            free,
+            spare: (0..buffers).map(|_| AlignedBuf::zeroed(CHUNK)).collect(),
+            buffers,
+            held: 0,
+            threads,
+            stop,
+            first_err,
+            written,
+        }
+    }
+
+    /// The file being written.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// A free buffer (its content is whatever it held last), waiting for a write to finish
+    /// when all are in use.
+    pub fn buffer(&mut self) -> Result<AlignedBuf, DirectIoError> {
+        self.check()?;
+        let b = match self.spare.pop() {
+            Some(b) => b,
+            None => self.free.recv().map_err(|_| self.dead())?,
+        };
+        self.held += 1;
+        Ok(b)
+    }
+
+    /// Gives a buffer back unused.
+    pub fn give_back(&mut self, buf: AlignedBuf) {
+        self.held = self.held.saturating_sub(1);
+        self.spare.push(buf);
+    }
+
+    /// Queues the writes of `buf` (see [`Job`]); returns at once unless
+    /// [`REQUESTS_IN_FLIGHT`] jobs are queued already.
+    pub fn submit(
+        &mut self,
+        buf: AlignedBuf,
+        writes: Vec<(usize, u64, usize)>,
+    ) -> Result<(), DirectIoError> {
+        self.check()?;
+        self.held = self.held.saturating_sub(1);
+        if writes.is_empty() {
+            self.spare.push(buf);
+            return Ok(());
+        }
+        let jobs = self.jobs.as_ref().ok_or_else(|| self.dead())?;
+        jobs.send(Job { buf, writes }).map_err(|_| self.dead())
+    }
+
+    /// Waits until every queued write is done (every buffer the caller does not hold is
+    /// back): what was written can be read back, or partly overwritten by a
+    /// read-modify-write.
+    pub fn drain(&mut self) -> Result<(), DirectIoError> {
+        while self.spare.len() + self.held < self.buffers {
+            match self.free.recv() {
+                Ok(b) => self.spare.push(b),
+                Err(_) => return Err(self.dead()),
+            }
+        }
+        self.check()
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Waits for every write, stops the threads and flushes the file; the bytes written.
+    pub fn finish(mut self) -> Result<u64, DirectIoError> {
+        let drained = self.drain();
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        drained?;
+        self.file.sync_all().map_err(DirectIoError::Sync)?;
+        Ok(self.written())
+    }
+
+    fn check(&self) -> Result<(), DirectIoError> {
+        if !self.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let g = self.first_err.0.lock().unwrap_or_else(|p| p.into_inner());
+        match g.as_ref() {
+            Some((offset, e)) => Err(DirectIoError::Write {
+                offset: *offset,
+                source: io::Error::new(e.kind(), e.to_string()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn dead(&self) -> DirectIoError {
+        self.check().err().unwrap_or(DirectIoError::Write {
+            offset: 0,
+            source: io::Error::other("writer threads ended"),
+        })
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,5 +703,48 @@ mod tests {
         let e = write_regions(&f, &[(0, MIB)], Source::Zeros, &|_| {}, &cancel).unwrap_err();
         assert!(matches!(e, DirectIoError::Cancelled { done: 0 }));
         assert!(std::fs::read(t.path()).unwrap().iter().all(|b| *b == 0xa5));
+    }
+
+    #[test]
+    fn the_writer_places_buffers_where_told_and_bounds_its_pool() {
+        let (t, f) = file_of(16 * MIB, 0xa5);
+        let seen = Arc::new(AtomicU64::new(0));
+        let s = seen.clone();
+        let mut w = Writer::new(
+            Arc::new(f),
+            0,
+            Arc::new(move |n| {
+                s.fetch_add(n, Ordering::Relaxed);
+            }),
+        );
+        // More jobs than buffers: buffer() waits for writes to finish.
+        for i in 0..12u64 {
+            let mut b = w.buffer().unwrap();
+            b.as_mut_slice()[..8192].fill(i as u8 + 1);
+            // Two writes from one buffer, out of device order.
+            w.submit(b, vec![(4096, i * MIB + 4096, 4096), (0, i * MIB, 4096)])
+                .unwrap();
+        }
+        w.drain().unwrap();
+        assert_eq!(w.written(), 12 * 8192);
+        assert_eq!(w.finish().unwrap(), 12 * 8192);
+        assert_eq!(seen.load(Ordering::Relaxed), 12 * 8192);
+        let d = std::fs::read(t.path()).unwrap();
+        for i in 0..12usize {
+            let m = i * MIB as usize;
+            assert!(d[m..m + 8192].iter().all(|b| *b == i as u8 + 1));
+            assert!(d[m + 8192..m + 8192 + 10].iter().all(|b| *b == 0xa5));
+        }
+        // A write error is reported by the next call.
+        let ro = File::open(t.path()).unwrap();
+        let mut w = Writer::new(Arc::new(ro), 0, Arc::new(|_| {}));
+        let b = w.buffer().unwrap();
+        w.submit(b, vec![(0, 8192, 4096)]).unwrap();
+        let e = w.drain().unwrap_err();
+        assert!(
+            matches!(e, DirectIoError::Write { offset: 8192, .. }),
+            "{e}"
+        );
+        assert!(w.finish().is_err());
     }
 }

@@ -13,6 +13,7 @@
 //! changing.
 
 pub mod settle;
+pub mod zeroed;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -10,16 +10,20 @@
 //! device actions pass through `safety`.
 pub mod authority;
 pub mod bmc;
+pub mod boot;
 pub mod capabilities;
 pub mod cli;
 pub mod clock;
+pub mod configdrive;
 pub mod directio;
 pub mod disks;
 pub mod erase;
 pub mod hw;
 pub mod identity;
+pub mod image;
 pub mod inventory;
 pub mod logfwd;
+pub mod partition;
 pub mod ramdisk;
 pub mod safety;
 pub mod session;

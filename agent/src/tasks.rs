@@ -11,7 +11,10 @@
 //! - tasks keep running while disconnected; after a reconnect the latest status of every task
 //!   the controller has not acknowledged is resent, and terminal statuses are retried until
 //!   acknowledged, so none is lost or doubled;
-//! - `task.cancel` trips the task's `CancellationToken`, which every task must honour.
+//! - `task.cancel` trips the task's `CancellationToken`, which every task must honour;
+//! - a task whose end takes the agent away (kexec, reboot) waits, after returning its outcome,
+//!   until the controller acknowledged that terminal status
+//!   ([`TaskContext::terminal_acknowledged`]), so its result is stored before the machine goes.
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -158,6 +161,31 @@ impl TaskContext {
         self.set_progress(percent, None);
     }
 
+    /// Resolves `true` once the controller acknowledged this task's terminal status, or
+    /// `false` when `bound` passes first. For a task whose end takes the agent away: it
+    /// spawns this before returning its outcome, and acts when it resolves.
+    pub fn terminal_acknowledged(
+        &self,
+        bound: Duration,
+    ) -> impl Future<Output = bool> + Send + 'static {
+        let engine = self.engine.clone();
+        let task_id = self.task_id.clone();
+        async move {
+            let deadline = Instant::now() + bound;
+            loop {
+                let notified = engine.acked.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if engine.terminal_acked(&task_id) {
+                    return true;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return engine.terminal_acked(&task_id);
+                }
+            }
+        }
+    }
+
     /// A short human-readable note about the current step, sent with `running` updates.
     pub fn set_message(&self, msg: impl Into<String>) {
         self.engine
@@ -237,6 +265,8 @@ struct Inner {
     registry: TaskRegistry,
     tasks: Mutex<HashMap<String, Entry>>,
     changed: Notify,
+    /// Notified whenever the controller acknowledges a status.
+    acked: Notify,
     next_order: std::sync::atomic::AtomicU64,
 }
 
@@ -245,6 +275,14 @@ impl Inner {
         // Entries are updated field by field under the lock; a panic elsewhere cannot leave
         // one half-written in a way that matters more than losing the agent would.
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `task_id` ended and the controller holds its terminal status. A task no longer
+    /// known was forgotten, which happens only to acknowledged terminal ones.
+    fn terminal_acked(&self, task_id: &str) -> bool {
+        self.tasks()
+            .get(task_id)
+            .is_none_or(|e| e.state.is_terminal() && e.acked_seq >= e.seq)
     }
 
     fn progress(&self, task_id: &str, percent: f64, eta: Option<u64>, msg: Option<String>) {
@@ -342,6 +380,7 @@ impl TaskEngine {
                 registry,
                 tasks: Mutex::new(HashMap::new()),
                 changed: Notify::new(),
+                acked: Notify::new(),
                 next_order: std::sync::atomic::AtomicU64::new(0),
             }),
         }
@@ -512,6 +551,8 @@ impl TaskEngine {
                 e.acked_seq = e.seq;
             }
         }
+        drop(tasks);
+        self.inner.acked.notify_waiters();
     }
 
     /// Number of tasks whose latest status the controller has not acknowledged.
@@ -625,6 +666,7 @@ impl TaskEngine {
         if let Some(e) = self.inner.tasks().get_mut(task_id) {
             e.acked_seq = e.acked_seq.max(seq);
         }
+        self.inner.acked.notify_waiters();
     }
 
     fn unmark_sent(&self, task_id: &str, seq: u64) {
@@ -672,10 +714,32 @@ mod tests {
         }
     }
 
+    /// Returns at once, leaving behind a waiter that records when (and whether) its terminal
+    /// status was acknowledged: what a kexec does before jumping.
+    struct Leave(Arc<Mutex<Option<(bool, Instant)>>>);
+
+    impl Task for Leave {
+        type Params = serde_json::Map<String, Value>;
+        async fn run(&self, _: Self::Params, ctx: TaskContext) -> Result<Value, TaskFailure> {
+            let acked = ctx.terminal_acknowledged(Duration::from_secs(10));
+            let seen = self.0.clone();
+            tokio::spawn(async move {
+                let ok = acked.await;
+                *seen.lock().unwrap() = Some((ok, Instant::now()));
+            });
+            Ok(json!({"leaving": true}))
+        }
+    }
+
     fn engine() -> TaskEngine {
+        engine_with(Arc::default())
+    }
+
+    fn engine_with(left: Arc<Mutex<Option<(bool, Instant)>>>) -> TaskEngine {
         let mut r = TaskRegistry::new();
         r.register("test.count", Count);
         r.register("standbye.count", Count);
+        r.register("test.leave", Leave(left));
         TaskEngine::new(r)
     }
 
@@ -941,5 +1005,62 @@ mod tests {
         assert_eq!(terminal[0].msg.as_deref(), Some("disk on fire"));
         assert_eq!(terminal[0].code.as_deref(), Some(codes::IO));
         assert_eq!(e.unacknowledged(), 0);
+    }
+
+    /// The waiter resolves only once the controller answered the terminal status (here two
+    /// seconds late), and gives up, saying so, after its bound when no answer comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_task_can_wait_until_its_terminal_status_is_acknowledged() {
+        for (ack_delay, want) in [
+            (Duration::from_secs(2), true),
+            (Duration::from_secs(60), false),
+        ] {
+            let left = Arc::new(Mutex::new(None));
+            let e = engine_with(left.clone());
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let noop =
+                Arc::new(|_: &PeerHandle, _: String, _: Value| async { Ok(json!({})) }.boxed());
+            let (agent, _) = Peer::spawn(
+                a,
+                noop,
+                PeerConfig {
+                    call_timeout: Duration::from_secs(120),
+                    ..PeerConfig::default()
+                },
+            );
+            let answered = Arc::new(Mutex::new(None));
+            let ctl: Arc<dyn Handler> = {
+                let answered = answered.clone();
+                Arc::new(move |_: &PeerHandle, _: String, _: Value| {
+                    let answered = answered.clone();
+                    async move {
+                        tokio::time::sleep(ack_delay).await;
+                        *answered.lock().unwrap() = Some(Instant::now());
+                        Ok(json!({}))
+                    }
+                    .boxed()
+                })
+            };
+            let (_ctl, _) = Peer::spawn(b, ctl, PeerConfig::default());
+            tokio::spawn({
+                let e = e.clone();
+                async move { e.pump(agent).await }
+            });
+            let start = Instant::now();
+            e.submit("test.leave", json!({"task_id": "k"})).unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(e.get("k").unwrap().state, TaskState::Complete);
+            assert!(left.lock().unwrap().is_none(), "resolved before the answer");
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let (acked, at) = left.lock().unwrap().expect("the waiter resolved");
+            assert_eq!(acked, want, "ack after {ack_delay:?}");
+            if want {
+                assert!(at >= answered.lock().unwrap().unwrap());
+                assert!(at - start < Duration::from_secs(5));
+            } else {
+                assert!(at - start >= Duration::from_secs(10));
+                assert!(answered.lock().unwrap().is_none());
+            }
+        }
     }
 }

@@ -56,7 +56,10 @@ pub const DEFAULT: Profile = Profile {
         "nls_ascii",
         "nls_utf8",
         "nls_iso8859_1",
-        // block devices over files; the PCI transport of every virtio device
+        // UEFI variables, for the boot entry run_image writes
+        "efivarfs",
+        // block devices over files (run_image mounts partitions through loop windows when
+        // devtmpfs has no node for them); the PCI transport of every virtio device
         "loop",
         "virtio_pci",
         // crypto providers that nvme's t10-pi and ext4/xfs pick by alias, not by dependency

@@ -15,11 +15,13 @@ use crate::bmc::{
     ChassisPowerParams, ChassisPowerResult, SetCredentialsParams, SetCredentialsResult,
 };
 use crate::erase::{DiskEraseParams, DiskEraseResult};
+use crate::image::{CacheImagesParams, CacheImagesResult, PrepareImageParams, PrepareImageResult};
 use crate::inventory::Inventory;
 use crate::methods::{
     Ack, Empty, HandshakeParams, HandshakeResult, LogParams, PowerResult, StatusResult,
     TaskAccepted, TaskInfo, TaskListResult, TaskRef, TaskStatus,
 };
+use crate::run_image::{RunImageParams, RunImageResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -176,13 +178,13 @@ catalogue! {
         Unspecified => TaskAccepted, output: Value;
     /// Cache images on local storage in priority order.
     CacheImages = "standbye.cache_images", ToAgent, Task, destructive: true,
-        Unspecified => TaskAccepted, output: Value;
+        CacheImagesParams => TaskAccepted, output: CacheImagesResult;
     /// Write an image to a disk.
     PrepareImage = "standbye.prepare_image", ToAgent, Task, destructive: true,
-        Unspecified => TaskAccepted, output: Value;
+        PrepareImageParams => TaskAccepted, output: PrepareImageResult;
     /// Config drive, boot setup, then kexec or reboot into the written image.
     RunImage = "standbye.run_image", ToAgent, Task, destructive: true,
-        Unspecified => TaskAccepted, output: Value;
+        RunImageParams => TaskAccepted, output: RunImageResult;
 }
 
 /// Alternative spellings of method names: the seed's `standbye.` prefix is canonical, the
@@ -352,6 +354,33 @@ mod tests {
                 "skipped": [{"device": "/dev/sda", "code": "mounted", "reason": "skipped"}],
                 "erased": 1, "failed": 0, "cancelled": false, "bytes": 1, "seconds": 0.5}),
         );
+        tolerated::<<PrepareImage as TaskMethod>::Output>(
+            "standbye.prepare_image output",
+            json!({"image_id": "i", "device": "/dev/nvme0n1", "source": "cache",
+                "format": "qcow2", "compression": "none", "file_bytes": 1, "disk_bytes": 2,
+                "bytes_written": 2, "zero_bytes_skipped": 0, "seconds": 0.5,
+                "throughput": 4.0, "checksum": "sha256:00", "resumed": 1, "notes": ["n"]}),
+        );
+        tolerated::<<CacheImages as TaskMethod>::Output>(
+            "standbye.cache_images output",
+            json!({"cached": [{"id": "i", "bytes": 1, "checksum": null, "location": "disk",
+                "device": "/dev/sdb", "already": false}],
+                "skipped": [{"id": "j", "code": "no_room", "reason": "r"}],
+                "evicted": ["k"], "capacity_bytes": 9, "used_bytes": 1}),
+        );
+        tolerated::<<RunImage as TaskMethod>::Output>(
+            "standbye.run_image output",
+            json!({"image_id": "i", "device": "/dev/vda", "boot": "kexec",
+                "kernel": "/boot/vmlinuz", "initrd": ["/boot/initrd.img"],
+                "cmdline": "root=PARTUUID=x ro", "entry_source": "symlinks",
+                "config_drive": {"partition_number": 3, "start_bytes": 1, "size_bytes": 2,
+                    "format": "vfat", "reused": false},
+                "boot_entry": {"name": "Boot0003", "description": "debian",
+                    "loader": "\\EFI\\debian\\shimx64.efi", "partition": 1,
+                    "updated": false, "boot_order": ["0003"]},
+                "bmc_next_boot": {"device": "disk", "persistent": false, "efi": true},
+                "notes": ["n"]}),
+        );
         // What a newer agent reports to the controller.
         tolerated::<<Handshake as Method>::Params>(
             "handshake params",
@@ -383,6 +412,12 @@ mod tests {
             "BmcResetParams",
             "ChassisPowerParams",
             "BootDeviceParams",
+            "ImageSpecWire",
+            "PrepareImageParamsWire",
+            "CacheImagesParams",
+            "RunImageParams",
+            "ConfigDriveContents",
+            "ConfigDriveFetch",
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for entry in std::fs::read_dir(&dir).unwrap() {

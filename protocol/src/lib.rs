@@ -11,11 +11,14 @@
 pub mod bmc;
 pub mod catalogue;
 pub mod codec;
+pub mod configdrive;
 pub mod erase;
+pub mod image;
 pub mod inventory;
 pub mod message;
 pub mod methods;
 pub mod peer;
+pub mod run_image;
 pub mod secret;
 
 pub use catalogue::{Method, TaskMethod, canonical_method};

@@ -1,6 +1,8 @@
 //! The protocol methods the agent offers beyond the built-ins, one file per capability, and
 //! the glue from each to the module that does the work: [`bmc`] (BMC and chassis over
-//! in-band IPMI), [`inventory`], [`power`] (reboot, poweroff), [`erase`] (disk erase).
+//! in-band IPMI), [`inventory`], [`power`] (reboot, poweroff), [`erase`] (disk erase),
+//! [`image`] (image cache and writes), [`run_image`] (config drive, boot setup, kexec or
+//! reboot into the written image).
 //!
 //! Two helpers carry what every capability would otherwise repeat: [`Methods::hardware`]
 //! (decode the params, wait for the drivers, run the blocking hardware call on the blocking
@@ -9,8 +11,10 @@
 
 mod bmc;
 mod erase;
+pub mod image;
 mod inventory;
 mod power;
+pub mod run_image;
 
 pub use erase::{DiskErase, erase_outcome};
 
@@ -180,6 +184,7 @@ pub fn methods(machine: &Machine) -> Methods {
 pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
     let mut m = Methods::new();
     let dev = bmc::Bmc::new(machine.root.clone());
+    let bmc_dev = dev.clone();
     bmc::register(&mut m, machine, dev.clone());
     inventory::register(&mut m, machine, dev);
     power::register(&mut m, &machine.authority, sys);
@@ -187,7 +192,62 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
         env: EraseEnv::new(machine.root.clone(), machine.authority.clone()),
         ready: machine.ready.clone(),
     });
+    let images = image::ImageEnv::new(
+        machine.root.clone(),
+        machine.authority.clone(),
+        machine.ready.clone(),
+    );
+    m.task_method::<catalogue::PrepareImage, _>(image::PrepareImage(images.clone()));
+    m.task_method::<catalogue::CacheImages, _>(image::CacheImages(images));
+    m.task_method::<catalogue::RunImage, _>(run_image::RunImage {
+        root: machine.root.clone(),
+        authority: machine.authority.clone(),
+        ready: machine.ready.clone(),
+        sys: Arc::new(linux_boot(machine, bmc_dev)),
+        scratch: machine.root.join("run/molar/boot"),
+        running: Arc::default(),
+    });
     m
+}
+
+/// The real side effects of `standbye.run_image`, with the BMC and the modules that own the
+/// config drive and the written-image record.
+fn linux_boot(machine: &Machine, bmc_dev: bmc::Bmc) -> crate::boot::sys::LinuxBoot {
+    use crate::boot::sys::SysError;
+    use molar_protocol::bmc::{BootDevice, BootDeviceParams};
+    let (root, authority) = (machine.root.clone(), machine.authority.clone());
+    crate::boot::sys::LinuxBoot {
+        root: machine.root.clone(),
+        load_modules: machine.authority == Authority::Ramdisk,
+        config_drive: Box::new(move |device, spec, format| {
+            use molar_protocol::configdrive::ConfigDrive;
+            let name = device.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = name.unwrap_or_else(|| device.display().to_string());
+            let written = match spec {
+                ConfigDrive::Fetch { url, checksum } => {
+                    let raw = run_image::fetch_config_drive(url, checksum)?;
+                    crate::configdrive::write_fetched(&root, &name, raw, &authority)
+                }
+                _ => crate::configdrive::write(&root, &name, spec, format, &authority),
+            };
+            written.map_err(|e| SysError::new(e.code(), e.to_string()))
+        }),
+        bmc: Box::new(move |efi| {
+            let params = BootDeviceParams {
+                device: BootDevice::Disk,
+                persistent: false,
+                efi,
+            };
+            match bmc_dev.run(|t| crate::bmc::boot_device(t, &params)) {
+                Ok(r) => Ok(Some(r)),
+                Err(e) if e.code == "ipmi_no_device" => Ok(None),
+                Err(e) => Err(SysError::new(&e.code, e.msg)),
+            }
+        }),
+        written_on: Box::new(|device| {
+            crate::image::written_on(&device.to_string_lossy()).map(|w| w.image_id)
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -420,6 +420,7 @@ fn erase_one(
     } else {
         Vec::new()
     };
+    disks::zeroed::forget(t.name());
     run_plan(
         &ctx,
         plan.steps,
@@ -429,6 +430,14 @@ fn erase_one(
         &regions,
         &mut out,
     );
+    // A whole-device erase that read back as zeros: an image written next may skip its
+    // zero runs.
+    if out.error.is_none()
+        && req.method != EraseMethod::Metadata
+        && out.verification.as_ref().is_some_and(|v| v.passed)
+    {
+        disks::zeroed::record(t.name());
+    }
     out
 }
 

@@ -1,5 +1,5 @@
 //! Generic block device ioctls (`<linux/fs.h>`): geometry, discard, secure discard,
-//! zero-out, buffer flush.
+//! zero-out, buffer flush, partition table re-read.
 //!
 //! The erase engine uses these on whole disks; they work on any block device (SATA, SAS,
 //! NVMe namespaces, virtio, loop). On a plain file they fail with `ENOTTY`, which the tests
@@ -60,10 +60,19 @@ mod ioctl {
     nix::ioctl_write_ptr_bad!(blksecdiscard, nix::request_code_none!(0x12, 125), [u64; 2]);
     nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
     nix::ioctl_none!(blkflsbuf, 0x12, 97);
+    nix::ioctl_none!(blkrrpart, 0x12, 95);
 }
 
 fn err(what: &'static str) -> impl FnOnce(nix::Error) -> BlockError {
     move |source| BlockError::Ioctl { what, source }
+}
+
+/// Makes the kernel read the partition table again (`BLKRRPART`); `EBUSY` while a
+/// partition of the disk is in use.
+pub fn reread_partitions(file: &File) -> Result<(), BlockError> {
+    // SAFETY: BLKRRPART takes no argument.
+    unsafe { ioctl::blkrrpart(file.as_raw_fd()) }.map_err(err("BLKRRPART"))?;
+    Ok(())
 }
 
 /// Size of the device in bytes (`BLKGETSIZE64`).
@@ -158,12 +167,14 @@ mod tests {
             (size_bytes(&f).unwrap_err(), "BLKGETSIZE64"),
             (logical_block_size(&f).unwrap_err(), "BLKSSZGET"),
             (physical_block_size(&f).unwrap_err(), "BLKPBSZGET"),
+            (reread_partitions(&f).unwrap_err(), "BLKRRPART"),
             (read_only(&f).unwrap_err(), "BLKROGET"),
             (discard_zeroes_data(&f).unwrap_err(), "BLKDISCARDZEROES"),
             (discard(&f, 0, 4096).unwrap_err(), "BLKDISCARD"),
             (secure_discard(&f, 0, 4096).unwrap_err(), "BLKSECDISCARD"),
             (zero_out(&f, 0, 4096).unwrap_err(), "BLKZEROOUT"),
             (flush_buffers(&f).unwrap_err(), "BLKFLSBUF"),
+            (reread_partitions(&f).unwrap_err(), "BLKRRPART"),
         ] {
             assert_eq!(e.errno(), Some(nix::Error::ENOTTY), "{what}");
             assert!(e.to_string().starts_with(what), "{e}");
@@ -180,5 +191,6 @@ mod tests {
         assert_eq!(nix::request_code_none!(0x12, 125), 0x127d);
         assert_eq!(nix::request_code_none!(0x12, 127), 0x127f);
         assert_eq!(nix::request_code_none!(0x12, 97), 0x1261);
+        assert_eq!(nix::request_code_none!(0x12, 95), 0x125f);
     }
 }

@@ -5,5 +5,8 @@
 pub mod ata;
 pub mod block;
 pub mod ethtool;
+pub mod inode_flags;
 pub mod ipmi;
+pub mod kexec;
+pub mod loop_dev;
 pub mod nvme;

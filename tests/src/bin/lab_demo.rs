@@ -10,15 +10,24 @@
 //! 4. `bmc.set_credentials` in-band, proven out-of-band with `ipmitool -I lanplus`;
 //! 5. `decom.disk_erase` with a progress bar (`molar task start ... --wait`), checked on the
 //!    host's disk images;
-//! 6. `poweroff`.
+//! 6. an OS image built here (`molar_tests::lab::guest`: GPT, ext4 root with the Debian kernel
+//!    and a small init), compressed qcow2, served over HTTP on loopback;
+//! 7. `standbye.cache_images` on the virtio disk, `standbye.prepare_image` on the NVMe disk
+//!    (checked byte for byte on the host), `standbye.run_image` with a config drive: the agent
+//!    kexecs into the written system, which prints its boot id and the config drive's meta
+//!    data on the console, then powers the server off.
 //!
 //! Everything is torn down at the end or on failure; logs stay in the lab directory.
 
 use anyhow::{Context, Result, bail, ensure};
-use molar_tests::lab::{IpmiSimConfig, Lab, QemuConfig};
+use molar_tests::lab::guest::{self, DiskSpec, GuestKit, GuestReport};
+use molar_tests::lab::{HttpFiles, IpmiSimConfig, Lab, QemuConfig};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The guest's port for the image server (QEMU guestfwd to the host's `HttpFiles`).
+const IMAGES_PORT: u16 = 8080;
 
 fn bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -72,6 +81,16 @@ impl Molar {
         Ok(())
     }
 
+    /// The result of the server's latest task of `method`.
+    fn task_result(&self, id: &str, method: &str) -> Result<serde_json::Value> {
+        let tasks = self.json(&["tasks", id])?;
+        tasks
+            .as_array()
+            .and_then(|t| t.iter().rev().find(|t| t["method"] == method))
+            .map(|t| t["result"].clone())
+            .with_context(|| format!("the {method} task"))
+    }
+
     fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let out = Command::new(&self.bin)
             .arg("--state-dir")
@@ -107,6 +126,12 @@ fn main() -> Result<()> {
         bin: bin("molar")?,
         state: state.clone(),
     };
+    let Some(kit) = GuestKit::require(&lab) else {
+        bail!("the guest image's prerequisites are missing (see above); scripts/demo builds them");
+    };
+    let www = lab.dir().join("www");
+    std::fs::create_dir_all(&www)?;
+    let http = HttpFiles::serve(&www)?;
     let agent_port = molar_tests::inproc::free_port();
     let api_port = molar_tests::inproc::free_port();
 
@@ -145,7 +170,11 @@ fn main() -> Result<()> {
         "a BMC (ipmi_sim) powers on a QEMU server that PXE-style boots the ramdisk",
     );
     let mut server = QemuConfig::server(&lab);
+    // The NVMe disk takes the OS image and its config drive; the virtio disk the image cache.
+    server.disks[0].size_bytes = 256 << 20;
+    server.disks[1].size_bytes = 128 << 20;
     server.forward_as(9000, agent_port);
+    server.forward_as(IMAGES_PORT, http.port());
     // Secrets travel as SMBIOS OEM strings: the kernel prints its command line on the console.
     server
         .append
@@ -250,12 +279,8 @@ fn main() -> Result<()> {
         r#"{"method":"auto"}"#,
         "--wait",
     ])?;
-    let tasks = molar.json(&["tasks", &id])?;
-    let erase = tasks
-        .as_array()
-        .and_then(|t| t.iter().rev().find(|t| t["method"] == "decom.disk_erase"))
-        .context("the erase task")?;
-    for d in erase["result"]["devices"].as_array().into_iter().flatten() {
+    let erase = molar.task_result(&id, "decom.disk_erase")?;
+    for d in erase["devices"].as_array().into_iter().flatten() {
         println!(
             "{}: {} in {:.1} s, verified: {}",
             d["device"].as_str().unwrap_or("?"),
@@ -273,15 +298,143 @@ fn main() -> Result<()> {
         println!("host image {} reads all zeros", img.display());
     }
 
-    step(6, "power off");
-    molar.run(&["call", &id, "poweroff"])?;
+    step(
+        6,
+        "an OS image: GPT, ext4 root with the Debian kernel, compressed qcow2 over HTTP",
+    );
+    let disk = guest::build_disk(
+        &kit,
+        &DiskSpec {
+            size_bytes: 64 << 20,
+            kernel: true,
+            config_drive: None,
+        },
+        lab.dir(),
+        "guest",
+    )?;
+    let qcow2 = guest::publish_qcow2(&disk.raw, &www, "guest")?;
+    let url = format!("http://10.0.2.100:{IMAGES_PORT}/{}", qcow2.url_path);
+    println!(
+        "{url}: {:.1} MiB qcow2 of a 64 MiB disk, {}",
+        qcow2.size as f64 / (1 << 20) as f64,
+        qcow2.checksum
+    );
+
+    step(
+        7,
+        "deploy: cache, write and run the image; the server kexecs into it",
+    );
+    let spec = serde_json::json!({
+        "id": "guest", "url": url, "checksum": qcow2.checksum, "format": "qcow2",
+    });
+    molar.run_live(&[
+        "task",
+        "start",
+        &id,
+        "standbye.cache_images",
+        &serde_json::json!({"images": [spec], "device": "vda"}).to_string(),
+        "--wait",
+    ])?;
+    let cache = molar.task_result(&id, "standbye.cache_images")?;
+    for c in cache["cached"].as_array().into_iter().flatten() {
+        println!(
+            "cached {} ({} bytes) on {}",
+            c["id"].as_str().unwrap_or("?"),
+            c["bytes"],
+            c["device"].as_str().unwrap_or("memory")
+        );
+    }
+    molar.run_live(&[
+        "task",
+        "start",
+        &id,
+        "standbye.prepare_image",
+        r#"{"image_id":"guest","device":"nvme0n1"}"#,
+        "--wait",
+    ])?;
+    let prep = molar.task_result(&id, "standbye.prepare_image")?;
+    println!(
+        "wrote {} bytes of {} to {} in {:.1} s, checksum {}",
+        prep["bytes_written"],
+        prep["format"].as_str().unwrap_or("?"),
+        prep["device"].as_str().unwrap_or("?"),
+        prep["seconds"].as_f64().unwrap_or(0.0),
+        prep["checksum"].as_str().unwrap_or("?")
+    );
+    let written = guest::sha256_prefix(&images[0], std::fs::metadata(&disk.raw)?.len())?;
+    ensure!(
+        written == guest::sha256_file(&disk.raw)?,
+        "the NVMe disk does not hold the image"
+    );
+    println!(
+        "host image {} holds the OS image byte for byte",
+        images[0].display()
+    );
+    let meta = serde_json::json!({
+        "uuid": "3c9ad4c4-5a8e-4d0b-9b43-1f0e5b7d2c61",
+        "hostname": "deployed-by-molar",
+        "name": "deployed-by-molar",
+    });
     let vm = sim.vm().context("the BMC's VM")?;
+    let console_from = vm.console().len();
+    molar.run_live(&[
+        "task",
+        "start",
+        &id,
+        "standbye.run_image",
+        &serde_json::json!({
+            "image_id": "guest",
+            "device": "nvme0n1",
+            "config_drive": {"meta_data": meta},
+            "kernel_args": "console=ttyS0 panic=-1",
+        })
+        .to_string(),
+        "--wait",
+    ])?;
+    let run = molar.task_result(&id, "standbye.run_image")?;
+    println!(
+        "boot: {} {} ({} entry), command line {:?}; config drive: partition {}",
+        run["boot"].as_str().unwrap_or("?"),
+        run["kernel"].as_str().unwrap_or("?"),
+        run["entry_source"].as_str().unwrap_or("?"),
+        run["cmdline"].as_str().unwrap_or("?"),
+        run["config_drive"]["partition_number"]
+    );
+    ensure!(
+        run["boot"] == "kexec",
+        "run_image did not kexec: {}",
+        run["reason"].as_str().unwrap_or("no reason given")
+    );
+    vm.wait_for_console_from(console_from, guest::POWEROFF, Duration::from_secs(180))?;
+    let console = vm.console();
+    let report = GuestReport::parse(console.get(console_from..).unwrap_or(""));
+    for line in console.get(console_from..).unwrap_or("").lines() {
+        if line.contains("MOLAR-GUEST-") {
+            println!("console: {}", line.trim_end());
+        }
+    }
+    ensure!(
+        report.boot_ids.len() == 1 && report.errors.is_empty(),
+        "the deployed system did not come up cleanly: {report:?}"
+    );
+    ensure!(
+        report
+            .meta_data
+            .first()
+            .is_some_and(|m| m["uuid"] == meta["uuid"]),
+        "the deployed system did not read its config drive: {report:?}"
+    );
+    println!(
+        "the deployed system runs (boot id {}) with its config drive; it powers the server off",
+        report.boot_ids[0]
+    );
     wait_until("QEMU to end", 60, || vm.pid().is_none().then_some(()))?;
     println!(
-        "server powered off; total {:.1} s",
+        "server powered off by the deployed system; total {:.1} s",
         started.elapsed().as_secs_f64()
     );
     drop(sim);
+    drop(http);
     serve.terminate();
     Ok(())
 }

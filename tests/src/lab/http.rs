@@ -1,9 +1,14 @@
 //! A tiny static HTTP/1.1 file server on 127.0.0.1 for OS images: `GET` and `HEAD` with
 //! `Content-Length`, single byte ranges (`Range: bytes=A-B`), one request per connection.
 //! It runs on its own thread and runtime so synchronous tests can use it, and stops on drop.
+//!
+//! For the image writer's tests it counts the body bytes it serves, and can misbehave on
+//! purpose ([`Faults`]): drop the first connection after N body bytes (a resume must follow),
+//! or ignore `Range` (answer `200` with the whole file, as some servers do).
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -12,10 +17,27 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+/// Ways the server misbehaves on purpose.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Faults {
+    /// Close the first `GET` connection whose body passes this many bytes, at that byte.
+    pub drop_after: Option<u64>,
+    /// Answer every `GET` with `200` and the whole file, `Range` or not.
+    pub ignore_ranges: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    faults: Faults,
+    dropped: AtomicBool,
+    served: AtomicU64,
+}
+
 /// A running file server.
 #[derive(Debug)]
 pub struct HttpFiles {
     addr: SocketAddr,
+    shared: Arc<Shared>,
     requests: Arc<Mutex<Vec<String>>>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -24,6 +46,16 @@ pub struct HttpFiles {
 impl HttpFiles {
     /// Serves the files under `root` on a free port of 127.0.0.1.
     pub fn serve(root: &Path) -> Result<HttpFiles> {
+        Self::serve_with(root, Faults::default())
+    }
+
+    /// [`HttpFiles::serve`], misbehaving as `faults` says.
+    pub fn serve_with(root: &Path, faults: Faults) -> Result<HttpFiles> {
+        let shared = Arc::new(Shared {
+            faults,
+            ..Shared::default()
+        });
+        let sh = Arc::clone(&shared);
         let std_listener =
             std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
         std_listener.set_nonblocking(true)?;
@@ -51,8 +83,9 @@ impl HttpFiles {
                                 if let Ok((stream, _)) = accepted {
                                     let root = root.clone();
                                     let log = Arc::clone(&log);
+                                    let sh = Arc::clone(&sh);
                                     tokio::spawn(async move {
-                                        let _ = serve_one(stream, &root, &log).await;
+                                        let _ = serve_one(stream, &root, &log, &sh).await;
                                     });
                                 }
                             }
@@ -63,6 +96,7 @@ impl HttpFiles {
             .context("starting the HTTP server thread")?;
         Ok(HttpFiles {
             addr,
+            shared,
             requests,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -76,6 +110,16 @@ impl HttpFiles {
     /// `http://127.0.0.1:PORT/path` for the host side.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// Body bytes sent so far, over every request.
+    pub fn bytes_served(&self) -> u64 {
+        self.shared.served.load(Ordering::Relaxed)
+    }
+
+    /// Whether the fault `drop_after` has happened.
+    pub fn dropped(&self) -> bool {
+        self.shared.dropped.load(Ordering::Relaxed)
     }
 
     /// `METHOD PATH STATUS` of every request served so far.
@@ -131,6 +175,7 @@ async fn serve_one(
     mut stream: TcpStream,
     root: &Path,
     log: &Mutex<Vec<String>>,
+    shared: &Shared,
 ) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
@@ -148,7 +193,8 @@ async fn serve_one(
     let range = lines
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("range"))
-        .map(|(_, v)| v.to_string());
+        .map(|(_, v)| v.to_string())
+        .filter(|_| !shared.faults.ignore_ranges);
 
     let respond = |status: &str| {
         if let Ok(mut l) = log.lock() {
@@ -195,8 +241,24 @@ async fn serve_one(
     stream.write_all(header.as_bytes()).await?;
     if method == "GET" {
         file.seek(std::io::SeekFrom::Start(start)).await?;
-        let mut limited = file.take(count);
-        tokio::io::copy(&mut limited, &mut stream).await?;
+        // The first body to pass `drop_after` bytes is cut there.
+        let cut = shared
+            .faults
+            .drop_after
+            .filter(|n| *n < count && !shared.dropped.swap(true, Ordering::Relaxed));
+        let mut left = cut.unwrap_or(count);
+        let mut buf = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let n = (left as usize).min(buf.len());
+            file.read_exact(&mut buf[..n]).await?;
+            stream.write_all(&buf[..n]).await?;
+            shared.served.fetch_add(n as u64, Ordering::Relaxed);
+            left -= n as u64;
+        }
+        if cut.is_some() {
+            // An abrupt close, as a dropped connection looks to the client.
+            return Ok(());
+        }
     }
     stream.shutdown().await
 }
@@ -246,7 +308,28 @@ mod tests {
             .starts_with("HTTP/1.1 416")
         );
         assert_eq!(http.requests().len(), 7);
+        assert_eq!(http.bytes_served(), 13);
         assert!(http.url("/img/a.raw").ends_with("/img/a.raw"));
+    }
+
+    #[test]
+    fn faults_drop_once_and_ignore_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"0123456789").unwrap();
+        let faults = Faults {
+            drop_after: Some(4),
+            ignore_ranges: true,
+        };
+        let http = HttpFiles::serve_with(dir.path(), faults).unwrap();
+        let r = get(http.port(), "GET /a HTTP/1.1\r\n\r\n");
+        assert!(r.ends_with("\r\n\r\n0123"), "{r}");
+        assert!(http.dropped());
+        let r = get(http.port(), "GET /a HTTP/1.1\r\nRange: bytes=4-\r\n\r\n");
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.ends_with("0123456789"),
+            "{r}"
+        );
+        assert_eq!(http.bytes_served(), 14);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! vm.wait_for_console("Run /init as init process", std::time::Duration::from_secs(60)).unwrap();
 //! ```
 
+pub mod guest;
 mod http;
 mod ipmi_sim;
 mod process;
@@ -27,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-pub use http::HttpFiles;
+pub use http::{Faults, HttpFiles};
 pub use ipmi_sim::{BMC_MAC, IpmiSim, IpmiSimConfig};
 pub use process::ChildGuard;
 pub use qemu::{Accel, Boot, Disk, DiskKind, Machine, Nic, Qemu, QemuConfig, Smbios};
@@ -101,17 +102,33 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn kernel_package_present() -> bool {
+/// The kernel package `scripts/fetch-kernel` downloaded (`$MOLAR_CACHE/kernel/*.deb`).
+pub fn kernel_package() -> Option<PathBuf> {
     let cache = match std::env::var_os("MOLAR_CACHE") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => target_dir().join("molar-cache"),
     };
-    fs::read_dir(cache.join("kernel"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().ends_with(".deb"))
+    let mut debs: Vec<PathBuf> = fs::read_dir(cache.join("kernel"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("linux-image-") && name.ends_with(".deb") && !name.contains("-dbg")
         })
-        .unwrap_or(false)
+        .collect();
+    debs.sort();
+    debs.into_iter().next()
+}
+
+/// A test's missing prerequisite: outside CI prints why the test is skipped and returns
+/// `None`; with `CI=true` panics naming it.
+pub fn skip_or_fail<T>(test: &str, reason: &str) -> Option<T> {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: {reason}");
+    }
+    eprintln!("skipped {test}: {reason}");
+    None
 }
 
 /// One test's lab: a private directory for disks, configs and console logs, and the images
@@ -137,7 +154,7 @@ impl Lab {
         let images = Images::in_dir(&Images::default_dir());
         let absent = images.missing();
         if !absent.is_empty() {
-            let how = if kernel_package_present() {
+            let how = if kernel_package().is_some() {
                 "run scripts/lab-images"
             } else {
                 "run scripts/fetch-kernel, then scripts/lab-images"
@@ -146,11 +163,7 @@ impl Lab {
         }
         if !missing.is_empty() {
             let reason = format!("lab prerequisites missing: {}", missing.join("; "));
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: {reason}");
-            }
-            eprintln!("skipped {test}: {reason}");
-            return None;
+            return skip_or_fail(test, &reason);
         }
         match Lab::new(test, images) {
             Ok(lab) => Some(lab),

@@ -209,18 +209,28 @@ impl QemuConfig {
         dir.join(format!("{}.pid", self.name))
     }
 
-    fn disk_path(&self, dir: &Path, i: usize) -> PathBuf {
+    /// The image file of disk `i` (`NAME-diskI.img`).
+    pub fn disk_path(&self, dir: &Path, i: usize) -> PathBuf {
         dir.join(format!("{}-disk{i}.img", self.name))
     }
 
-    /// Creates the disk image files (sparse, zero-filled) that `args` refers to.
+    /// Creates the disk image files (sparse, zero-filled) that `args` refers to. A file the
+    /// test already put at a disk's path (a prepared image) is kept, and grown to the
+    /// disk's size if it is smaller.
     pub fn create_disks(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         let mut paths = Vec::new();
         for (i, d) in self.disks.iter().enumerate() {
             let p = self.disk_path(dir, i);
-            let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
-            f.set_len(d.size_bytes)
-                .with_context(|| format!("sizing {}", p.display()))?;
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&p)
+                .with_context(|| format!("creating {}", p.display()))?;
+            if f.metadata()?.len() < d.size_bytes {
+                f.set_len(d.size_bytes)
+                    .with_context(|| format!("sizing {}", p.display()))?;
+            }
             paths.push(p);
         }
         Ok(paths)

@@ -1,0 +1,293 @@
+//! `standbye.prepare_image` and `standbye.cache_images`: the image pipeline
+//! ([`crate::image`]) as tasks, behind the same gate as an erase (drivers loaded, the
+//! authority's `WriteImage`, [`crate::safety::select_targets_for`]), with progress in bytes
+//! and throughput.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use molar_protocol::codes;
+use molar_protocol::image::{
+    CacheImagesParams, ImageSource, ImageSpec, PrepareImageParams, PrepareImageResult,
+};
+use serde_json::Value;
+
+use super::HardwareReady;
+use crate::authority::{Action, Authority};
+use crate::image::cache::Cache;
+use crate::image::fetch::{FetchOptions, Origin};
+use crate::image::{self, ImageError, Job, Progress, pipeline};
+use crate::safety::ClearedTarget;
+use crate::tasks::{TaskContext, TaskFailure};
+
+/// What both image tasks share: where the machine is, who may change it, the cache.
+#[derive(Clone)]
+pub struct ImageEnv {
+    pub root: PathBuf,
+    pub authority: Authority,
+    pub ready: HardwareReady,
+    pub cache: Arc<Cache>,
+    pub fetch: FetchOptions,
+}
+
+impl ImageEnv {
+    pub fn new(root: PathBuf, authority: Authority, ready: HardwareReady) -> ImageEnv {
+        ImageEnv {
+            root,
+            authority,
+            ready,
+            cache: Arc::new(Cache::new(
+                std::env::temp_dir().join("molar-image-cache"),
+                None,
+            )),
+            fetch: FetchOptions::default(),
+        }
+    }
+}
+
+fn fail(e: ImageError) -> TaskFailure {
+    TaskFailure::new(e.code(), e.to_string())
+}
+
+/// The one device `device` names, if the authority and the safety checks allow writing it.
+pub fn clear_target(
+    root: &Path,
+    authority: &Authority,
+    device: &str,
+) -> Result<ClearedTarget, TaskFailure> {
+    let disks = crate::disks::enumerate(root)
+        .map_err(|e| TaskFailure::new(e.code(), format!("enumerating block devices: {e}")))?;
+    #[allow(clippy::redundant_closure)] // see safety::DeviceAction
+    let (mut cleared, skipped) = crate::safety::select_targets_for(
+        root,
+        &disks,
+        authority,
+        |d| Action::WriteImage(d),
+        Some(&[device.to_owned()]),
+        &[],
+    );
+    if let Some(s) = skipped.first() {
+        return Err(TaskFailure::new(
+            codes::REFUSED,
+            format!("{}: {}", s.device, s.reason()),
+        ));
+    }
+    cleared
+        .pop()
+        .ok_or_else(|| TaskFailure::new(codes::REFUSED, format!("{device}: not a target")))
+}
+
+/// Sends `progress` to the task every second until `done` fires.
+fn report(
+    ctx: TaskContext,
+    progress: Arc<Progress>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if ctx.is_cancelled() {
+                return;
+            }
+            let fetched = progress.fetch.fetched.load(Ordering::Relaxed);
+            let total = progress.fetch.total.load(Ordering::Relaxed);
+            let written = progress.written.load(Ordering::Relaxed);
+            let secs = t0.elapsed().as_secs_f64().max(0.001);
+            if total > 0 {
+                ctx.set_progress_of(fetched, total);
+            }
+            ctx.set_message(progress_message(what, fetched, total, written, secs));
+        }
+    })
+}
+
+/// `fetched 1.2 of 2.0 GiB, written 3.1 GiB, 850 MB/s` (fetch rate).
+pub fn progress_message(what: &str, fetched: u64, total: u64, written: u64, secs: f64) -> String {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let of = if total > 0 {
+        format!(" of {:.2}", gib(total))
+    } else {
+        String::new()
+    };
+    format!(
+        "{what}: fetched {:.2}{of} GiB, written {:.2} GiB, {:.0} MB/s",
+        gib(fetched),
+        gib(written),
+        fetched as f64 / secs / 1e6
+    )
+}
+
+/// Where `spec`'s bytes come from: the cache when it holds the same image (re-verified),
+/// else its URLs.
+fn origin_of(
+    env: &ImageEnv,
+    spec: &ImageSpec,
+) -> Result<(Origin, Option<molar_protocol::image::Digest>, bool), ImageError> {
+    let mut options = env.fetch.clone();
+    options.ca_pem = spec.ca_pem.clone();
+    let digest = pipeline::resolve_digest(spec, &options)?;
+    match env.cache.get(&spec.id, digest.as_ref()) {
+        Ok(c) => Ok((c.origin, c.digest, true)),
+        Err(ImageError::NotCached(_)) => Ok((
+            Origin::Http {
+                urls: spec.urls.clone(),
+                options,
+            },
+            digest,
+            false,
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// `prepare_image`, blocking: the checks, then the pipeline.
+pub fn prepare(
+    env: &ImageEnv,
+    params: &PrepareImageParams,
+    progress: &Arc<Progress>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<PrepareImageResult, TaskFailure> {
+    let target = clear_target(&env.root, &env.authority, &params.device)?;
+    let name = target.name().to_owned();
+    if env.cache.disk().as_deref() == Some(name.as_str()) {
+        return Err(fail(ImageError::CacheOnTarget {
+            device: target.dev_path().display().to_string(),
+        }));
+    }
+    let (spec, origin, digest, from_cache) = match &params.source {
+        ImageSource::Spec(spec) => {
+            let (origin, digest, cached) = origin_of(env, spec).map_err(fail)?;
+            ((**spec).clone(), origin, digest, cached)
+        }
+        ImageSource::Cached(id) => {
+            let c = env.cache.get(id, None).map_err(fail)?;
+            let spec = ImageSpec {
+                id: id.clone(),
+                urls: Vec::new(),
+                checksum: None,
+                size: Some(c.bytes),
+                format: None,
+                compression: None,
+                ca_pem: None,
+            };
+            (spec, c.origin, c.digest, true)
+        }
+    };
+    let skip_zeros = params.device_reads_zeros || crate::disks::zeroed::reads_zeros(&name);
+    crate::disks::zeroed::forget(&name);
+    image::forget_written(&name);
+    let job = Job {
+        spec,
+        origin,
+        digest,
+        target: target.dev_path().to_path_buf(),
+        skip_zeros,
+        file_capacity: None,
+    };
+    let out = pipeline::write(&job, progress, cancel).map_err(fail)?;
+    let checksum = out.digest.as_ref().map(|d| d.to_string());
+    image::record_written(image::Written {
+        image_id: job.spec.id.clone(),
+        device: name,
+        bytes: out.disk_bytes,
+        checksum: checksum.clone(),
+    });
+    let mut notes = out.notes;
+    if skip_zeros {
+        notes.push(if params.device_reads_zeros {
+            "zero runs skipped: the request says the device reads zeros".into()
+        } else {
+            "zero runs skipped: the device was erased and verified in this boot".into()
+        });
+    }
+    Ok(PrepareImageResult {
+        image_id: job.spec.id,
+        device: target.dev_path().display().to_string(),
+        source: if from_cache { "cache".into() } else { out.from },
+        format: out.format,
+        compression: out.compression,
+        file_bytes: out.file_bytes,
+        disk_bytes: out.disk_bytes,
+        bytes_written: out.bytes_written,
+        zero_bytes_skipped: out.zeros_skipped,
+        seconds: out.seconds,
+        throughput: if out.seconds > 0.0 {
+            out.disk_bytes as f64 / out.seconds
+        } else {
+            0.0
+        },
+        checksum,
+        resumed: out.resumed,
+        notes,
+    })
+}
+
+/// `standbye.prepare_image`.
+pub struct PrepareImage(pub ImageEnv);
+
+impl crate::tasks::Task for PrepareImage {
+    type Params = PrepareImageParams;
+
+    async fn run(
+        &self,
+        params: PrepareImageParams,
+        ctx: TaskContext,
+    ) -> Result<Value, TaskFailure> {
+        self.0
+            .ready
+            .wait()
+            .await
+            .map_err(|e| TaskFailure::new(&e.code, e.msg))?;
+        let progress = Arc::new(Progress::default());
+        let reporter = report(ctx.clone(), progress.clone(), "prepare_image");
+        let env = self.0.clone();
+        let cancel = ctx.cancel_token().clone();
+        let r =
+            tokio::task::spawn_blocking(move || prepare(&env, &params, &progress, &cancel)).await;
+        reporter.abort();
+        let result =
+            r.map_err(|e| TaskFailure::new(codes::INTERNAL, format!("image thread: {e}")))??;
+        serde_json::to_value(&result)
+            .map_err(|e| TaskFailure::new(codes::INTERNAL, format!("encoding the result: {e}")))
+    }
+}
+
+/// `standbye.cache_images`.
+pub struct CacheImages(pub ImageEnv);
+
+impl crate::tasks::Task for CacheImages {
+    type Params = CacheImagesParams;
+
+    async fn run(&self, params: CacheImagesParams, ctx: TaskContext) -> Result<Value, TaskFailure> {
+        self.0
+            .ready
+            .wait()
+            .await
+            .map_err(|e| TaskFailure::new(&e.code, e.msg))?;
+        let progress = Arc::new(Progress::default());
+        let reporter = report(ctx.clone(), progress.clone(), "cache_images");
+        let env = self.0.clone();
+        let cancel = ctx.cancel_token().clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let disk = match &params.device {
+                Some(d) => {
+                    let t = clear_target(&env.root, &env.authority, d)?;
+                    Some((t.dev_path().to_path_buf(), t.name().to_owned()))
+                }
+                None => None,
+            };
+            env.cache
+                .cache(&params.images, disk, &env.fetch, &progress, &cancel)
+                .map_err(fail)
+        })
+        .await;
+        reporter.abort();
+        let result =
+            r.map_err(|e| TaskFailure::new(codes::INTERNAL, format!("image thread: {e}")))??;
+        serde_json::to_value(&result)
+            .map_err(|e| TaskFailure::new(codes::INTERNAL, format!("encoding the result: {e}")))
+    }
+}

@@ -1,0 +1,899 @@
+//! `standbye.run_image`: start the image `standbye.prepare_image` wrote. In order, as task
+//! steps: check the device (the safety gate, and that it holds `image_id`) and that the
+//! authority allows the jump; write the config drive; mount the image read only and find its
+//! kernel ([`crate::boot`]); on UEFI, create or update the `Boot####` entry of its ESP loader
+//! and put it first in `BootOrder`; next boot from disk through the local BMC; load the
+//! kernel with `kexec_file_load` when kexec is viable and asked for, else plan a reboot with
+//! the reason. The task then completes, and only once the controller acknowledged that
+//! terminal status (bounded by [`ACK_WAIT`]) does the machine jump, through the authority.
+
+use super::HardwareReady;
+use crate::authority::{Action, Authority};
+use crate::boot::sys::{BootSystem, Jump, SysError};
+use crate::boot::{self, efi};
+use crate::disks;
+use crate::safety;
+use crate::tasks::{Task, TaskContext, TaskFailure};
+use molar_protocol::codes;
+use molar_protocol::configdrive::MAX_CONFIG_DRIVE_BYTES;
+use molar_protocol::run_image::{
+    BootEntryReport, BootMethod, BootMode, RunImageParams, RunImageResult,
+};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest the machine waits for the controller to acknowledge the final status before it
+/// jumps anyway: the image is on the disk and set up, and a ramdisk waiting forever for a
+/// controller that went away helps nobody; the controller learns the rest from the booted
+/// system (or from the task it then never hears of again).
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// A marker the firmware capability leaves after staging a UEFI capsule: the kernel must
+/// then reset through the firmware (LAB.md), so kexec is not viable.
+pub const CAPSULE_MARKER: &str = "run/molar/capsule-pending";
+
+/// The `{url, checksum}` form of `config_drive`: the ready image, at most
+/// [`MAX_CONFIG_DRIVE_BYTES`] (it may be gzipped), fetched with the image fetcher's client in
+/// one Range request and checked against its digest (or its line in a sums file) before a
+/// byte of it reaches the disk.
+pub fn fetch_config_drive(url: &str, checksum: &str) -> Result<Vec<u8>, SysError> {
+    use crate::image::checksum::{self, Hasher};
+    use crate::image::fetch::{FetchOptions, Http};
+    use molar_protocol::image::Checksum;
+    let fetch_err = |e: crate::image::fetch::FetchError| {
+        SysError::new(e.code(), format!("config_drive url: {e}"))
+    };
+    let want = Checksum::parse(checksum)
+        .map_err(|e| SysError::new(codes::INVALID_PARAMS, format!("config_drive checksum: {e}")))?;
+    let http = Http::new(&FetchOptions::default()).map_err(fetch_err)?;
+    let want = match want {
+        Checksum::Digest(d) => d,
+        Checksum::SumsUrl(sums) => {
+            let name = checksum::file_name(url).unwrap_or(url);
+            let text = http.text(&sums).map_err(fetch_err)?;
+            checksum::lookup(&text, name, &sums)
+                .map_err(|e| SysError::new("checksum_mismatch", format!("config_drive: {e}")))?
+        }
+    };
+    let (url, len, ranges) = http.probe(&[url.to_owned()]).map_err(fetch_err)?;
+    let len = match (len, ranges) {
+        (Some(len), true) if len <= MAX_CONFIG_DRIVE_BYTES && len > 0 => len,
+        (Some(len), true) => {
+            return Err(SysError::new(
+                "config_drive_too_large",
+                format!("config_drive url: {url} is {len} bytes, at most {MAX_CONFIG_DRIVE_BYTES}"),
+            ));
+        }
+        _ => {
+            return Err(SysError::new(
+                codes::UNSUPPORTED,
+                format!("config_drive url: {url} serves no byte ranges with a length"),
+            ));
+        }
+    };
+    let bytes = http.range(&url, 0, len as usize).map_err(fetch_err)?;
+    let mut h = Hasher::new(want.algo);
+    h.update(&bytes);
+    let got = h.finish();
+    if got != want {
+        return Err(SysError::new(
+            "checksum_mismatch",
+            format!("config_drive url: {url} has {got}, expected {want}"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `standbye.run_image`.
+pub struct RunImage {
+    pub root: PathBuf,
+    pub authority: Authority,
+    pub ready: HardwareReady,
+    pub sys: Arc<dyn BootSystem>,
+    /// Where the image's filesystems are mounted while it is inspected.
+    pub scratch: PathBuf,
+    /// One run at a time: two would mount into the same scratch directory and race for the
+    /// jump.
+    pub running: Arc<std::sync::Mutex<()>>,
+}
+
+fn fail(code: &str, msg: impl Into<String>) -> TaskFailure {
+    TaskFailure::new(code, msg)
+}
+
+/// What the blocking part decided: the result to report, and how to leave.
+struct Prepared {
+    result: RunImageResult,
+    jump: Jump,
+}
+
+/// Why kexec cannot be tried at all on this machine now, before looking at the image.
+fn kexec_blocker(root: &Path) -> Option<String> {
+    if root.join(CAPSULE_MARKER).exists() {
+        return Some("a firmware capsule is staged: the firmware must run it at reset".into());
+    }
+    let disabled = std::fs::read_to_string(root.join("proc/sys/kernel/kexec_load_disabled"));
+    if disabled.is_ok_and(|v| v.trim() == "1") {
+        return Some("kexec is disabled (kernel.kexec_load_disabled=1)".into());
+    }
+    None
+}
+
+impl RunImage {
+    /// Everything up to the jump; blocking.
+    fn prepare(&self, p: &RunImageParams, ctx: &TaskContext) -> Result<Prepared, TaskFailure> {
+        let _one = match self.running.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(fail(
+                    codes::BUSY,
+                    format!(
+                        "another {} is in progress",
+                        <molar_protocol::catalogue::RunImage as molar_protocol::Method>::NAME
+                    ),
+                ));
+            }
+        };
+        let mode = p.boot.unwrap_or_default();
+        // The way out first: nothing is written when the machine may not leave.
+        let actions: &[Action<'_>] = match mode {
+            BootMode::Kexec => &[Action::Kexec],
+            BootMode::Reboot => &[Action::Reboot],
+            BootMode::Auto => &[Action::Kexec, Action::Reboot],
+        };
+        for a in actions {
+            self.authority
+                .decide(a)
+                .map_err(|e| fail(codes::REFUSED, e.to_string()))?;
+        }
+
+        ctx.set_message("checking the device");
+        let all = disks::enumerate(&self.root).map_err(|e| fail(e.code(), e.to_string()))?;
+        #[allow(clippy::redundant_closure)] // see safety::DeviceAction
+        let (cleared, skipped) = safety::select_targets_for(
+            &self.root,
+            &all,
+            &self.authority,
+            |d| Action::EditPartitions(d),
+            Some(std::slice::from_ref(&p.device)),
+            &[],
+        );
+        if let Some(s) = skipped.first() {
+            return Err(fail(
+                s.refusal.code(),
+                format!("{}: {}", s.device, s.refusal),
+            ));
+        }
+        let Some(target) = cleared.into_iter().next() else {
+            return Err(fail(
+                codes::NOT_FOUND,
+                format!("{}: no such block device", p.device),
+            ));
+        };
+        if target.is_partition() {
+            return Err(fail(
+                codes::INVALID_PARAMS,
+                format!(
+                    "{}: a partition; name the whole disk the image was written to",
+                    p.device
+                ),
+            ));
+        }
+        let dev = target.dev_path().to_path_buf();
+        match self.sys.image_written_on(&dev) {
+            Some(id) if id == p.image_id => {}
+            Some(id) => {
+                return Err(fail(
+                    "image_mismatch",
+                    format!("{} holds image {id}, not {}", dev.display(), p.image_id),
+                ));
+            }
+            None => {
+                return Err(fail(
+                    "image_mismatch",
+                    format!(
+                        "{} holds no image this agent wrote (run standbye.prepare_image first)",
+                        dev.display()
+                    ),
+                ));
+            }
+        }
+
+        let mut notes = Vec::new();
+        let config_drive = match &p.config_drive {
+            None => None,
+            Some(spec) => {
+                if ctx.is_cancelled() {
+                    return Err(TaskFailure::cancelled());
+                }
+                ctx.set_progress(10.0, None);
+                ctx.set_message("writing the config drive");
+                let format = p.config_drive_format.unwrap_or_default();
+                let outcome = self
+                    .sys
+                    .write_config_drive(&dev, spec, format)
+                    .map_err(|e| fail(&e.code, e.msg))?;
+                Some(outcome)
+            }
+        };
+
+        if ctx.is_cancelled() {
+            return Err(TaskFailure::cancelled());
+        }
+        ctx.set_progress(30.0, None);
+        ctx.set_message("finding the kernel");
+        let mut inspection = boot::inspect(
+            self.sys.as_ref(),
+            &self.root,
+            target.name(),
+            &dev,
+            target.size_bytes(),
+            &self.scratch,
+            p.kernel_args.as_deref(),
+        )
+        .map_err(|e| fail(e.code(), e.to_string()))?;
+        let outcome = self.boot_setup_and_load(p, mode, &inspection, &mut notes);
+        inspection.release(self.sys.as_ref());
+        notes.append(&mut inspection.notes);
+        let (jump, reason, boot_entry, bmc_next_boot) = outcome?;
+        let entry = inspection.entry.as_ref().ok();
+        Ok(Prepared {
+            jump,
+            result: RunImageResult {
+                image_id: p.image_id.clone(),
+                device: dev.display().to_string(),
+                boot: match jump {
+                    Jump::Kexec => BootMethod::Kexec,
+                    Jump::Reboot => BootMethod::Reboot,
+                },
+                reason,
+                kernel: entry.map(|e| e.kernel.to_string()),
+                initrd: entry.map(|e| e.initrds.iter().map(|i| i.to_string()).collect()),
+                cmdline: entry.map(|e| e.cmdline.clone()),
+                entry_source: entry.map(|e| e.source.as_str().to_owned()),
+                config_drive,
+                boot_entry,
+                bmc_next_boot,
+                notes,
+            },
+        })
+    }
+
+    /// The boot entry, the BMC's next boot device, and the kexec load (while the image is
+    /// mounted). Returns how to leave and why not kexec.
+    #[allow(clippy::type_complexity)]
+    fn boot_setup_and_load(
+        &self,
+        p: &RunImageParams,
+        mode: BootMode,
+        inspection: &boot::Inspection,
+        notes: &mut Vec<String>,
+    ) -> Result<
+        (
+            Jump,
+            Option<String>,
+            Option<BootEntryReport>,
+            Option<molar_protocol::bmc::BootDeviceResult>,
+        ),
+        TaskFailure,
+    > {
+        let uefi = self.root.join("sys/firmware/efi").is_dir();
+        let boot_entry = if uefi {
+            match self.uefi_entry(p, inspection) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    notes.push(format!("UEFI boot entry not set: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let bmc_next_boot = match self.sys.bmc_boot_from_disk(uefi) {
+            Ok(r) => r,
+            Err(e) => {
+                notes.push(format!("next boot device not set through the BMC: {e}"));
+                None
+            }
+        };
+
+        let why_not = match (mode, &inspection.entry) {
+            (BootMode::Reboot, _) => Some("reboot requested".to_owned()),
+            (_, Err(not_found)) => Some(not_found.to_string()),
+            (_, Ok(entry)) => match kexec_blocker(&self.root) {
+                Some(b) => Some(b),
+                None => {
+                    let initrds: Vec<PathBuf> =
+                        entry.initrds.iter().map(|i| i.host.clone()).collect();
+                    match self
+                        .sys
+                        .kexec_load(&entry.kernel.host, &initrds, &entry.cmdline)
+                    {
+                        Ok(()) => None,
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
+            },
+        };
+        match (why_not, mode) {
+            (None, _) => Ok((Jump::Kexec, None, boot_entry, bmc_next_boot)),
+            (Some(why), BootMode::Kexec) => Err(fail(
+                "kexec_not_viable",
+                format!("kexec asked for but not viable: {why}"),
+            )
+            .with_details(serde_json::json!({"notes": notes}))),
+            (Some(why), _) => Ok((Jump::Reboot, Some(why), boot_entry, bmc_next_boot)),
+        }
+    }
+
+    fn uefi_entry(
+        &self,
+        p: &RunImageParams,
+        inspection: &boot::Inspection,
+    ) -> Result<BootEntryReport, String> {
+        let (esp_number, esp_dir) = inspection
+            .esp
+            .as_ref()
+            .ok_or("the image has no EFI system partition the agent could mount")?;
+        let (loader, vendor) =
+            efi::find_loader(esp_dir, efi::arch_suffix()).map_err(|e| e.to_string())?;
+        let efivars = self.root.join("sys/firmware/efi/efivars");
+        let empty = std::fs::read_dir(&efivars)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+        if empty {
+            self.sys
+                .mount_efivarfs(&efivars)
+                .map_err(|e| e.to_string())?;
+        }
+        let hd = efi::hard_drive_node(&inspection.table, *esp_number)
+            .ok_or("the ESP has no partition GUID")?;
+        let description = if vendor == "UEFI OS" {
+            p.image_id.clone()
+        } else {
+            vendor
+        };
+        let option = efi::LoadOption {
+            attributes: efi::LOAD_OPTION_ACTIVE,
+            description: description.clone(),
+            path: vec![hd, efi::DevicePathNode::FilePath(loader.clone())],
+            optional_data: Vec::new(),
+        };
+        let installed = efi::install(&efivars, &option).map_err(|e| e.to_string())?;
+        Ok(BootEntryReport {
+            name: format!("Boot{:04X}", installed.number),
+            description,
+            loader,
+            partition: *esp_number,
+            updated: installed.updated,
+            boot_order: installed
+                .boot_order
+                .iter()
+                .map(|n| format!("{n:04X}"))
+                .collect(),
+        })
+    }
+}
+
+impl Task for RunImage {
+    type Params = RunImageParams;
+
+    async fn run(&self, params: RunImageParams, ctx: TaskContext) -> Result<Value, TaskFailure> {
+        self.ready
+            .wait()
+            .await
+            .map_err(|e| TaskFailure::new(&e.code, e.msg))?;
+        let this = RunImage {
+            root: self.root.clone(),
+            authority: self.authority.clone(),
+            ready: self.ready.clone(),
+            sys: self.sys.clone(),
+            scratch: self.scratch.clone(),
+            running: self.running.clone(),
+        };
+        let task_ctx = ctx.clone();
+        let prepared = tokio::task::spawn_blocking(move || this.prepare(&params, &task_ctx))
+            .await
+            .map_err(|e| fail(codes::INTERNAL, format!("run_image thread: {e}")))??;
+        let value = serde_json::to_value(&prepared.result)
+            .map_err(|e| fail(codes::INTERNAL, format!("encoding the result: {e}")))?;
+        if ctx.is_cancelled() {
+            if prepared.jump == Jump::Kexec {
+                let _ = self.sys.kexec_unload();
+            }
+            return Err(TaskFailure::cancelled());
+        }
+        // The jump waits for the controller to hold this result.
+        let acked = ctx.terminal_acknowledged(ACK_WAIT);
+        let (sys, authority, jump) = (self.sys.clone(), self.authority.clone(), prepared.jump);
+        tokio::spawn(async move {
+            if !acked.await {
+                tracing::warn!(
+                    wait_s = ACK_WAIT.as_secs(),
+                    "the controller did not acknowledge the run_image result; leaving anyway"
+                );
+            }
+            let _ =
+                tokio::task::spawn_blocking(move || leave(sys.as_ref(), &authority, jump)).await;
+        });
+        Ok(value)
+    }
+}
+
+/// Jumps through the authority; a kexec that fails falls back to a reboot.
+fn leave(sys: &dyn BootSystem, authority: &Authority, jump: Jump) {
+    let action = match jump {
+        Jump::Kexec => Action::Kexec,
+        Jump::Reboot => Action::Reboot,
+    };
+    if let Err(e) = authority.decide(&action) {
+        tracing::error!(error = %e, "not leaving");
+        if jump == Jump::Kexec {
+            let _ = sys.kexec_unload();
+        }
+        return;
+    }
+    tracing::warn!(action = %action, "leaving the ramdisk for the written image");
+    if let Err(e) = sys.jump(jump) {
+        tracing::error!(error = %e, action = %action, "the jump failed");
+        if jump == Jump::Kexec && authority.decide(&Action::Reboot).is_ok() {
+            let _ = sys.kexec_unload();
+            if let Err(e) = sys.jump(Jump::Reboot) {
+                tracing::error!(error = %e, "the reboot failed too");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::sys::fake::{Call, RecordingBoot};
+    use crate::boot::tests::{ROOT_UUID, disk_image};
+    use crate::disks::tests::Fixture;
+    use crate::hw::kexec::KexecError;
+    use crate::tasks::{TaskEngine, TaskRegistry};
+    use futures::FutureExt;
+    use molar_protocol::bmc::{BootDevice, BootDeviceResult};
+    use molar_protocol::catalogue::{Method, RunImage as RunImageMethod};
+    use molar_protocol::methods::{TaskState, TaskStatus};
+    use molar_protocol::{Handler, Peer, PeerConfig, PeerHandle};
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    struct World {
+        fixture: Fixture,
+        dev: PathBuf,
+        esp: PathBuf,
+        rootfs: PathBuf,
+    }
+
+    /// A virtio disk `vda` holding [`disk_image`], its ESP and root as fixture trees, and a
+    /// UEFI machine's (temp) efivarfs with one firmware entry.
+    fn world() -> World {
+        let fixture = Fixture::new();
+        fixture.disk("pci0000:00/0000:00:04.0/virtio1", "vda", "254:0", 32768);
+        let dev = fixture.root().join("dev/vda");
+        std::fs::write(&dev, disk_image()).unwrap();
+        let esp = fixture.root().join("trees/esp");
+        std::fs::create_dir_all(esp.join("EFI/debian")).unwrap();
+        std::fs::write(esp.join("EFI/debian/shimx64.efi"), "MZ").unwrap();
+        let rootfs = fixture.root().join("trees/root");
+        for d in ["etc", "boot"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::write(rootfs.join("boot/vmlinuz-6.1.0-13-amd64"), "kernel").unwrap();
+        std::fs::write(rootfs.join("boot/initrd.img-6.1.0-13-amd64"), "initrd").unwrap();
+        std::os::unix::fs::symlink("vmlinuz-6.1.0-13-amd64", rootfs.join("boot/vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("initrd.img-6.1.0-13-amd64", rootfs.join("boot/initrd.img"))
+            .unwrap();
+        let efivars = fixture.root().join("sys/firmware/efi/efivars");
+        std::fs::create_dir_all(&efivars).unwrap();
+        std::fs::write(
+            efivars.join(format!("BootOrder-{}", efi::GLOBAL_GUID)),
+            [7, 0, 0, 0, 5, 0],
+        )
+        .unwrap();
+        World {
+            fixture,
+            dev,
+            esp,
+            rootfs,
+        }
+    }
+
+    fn fake(w: &World) -> RecordingBoot {
+        RecordingBoot {
+            trees: [(2048 * 512, w.esp.clone()), (8192 * 512, w.rootfs.clone())].into(),
+            written: [(w.dev.clone(), "debian-12".to_owned())].into(),
+            bmc: Some(BootDeviceResult {
+                device: BootDevice::Disk,
+                persistent: false,
+                efi: true,
+            }),
+            ..RecordingBoot::default()
+        }
+    }
+
+    /// Runs one `standbye.run_image` against a controller stand-in that stores terminal
+    /// statuses (recording `Stored` into the fake's record) after `ack_delay`. Returns the
+    /// terminal status once the fake saw a jump, or after `wait`.
+    async fn run(
+        w: &World,
+        sys: Arc<RecordingBoot>,
+        authority: Authority,
+        params: Value,
+        ack_delay: Duration,
+        wait: Duration,
+    ) -> TaskStatus {
+        let mut r = TaskRegistry::new();
+        r.register(
+            RunImageMethod::NAME,
+            RunImage {
+                root: w.fixture.root().to_path_buf(),
+                authority,
+                ready: HardwareReady::default(),
+                sys: sys.clone(),
+                scratch: w.fixture.root().join("run/molar/boot"),
+                running: Arc::default(),
+            },
+        );
+        let engine = TaskEngine::new(r);
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let noop = Arc::new(|_: &PeerHandle, _: String, _: Value| async { Ok(json!({})) }.boxed());
+        let (agent, _) = Peer::spawn(a, noop, PeerConfig::default());
+        let terminal = Arc::new(Mutex::new(None));
+        let ctl: Arc<dyn Handler> = {
+            let (calls, terminal) = (sys.calls.clone(), terminal.clone());
+            Arc::new(move |_: &PeerHandle, _: String, params: Value| {
+                let (calls, terminal) = (calls.clone(), terminal.clone());
+                async move {
+                    let s: TaskStatus = serde_json::from_value(params).unwrap();
+                    if s.state.is_terminal() {
+                        tokio::time::sleep(ack_delay).await;
+                        calls
+                            .lock()
+                            .unwrap()
+                            .push(Call::Stored(s.state.to_string()));
+                        *terminal.lock().unwrap() = Some(s);
+                    }
+                    Ok(json!({}))
+                }
+                .boxed()
+            })
+        };
+        let (_ctl, _) = Peer::spawn(b, ctl, PeerConfig::default());
+        tokio::spawn({
+            let e = engine.clone();
+            async move { e.pump(agent).await }
+        });
+        let mut params = params;
+        params["task_id"] = json!("run-1");
+        engine.submit(RunImageMethod::NAME, params).unwrap();
+        let start = std::time::Instant::now();
+        while start.elapsed() < wait {
+            if sys.calls().iter().any(|c| matches!(c, Call::Jump(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let info = engine.get("run-1").unwrap();
+        assert!(info.state.is_terminal(), "{info:?}");
+        terminal
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the controller got the terminal status")
+    }
+
+    fn position(calls: &[Call], f: impl Fn(&Call) -> bool) -> usize {
+        calls
+            .iter()
+            .position(f)
+            .unwrap_or_else(|| panic!("not in {calls:#?}"))
+    }
+
+    /// The whole way on a UEFI machine with a BMC: config drive, the kernel from Debian's
+    /// symlinks, `Boot0000` first in `BootOrder`, next boot from disk, kexec loaded with the
+    /// PARTUUID root and the operator's arguments, the filesystems released, and the jump
+    /// only after the controller stored the result.
+    #[tokio::test]
+    async fn config_drive_boot_entry_bmc_then_kexec_after_the_result_is_stored() {
+        let w = world();
+        let sys = Arc::new(fake(&w));
+        let status = run(
+            &w,
+            sys.clone(),
+            Authority::Ramdisk,
+            json!({"image_id": "debian-12", "device": "/dev/vda",
+                "config_drive": {"meta_data": {"uuid": "u-1", "hostname": "h"}},
+                "kernel_args": "console=ttyS0 molar.marker=1"}),
+            Duration::from_millis(300),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(status.state, TaskState::Complete, "{status:?}");
+        let r: RunImageResult = serde_json::from_value(status.result.unwrap()).unwrap();
+        assert_eq!(r.boot, BootMethod::Kexec);
+        assert_eq!(r.reason, None);
+        assert_eq!(
+            r.kernel.as_deref(),
+            Some("/boot/vmlinuz-6.1.0-13-amd64 on partition 3")
+        );
+        assert_eq!(
+            r.cmdline.as_deref(),
+            Some(format!("root=PARTUUID={ROOT_UUID} ro console=ttyS0 molar.marker=1").as_str())
+        );
+        assert_eq!(r.entry_source.as_deref(), Some("symlinks"));
+        assert_eq!(r.config_drive.unwrap().partition_number, 3);
+        let entry = r.boot_entry.unwrap();
+        assert_eq!(
+            (entry.name.as_str(), entry.loader.as_str(), entry.partition),
+            ("Boot0000", "\\EFI\\debian\\shimx64.efi", 1)
+        );
+        assert_eq!(entry.boot_order, ["0000", "0005"]);
+        assert_eq!(r.bmc_next_boot.unwrap().device, BootDevice::Disk);
+        let efivars = w.fixture.root().join("sys/firmware/efi/efivars");
+        let boot0000 =
+            std::fs::read(efivars.join(format!("Boot0000-{}", efi::GLOBAL_GUID))).unwrap();
+        let option = efi::LoadOption::decode("Boot0000", &boot0000[4..]).unwrap();
+        assert_eq!(option.description, "debian");
+
+        let calls = sys.calls();
+        let cd = position(&calls, |c| matches!(c, Call::ConfigDrive { .. }));
+        let mount = position(&calls, |c| matches!(c, Call::Mount { .. }));
+        let load = position(&calls, |c| matches!(c, Call::KexecLoad { .. }));
+        let bmc = position(&calls, |c| *c == Call::BmcDisk { efi: true });
+        let umount = position(&calls, |c| matches!(c, Call::Umount(_)));
+        let stored = position(&calls, |c| *c == Call::Stored("complete".into()));
+        let jump = position(&calls, |c| *c == Call::Jump(Jump::Kexec));
+        assert!(
+            cd < mount && mount < bmc && bmc < load && load < umount,
+            "{calls:#?}"
+        );
+        assert!(
+            umount < stored && stored < jump,
+            "the jump waited for the controller: {calls:#?}"
+        );
+        match &calls[load] {
+            Call::KexecLoad {
+                kernel, initrds, ..
+            } => {
+                assert_eq!(kernel, &w.rootfs.join("boot/vmlinuz-6.1.0-13-amd64"));
+                assert_eq!(initrds, &[w.rootfs.join("boot/initrd.img-6.1.0-13-amd64")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !calls.iter().any(|c| matches!(c, Call::MountEfivarfs(_))),
+            "already mounted"
+        );
+    }
+
+    /// No kernel in the image: `auto` reboots and says why; `kexec` fails and stays up.
+    #[tokio::test]
+    async fn without_a_kernel_auto_reboots_with_the_reason_and_kexec_fails() {
+        let w = world();
+        for f in ["boot/vmlinuz", "boot/vmlinuz-6.1.0-13-amd64"] {
+            std::fs::remove_file(w.rootfs.join(f)).unwrap();
+        }
+        std::fs::remove_dir_all(w.fixture.root().join("sys/firmware")).unwrap();
+        let sys = Arc::new(fake(&w));
+        let params = json!({"image_id": "debian-12", "device": "vda"});
+        let status = run(
+            &w,
+            sys.clone(),
+            Authority::Ramdisk,
+            params.clone(),
+            Duration::ZERO,
+            Duration::from_secs(10),
+        )
+        .await;
+        let r: RunImageResult = serde_json::from_value(status.result.unwrap()).unwrap();
+        assert_eq!(r.boot, BootMethod::Reboot);
+        assert!(
+            r.reason.as_deref().unwrap().starts_with(
+                "no kernel found in the image (no boot loader specification entries; no grub.cfg; "
+            ),
+            "{:?}",
+            r.reason
+        );
+        assert_eq!(r.boot_entry, None, "BIOS: the image's own loader");
+        let calls = sys.calls();
+        assert!(calls.contains(&Call::BmcDisk { efi: false }));
+        assert!(!calls.iter().any(|c| matches!(c, Call::KexecLoad { .. })));
+        let stored = position(&calls, |c| *c == Call::Stored("complete".into()));
+        let jump = position(&calls, |c| *c == Call::Jump(Jump::Reboot));
+        assert!(stored < jump);
+
+        let sys = Arc::new(fake(&w));
+        let mut forced = params;
+        forced["boot"] = json!("kexec");
+        let status = run(
+            &w,
+            sys.clone(),
+            Authority::Ramdisk,
+            forced,
+            Duration::ZERO,
+            Duration::from_millis(500),
+        )
+        .await;
+        assert_eq!(status.state, TaskState::Error);
+        assert_eq!(status.code.as_deref(), Some("kexec_not_viable"));
+        assert!(
+            status
+                .msg
+                .unwrap()
+                .starts_with("kexec asked for but not viable: no kernel found")
+        );
+        assert!(
+            !sys.calls().iter().any(|c| matches!(c, Call::Jump(_))),
+            "stays up"
+        );
+    }
+
+    /// A kernel the running kernel refuses (lockdown): `auto` reboots with that reason, and
+    /// `reboot` never tries kexec at all.
+    #[tokio::test]
+    async fn a_refused_kexec_load_becomes_the_reboot_reason() {
+        let w = world();
+        let mut f = fake(&w);
+        f.kexec_error = Some(|| KexecError::SignatureRejected {
+            kernel: "/k".into(),
+        });
+        let sys = Arc::new(f);
+        let status = run(
+            &w,
+            sys.clone(),
+            Authority::Ramdisk,
+            json!({"image_id": "debian-12", "device": "/dev/vda"}),
+            Duration::ZERO,
+            Duration::from_secs(10),
+        )
+        .await;
+        let r: RunImageResult = serde_json::from_value(status.result.unwrap()).unwrap();
+        assert_eq!(r.boot, BootMethod::Reboot);
+        assert!(r.reason.unwrap().contains("signature rejected"));
+        assert!(sys.calls().contains(&Call::Jump(Jump::Reboot)));
+
+        let sys = Arc::new(fake(&w));
+        let status = run(
+            &w,
+            sys.clone(),
+            Authority::Ramdisk,
+            json!({"image_id": "debian-12", "device": "/dev/vda", "boot": "reboot"}),
+            Duration::ZERO,
+            Duration::from_secs(10),
+        )
+        .await;
+        let r: RunImageResult = serde_json::from_value(status.result.unwrap()).unwrap();
+        assert_eq!(
+            (r.boot, r.reason.as_deref()),
+            (BootMethod::Reboot, Some("reboot requested"))
+        );
+        assert!(r.kernel.is_some(), "the kernel is still reported");
+        assert!(
+            !sys.calls()
+                .iter()
+                .any(|c| matches!(c, Call::KexecLoad { .. }))
+        );
+    }
+
+    /// Serves `body` for every request on 127.0.0.1, honouring `Range: bytes=A-B`.
+    fn serve(body: Vec<u8>) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut range = None;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        let (a, b) = v.trim().split_once('-').unwrap();
+                        range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+                    }
+                }
+                let mut w = conn;
+                let (a, b) = range.unwrap_or((0, body.len() - 1));
+                let part = &body[a..=b.min(body.len() - 1)];
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{}/{}\r\nConnection: close\r\n\r\n",
+                    part.len(),
+                    a + part.len() - 1,
+                    body.len()
+                );
+                let _ = w.write_all(part);
+            }
+        });
+        format!("http://{addr}/cd.img")
+    }
+
+    #[test]
+    fn a_fetched_config_drive_is_checked_before_use() {
+        let body = b"a config drive image".to_vec();
+        let url = serve(body.clone());
+        let digest = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(&body))
+        };
+        assert_eq!(
+            fetch_config_drive(&url, &format!("sha256:{digest}")).unwrap(),
+            body
+        );
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let e = fetch_config_drive(&url, &wrong).unwrap_err();
+        assert_eq!(e.code, "checksum_mismatch");
+        assert_eq!(
+            e.msg,
+            format!("config_drive url: {url} has sha256:{digest}, expected {wrong}")
+        );
+        let e = fetch_config_drive(&url, "md5:abc").unwrap_err();
+        assert_eq!(e.code, codes::INVALID_PARAMS);
+    }
+
+    /// Refusals come before anything is written: a host without --allow-host-power, a
+    /// device holding another image (or none), a device that does not exist.
+    #[tokio::test]
+    async fn refusals_touch_nothing() {
+        let w = world();
+        let cases = [
+            (
+                Authority::host(&["/dev/vda".into()], false),
+                json!({"image_id": "debian-12", "device": "/dev/vda"}),
+                "refused",
+                "kexec refused: not running as the ramdisk's init".to_owned(),
+            ),
+            (
+                Authority::Ramdisk,
+                json!({"image_id": "ubuntu", "device": "/dev/vda"}),
+                "image_mismatch",
+                format!("{} holds image debian-12, not ubuntu", w.dev.display()),
+            ),
+            (
+                Authority::Ramdisk,
+                json!({"image_id": "debian-12", "device": "/dev/vdz"}),
+                "not_found",
+                "/dev/vdz: no such block device".to_owned(),
+            ),
+            (
+                Authority::host(&[], true),
+                json!({"image_id": "debian-12", "device": "/dev/vda"}),
+                "not_allowed_on_host",
+                "/dev/vda: not running as the ramdisk's init".to_owned(),
+            ),
+        ];
+        for (authority, params, code, msg) in cases {
+            let sys = Arc::new(fake(&w));
+            let status = run(
+                &w,
+                sys.clone(),
+                authority,
+                params,
+                Duration::ZERO,
+                Duration::from_millis(300),
+            )
+            .await;
+            assert_eq!(status.state, TaskState::Error);
+            assert_eq!(status.code.as_deref(), Some(code));
+            assert!(
+                status.msg.as_deref().unwrap().starts_with(&msg),
+                "{status:?}"
+            );
+            let changed: Vec<_> = sys
+                .calls()
+                .into_iter()
+                .filter(|c| !matches!(c, Call::Stored(_)))
+                .collect();
+            assert!(changed.is_empty(), "{code}: {changed:?}");
+        }
+    }
+}
