@@ -57,6 +57,21 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `blkid -p` on the partition's bytes copied to a file of their own: what cloud-init's
+/// ConfigDrive datasource asks (`blkid -t TYPE=vfat`, `LABEL=config-2`).
+fn blkid_of(f: &mut File, start: u64, len: u64) -> Option<String> {
+    if !have("blkid") {
+        return None;
+    }
+    let copy = tempfile::NamedTempFile::new().unwrap();
+    let mut bytes = Vec::new();
+    Region::new(f, start, len).read_to_end(&mut bytes).unwrap();
+    std::fs::write(copy.path(), &bytes).unwrap();
+    Some(run(Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(copy.path())))
+}
+
 fn expected_files() -> Vec<(&'static str, Vec<u8>)> {
     let ConfigDrive::Contents(c) = contents() else {
         unreachable!()
@@ -124,6 +139,32 @@ fn vfat_documents_on_gpt_read_back_with_fatfs_and_mtools() {
     assert!(label.to_lowercase().contains("config-2"), "{label}");
     let dump = run(Command::new("sfdisk").arg("--dump").arg(img.path()));
     assert!(dump.contains("name=\"config-2\""), "{dump}");
+    if let Some(b) = blkid_of(&mut f, o.start_bytes, o.size_bytes) {
+        assert!(
+            b.contains("\nLABEL=config-2\n") && b.contains("\nTYPE=vfat\n"),
+            "{b}"
+        );
+    }
+    // dosfstools' checker, read-only, finds nothing to fix.
+    if have("fsck.vfat") {
+        let copy = tempfile::NamedTempFile::new().unwrap();
+        let mut bytes = Vec::new();
+        Region::new(&mut f, o.start_bytes, o.size_bytes)
+            .read_to_end(&mut bytes)
+            .unwrap();
+        std::fs::write(copy.path(), &bytes).unwrap();
+        let out = Command::new("fsck.vfat")
+            .arg("-n")
+            .arg(copy.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
@@ -153,6 +194,12 @@ fn iso9660_documents_read_back_with_isoinfo_and_xorriso() {
     std::fs::write(iso.path(), &bytes).unwrap();
     let p = iso.path().to_str().unwrap();
 
+    if let Some(b) = blkid_of(&mut f, o.start_bytes, o.size_bytes) {
+        assert!(
+            b.contains("\nLABEL=config-2\n") && b.contains("\nTYPE=iso9660\n"),
+            "{b}"
+        );
+    }
     let d = run(Command::new("isoinfo").args(["-d", "-i", p]));
     assert!(d.contains("Volume id: config-2"), "{d}");
     assert!(d.contains("Rock Ridge signatures version 1 found"), "{d}");
