@@ -373,7 +373,9 @@ pub mod tests {
 
     /// Root, `/dev/loop-control` and `mkfs.ext4` (skipped otherwise, a failure under CI):
     /// a GPT disk image whose ext4 root `mkfs.ext4 -d` made is mounted for real through a
-    /// read-only loop window, the kernel found on it, and everything unmounted again.
+    /// read-only loop window, the kernel found on it, and everything unmounted again. Its
+    /// journal is marked for recovery, as after a crash: without `noload` the kernel would
+    /// replay it onto the disk (here: refuse to, on a read-only loop device).
     #[test]
     fn a_real_ext4_root_is_mounted_through_a_loop_window() {
         // SAFETY: geteuid has no preconditions.
@@ -403,6 +405,16 @@ pub mod tests {
         let out = std::process::Command::new("mkfs.ext4")
             .args(["-q", "-F", "-d"])
             .arg(&tree)
+            .arg(&fs_img)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = std::process::Command::new("debugfs")
+            .args(["-w", "-R", "feature needs_recovery"])
             .arg(&fs_img)
             .output()
             .unwrap();
@@ -446,6 +458,7 @@ pub mod tests {
         .unwrap();
         let entry = got.entry.clone().unwrap();
         assert_eq!(entry.kernel.path, "/boot/vmlinuz-6.1.0-13-amd64");
+        assert_eq!(std::fs::read(&disk).unwrap(), img, "the disk was written");
         assert_eq!(
             std::fs::read_to_string(&entry.kernel.host).unwrap(),
             "not a kernel"
