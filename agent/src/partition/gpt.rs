@@ -203,17 +203,28 @@ pub(super) fn add_at_end<F: Read + Write + Seek>(
     };
     gpt.write_into(disk).map_err(write_err)?;
     refresh_protective_mbr(disk, geo).map_err(write_err)?;
-    if let Some(lba) = stale_backup {
-        let in_use = gpt
-            .iter()
-            .any(|(_, e)| e.is_used() && (e.starting_lba..=e.ending_lba).contains(&lba));
-        let is_a_header = lba == gpt.header.backup_lba || lba == gpt.header.primary_lba;
-        if !in_use && !is_a_header && lba < geo.size_bytes / ss {
-            disk.seek(SeekFrom::Start(lba * ss)).map_err(geo.io())?;
-            disk.write_all(&vec![0u8; ss as usize]).map_err(geo.io())?;
-        }
+    if let Some(lba) = stale_backup.filter(|lba| wipeable(&gpt.header, last_end, ss, *lba)) {
+        disk.seek(SeekFrom::Start(lba * ss)).map_err(geo.io())?;
+        disk.write_all(&vec![0u8; ss as usize]).map_err(geo.io())?;
     }
     Ok(to_part(geo, number, &gpt[number]))
+}
+
+/// Whether the image's old backup header at `lba` (a value of the image's own primary header,
+/// so not trusted) may be zeroed once the new table is written: only in the free space past
+/// every old partition (`last_end`, their first free LBA) and the primary entry array, and
+/// before the new backup entry array. Anything else there is a partition, an entry array or
+/// a header.
+fn wipeable(new: &GPTHeader, last_end: u64, ss: u64, lba: u64) -> bool {
+    let array_sectors = (u64::from(new.number_of_partition_entries)
+        * u64::from(new.size_of_partition_entry))
+    .div_ceil(ss);
+    let primary_array_end = new.partition_entry_lba.saturating_add(array_sectors);
+    let backup_array_start = new.backup_lba.saturating_sub(array_sectors);
+    lba >= last_end
+        && lba >= primary_array_end
+        && lba >= new.first_usable_lba
+        && lba < backup_array_start
 }
 
 /// Rewrites a plain protective MBR to cover the whole device, keeping its boot flag. A

@@ -463,6 +463,32 @@ fn hostile_gpt_headers_are_refused_not_trusted() {
     }
 }
 
+/// An image whose primary header says its backup is at LBA 2 (the primary entry array), or
+/// inside the space of the new backup array: the new table is written and nothing of it (or
+/// of a partition) is zeroed as the "old backup".
+#[test]
+fn a_hostile_old_backup_lba_never_wipes_the_new_table() {
+    if !have("sfdisk") || !have("sgdisk") {
+        return;
+    }
+    // LBA 2: the primary array; 128 MiB/512 - 2: the new backup array; 2048: partition 1.
+    for stale in [2u32, (128 * MIB / 512 - 2) as u32, 2048] {
+        let img = disk_with(32 * MIB, "label: gpt\n1 : start=2048, size=8192, name=root");
+        img.as_file().set_len(128 * MIB).unwrap();
+        poke_header(&img, 32, stale);
+        let mut f = open(&img);
+        let g = geo(128 * MIB);
+        add_at_end(&mut f, &g, 8 * MIB, "config-2", Content::Vfat).unwrap();
+        let v = sgdisk_verify(&img);
+        assert!(
+            v.contains("No problems found"),
+            "old backup at {stale}: {v}"
+        );
+        let t = read(&mut f, &g).unwrap();
+        assert_eq!(t.parts.len(), 2, "old backup at {stale}");
+    }
+}
+
 /// Whatever sector 0 and the GPT headers hold, reading and adding fail cleanly or succeed.
 #[test]
 fn random_tables_never_panic() {
