@@ -138,11 +138,12 @@ impl RunImage {
             }
         };
         let mode = p.boot.unwrap_or_default();
-        // The way out first: nothing is written when the machine may not leave.
+        // The way out first, and the boot entries that make it boot the image: nothing is
+        // written when the machine may not leave.
         let actions: &[Action<'_>] = match mode {
-            BootMode::Kexec => &[Action::Kexec],
-            BootMode::Reboot => &[Action::Reboot],
-            BootMode::Auto => &[Action::Kexec, Action::Reboot],
+            BootMode::Kexec => &[Action::Kexec, Action::SetBootEntry],
+            BootMode::Reboot => &[Action::Reboot, Action::SetBootEntry],
+            BootMode::Auto => &[Action::Kexec, Action::Reboot, Action::SetBootEntry],
         };
         for a in actions {
             self.authority
@@ -281,6 +282,11 @@ impl RunImage {
         TaskFailure,
     > {
         let uefi = self.root.join("sys/firmware/efi").is_dir();
+        // Decided before the task wrote anything ([`Self::prepare`]); asked again here, where
+        // the variables and the BMC are changed, so no path reaches them without it.
+        self.authority
+            .decide(&Action::SetBootEntry)
+            .map_err(|e| fail(codes::REFUSED, e.to_string()))?;
         let boot_entry = if uefi {
             match self.uefi_entry(p, inspection) {
                 Ok(r) => Some(r),
