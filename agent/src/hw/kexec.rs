@@ -31,6 +31,11 @@ pub enum KexecError {
     #[error("the kernel command line contains a NUL byte")]
     CmdlineNul,
     #[error(
+        "the kernel command line is {len} bytes; the kernel takes at most {} with its NUL",
+        molar_protocol::run_image::COMMAND_LINE_SIZE
+    )]
+    CmdlineTooLong { len: usize },
+    #[error(
         "kexec_file_load of {kernel}: not permitted (needs CAP_SYS_BOOT, and \
          kernel.kexec_load_disabled must be 0)"
     )]
@@ -62,7 +67,7 @@ impl KexecError {
         match self {
             KexecError::Open { .. } | KexecError::Initrd(_) => "kexec_file_unreadable",
             KexecError::InitrdTooLarge { .. } => "kexec_initrd_too_large",
-            KexecError::CmdlineNul => "invalid_params",
+            KexecError::CmdlineNul | KexecError::CmdlineTooLong { .. } => "invalid_params",
             KexecError::NotPermitted { .. } => "kexec_not_permitted",
             KexecError::NotAKernel { .. } => "kexec_not_a_kernel",
             KexecError::SignatureRejected { .. } => "kexec_signature_rejected",
@@ -142,6 +147,10 @@ fn initrd_fd(initrds: &[PathBuf], limit: u64) -> Result<Option<OwnedFd>, KexecEr
 /// [`execute`]. The command line's length passed to the kernel includes its NUL.
 pub fn load(kernel: &Path, initrds: &[PathBuf], cmdline: &str) -> Result<(), KexecError> {
     let cmdline = CString::new(cmdline).map_err(|_| KexecError::CmdlineNul)?;
+    let len = cmdline.as_bytes_with_nul().len();
+    if len > molar_protocol::run_image::COMMAND_LINE_SIZE {
+        return Err(KexecError::CmdlineTooLong { len: len - 1 });
+    }
     let kernel_file = open(kernel)?;
     let initrd = initrd_fd(initrds, joined_initrd_limit())?;
     let (initrd_raw, flags) = match &initrd {
@@ -251,6 +260,11 @@ mod tests {
                 dir.path().join("initrd.img").display()
             )),
             "{err}"
+        );
+        let err = load(&kernel, &[], &"a".repeat(2048)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the kernel command line is 2048 bytes; the kernel takes at most 2048 with its NUL"
         );
         let err = load(&kernel, &[], "a\0b").unwrap_err();
         assert_eq!(
