@@ -37,17 +37,22 @@ pub const CAPSULE_MARKER: &str = "run/molar/capsule-pending";
 /// The `{url, checksum}` form of `config_drive`: the ready image, at most
 /// [`MAX_CONFIG_DRIVE_BYTES`] (it may be gzipped), fetched with the image fetcher's client in
 /// one Range request and checked against its digest (or its line in a sums file) before a
-/// byte of it reaches the disk.
-pub fn fetch_config_drive(url: &str, checksum: &str) -> Result<Vec<u8>, SysError> {
+/// byte of it reaches the disk. `options` are the image tasks' (timeouts), with the
+/// config drive's own `ca_pem`, as `standbye.prepare_image` takes an image's.
+pub fn fetch_config_drive(
+    url: &str,
+    checksum: &str,
+    options: &crate::image::FetchOptions,
+) -> Result<Vec<u8>, SysError> {
     use crate::image::checksum::{self, Hasher};
-    use crate::image::fetch::{FetchOptions, Http};
+    use crate::image::fetch::Http;
     use molar_protocol::image::Checksum;
     let fetch_err = |e: crate::image::fetch::FetchError| {
         SysError::new(e.code(), format!("config_drive url: {e}"))
     };
     let want = Checksum::parse(checksum)
         .map_err(|e| SysError::new(codes::INVALID_PARAMS, format!("config_drive checksum: {e}")))?;
-    let http = Http::new(&FetchOptions::default()).map_err(fetch_err)?;
+    let http = Http::new(options).map_err(fetch_err)?;
     let want = match want {
         Checksum::Digest(d) => d,
         Checksum::SumsUrl(sums) => {
@@ -831,19 +836,32 @@ mod tests {
             use sha2::Digest as _;
             hex::encode(sha2::Sha256::digest(&body))
         };
+        let options = crate::image::FetchOptions::default();
         assert_eq!(
-            fetch_config_drive(&url, &format!("sha256:{digest}")).unwrap(),
+            fetch_config_drive(&url, &format!("sha256:{digest}"), &options).unwrap(),
             body
         );
         let wrong = format!("sha256:{}", "0".repeat(64));
-        let e = fetch_config_drive(&url, &wrong).unwrap_err();
+        let e = fetch_config_drive(&url, &wrong, &options).unwrap_err();
         assert_eq!(e.code, "checksum_mismatch");
         assert_eq!(
             e.msg,
             format!("config_drive url: {url} has sha256:{digest}, expected {wrong}")
         );
-        let e = fetch_config_drive(&url, "md5:abc").unwrap_err();
+        let e = fetch_config_drive(&url, "md5:abc", &options).unwrap_err();
         assert_eq!(e.code, codes::INVALID_PARAMS);
+        // The config drive's own CA is what the client trusts: one that is no certificate
+        // stops the fetch before a request.
+        let options = crate::image::FetchOptions {
+            ca_pem: Some("not a certificate".into()),
+            ..options
+        };
+        let e = fetch_config_drive(&url, &format!("sha256:{digest}"), &options).unwrap_err();
+        assert!(
+            e.msg
+                .starts_with("config_drive url: ca_pem holds no usable certificate"),
+            "{e:?}"
+        );
     }
 
     /// Refusals come before anything is written: a host without --allow-host-power, a
