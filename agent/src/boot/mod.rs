@@ -151,7 +151,9 @@ pub fn inspect(
         notes.push(format!("re-reading the partition table: {e}"));
     }
     let mut disk = std::fs::File::open(dev).map_err(open_err)?;
-    let table = table::read(&mut disk, size).map_err(|source| BootError::Table {
+    // A regular file (tests, an image) has no logical block size: 512.
+    let sector_size = crate::hw::block::logical_block_size(&disk).unwrap_or(512);
+    let table = table::read(&mut disk, size, sector_size).map_err(|source| BootError::Table {
         device: dev.to_path_buf(),
         source,
     })?;

@@ -2,6 +2,10 @@
 //! primary header, else the backup at the end) or MBR (primary partitions, plus logical ones
 //! in an extended partition). What boot needs of it: each partition's place, type and unique
 //! id, to find the root and the ESP, say `root=PARTUUID=...` and build a UEFI `HD()` node.
+//!
+//! Every value of the table is the image's, so untrusted: offsets are computed with checked
+//! arithmetic, and a table naming a partition (or entry array) past the end of the device
+//! is refused, as `crate::partition` refuses it. MBR sectors are the device's logical sector.
 
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -59,12 +63,13 @@ impl PartitionTable {
         self.partitions.iter().find(|p| p.number == number)
     }
 
+    /// Where `p` starts; [`read`] checked it lies inside the device.
     pub fn offset_bytes(&self, p: &Partition) -> u64 {
-        p.start_lba * u64::from(self.sector_size)
+        p.start_lba.saturating_mul(u64::from(self.sector_size))
     }
 
     pub fn size_bytes(&self, p: &Partition) -> u64 {
-        p.size_lba * u64::from(self.sector_size)
+        p.size_lba.saturating_mul(u64::from(self.sector_size))
     }
 }
 
@@ -76,6 +81,8 @@ pub enum TableError {
     None,
     #[error("the GPT is damaged: {0}")]
     BadGpt(String),
+    #[error("partition {number} ends past the end of the device ({size} bytes)")]
+    BeyondEnd { number: u32, size: u64 },
 }
 
 /// A GUID as stored on disk (first three fields little endian), in its text form.
@@ -118,10 +125,30 @@ fn le64(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Reads the table of a disk (or disk image) of `size` bytes.
-pub fn read<R: Read + Seek>(r: &mut R, size: u64) -> Result<PartitionTable, TableError> {
+/// `first + len` sectors of `sector` bytes, in bytes, when that ends inside `size` bytes.
+fn span(first: u64, len: u64, sector: u32, size: u64) -> Option<(u64, u64)> {
+    let ss = u64::from(sector);
+    let start = first.checked_mul(ss)?;
+    let bytes = len.checked_mul(ss)?;
+    (start.checked_add(bytes)? <= size).then_some((start, bytes))
+}
+
+/// Reads the table of a disk (or disk image) of `size` bytes whose logical sector is
+/// `sector_size` (512 for a file): a GPT at that sector size first, then at the other one
+/// (an image made for 4096-byte sectors), else an MBR in the device's sectors.
+pub fn read<R: Read + Seek>(
+    r: &mut R,
+    size: u64,
+    sector_size: u32,
+) -> Result<PartitionTable, TableError> {
     let mut gpt_error = None;
-    for sector in [512u32, 4096] {
+    let sector_size = if sector_size == 4096 { 4096 } else { 512 };
+    let order = if sector_size == 4096 {
+        [4096u32, 512]
+    } else {
+        [512u32, 4096]
+    };
+    for sector in order {
         if size < u64::from(sector) * 3 {
             continue;
         }
@@ -129,14 +156,14 @@ pub fn read<R: Read + Seek>(r: &mut R, size: u64) -> Result<PartitionTable, Tabl
         if &header[..8] != b"EFI PART" {
             continue;
         }
-        match read_gpt(r, sector, &header) {
+        match read_gpt(r, sector, &header, size) {
             Ok(t) => return Ok(t),
             Err(TableError::BadGpt(why)) => {
                 // The backup header, at the last sector.
                 let last = size / u64::from(sector) - 1;
                 let backup = read_at(r, last * u64::from(sector), 92)?;
                 if &backup[..8] == b"EFI PART"
-                    && let Ok(t) = read_gpt(r, sector, &backup)
+                    && let Ok(t) = read_gpt(r, sector, &backup, size)
                 {
                     return Ok(t);
                 }
@@ -148,13 +175,14 @@ pub fn read<R: Read + Seek>(r: &mut R, size: u64) -> Result<PartitionTable, Tabl
     if let Some(why) = gpt_error {
         return Err(TableError::BadGpt(why));
     }
-    read_mbr(r, size)
+    read_mbr(r, size, sector_size)
 }
 
 fn read_gpt<R: Read + Seek>(
     r: &mut R,
     sector: u32,
     header: &[u8],
+    size: u64,
 ) -> Result<PartitionTable, TableError> {
     let header_size = le32(header, 12) as usize;
     if !(92..=sector as usize).contains(&header_size) {
@@ -162,7 +190,9 @@ fn read_gpt<R: Read + Seek>(
     }
     let full = {
         let lba = le64(header, 24);
-        read_at(r, lba * u64::from(sector), header_size)?
+        let (at, _) = span(lba, 1, sector, size)
+            .ok_or_else(|| TableError::BadGpt(format!("header LBA {lba} past the device")))?;
+        read_at(r, at, header_size)?
     };
     let mut for_crc = full.clone();
     for_crc[16..20].fill(0);
@@ -177,7 +207,13 @@ fn read_gpt<R: Read + Seek>(
             "{count} entries of {entry_size} bytes"
         )));
     }
-    let entries = read_at(r, entries_lba * u64::from(sector), count * entry_size)?;
+    let array_sectors = ((count * entry_size) as u64).div_ceil(u64::from(sector));
+    let (entries_at, _) = span(entries_lba, array_sectors, sector, size).ok_or_else(|| {
+        TableError::BadGpt(format!(
+            "the entry array at LBA {entries_lba} runs past the end of the device"
+        ))
+    })?;
+    let entries = read_at(r, entries_at, count * entry_size)?;
     if crc32fast::hash(&entries) != le32(&full, 88) {
         return Err(TableError::BadGpt(
             "partition entries checksum mismatch".into(),
@@ -198,6 +234,13 @@ fn read_gpt<R: Read + Seek>(
         if last < first {
             continue;
         }
+        let number = i as u32 + 1;
+        // `last - first + 1` cannot overflow: `last` >= `first`, and a `last` of u64::MAX
+        // is past every device.
+        let len = (last - first).checked_add(1);
+        if len.and_then(|len| span(first, len, sector, size)).is_none() {
+            return Err(TableError::BeyondEnd { number, size });
+        }
         let name: Vec<u16> = e[56..128]
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -210,7 +253,7 @@ fn read_gpt<R: Read + Seek>(
             _ => Role::Data,
         };
         partitions.push(Partition {
-            number: i as u32 + 1,
+            number,
             start_lba: first,
             size_lba: last - first + 1,
             role,
@@ -237,7 +280,11 @@ fn mbr_role(kind: u8) -> Role {
     }
 }
 
-fn read_mbr<R: Read + Seek>(r: &mut R, size: u64) -> Result<PartitionTable, TableError> {
+fn read_mbr<R: Read + Seek>(
+    r: &mut R,
+    size: u64,
+    sector: u32,
+) -> Result<PartitionTable, TableError> {
     if size < 512 {
         return Err(TableError::None);
     }
@@ -248,6 +295,10 @@ fn read_mbr<R: Read + Seek>(r: &mut R, size: u64) -> Result<PartitionTable, Tabl
     let signature = le32(&mbr, 440);
     let mut partitions = Vec::new();
     let entry = |p: &mut Vec<Partition>, number: u32, kind: u8, start: u64, len: u64| {
+        // A protective 0xee entry may say 0xffffffff sectors; it is never mounted.
+        if kind != 0xee && span(start, len, sector, size).is_none() {
+            return Err(TableError::BeyondEnd { number, size });
+        }
         p.push(Partition {
             number,
             start_lba: start,
@@ -257,6 +308,7 @@ fn read_mbr<R: Read + Seek>(r: &mut R, size: u64) -> Result<PartitionTable, Tabl
             guid_bytes: None,
             name: String::new(),
         });
+        Ok(())
     };
     let mut extended = None;
     for slot in 0..4u32 {
@@ -268,29 +320,32 @@ fn read_mbr<R: Read + Seek>(r: &mut R, size: u64) -> Result<PartitionTable, Tabl
         if matches!(kind, 0x05 | 0x0f | 0x85) {
             extended = Some(start);
         }
-        entry(&mut partitions, slot + 1, kind, start, len);
+        entry(&mut partitions, slot + 1, kind, start, len)?;
     }
     // Logical partitions: a chain of EBRs, each relative to the extended partition's start.
     if let Some(ext) = extended {
         let mut next = 0u64;
         for number in 5..64u32 {
-            let at = (ext + next) * 512;
-            if at + 512 > size {
+            let Some((at, _)) = ext
+                .checked_add(next)
+                .and_then(|lba| span(lba, 1, sector, size))
+            else {
                 break;
-            }
+            };
             let ebr = read_at(r, at, 512)?;
             if ebr[510..512] != [0x55, 0xaa] {
                 break;
             }
             let (kind, rel, len) = (ebr[446 + 4], le32(&ebr, 446 + 8), le32(&ebr, 446 + 12));
             if kind != 0 && len != 0 {
+                // Both u32 offsets added to a u32 start: no u64 overflow.
                 entry(
                     &mut partitions,
                     number,
                     kind,
                     ext + next + u64::from(rel),
                     u64::from(len),
-                );
+                )?;
             }
             let link = u64::from(le32(&ebr, 462 + 8));
             if ebr[462 + 4] == 0 || link == 0 || link <= next {
@@ -301,7 +356,7 @@ fn read_mbr<R: Read + Seek>(r: &mut R, size: u64) -> Result<PartitionTable, Tabl
     }
     Ok(PartitionTable {
         scheme: Scheme::Mbr { signature },
-        sector_size: 512,
+        sector_size: sector,
         partitions,
     })
 }
@@ -383,7 +438,7 @@ pub mod tests {
                 ),
             ],
         );
-        let t = read(&mut Cursor::new(&img), img.len() as u64).unwrap();
+        let t = read(&mut Cursor::new(&img), img.len() as u64, 512).unwrap();
         assert_eq!(
             t.scheme,
             Scheme::Gpt {
@@ -409,17 +464,73 @@ pub mod tests {
         assert_eq!(t.offset_bytes(root), 4096 * 512);
     }
 
+    /// The image's numbers are not trusted: a partition past the device's end, an end LBA of
+    /// u64::MAX, an entry array LBA whose byte offset overflows: clear errors, no panic.
+    #[test]
+    fn hostile_gpt_numbers_are_refused_without_overflow() {
+        let data = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+        for (first, last) in [(2048u64, 9000u64), (0, u64::MAX), (u64::MAX / 2, u64::MAX)] {
+            let img = gpt_image(8192, &[(1, data, data, first, last)]);
+            let e = read(&mut Cursor::new(&img), img.len() as u64, 512).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "partition 2 ends past the end of the device ({} bytes)",
+                    img.len()
+                ),
+                "{first}..{last}"
+            );
+        }
+        // The entry array at LBA 2^62: its byte offset overflows u64.
+        let mut img = gpt_image(8192, &[(0, data, data, 2048, 4095)]);
+        img[512 + 72..512 + 80].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        img[512 + 16..512 + 20].fill(0);
+        let crc = crc32fast::hash(&img[512..604]);
+        img[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+        let e = read(&mut Cursor::new(&img), img.len() as u64, 512).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the GPT is damaged: the entry array at LBA 4611686018427387904 runs past the end of \
+             the device"
+        );
+    }
+
+    /// An MBR counts in the device's logical sectors (4096 on a 4Kn disk), and a partition
+    /// past the device's end is refused.
+    #[test]
+    fn mbr_sectors_are_the_devices_and_end_inside_it() {
+        let mut mbr = vec![0u8; 4 << 20];
+        mbr[446 + 4] = 0x83;
+        mbr[446 + 8..446 + 12].copy_from_slice(&256u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&512u32.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        let t = read(&mut Cursor::new(&mbr), mbr.len() as u64, 4096).unwrap();
+        assert_eq!(t.sector_size, 4096);
+        let p = &t.partitions[0];
+        assert_eq!((t.offset_bytes(p), t.size_bytes(p)), (1 << 20, 2 << 20));
+        let t = read(&mut Cursor::new(&mbr), mbr.len() as u64, 512).unwrap();
+        assert_eq!(t.offset_bytes(&t.partitions[0]), 256 * 512);
+        // 256 + 1024 sectors of 4096 bytes: 5 MiB, on a 4 MiB device.
+        mbr[446 + 12..446 + 16].copy_from_slice(&1024u32.to_le_bytes());
+        let e = read(&mut Cursor::new(&mbr), mbr.len() as u64, 4096).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "partition 1 ends past the end of the device (4194304 bytes)"
+        );
+    }
+
     #[test]
     fn a_damaged_primary_gpt_is_named_and_mbr_is_read() {
         let mut img = gpt_image(4096, &[(0, ESP_GUID, ESP_GUID, 2048, 4000)]);
         img[1024] ^= 0xff; // an entry byte: the entries' checksum no longer matches
-        let e = read(&mut Cursor::new(&img), img.len() as u64).unwrap_err();
+        let e = read(&mut Cursor::new(&img), img.len() as u64, 512).unwrap_err();
         assert_eq!(
             e.to_string(),
             "the GPT is damaged: partition entries checksum mismatch"
         );
 
-        let mut mbr = vec![0u8; 1 << 20];
+        let mut mbr = vec![0u8; 2 << 20];
         mbr[440..444].copy_from_slice(&0xa1b2c3d4u32.to_le_bytes());
         mbr[446 + 4] = 0x83;
         mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
@@ -429,7 +540,7 @@ pub mod tests {
         mbr[446 + 16 + 12..446 + 16 + 16].copy_from_slice(&100u32.to_le_bytes());
         mbr[510] = 0x55;
         mbr[511] = 0xaa;
-        let t = read(&mut Cursor::new(&mbr), mbr.len() as u64).unwrap();
+        let t = read(&mut Cursor::new(&mbr), mbr.len() as u64, 512).unwrap();
         assert_eq!(
             t.scheme,
             Scheme::Mbr {
@@ -441,7 +552,7 @@ pub mod tests {
         assert_eq!(t.partitions[1].number, 2);
 
         let blank = vec![0u8; 1 << 16];
-        let e = read(&mut Cursor::new(&blank), blank.len() as u64).unwrap_err();
+        let e = read(&mut Cursor::new(&blank), blank.len() as u64, 512).unwrap_err();
         assert_eq!(e.to_string(), "no GPT and no MBR partition table");
     }
 }
