@@ -404,27 +404,36 @@ pub mod tests {
             .unwrap()
             .set_len(8 << 20)
             .unwrap();
-        let out = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&tree)
-            .arg(&fs_img)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = std::process::Command::new("debugfs")
-            .args(["-w", "-R", "feature needs_recovery"])
-            .arg(&fs_img)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for (tool, args) in [
+            (
+                "mkfs.ext4",
+                vec![
+                    "-q".as_ref(),
+                    "-F".as_ref(),
+                    "-d".as_ref(),
+                    tree.as_os_str(),
+                ],
+            ),
+            (
+                "debugfs",
+                vec![
+                    "-w".as_ref(),
+                    "-R".as_ref(),
+                    "feature needs_recovery".as_ref(),
+                ],
+            ),
+        ] {
+            let out = std::process::Command::new(tool)
+                .args(args)
+                .arg(&fs_img)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{tool}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut img = gpt_image(
             2048 + 16384 + 34,
             &[(
