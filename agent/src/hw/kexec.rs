@@ -289,7 +289,7 @@ mod tests {
         f.read_to_end(&mut joined).unwrap();
         assert_eq!(joined, b"12345\0\0\0abc");
         assert!(initrd_fd(&[], 1).unwrap().is_none());
-        assert!(initrd_fd(&[a.clone()], 1).unwrap().is_some());
+        assert!(initrd_fd(std::slice::from_ref(&a), 1).unwrap().is_some());
         // 5 + 3 bytes of padding + 3: 11 fit in 11, not in 10.
         assert!(initrd_fd(&[a.clone(), b.clone()], 11).is_ok());
         let err = initrd_fd(&[a, b], 10).unwrap_err();
