@@ -64,6 +64,10 @@ impl BootError {
     pub fn code(&self) -> &'static str {
         match self {
             BootError::Open { .. } => "io_error",
+            BootError::Table {
+                source: table::TableError::BeyondEnd { .. },
+                ..
+            } => "partition_beyond_end",
             BootError::Table { .. } => "no_partition_table",
         }
     }

@@ -472,10 +472,15 @@ pub mod tests {
         for (first, last) in [(2048u64, 9000u64), (0, u64::MAX), (u64::MAX / 2, u64::MAX)] {
             let img = gpt_image(8192, &[(1, data, data, first, last)]);
             let e = read(&mut Cursor::new(&img), img.len() as u64, 512).unwrap_err();
+            let boot = super::super::BootError::Table {
+                device: "disk.img".into(),
+                source: e,
+            };
+            assert_eq!(boot.code(), "partition_beyond_end");
             assert_eq!(
-                e.to_string(),
+                boot.to_string(),
                 format!(
-                    "partition 2 ends past the end of the device ({} bytes)",
+                    "disk.img: partition 2 ends past the end of the device ({} bytes)",
                     img.len()
                 ),
                 "{first}..{last}"
