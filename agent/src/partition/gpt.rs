@@ -79,6 +79,17 @@ fn check_headers<F: Read + Seek>(
                 geo.size_bytes
             )));
         }
+        // gptman's alignment guess panics when every partition starts at LBA 0 (and one
+        // there overlaps the MBR anyway).
+        disk.seek(SeekFrom::Start(h.partition_entry_lba * ss))
+            .map_err(geo.io())?;
+        let mut entries = vec![0u8; h.number_of_partition_entries as usize * 128];
+        disk.read_exact(&mut entries).map_err(geo.io())?;
+        for (i, e) in entries.chunks_exact(128).enumerate() {
+            if e[..16] != [0; 16] && e[32..40] == [0; 8] {
+                return Err(reason(format!("partition {} starts at LBA 0", i + 1)));
+            }
+        }
     }
     Ok(())
 }

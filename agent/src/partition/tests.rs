@@ -463,6 +463,33 @@ fn hostile_gpt_headers_are_refused_not_trusted() {
     }
 }
 
+/// A used entry starting at LBA 0 (which made `gptman`'s alignment guess panic) is refused.
+#[test]
+fn a_gpt_partition_at_lba_0_is_refused_not_a_panic() {
+    if !have("sfdisk") {
+        return;
+    }
+    let img = disk_with(64 * MIB, "label: gpt\n1 : start=2048, size=8192");
+    {
+        use std::io::{Read as _, Seek as _, Write as _};
+        let mut f = open(&img);
+        let mut entries = vec![0u8; 128 * 128];
+        f.seek(SeekFrom::Start(1024)).unwrap();
+        f.read_exact(&mut entries).unwrap();
+        entries[32..40].copy_from_slice(&0u64.to_le_bytes());
+        f.seek(SeekFrom::Start(1024)).unwrap();
+        f.write_all(&entries).unwrap();
+        let crc = crc32fast::hash(&entries);
+        drop(f);
+        poke_header(&img, 88, crc);
+    }
+    let e = read(&mut open(&img), &geo(64 * MIB)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "disk.img: the GPT cannot be read: header at LBA 1: partition 1 starts at LBA 0"
+    );
+}
+
 /// An image whose primary header says its backup is at LBA 2 (the primary entry array), or
 /// inside the space of the new backup array: the new table is written and nothing of it (or
 /// of a partition) is zeroed as the "old backup".
