@@ -52,23 +52,16 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{device}: {source}")]
-    Table {
-        device: PathBuf,
-        #[source]
-        source: table::TableError,
-    },
+    /// The partition table, read by [`crate::partition::read`]: its errors name the device.
+    #[error(transparent)]
+    Table(#[from] crate::partition::PartitionError),
 }
 
 impl BootError {
     pub fn code(&self) -> &'static str {
         match self {
             BootError::Open { .. } => "io_error",
-            BootError::Table {
-                source: table::TableError::BeyondEnd { .. },
-                ..
-            } => "partition_beyond_end",
-            BootError::Table { .. } => "no_partition_table",
+            BootError::Table(e) => e.code(),
         }
     }
 }
@@ -157,10 +150,7 @@ pub fn inspect(
     let mut disk = std::fs::File::open(dev).map_err(open_err)?;
     // A regular file (tests, an image) has no logical block size: 512.
     let sector_size = crate::hw::block::logical_block_size(&disk).unwrap_or(512);
-    let table = table::read(&mut disk, size, sector_size).map_err(|source| BootError::Table {
-        device: dev.to_path_buf(),
-        source,
-    })?;
+    let table = table::read(&mut disk, &dev.display().to_string(), size, sector_size)?;
     notes.extend(
         sys.load_modules(MODULES)
             .into_iter()
@@ -373,7 +363,10 @@ pub mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("{}: no GPT and no MBR partition table", dev.display())
+            format!(
+                "{}: no partition table (neither GPT nor MBR): write the image first",
+                dev.display()
+            )
         );
     }
 

@@ -7,7 +7,9 @@
 //! `gptman` keeps entries at their index (the `gpt` crate packs used entries on write and so
 //! renumbers partitions, which would break an image's `root=/dev/sda3`).
 
-use super::{ALIGN_BYTES, Content, Geometry, Part, PartitionError, Region, Scheme, Table};
+use super::{
+    ALIGN_BYTES, Content, DiskId, Geometry, Kind, Part, PartitionError, Region, Scheme, Table,
+};
 use gptman::{GPT, GPTHeader, GPTPartitionEntry};
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -120,6 +122,10 @@ fn to_part(geo: &Geometry, number: u32, e: &GPTPartitionEntry) -> Part {
         start_bytes: e.starting_lba * geo.sector_size,
         size_bytes: (e.ending_lba + 1 - e.starting_lba) * geo.sector_size,
         name: Some(e.partition_name.as_str().to_owned()),
+        kind: Kind::Gpt {
+            type_guid: e.partition_type_guid,
+            unique_guid: e.unique_partition_guid,
+        },
     }
 }
 
@@ -130,6 +136,7 @@ pub(super) fn read<F: Read + Seek>(
     let gpt = load(disk, geo)?;
     Ok(Table {
         scheme: Scheme::Gpt,
+        disk_id: DiskId::Gpt(gpt.header.disk_guid),
         parts: gpt
             .iter()
             .filter(|(_, e)| e.is_used())
