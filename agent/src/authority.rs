@@ -2,17 +2,23 @@
 //! machine (or its BMC) away, decided from how the agent was started — never from its pid,
 //! which a container's process shares with the ramdisk's init.
 //!
-//! | started as                          | device actions          | reboot, poweroff, kexec, chassis.power, bmc.reset |
-//! |-------------------------------------|-------------------------|----------------------------------------------------|
-//! | the ramdisk's `/init` (or `init`)   | every device            | allowed                                            |
-//! | `run --allow-host DEV...`           | only the devices named  | refused                                            |
-//! | `run --allow-host-power`            | only the devices named  | allowed                                            |
+//! | started as                          | device actions          | reboot, poweroff, kexec, chassis.power, bmc.reset, boot entries |
+//! |-------------------------------------|-------------------------|------------------------------------------------------------------|
+//! | the ramdisk's `/init` (or `init`)   | every device            | allowed                                                          |
+//! | `run --allow-host DEV...`           | only the devices named  | refused                                                          |
+//! | `run --allow-host-power`            | only the devices named  | allowed                                                          |
+//!
+//! "Boot entries" ([`Action::SetBootEntry`]) is `standbye.run_image` changing what the machine
+//! boots next: the EFI `Boot####`/`BootOrder` variables and the BMC's boot device. On a host
+//! that takes the machine's own boot away as surely as a reboot into something else, so it
+//! needs the same `--allow-host-power`.
 //!
 //! [`Authority::decide`] is the one function that applies the table. Device actions that it
 //! allows still go through the device checks of [`crate::safety::select_targets`] (mounted,
 //! held, boot device, ...), which asks this policy first. Reading the power state and other
-//! reads are not actions. Setting BMC credentials and the next boot device are not actions of
-//! this policy either: they take nothing away and the controller needs them on any machine.
+//! reads are not actions. Setting BMC credentials and the next boot device through
+//! `bmc.boot_device` are not actions of this policy either: they take nothing away and the
+//! controller needs them on any machine.
 
 use crate::safety::device_name;
 use molar_protocol::bmc::PowerAction;
@@ -54,6 +60,9 @@ pub enum Action<'a> {
     /// `status` is only a read and always allowed.
     ChassisPower(PowerAction),
     BmcReset,
+    /// Writing the firmware's boot entries (EFI `Boot####`, `BootOrder`) and the BMC's next
+    /// boot device for the written image.
+    SetBootEntry,
 }
 
 /// The word for a power action, as the wire spells it (`off`, `cycle`).
@@ -75,6 +84,7 @@ impl std::fmt::Display for Action<'_> {
             Action::Kexec => f.write_str("kexec"),
             Action::ChassisPower(a) => write!(f, "{} {}", ChassisPower::NAME, power_word(*a)),
             Action::BmcReset => f.write_str(BmcReset::NAME),
+            Action::SetBootEntry => f.write_str("setting the machine's boot entries"),
         }
     }
 }
@@ -146,7 +156,8 @@ impl Authority {
             | Action::Poweroff
             | Action::Kexec
             | Action::ChassisPower(_)
-            | Action::BmcReset => {
+            | Action::BmcReset
+            | Action::SetBootEntry => {
                 if host_power {
                     Ok(())
                 } else {
@@ -207,6 +218,7 @@ mod tests {
             Action::Poweroff,
             Action::Kexec,
             Action::BmcReset,
+            Action::SetBootEntry,
         ]);
         actions.extend([On, Off, Soft, Reset, Cycle, Status].map(Action::ChassisPower));
 
@@ -243,7 +255,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 5 * 16);
+        assert_eq!(checked, 5 * 17);
     }
 
     #[test]
@@ -267,6 +279,16 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("bmc.reset refused")
+        );
+        assert_eq!(
+            host.decide(&Action::SetBootEntry).unwrap_err().to_string(),
+            "setting the machine's boot entries refused: not running as the ramdisk's init (on a \
+             host, start the agent with --allow-host-power)"
+        );
+        assert!(
+            Authority::host(&[], true)
+                .decide(&Action::SetBootEntry)
+                .is_ok()
         );
         let root = Path::new("/nonexistent");
         let e = host

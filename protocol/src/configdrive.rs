@@ -41,10 +41,13 @@ pub enum ConfigDrive {
     /// gzip then base64 of a ready config drive image (vfat or ISO 9660 labelled `config-2`).
     Image(String),
     /// A ready image (optionally gzipped) to download; `checksum` as for images:
-    /// `sha256:HEX`, `sha512:HEX` or the URL of a SHA256SUMS-style file.
+    /// `sha256:HEX`, `sha512:HEX` or the URL of a SHA256SUMS-style file; `ca_pem` as for
+    /// images, a CA trusted besides the public roots for its https URLs.
     Fetch {
         url: String,
         checksum: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_pem: Option<String>,
     },
 }
 
@@ -127,6 +130,8 @@ impl ConfigDriveContents {
 struct ConfigDriveFetch {
     url: String,
     checksum: String,
+    #[serde(default)]
+    ca_pem: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for ConfigDrive {
@@ -159,9 +164,19 @@ impl<'de> Deserialize<'de> for ConfigDrive {
                         )));
                     }
                 }
+                if f.ca_pem
+                    .as_ref()
+                    .is_some_and(|p| p.len() > crate::image::MAX_CA_PEM)
+                {
+                    return Err(D::Error::custom(format!(
+                        "config_drive ca_pem: longer than {} bytes",
+                        crate::image::MAX_CA_PEM
+                    )));
+                }
                 ConfigDrive::Fetch {
                     url: f.url,
                     checksum: f.checksum,
+                    ca_pem: f.ca_pem,
                 }
             }
             serde_json::Value::Object(map) => {
@@ -326,7 +341,8 @@ mod tests {
             f,
             ConfigDrive::Fetch {
                 url: "http://127.0.0.1/cd.img".into(),
-                checksum: "sha256:ab".into()
+                checksum: "sha256:ab".into(),
+                ca_pem: None,
             }
         );
         assert_eq!(
@@ -337,6 +353,22 @@ mod tests {
         assert!(e.contains("checksum"), "{e}");
         assert!(parse(json!({"url": "http://x"})).is_err());
         assert!(parse(json!({"url": "", "checksum": "sha256:00"})).is_err());
+        let pem = "-----BEGIN CERTIFICATE-----\n...";
+        let f = parse(
+            json!({"url": "https://127.0.0.1/cd.img", "checksum": "sha256:ab",
+            "ca_pem": pem}),
+        )
+        .unwrap();
+        assert!(matches!(f, ConfigDrive::Fetch { ca_pem: Some(p), .. } if p == pem));
+        let e = parse(
+            json!({"url": "https://127.0.0.1/cd.img", "checksum": "sha256:ab",
+            "ca_pem": "x".repeat(crate::image::MAX_CA_PEM + 1)}),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("config_drive ca_pem: longer than 65536 bytes"),
+            "{e}"
+        );
     }
 
     #[test]

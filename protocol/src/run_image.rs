@@ -24,12 +24,51 @@ pub struct RunImageParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_drive_format: Option<ConfigDriveFormat>,
     /// Appended to the command line the image's boot entry gives its kernel (kexec only: a
-    /// reboot runs the image's own loader, which knows nothing of them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// reboot runs the image's own loader, which knows nothing of them). At most
+    /// [`MAX_KERNEL_ARGS_BYTES`], no control characters.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "kernel_args"
+    )]
     pub kernel_args: Option<String>,
     /// How to start the image; absent means `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<BootMode>,
+}
+
+/// The kernel's command line buffer on x86 (`COMMAND_LINE_SIZE` in Debian 12's 6.1 kernel,
+/// `arch/x86/include/asm/setup.h`), its terminating NUL included: the whole line the agent
+/// hands `kexec_file_load`, the image's own arguments and `kernel_args`, must fit.
+pub const COMMAND_LINE_SIZE: usize = 2048;
+
+/// The longest `kernel_args`: more could never fit in [`COMMAND_LINE_SIZE`].
+pub const MAX_KERNEL_ARGS_BYTES: usize = COMMAND_LINE_SIZE - 1;
+
+/// Why `kernel_args` is refused, if it is: too long, or a control character (a NUL would cut
+/// the line, a newline or escape is no kernel argument).
+pub fn check_kernel_args(args: &str) -> Result<(), String> {
+    if args.len() > MAX_KERNEL_ARGS_BYTES {
+        return Err(format!(
+            "kernel_args of {} bytes (at most {MAX_KERNEL_ARGS_BYTES})",
+            args.len()
+        ));
+    }
+    if let Some((at, c)) = args.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(format!(
+            "kernel_args holds the control character {:?} at byte {at}",
+            c
+        ));
+    }
+    Ok(())
+}
+
+fn kernel_args<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let args: Option<String> = Option::deserialize(d)?;
+    if let Some(a) = &args {
+        check_kernel_args(a).map_err(serde::de::Error::custom)?;
+    }
+    Ok(args)
 }
 
 /// How `standbye.run_image` starts the image.
@@ -131,6 +170,34 @@ mod tests {
             "boot": "pxe"}))
         .unwrap_err();
         assert!(e.to_string().contains("unknown variant `pxe`"), "{e}");
+    }
+
+    #[test]
+    fn kernel_args_are_bounded_and_free_of_control_characters() {
+        let decode = |args: &str| {
+            serde_json::from_value::<RunImageParams>(
+                json!({"image_id": "i", "device": "sda", "kernel_args": args}),
+            )
+        };
+        let longest = "a".repeat(MAX_KERNEL_ARGS_BYTES);
+        assert_eq!(decode(&longest).unwrap().kernel_args.unwrap(), longest);
+        let e = decode(&format!("{longest}b")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("kernel_args of 2048 bytes (at most 2047)"),
+            "{e}"
+        );
+        for (args, want) in [
+            ("console=ttyS0\0init=/bin/sh", "'\\0' at byte 13"),
+            ("a\nb", "'\\n' at byte 1"),
+            ("a\u{1b}[2J", "'\\u{1b}' at byte 1"),
+        ] {
+            let e = decode(args).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("kernel_args holds the control character {want}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

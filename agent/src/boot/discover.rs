@@ -86,8 +86,9 @@ pub struct NotFound {
 const MAX_SYMLINKS: usize = 40;
 
 /// Resolves `path` inside `root` as if `root` were `/`: `..` stops at it, absolute symlink
-/// targets restart from it. `Some((host path, path on the filesystem))` for a regular file.
-pub fn resolve_in(root: &Path, path: &str) -> Option<(PathBuf, String)> {
+/// targets restart from it. `Some((host path, path on the filesystem))` of whatever is there
+/// (file, directory, device node); the host path holds no symlink.
+fn resolve_any_in(root: &Path, path: &str) -> Option<(PathBuf, String, std::fs::Metadata)> {
     let mut queue: VecDeque<OsString> = Path::new(path)
         .components()
         .filter_map(|c| match c {
@@ -129,9 +130,7 @@ pub fn resolve_in(root: &Path, path: &str) -> Option<(PathBuf, String)> {
     }
     let mut host = root.to_path_buf();
     host.extend(&cur);
-    if !std::fs::metadata(&host).ok()?.is_file() {
-        return None;
-    }
+    let meta = std::fs::symlink_metadata(&host).ok()?;
     let on_fs = format!(
         "/{}",
         cur.iter()
@@ -139,7 +138,48 @@ pub fn resolve_in(root: &Path, path: &str) -> Option<(PathBuf, String)> {
             .collect::<Vec<_>>()
             .join("/")
     );
-    Some((host, on_fs))
+    Some((host, on_fs, meta))
+}
+
+/// [`resolve_any_in`] for a regular file: `Some((host path, path on the filesystem))`.
+pub fn resolve_in(root: &Path, path: &str) -> Option<(PathBuf, String)> {
+    let (host, on_fs, meta) = resolve_any_in(root, path)?;
+    meta.is_file().then_some((host, on_fs))
+}
+
+/// The most of a configuration file (BLS entry, grub.cfg, grubenv) that is read: real ones
+/// are a few KiB, and a hostile image must not fill the agent's memory.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The text of the regular file at `path` inside `root` ([`resolve_in`]), opened without
+/// following a last symlink and read up to [`MAX_CONFIG_BYTES`]; `None` for anything else
+/// (missing, a device, a directory, too large, not UTF-8).
+pub fn read_config_in(root: &Path, path: &str) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (host, _) = resolve_in(root, path)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&host)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return None;
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// The directory at `path` inside `root`, resolved there ([`resolve_any_in`]).
+fn dir_in(root: &Path, path: &str) -> Option<PathBuf> {
+    let (host, _, meta) = resolve_any_in(root, path)?;
+    meta.is_dir().then_some(host)
 }
 
 fn locate_on(fs: &MountedFs, bases: &[&str], path: &str) -> Option<Located> {
@@ -172,11 +212,14 @@ fn with_args(cmdline: &str, kernel_args: Option<&str>) -> String {
     out.join(" ")
 }
 
-fn read_dir_sorted(dir: &Path) -> Vec<(String, PathBuf)> {
-    let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+/// The names in directory `dir` of the filesystem at `root`, sorted; the directory is
+/// resolved inside it ([`dir_in`]).
+fn read_dir_sorted(root: &Path, dir: &str) -> Vec<String> {
+    let mut v: Vec<String> = dir_in(root, dir)
+        .and_then(|d| std::fs::read_dir(d).ok())
         .map(|rd| {
             rd.flatten()
-                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
         .unwrap_or_default();
@@ -186,7 +229,7 @@ fn read_dir_sorted(dir: &Path) -> Vec<(String, PathBuf)> {
 
 /// The filesystem holding `/etc`: the root the kernel should mount.
 fn root_fs(all: &[MountedFs], prefer: usize) -> &MountedFs {
-    let has_etc = |fs: &MountedFs| fs.dir.join("etc").is_dir();
+    let has_etc = |fs: &MountedFs| dir_in(&fs.dir, "etc").is_some();
     if has_etc(&all[prefer]) {
         return &all[prefer];
     }
@@ -209,7 +252,7 @@ fn expand_options(options: &str, fs: &MountedFs) -> String {
         "boot/grub/grubenv",
     ]
     .iter()
-    .find_map(|p| std::fs::read_to_string(fs.dir.join(p)).ok())
+    .find_map(|p| read_config_in(&fs.dir, p))
     .map(|t| grub::parse_env(&t))
     .unwrap_or_default();
     options
@@ -239,11 +282,11 @@ fn from_bls(
     let mut entries: Vec<(BlsEntry, usize, &'static str)> = Vec::new();
     for (i, fs) in all.iter().enumerate() {
         for (dir, base) in [("loader/entries", ""), ("boot/loader/entries", "/boot")] {
-            for (name, path) in read_dir_sorted(&fs.dir.join(dir)) {
+            for name in read_dir_sorted(&fs.dir, dir) {
                 if !name.ends_with(".conf") {
                     continue;
                 }
-                if let Ok(text) = std::fs::read_to_string(&path) {
+                if let Some(text) = read_config_in(&fs.dir, &format!("{dir}/{name}")) {
                     entries.push((bls::parse(&name, &text), i, base));
                 }
             }
@@ -308,19 +351,19 @@ fn from_grub(
     kernel_args: Option<&str>,
     tried: &mut Vec<String>,
 ) -> Option<KernelEntry> {
-    let mut configs: Vec<(usize, PathBuf, String)> = Vec::new();
+    // (filesystem index, path of grub.cfg on it)
+    let mut configs: Vec<(usize, String)> = Vec::new();
     for (i, fs) in all.iter().enumerate() {
         for (rel, _) in GRUB_CONFIGS {
-            let p = fs.dir.join(rel);
-            if p.is_file() {
-                configs.push((i, p, (*rel).to_owned()));
+            if resolve_in(&fs.dir, rel).is_some() {
+                configs.push((i, (*rel).to_owned()));
             }
         }
         if fs.partition.role == Role::Esp {
-            for (vendor, dir) in read_dir_sorted(&fs.dir.join("EFI")) {
-                let p = dir.join("grub.cfg");
-                if p.is_file() {
-                    configs.push((i, p, format!("EFI/{vendor}/grub.cfg")));
+            for vendor in read_dir_sorted(&fs.dir, "EFI") {
+                let rel = format!("EFI/{vendor}/grub.cfg");
+                if resolve_in(&fs.dir, &rel).is_some() {
+                    configs.push((i, rel));
                 }
             }
         }
@@ -329,14 +372,18 @@ fn from_grub(
         tried.push("no grub.cfg".into());
         return None;
     }
-    for (i, path, rel) in configs {
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            tried.push(format!("{rel} unreadable"));
+    for (i, rel) in configs {
+        let Some(text) = read_config_in(&all[i].dir, &rel) else {
+            tried.push(format!(
+                "{rel} unreadable (or larger than {MAX_CONFIG_BYTES} bytes)"
+            ));
             continue;
         };
-        let env = path
-            .parent()
-            .and_then(|d| std::fs::read_to_string(d.join("grubenv")).ok())
+        let env_path = match rel.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/grubenv"),
+            None => "grubenv".to_owned(),
+        };
+        let env = read_config_in(&all[i].dir, &env_path)
             .map(|t| grub::parse_env(&t))
             .unwrap_or_default();
         let menu = grub::parse(&text, &env);
@@ -425,7 +472,7 @@ fn from_versioned(
             continue;
         }
         for base in ["boot", ""] {
-            for (name, _) in read_dir_sorted(&fs.dir.join(base)) {
+            for name in read_dir_sorted(&fs.dir, base) {
                 let Some(version) = name.strip_prefix("vmlinuz-") else {
                     continue;
                 };
@@ -620,6 +667,63 @@ mod tests {
         assert_eq!(e.kernel.partition, 1);
         assert_eq!(e.initrds.len(), 1);
         assert_eq!(e.cmdline, "root=UUID=r ro quiet");
+    }
+
+    /// A hostile image's configuration files: a link out of its tree (the agent's own files,
+    /// `/dev/zero`), a FIFO, a file larger than [`MAX_CONFIG_BYTES`]: none is read, the
+    /// honest entry beside them wins.
+    #[test]
+    fn configuration_files_are_read_inside_the_image_bounded_and_regular_only() {
+        let outside = tempfile::tempdir().unwrap();
+        let evil = outside.path().join("evil.conf");
+        fs::write(
+            &evil,
+            "title evil\nlinux /vmlinuz-9\noptions evil\nsort-key 0\n",
+        )
+        .unwrap();
+        let big = format!(
+            "title big\nlinux /vmlinuz-9\noptions big\nsort-key 0\n#{}\n",
+            "x".repeat(MAX_CONFIG_BYTES as usize)
+        );
+        let evil_link = format!("->{}", evil.display());
+        let t = tree(&[(
+            1,
+            Role::Esp,
+            &[
+                ("loader/entries/a-out.conf", &evil_link),
+                ("loader/entries/a-zero.conf", "->/dev/zero"),
+                ("loader/entries/a-big.conf", &big),
+                (
+                    "loader/entries/z.conf",
+                    "title honest\nlinux /vmlinuz-1\noptions ok\n",
+                ),
+                ("vmlinuz-9", "9"),
+                ("vmlinuz-1", "1"),
+            ],
+        )]);
+        nix::unistd::mkfifo(
+            &t.fss[0].dir.join("loader/entries/a-fifo.conf"),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .unwrap();
+        let e = discover(&t.fss, None).unwrap();
+        assert_eq!((e.title.as_str(), e.cmdline.as_str()), ("honest", "ok"));
+        let root = &t.fss[0].dir;
+        assert_eq!(read_config_in(root, "loader/entries/a-out.conf"), None);
+        assert_eq!(read_config_in(root, "loader/entries/a-fifo.conf"), None);
+        assert_eq!(read_config_in(root, "loader/entries/a-big.conf"), None);
+        assert!(read_config_in(root, "loader/entries/z.conf").is_some());
+        // A directory out of the tree is not listed either.
+        let t = tree(&[(1, Role::Esp, &[("vmlinuz-9", "9")])]);
+        fs::create_dir_all(outside.path().join("entries")).unwrap();
+        fs::copy(&evil, outside.path().join("entries/evil.conf")).unwrap();
+        fs::create_dir_all(t.fss[0].dir.join("loader")).unwrap();
+        symlink(
+            outside.path().join("entries"),
+            t.fss[0].dir.join("loader/entries"),
+        )
+        .unwrap();
+        assert!(discover(&t.fss, None).is_err());
     }
 
     #[test]

@@ -451,7 +451,13 @@ mod tests {
 
     fn option() -> LoadOption {
         let img = gpt_image(8192, &[(0, ESP_GUID, ESP_UNIQUE, 2048, 4095)]);
-        let t = table::read(&mut std::io::Cursor::new(&img), img.len() as u64).unwrap();
+        let t = table::read(
+            &mut std::io::Cursor::new(&img),
+            "disk.img",
+            img.len() as u64,
+            512,
+        )
+        .unwrap();
         LoadOption {
             attributes: LOAD_OPTION_ACTIVE,
             description: "debian".into(),
@@ -496,14 +502,20 @@ mod tests {
 
     #[test]
     fn an_mbr_partition_is_named_by_the_disk_signature() {
-        let mut mbr = vec![0u8; 1 << 20];
+        let mut mbr = vec![0u8; 2 << 20];
         mbr[440..444].copy_from_slice(&0xa1b2c3d4u32.to_le_bytes());
         mbr[446 + 4] = 0xef;
         mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
         mbr[446 + 12..446 + 16].copy_from_slice(&1024u32.to_le_bytes());
         mbr[510] = 0x55;
         mbr[511] = 0xaa;
-        let t = table::read(&mut std::io::Cursor::new(&mbr), mbr.len() as u64).unwrap();
+        let t = table::read(
+            &mut std::io::Cursor::new(&mbr),
+            "disk.img",
+            mbr.len() as u64,
+            512,
+        )
+        .unwrap();
         let mut signature = [0u8; 16];
         signature[..4].copy_from_slice(&[0xd4, 0xc3, 0xb2, 0xa1]);
         assert_eq!(

@@ -52,19 +52,16 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{device}: {source}")]
-    Table {
-        device: PathBuf,
-        #[source]
-        source: table::TableError,
-    },
+    /// The partition table, read by [`crate::partition::read`]: its errors name the device.
+    #[error(transparent)]
+    Table(#[from] crate::partition::PartitionError),
 }
 
 impl BootError {
     pub fn code(&self) -> &'static str {
         match self {
             BootError::Open { .. } => "io_error",
-            BootError::Table { .. } => "no_partition_table",
+            BootError::Table(e) => e.code(),
         }
     }
 }
@@ -151,10 +148,9 @@ pub fn inspect(
         notes.push(format!("re-reading the partition table: {e}"));
     }
     let mut disk = std::fs::File::open(dev).map_err(open_err)?;
-    let table = table::read(&mut disk, size).map_err(|source| BootError::Table {
-        device: dev.to_path_buf(),
-        source,
-    })?;
+    // A regular file (tests, an image) has no logical block size: 512.
+    let sector_size = crate::hw::block::logical_block_size(&disk).unwrap_or(512);
+    let table = table::read(&mut disk, &dev.display().to_string(), size, sector_size)?;
     notes.extend(
         sys.load_modules(MODULES)
             .into_iter()
@@ -367,13 +363,18 @@ pub mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("{}: no GPT and no MBR partition table", dev.display())
+            format!(
+                "{}: no partition table (neither GPT nor MBR): write the image first",
+                dev.display()
+            )
         );
     }
 
     /// Root, `/dev/loop-control` and `mkfs.ext4` (skipped otherwise, a failure under CI):
     /// a GPT disk image whose ext4 root `mkfs.ext4 -d` made is mounted for real through a
-    /// read-only loop window, the kernel found on it, and everything unmounted again.
+    /// read-only loop window, the kernel found on it, and everything unmounted again. Its
+    /// journal is marked for recovery, as after a crash: without `noload` the kernel would
+    /// replay it onto the disk (here: refuse to, on a read-only loop device).
     #[test]
     fn a_real_ext4_root_is_mounted_through_a_loop_window() {
         // SAFETY: geteuid has no preconditions.
@@ -400,17 +401,36 @@ pub mod tests {
             .unwrap()
             .set_len(8 << 20)
             .unwrap();
-        let out = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&tree)
-            .arg(&fs_img)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for (tool, args) in [
+            (
+                "mkfs.ext4",
+                vec![
+                    "-q".as_ref(),
+                    "-F".as_ref(),
+                    "-d".as_ref(),
+                    tree.as_os_str(),
+                ],
+            ),
+            (
+                "debugfs",
+                vec![
+                    "-w".as_ref(),
+                    "-R".as_ref(),
+                    "feature needs_recovery".as_ref(),
+                ],
+            ),
+        ] {
+            let out = std::process::Command::new(tool)
+                .args(args)
+                .arg(&fs_img)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{tool}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut img = gpt_image(
             2048 + 16384 + 34,
             &[(
@@ -446,6 +466,7 @@ pub mod tests {
         .unwrap();
         let entry = got.entry.clone().unwrap();
         assert_eq!(entry.kernel.path, "/boot/vmlinuz-6.1.0-13-amd64");
+        assert_eq!(std::fs::read(&disk).unwrap(), img, "the disk was written");
         assert_eq!(
             std::fs::read_to_string(&entry.kernel.host).unwrap(),
             "not a kernel"

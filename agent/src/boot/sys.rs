@@ -11,6 +11,18 @@ use molar_protocol::configdrive::{ConfigDrive, ConfigDriveFormat, ConfigDriveOut
 use nix::mount::MsFlags;
 use std::path::{Path, PathBuf};
 
+/// The mount options that keep a read-only mount from writing the disk: `MS_RDONLY` alone
+/// lets ext3/ext4 replay a dirty journal, XFS recover its log and btrfs replay its log tree
+/// onto the device. `noload`/`norecovery`/`nologreplay` read the filesystem as it is.
+pub fn no_replay_options(fstype: &str) -> Option<&'static str> {
+    match fstype {
+        "ext3" | "ext4" => Some("noload"),
+        "xfs" => Some("norecovery"),
+        "btrfs" => Some("nologreplay"),
+        _ => None,
+    }
+}
+
 /// What a mount reads: a partition's own node, or a read-only loop window of the disk where
 /// there is none (a loop device here, a ramdisk whose devtmpfs has not made the node yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +157,7 @@ impl BootSystem for LinuxBoot {
         })?;
         let flags =
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let data = no_replay_options(fstype);
         let what = |dev: &Path| {
             format!(
                 "mounting {} ({fstype}) on {}",
@@ -154,7 +167,7 @@ impl BootSystem for LinuxBoot {
         };
         match source {
             Source::Node(dev) => {
-                nix::mount::mount(Some(dev), target, Some(fstype), flags, None::<&str>)
+                nix::mount::mount(Some(dev), target, Some(fstype), flags, data)
                     .map_err(errno(what(dev)))?;
             }
             Source::Window { disk, offset, len } => {
@@ -165,14 +178,8 @@ impl BootSystem for LinuxBoot {
                     *len,
                 )
                 .map_err(|e| SysError::new(e.code(), e.to_string()))?;
-                nix::mount::mount(
-                    Some(window.device()),
-                    target,
-                    Some(fstype),
-                    flags,
-                    None::<&str>,
-                )
-                .map_err(errno(what(window.device())))?;
+                nix::mount::mount(Some(window.device()), target, Some(fstype), flags, data)
+                    .map_err(errno(what(window.device())))?;
                 // Dropping the window now leaves it auto-clearing: it goes with the umount.
             }
         }
@@ -399,5 +406,18 @@ pub mod fake {
             self.record(Call::Jump(how));
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journaled_filesystems_are_mounted_without_replaying_their_logs() {
+        assert_eq!(no_replay_options("ext4"), Some("noload"));
+        assert_eq!(no_replay_options("xfs"), Some("norecovery"));
+        assert_eq!(no_replay_options("btrfs"), Some("nologreplay"));
+        assert_eq!(no_replay_options("vfat"), None);
     }
 }

@@ -1,9 +1,11 @@
-//! The partition table of the written image, read only: GPT (512- or 4096-byte sectors,
-//! primary header, else the backup at the end) or MBR (primary partitions, plus logical ones
-//! in an extended partition). What boot needs of it: each partition's place, type and unique
-//! id, to find the root and the ESP, say `root=PARTUUID=...` and build a UEFI `HD()` node.
+//! The partition table of the written image, read only, as boot sees it: read by
+//! [`crate::partition::read`] (GPT through `gptman` with the backup header when the primary is
+//! damaged, MBR with logical partitions; every partition inside the device, in the device's
+//! logical sectors), then given what boot needs of each partition: its role from its type, its
+//! `PARTUUID`, the unique GUID bytes for a UEFI `HD()` node.
 
-use std::io::{self, Read, Seek, SeekFrom};
+use crate::partition::{self, DiskId, Geometry, Kind, PartitionError};
+use std::io::{Read, Seek};
 
 /// GPT type of the EFI system partition.
 pub const ESP_GUID: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
@@ -24,7 +26,7 @@ pub enum Scheme {
 pub enum Role {
     Esp,
     Xbootldr,
-    /// Not for files (BIOS boot, swap, extended): never mounted.
+    /// Not for files (BIOS boot, swap): never mounted.
     Skip,
     /// Anything else: a root, `/boot` or data filesystem.
     Data,
@@ -59,23 +61,14 @@ impl PartitionTable {
         self.partitions.iter().find(|p| p.number == number)
     }
 
+    /// Where `p` starts; [`read`] took it from a table whose partitions lie inside the device.
     pub fn offset_bytes(&self, p: &Partition) -> u64 {
-        p.start_lba * u64::from(self.sector_size)
+        p.start_lba.saturating_mul(u64::from(self.sector_size))
     }
 
     pub fn size_bytes(&self, p: &Partition) -> u64 {
-        p.size_lba * u64::from(self.sector_size)
+        p.size_lba.saturating_mul(u64::from(self.sector_size))
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TableError {
-    #[error("reading the partition table: {0}")]
-    Io(#[from] io::Error),
-    #[error("no GPT and no MBR partition table")]
-    None,
-    #[error("the GPT is damaged: {0}")]
-    BadGpt(String),
 }
 
 /// A GUID as stored on disk (first three fields little endian), in its text form.
@@ -101,207 +94,83 @@ pub fn guid_text(b: &[u8; 16]) -> String {
     )
 }
 
-fn read_at<R: Read + Seek>(r: &mut R, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    r.seek(SeekFrom::Start(offset))?;
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)?;
-    Ok(buf)
-}
-
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
-fn le64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
-}
-
-/// Reads the table of a disk (or disk image) of `size` bytes.
-pub fn read<R: Read + Seek>(r: &mut R, size: u64) -> Result<PartitionTable, TableError> {
-    let mut gpt_error = None;
-    for sector in [512u32, 4096] {
-        if size < u64::from(sector) * 3 {
-            continue;
-        }
-        let header = read_at(r, u64::from(sector), 92)?;
-        if &header[..8] != b"EFI PART" {
-            continue;
-        }
-        match read_gpt(r, sector, &header) {
-            Ok(t) => return Ok(t),
-            Err(TableError::BadGpt(why)) => {
-                // The backup header, at the last sector.
-                let last = size / u64::from(sector) - 1;
-                let backup = read_at(r, last * u64::from(sector), 92)?;
-                if &backup[..8] == b"EFI PART"
-                    && let Ok(t) = read_gpt(r, sector, &backup)
-                {
-                    return Ok(t);
-                }
-                gpt_error = Some(why);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    if let Some(why) = gpt_error {
-        return Err(TableError::BadGpt(why));
-    }
-    read_mbr(r, size)
-}
-
-fn read_gpt<R: Read + Seek>(
-    r: &mut R,
-    sector: u32,
-    header: &[u8],
-) -> Result<PartitionTable, TableError> {
-    let header_size = le32(header, 12) as usize;
-    if !(92..=sector as usize).contains(&header_size) {
-        return Err(TableError::BadGpt(format!("header size {header_size}")));
-    }
-    let full = {
-        let lba = le64(header, 24);
-        read_at(r, lba * u64::from(sector), header_size)?
-    };
-    let mut for_crc = full.clone();
-    for_crc[16..20].fill(0);
-    if crc32fast::hash(&for_crc) != le32(&full, 16) {
-        return Err(TableError::BadGpt("header checksum mismatch".into()));
-    }
-    let entries_lba = le64(&full, 72);
-    let count = le32(&full, 80) as usize;
-    let entry_size = le32(&full, 84) as usize;
-    if !(128..=4096).contains(&entry_size) || count > 1024 {
-        return Err(TableError::BadGpt(format!(
-            "{count} entries of {entry_size} bytes"
-        )));
-    }
-    let entries = read_at(r, entries_lba * u64::from(sector), count * entry_size)?;
-    if crc32fast::hash(&entries) != le32(&full, 88) {
-        return Err(TableError::BadGpt(
-            "partition entries checksum mismatch".into(),
-        ));
-    }
-    let mut disk_guid = [0u8; 16];
-    disk_guid.copy_from_slice(&full[56..72]);
-    let mut partitions = Vec::new();
-    for (i, e) in entries.chunks_exact(entry_size).enumerate() {
-        let mut type_guid = [0u8; 16];
-        type_guid.copy_from_slice(&e[..16]);
-        if type_guid == [0; 16] {
-            continue;
-        }
-        let mut unique = [0u8; 16];
-        unique.copy_from_slice(&e[16..32]);
-        let (first, last) = (le64(e, 32), le64(e, 40));
-        if last < first {
-            continue;
-        }
-        let name: Vec<u16> = e[56..128]
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|c| *c != 0)
-            .collect();
-        let role = match guid_text(&type_guid).as_str() {
-            ESP_GUID => Role::Esp,
-            XBOOTLDR_GUID => Role::Xbootldr,
-            BIOS_BOOT_GUID | SWAP_GUID => Role::Skip,
-            _ => Role::Data,
-        };
-        partitions.push(Partition {
-            number: i as u32 + 1,
-            start_lba: first,
-            size_lba: last - first + 1,
-            role,
-            partuuid: guid_text(&unique),
-            guid_bytes: Some(unique),
-            name: String::from_utf16_lossy(&name),
-        });
-    }
-    Ok(PartitionTable {
-        scheme: Scheme::Gpt {
-            disk_guid: guid_text(&disk_guid),
-        },
-        sector_size: sector,
-        partitions,
-    })
-}
-
-fn mbr_role(kind: u8) -> Role {
-    match kind {
-        0xef => Role::Esp,
-        0xea => Role::Xbootldr,
-        0x05 | 0x0f | 0x85 | 0x82 | 0xee => Role::Skip,
+fn gpt_role(type_guid: &[u8; 16]) -> Role {
+    match guid_text(type_guid).as_str() {
+        ESP_GUID => Role::Esp,
+        XBOOTLDR_GUID => Role::Xbootldr,
+        BIOS_BOOT_GUID | SWAP_GUID => Role::Skip,
         _ => Role::Data,
     }
 }
 
-fn read_mbr<R: Read + Seek>(r: &mut R, size: u64) -> Result<PartitionTable, TableError> {
-    if size < 512 {
-        return Err(TableError::None);
+fn mbr_role(type_byte: u8) -> Role {
+    match type_byte {
+        0xef => Role::Esp,
+        0xea => Role::Xbootldr,
+        0x82 => Role::Skip,
+        _ => Role::Data,
     }
-    let mbr = read_at(r, 0, 512)?;
-    if mbr[510..512] != [0x55, 0xaa] {
-        return Err(TableError::None);
-    }
-    let signature = le32(&mbr, 440);
-    let mut partitions = Vec::new();
-    let entry = |p: &mut Vec<Partition>, number: u32, kind: u8, start: u64, len: u64| {
-        p.push(Partition {
-            number,
-            start_lba: start,
-            size_lba: len,
-            role: mbr_role(kind),
-            partuuid: format!("{signature:08x}-{number:02x}"),
-            guid_bytes: None,
-            name: String::new(),
-        });
+}
+
+/// Reads the table of `device` (named so in errors), `size` bytes whose logical sector is
+/// `sector_size` (512 for a file).
+pub fn read<R: Read + Seek>(
+    r: &mut R,
+    device: &str,
+    size: u64,
+    sector_size: u32,
+) -> Result<PartitionTable, PartitionError> {
+    let geo = Geometry {
+        device: device.to_owned(),
+        size_bytes: size,
+        sector_size: u64::from(sector_size),
     };
-    let mut extended = None;
-    for slot in 0..4u32 {
-        let e = &mbr[446 + 16 * slot as usize..][..16];
-        let (kind, start, len) = (e[4], u64::from(le32(e, 8)), u64::from(le32(e, 12)));
-        if kind == 0 || len == 0 {
-            continue;
-        }
-        if matches!(kind, 0x05 | 0x0f | 0x85) {
-            extended = Some(start);
-        }
-        entry(&mut partitions, slot + 1, kind, start, len);
-    }
-    // Logical partitions: a chain of EBRs, each relative to the extended partition's start.
-    if let Some(ext) = extended {
-        let mut next = 0u64;
-        for number in 5..64u32 {
-            let at = (ext + next) * 512;
-            if at + 512 > size {
-                break;
+    let table = partition::read(r, &geo)?;
+    let scheme = match table.disk_id {
+        DiskId::Gpt(g) => Scheme::Gpt {
+            disk_guid: guid_text(&g),
+        },
+        DiskId::Mbr(signature) => Scheme::Mbr { signature },
+    };
+    let partitions = table
+        .parts
+        .into_iter()
+        .map(|p| {
+            let (role, partuuid, guid_bytes) = match p.kind {
+                Kind::Gpt {
+                    type_guid,
+                    unique_guid,
+                } => (
+                    gpt_role(&type_guid),
+                    guid_text(&unique_guid),
+                    Some(unique_guid),
+                ),
+                Kind::Mbr { type_byte } => {
+                    let signature = match scheme {
+                        Scheme::Mbr { signature } => signature,
+                        Scheme::Gpt { .. } => 0,
+                    };
+                    (
+                        mbr_role(type_byte),
+                        format!("{signature:08x}-{:02x}", p.number),
+                        None,
+                    )
+                }
+            };
+            Partition {
+                number: p.number,
+                start_lba: p.start_bytes / geo.sector_size,
+                size_lba: p.size_bytes / geo.sector_size,
+                role,
+                partuuid,
+                guid_bytes,
+                name: p.name.unwrap_or_default(),
             }
-            let ebr = read_at(r, at, 512)?;
-            if ebr[510..512] != [0x55, 0xaa] {
-                break;
-            }
-            let (kind, rel, len) = (ebr[446 + 4], le32(&ebr, 446 + 8), le32(&ebr, 446 + 12));
-            if kind != 0 && len != 0 {
-                entry(
-                    &mut partitions,
-                    number,
-                    kind,
-                    ext + next + u64::from(rel),
-                    u64::from(len),
-                );
-            }
-            let link = u64::from(le32(&ebr, 462 + 8));
-            if ebr[462 + 4] == 0 || link == 0 || link <= next {
-                break;
-            }
-            next = link;
-        }
-    }
+        })
+        .collect();
     Ok(PartitionTable {
-        scheme: Scheme::Mbr { signature },
-        sector_size: 512,
+        scheme,
+        sector_size,
         partitions,
     })
 }
@@ -383,7 +252,7 @@ pub mod tests {
                 ),
             ],
         );
-        let t = read(&mut Cursor::new(&img), img.len() as u64).unwrap();
+        let t = read(&mut Cursor::new(&img), "disk.img", img.len() as u64, 512).unwrap();
         assert_eq!(
             t.scheme,
             Scheme::Gpt {
@@ -409,17 +278,94 @@ pub mod tests {
         assert_eq!(t.offset_bytes(root), 4096 * 512);
     }
 
+    /// The image's numbers are not trusted: a partition past the device's end, an end LBA of
+    /// u64::MAX, an entry array LBA whose byte offset overflows: clear errors, no panic.
+    #[test]
+    fn hostile_gpt_numbers_are_refused_without_overflow() {
+        let data = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+        for (first, last, code, want) in [
+            (
+                2048u64,
+                9000u64,
+                "partition_beyond_end",
+                "partition 2 ends at byte 4608512, past",
+            ),
+            (
+                u64::MAX / 2,
+                u64::MAX,
+                "partition_beyond_end",
+                "partition 2 ends at byte",
+            ),
+            (
+                0,
+                u64::MAX,
+                "bad_gpt",
+                "the GPT cannot be read: header at LBA 1: partition 2 starts at LBA 0",
+            ),
+        ] {
+            let img = gpt_image(8192, &[(1, data, data, first, last)]);
+            let e = read(&mut Cursor::new(&img), "disk.img", img.len() as u64, 512).unwrap_err();
+            let boot = super::super::BootError::from(e);
+            assert_eq!(boot.code(), code, "{first}..{last}: {boot}");
+            assert!(
+                boot.to_string().starts_with(&format!("disk.img: {want}")),
+                "{first}..{last}: {boot}"
+            );
+        }
+        // The entry array at LBA 2^62: its byte offset overflows u64.
+        let mut img = gpt_image(8192, &[(0, data, data, 2048, 4095)]);
+        img[512 + 72..512 + 80].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        img[512 + 16..512 + 20].fill(0);
+        let crc = crc32fast::hash(&img[512..604]);
+        img[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+        let e = read(&mut Cursor::new(&img), "disk.img", img.len() as u64, 512).unwrap_err();
+        assert_eq!(e.code(), "bad_gpt");
+        assert_eq!(
+            e.to_string(),
+            "disk.img: the GPT cannot be read: header at LBA 1: the entry array at LBA \
+             4611686018427387904 runs past the end of the device"
+        );
+    }
+
+    /// An MBR counts in the device's logical sectors (4096 on a 4Kn disk), and a partition
+    /// past the device's end is refused.
+    #[test]
+    fn mbr_sectors_are_the_devices_and_end_inside_it() {
+        let mut mbr = vec![0u8; 4 << 20];
+        mbr[446 + 4] = 0x83;
+        mbr[446 + 8..446 + 12].copy_from_slice(&256u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&512u32.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        let t = read(&mut Cursor::new(&mbr), "disk.img", mbr.len() as u64, 4096).unwrap();
+        assert_eq!(t.sector_size, 4096);
+        let p = &t.partitions[0];
+        assert_eq!((t.offset_bytes(p), t.size_bytes(p)), (1 << 20, 2 << 20));
+        let t = read(&mut Cursor::new(&mbr), "disk.img", mbr.len() as u64, 512).unwrap();
+        assert_eq!(t.offset_bytes(&t.partitions[0]), 256 * 512);
+        // 256 + 1024 sectors of 4096 bytes: 5 MiB, on a 4 MiB device.
+        mbr[446 + 12..446 + 16].copy_from_slice(&1024u32.to_le_bytes());
+        let e = read(&mut Cursor::new(&mbr), "disk.img", mbr.len() as u64, 4096).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "disk.img: partition 1 ends at byte 5242880, past the end of the device (4194304 \
+             bytes)"
+        );
+    }
+
     #[test]
     fn a_damaged_primary_gpt_is_named_and_mbr_is_read() {
         let mut img = gpt_image(4096, &[(0, ESP_GUID, ESP_GUID, 2048, 4000)]);
         img[1024] ^= 0xff; // an entry byte: the entries' checksum no longer matches
-        let e = read(&mut Cursor::new(&img), img.len() as u64).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "the GPT is damaged: partition entries checksum mismatch"
+        let e = read(&mut Cursor::new(&img), "disk.img", img.len() as u64, 512).unwrap_err();
+        assert_eq!(e.code(), "bad_gpt");
+        assert!(
+            e.to_string()
+                .contains("corrupted partition entry array CRC32 checksum"),
+            "{e}"
         );
 
-        let mut mbr = vec![0u8; 1 << 20];
+        let mut mbr = vec![0u8; 2 << 20];
         mbr[440..444].copy_from_slice(&0xa1b2c3d4u32.to_le_bytes());
         mbr[446 + 4] = 0x83;
         mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
@@ -429,7 +375,7 @@ pub mod tests {
         mbr[446 + 16 + 12..446 + 16 + 16].copy_from_slice(&100u32.to_le_bytes());
         mbr[510] = 0x55;
         mbr[511] = 0xaa;
-        let t = read(&mut Cursor::new(&mbr), mbr.len() as u64).unwrap();
+        let t = read(&mut Cursor::new(&mbr), "disk.img", mbr.len() as u64, 512).unwrap();
         assert_eq!(
             t.scheme,
             Scheme::Mbr {
@@ -441,7 +387,16 @@ pub mod tests {
         assert_eq!(t.partitions[1].number, 2);
 
         let blank = vec![0u8; 1 << 16];
-        let e = read(&mut Cursor::new(&blank), blank.len() as u64).unwrap_err();
-        assert_eq!(e.to_string(), "no GPT and no MBR partition table");
+        let e = read(
+            &mut Cursor::new(&blank),
+            "disk.img",
+            blank.len() as u64,
+            512,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "disk.img: no partition table (neither GPT nor MBR): write the image first"
+        );
     }
 }

@@ -198,12 +198,13 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
         machine.ready.clone(),
     );
     m.task_method::<catalogue::PrepareImage, _>(image::PrepareImage(images.clone()));
+    let fetch = images.fetch.clone();
     m.task_method::<catalogue::CacheImages, _>(image::CacheImages(images));
     m.task_method::<catalogue::RunImage, _>(run_image::RunImage {
         root: machine.root.clone(),
         authority: machine.authority.clone(),
         ready: machine.ready.clone(),
-        sys: Arc::new(linux_boot(machine, bmc_dev)),
+        sys: Arc::new(linux_boot(machine, bmc_dev, fetch)),
         scratch: machine.root.join("run/molar/boot"),
         running: Arc::default(),
     });
@@ -212,7 +213,11 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
 
 /// The real side effects of `standbye.run_image`, with the BMC and the modules that own the
 /// config drive and the written-image record.
-fn linux_boot(machine: &Machine, bmc_dev: bmc::Bmc) -> crate::boot::sys::LinuxBoot {
+fn linux_boot(
+    machine: &Machine,
+    bmc_dev: bmc::Bmc,
+    fetch: crate::image::FetchOptions,
+) -> crate::boot::sys::LinuxBoot {
     use crate::boot::sys::SysError;
     use molar_protocol::bmc::{BootDevice, BootDeviceParams};
     let (root, authority) = (machine.root.clone(), machine.authority.clone());
@@ -224,8 +229,14 @@ fn linux_boot(machine: &Machine, bmc_dev: bmc::Bmc) -> crate::boot::sys::LinuxBo
             let name = device.file_name().map(|n| n.to_string_lossy().into_owned());
             let name = name.unwrap_or_else(|| device.display().to_string());
             let written = match spec {
-                ConfigDrive::Fetch { url, checksum } => {
-                    let raw = run_image::fetch_config_drive(url, checksum)?;
+                ConfigDrive::Fetch {
+                    url,
+                    checksum,
+                    ca_pem,
+                } => {
+                    let mut options = fetch.clone();
+                    options.ca_pem = ca_pem.clone();
+                    let raw = run_image::fetch_config_drive(url, checksum, &options)?;
                     crate::configdrive::write_fetched(&root, &name, raw, &authority)
                 }
                 _ => crate::configdrive::write(&root, &name, spec, format, &authority),

@@ -463,6 +463,7 @@ fn hostile_ready_images_are_refused_before_the_disk_is_touched() {
     let e = attempt(ConfigDrive::Fetch {
         url: "http://127.0.0.1:1/cd.img".into(),
         checksum: "sha256:00".into(),
+        ca_pem: None,
     });
     assert_eq!(
         e.to_string(),

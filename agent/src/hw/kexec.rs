@@ -23,8 +23,18 @@ pub enum KexecError {
     },
     #[error("joining the initrds into one: {0}")]
     Initrd(#[source] std::io::Error),
+    #[error(
+        "the initrds together exceed {limit} bytes (at most {MAX_JOINED_INITRD} bytes and \
+         half of MemAvailable are joined in memory)"
+    )]
+    InitrdTooLarge { limit: u64 },
     #[error("the kernel command line contains a NUL byte")]
     CmdlineNul,
+    #[error(
+        "the kernel command line is {len} bytes; the kernel takes at most {} with its NUL",
+        molar_protocol::run_image::COMMAND_LINE_SIZE
+    )]
+    CmdlineTooLong { len: usize },
     #[error(
         "kexec_file_load of {kernel}: not permitted (needs CAP_SYS_BOOT, and \
          kernel.kexec_load_disabled must be 0)"
@@ -56,7 +66,8 @@ impl KexecError {
     pub fn code(&self) -> &'static str {
         match self {
             KexecError::Open { .. } | KexecError::Initrd(_) => "kexec_file_unreadable",
-            KexecError::CmdlineNul => "invalid_params",
+            KexecError::InitrdTooLarge { .. } => "kexec_initrd_too_large",
+            KexecError::CmdlineNul | KexecError::CmdlineTooLong { .. } => "invalid_params",
             KexecError::NotPermitted { .. } => "kexec_not_permitted",
             KexecError::NotAKernel { .. } => "kexec_not_a_kernel",
             KexecError::SignatureRejected { .. } => "kexec_signature_rejected",
@@ -74,10 +85,29 @@ fn open(path: &Path) -> Result<File, KexecError> {
     })
 }
 
+/// The most bytes of initrds joined into a memory file, whatever memory is free: real
+/// microcode + initramfs pairs are tens of MiB.
+pub const MAX_JOINED_INITRD: u64 = 1 << 30;
+
+/// How many bytes of initrds may be joined in memory now: [`MAX_JOINED_INITRD`], or half of
+/// `MemAvailable` when that is less (the memory file lives in RAM, beside the ramdisk).
+fn joined_initrd_limit() -> u64 {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib.saturating_mul(1024) / 2);
+    available.map_or(MAX_JOINED_INITRD, |a| a.min(MAX_JOINED_INITRD))
+}
+
 /// One initrd file descriptor for several initrd files (microcode first, then the
 /// initramfs, as GRUB loads them): the kernel unpacks concatenated cpio archives, each
-/// starting on a 4-byte boundary, so they are joined into a memory file with that padding.
-fn initrd_fd(initrds: &[PathBuf]) -> Result<Option<OwnedFd>, KexecError> {
+/// starting on a 4-byte boundary, so they are joined into a memory file with that padding,
+/// of at most `limit` bytes.
+fn initrd_fd(initrds: &[PathBuf], limit: u64) -> Result<Option<OwnedFd>, KexecError> {
     match initrds {
         [] => Ok(None),
         [one] => Ok(Some(open(one)?.into())),
@@ -101,8 +131,11 @@ fn initrd_fd(initrds: &[PathBuf]) -> Result<Option<OwnedFd>, KexecError> {
                     if n == 0 {
                         break;
                     }
-                    out.write_all(&buf[..n]).map_err(KexecError::Initrd)?;
                     written += n as u64;
+                    if written > limit {
+                        return Err(KexecError::InitrdTooLarge { limit });
+                    }
+                    out.write_all(&buf[..n]).map_err(KexecError::Initrd)?;
                 }
             }
             Ok(Some(out.into()))
@@ -114,8 +147,12 @@ fn initrd_fd(initrds: &[PathBuf]) -> Result<Option<OwnedFd>, KexecError> {
 /// [`execute`]. The command line's length passed to the kernel includes its NUL.
 pub fn load(kernel: &Path, initrds: &[PathBuf], cmdline: &str) -> Result<(), KexecError> {
     let cmdline = CString::new(cmdline).map_err(|_| KexecError::CmdlineNul)?;
+    let len = cmdline.as_bytes_with_nul().len();
+    if len > molar_protocol::run_image::COMMAND_LINE_SIZE {
+        return Err(KexecError::CmdlineTooLong { len: len - 1 });
+    }
     let kernel_file = open(kernel)?;
-    let initrd = initrd_fd(initrds)?;
+    let initrd = initrd_fd(initrds, joined_initrd_limit())?;
     let (initrd_raw, flags) = match &initrd {
         Some(fd) => (fd.as_raw_fd(), 0),
         None => (-1, libc::KEXEC_FILE_NO_INITRAMFS),
@@ -224,6 +261,11 @@ mod tests {
             )),
             "{err}"
         );
+        let err = load(&kernel, &[], &"a".repeat(2048)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the kernel command line is 2048 bytes; the kernel takes at most 2048 with its NUL"
+        );
         let err = load(&kernel, &[], "a\0b").unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -237,14 +279,27 @@ mod tests {
         let (a, b) = (dir.path().join("ucode.img"), dir.path().join("initrd.img"));
         std::fs::write(&a, b"12345").unwrap();
         std::fs::write(&b, b"abc").unwrap();
-        let fd = initrd_fd(&[a.clone(), b]).unwrap().unwrap();
+        let fd = initrd_fd(&[a.clone(), b.clone()], 1 << 20)
+            .unwrap()
+            .unwrap();
         let mut joined = Vec::new();
         let mut f = File::from(fd);
         use std::io::Seek;
         f.rewind().unwrap();
         f.read_to_end(&mut joined).unwrap();
         assert_eq!(joined, b"12345\0\0\0abc");
-        assert!(initrd_fd(&[]).unwrap().is_none());
-        assert!(initrd_fd(&[a]).unwrap().is_some());
+        assert!(initrd_fd(&[], 1).unwrap().is_none());
+        assert!(initrd_fd(std::slice::from_ref(&a), 1).unwrap().is_some());
+        // 5 + 3 bytes of padding + 3: 11 fit in 11, not in 10.
+        assert!(initrd_fd(&[a.clone(), b.clone()], 11).is_ok());
+        let err = initrd_fd(&[a, b], 10).unwrap_err();
+        assert_eq!(err.code(), "kexec_initrd_too_large");
+        assert!(
+            err.to_string()
+                .starts_with("the initrds together exceed 10 bytes"),
+            "{err}"
+        );
+        let limit = joined_initrd_limit();
+        assert!(limit > 0 && limit <= MAX_JOINED_INITRD, "{limit}");
     }
 }

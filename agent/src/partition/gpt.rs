@@ -7,7 +7,9 @@
 //! `gptman` keeps entries at their index (the `gpt` crate packs used entries on write and so
 //! renumbers partitions, which would break an image's `root=/dev/sda3`).
 
-use super::{ALIGN_BYTES, Content, Geometry, Part, PartitionError, Region, Scheme, Table};
+use super::{
+    ALIGN_BYTES, Content, DiskId, Geometry, Kind, Part, PartitionError, Region, Scheme, Table,
+};
 use gptman::{GPT, GPTHeader, GPTPartitionEntry};
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -79,6 +81,17 @@ fn check_headers<F: Read + Seek>(
                 geo.size_bytes
             )));
         }
+        // gptman's alignment guess panics when every partition starts at LBA 0 (and one
+        // there overlaps the MBR anyway).
+        disk.seek(SeekFrom::Start(h.partition_entry_lba * ss))
+            .map_err(geo.io())?;
+        let mut entries = vec![0u8; h.number_of_partition_entries as usize * 128];
+        disk.read_exact(&mut entries).map_err(geo.io())?;
+        for (i, e) in entries.chunks_exact(128).enumerate() {
+            if e[..16] != [0; 16] && e[32..40] == [0; 8] {
+                return Err(reason(format!("partition {} starts at LBA 0", i + 1)));
+            }
+        }
     }
     Ok(())
 }
@@ -109,6 +122,10 @@ fn to_part(geo: &Geometry, number: u32, e: &GPTPartitionEntry) -> Part {
         start_bytes: e.starting_lba * geo.sector_size,
         size_bytes: (e.ending_lba + 1 - e.starting_lba) * geo.sector_size,
         name: Some(e.partition_name.as_str().to_owned()),
+        kind: Kind::Gpt {
+            type_guid: e.partition_type_guid,
+            unique_guid: e.unique_partition_guid,
+        },
     }
 }
 
@@ -119,6 +136,7 @@ pub(super) fn read<F: Read + Seek>(
     let gpt = load(disk, geo)?;
     Ok(Table {
         scheme: Scheme::Gpt,
+        disk_id: DiskId::Gpt(gpt.header.disk_guid),
         parts: gpt
             .iter()
             .filter(|(_, e)| e.is_used())
@@ -203,17 +221,28 @@ pub(super) fn add_at_end<F: Read + Write + Seek>(
     };
     gpt.write_into(disk).map_err(write_err)?;
     refresh_protective_mbr(disk, geo).map_err(write_err)?;
-    if let Some(lba) = stale_backup {
-        let in_use = gpt
-            .iter()
-            .any(|(_, e)| e.is_used() && (e.starting_lba..=e.ending_lba).contains(&lba));
-        let is_a_header = lba == gpt.header.backup_lba || lba == gpt.header.primary_lba;
-        if !in_use && !is_a_header && lba < geo.size_bytes / ss {
-            disk.seek(SeekFrom::Start(lba * ss)).map_err(geo.io())?;
-            disk.write_all(&vec![0u8; ss as usize]).map_err(geo.io())?;
-        }
+    if let Some(lba) = stale_backup.filter(|lba| wipeable(&gpt.header, last_end, ss, *lba)) {
+        disk.seek(SeekFrom::Start(lba * ss)).map_err(geo.io())?;
+        disk.write_all(&vec![0u8; ss as usize]).map_err(geo.io())?;
     }
     Ok(to_part(geo, number, &gpt[number]))
+}
+
+/// Whether the image's old backup header at `lba` (a value of the image's own primary header,
+/// so not trusted) may be zeroed once the new table is written: only in the free space past
+/// every old partition (`last_end`, their first free LBA) and the primary entry array, and
+/// before the new backup entry array. Anything else there is a partition, an entry array or
+/// a header.
+fn wipeable(new: &GPTHeader, last_end: u64, ss: u64, lba: u64) -> bool {
+    let array_sectors = (u64::from(new.number_of_partition_entries)
+        * u64::from(new.size_of_partition_entry))
+    .div_ceil(ss);
+    let primary_array_end = new.partition_entry_lba.saturating_add(array_sectors);
+    let backup_array_start = new.backup_lba.saturating_sub(array_sectors);
+    lba >= last_end
+        && lba >= primary_array_end
+        && lba >= new.first_usable_lba
+        && lba < backup_array_start
 }
 
 /// Rewrites a plain protective MBR to cover the whole device, keeping its boot flag. A

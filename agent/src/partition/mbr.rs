@@ -5,7 +5,9 @@
 //! 0 with the signature but impossible entries (a FAT boot sector on a whole disk, random
 //! bytes) is no table at all, so a superfloppy is never taken for a partitioned disk.
 
-use super::{ALIGN_BYTES, Content, Geometry, Part, PartitionError, Region, Scheme, Table};
+use super::{
+    ALIGN_BYTES, Content, DiskId, Geometry, Kind, Part, PartitionError, Region, Scheme, Table,
+};
 use std::io::{Read, Seek, SeekFrom, Write};
 
 const SLOTS: usize = 4;
@@ -106,22 +108,24 @@ pub(super) fn read<F: Read + Seek>(
         if e.extended() {
             read_logical(disk, geo, e, &mut parts)?;
         } else {
-            parts.push(part(geo, number, e.start, e.sectors));
+            parts.push(part(geo, number, e.kind, e.start, e.sectors));
         }
     }
     parts.sort_by_key(|p| p.number);
     Ok(Label::Dos(Table {
         scheme: Scheme::Mbr,
+        disk_id: DiskId::Mbr(u32::from_le_bytes([s[440], s[441], s[442], s[443]])),
         parts,
     }))
 }
 
-fn part(geo: &Geometry, number: u32, start: u64, sectors: u64) -> Part {
+fn part(geo: &Geometry, number: u32, type_byte: u8, start: u64, sectors: u64) -> Part {
     Part {
         number,
         start_bytes: start * geo.sector_size,
         size_bytes: sectors * geo.sector_size,
         name: None,
+        kind: Kind::Mbr { type_byte },
     }
 }
 
@@ -164,7 +168,7 @@ fn read_logical<F: Read + Seek>(
         if e[0].used() {
             let number = 5 + n;
             check_end(geo, number, ebr + e[0].start, e[0].sectors, dev_sectors)?;
-            parts.push(part(geo, number, ebr + e[0].start, e[0].sectors));
+            parts.push(part(geo, number, e[0].kind, ebr + e[0].start, e[0].sectors));
         }
         if !e[1].used() || e[1].start == 0 {
             return Ok(());
@@ -232,17 +236,18 @@ pub(super) fn add_at_end<F: Read + Write + Seek>(
     };
     let mut e = [0u8; 16];
     e[1..4].copy_from_slice(&chs(start));
-    e[4] = match content {
+    let type_byte = match content {
         Content::Vfat => 0x0c,
         Content::Iso9660 => 0x83,
     };
+    e[4] = type_byte;
     e[5..8].copy_from_slice(&chs(start + wanted - 1));
     e[8..12].copy_from_slice(&(start as u32).to_le_bytes());
     e[12..16].copy_from_slice(&(wanted as u32).to_le_bytes());
     disk.seek(SeekFrom::Start(TABLE_OFFSET + 16 * slot as u64))
         .map_err(geo.io())?;
     disk.write_all(&e).map_err(geo.io())?;
-    Ok(part(geo, slot as u32 + 1, start, wanted))
+    Ok(part(geo, slot as u32 + 1, type_byte, start, wanted))
 }
 
 #[cfg(test)]

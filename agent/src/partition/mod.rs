@@ -1,5 +1,6 @@
 //! Partition table edits on a whole device, by byte offset: read a GPT or MBR (dos) table and
-//! add one partition at the end of the disk. The config drive is its user.
+//! add one partition at the end of the disk. The config drive is its user, and
+//! `crate::boot::table` reads the written image's table through [`read`].
 //!
 //! Everything works on a [`Region`] of an open device (the whole disk, of the size the caller
 //! measured with `BLKGETSIZE64`), never on partition device nodes: the kernel's partition
@@ -105,6 +106,18 @@ pub enum Scheme {
     Mbr,
 }
 
+/// What a partition's table entry says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Type and unique GUIDs as stored on disk (first three fields little endian).
+    Gpt {
+        type_guid: [u8; 16],
+        unique_guid: [u8; 16],
+    },
+    /// The MBR type byte (`0x83`, `0xef`, ...).
+    Mbr { type_byte: u8 },
+}
+
 /// One partition, as the kernel will number it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
@@ -113,12 +126,23 @@ pub struct Part {
     pub size_bytes: u64,
     /// The GPT partition name (MBR partitions have none).
     pub name: Option<String>,
+    pub kind: Kind,
+}
+
+/// The disk's own identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskId {
+    /// The GPT disk GUID, as stored.
+    Gpt([u8; 16]),
+    /// The MBR disk signature (bytes 440..444), the first half of an MBR `PARTUUID`.
+    Mbr(u32),
 }
 
 /// A disk's table as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     pub scheme: Scheme,
+    pub disk_id: DiskId,
     /// Data partitions by number (an MBR's extended container is not listed; its logical
     /// partitions are, from 5).
     pub parts: Vec<Part>,
@@ -131,8 +155,8 @@ pub enum Content {
     Iso9660,
 }
 
-/// Reads the table of a device.
-pub fn read<D: Read + Write + Seek>(dev: &mut D, geo: &Geometry) -> Result<Table, PartitionError> {
+/// Reads the table of a device; every partition lies inside it.
+pub fn read<D: Read + Seek>(dev: &mut D, geo: &Geometry) -> Result<Table, PartitionError> {
     check_sector(geo)?;
     let mut disk = Region::new(dev, 0, geo.size_bytes);
     match mbr::read(&mut disk, geo)? {

@@ -463,6 +463,59 @@ fn hostile_gpt_headers_are_refused_not_trusted() {
     }
 }
 
+/// A used entry starting at LBA 0 (which made `gptman`'s alignment guess panic) is refused.
+#[test]
+fn a_gpt_partition_at_lba_0_is_refused_not_a_panic() {
+    if !have("sfdisk") {
+        return;
+    }
+    let img = disk_with(64 * MIB, "label: gpt\n1 : start=2048, size=8192");
+    {
+        use std::io::{Read as _, Seek as _, Write as _};
+        let mut f = open(&img);
+        let mut entries = vec![0u8; 128 * 128];
+        f.seek(SeekFrom::Start(1024)).unwrap();
+        f.read_exact(&mut entries).unwrap();
+        entries[32..40].copy_from_slice(&0u64.to_le_bytes());
+        f.seek(SeekFrom::Start(1024)).unwrap();
+        f.write_all(&entries).unwrap();
+        let crc = crc32fast::hash(&entries);
+        drop(f);
+        poke_header(&img, 88, crc);
+    }
+    let e = read(&mut open(&img), &geo(64 * MIB)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "disk.img: the GPT cannot be read: header at LBA 1: partition 1 starts at LBA 0"
+    );
+}
+
+/// An image whose primary header says its backup is at LBA 2 (the primary entry array), or
+/// inside the space of the new backup array: the new table is written and nothing of it (or
+/// of a partition) is zeroed as the "old backup".
+#[test]
+fn a_hostile_old_backup_lba_never_wipes_the_new_table() {
+    if !have("sfdisk") || !have("sgdisk") {
+        return;
+    }
+    // LBA 2: the primary array; 128 MiB/512 - 2: the new backup array; 2048: partition 1.
+    for stale in [2u32, (128 * MIB / 512 - 2) as u32, 2048] {
+        let img = disk_with(32 * MIB, "label: gpt\n1 : start=2048, size=8192, name=root");
+        img.as_file().set_len(128 * MIB).unwrap();
+        poke_header(&img, 32, stale);
+        let mut f = open(&img);
+        let g = geo(128 * MIB);
+        add_at_end(&mut f, &g, 8 * MIB, "config-2", Content::Vfat).unwrap();
+        let v = sgdisk_verify(&img);
+        assert!(
+            v.contains("No problems found"),
+            "old backup at {stale}: {v}"
+        );
+        let t = read(&mut f, &g).unwrap();
+        assert_eq!(t.parts.len(), 2, "old backup at {stale}");
+    }
+}
+
 /// Whatever sector 0 and the GPT headers hold, reading and adding fail cleanly or succeed.
 #[test]
 fn random_tables_never_panic() {
