@@ -2,6 +2,14 @@
 //! task statuses and logs, and when the connection ends, dial again with jittered
 //! exponential backoff (1 s to 120 s), forever.
 //!
+//! After the first handshake of a boot the controller gives the agent a session credential
+//! bound to (this server, this boot). It lives only in memory and is presented on every
+//! reconnect: with it, the reconnect takes the place of the agent's old connection even if
+//! the controller has not noticed that one is dead; without it, a server with a live
+//! session is refused (`session_conflict`). A session that ends in that contest — refused
+//! with `session_conflict`, or superseded — resets the backoff ([`Backoff::after`]), so an
+//! impostor that reconnects quickly cannot starve the legitimate agent.
+//!
 //! Commands are dispatched to three places: the built-ins (`status`, `task.list`,
 //! `task.cancel`), the task engine (anything registered as a [`Task`](crate::tasks::Task)),
 //! and plain request/response methods registered in [`Methods`] (inventory, BMC, power...).
@@ -13,7 +21,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use molar_protocol::catalogue::{Handshake, Method, Status, TaskCancel, TaskList, TaskMethod};
 use molar_protocol::methods::{
-    HandshakeParams, ModuleReport, StatusResult, TaskListResult, TaskRef, parse_params,
+    HandshakeParams, ModuleReport, SUPERSEDED, StatusResult, TaskListResult, TaskRef, parse_params,
 };
 use molar_protocol::{
     CallError, CloseReason, ErrorBody, Handler, Peer, PeerConfig, PeerHandle, Secret, codes,
@@ -119,6 +127,44 @@ impl Backoff {
         let capped = exp.min(self.max);
         capped.mul_f64(rand::random_range(0.5..=1.0))
     }
+
+    /// Consecutive failures after an attempt that ended as `ended`, `failures` before it.
+    pub fn after(failures: u32, ended: Ended) -> u32 {
+        match ended {
+            // A contest for the session is not the controller failing: try again soon, so
+            // the legitimate agent is back as soon as the contest ends.
+            Ended::Lasted | Ended::Contested => 0,
+            Ended::Short | Ended::Failed => failures.saturating_add(1),
+        }
+    }
+}
+
+/// How a session attempt ended, as the backoff sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Connected for a while (over 30 s), then lost.
+    Lasted,
+    /// Connected, then lost at once: a flapping controller must not be hammered.
+    Short,
+    /// Could not connect, or the handshake was refused.
+    Failed,
+    /// Refused with `session_conflict`, or superseded by another connection.
+    Contested,
+}
+
+impl Ended {
+    /// Classifies the outcome of [`Agent::session`]; `lasted` is whether it was up > 30 s.
+    pub fn of(outcome: &Result<CloseReason, SessionError>, lasted: bool) -> Ended {
+        match outcome {
+            Err(SessionError::Refused(body)) if body.code == codes::SESSION_CONFLICT => {
+                Ended::Contested
+            }
+            Ok(CloseReason::RemoteFatal(msg)) if msg == SUPERSEDED => Ended::Contested,
+            Ok(_) if lasted => Ended::Lasted,
+            Ok(_) => Ended::Short,
+            Err(_) => Ended::Failed,
+        }
+    }
 }
 
 /// How the agent reaches and authenticates to the controller.
@@ -213,6 +259,8 @@ pub struct Agent {
     boot_id: String,
     modules: Mutex<Option<ModuleReport>>,
     server_id: Mutex<Option<String>>,
+    /// The session credential of this boot, once the controller gave one (memory only).
+    session: Mutex<Option<Secret>>,
 }
 
 impl Agent {
@@ -226,6 +274,7 @@ impl Agent {
             boot_id,
             modules: Mutex::new(None),
             server_id: Mutex::new(None),
+            session: Mutex::new(None),
             config,
         })
     }
@@ -241,6 +290,14 @@ impl Agent {
     /// The id the controller gave this server in the last successful handshake.
     pub fn server_id(&self) -> Option<String> {
         self.server_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The session credential the controller gave this boot, if any.
+    pub fn session_credential(&self) -> Option<Secret> {
+        self.session
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -329,6 +386,7 @@ impl Agent {
             boot_id: self.boot_id.clone(),
             node: crate::identity::node_identity(&cfg.root),
             token: cfg.token.clone(),
+            session: self.session_credential(),
         };
         let welcome = match peer.call_method_opening::<Handshake>(&hello).await {
             Ok(w) => w,
@@ -348,6 +406,9 @@ impl Agent {
             "connected to the controller"
         );
         *self.server_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(welcome.server_id);
+        if let Some(credential) = welcome.session {
+            *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(credential);
+        }
         self.engine
             .acknowledge_terminal(&welcome.acknowledged_tasks);
         let statuses = tokio::spawn({
@@ -371,22 +432,17 @@ impl Agent {
         let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
             let attempt_started = Instant::now();
-            match self.session(&shutdown).await {
-                Ok(reason) => {
-                    tracing::warn!(%reason, "connection to the controller ended");
-                    // A session that lasted resets the backoff; one that dropped at once
-                    // counts as a failure so a flapping controller is not hammered.
-                    failures = if attempt_started.elapsed() > Duration::from_secs(30) {
-                        0
-                    } else {
-                        failures + 1
-                    };
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "connecting to the controller failed");
-                    failures += 1;
-                }
+            let outcome = self.session(&shutdown).await;
+            match &outcome {
+                Ok(reason) => tracing::warn!(%reason, "connection to the controller ended"),
+                Err(e) => tracing::warn!(error = %e, "connecting to the controller failed"),
             }
+            let lasted = attempt_started.elapsed() > Duration::from_secs(30);
+            let ended = Ended::of(&outcome, lasted);
+            if ended == Ended::Contested {
+                tracing::warn!("another connection claims this server; retrying soon");
+            }
+            failures = Backoff::after(failures, ended);
             if shutdown.is_cancelled() {
                 break;
             }
@@ -544,6 +600,148 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ok, serde_json::json!({"task_id": "a!"}));
+    }
+
+    #[test]
+    fn a_contest_for_the_session_resets_the_backoff() {
+        let conflict = ErrorBody::new(codes::SESSION_CONFLICT, "server srv-1 has a live session");
+        let unauthorized = ErrorBody::new(codes::UNAUTHORIZED, "invalid agent token");
+        let superseded = Ok(CloseReason::RemoteFatal(SUPERSEDED.into()));
+        let refused = |b: &ErrorBody| Err(SessionError::Refused(b.clone()));
+        assert_eq!(Ended::of(&refused(&conflict), false), Ended::Contested);
+        assert_eq!(Ended::of(&superseded, false), Ended::Contested);
+        assert_eq!(Ended::of(&refused(&unauthorized), false), Ended::Failed);
+        assert_eq!(Ended::of(&Ok(CloseReason::Eof), false), Ended::Short);
+        assert_eq!(Ended::of(&Ok(CloseReason::Eof), true), Ended::Lasted);
+        assert_eq!(
+            Ended::of(
+                &Ok(CloseReason::RemoteFatal("controller shutting down".into())),
+                false
+            ),
+            Ended::Short
+        );
+        // Ten failures grow the delay to its cap; a contest brings it back to the minimum.
+        let mut failures = 0;
+        for _ in 0..10 {
+            failures = Backoff::after(failures, Ended::Failed);
+        }
+        let b = Backoff::default();
+        assert!(b.delay(failures.saturating_sub(1)) >= Duration::from_secs(60));
+        failures = Backoff::after(failures, Ended::Contested);
+        assert!(b.delay(failures.saturating_sub(1)) <= Duration::from_secs(1));
+    }
+
+    /// A fake controller's side of one handshake: reads it, answers with `answer` (a
+    /// result or an error body as JSON), returns the handshake's params.
+    async fn answer_handshake(
+        listener: &tokio::net::TcpListener,
+        answer: impl FnOnce(&Value) -> Value,
+        then_close: bool,
+    ) -> Value {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (sock, _) = listener.accept().await.unwrap();
+        let (rd, mut wr) = sock.into_split();
+        let mut lines = BufReader::new(rd).lines();
+        let hello: Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        let mut reply = answer(&hello);
+        reply["version"] = "v1".into();
+        reply["id"] = hello["id"].clone();
+        wr.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+        if then_close {
+            wr.write_all(b"{\"version\":\"v1\",\"fatal_error\":\"test over\"}\n")
+                .await
+                .unwrap();
+        }
+        hello["params"].clone()
+    }
+
+    fn test_agent(addr: String, backoff: Backoff) -> Arc<Agent> {
+        let mut cfg = AgentConfig::new(addr, Trust::Insecure, Secret::new("t"));
+        cfg.backoff = backoff;
+        Agent::new(cfg, Methods::new(), LogBuffer::new(1))
+    }
+
+    /// The credential of the first handshake is kept in memory and presented on the next.
+    #[tokio::test]
+    async fn the_session_credential_is_presented_on_every_reconnect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent = test_agent(
+            listener.local_addr().unwrap().to_string(),
+            Backoff {
+                min: Duration::from_millis(10),
+                max: Duration::from_millis(20),
+            },
+        );
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn({
+            let (agent, shutdown) = (agent.clone(), shutdown.clone());
+            async move { agent.run(shutdown).await }
+        });
+        let welcome = |session: Option<&str>| {
+            let mut r = serde_json::json!({"server_id": "srv-1", "protocol": "v1"});
+            if let Some(s) = session {
+                r["session"] = s.into();
+            }
+            serde_json::json!({ "result": r })
+        };
+        let first = answer_handshake(&listener, |_| welcome(Some("cred-1")), true).await;
+        assert_eq!(first.get("session"), None, "{first}");
+        // A reconnect answered without a new credential keeps the old one.
+        let second = answer_handshake(&listener, |_| welcome(None), true).await;
+        assert_eq!(second["session"], "cred-1");
+        let third = answer_handshake(&listener, |_| welcome(None), true).await;
+        assert_eq!(third["session"], "cred-1");
+        assert_eq!(third["boot_id"], first["boot_id"]);
+        assert!(!format!("{:?}", agent.session_credential()).contains("cred-1"));
+        shutdown.cancel();
+        run.await.unwrap();
+    }
+
+    /// Refused with `session_conflict` again and again, the agent keeps retrying at the
+    /// minimum delay; refused for a bad token, it backs off.
+    #[tokio::test]
+    async fn an_agent_refused_for_a_session_conflict_is_not_starved() {
+        async fn attempts_within(code: &'static str, window: Duration) -> usize {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let agent = test_agent(
+                listener.local_addr().unwrap().to_string(),
+                Backoff {
+                    min: Duration::from_millis(40),
+                    max: Duration::from_secs(10),
+                },
+            );
+            let shutdown = CancellationToken::new();
+            let run = tokio::spawn({
+                let (agent, shutdown) = (agent.clone(), shutdown.clone());
+                async move { agent.run(shutdown).await }
+            });
+            let mut n = 0;
+            let deadline = tokio::time::Instant::now() + window;
+            while tokio::time::timeout_at(
+                deadline,
+                answer_handshake(
+                    &listener,
+                    |_| serde_json::json!({"error": {"code": code, "msg": "refused"}}),
+                    false,
+                ),
+            )
+            .await
+            .is_ok()
+            {
+                n += 1;
+            }
+            shutdown.cancel();
+            run.await.unwrap();
+            n
+        }
+        let window = Duration::from_millis(1500);
+        let contested = attempts_within(codes::SESSION_CONFLICT, window).await;
+        let refused = attempts_within(codes::UNAUTHORIZED, window).await;
+        // Backing off from 40 ms doubles to 1.28 s after 6 attempts; at the minimum (at
+        // most 40 ms apart) 1.5 s holds well over 15.
+        assert!(contested >= 15, "{contested} attempts while contested");
+        assert!(refused <= 8, "{refused} attempts while unauthorized");
     }
 
     #[test]

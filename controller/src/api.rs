@@ -10,7 +10,10 @@
 //! The response types are public and shared with [`crate::client`].
 
 use crate::fleet::{Fleet, FleetError};
-use crate::store::{ConnectionRecord, LogEntry, ServerRecord, TaskEvent, TaskRecord, TokenRecord};
+use crate::store::{
+    ConnectionRecord, EventRecord, LogEntry, ServerRecord, TaskEvent, TaskRecord, TokenRecord,
+    TokenScope,
+};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
@@ -106,18 +109,78 @@ pub struct LogPage {
     pub next_after: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `POST /tokens`: a name and at most one scope (none: `any`, what tokens always meant).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub name: String,
+    /// Only this enrolled server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Servers with this label; servers it enrols get it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<String>,
+    /// Only the enrolment of new servers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enrol: bool,
 }
 
-/// The answer to `POST /tokens`: the only time the token is shown.
+impl TokenRequest {
+    /// The scope asked for; more than one is `invalid_params`.
+    pub fn scope(&self) -> Result<TokenScope, String> {
+        match (&self.server, &self.set, self.enrol) {
+            (None, None, false) => Ok(TokenScope::Any),
+            (Some(id), None, false) => Ok(TokenScope::Server {
+                server_id: id.clone(),
+            }),
+            (None, Some(label), false) => Ok(TokenScope::Set {
+                label: label.clone(),
+            }),
+            (None, None, true) => Ok(TokenScope::Enrol),
+            _ => Err("a token has one scope: give at most one of server, set and enrol".into()),
+        }
+    }
+}
+
+/// The answer to `POST /tokens` and `POST /tokens/{id}/rotate`: the only time the token
+/// is shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreatedToken {
     pub id: String,
     pub name: String,
     pub token: Secret,
+    #[serde(default)]
+    pub scope: TokenScope,
+    /// The token this one replaced (rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_from: Option<String>,
+}
+
+/// `POST /servers/{id}/reenrol`: how long the controller expects the server to boot the
+/// ramdisk (default [`REENROL_DEFAULT`], at most [`REENROL_MAX`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReenrolRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_s: Option<u64>,
+}
+
+/// Default and longest re-enrolment window.
+pub const REENROL_DEFAULT: Duration = Duration::from_secs(3600);
+pub const REENROL_MAX: Duration = Duration::from_secs(7 * 86_400);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reenrolled {
+    pub id: String,
+    /// Unix ms.
+    pub expect_ramdisk_until_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventPage {
+    pub events: Vec<EventRecord>,
+    /// Pass as `after` to get the next page.
+    pub next_after: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,10 +327,13 @@ pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationTok
         .route("/servers/{id}/call", post(call))
         .route("/servers/{id}/tasks", post(start_task).get(server_tasks))
         .route("/servers/{id}/logs", get(server_logs))
+        .route("/servers/{id}/reenrol", post(reenrol_server))
+        .route("/events", get(list_events))
         .route("/tasks/{task_id}", get(show_task))
         .route("/tasks/{task_id}/events", get(task_events))
         .route("/tokens", post(create_token).get(list_tokens))
-        .route("/tokens/{id}", delete(revoke_token));
+        .route("/tokens/{id}", delete(revoke_token))
+        .route("/tokens/{id}/rotate", post(rotate_token));
     Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)
@@ -661,12 +727,98 @@ async fn create_token(State(st): State<Arc<ApiState>>, body: Bytes) -> ApiResult
             "token name must be 1 to 128 characters",
         ));
     }
-    let (rec, token) = st.fleet.create_token(name).await?;
-    Ok(axum::Json(CreatedToken {
+    let scope = req
+        .scope()
+        .map_err(|m| ApiError::new(codes::INVALID_PARAMS, m))?;
+    if let TokenScope::Server { server_id } = &scope
+        && (server_id.is_empty() || server_id.len() > 128)
+    {
+        return Err(ApiError::new(
+            codes::INVALID_PARAMS,
+            "server must be a server id of 1 to 128 characters",
+        ));
+    }
+    let (rec, token) = st.fleet.create_scoped_token(name, scope).await?;
+    Ok(axum::Json(created(rec, token)))
+}
+
+fn created(rec: TokenRecord, token: Secret) -> CreatedToken {
+    CreatedToken {
         id: rec.id,
         name: rec.name,
         token,
+        scope: rec.scope,
+        rotated_from: rec.rotated_from,
+    }
+}
+
+async fn rotate_token(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> ApiResult<CreatedToken> {
+    let (rec, token) = st.fleet.rotate_token(&id).await?;
+    Ok(axum::Json(created(rec, token)))
+}
+
+async fn reenrol_server(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Reenrolled> {
+    let req: ReenrolRequest = if body.is_empty() {
+        ReenrolRequest::default()
+    } else {
+        parse_body(&body)?
+    };
+    let window = match req.for_s {
+        None => REENROL_DEFAULT,
+        Some(s) if s >= 1 && s <= REENROL_MAX.as_secs() => Duration::from_secs(s),
+        Some(s) => {
+            return Err(ApiError::new(
+                codes::INVALID_PARAMS,
+                format!(
+                    "for_s must be 1 to {} seconds, not {s}",
+                    REENROL_MAX.as_secs()
+                ),
+            ));
+        }
+    };
+    let until = st
+        .fleet
+        .expect_ramdisk(&id, window, "re-enrolment by the admin")
+        .await?;
+    Ok(axum::Json(Reenrolled {
+        id,
+        expect_ramdisk_until_ms: until,
     }))
+}
+
+async fn list_events(
+    State(st): State<Arc<ApiState>>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<EventPage> {
+    let q = query_pairs(&q);
+    let after: i64 = query_num(&q, "after", 0)?;
+    let limit: u32 = query_num(&q, "limit", 100)?;
+    let server = q
+        .iter()
+        .find(|(k, _)| k == "server")
+        .map(|(_, v)| v.as_str());
+    if let Some(s) = server
+        && (s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(ApiError::new(
+            codes::INVALID_PARAMS,
+            "query parameter server must be a server id",
+        ));
+    }
+    let events = st
+        .fleet
+        .store
+        .events(server, after, limit.clamp(1, 1000))
+        .await?;
+    let next_after = events.last().map_or(after, |e| e.id);
+    Ok(axum::Json(EventPage { events, next_after }))
 }
 
 async fn list_tokens(State(st): State<Arc<ApiState>>) -> ApiResult<TokenList> {
@@ -775,7 +927,10 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(crate::http_errors::JsonErrors::new(tls)),
+                    svc,
+                );
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

@@ -4,7 +4,8 @@
 //! An agent is authenticated by a shared token, so a handshake or an inventory is still
 //! untrusted input: a 200 KB `agent_version` would be stored and logged as one huge line, a
 //! newline in a hostname would forge log lines. Every refusal names the field and the limit
-//! and never the value, so an error or a log line stays bounded whatever was sent.
+//! and never the value, so an error or a log line stays bounded whatever was sent. Log
+//! records are the exception: they are cut and scrubbed ([`clamp_logs`]), not refused.
 
 use molar_protocol::catalogue::{InventoryGet, Method};
 use molar_protocol::methods::HandshakeParams;
@@ -23,6 +24,8 @@ pub const MACS_MAX: usize = 64;
 /// Most entries in `protocols`, and the longest entry.
 pub const PROTOCOLS_MAX: usize = 8;
 pub const PROTOCOL_NAME_MAX: usize = 16;
+/// Longest `token` and `session` credential (the controller's are 64 hex digits).
+pub const CREDENTIAL_MAX: usize = 128;
 /// Longest string (or object key) in an inventory.
 pub const INVENTORY_STRING_MAX: usize = 4096;
 /// Largest inventory, serialized. The line limit already bounds what an agent can send; this
@@ -73,9 +76,25 @@ pub fn is_mac(s: &str) -> bool {
         })
 }
 
-/// Checks every string of a handshake against its limit (the token excepted: it is only
-/// hashed and compared, never stored nor shown).
+/// Checks every string of a handshake against its limit. The token and the session
+/// credential are only hashed and compared, never stored nor shown: they are bounded in
+/// length only, and a refusal names them without a hint of their value.
 pub fn check_handshake(h: &HandshakeParams) -> Result<(), BoundsError> {
+    if h.token.expose().len() > CREDENTIAL_MAX {
+        return Err(BoundsError::TooLong {
+            field: "token".into(),
+            max: CREDENTIAL_MAX,
+        });
+    }
+    if h.session
+        .as_ref()
+        .is_some_and(|s| s.expose().len() > CREDENTIAL_MAX)
+    {
+        return Err(BoundsError::TooLong {
+            field: "session".into(),
+            max: CREDENTIAL_MAX,
+        });
+    }
     text(
         || "agent_version".into(),
         &h.agent_version,
@@ -188,6 +207,83 @@ fn walk(v: &Value, path: &mut String) -> Result<(), BoundsError> {
     }
 }
 
+/// Longest log record `msg`, in bytes; longer ones are cut.
+pub const LOG_MSG_MAX: usize = 8192;
+/// Longest log record `level` and `target`.
+pub const LOG_LEVEL_MAX: usize = 16;
+pub const LOG_TARGET_MAX: usize = 128;
+/// Largest log record `fields`, serialized; larger ones are replaced by a note.
+pub const LOG_FIELDS_MAX: usize = 8192;
+
+/// `s` cut to at most `max` bytes (at a character boundary), with `…` when cut.
+fn cut(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+}
+
+/// Control characters replaced by U+FFFD, keeping `\n` and `\t` when `lines` holds.
+fn scrub(s: &mut String, lines: bool) {
+    if s.chars()
+        .any(|c| c.is_control() && !(lines && (c == '\n' || c == '\t')))
+    {
+        *s = s
+            .chars()
+            .map(|c| {
+                if c.is_control() && !(lines && (c == '\n' || c == '\t')) {
+                    '\u{fffd}'
+                } else {
+                    c
+                }
+            })
+            .collect();
+    }
+}
+
+/// Bounds a batch of log records before it is stored, in place: records are an agent's
+/// running commentary, so a bad one is cut rather than refused (refusing would drop the
+/// batch). `level` and `target` lose control characters and are cut to
+/// [`LOG_LEVEL_MAX`]/[`LOG_TARGET_MAX`]; `msg` keeps newlines and tabs (a multi-line error
+/// is legitimate; the CLI escapes them) but no other control character, cut at
+/// [`LOG_MSG_MAX`]; `fields` larger than [`LOG_FIELDS_MAX`] become
+/// `{"fields_cut_bytes": N}`. Returns how many records were changed.
+pub fn clamp_logs(records: &mut [molar_protocol::methods::LogRecord]) -> usize {
+    let mut changed = 0;
+    for r in records {
+        let before = (r.level.len(), r.target.len(), r.msg.len());
+        let (level, target, msg) = (r.level.clone(), r.target.clone(), r.msg.clone());
+        scrub(&mut r.level, false);
+        cut(&mut r.level, LOG_LEVEL_MAX);
+        scrub(&mut r.target, false);
+        cut(&mut r.target, LOG_TARGET_MAX);
+        scrub(&mut r.msg, true);
+        cut(&mut r.msg, LOG_MSG_MAX);
+        let mut size = Counter(0);
+        let fields_ok =
+            serde_json::to_writer(&mut size, &r.fields).is_ok() && size.0 <= LOG_FIELDS_MAX;
+        if !fields_ok {
+            let mut note = serde_json::Map::new();
+            note.insert("fields_cut_bytes".into(), Value::from(size.0 as u64));
+            r.fields = note;
+        }
+        if !fields_ok
+            || before != (r.level.len(), r.target.len(), r.msg.len())
+            || level != r.level
+            || target != r.target
+            || msg != r.msg
+        {
+            changed += 1;
+        }
+    }
+    changed
+}
+
 /// `s` if it is short and printable, else a description of it: for messages that name what
 /// a peer sent (a method name, say) without echoing unbounded input.
 pub fn echo(s: &str) -> String {
@@ -221,6 +317,7 @@ mod tests {
                 hostname: Some("node1.example.com".into()),
             },
             token: Secret::new("t"),
+            session: None,
         }
     }
 
@@ -271,6 +368,14 @@ mod tests {
             (
                 Box::new(|h| h.protocols = vec!["v1".into(), "v".repeat(17)]),
                 "protocols[1] is longer than 16 bytes",
+            ),
+            (
+                Box::new(|h| h.token = Secret::new("t".repeat(129))),
+                "token is longer than 128 bytes",
+            ),
+            (
+                Box::new(|h| h.session = Some(Secret::new("s".repeat(100_000)))),
+                "session is longer than 128 bytes",
             ),
         ];
         for (change, want) in cases {
@@ -337,6 +442,42 @@ mod tests {
         let deep = json!({"a".repeat(4000): {"b": "\n"}});
         let msg = check_inventory(&deep).unwrap_err().to_string();
         assert!(msg.len() < 200, "{msg}");
+    }
+
+    #[test]
+    fn log_records_are_cut_and_scrubbed_not_refused() {
+        use molar_protocol::methods::LogRecord;
+        let mut fields = serde_json::Map::new();
+        fields.insert("big".into(), json!("f".repeat(10_000)));
+        let mut records = vec![
+            LogRecord {
+                ts_ms: 1,
+                level: "info".into(),
+                target: "molar_agent::session".into(),
+                msg: "line one\n\tline two".into(),
+                fields: serde_json::Map::new(),
+            },
+            LogRecord {
+                ts_ms: 2,
+                level: "info\u{1b}[31m".repeat(10),
+                target: "t\r\n2026-01-01 ERROR forged".into(),
+                msg: format!("{}\u{1b}]0;title\u{7}", "é".repeat(10_000)),
+                fields,
+            },
+        ];
+        let first = records[0].clone();
+        assert_eq!(clamp_logs(&mut records), 1);
+        assert_eq!(records[0], first, "a usual record is stored as sent");
+        let r = &records[1];
+        assert!(
+            r.level.len() <= LOG_LEVEL_MAX && !r.level.contains('\u{1b}'),
+            "{:?}",
+            r.level
+        );
+        assert!(!r.target.contains(['\r', '\n']), "{:?}", r.target);
+        assert!(r.msg.len() <= LOG_MSG_MAX && r.msg.ends_with('…'));
+        assert!(!r.msg.chars().any(|c| c.is_control()));
+        assert_eq!(r.fields.get("fields_cut_bytes"), Some(&json!(10_010)));
     }
 
     #[test]

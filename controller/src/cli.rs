@@ -4,7 +4,7 @@
 //! Exit codes are part of the interface (scripts rely on them): see [`EXIT_CODES`].
 
 use crate::client::{Client, ClientError};
-use crate::store::{Retention, TaskEvent, TaskPhase};
+use crate::store::{Retention, TaskEvent, TaskPhase, TokenScope};
 use crate::{ServeConfig, start};
 use clap::{Parser, Subcommand};
 use molar_protocol::codes;
@@ -108,7 +108,8 @@ pub enum Command {
     },
     /// List servers.
     Servers,
-    /// Show one server (`molar server ID`), or remove one (`molar server remove ID`).
+    /// Show one server (`molar server ID`), remove one (`molar server remove ID`) or expect
+    /// it to enrol again (`molar server reenrol ID`).
     #[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
     Server {
         #[arg(required = true)]
@@ -143,6 +144,16 @@ pub enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Print security events: refused handshakes, superseded sessions, revoked and rotated
+    /// tokens, expected ramdisk boots.
+    Events {
+        /// Only this server's events.
+        #[arg(long)]
+        server: Option<String>,
+        /// Keep printing new events.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,16 +161,39 @@ pub enum ServerCommand {
     /// Remove a server with its connections, tasks, task events, logs and BMC entry, closing
     /// its agent connection (an agent still running there registers again as a new server).
     Remove { id: String },
+    /// Expect the server to boot the ramdisk again: until then an enrolment (or set) token
+    /// may claim it, and its new boot may replace its session.
+    Reenrol {
+        id: String,
+        /// Seconds the expectation lasts (default 3600).
+        #[arg(long = "for-s")]
+        for_s: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create an agent token and print it (only this once).
-    Create { name: String },
+    /// Create an agent token and print it (only this once). Without a scope it may be any
+    /// server, enrolled or new (what every token meant before scopes).
+    Create {
+        name: String,
+        /// Only this enrolled server.
+        #[arg(long, group = "scope")]
+        server: Option<String>,
+        /// Servers with this label (e.g. a rack); servers it enrols get the label.
+        #[arg(long, group = "scope", value_name = "LABEL")]
+        set: Option<String>,
+        /// Only the enrolment of new servers (or of one being re-enrolled).
+        #[arg(long, group = "scope")]
+        enrol: bool,
+    },
     /// List agent tokens.
     List,
-    /// Revoke an agent token.
+    /// Revoke an agent token; its agents' sessions are closed at once.
     Revoke { id: String },
+    /// Replace an agent token by a new secret with the same scope and print it; the old one
+    /// is revoked and its sessions are closed at once.
+    Rotate { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -508,6 +542,12 @@ fn server_text(v: &crate::api::ServerView) -> Vec<String> {
         format!("last seen:     {}", format_time(s.last_seen_ms)),
         format!("logs dropped:  {}", s.logs_dropped),
     ];
+    if !s.labels.is_empty() {
+        out.push(format!("labels:        {}", sanitize(&s.labels.join(", "))));
+    }
+    if let Some(until) = s.expect_ramdisk_until_ms {
+        out.push(format!("reenrol until: {}", format_time(until)));
+    }
     if let Some(conn) = &v.connection {
         out.push(format!("peer address:  {}", sanitize(&conn.peer_addr)));
         out.push(format!("connected at:  {}", format_time(conn.opened_ms)));
@@ -554,6 +594,38 @@ fn log_line(l: &crate::store::LogEntry) -> String {
     )
 }
 
+/// One line of `molar events`: time, kind, server, token, peer and message, [`sanitize`]d
+/// (a message can name what a peer sent).
+fn event_line(e: &crate::store::EventRecord) -> String {
+    let ev = &e.event;
+    let or_dash = |s: &Option<String>| opt(s);
+    format!(
+        "{} {} server={} token={} peer={}: {}",
+        format_time(e.at_ms),
+        sanitize(&ev.kind),
+        or_dash(&ev.server_id),
+        or_dash(&ev.token_id),
+        or_dash(&ev.peer_addr),
+        sanitize(&ev.msg)
+    )
+}
+
+/// The answer to `token create` and `token rotate`: the token alone (scripts capture it),
+/// or everything as JSON.
+fn print_created(t: &crate::api::CreatedToken, json: bool) -> Result<(), Failure> {
+    if json {
+        print_json(&serde_json::json!({
+            "id": t.id,
+            "name": t.name,
+            "token": t.token.expose(),
+            "scope": t.scope,
+            "rotated_from": t.rotated_from,
+        }))
+    } else {
+        outln!("{}", t.token.expose())
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Serve {
@@ -588,15 +660,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Token { command } => {
             let c = client(&cli)?;
             match command {
-                TokenCommand::Create { name } => {
-                    let t = c.create_token(name).await.map_err(api_err(false))?;
-                    if cli.json {
-                        print_json(
-                            &serde_json::json!({"id": t.id, "name": t.name, "token": t.token.expose()}),
-                        )?;
-                    } else {
-                        outln!("{}", t.token.expose())?;
-                    }
+                TokenCommand::Create {
+                    name,
+                    server,
+                    set,
+                    enrol,
+                } => {
+                    let scope = match (server, set, enrol) {
+                        (Some(id), _, _) => TokenScope::Server {
+                            server_id: id.clone(),
+                        },
+                        (_, Some(label), _) => TokenScope::Set {
+                            label: label.clone(),
+                        },
+                        (_, _, true) => TokenScope::Enrol,
+                        _ => TokenScope::Any,
+                    };
+                    let t = c
+                        .create_scoped_token(name, &scope)
+                        .await
+                        .map_err(api_err(false))?;
+                    print_created(&t, cli.json)?;
+                }
+                TokenCommand::Rotate { id } => {
+                    let t = c.rotate_token(id).await.map_err(api_err(false))?;
+                    print_created(&t, cli.json)?;
                 }
                 TokenCommand::List => {
                     let ts = c.tokens().await.map_err(api_err(false))?;
@@ -609,12 +697,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                 vec![
                                     t.id,
                                     t.name,
+                                    t.scope.describe(),
                                     format_time(t.created_ms),
                                     t.revoked_ms.map_or("-".into(), format_time),
                                 ]
                             })
                             .collect();
-                        table(&["ID", "NAME", "CREATED", "REVOKED"], rows)?;
+                        table(&["ID", "NAME", "SCOPE", "CREATED", "REVOKED"], rows)?;
                     }
                 }
                 TokenCommand::Revoke { id } => {
@@ -660,6 +749,51 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 )?;
             }
             Ok(())
+        }
+        Command::Server {
+            command: Some(ServerCommand::Reenrol { id, for_s }),
+            ..
+        } => {
+            let c = client(&cli)?;
+            let r = c
+                .reenrol_server(id, for_s.map(Duration::from_secs))
+                .await
+                .map_err(api_err(false))?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                outln!(
+                    "server {} may boot the ramdisk and enrol again until {}",
+                    sanitize(id),
+                    format_time(r.expect_ramdisk_until_ms)
+                )?;
+            }
+            Ok(())
+        }
+        Command::Events { server, follow } => {
+            let c = client(&cli)?;
+            let mut after = 0;
+            loop {
+                let page = c
+                    .events(server.as_deref(), after, 1000)
+                    .await
+                    .map_err(api_err(false))?;
+                for e in &page.events {
+                    if cli.json {
+                        let line = serde_json::to_string(e).unwrap_or_default();
+                        emit(&json_for_terminal(&line))?;
+                    } else {
+                        emit(&event_line(e))?;
+                    }
+                }
+                after = page.next_after;
+                if page.events.len() < 1000 {
+                    if !*follow {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
         Command::Server { id, inventory, .. } => {
             let Some(id) = id else {
@@ -990,8 +1124,57 @@ mod tests {
             } => assert_eq!(id, "srv-1"),
             other => panic!("{other:?}"),
         }
+        match parse(&["molar", "server", "reenrol", "srv-1", "--for-s", "60"]).unwrap() {
+            Command::Server {
+                command: Some(ServerCommand::Reenrol { id, for_s }),
+                ..
+            } => assert_eq!((id.as_str(), for_s), ("srv-1", Some(60))),
+            other => panic!("{other:?}"),
+        }
         assert!(parse(&["molar", "server"]).is_err());
         assert!(parse(&["molar", "server", "remove"]).is_err());
+    }
+
+    #[test]
+    fn a_token_has_at_most_one_scope() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        match parse(&["molar", "token", "create", "rack", "--set", "rack-a"]).unwrap() {
+            Command::Token {
+                command:
+                    TokenCommand::Create {
+                        set, enrol, server, ..
+                    },
+            } => assert_eq!(
+                (set.as_deref(), enrol, server),
+                (Some("rack-a"), false, None)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["molar", "token", "create", "plain"]).is_ok());
+        assert!(parse(&["molar", "token", "create", "x", "--enrol", "--set", "a"]).is_err());
+        assert!(parse(&["molar", "token", "create", "x", "--server", "s", "--enrol"]).is_err());
+        assert!(parse(&["molar", "token", "rotate", "tok-1"]).is_ok());
+    }
+
+    #[test]
+    fn event_lines_escape_what_peers_sent() {
+        let e = crate::store::EventRecord {
+            id: 1,
+            at_ms: 0,
+            event: crate::store::NewEvent {
+                kind: "handshake_refused".into(),
+                server_id: Some("srv-1".into()),
+                token_id: None,
+                peer_addr: Some("127.0.0.1:9".into()),
+                msg: "refused\r\nforged\x1b[2J".into(),
+            },
+        };
+        let line = event_line(&e);
+        assert_printable(&line);
+        assert_eq!(
+            line,
+            r"1970-01-01 00:00:00 handshake_refused server=srv-1 token=- peer=127.0.0.1:9: refused\r\nforged\x1b[2J"
+        );
     }
 
     #[test]
@@ -1024,6 +1207,8 @@ mod tests {
                 last_seen_ms: 0,
                 connected: true,
                 logs_dropped: 0,
+                labels: vec![],
+                expect_ramdisk_until_ms: None,
             },
             connection: None,
             inventory: None,

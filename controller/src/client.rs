@@ -2,10 +2,11 @@
 //! use. It trusts only the controller's CA (no public roots) and sends the admin token.
 
 use crate::api::{
-    CallRequest, CallResponse, CreatedToken, LogPage, RemovedServer, ServerList, ServerView,
-    TaskList, TaskRequest, TaskStarted, TokenList, TokenRequest,
+    CallRequest, CallResponse, CreatedToken, EventPage, LogPage, ReenrolRequest, Reenrolled,
+    RemovedServer, ServerList, ServerView, TaskList, TaskRequest, TaskStarted, TokenList,
+    TokenRequest,
 };
-use crate::store::{TaskEvent, TaskRecord, TokenRecord};
+use crate::store::{TaskEvent, TaskRecord, TokenRecord, TokenScope};
 use molar_protocol::{ErrorBody, Secret, codes};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -324,15 +325,51 @@ impl Client {
             .await
     }
 
-    /// Creates an agent token; the answer is the only time the token is shown.
+    /// Creates an agent token of scope `any`; the answer is the only time the token is
+    /// shown.
     pub async fn create_token(&self, name: &str) -> Result<CreatedToken> {
-        self.post(
-            "/tokens",
-            &TokenRequest {
-                name: name.to_owned(),
-            },
-        )
-        .await
+        self.create_scoped_token(name, &TokenScope::Any).await
+    }
+
+    /// Creates an agent token of `scope`.
+    pub async fn create_scoped_token(
+        &self,
+        name: &str,
+        scope: &TokenScope,
+    ) -> Result<CreatedToken> {
+        let mut req = TokenRequest {
+            name: name.to_owned(),
+            ..TokenRequest::default()
+        };
+        match scope {
+            TokenScope::Any => {}
+            TokenScope::Server { server_id } => req.server = Some(server_id.clone()),
+            TokenScope::Set { label } => req.set = Some(label.clone()),
+            TokenScope::Enrol => req.enrol = true,
+        }
+        self.post("/tokens", &req).await
+    }
+
+    /// Replaces a token by a new one of the same scope, revoking it and closing its sessions.
+    pub async fn rotate_token(&self, id: &str) -> Result<CreatedToken> {
+        self.post(&format!("/tokens/{id}/rotate"), &serde_json::json!({}))
+            .await
+    }
+
+    /// Expects the server to boot the ramdisk within `window` (default 1 h): an enrolment
+    /// token may then claim it.
+    pub async fn reenrol_server(&self, id: &str, window: Option<Duration>) -> Result<Reenrolled> {
+        let body = ReenrolRequest {
+            for_s: window.map(|w| w.as_secs()),
+        };
+        self.post(&format!("/servers/{id}/reenrol"), &body).await
+    }
+
+    /// Security events with an id greater than `after`, of one server if given.
+    pub async fn events(&self, server: Option<&str>, after: i64, limit: u32) -> Result<EventPage> {
+        let server = server.map(|s| format!("&server={s}")).unwrap_or_default();
+        self.get(&format!("/events?after={after}&limit={limit}{server}"))
+            .await
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {

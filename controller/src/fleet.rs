@@ -1,5 +1,6 @@
 //! The live side of the controller: which agents are connected right now, routing commands
-//! and tasks to them, agent-token checks, and the broadcast of task events to watchers.
+//! and tasks to them, and the broadcast of task events to watchers (agent tokens, session
+//! claims and security events are in [`crate::credentials`]).
 //!
 //! Both the agent listener and the HTTP API hold an `Arc<Fleet>`; the API's `call` and the
 //! fan-in benchmark go through [`Fleet::call`], so the benchmark measures the API's path.
@@ -8,23 +9,21 @@
 //! explicit handlers [`Fleet::refresh_inventory`] and [`Fleet::set_bmc_credentials`]; a
 //! generic call stores nothing, whatever its method.
 
-use crate::store::{
-    Removed, ServerState, StatusOutcome, Store, StoreError, TaskEvent, TaskRecord, TokenRecord,
-};
-use molar_protocol::bmc::SetCredentialsParams;
+use crate::store::{Removed, ServerState, StatusOutcome, Store, StoreError, TaskEvent, TaskRecord};
+use molar_protocol::bmc::{ChassisPowerParams, PowerAction, SetCredentialsParams};
 use molar_protocol::catalogue::{
-    BmcInfoGet, BmcSetCredentials, DiskErase, InventoryGet, Method, TaskCommand, TaskMethod,
+    BmcInfoGet, BmcSetCredentials, ChassisPower, DiskErase, InventoryGet, Method, Poweroff, Reboot,
+    TaskCommand, TaskMethod,
 };
 use molar_protocol::erase::DiskEraseParams;
 use molar_protocol::inventory::Inventory;
 use molar_protocol::methods::{Empty, TaskAccepted, TaskStatus};
-use molar_protocol::{CallError, ErrorBody, PeerHandle, Secret, codes};
+use molar_protocol::{CallError, ErrorBody, PeerHandle, codes};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 
 /// How long discovery waits for an agent's inventory (slow disks, many DIMMs).
@@ -118,9 +117,36 @@ impl FleetError {
 /// The fatal error a removed server's agent connection is closed with.
 pub const SERVER_REMOVED: &str = "server removed by the admin";
 
-struct LiveAgent {
-    conn_id: i64,
-    peer: PeerHandle,
+/// The fatal error the sessions of a revoked (or rotated) token are closed with.
+pub const TOKEN_REVOKED: &str = "agent token revoked";
+
+/// How long the controller expects a server to boot the ramdisk after a `reboot`, a
+/// `poweroff` or a `chassis.power` reset, cycle or off it asked for (see
+/// [`crate::admission`]).
+pub const REBOOT_EXPECTATION: Duration = Duration::from_secs(15 * 60);
+
+/// Whether a call, once answered, takes the machine down (its next boot is one the
+/// controller asked for): `reboot`, `poweroff`, and `chassis.power` other than `status`
+/// and `on`.
+fn takes_the_machine_away(method: &str, params: &Value) -> bool {
+    match method {
+        m if m == Reboot::NAME || m == Poweroff::NAME => true,
+        m if m == ChassisPower::NAME => {
+            serde_json::from_value::<ChassisPowerParams>(params.clone())
+                .is_ok_and(|p| !matches!(p.action, PowerAction::Status | PowerAction::On))
+        }
+        _ => false,
+    }
+}
+
+/// A live agent connection and the credentials it was admitted with.
+pub struct LiveAgent {
+    pub conn_id: i64,
+    pub peer: PeerHandle,
+    /// The agent token of its handshake.
+    pub token_id: String,
+    /// The boot its handshake reported.
+    pub boot_id: String,
 }
 
 /// Connected agents, the store and the task event bus.
@@ -128,6 +154,11 @@ pub struct Fleet {
     pub store: Arc<Store>,
     agents: Mutex<HashMap<String, LiveAgent>>,
     events: broadcast::Sender<TaskEvent>,
+    /// Identity keys with a handshake being decided (see [`crate::credentials`]).
+    pub(crate) claims: Mutex<std::collections::HashSet<String>>,
+    pub(crate) event_budget: Mutex<crate::credentials::EventBudget>,
+    /// Counts token revocations, so a handshake can tell whether one raced it.
+    pub(crate) revocations: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -150,34 +181,16 @@ impl Fleet {
             store,
             agents: Mutex::new(HashMap::new()),
             events,
+            claims: Mutex::new(Default::default()),
+            event_budget: Mutex::new(Default::default()),
+            revocations: Default::default(),
         })
     }
 
-    fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveAgent>> {
+    pub(crate) fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveAgent>> {
         // Poisoning only means a panic elsewhere; every operation on the map is a single
         // insert/remove/get, so it is consistent.
         self.agents.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    // ---- agent tokens ----
-
-    /// Creates an agent token; the token itself is returned only here.
-    pub async fn create_token(&self, name: &str) -> Result<(TokenRecord, Secret), FleetError> {
-        let token = crate::pki::random_hex(32);
-        let id = format!("tok-{}", crate::pki::random_hex(4));
-        let rec = self
-            .store
-            .create_token(&id, name, &token_hash(&token))
-            .await?;
-        Ok((rec, Secret::new(token)))
-    }
-
-    pub async fn revoke_token(&self, id: &str) -> Result<(), FleetError> {
-        if self.store.revoke_token(id).await? {
-            Ok(())
-        } else {
-            Err(FleetError::TokenNotFound(id.to_owned()))
-        }
     }
 
     // ---- servers ----
@@ -197,25 +210,44 @@ impl Fleet {
             .ok_or_else(|| FleetError::ServerNotFound(server_id.to_owned()))
     }
 
-    /// Whether `token` is one of the tokens not revoked. Compares hashes in constant time and
-    /// looks at every stored token whatever matches.
-    pub async fn agent_token_valid(&self, token: &Secret) -> Result<bool, StoreError> {
-        let presented = Sha256::digest(token.expose().as_bytes());
-        let mut ok = subtle::Choice::from(0);
-        for stored in self.store.active_token_hashes().await? {
-            let stored = hex::decode(stored).unwrap_or_default();
-            ok |= presented.as_slice().ct_eq(&stored);
-        }
-        Ok(bool::from(ok) && !token.is_empty())
-    }
-
     // ---- live connections ----
 
     /// Registers the live connection of a server; returns the one it supersedes.
-    pub fn attach(&self, server_id: &str, conn_id: i64, peer: PeerHandle) -> Option<PeerHandle> {
+    pub fn attach(&self, server_id: &str, live: LiveAgent) -> Option<PeerHandle> {
         self.agents()
-            .insert(server_id.to_owned(), LiveAgent { conn_id, peer })
+            .insert(server_id.to_owned(), live)
             .map(|old| old.peer)
+    }
+
+    /// The live session of a server (its connection not known to be closed), if any.
+    pub fn live_session(&self, server_id: &str) -> Option<crate::admission::LiveSession> {
+        self.agents()
+            .get(server_id)
+            .filter(|a| !a.peer.is_closed())
+            .map(|a| crate::admission::LiveSession {
+                boot_id: a.boot_id.clone(),
+                token_id: a.token_id.clone(),
+            })
+    }
+
+    /// Closes (with `why` as the fatal message) every live connection admitted with the
+    /// token `token_id`; returns the servers whose session was closed.
+    pub async fn close_sessions_of_token(&self, token_id: &str, why: &str) -> Vec<String> {
+        let closed: Vec<(String, PeerHandle)> = {
+            let mut agents = self.agents();
+            let ids: Vec<String> = agents
+                .iter()
+                .filter(|(_, a)| a.token_id == token_id)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| agents.remove(&id).map(|a| (id, a.peer)))
+                .collect()
+        };
+        for (_, peer) in &closed {
+            peer.close(Some(why.to_owned())).await;
+        }
+        closed.into_iter().map(|(id, _)| id).collect()
     }
 
     /// Forgets a connection that ended; returns whether the server still has another one.
@@ -276,13 +308,30 @@ impl Fleet {
         timeout: Duration,
     ) -> Result<Value, FleetError> {
         let peer = self.peer(server_id).await?;
-        peer.call_timeout(method, params, timeout)
+        let restarts = takes_the_machine_away(method, &params);
+        let result = peer
+            .call_timeout(method, params, timeout)
             .await
             .map_err(|source| FleetError::Call {
                 server: server_id.to_owned(),
                 method: method.to_owned(),
                 source,
-            })
+            })?;
+        if restarts {
+            // The machine is going away and its next boot is the one the controller asked
+            // for: it may take the place of this session (see `crate::admission`).
+            if let Err(e) = self
+                .expect_ramdisk(
+                    server_id,
+                    REBOOT_EXPECTATION,
+                    &format!("after a {method} the admin asked for"),
+                )
+                .await
+            {
+                tracing::error!(server = %server_id, error = %e, "recording the expected reboot");
+            }
+        }
+        Ok(result)
     }
 
     /// A typed call of a catalogue method: its result decoded, and the result as sent.

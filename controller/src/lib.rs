@@ -9,6 +9,10 @@
 //! - [`bounds`]: length and character limits on what agents send (handshake, inventory).
 //! - [`fleet`]: live agent connections, commands and tasks sent to them, task event bus, and
 //!   the explicit handlers that store what agents answer (inventory, BMC credentials).
+//! - [`admission`]: which handshake may become a server's session (token scopes, session
+//!   credentials, the expected ramdisk boot); [`credentials`]: tokens, claims, expectations
+//!   and the security events every refusal is recorded as.
+//! - [`http_errors`]: hyper's own parse-error answers in the API's JSON error shape.
 //! - [`erase`]: the disks an erase started by the controller expects to find.
 //! - [`listener`]: the agent listener (TLS, handshake, per-connection protocol peer).
 //! - [`api`]: the HTTPS JSON API under `/api/v1`.
@@ -33,12 +37,15 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod api;
 pub mod bounds;
 pub mod cli;
 pub mod client;
+pub mod credentials;
 pub mod erase;
 pub mod fleet;
+pub mod http_errors;
 pub mod identity;
 pub mod listener;
 pub mod pki;

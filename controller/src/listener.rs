@@ -15,18 +15,22 @@
 //! handshake (with the wait for the first byte) has its own deadline, then the `handshake`
 //! command its own.
 
-use crate::fleet::Fleet;
+use crate::admission::{self, Admission};
+use crate::fleet::{Fleet, LiveAgent, TOKEN_REVOKED, token_hash};
 use crate::identity::identity_key;
-use crate::store::{Registration, ServerRecord, ServerState, StatusOutcome, StoreError};
+use crate::store::{
+    NewEvent, Registration, ServerRecord, ServerState, SessionGrant, StatusOutcome, StoreError,
+    now_ms,
+};
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
 use molar_protocol::catalogue::{Handshake, Log, Method, TaskStatusUpdate};
 use molar_protocol::methods::{
-    HandshakeParams, HandshakeResult, LogParams, TaskStatus, parse_params,
+    HandshakeParams, HandshakeResult, LogParams, SUPERSEDED, TaskStatus, parse_params,
 };
 use molar_protocol::{
     Command, ErrorBody, ErrorResponse, Handler, LineCodec, Message, Peer, PeerConfig, PeerHandle,
-    Success, VERSION, codes,
+    Secret, Success, VERSION, codes,
 };
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -48,9 +52,6 @@ pub const PLAINTEXT_REFUSAL: &str = r#"{"version":"v1","fatal_error":"this liste
 /// Default [`ListenerConfig::pre_handshake`]: four times the fan-in benchmark's ramp of 256
 /// concurrent handshakes, 5 % of the default connection cap.
 pub const DEFAULT_PRE_HANDSHAKE: usize = 1024;
-
-/// The fatal message an old connection gets when the same server connects again.
-pub const SUPERSEDED: &str = "superseded by a new connection";
 
 /// Tunables of the agent listener.
 #[derive(Debug, Clone)]
@@ -442,6 +443,14 @@ where
         Opening::Gone => return Ok(None),
         Opening::Refused { reply, fatal } => {
             if let Some(r) = reply {
+                fleet
+                    .record(NewEvent {
+                        kind: "handshake_refused".into(),
+                        peer_addr: Some(addr.to_string()),
+                        msg: format!("handshake refused ({}): {}", r.error.code, r.error.msg),
+                        ..NewEvent::default()
+                    })
+                    .await;
                 send_line(&mut framed, addr, Message::Error(r)).await?;
             }
             send_line(
@@ -461,45 +470,25 @@ where
         Opening::Accepted { id, params } => (id, params),
     };
 
-    let reject = |code: &str, msg: &str| {
-        (
-            ErrorResponse {
-                id: id.clone(),
-                error: ErrorBody::new(code, msg),
-            },
-            format!("handshake failed: {msg}"),
-        )
-    };
-    let admitted = match fleet.agent_token_valid(&hello.token).await {
-        Ok(true) => match identity_key(&hello.node) {
-            Some(key) => Ok(key),
-            None => Err(reject(
-                codes::INVALID_PARAMS,
-                "the node reports no usable identity (no system uuid, serial or mac address)",
-            )),
-        },
-        Ok(false) => Err(reject(codes::UNAUTHORIZED, "invalid agent token")),
-        Err(e) => {
-            tracing::error!(error = %e, "checking an agent token");
-            Err(reject(
-                codes::INTERNAL,
-                "the controller cannot check tokens now",
-            ))
-        }
-    };
-    let registered = match admitted {
-        Ok(key) => register(fleet, &hello, key, addr).await.map_err(|e| {
-            tracing::error!(error = %e, "storing a server");
-            reject(
-                codes::INTERNAL,
-                "the controller cannot store the server now",
-            )
-        }),
-        Err(e) => Err(e),
-    };
-    let (server, conn_id, acknowledged_tasks) = match registered {
-        Ok(x) => x,
-        Err((reply, fatal)) => {
+    match decide(fleet, &hello, addr).await {
+        Ok(admitted) => Ok(Some(
+            start_session(framed, addr, fleet, cfg, id, &hello, admitted).await?,
+        )),
+        Err(refusal) => {
+            fleet
+                .record(NewEvent {
+                    kind: "handshake_refused".into(),
+                    server_id: refusal.server_id.clone(),
+                    token_id: refusal.token_id.clone(),
+                    peer_addr: Some(addr.to_string()),
+                    msg: format!("handshake refused ({}): {}", refusal.code, refusal.msg),
+                })
+                .await;
+            let fatal = format!("handshake failed: {}", refusal.msg);
+            let reply = ErrorResponse {
+                id,
+                error: ErrorBody::new(refusal.code, refusal.msg),
+            };
             send_line(&mut framed, addr, Message::Error(reply)).await?;
             send_line(
                 &mut framed,
@@ -510,16 +499,160 @@ where
             )
             .await?;
             let _ = framed.get_mut().shutdown().await;
-            return Err(ConnectionError::Refused {
+            Err(ConnectionError::Refused {
                 addr,
                 reason: fatal,
-            });
+            })
         }
+    }
+}
+
+/// A handshake the controller refused: the code and message the agent gets (never a
+/// secret), and what the event names.
+struct Refused {
+    code: &'static str,
+    msg: String,
+    server_id: Option<String>,
+    token_id: Option<String>,
+}
+
+impl Refused {
+    fn new(code: &'static str, msg: impl Into<String>) -> Self {
+        Refused {
+            code,
+            msg: msg.into(),
+            server_id: None,
+            token_id: None,
+        }
+    }
+}
+
+/// A handshake admitted and registered: what [`start_session`] needs.
+struct Registered<'a> {
+    server: ServerRecord,
+    conn_id: i64,
+    acknowledged_tasks: Vec<String>,
+    token_id: String,
+    admission: Admission,
+    /// The credential issued for this boot, sent once in the handshake's answer.
+    issued: Option<Secret>,
+    /// [`Fleet::revocations`] before the token was checked.
+    revocations: u64,
+    /// Held until the session is attached.
+    _claim: crate::credentials::Claim<'a>,
+}
+
+/// Checks the token, claims the identity, decides (see [`crate::admission`]) and registers.
+async fn decide<'a>(
+    fleet: &'a Arc<Fleet>,
+    hello: &HandshakeParams,
+    addr: SocketAddr,
+) -> Result<Registered<'a>, Refused> {
+    let internal = |what: &str, e: StoreError| {
+        tracing::error!(error = %e, "{what}");
+        Refused::new(codes::INTERNAL, format!("the controller cannot {what} now"))
     };
+    let revocations = fleet.revocations();
+    let token = match fleet.find_token(&hello.token).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(Refused::new(codes::UNAUTHORIZED, "invalid agent token")),
+        Err(e) => return Err(internal("check tokens", e)),
+    };
+    let with_token = |mut r: Refused| {
+        r.token_id = Some(token.id.clone());
+        r
+    };
+    let Some(key) = identity_key(&hello.node) else {
+        return Err(with_token(Refused::new(
+            codes::INVALID_PARAMS,
+            "the node reports no usable identity (no system uuid, serial or mac address)",
+        )));
+    };
+    let Some(claim) = fleet.claim(&key) else {
+        return Err(with_token(Refused::new(
+            codes::SESSION_CONFLICT,
+            "another handshake for this server is being decided",
+        )));
+    };
+    let binding = fleet
+        .store
+        .binding(&key)
+        .await
+        .map_err(|e| with_token(internal("look up the server", e)))?;
+    let live = binding
+        .as_ref()
+        .and_then(|b| fleet.live_session(&b.server_id));
+    let verdict = admission::decide(admission::Claim {
+        token: &token,
+        binding: binding.as_ref(),
+        live: live.as_ref(),
+        presented: hello.session.as_ref(),
+        boot_id: &hello.boot_id,
+        now_ms: now_ms(),
+    });
+    let admission = verdict.map_err(|r| Refused {
+        code: r.code,
+        msg: r.msg,
+        server_id: binding.as_ref().map(|b| b.server_id.clone()),
+        token_id: Some(token.id.clone()),
+    })?;
+    if hello.session.is_some() && admission.via != admission::Via::Credential {
+        tracing::info!(peer = %addr, "a session credential that is not the server's current one was presented; admitted by token");
+    }
+    let issued = admission
+        .issue
+        .then(|| Secret::new(crate::pki::random_hex(32)));
+    let grant = SessionGrant {
+        issue: issued
+            .as_ref()
+            .map(|s| (token_hash(s.expose()), token.id.clone())),
+        add_label: admission.add_label.clone(),
+        consume_expectation: admission.consume_expectation,
+        enrolled_by: Some(token.id.clone()),
+    };
+    let (server, conn_id, acknowledged_tasks) = register(fleet, hello, key, grant, addr)
+        .await
+        .map_err(|e| with_token(internal("store the server", e)))?;
+    Ok(Registered {
+        server,
+        conn_id,
+        acknowledged_tasks,
+        token_id: token.id,
+        admission,
+        issued,
+        revocations,
+        _claim: claim,
+    })
+}
+
+/// Answers an admitted handshake, starts the peer and attaches it to the fleet.
+async fn start_session<S>(
+    mut framed: Framed<S, LineCodec>,
+    addr: SocketAddr,
+    fleet: &Arc<Fleet>,
+    cfg: &ListenerConfig,
+    id: String,
+    hello: &HandshakeParams,
+    reg: Registered<'_>,
+) -> Result<Admitted, ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Registered {
+        server,
+        conn_id,
+        acknowledged_tasks,
+        token_id,
+        admission,
+        issued,
+        revocations,
+        _claim,
+    } = reg;
     let welcome = HandshakeResult {
         server_id: server.id.clone(),
         protocol: VERSION.into(),
         acknowledged_tasks,
+        session: issued,
     };
     let result = serde_json::to_value(&welcome).unwrap_or(Value::Null);
     if let Err(e) = send_line(&mut framed, addr, Message::Success(Success { id, result })).await {
@@ -547,20 +680,47 @@ where
         ..cfg.peer.clone()
     };
     let (peer, task) = Peer::spawn(stream, handler, peer_cfg);
-    if let Some(old) = fleet.attach(&server.id, conn_id, peer.clone()) {
+    let live = LiveAgent {
+        conn_id,
+        peer: peer.clone(),
+        token_id: token_id.clone(),
+        boot_id: hello.boot_id.clone(),
+    };
+    if let Some(old) = fleet.attach(&server.id, live) {
         tracing::info!(server = %server.id, "closing the connection superseded by {addr}");
         tokio::spawn(async move { old.close(Some(SUPERSEDED.into())).await });
+        let how = match admission.via {
+            admission::Via::Credential => "its agent reconnected with the session credential",
+            _ => "the boot the controller expected replaced it",
+        };
+        fleet
+            .record(NewEvent {
+                kind: "session_superseded".into(),
+                server_id: Some(server.id.clone()),
+                token_id: Some(token_id.clone()),
+                peer_addr: Some(addr.to_string()),
+                msg: format!("the session of server {} was superseded: {how}", server.id),
+            })
+            .await;
+    }
+    drop(_claim);
+    // A revocation that raced this handshake closed the sessions it saw; this one was not
+    // attached yet, so it looks again.
+    if fleet.revocations() != revocations && !fleet.token_active(&token_id).await.unwrap_or(true) {
+        fleet
+            .close_sessions_of_token(&token_id, TOKEN_REVOKED)
+            .await;
     }
     if server.state == ServerState::Discovery {
         let (fleet, id) = (fleet.clone(), server.id.clone());
         tokio::spawn(async move { fleet.discover(&id).await });
     }
-    Ok(Some(Admitted {
+    Ok(Admitted {
         server_id: server.id,
         conn_id,
         peer,
         task,
-    }))
+    })
 }
 
 /// Stores the server of an accepted handshake and its connection; returns the server, the
@@ -569,6 +729,7 @@ async fn register(
     fleet: &Fleet,
     hello: &HandshakeParams,
     identity_key: String,
+    grant: SessionGrant,
     addr: SocketAddr,
 ) -> Result<(ServerRecord, i64, Vec<String>), StoreError> {
     let reg = Registration {
@@ -581,7 +742,10 @@ async fn register(
         boot_id: hello.boot_id.clone(),
     };
     let new_id = || format!("srv-{}", crate::pki::random_hex(4));
-    let (server, conn_id) = fleet.store.register(reg, new_id, &addr.to_string()).await?;
+    let (server, conn_id) = fleet
+        .store
+        .register(reg, grant, new_id, &addr.to_string())
+        .await?;
     let acked = fleet.store.acknowledged_tasks(&server.id).await?;
     Ok((server, conn_id, acked))
 }
@@ -604,7 +768,13 @@ impl Handler for AgentCommands {
         async move {
             match method.as_str() {
                 m if m == Log::NAME => {
-                    let p: LogParams = parse_params(&method, params)?;
+                    let mut p: LogParams = parse_params(&method, params)?;
+                    // Before anything is stored: cut and scrubbed like handshake fields are
+                    // checked (bounds.rs), never refused (that would drop the batch).
+                    let cut = crate::bounds::clamp_logs(&mut p.records);
+                    if cut > 0 {
+                        tracing::debug!(server = %server_id, records = cut, "agent log records cut to their bounds");
+                    }
                     if p.dropped > 0 {
                         tracing::warn!(server = %server_id, dropped = p.dropped, "agent dropped log records");
                     }

@@ -53,10 +53,10 @@ async fn handshake_with_a_wrong_token_is_refused_and_changes_nothing() {
     );
 
     // A revoked token is refused too.
-    let tokens = c.client.tokens().await.unwrap();
-    c.client.revoke_token(&tokens[0].id).await.unwrap();
+    let spare = c.client.create_token("spare").await.unwrap();
+    c.client.revoke_token(&spare.id).await.unwrap();
     let mut raw = Raw::new(tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await);
-    raw.send(&handshake_line(&c.agent_token, 4)).await;
+    raw.send(&handshake_line(spare.token.expose(), 4)).await;
     assert_eq!(raw.recv_json().await["error"]["code"], "unauthorized");
 
     assert_eq!(c.client.servers().await.unwrap(), before);
@@ -194,8 +194,15 @@ async fn a_repeated_terminal_task_status_is_stored_once() {
         err.to_body(),
         molar_protocol::ErrorBody::new("unknown_method", "unknown method frobnicate")
     );
-    // The acknowledged task is announced at the next handshake.
-    drop(a);
+    // The acknowledged task is announced at the next handshake (of the next boot, once
+    // this connection is gone: without its session credential nothing replaces it).
+    a.peer.close(None).await;
+    let _ = a.task.await;
+    let fleet = c.running.fleet.clone();
+    eventually("the first connection to be gone", || {
+        !fleet.is_connected(&sid)
+    })
+    .await;
     still_answers(&c, &other.welcome.server_id).await;
     let again = fake_agent(&c, 1).await;
     assert_eq!(again.welcome.server_id, sid);
@@ -537,4 +544,50 @@ async fn every_api_rejection_has_the_json_error_shape() {
     }
     assert_eq!(c.client.tokens().await.unwrap().len(), 1);
     still_answers(&c, &sid).await;
+}
+
+/// What hyper refuses before the router sees the request (a request line it cannot parse,
+/// a path over its limit, too many or too large headers) is answered in the JSON shape too.
+#[tokio::test]
+async fn requests_hyper_cannot_parse_get_json_errors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = controller().await;
+    let headers: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let cases = [
+        ("GARBAGE\r\n\r\n".to_owned(), 400),
+        (
+            format!(
+                "GET /api/v1/{} HTTP/1.1\r\nhost: x\r\n\r\n",
+                "p".repeat(70_000)
+            ),
+            414,
+        ),
+        (
+            format!("GET /api/v1/servers HTTP/1.1\r\nhost: x\r\n{headers}\r\n"),
+            431,
+        ),
+    ];
+    for (request, status) in cases {
+        let mut tls = tls_stream(c.running.api_addr, &c.running.ca_pem_path).await;
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tls.read_to_end(&mut answer),
+        )
+        .await
+        .expect("the answer within 10 s");
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status}: {head}"
+        );
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_request", "{body}");
+        assert!(v["error"]["msg"].is_string());
+    }
+    // Ordinary requests on the same listener are unchanged.
+    assert_eq!(c.client.servers().await.unwrap().len(), 0);
 }

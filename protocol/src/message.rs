@@ -33,6 +33,10 @@ pub mod codes {
     pub const BUSY: &str = "busy";
     /// The handshake token was missing, wrong or revoked.
     pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The server already has a live session and the handshake did not present that
+    /// session's credential: refused, never superseding it. The agent retries soon (its
+    /// backoff is reset), so a legitimate agent regains its server when the contest ends.
+    pub const SESSION_CONFLICT: &str = "session_conflict";
     /// The first command of a connection must be `handshake`.
     pub const HANDSHAKE_REQUIRED: &str = "handshake_required";
     /// The agent serves no command until the controller accepted its handshake.

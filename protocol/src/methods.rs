@@ -53,6 +53,12 @@ pub struct HandshakeParams {
     pub boot_id: String,
     pub node: NodeIdentity,
     pub token: Secret,
+    /// The session credential the controller gave this agent earlier in the same boot
+    /// ([`HandshakeResult::session`]); absent on the first handshake of a boot. With it, a
+    /// reconnect supersedes the server's old (dead) connection; without it, a server that
+    /// has a live session is refused ([`crate::codes::SESSION_CONFLICT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +70,18 @@ pub struct HandshakeResult {
     /// Task ids whose terminal status the controller already holds: the agent stops resending.
     #[serde(default)]
     pub acknowledged_tasks: Vec<String>,
+    /// A session credential bound to (this server, this boot), given after the first
+    /// handshake of a boot: the agent keeps it in memory and presents it
+    /// ([`HandshakeParams::session`]) on every reconnect until it reboots. Absent when the
+    /// agent presented a valid one (it keeps using it) or the controller predates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Secret>,
 }
+
+/// The fatal message a connection gets when a reconnect of the same agent (presenting its
+/// session credential) takes its place. The agent retries without backing off further: a
+/// legitimate agent is never starved by a contest for its session.
+pub const SUPERSEDED: &str = "superseded by a new connection";
 
 /// The state of a task (the seed's three, lowercase on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -254,11 +271,24 @@ mod tests {
                 hostname: None,
             },
             token: Secret::new("tok-secret"),
+            session: Some(Secret::new("sess-secret")),
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["token"], json!("tok-secret"));
         assert_eq!(serde_json::from_value::<HandshakeParams>(v).unwrap(), p);
         assert!(!format!("{p:?}").contains("tok-secret"));
+        assert!(!format!("{p:?}").contains("sess-secret"));
+        // An older agent sends no session; an older controller answers none.
+        let mut old = serde_json::to_value(&p).unwrap();
+        old.as_object_mut().unwrap().remove("session");
+        let p: HandshakeParams = serde_json::from_value(old).unwrap();
+        assert_eq!(p.session, None);
+        let r: HandshakeResult = serde_json::from_value(
+            json!({"server_id": "srv-1", "protocol": "v1", "later_field": true}),
+        )
+        .unwrap();
+        assert_eq!(r.session, None);
+        assert!(r.acknowledged_tasks.is_empty());
     }
 
     #[test]

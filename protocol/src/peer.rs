@@ -282,7 +282,11 @@ impl PeerHandle {
                 Err(_) => Err(CallError::Closed),
             }
         };
+        // Biased: an answer already read wins over the close that followed it (a refused
+        // handshake is an error response and then a fatal; both may be read before this
+        // task runs, and the caller must see the refusal, not just "closed").
         tokio::select! {
+            biased;
             r = tokio::time::timeout(after, exchange) => r.unwrap_or_else(|_| Err(CallError::Timeout {
                 method: method.to_owned(),
                 after,
@@ -913,6 +917,30 @@ mod tests {
         let (_h, task, raw) = raw_pair(cfg("p"));
         drop(raw);
         assert_eq!(task.await.unwrap(), CloseReason::Eof);
+    }
+
+    /// A refusal followed at once by the fatal close (how a controller refuses a handshake):
+    /// the caller gets the refusal, however the two lines are scheduled.
+    #[tokio::test]
+    async fn an_answer_read_before_the_close_is_not_lost_to_it() {
+        for _ in 0..50 {
+            let (h, task, mut raw) = raw_pair(cfg("p"));
+            let call = tokio::spawn({
+                let h = h.clone();
+                async move { h.call("handshake", json!({})).await }
+            });
+            let cmd = raw.recv().await.unwrap();
+            let id = cmd["id"].as_str().unwrap();
+            let lines = format!(
+                "{{\"version\":\"v1\",\"id\":\"{id}\",\"error\":{{\"code\":\"unauthorized\",\"msg\":\"no\"}}}}\n{{\"version\":\"v1\",\"fatal_error\":\"handshake failed: no\"}}\n"
+            );
+            raw.wr.write_all(lines.as_bytes()).await.unwrap();
+            assert_eq!(
+                call.await.unwrap(),
+                Err(CallError::Remote(ErrorBody::new("unauthorized", "no")))
+            );
+            let _ = task.await;
+        }
     }
 
     #[tokio::test]

@@ -143,8 +143,9 @@ fn idle_connections_at_a_low_fd_limit_lock_no_agent_out() {
     });
     assert!(t0.elapsed() < Duration::from_secs(15));
 
-    // A second agent (another machine identity is not needed: a new connection of the same
-    // server supersedes the old one, which proves the handshake got through).
+    // A second agent (another machine identity is not needed: a second session of the same
+    // server without the first one's credential is refused as a session conflict, which
+    // proves the handshake got through and was judged).
     let mut second = agent(
         agent_port,
         state.path(),
@@ -154,7 +155,7 @@ fn idle_connections_at_a_low_fd_limit_lock_no_agent_out() {
     wait_for("the second agent's connection", 20, || {
         let text = std::fs::read_to_string(serve_log.with_extension("err")).unwrap_or_default()
             + &std::fs::read_to_string(&serve_log).unwrap_or_default();
-        text.contains("closing the connection superseded")
+        text.contains("handshake refused (session_conflict)")
     });
     drop(flood);
 

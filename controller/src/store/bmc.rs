@@ -123,8 +123,13 @@ mod tests {
     #[test]
     fn the_bmc_table_keeps_credentials_and_lists_them_without_the_password() {
         let mut s = Db::open_in_memory().unwrap();
-        s.register(&reg("uuid:u"), &mut || "srv-1".into(), "127.0.0.1:1")
-            .unwrap();
+        s.register(
+            &reg("uuid:u"),
+            &grant(),
+            &mut || "srv-1".into(),
+            "127.0.0.1:1",
+        )
+        .unwrap();
         assert_eq!(s.bmc("srv-1").unwrap(), None);
         let c = BmcCredentials {
             mac: Some("52:54:00:be:ef:01".into()),

@@ -123,7 +123,8 @@ mod tests {
     #[test]
     fn logs_page_by_id() {
         let mut s = Db::open_in_memory().unwrap();
-        s.register(&reg("k"), &mut || "srv-1".into(), "a").unwrap();
+        s.register(&reg("k"), &grant(), &mut || "srv-1".into(), "a")
+            .unwrap();
         let rec = |m: &str| LogRecord {
             ts_ms: 1,
             level: "info".into(),

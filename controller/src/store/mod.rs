@@ -1,5 +1,5 @@
 //! The controller's embedded SQLite store: servers, agent connections, agent tokens, the BMC
-//! table, tasks, task events and logs, one file per table group.
+//! table, tasks, task events, logs and security events, one file per table group.
 //!
 //! No SQLite call runs on an async worker: [`Store`] is a handle to store threads that own
 //! the connections ([`Db`]), and its async methods send them jobs. The table modules write
@@ -12,6 +12,7 @@
 //! and a `running` update is applied only when its `seq` is newer than the stored one.
 
 mod bmc;
+mod events;
 mod logs;
 mod retention;
 mod servers;
@@ -19,11 +20,14 @@ mod tasks;
 mod tokens;
 
 pub use bmc::{BmcCredentials, BmcRecord};
+pub use events::{EVENTS_KEPT, EventRecord, NewEvent};
 pub use logs::LogEntry;
 pub use retention::{Pruned, Retention};
-pub use servers::{ConnectionRecord, Registration, Removed, ServerRecord, ServerState};
+pub use servers::{
+    Binding, ConnectionRecord, Registration, Removed, ServerRecord, ServerState, SessionGrant,
+};
 pub use tasks::{ACKNOWLEDGED_MAX, StatusOutcome, TaskEvent, TaskPhase, TaskRecord};
-pub use tokens::TokenRecord;
+pub use tokens::{ActiveToken, TokenRecord, TokenScope};
 
 use rusqlite::Connection;
 use serde_json::Value;
@@ -130,6 +134,32 @@ ALTER TABLE logs ADD COLUMN received_ms INTEGER;
 UPDATE logs SET received_ms = CAST(strftime('%s', 'now') AS INTEGER) * 1000;
 CREATE INDEX logs_received ON logs(received_ms);
 CREATE INDEX task_events_at ON task_events(at_ms);
+"#,
+    // Credentials bound to servers (issue #9): token scopes, set labels, the session
+    // credential of each server's current boot, the expected ramdisk boot, and the events
+    // table every refusal is recorded in. Existing tokens keep their meaning (`any`).
+    r#"
+ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'any'
+    CHECK (scope IN ('any','server','set','enrol'));
+ALTER TABLE tokens ADD COLUMN scope_value TEXT;
+ALTER TABLE tokens ADD COLUMN rotated_from TEXT;
+ALTER TABLE servers ADD COLUMN labels TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE servers ADD COLUMN enrolled_by TEXT;
+ALTER TABLE servers ADD COLUMN session_sha256 TEXT;
+ALTER TABLE servers ADD COLUMN session_boot_id TEXT;
+ALTER TABLE servers ADD COLUMN session_token_id TEXT;
+ALTER TABLE servers ADD COLUMN expect_ramdisk_until_ms INTEGER;
+CREATE TABLE events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms     INTEGER NOT NULL,
+    kind      TEXT NOT NULL,
+    server_id TEXT,
+    token_id  TEXT,
+    peer_addr TEXT,
+    msg       TEXT NOT NULL
+);
+CREATE INDEX events_server ON events(server_id, id);
+CREATE INDEX events_at ON events(at_ms);
 "#,
 ];
 
@@ -461,6 +491,10 @@ pub(crate) mod test_support {
         }
     }
 
+    pub fn grant() -> SessionGrant {
+        SessionGrant::default()
+    }
+
     pub fn status(task: &str, state: TaskState, seq: u64) -> TaskStatus {
         TaskStatus {
             task_id: task.into(),
@@ -490,7 +524,8 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "the database holds BMC passwords");
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
-        s.create_token("tok-1", "a", "00").unwrap();
+        s.create_token("tok-1", "a", "00", &TokenScope::Any, None)
+            .unwrap();
         drop(s);
         let s = Db::open(dir.path()).unwrap();
         assert_eq!(s.list_tokens().unwrap().len(), 1);

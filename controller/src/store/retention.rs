@@ -284,8 +284,10 @@ mod tests {
 
     fn two_servers() -> Db {
         let mut db = Db::open_in_memory().unwrap();
-        db.register(&reg("a"), &mut || "srv-1".into(), "x").unwrap();
-        db.register(&reg("b"), &mut || "srv-2".into(), "y").unwrap();
+        db.register(&reg("a"), &grant(), &mut || "srv-1".into(), "x")
+            .unwrap();
+        db.register(&reg("b"), &grant(), &mut || "srv-2".into(), "y")
+            .unwrap();
         db
     }
 
@@ -382,7 +384,7 @@ mod tests {
             batch: 1,
         };
         store
-            .register(reg("a"), || "srv-1".into(), "x")
+            .register(reg("a"), grant(), || "srv-1".into(), "x")
             .await
             .unwrap();
         store

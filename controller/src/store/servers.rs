@@ -65,6 +65,41 @@ pub struct ServerRecord {
     pub last_seen_ms: i64,
     pub connected: bool,
     pub logs_dropped: u64,
+    /// Set labels (a server enrolled with a `set` token carries its label).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Until when the controller expects this server to boot the ramdisk (re-enrolment or
+    /// a reboot it asked for): an enrolment token may claim it, and a new boot may take the
+    /// place of its session. Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_ramdisk_until_ms: Option<i64>,
+}
+
+/// What the handshake's decision needs to know of an enrolled server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Binding {
+    pub server_id: String,
+    pub labels: Vec<String>,
+    /// SHA-256 (hex) of the session credential of its current boot, the boot and the
+    /// token it was issued under.
+    pub session_sha256: Option<String>,
+    pub session_boot_id: Option<String>,
+    pub session_token_id: Option<String>,
+    pub expect_ramdisk_until_ms: Option<i64>,
+}
+
+/// What an admitted handshake changes besides what [`Registration`] refreshes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionGrant {
+    /// A new session credential: its SHA-256 (hex) and the token it is issued under; bound
+    /// to the registration's boot id.
+    pub issue: Option<(String, String)>,
+    /// A label the server gets (enrolled with a `set` token).
+    pub add_label: Option<String>,
+    /// The expected ramdisk boot happened: forget the expectation.
+    pub consume_expectation: bool,
+    /// The token a new server is enrolled with.
+    pub enrolled_by: Option<String>,
 }
 
 /// What a handshake tells about a server.
@@ -96,9 +131,11 @@ pub struct ConnectionRecord {
 }
 
 const SERVER_COLS: &str = "id, system_uuid, serial, macs, hostname, state, agent_version, boot_id, \
-     first_seen_ms, last_seen_ms, connected, logs_dropped";
+     first_seen_ms, last_seen_ms, connected, logs_dropped, labels, expect_ramdisk_until_ms";
 
-fn server_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(ServerRecord, String, String)> {
+type ServerRow = (ServerRecord, String, String, String);
+
+fn server_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ServerRow> {
     let macs: String = row.get(3)?;
     let state: String = row.get(5)?;
     Ok((
@@ -115,13 +152,24 @@ fn server_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(ServerRecord, String
             last_seen_ms: row.get(9)?,
             connected: row.get::<_, i64>(10)? != 0,
             logs_dropped: row.get::<_, i64>(11)?.max(0) as u64,
+            labels: Vec::new(),
+            expect_ramdisk_until_ms: row.get(13)?,
         },
         macs,
         state,
+        row.get(12)?,
     ))
 }
 
-fn finish_server((mut s, macs, state): (ServerRecord, String, String)) -> Result<ServerRecord> {
+fn labels_of(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        what: "server labels",
+        msg: e.to_string(),
+    })
+}
+
+fn finish_server((mut s, macs, state, labels): ServerRow) -> Result<ServerRecord> {
+    s.labels = labels_of(&labels)?;
     s.macs = serde_json::from_str(&macs).map_err(|e| StoreError::Corrupt {
         what: "server macs",
         msg: e.to_string(),
@@ -140,6 +188,7 @@ impl Db {
     pub fn register(
         &mut self,
         reg: &Registration,
+        grant: &SessionGrant,
         new_id: &mut dyn FnMut() -> String,
         peer_addr: &str,
     ) -> Result<(ServerRecord, i64)> {
@@ -172,6 +221,30 @@ impl Db {
                     ],
                 )
                 .map_err(q("updating a server"))?;
+                if let Some(label) = &grant.add_label {
+                    let labels: String = tx
+                        .query_row("SELECT labels FROM servers WHERE id = ?1", [&id], |r| {
+                            r.get(0)
+                        })
+                        .map_err(q("reading a server's labels"))?;
+                    let mut labels = labels_of(&labels)?;
+                    if !labels.contains(label) {
+                        labels.push(label.clone());
+                        labels.sort();
+                    }
+                    tx.execute(
+                        "UPDATE servers SET labels = ?2 WHERE id = ?1",
+                        params![id, serde_json::to_string(&labels).unwrap_or_default()],
+                    )
+                    .map_err(q("labelling a server"))?;
+                }
+                if grant.consume_expectation {
+                    tx.execute(
+                        "UPDATE servers SET expect_ramdisk_until_ms = NULL WHERE id = ?1",
+                        [&id],
+                    )
+                    .map_err(q("updating a server"))?;
+                }
                 id
             }
             None => {
@@ -186,10 +259,12 @@ impl Db {
                         break id;
                     }
                 };
+                let labels: Vec<&String> = grant.add_label.iter().collect();
                 tx.execute(
                     "INSERT INTO servers (id, identity_key, system_uuid, serial, macs, hostname,
-                        state, agent_version, boot_id, first_seen_ms, last_seen_ms, connected)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'discovery', ?7, ?8, ?9, ?9, 1)",
+                        state, agent_version, boot_id, first_seen_ms, last_seen_ms, connected,
+                        labels, enrolled_by)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'discovery', ?7, ?8, ?9, ?9, 1, ?10, ?11)",
                     params![
                         new_id,
                         reg.identity_key,
@@ -199,7 +274,9 @@ impl Db {
                         reg.hostname,
                         reg.agent_version,
                         reg.boot_id,
-                        now
+                        now,
+                        serde_json::to_string(&labels).unwrap_or_else(|_| "[]".into()),
+                        grant.enrolled_by,
                     ],
                 )
                 .map_err(q("creating a server"))?;
@@ -213,6 +290,14 @@ impl Db {
         )
         .map_err(q("recording a connection"))?;
         let conn_id = tx.last_insert_rowid();
+        if let Some((sha256, token_id)) = &grant.issue {
+            tx.execute(
+                "UPDATE servers SET session_sha256 = ?2, session_boot_id = ?3,
+                    session_token_id = ?4 WHERE id = ?1",
+                params![id, sha256, reg.boot_id, token_id],
+            )
+            .map_err(q("storing a session credential"))?;
+        }
         let server = tx
             .query_row(
                 &format!("SELECT {SERVER_COLS} FROM servers WHERE id = ?1"),
@@ -222,6 +307,50 @@ impl Db {
             .map_err(q("reading a server"))?;
         tx.commit().map_err(q("registering a server"))?;
         Ok((finish_server(server)?, conn_id))
+    }
+
+    /// The enrolled server an identity key is bound to, with its session credential.
+    pub fn binding(&self, identity_key: &str) -> Result<Option<Binding>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, labels, session_sha256, session_boot_id, session_token_id,
+                    expect_ramdisk_until_ms FROM servers WHERE identity_key = ?1",
+                [identity_key],
+                |r| {
+                    Ok((
+                        Binding {
+                            server_id: r.get(0)?,
+                            labels: Vec::new(),
+                            session_sha256: r.get(2)?,
+                            session_boot_id: r.get(3)?,
+                            session_token_id: r.get(4)?,
+                            expect_ramdisk_until_ms: r.get(5)?,
+                        },
+                        r.get::<_, String>(1)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(q("looking up a server"))?;
+        row.map(|(mut b, labels)| {
+            b.labels = labels_of(&labels)?;
+            Ok(b)
+        })
+        .transpose()
+    }
+
+    /// Expects the server to boot the ramdisk until `until_ms` (`None`: no longer); `false`
+    /// when there is no such server.
+    pub fn set_expect_ramdisk(&self, id: &str, until_ms: Option<i64>) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE servers SET expect_ramdisk_until_ms = ?2 WHERE id = ?1",
+                params![id, until_ms],
+            )
+            .map_err(q("updating a server"))?;
+        Ok(n > 0)
     }
 
     /// Records the end of a connection; `still_connected` is whether the server has another
@@ -410,11 +539,25 @@ impl Store {
     pub async fn register(
         &self,
         reg: Registration,
+        grant: SessionGrant,
         mut new_id: impl FnMut() -> String + Send + 'static,
         peer_addr: &str,
     ) -> Result<(ServerRecord, i64)> {
         let peer_addr = peer_addr.to_owned();
-        self.write(move |db| db.register(&reg, &mut new_id, &peer_addr))
+        self.write(move |db| db.register(&reg, &grant, &mut new_id, &peer_addr))
+            .await
+    }
+
+    /// [`Db::binding`] (on the writer: a decision must see the latest grant).
+    pub async fn binding(&self, identity_key: &str) -> Result<Option<Binding>> {
+        let key = identity_key.to_owned();
+        self.write(move |db| db.binding(&key)).await
+    }
+
+    /// [`Db::set_expect_ramdisk`].
+    pub async fn set_expect_ramdisk(&self, id: &str, until_ms: Option<i64>) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |db| db.set_expect_ramdisk(&id, until_ms))
             .await
     }
 
@@ -484,7 +627,7 @@ mod tests {
         use molar_protocol::methods::TaskState;
         let mut s = Db::open_in_memory().unwrap();
         for (key, id) in [("uuid:a", "srv-1"), ("uuid:b", "srv-2")] {
-            s.register(&reg(key), &mut || id.into(), "127.0.0.1:1")
+            s.register(&reg(key), &grant(), &mut || id.into(), "127.0.0.1:1")
                 .unwrap();
             for (task, seq) in [(format!("t-{id}"), 1), (format!("t-{id}"), 2)] {
                 s.apply_task_status(id, &status(&task, TaskState::Running, seq))
@@ -535,12 +678,22 @@ mod tests {
     fn register_finds_the_same_server_by_identity() {
         let mut s = Db::open_in_memory().unwrap();
         let (a, c1) = s
-            .register(&reg("uuid:u"), &mut || "srv-1".into(), "127.0.0.1:1")
+            .register(
+                &reg("uuid:u"),
+                &grant(),
+                &mut || "srv-1".into(),
+                "127.0.0.1:1",
+            )
             .unwrap();
         assert_eq!(a.state, ServerState::Discovery);
         assert!(a.connected);
         let (b, c2) = s
-            .register(&reg("uuid:u"), &mut || "srv-2".into(), "127.0.0.1:2")
+            .register(
+                &reg("uuid:u"),
+                &grant(),
+                &mut || "srv-2".into(),
+                "127.0.0.1:2",
+            )
             .unwrap();
         assert_eq!(b.id, "srv-1");
         assert_ne!(c1, c2);

@@ -533,7 +533,8 @@ mod tests {
     #[test]
     fn terminal_status_is_stored_once_and_stale_running_ignored() {
         let mut s = Db::open_in_memory().unwrap();
-        s.register(&reg("k"), &mut || "srv-1".into(), "a").unwrap();
+        s.register(&reg("k"), &grant(), &mut || "srv-1".into(), "a")
+            .unwrap();
         s.create_task("t-1", "srv-1", "x", &json!({})).unwrap();
         assert!(matches!(
             s.apply_task_status("srv-1", &status("t-1", TaskState::Running, 2))
@@ -568,12 +569,14 @@ mod tests {
     #[test]
     fn unknown_task_is_kept_and_refusal_ends_a_pending_task() {
         let mut s = Db::open_in_memory().unwrap();
-        s.register(&reg("k"), &mut || "srv-1".into(), "a").unwrap();
+        s.register(&reg("k"), &grant(), &mut || "srv-1".into(), "a")
+            .unwrap();
         s.apply_task_status("srv-1", &status("t-x", TaskState::Error, 1))
             .unwrap();
         assert_eq!(s.get_task("t-x").unwrap().unwrap().state, TaskPhase::Error);
         s.create_task("t-2", "srv-1", "m", &json!({})).unwrap();
-        s.register(&reg("k2"), &mut || "srv-2".into(), "b").unwrap();
+        s.register(&reg("k2"), &grant(), &mut || "srv-2".into(), "b")
+            .unwrap();
         assert_eq!(
             s.apply_task_status("srv-2", &status("t-x", TaskState::Complete, 2))
                 .unwrap(),

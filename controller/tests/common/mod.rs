@@ -98,6 +98,7 @@ pub fn hello(token: &str, n: u32) -> HandshakeParams {
             hostname: Some(format!("node{n}")),
         },
         token: Secret::new(token),
+        session: None,
     }
 }
 
@@ -208,6 +209,54 @@ pub async fn fake_agent_with(c: &Controller, n: u32, handler: Arc<dyn Handler>) 
         task,
         welcome,
     }
+}
+
+/// A fake agent handshaking with `hello` (its own token, identity, boot and session
+/// credential); the controller's refusal as the error.
+pub async fn fake_agent_as(
+    c: &Controller,
+    hello: &HandshakeParams,
+) -> Result<FakeAgent, molar_protocol::CallError> {
+    let tls = tls_stream(c.running.agent_addr, &c.running.ca_pem_path).await;
+    let (peer, task) = Peer::spawn(
+        tls,
+        fake_handler(),
+        PeerConfig {
+            name: format!("fake agent {}", hello.boot_id),
+            id_prefix: "a".into(),
+            ..PeerConfig::default()
+        },
+    );
+    match peer.call_method::<Handshake>(hello).await {
+        Ok(welcome) => Ok(FakeAgent {
+            peer,
+            task,
+            welcome,
+        }),
+        Err(e) => {
+            let _ = task.await;
+            Err(e)
+        }
+    }
+}
+
+/// Runs the `molar` binary against `c`: exit code, stdout, stderr.
+pub async fn molar(c: &Controller, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_molar"))
+        .arg("--state-dir")
+        .arg(c.dir.path())
+        .args(args)
+        .env_remove("MOLAR_API")
+        .env_remove("MOLAR_TOKEN_FILE")
+        .env_remove("MOLAR_CA")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A raw line client over TLS.

@@ -344,6 +344,7 @@ async fn one_agent(
             hostname: None,
         },
         token: Secret::new(token),
+        session: None,
     };
     peer.call_method::<Handshake>(&hello).await?;
     Ok(peer)
