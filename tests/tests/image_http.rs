@@ -132,11 +132,51 @@ fn a_dropped_download_resumes_where_it_stopped() {
 }
 
 #[test]
+fn a_stalled_download_is_dropped_and_resumed() {
+    let data = disk(6 * MIB);
+    let faults = Faults {
+        stall_after: Some(2 * MIB as u64 + 3),
+        ..Faults::default()
+    };
+    let (_d, http) = serve(&[("a.raw", &data)], faults);
+    let mut s = spec(vec![http.url("a.raw")], Some(sha256(&data)));
+    s.format = Some(DiskFormat::Raw);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("disk");
+    std::fs::write(&target, vec![0xa5u8; 8 * MIB]).unwrap();
+    let mut o = options();
+    o.stall = Duration::from_millis(500);
+    let job = Job {
+        digest: pipeline::resolve_digest(&s, &o).unwrap(),
+        origin: Origin::Http {
+            urls: s.urls.clone(),
+            options: o,
+        },
+        spec: s,
+        target: target.clone(),
+        skip_zeros: false,
+        file_capacity: None,
+    };
+    let t0 = std::time::Instant::now();
+    let out = pipeline::write(
+        &job,
+        &Arc::new(Progress::default()),
+        &CancellationToken::new(),
+    )
+    .unwrap();
+    assert_eq!(out.resumed, 1);
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(&std::fs::read(&target).unwrap()[..data.len()], &data[..]);
+    assert!((http.bytes_served() as f64) < 1.1 * data.len() as f64);
+}
+
+#[test]
 fn a_server_ignoring_range_on_resume_is_refused() {
     let data = disk(4 * MIB);
     let faults = Faults {
         drop_after: Some(MIB as u64 + 7),
         ignore_ranges: true,
+        ..Faults::default()
     };
     let (_d, http) = serve(&[("a.raw", &data)], faults);
     // Declared raw: no qcow2 probe request comes first (it would take the drop).

@@ -291,3 +291,78 @@ impl crate::tasks::Task for CacheImages {
             .map_err(|e| TaskFailure::new(codes::INTERNAL, format!("encoding the result: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::{Machine, methods};
+    use crate::session::{Agent, AgentConfig};
+    use crate::tls::Trust;
+    use molar_protocol::Secret;
+    use molar_protocol::catalogue::{CacheImages, Method, PrepareImage, TaskList};
+    use serde_json::json;
+
+    /// Bad params are refused before a task is accepted; good ones are accepted, and a device
+    /// the host agent was not allowed to write fails the task as refused.
+    #[tokio::test]
+    async fn params_are_checked_before_the_task_and_the_authority_decides() {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inventory/qemu-q35");
+        let agent = Agent::new(
+            AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default()),
+            methods(&Machine::host(fixture, &[])),
+            crate::logfwd::LogBuffer::new(1),
+        );
+        let img = json!({"id": "x", "url": "http://127.0.0.1:9/x.raw",
+            "checksum": format!("sha256:{}", "0".repeat(64))});
+        for bad in [
+            json!({"task_id": "t1", "image": img, "device": "vda", "force": true}),
+            json!({"task_id": "t1", "image": {"id": "x", "url": "http://a/b"}, "device": "vda"}),
+            json!({"task_id": "t1", "image_id": "x", "image": img, "device": "vda"}),
+        ] {
+            let e = agent
+                .clone()
+                .dispatch(PrepareImage::NAME.into(), bad)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, codes::INVALID_PARAMS, "{}", e.msg);
+        }
+        let e = agent
+            .clone()
+            .dispatch(
+                CacheImages::NAME.into(),
+                json!({"task_id": "t2", "images": [img],
+                "devise": "vdb"}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, codes::INVALID_PARAMS);
+        let accepted = agent
+            .clone()
+            .dispatch(
+                PrepareImage::NAME.into(),
+                json!({"task_id": "t3", "image": img,
+                "device": "vda"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(accepted["task_id"], "t3");
+        let info = loop {
+            let list = agent
+                .clone()
+                .dispatch(TaskList::NAME.into(), json!({}))
+                .await
+                .unwrap();
+            let t = list["tasks"][0].clone();
+            if t["state"] == "error" || t["state"] == "complete" {
+                break t;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(info["code"], codes::REFUSED, "{info}");
+        assert!(
+            info["msg"].as_str().unwrap_or("").contains("--allow-host"),
+            "{info}"
+        );
+    }
+}

@@ -24,12 +24,15 @@ pub struct Faults {
     pub drop_after: Option<u64>,
     /// Answer every `GET` with `200` and the whole file, `Range` or not.
     pub ignore_ranges: bool,
+    /// Stop sending, connection open, on the first `GET` whose body passes this many bytes.
+    pub stall_after: Option<u64>,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     faults: Faults,
     dropped: AtomicBool,
+    stalled: AtomicBool,
     served: AtomicU64,
 }
 
@@ -246,7 +249,11 @@ async fn serve_one(
             .faults
             .drop_after
             .filter(|n| *n < count && !shared.dropped.swap(true, Ordering::Relaxed));
-        let mut left = cut.unwrap_or(count);
+        let stall = shared
+            .faults
+            .stall_after
+            .filter(|n| *n < count && !shared.stalled.swap(true, Ordering::Relaxed));
+        let mut left = cut.or(stall).unwrap_or(count);
         let mut buf = vec![0u8; 64 * 1024];
         while left > 0 {
             let n = (left as usize).min(buf.len());
@@ -257,6 +264,12 @@ async fn serve_one(
         }
         if cut.is_some() {
             // An abrupt close, as a dropped connection looks to the client.
+            return Ok(());
+        }
+        if stall.is_some() {
+            // Silence with the connection open, until the client gives up (or the server
+            // stops).
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
             return Ok(());
         }
     }
@@ -319,6 +332,7 @@ mod tests {
         let faults = Faults {
             drop_after: Some(4),
             ignore_ranges: true,
+            ..Faults::default()
         };
         let http = HttpFiles::serve_with(dir.path(), faults).unwrap();
         let r = get(http.port(), "GET /a HTTP/1.1\r\n\r\n");
