@@ -107,9 +107,17 @@ pub fn write(
         source,
     })?;
     let mut notes = Vec::new();
-    let layout = random_access_layout(job, &mut notes)?;
+    let (layout, probed) = random_access_layout(job, &mut notes)?;
+    let mut origin = job.origin.clone();
+    // The map and the stream come from the same URL: the stream starts where the map was
+    // read (the converter checks the map against the stream's bytes anyway).
+    if let (Some(url), Origin::Http { urls, .. }) = (probed, &mut origin)
+        && let Some(i) = urls.iter().position(|u| *u == url)
+    {
+        urls.rotate_left(i);
+    }
     let mut source = fetch::start(
-        job.origin.clone(),
+        origin,
         job.digest.as_ref().map(|d| d.algo),
         job.spec.size,
         progress.fetch.clone(),
@@ -182,17 +190,18 @@ fn reread_partitions(target: &Path) -> Option<String> {
     }
 }
 
+/// Layout read first, and the URL it was read from.
+type RandomAccess = (Option<qcow2::Layout>, Option<String>);
+
 /// For an image that may be an uncompressed qcow2 file with random access to it: the
-/// qcow2 map read first. `None` when the file is not qcow2, is compressed, or the server
-/// does not serve ranges (then the stream decides).
-fn random_access_layout(
-    job: &Job,
-    notes: &mut Vec<String>,
-) -> Result<Option<qcow2::Layout>, ImageError> {
+/// qcow2 map read first, and the URL that answered the probe (the stream starts there).
+/// No layout when the file is not qcow2, is compressed, or the server does not serve
+/// ranges (then the stream decides).
+fn random_access_layout(job: &Job, notes: &mut Vec<String>) -> Result<RandomAccess, ImageError> {
     if job.spec.format == Some(DiskFormat::Raw)
         || job.spec.compression.is_some_and(|c| c != Compression::None)
     {
-        return Ok(None);
+        return Ok((None, None));
     }
     match &job.origin {
         Origin::Local { path, offset, len } => {
@@ -208,35 +217,35 @@ fn random_access_layout(
             let mut head = [0u8; detect::MAGIC_LEN];
             if *len < head.len() as u64 || qcow2::RangeRead::read_at(&mut r, 0, &mut head).is_err()
             {
-                return Ok(None);
+                return Ok((None, None));
             }
             if detect::format(&head) != DiskFormat::Qcow2 {
-                return Ok(None);
+                return Ok((None, None));
             }
-            Ok(Some(qcow2::Layout::read(&mut r, Some(*len))?))
+            Ok((Some(qcow2::Layout::read(&mut r, Some(*len))?), None))
         }
         Origin::Http { urls, options } => {
             let http = Http::new(options)?;
             let (url, total, ranges) = http.probe(urls)?;
             if !ranges {
                 notes.push(format!("{url} does not serve byte ranges"));
-                return Ok(None);
+                return Ok((None, Some(url)));
             }
             let Some(total) = total else {
-                return Ok(None);
+                return Ok((None, Some(url)));
             };
             if total < detect::MAGIC_LEN as u64 {
-                return Ok(None);
+                return Ok((None, Some(url)));
             }
             let head = http.range(&url, 0, detect::MAGIC_LEN)?;
             if detect::compression(&head)? != Compression::None
                 || detect::format(&head) != DiskFormat::Qcow2
             {
-                return Ok(None);
+                return Ok((None, Some(url)));
             }
             let mut r = HttpRange {
                 http,
-                url,
+                url: url.clone(),
                 total,
                 cached_at: 0,
                 cached: Vec::new(),
@@ -247,7 +256,7 @@ fn random_access_layout(
                 "qcow2 map read with {} range requests before the stream",
                 r.requests
             ));
-            Ok(Some(layout))
+            Ok((Some(layout), Some(url)))
         }
     }
 }

@@ -22,6 +22,7 @@ use super::inflate::Inflater;
 use super::layout::Layout;
 use super::map::{self, Builder, Extent, Kind};
 use super::output::{Coverage, Output};
+use super::verify::Verifier;
 use super::{ConvertStats, DiskSink, Qcow2Error};
 
 /// Most extents active at once: compressed clusters overlapping by their tails make two;
@@ -54,6 +55,8 @@ pub struct Converter {
     stream: Option<Stream>,
     stats: ConvertStats,
     failed: bool,
+    /// The metadata the map was read from, re-hashed as the stream passes it.
+    verifier: Verifier,
 }
 
 /// What the streaming converter waits for next.
@@ -92,6 +95,7 @@ impl Converter {
     pub fn new(layout: Layout) -> Converter {
         let mut c = Converter::empty();
         c.stats.virtual_size = layout.header.virtual_size;
+        c.verifier = Verifier::new(layout.checks);
         c.pending = layout.extents.into_iter().map(Reverse).collect();
         c.header = Some(layout.header);
         c
@@ -123,6 +127,7 @@ impl Converter {
             stream: None,
             stats: ConvertStats::default(),
             failed: false,
+            verifier: Verifier::default(),
         }
     }
 
@@ -146,7 +151,10 @@ impl Converter {
         if self.failed {
             return Err(Qcow2Error::AfterError);
         }
-        let r = self.feed_inner(chunk, sink);
+        let r = self
+            .verifier
+            .feed(self.pos, chunk)
+            .and_then(|()| self.feed_inner(chunk, sink));
         self.failed = r.is_err();
         r
     }
@@ -444,6 +452,7 @@ impl Converter {
         if self.failed {
             return Err(Qcow2Error::AfterError);
         }
+        self.verifier.finish(self.pos)?;
         if let Some(s) = &self.stream {
             let (what, offset) = match &s.stage {
                 Stage::Header { .. } => ("header", 0),

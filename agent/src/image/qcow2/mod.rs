@@ -38,6 +38,7 @@ mod inflate;
 mod layout;
 mod map;
 mod output;
+mod verify;
 
 use std::fs::File;
 use std::io;
@@ -230,6 +231,15 @@ pub enum Qcow2Error {
         offset: u64,
         #[source]
         source: io::Error,
+    },
+    #[error(
+        "qcow2 {what} at {offset:#x} ({len} bytes) in the stream differs from the copy the \
+         cluster map was read from: the file changed between the reads"
+    )]
+    MetadataChanged {
+        what: &'static str,
+        offset: u64,
+        len: u64,
     },
     #[error("qcow2 converter used after an error")]
     AfterError,
