@@ -192,8 +192,13 @@ impl Http {
         })
     }
 
-    /// `len` bytes of `url` from `offset`, by one Range request (`206` required).
+    /// `len` bytes of `url` from `offset`, by one Range request (`206` required). The body
+    /// is read in chunks and refused as soon as it passes `len` bytes: a server answering
+    /// with gigabytes does not make the agent hold them.
     pub fn range(&self, url: &str, offset: u64, len: usize) -> Result<Vec<u8>, FetchError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
         let stall = self.options.stall;
         self.rt.block_on(async {
             let last = offset + len as u64 - 1;
@@ -201,7 +206,7 @@ impl Http {
                 .client
                 .get(url)
                 .header(reqwest::header::RANGE, format!("bytes={offset}-{last}"));
-            let resp = tokio::time::timeout(stall, req.send())
+            let mut resp = tokio::time::timeout(stall, req.send())
                 .await
                 .map_err(|_| unreachable(url, "no answer"))?
                 .map_err(|e| unreachable(url, &error_chain(&e)))?;
@@ -211,18 +216,31 @@ impl Http {
                     status: resp.status().as_u16(),
                 });
             }
-            let body = tokio::time::timeout(stall, resp.bytes())
+            let wrong = |got: String| FetchError::BadResume {
+                url: url.to_owned(),
+                at: offset,
+                got,
+            };
+            if let Some(n) = resp.content_length()
+                && n != len as u64
+            {
+                return Err(wrong(format!("{n} bytes instead of {len}")));
+            }
+            let mut body = Vec::with_capacity(len);
+            while let Some(c) = tokio::time::timeout(stall, resp.chunk())
                 .await
                 .map_err(|_| unreachable(url, "stalled"))?
-                .map_err(|e| unreachable(url, &error_chain(&e)))?;
-            if body.len() != len {
-                return Err(FetchError::BadResume {
-                    url: url.to_owned(),
-                    at: offset,
-                    got: format!("{} bytes instead of {len}", body.len()),
-                });
+                .map_err(|e| unreachable(url, &error_chain(&e)))?
+            {
+                if body.len() + c.len() > len {
+                    return Err(wrong(format!("more than {len} bytes")));
+                }
+                body.extend_from_slice(&c);
             }
-            Ok(body.to_vec())
+            if body.len() != len {
+                return Err(wrong(format!("{} bytes instead of {len}", body.len())));
+            }
+            Ok(body)
         })
     }
 
@@ -695,5 +713,83 @@ impl Read for Source {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A one-connection-at-a-time server on 127.0.0.1 that answers every request with
+    /// `head` and then `body_len` bytes (written in 64 KiB pieces until the client goes).
+    fn server(head: String, body_len: u64) -> (String, Arc<AtomicU64>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/disk.qcow2", l.local_addr().unwrap());
+        let sent = Arc::new(AtomicU64::new(0));
+        let s = sent.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { return };
+                let mut req = [0u8; 4096];
+                let _ = c.read(&mut req);
+                if c.write_all(head.as_bytes()).is_err() {
+                    continue;
+                }
+                let piece = vec![7u8; 64 << 10];
+                let mut left = body_len;
+                while left > 0 {
+                    let n = left.min(piece.len() as u64) as usize;
+                    if c.write_all(&piece[..n]).is_err() {
+                        break;
+                    }
+                    s.fetch_add(n as u64, Ordering::Relaxed);
+                    left -= n as u64;
+                }
+            }
+        });
+        (url, sent)
+    }
+
+    fn http() -> Http {
+        Http::new(&FetchOptions {
+            stall: Duration::from_secs(5),
+            ..FetchOptions::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn range_refuses_an_oversized_answer_without_reading_it_all() {
+        // 206 without a Content-Length (close-delimited), streaming 1 GiB.
+        let (url, sent) = server(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99/1000\r\n\
+             Connection: close\r\n\r\n"
+                .into(),
+            1 << 30,
+        );
+        let e = http().range(&url, 0, 100).unwrap_err();
+        assert!(e.to_string().contains("more than 100 bytes"), "{e}");
+        assert!(
+            sent.load(Ordering::Relaxed) < 64 << 20,
+            "read far past the range"
+        );
+        // A declared length other than the range is refused before the body.
+        let (url, _) = server(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: 5000000000\r\n\r\n".into(),
+            0,
+        );
+        let e = http().range(&url, 0, 100).unwrap_err();
+        assert!(
+            e.to_string().contains("5000000000 bytes instead of 100"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn range_of_zero_bytes_is_empty_without_a_request() {
+        // Offset 0, length 0 used to compute `0 + 0 - 1`.
+        let h = http();
+        assert!(h.range("http://127.0.0.1:9/x", 0, 0).unwrap().is_empty());
     }
 }
