@@ -215,6 +215,33 @@ fn short(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// `u` as it may be shown (errors, logs, task results): without userinfo (`user:pass@`,
+/// basic auth to a mirror is legitimate but must never be printed), the query replaced by
+/// `?…` (presigned URLs carry their signature there) and without the fragment.
+pub fn redact_url(u: &str) -> String {
+    let (scheme, rest) = match u.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, u),
+    };
+    let cut = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(cut);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+    let mut out = String::with_capacity(u.len().min(256));
+    if let Some(s) = scheme {
+        out.push_str(s);
+        out.push_str("://");
+    }
+    out.push_str(host);
+    out.push_str(&tail[..path_end]);
+    if tail[path_end..].starts_with('?') {
+        out.push_str("?…");
+    }
+    out
+}
+
+/// Userinfo (`user:pass@host`) is accepted, for basic auth to a mirror; [`redact_url`]
+/// keeps it out of everything shown.
 fn check_url(field: &'static str, u: &str) -> Result<(), SpecError> {
     let bad = |why: &str| SpecError::BadUrl {
         field,
@@ -790,5 +817,25 @@ mod tests {
             let d = Digest { algo: HashAlgo::Sha256, bytes };
             prop_assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
         }
+    }
+
+    #[test]
+    fn redact_url_drops_userinfo_query_and_fragment() {
+        for (u, want) in [
+            (
+                "https://user:secret@mirror.example/img/disk.qcow2?X-Amz-Signature=secret&b=1",
+                "https://mirror.example/img/disk.qcow2?…",
+            ),
+            ("http://a@b@h:8080/x#secret", "http://h:8080/x"),
+            ("http://u:secret@h?secret", "http://h?…"),
+            ("http://h/plain.raw", "http://h/plain.raw"),
+            ("not a url?secret", "not a url?…"),
+        ] {
+            let got = super::redact_url(u);
+            assert_eq!(got, want, "{u}");
+            assert!(!got.contains("secret"));
+        }
+        // Still accepted.
+        super::check_url("url", "https://user:secret@h/x?sig=1").unwrap();
     }
 }

@@ -95,13 +95,13 @@ pub fn lookup(text: &str, name: &str, sums_url: &str) -> Result<Digest, SumsErro
         };
         if found {
             return parse(hex).ok_or_else(|| SumsError::BadLine {
-                sums_url: sums_url.to_owned(),
+                sums_url: molar_protocol::image::redact_url(sums_url),
                 name: name.to_owned(),
             });
         }
     }
     Err(SumsError::NoLine {
-        sums_url: sums_url.to_owned(),
+        sums_url: molar_protocol::image::redact_url(sums_url),
         name: name.to_owned(),
     })
 }

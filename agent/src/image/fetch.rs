@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use molar_protocol::image::{Digest, HashAlgo};
+use molar_protocol::image::{Digest, HashAlgo, redact_url};
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
@@ -209,15 +209,15 @@ impl Http {
             let mut resp = tokio::time::timeout(stall, req.send())
                 .await
                 .map_err(|_| unreachable(url, "no answer"))?
-                .map_err(|e| unreachable(url, &error_chain(&e)))?;
+                .map_err(|e| unreachable(url, &error_chain(&e.without_url())))?;
             if resp.status() != StatusCode::PARTIAL_CONTENT {
                 return Err(FetchError::Status {
-                    url: url.to_owned(),
+                    url: redact_url(url),
                     status: resp.status().as_u16(),
                 });
             }
             let wrong = |got: String| FetchError::BadResume {
-                url: url.to_owned(),
+                url: redact_url(url),
                 at: offset,
                 got,
             };
@@ -230,7 +230,7 @@ impl Http {
             while let Some(c) = tokio::time::timeout(stall, resp.chunk())
                 .await
                 .map_err(|_| unreachable(url, "stalled"))?
-                .map_err(|e| unreachable(url, &error_chain(&e)))?
+                .map_err(|e| unreachable(url, &error_chain(&e.without_url())))?
             {
                 if body.len() + c.len() > len {
                     return Err(wrong(format!("more than {len} bytes")));
@@ -264,9 +264,13 @@ impl Http {
                 Ok(Ok(resp)) if resp.status().is_success() => {
                     return Ok((url.clone(), resp.content_length(), false));
                 }
-                Ok(Ok(resp)) => last = format!("{url} answered {}", resp.status().as_u16()),
-                Ok(Err(e)) => last = format!("{url}: {}", error_chain(&e)),
-                Err(_) => last = format!("{url}: no answer"),
+                Ok(Ok(resp)) => {
+                    last = format!("{} answered {}", redact_url(url), resp.status().as_u16())
+                }
+                Ok(Err(e)) => {
+                    last = format!("{}: {}", redact_url(url), error_chain(&e.without_url()))
+                }
+                Err(_) => last = format!("{}: no answer", redact_url(url)),
             }
         }
         Err(FetchError::Unreachable { last })
@@ -278,10 +282,10 @@ impl Http {
             let resp = tokio::time::timeout(self.options.stall, self.client.get(url).send())
                 .await
                 .map_err(|_| unreachable(url, "no answer"))?
-                .map_err(|e| unreachable(url, &error_chain(&e)))?;
+                .map_err(|e| unreachable(url, &error_chain(&e.without_url())))?;
             if !resp.status().is_success() {
                 return Err(FetchError::Status {
-                    url: url.to_owned(),
+                    url: redact_url(url),
                     status: resp.status().as_u16(),
                 });
             }
@@ -290,12 +294,12 @@ impl Http {
             while let Some(c) = tokio::time::timeout(self.options.stall, resp.chunk())
                 .await
                 .map_err(|_| unreachable(url, "stalled"))?
-                .map_err(|e| unreachable(url, &error_chain(&e)))?
+                .map_err(|e| unreachable(url, &error_chain(&e.without_url())))?
             {
                 out.extend_from_slice(&c);
                 if out.len() > MAX_SUMS {
                     return Err(FetchError::SumsTooLarge {
-                        url: url.to_owned(),
+                        url: redact_url(url),
                     });
                 }
             }
@@ -306,7 +310,7 @@ impl Http {
 
 fn unreachable(url: &str, why: &str) -> FetchError {
     FetchError::Unreachable {
-        last: format!("{url}: {why}"),
+        last: format!("{}: {why}", redact_url(url)),
     }
 }
 
@@ -481,7 +485,7 @@ fn http_fetch(
             match r {
                 Ok(()) => {
                     return Ok(Fetched {
-                        from: url.clone(),
+                        from: redact_url(url),
                         bytes: pos,
                         digest: hasher.map(Hasher::finish),
                         resumed,
@@ -493,7 +497,7 @@ fn http_fetch(
                     break;
                 }
                 Err(Attempt::Transient(why)) => {
-                    tracing::warn!(url = %url, at = pos, error = %why, "image download interrupted");
+                    tracing::warn!(url = %redact_url(url), at = pos, error = %why, "image download interrupted");
                     last = why;
                     if pos > before {
                         failures = 0;
@@ -542,8 +546,19 @@ async fn attempt(
         _ = cancel.cancelled() => return Err(Attempt::Fatal(FetchError::Cancelled)),
     };
     let mut resp = match resp {
-        Err(_) => return Err(Attempt::Transient(format!("{url}: no answer in {stall:?}"))),
-        Ok(Err(e)) => return Err(Attempt::Transient(format!("{url}: {}", error_chain(&e)))),
+        Err(_) => {
+            return Err(Attempt::Transient(format!(
+                "{}: no answer in {stall:?}",
+                redact_url(url)
+            )));
+        }
+        Ok(Err(e)) => {
+            return Err(Attempt::Transient(format!(
+                "{}: {}",
+                redact_url(url),
+                error_chain(&e.without_url())
+            )));
+        }
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
@@ -557,7 +572,7 @@ async fn attempt(
             StatusCode::PARTIAL_CONTENT => {}
             StatusCode::OK => {
                 return Err(Attempt::Fatal(FetchError::RangeIgnored {
-                    url: url.to_owned(),
+                    url: redact_url(url),
                     at: *pos,
                 }));
             }
@@ -567,7 +582,7 @@ async fn attempt(
             Some((start, t)) if start == *pos => Some(t),
             other => {
                 return Err(Attempt::Fatal(FetchError::BadResume {
-                    url: url.to_owned(),
+                    url: redact_url(url),
                     at: *pos,
                     got: match other {
                         Some((start, t)) => format!("bytes from {start} of {t}"),
@@ -580,7 +595,7 @@ async fn attempt(
     match (served, *total) {
         (Some(s), Some(t)) if s != t => {
             return Err(Attempt::Fatal(FetchError::SizeMismatch {
-                url: url.to_owned(),
+                url: redact_url(url),
                 served: s,
                 declared: t,
             }));
@@ -601,7 +616,8 @@ async fn attempt(
             Err(_) => {
                 let _ = send(tx, &mut piece);
                 return Err(Attempt::Transient(format!(
-                    "{url}: no byte for {stall:?} at byte {}",
+                    "{}: no byte for {stall:?} at byte {}",
+                    redact_url(url),
                     *pos
                 )));
             }
@@ -611,9 +627,10 @@ async fn attempt(
                     return Err(Attempt::Fatal(gone()));
                 }
                 return Err(Attempt::Transient(format!(
-                    "{url}: at byte {}: {}",
+                    "{}: at byte {}: {}",
+                    redact_url(url),
                     *pos,
-                    error_chain(&e)
+                    error_chain(&e.without_url())
                 )));
             }
             Ok(Ok(None)) => break,
@@ -623,7 +640,7 @@ async fn attempt(
             && *pos + chunk.len() as u64 > t
         {
             return Err(Attempt::Fatal(FetchError::SizeMismatch {
-                url: url.to_owned(),
+                url: redact_url(url),
                 served: *pos + chunk.len() as u64,
                 declared: t,
             }));
@@ -643,7 +660,8 @@ async fn attempt(
     }
     match *total {
         Some(t) if *pos < t => Err(Attempt::Transient(format!(
-            "{url}: connection closed at byte {} of {t}",
+            "{}: connection closed at byte {} of {t}",
+            redact_url(url),
             *pos
         ))),
         _ => Ok(()),
@@ -651,7 +669,7 @@ async fn attempt(
 }
 
 fn status_failure(url: &str, status: StatusCode) -> Attempt {
-    let why = format!("{url} answered {}", status.as_u16());
+    let why = format!("{} answered {}", redact_url(url), status.as_u16());
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         Attempt::Transient(why)
     } else {
@@ -791,5 +809,111 @@ mod tests {
         // Offset 0, length 0 used to compute `0 + 0 - 1`.
         let h = http();
         assert!(h.range("http://127.0.0.1:9/x", 0, 0).unwrap().is_empty());
+    }
+
+    /// Captures log lines (every field) for the secret test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn with_secret(url: &str) -> String {
+        url.replacen("http://", "http://user:secret@", 1) + "?X-Amz-Signature=secret"
+    }
+
+    fn fetch(urls: Vec<String>) -> Result<Fetched, FetchError> {
+        let options = FetchOptions {
+            stall: Duration::from_secs(5),
+            attempts: 2,
+            backoff: Duration::from_millis(1),
+            ..FetchOptions::default()
+        };
+        let mut src = start(
+            Origin::Http { urls, options },
+            Some(HashAlgo::Sha256),
+            None,
+            Arc::default(),
+            CancellationToken::new(),
+        );
+        let _ = src.drain();
+        src.take_outcome().unwrap()
+    }
+
+    #[test]
+    fn secrets_in_urls_appear_in_no_error_result_or_log() {
+        let log = Captured::default();
+        let w = log.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let _guard = tracing::subscriber::set_default(sub);
+        let mut shown = Vec::new();
+        // Refused connection (transient, logged), then 404, then 503 twice.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = format!("http://{}/disk.raw", gone.local_addr().unwrap());
+        drop(gone);
+        let (missing, _) = server(
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
+            0,
+        );
+        let (busy, _) = server(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".into(),
+            0,
+        );
+        // On this thread, so that the subscriber sees the log lines.
+        let (tx, _rx) = mpsc::sync_channel(QUEUE);
+        let options = FetchOptions {
+            stall: Duration::from_secs(5),
+            attempts: 2,
+            backoff: Duration::from_millis(1),
+            ..FetchOptions::default()
+        };
+        let urls = [&refused, &missing, &busy].map(|u| with_secret(u));
+        let e = http_fetch(
+            &urls,
+            &options,
+            None,
+            None,
+            &Counters::default(),
+            &tx,
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
+        shown.push(e.to_string());
+        let h = http();
+        shown.push(h.probe(&[with_secret(&missing)]).unwrap_err().to_string());
+        shown.push(
+            h.range(&with_secret(&missing), 0, 10)
+                .unwrap_err()
+                .to_string(),
+        );
+        shown.push(
+            h.range(&with_secret(&refused), 0, 10)
+                .unwrap_err()
+                .to_string(),
+        );
+        shown.push(h.text(&with_secret(&busy)).unwrap_err().to_string());
+        // A served file: the result names the URL it came from, redacted.
+        let (ok, _) = server("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".into(), 10);
+        let f = fetch(vec![with_secret(&ok)]).unwrap();
+        assert!(f.from.ends_with("/disk.qcow2?…"), "{}", f.from);
+        shown.push(f.from);
+        drop(_guard);
+        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("image download interrupted"), "{log}");
+        shown.push(log);
+        for s in &shown {
+            assert!(!s.contains("secret"), "a secret is shown: {s}");
+        }
+        assert!(shown[0].contains("503"), "{}", shown[0]);
     }
 }

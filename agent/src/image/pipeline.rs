@@ -78,8 +78,9 @@ pub fn resolve_digest(
         Some(Checksum::Digest(d)) => Ok(Some(d.clone())),
         Some(Checksum::SumsUrl(url)) => {
             let first = spec.urls.first().map(String::as_str).unwrap_or("");
-            let name = super::checksum::file_name(first)
-                .ok_or_else(|| super::checksum::SumsError::NoName(first.to_owned()))?;
+            let name = super::checksum::file_name(first).ok_or_else(|| {
+                super::checksum::SumsError::NoName(molar_protocol::image::redact_url(first))
+            })?;
             let text = Http::new(options)?.text(url)?;
             Ok(Some(super::checksum::lookup(&text, name, url)?))
         }
@@ -228,7 +229,10 @@ fn random_access_layout(job: &Job, notes: &mut Vec<String>) -> Result<RandomAcce
             let http = Http::new(options)?;
             let (url, total, ranges) = http.probe(urls)?;
             if !ranges {
-                notes.push(format!("{url} does not serve byte ranges"));
+                notes.push(format!(
+                    "{} does not serve byte ranges",
+                    molar_protocol::image::redact_url(&url)
+                ));
                 return Ok((None, Some(url)));
             }
             let Some(total) = total else {
@@ -300,7 +304,8 @@ impl qcow2::RangeRead for HttpRange {
                 io::ErrorKind::UnexpectedEof,
                 format!(
                     "read to {end} past the end of {} ({} bytes)",
-                    self.url, self.total
+                    molar_protocol::image::redact_url(&self.url),
+                    self.total
                 ),
             ));
         }
