@@ -109,6 +109,9 @@ pub fn write(
     })?;
     let mut notes = Vec::new();
     let (layout, probed) = random_access_layout(job, &mut notes)?;
+    if let Some(l) = &layout {
+        refuse_larger(job, "qcow2 virtual size", l.virtual_size(), sink.capacity())?;
+    }
     let mut origin = job.origin.clone();
     // The map and the stream come from the same URL: the stream starts where the map was
     // read (the converter checks the map against the stream's bytes anyway).
@@ -124,7 +127,7 @@ pub fn write(
         progress.fetch.clone(),
         cancel.clone(),
     );
-    let converted = convert(job, layout, &mut source, &mut sink, cancel);
+    let converted = convert(job, layout, &mut source, &progress.fetch, &mut sink, cancel);
     let tail = match &converted {
         Ok(_) => source.drain().unwrap_or(0),
         Err(_) => 0,
@@ -193,6 +196,24 @@ fn reread_partitions(target: &Path) -> Option<String> {
 
 /// Layout read first, and the URL it was read from.
 type RandomAccess = (Option<qcow2::Layout>, Option<String>);
+
+/// Refuses an image whose disk size is known to exceed the target, before any write.
+fn refuse_larger(
+    job: &Job,
+    what: &'static str,
+    size: u64,
+    capacity: u64,
+) -> Result<(), ImageError> {
+    if size > capacity {
+        return Err(ImageError::LargerThanTarget {
+            what,
+            size,
+            device: job.target.display().to_string(),
+            capacity,
+        });
+    }
+    Ok(())
+}
 
 /// For an image that may be an uncompressed qcow2 file with random access to it: the
 /// qcow2 map read first, and the URL that answered the probe (the stream starts there).
@@ -347,6 +368,7 @@ fn convert(
     job: &Job,
     layout: Option<qcow2::Layout>,
     source: &mut fetch::Source,
+    counters: &Counters,
     sink: &mut DirectSink,
     cancel: &CancellationToken,
 ) -> Result<(Compression, DiskFormat, u64), ImageError> {
@@ -386,6 +408,15 @@ fn convert(
     };
     match format {
         DiskFormat::Raw => {
+            if compression == Compression::None {
+                // The file is the disk: its declared size, else the served length (known
+                // once the first bytes arrived).
+                let served = counters.total.load(Ordering::Relaxed);
+                let size = job.spec.size.or((served > 0).then_some(served));
+                if let Some(size) = size {
+                    refuse_larger(job, "raw", size, sink.capacity())?;
+                }
+            }
             let mut at = 0u64;
             loop {
                 if cancel.is_cancelled() {
@@ -412,7 +443,8 @@ fn convert(
             let mut conv = match layout {
                 Some(l) if compression == Compression::None => qcow2::Converter::new(l),
                 _ => qcow2::Converter::streaming(QCOW2_STREAM_BUFFER),
-            };
+            }
+            .with_capacity(sink.capacity());
             loop {
                 if cancel.is_cancelled() {
                     return Err(ImageError::Cancelled);

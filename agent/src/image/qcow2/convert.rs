@@ -57,6 +57,8 @@ pub struct Converter {
     failed: bool,
     /// The metadata the map was read from, re-hashed as the stream passes it.
     verifier: Verifier,
+    /// Bytes of the target: a larger virtual size is refused before the first write.
+    capacity: Option<u64>,
 }
 
 /// What the streaming converter waits for next.
@@ -128,6 +130,24 @@ impl Converter {
             stats: ConvertStats::default(),
             failed: false,
             verifier: Verifier::default(),
+            capacity: None,
+        }
+    }
+
+    /// Refuses a virtual size larger than `capacity` bytes as soon as the header is known,
+    /// before anything is written.
+    pub fn with_capacity(mut self, capacity: u64) -> Converter {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    fn check_capacity(&self) -> Result<(), Qcow2Error> {
+        match (&self.header, self.capacity) {
+            (Some(h), Some(c)) if h.virtual_size > c => Err(Qcow2Error::LargerThanTarget {
+                virtual_size: h.virtual_size,
+                capacity: c,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -152,8 +172,8 @@ impl Converter {
             return Err(Qcow2Error::AfterError);
         }
         let r = self
-            .verifier
-            .feed(self.pos, chunk)
+            .check_capacity()
+            .and_then(|()| self.verifier.feed(self.pos, chunk))
             .and_then(|()| self.feed_inner(chunk, sink));
         self.failed = r.is_err();
         r
@@ -336,6 +356,7 @@ impl Converter {
                             };
                             let no_l1 = h.l1_bytes() == 0;
                             self.header = Some(h);
+                            self.check_capacity()?;
                             if no_l1 {
                                 self.stream = None;
                             }

@@ -241,6 +241,8 @@ pub enum Qcow2Error {
         offset: u64,
         len: u64,
     },
+    #[error("qcow2 virtual size {virtual_size} is larger than the target's {capacity} bytes")]
+    LargerThanTarget { virtual_size: u64, capacity: u64 },
     #[error("qcow2 converter used after an error")]
     AfterError,
 }
