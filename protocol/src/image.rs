@@ -445,11 +445,10 @@ impl From<ImageSpec> for ImageSpecWire {
 #[serde(try_from = "PrepareImageParamsWire", into = "PrepareImageParamsWire")]
 pub struct PrepareImageParams {
     pub source: ImageSource,
+    /// Runs of zeros are skipped only when the agent itself verified an erase or discard
+    /// of the device in this boot: a caller's word is not taken for it (the previous
+    /// tenant's data would stay under the image's zero ranges).
     pub device: String,
-    /// The operator asserts the device reads zeros everywhere (freshly discarded or erased
-    /// outside molar), so runs of zeros are not written. Without it molar skips them only
-    /// after its own verified erase of the device in this boot.
-    pub device_reads_zeros: bool,
 }
 
 /// Where `prepare_image` takes the image from.
@@ -469,8 +468,6 @@ pub struct PrepareImageParamsWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
     pub device: String,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub device_reads_zeros: bool,
 }
 
 /// Why `prepare_image` params were refused.
@@ -511,7 +508,6 @@ impl TryFrom<PrepareImageParamsWire> for PrepareImageParams {
         Ok(PrepareImageParams {
             source,
             device: w.device,
-            device_reads_zeros: w.device_reads_zeros,
         })
     }
 }
@@ -526,7 +522,6 @@ impl From<PrepareImageParams> for PrepareImageParamsWire {
             image,
             image_id,
             device: p.device,
-            device_reads_zeros: p.device_reads_zeros,
         }
     }
 }
@@ -765,13 +760,14 @@ mod tests {
         let img = json!({"id": "x", "url": "http://a/b", "checksum": format!("sha256:{H256}")});
         let ok = p(json!({"image": img, "device": "/dev/nvme0n1"})).unwrap();
         assert!(matches!(ok.source, ImageSource::Spec(_)));
-        assert!(!ok.device_reads_zeros);
         let back: PrepareImageParams =
             serde_json::from_value(serde_json::to_value(&ok).unwrap()).unwrap();
         assert_eq!(back, ok);
-        let c = p(json!({"image_id": "x", "device": "sda", "device_reads_zeros": true})).unwrap();
+        let c = p(json!({"image_id": "x", "device": "sda"})).unwrap();
         assert_eq!(c.source, ImageSource::Cached("x".into()));
-        assert!(c.device_reads_zeros);
+        // The caller cannot make the agent skip zero runs on its word.
+        let e = p(json!({"image_id": "x", "device": "sda", "device_reads_zeros": true}));
+        assert!(e.unwrap_err().contains("device_reads_zeros"));
         assert!(p(json!({"image": img, "image_id": "x", "device": "sda"})).is_err());
         assert!(
             p(json!({"device": "sda"}))

@@ -176,7 +176,8 @@ pub fn prepare(
             (spec, c.origin, c.digest, true)
         }
     };
-    let skip_zeros = params.device_reads_zeros || crate::disks::zeroed::reads_zeros(&name);
+    // Only the agent's own verified erase/discard in this boot counts.
+    let skip_zeros = crate::disks::zeroed::reads_zeros(&name);
     crate::disks::zeroed::forget(&name);
     image::forget_written(&name);
     let job = Job {
@@ -197,11 +198,7 @@ pub fn prepare(
     });
     let mut notes = out.notes;
     if skip_zeros {
-        notes.push(if params.device_reads_zeros {
-            "zero runs skipped: the request says the device reads zeros".into()
-        } else {
-            "zero runs skipped: the device was erased and verified in this boot".into()
-        });
+        notes.push("zero runs skipped: the device was erased and verified in this boot".into());
     }
     Ok(PrepareImageResult {
         image_id: job.spec.id,

@@ -8,8 +8,8 @@
 //! 512-byte clusters on a 4 KiB-sector disk; a raw image whose size is not a whole number of
 //! blocks is padded with zeros instead, up to the device's end).
 //!
-//! Zeros: when the device is known to read zeros (a verified erase in this boot, or the
-//! caller's explicit word), [`DiskSink::zeros`] ranges and all-zero 64 KiB blocks of the data
+//! Zeros: when the device is known to read zeros (the agent's own verified erase or discard
+//! in this boot, never a caller's word), [`DiskSink::zeros`] ranges and all-zero 64 KiB blocks of the data
 //! are not written; otherwise they are written like any data.
 
 use std::fs::File;
