@@ -93,6 +93,15 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// Worth another try: no answer, a dropped connection, a 5xx or 429.
+    pub fn transient(&self) -> bool {
+        match self {
+            FetchError::Unreachable { .. } => true,
+            FetchError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
     /// Stable protocol code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -244,36 +253,66 @@ impl Http {
         })
     }
 
-    /// The file's length and whether the server serves byte ranges (a 1-byte Range GET:
-    /// `206` with a `Content-Range` total), trying `urls` in order; the URL that answered.
-    pub fn probe(&self, urls: &[String]) -> Result<(String, Option<u64>, bool), FetchError> {
-        let mut last = String::from("no url");
-        for url in urls {
-            let r = self.rt.block_on(async {
-                let req = self
-                    .client
-                    .get(url)
-                    .header(reqwest::header::RANGE, "bytes=0-0");
-                tokio::time::timeout(self.options.stall, req.send()).await
-            });
-            match r {
-                Ok(Ok(resp)) if resp.status() == StatusCode::PARTIAL_CONTENT => {
-                    let total = content_range(&resp).map(|(_, t)| t);
-                    return Ok((url.clone(), total, total.is_some()));
+    /// `f`, retried on a transient failure (no answer, a dropped connection, 5xx, 429) up to
+    /// [`FetchOptions::attempts`] times with the download's backoff: the metadata reads and
+    /// the probe before the stream are no more fragile than the stream itself.
+    pub fn retry<T>(
+        &self,
+        mut f: impl FnMut(&Http) -> Result<T, FetchError>,
+    ) -> Result<T, FetchError> {
+        let mut delay = self.options.backoff;
+        let mut failures = 1u32;
+        loop {
+            match f(self) {
+                Err(e) if e.transient() && failures < self.options.attempts => {
+                    tracing::warn!(error = %e, "image request failed, retrying");
+                    failures += 1;
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(8));
                 }
-                Ok(Ok(resp)) if resp.status().is_success() => {
-                    return Ok((url.clone(), resp.content_length(), false));
-                }
-                Ok(Ok(resp)) => {
-                    last = format!("{} answered {}", redact_url(url), resp.status().as_u16())
-                }
-                Ok(Err(e)) => {
-                    last = format!("{}: {}", redact_url(url), error_chain(&e.without_url()))
-                }
-                Err(_) => last = format!("{}: no answer", redact_url(url)),
+                r => return r,
             }
         }
-        Err(FetchError::Unreachable { last })
+    }
+
+    /// The file's length and whether the server serves byte ranges (a 1-byte Range GET:
+    /// `206` with a `Content-Range` total), trying `urls` in order, each with [`Http::retry`];
+    /// the URL that answered.
+    pub fn probe(&self, urls: &[String]) -> Result<(String, Option<u64>, bool), FetchError> {
+        let mut last = FetchError::Unreachable {
+            last: "no url".into(),
+        };
+        for url in urls {
+            match self.retry(|h| h.probe_one(url)) {
+                Ok((total, ranges)) => return Ok((url.clone(), total, ranges)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn probe_one(&self, url: &str) -> Result<(Option<u64>, bool), FetchError> {
+        self.rt.block_on(async {
+            let req = self
+                .client
+                .get(url)
+                .header(reqwest::header::RANGE, "bytes=0-0");
+            let resp = tokio::time::timeout(self.options.stall, req.send())
+                .await
+                .map_err(|_| unreachable(url, "no answer"))?
+                .map_err(|e| unreachable(url, &error_chain(&e.without_url())))?;
+            if resp.status() == StatusCode::PARTIAL_CONTENT {
+                let total = content_range(&resp).map(|(_, t)| t);
+                Ok((total, total.is_some()))
+            } else if resp.status().is_success() {
+                Ok((resp.content_length(), false))
+            } else {
+                Err(FetchError::Status {
+                    url: redact_url(url),
+                    status: resp.status().as_u16(),
+                })
+            }
+        })
     }
 
     /// A small text file (a sums file), whole.
@@ -767,6 +806,64 @@ mod tests {
             }
         });
         (url, sent)
+    }
+
+    /// Answers the n-th connection with `answers[n]` (the last one from then on).
+    fn server_seq(answers: Vec<String>) -> (String, Arc<AtomicU64>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/disk.qcow2", l.local_addr().unwrap());
+        let seen = Arc::new(AtomicU64::new(0));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { return };
+                let mut req = [0u8; 4096];
+                let _ = c.read(&mut req);
+                let n = s.fetch_add(1, Ordering::Relaxed) as usize;
+                let _ = c.write_all(answers[n.min(answers.len() - 1)].as_bytes());
+            }
+        });
+        (url, seen)
+    }
+
+    #[test]
+    fn probe_and_range_retry_transient_failures() {
+        let busy =
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let h = Http::new(&FetchOptions {
+            stall: Duration::from_secs(5),
+            attempts: 4,
+            backoff: Duration::from_millis(1),
+            ..FetchOptions::default()
+        })
+        .unwrap();
+        let (url, seen) = server_seq(vec![
+            busy.into(),
+            busy.into(),
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/1000\r\n\
+             Content-Length: 1\r\nConnection: close\r\n\r\nQ"
+                .into(),
+        ]);
+        let (at, total, ranges) = h.probe(std::slice::from_ref(&url)).unwrap();
+        assert_eq!((at, total, ranges), (url, Some(1000), true));
+        assert_eq!(seen.load(Ordering::Relaxed), 3);
+        let (url, _) = server_seq(vec![
+            busy.into(),
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/1000\r\n\
+             Content-Length: 4\r\nConnection: close\r\n\r\nQFI\u{fb}"
+                .into(),
+        ]);
+        assert_eq!(h.retry(|h| h.range(&url, 0, 4)).unwrap().len(), 4);
+        // A 404 is not retried, and the next url is tried.
+        let (missing, seen) = server_seq(vec![
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
+        ]);
+        let (ok, _) = server_seq(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nabcdefg".into(),
+        ]);
+        let (at, total, ranges) = h.probe(&[missing, ok.clone()]).unwrap();
+        assert_eq!((at, total, ranges), (ok, Some(7), false));
+        assert_eq!(seen.load(Ordering::Relaxed), 1);
     }
 
     fn http() -> Http {

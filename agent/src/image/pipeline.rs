@@ -248,7 +248,16 @@ fn random_access_layout(job: &Job, notes: &mut Vec<String>) -> Result<RandomAcce
         }
         Origin::Http { urls, options } => {
             let http = Http::new(options)?;
-            let (url, total, ranges) = http.probe(urls)?;
+            let (url, total, ranges) = match http.probe(urls) {
+                Ok(p) => p,
+                Err(e) => {
+                    // The stream has its own retries and its own clear error.
+                    notes.push(format!(
+                        "probing for byte ranges failed ({e}): the image is streamed"
+                    ));
+                    return Ok((None, None));
+                }
+            };
             if !ranges {
                 notes.push(format!(
                     "{} does not serve byte ranges",
@@ -262,7 +271,7 @@ fn random_access_layout(job: &Job, notes: &mut Vec<String>) -> Result<RandomAcce
             if total < detect::MAGIC_LEN as u64 {
                 return Ok((None, Some(url)));
             }
-            let head = http.range(&url, 0, detect::MAGIC_LEN)?;
+            let head = http.retry(|h| h.range(&url, 0, detect::MAGIC_LEN))?;
             if detect::compression(&head)? != Compression::None
                 || detect::format(&head) != DiskFormat::Qcow2
             {
@@ -334,9 +343,10 @@ impl qcow2::RangeRead for HttpRange {
         if offset < self.cached_at || end > cached_end {
             let want = buf.len().max(RANGE_READ_AHEAD) as u64;
             let n = want.min(self.total - offset) as usize;
+            let url = &self.url;
             self.cached = self
                 .http
-                .range(&self.url, offset, n)
+                .retry(|h| h.range(url, offset, n))
                 .map_err(|e| io::Error::other(e.to_string()))?;
             self.cached_at = offset;
             self.requests += 1;
