@@ -151,6 +151,16 @@ pub fn prepare(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<PrepareImageResult, TaskFailure> {
     let target = clear_target(&env.root, &env.authority, &params.device)?;
+    if target.is_partition() {
+        // A disk image carries its own partition table: it goes onto a whole disk.
+        return Err(TaskFailure::new(
+            codes::REFUSED,
+            format!(
+                "{}: a partition; an image is written to a whole disk",
+                target.name()
+            ),
+        ));
+    }
     let name = target.name().to_owned();
     if env.cache.disk().as_deref() == Some(name.as_str()) {
         return Err(fail(ImageError::CacheOnTarget {
@@ -361,5 +371,30 @@ mod tests {
             info["msg"].as_str().unwrap_or("").contains("--allow-host"),
             "{info}"
         );
+    }
+
+    /// A partition is not an image target (the image carries its own partition table).
+    #[test]
+    fn a_partition_is_refused_as_target() {
+        let f = crate::disks::tests::sample();
+        f.mountinfo(&["23 1 0:5 / /proc rw - proc proc rw"]);
+        let env = ImageEnv::new(
+            f.root().to_path_buf(),
+            Authority::Ramdisk,
+            HardwareReady::default(),
+        );
+        let params = PrepareImageParams {
+            source: ImageSource::Cached("x".into()),
+            device: "sda1".into(),
+        };
+        let e = prepare(
+            &env,
+            &params,
+            &Arc::new(Progress::default()),
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, codes::REFUSED, "{}", e.msg);
+        assert!(e.msg.contains("a partition"), "{}", e.msg);
     }
 }
