@@ -38,10 +38,7 @@ impl ImageEnv {
             root,
             authority,
             ready,
-            cache: Arc::new(Cache::new(
-                std::env::temp_dir().join("molar-image-cache"),
-                None,
-            )),
+            cache: Arc::new(Cache::new(crate::image::cache::memory_dir(), None)),
             fetch: FetchOptions::default(),
         }
     }
