@@ -117,8 +117,8 @@ pub fn progress_message(what: &str, fetched: u64, total: u64, written: u64, secs
     )
 }
 
-/// Where `spec`'s bytes come from: the cache when it holds the same image (re-verified),
-/// else its URLs.
+/// Where `spec`'s bytes come from: the cache when it holds the same image (same id and
+/// digest, re-verified), else its URLs; a spec that waives its checksum is always fetched.
 fn origin_of(
     env: &ImageEnv,
     spec: &ImageSpec,
@@ -126,7 +126,13 @@ fn origin_of(
     let mut options = env.fetch.clone();
     options.ca_pem = spec.ca_pem.clone();
     let digest = pipeline::resolve_digest(spec, &options)?;
-    match env.cache.get(&spec.id, digest.as_ref()) {
+    // With the checksum waived nothing says that an entry with this id is this image (it
+    // may have been cached from another URL, or under a digest): fetch it.
+    let cached = match &digest {
+        Some(d) => env.cache.get(&spec.id, Some(d)),
+        None => Err(ImageError::NotCached(spec.id.clone())),
+    };
+    match cached {
         Ok(c) => Ok((c.origin, c.digest, true)),
         Err(ImageError::NotCached(_)) => Ok((
             Origin::Http {
@@ -393,5 +399,30 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.code, codes::REFUSED, "{}", e.msg);
         assert!(e.msg.contains("a partition"), "{}", e.msg);
+    }
+
+    /// A spec with its checksum waived does not take a cache entry of the same id: nothing
+    /// ties that entry to this spec's URLs.
+    #[test]
+    fn a_waived_checksum_does_not_use_the_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("cached");
+        std::fs::write(&file, b"someone else's image").unwrap();
+        let mut env = ImageEnv::new(
+            t.path().to_path_buf(),
+            Authority::Ramdisk,
+            HardwareReady::default(),
+        );
+        env.cache = Arc::new(Cache::new(t.path().join("mem"), None));
+        env.cache.insert_for_test("x", None, file, 20);
+        let spec: ImageSpec = serde_json::from_value(json!({"id": "x",
+            "url": "http://127.0.0.1:9/other.raw", "insecure_skip_checksum": true}))
+        .unwrap();
+        let (origin, digest, cached) = origin_of(&env, &spec).unwrap();
+        assert!(!cached);
+        assert!(digest.is_none());
+        assert!(matches!(origin, Origin::Http { .. }), "{origin:?}");
+        // Named by id (image_id), the entry is what the caller asked for.
+        assert!(env.cache.get("x", None).is_ok());
     }
 }

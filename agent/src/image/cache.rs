@@ -164,6 +164,23 @@ fn own_dir(dir: &Path) -> Result<(), ImageError> {
 }
 
 impl Cache {
+    /// An in-memory entry for `path`, as if cached (unit tests elsewhere in the crate).
+    #[cfg(test)]
+    pub(crate) fn insert_for_test(
+        &self,
+        id: &str,
+        digest: Option<Digest>,
+        path: PathBuf,
+        bytes: u64,
+    ) {
+        state(&self.state).entries.push(Entry {
+            id: id.to_owned(),
+            digest,
+            bytes,
+            place: Place::Memory(path),
+        });
+    }
+
     /// A cache whose in-memory entries are files under `memory_dir`.
     pub fn new(memory_dir: PathBuf, memory_limit: Option<u64>) -> Cache {
         Cache {
