@@ -38,10 +38,14 @@ fn have_qemu_img(test: &str) -> bool {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
+    let mut shown = format!("{cmd:?}");
+    shown.truncate(400);
+    // qemu-io reports a failed command on stdout, among the lines of those that worked.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.contains("failed")).collect();
     assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
+        out.status.success() && failed.is_empty(),
+        "{shown} failed: {failed:?} {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -173,7 +177,6 @@ fn feed_file(
     let mut f = File::open(path).unwrap();
     let mut buf = vec![0u8; 600_000];
     let mut total = 0u64;
-    let mut peak_held = 0;
     loop {
         let n = match rng.below(4) {
             0 => rng.below(16) as usize + 1,
@@ -183,10 +186,9 @@ fn feed_file(
         let n = limit.map_or(n, |l| n.min((l - total) as usize));
         let got = f.read(&mut buf[..n]).unwrap();
         if got == 0 {
-            return Ok(peak_held);
+            return Ok(conv.held_peak());
         }
         conv.feed(&buf[..got], sink)?;
-        peak_held = peak_held.max(conv.held_bytes());
         total += got as u64;
     }
 }
@@ -285,7 +287,8 @@ fn plain_image() {
     assert_eq!(stats.compressed_clusters, 0);
     assert_eq!(layout.version(), 3);
     // L2 tables come just before their data: streaming holds only a few metadata clusters.
-    assert!(peak <= 4 * 65536, "held {peak} bytes");
+    // Only metadata is held: an L2 table while it passes, the refcount block.
+    assert!(peak <= 3 * 65536, "held {peak} bytes");
 }
 
 #[test]
@@ -298,7 +301,7 @@ fn compressed_deflate_image() {
     assert!(stats.compressed_clusters > 50, "{stats:?}");
     assert_eq!(layout.compression(), Compression::Deflate);
     // This small image has its one L2 table before the data.
-    assert_eq!(peak, 0);
+    assert!(peak <= 3 * 65536, "held {peak} bytes");
 }
 
 #[test]
@@ -376,6 +379,105 @@ fn zero_clusters() {
     );
     let (stats, _, _, _) = case.check_both(20);
     assert!(stats.zero_bytes >= MIB + (256 << 10), "{stats:?}");
+}
+
+/// An image written the way a VM writes one: clusters allocated in the order the guest
+/// touched them (so file order is not guest order), partial-cluster writes, compressed
+/// writes, zero writes and discards, then an internal snapshot and overwrites (the old
+/// clusters stay in the file, referenced only by the snapshot, and must be ignored).
+#[test]
+fn image_written_out_of_order_with_a_snapshot() {
+    if !have_qemu_img("image_written_out_of_order_with_a_snapshot") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let qcow2 = dir.path().join("vm.qcow2");
+    let path = qcow2.to_str().unwrap().to_owned();
+    qemu_img(&["create", "-q", "-f", "qcow2", &path, "64M"]);
+    let mut rng = Rng(0x5eed);
+    // qemu writes compressed clusters only where nothing is allocated yet.
+    let mut touched = std::collections::HashSet::new();
+    let mut commands = |rng: &mut Rng, n: usize, first_pattern: u64| {
+        let mut args = vec!["-f".to_owned(), "qcow2".to_owned()];
+        for i in 0..n {
+            let mut cluster = rng.below(1000);
+            let pattern = (first_pattern + i as u64) % 255 + 1;
+            let kind = rng.below(6);
+            if kind == 0 {
+                while touched.contains(&cluster) {
+                    cluster = rng.below(1000);
+                }
+            }
+            for c in cluster..cluster + 4 {
+                touched.insert(c);
+            }
+            let c = match kind {
+                0 => format!("write -c -P {pattern} {} 65536", cluster * 65536),
+                1 => format!(
+                    "write -z {} {}",
+                    cluster * 65536,
+                    (rng.below(3) + 1) * 65536
+                ),
+                2 => format!("discard {} 65536", cluster * 65536),
+                // Sector-granular writes inside and across clusters.
+                _ => format!(
+                    "write -P {pattern} {} {}",
+                    cluster * 65536 + rng.below(128) * 512,
+                    (rng.below(400) + 1) * 512
+                ),
+            };
+            args.push("-c".to_owned());
+            args.push(c);
+        }
+        args.push(path.clone());
+        run(Command::new("qemu-io").args(&args));
+    };
+    commands(&mut rng, 300, 0);
+    qemu_img(&["snapshot", "-c", "before", &path]);
+    commands(&mut rng, 200, 100);
+    let case = Case::from_qcow2(dir, qcow2);
+    let (stats, _, _, _) = case.check_both(31);
+    assert!(stats.compressed_clusters > 10, "{stats:?}");
+}
+
+/// A VM that died with lazy refcounts leaves the dirty bit set: the refcounts may be stale,
+/// the L1/L2 tables are not, so the image is converted.
+#[test]
+fn dirty_image_is_read() {
+    if !have_qemu_img("dirty_image_is_read") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let qcow2 = dir.path().join("dirty.qcow2");
+    let path = qcow2.to_str().unwrap().to_owned();
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "lazy_refcounts=on",
+        &path,
+        "16M",
+    ]);
+    // qemu-io's `abort` kills it before it can clear the bit: its exit status is a signal.
+    let _ = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 7 1M 300k",
+            "-c",
+            "abort",
+            &path,
+        ])
+        .output()
+        .unwrap();
+    let header = fs::read(&qcow2).unwrap();
+    assert_eq!(be64(&header, 72) & 1, 1, "the dirty bit is set");
+    let case = Case::from_qcow2(dir, qcow2);
+    let (stats, _, _, _) = case.check_both(41);
+    assert_eq!(stats.data_bytes, 5 * 65536, "{stats:?}");
 }
 
 #[test]
@@ -760,4 +862,116 @@ fn refuses_a_map_that_differs_from_the_stream() {
     );
     // The same file as the map converts.
     case.check_both(7);
+}
+
+/// Peak RSS of the process since the last reset (kB), and a reset (Linux `clear_refs` 5).
+fn peak_rss_kb() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn reset_peak_rss() {
+    fs::write("/proc/self/clear_refs", "5").unwrap();
+}
+
+/// Compares two files in 1 MiB pieces without reading either whole.
+fn assert_same_files(a: &Path, b: &Path) {
+    let (mut fa, mut fb) = (File::open(a).unwrap(), File::open(b).unwrap());
+    assert_eq!(
+        fa.metadata().unwrap().len(),
+        fb.metadata().unwrap().len(),
+        "lengths"
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut at = 0u64;
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        if n == 0 {
+            return;
+        }
+        fb.read_exact(&mut bb[..n]).unwrap();
+        assert!(ba[..n] == bb[..n], "files differ in the MiB at {at:#x}");
+        at += n as u64;
+    }
+}
+
+/// Memory and time of both paths over a large compressed image; run by hand:
+/// `QCOW2_BIG_MIB=1024 cargo test -p molar-agent --test qcow2_qemu -- --ignored --nocapture`
+/// (`QCOW2_BIG_OPTS=cluster_size=4096` adds qemu-img options, `QCOW2_BIG_COMPRESS=0` drops
+/// `-c`).
+#[test]
+#[ignore = "large: makes and converts a GiB-sized image"]
+fn large_compressed_image_in_bounded_memory() {
+    if !have_qemu_img("large_compressed_image_in_bounded_memory") {
+        return;
+    }
+    let mib: u64 = std::env::var("QCOW2_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let mut extra = vec![];
+    if std::env::var("QCOW2_BIG_COMPRESS").as_deref() != Ok("0") {
+        extra.push("-c");
+    }
+    let opts = std::env::var("QCOW2_BIG_OPTS").unwrap_or_default();
+    if !opts.is_empty() {
+        extra.extend(["-o", opts.as_str()]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    make_raw(&raw, mib * MIB, 99);
+    let qcow2 = dir.path().join("img.qcow2");
+    let mut a = vec!["convert", "-f", "raw", "-O", "qcow2"];
+    a.extend_from_slice(&extra);
+    a.extend([raw.to_str().unwrap(), qcow2.to_str().unwrap()]);
+    qemu_img(&a);
+    fs::remove_file(&raw).unwrap();
+    let reference = dir.path().join("ref.raw");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        qcow2.to_str().unwrap(),
+        reference.to_str().unwrap(),
+    ]);
+    let file_len = fs::metadata(&qcow2).unwrap().len();
+    let vsize = fs::metadata(&reference).unwrap().len();
+    eprintln!("image: {mib} MiB virtual, {file_len} bytes of qcow2 ({opts})");
+
+    let base = peak_rss_kb();
+    reset_peak_rss();
+    let t = std::time::Instant::now();
+    let layout = Layout::read(&mut File::open(&qcow2).unwrap(), Some(file_len)).unwrap();
+    let (meta, reads) = layout.metadata_read();
+    let extents = layout.extents();
+    let out = dir.path().join("ranged.raw");
+    let mut sink = CheckedSink::new(&out, vsize);
+    let mut conv = Converter::new(layout);
+    feed_file(&mut conv, &qcow2, &mut sink, &mut Rng(1), None).unwrap();
+    let stats = conv.finish(&mut sink).unwrap();
+    eprintln!(
+        "ranged: {:.1} s, peak RSS {} kB (before: {base} kB), metadata {meta} bytes in {reads} \
+         reads, {extents} extents, {stats:?}",
+        t.elapsed().as_secs_f64(),
+        peak_rss_kb()
+    );
+    drop(sink);
+    assert_same_files(&out, &reference);
+    fs::remove_file(&out).unwrap();
+
+    reset_peak_rss();
+    let t = std::time::Instant::now();
+    let out = dir.path().join("streamed.raw");
+    let mut sink = CheckedSink::new(&out, vsize);
+    let mut conv = Converter::streaming(256 << 20);
+    let peak = feed_file(&mut conv, &qcow2, &mut sink, &mut Rng(2), None).unwrap();
+    conv.finish(&mut sink).unwrap();
+    eprintln!(
+        "streamed: {:.1} s, peak RSS {} kB, held at most {peak} bytes",
+        t.elapsed().as_secs_f64(),
+        peak_rss_kb()
+    );
+    drop(sink);
+    assert_same_files(&out, &reference);
 }

@@ -51,9 +51,13 @@ pub struct Converter {
     output: Output,
     coverage: Coverage,
     inflater: Inflater,
+    /// A compressed cluster's input buffer, kept for the next one.
+    spare: Vec<u8>,
     /// While the map is incomplete.
     stream: Option<Stream>,
     stats: ConvertStats,
+    /// Most bytes held at once (streaming).
+    held_peak: usize,
     failed: bool,
     /// The metadata the map was read from, re-hashed as the stream passes it.
     verifier: Verifier,
@@ -75,6 +79,10 @@ enum Stage {
 #[derive(Debug)]
 struct Stream {
     max_buffer: usize,
+    /// File ranges never held, sorted: metadata no valid image maps as data (the header
+    /// cluster, the refcount table, the rest of the L1 table's last cluster), so that a
+    /// plain image streams holding nothing but the table being read.
+    skip: Vec<(u64, u64)>,
     held: Held,
     stage: Stage,
     builder: Option<Builder>,
@@ -110,6 +118,7 @@ impl Converter {
         let mut c = Converter::empty();
         c.stream = Some(Stream {
             max_buffer,
+            skip: Vec::new(),
             held: Held::default(),
             stage: Stage::Header { need: PROBE_LEN },
             builder: None,
@@ -126,8 +135,10 @@ impl Converter {
             output: Output::default(),
             coverage: Coverage::default(),
             inflater: Inflater::new(),
+            spare: Vec::new(),
             stream: None,
             stats: ConvertStats::default(),
+            held_peak: 0,
             failed: false,
             verifier: Verifier::default(),
             capacity: None,
@@ -161,9 +172,14 @@ impl Converter {
         self.pos
     }
 
-    /// Bytes held for clusters whose L2 table has not passed yet (streaming only).
+    /// Memory holding bytes whose L2 table has not passed yet (streaming only).
     pub fn held_bytes(&self) -> usize {
         self.stream.as_ref().map_or(0, |s| s.held.allocated())
+    }
+
+    /// The most [`Converter::held_bytes`] has been so far.
+    pub fn held_peak(&self) -> usize {
+        self.held_peak
     }
 
     /// Feeds the next bytes of the file (chunks of any size).
@@ -192,7 +208,11 @@ impl Converter {
             if let Some(s) = &self.stream {
                 next = next.min(s.next_event());
             }
-            debug_assert!(next > self.pos);
+            if next <= self.pos {
+                // Every boundary above lies past the current offset; should one not, stop
+                // rather than loop forever.
+                return Err(Qcow2Error::Stalled { offset: self.pos });
+            }
             let (now, rest) = chunk.split_at((next - self.pos) as usize);
             self.consume(now, sink)?;
             self.pos = next;
@@ -235,10 +255,15 @@ impl Converter {
             });
         }
         let end = e.host_end(h.cluster_bits);
+        let mut input = Vec::new();
+        if !standard {
+            input = std::mem::take(&mut self.spare);
+            input.clear();
+        }
         self.active.push(Active {
             extent: e,
             end,
-            input: Vec::new(),
+            input,
         });
         Ok(())
     }
@@ -275,12 +300,30 @@ impl Converter {
         let Some(s) = &mut self.stream else {
             return Ok(());
         };
-        s.held.push(self.pos, bytes);
+        let (mut at, end) = (self.pos, self.pos + bytes.len() as u64);
+        let first = s.skip.partition_point(|&(_, e)| e <= at);
+        for &(from, to) in &s.skip[first..] {
+            if from >= end {
+                break;
+            }
+            if from > at {
+                s.held.push(
+                    at,
+                    &bytes[(at - self.pos) as usize..(from - self.pos) as usize],
+                );
+            }
+            at = at.max(to);
+        }
+        if at < end {
+            s.held.push(at, &bytes[(at - self.pos) as usize..]);
+        }
+        self.held_peak = self.held_peak.max(s.held.allocated());
         if s.held.allocated() > s.max_buffer {
             return Err(Qcow2Error::NeedsRandomAccess {
                 offset: self.pos,
                 reason: format!(
-                    "more than {} bytes of data arrive before the L2 tables that map them",
+                    "more than {} bytes would have to be held that the L2 tables read so far do \
+                     not map (data stored before its L2 table, as in compressed images)",
                     s.max_buffer
                 ),
             });
@@ -327,6 +370,7 @@ impl Converter {
                 if let Some(s) = &mut self.stream {
                     s.held.release(e.host, e.host + out.consumed as u64);
                 }
+                self.spare = a.input;
             }
         }
         Ok(())
@@ -347,7 +391,25 @@ impl Converter {
                     match Header::parse(&bytes, None)? {
                         Parsed::NeedBytes(n) => *need = n,
                         Parsed::Header(h) => {
-                            s.held.release(0, u64::from(h.header_length));
+                            // The rest of the header cluster is header extensions (and
+                            // nothing a valid image maps as data).
+                            let cs = h.cluster_size();
+                            s.held.release(0, cs);
+                            s.skip.push((0, cs));
+                            let refcounts = u64::from(h.refcount_table_clusters) * cs;
+                            let l1_end = h.l1_offset + h.l1_bytes();
+                            let start = h.refcount_table_offset;
+                            if start >= cs
+                                && start < 1 << 56
+                                && start.is_multiple_of(cs)
+                                && (start + refcounts <= h.l1_offset || start >= l1_end)
+                            {
+                                s.skip.push((start, start + refcounts));
+                            }
+                            s.skip.push((l1_end, l1_end.next_multiple_of(cs)));
+                            s.skip.retain(|&(a, b)| a < b);
+                            s.skip.sort_unstable();
+                            merge_ranges(&mut s.skip);
                             self.stats.virtual_size = h.virtual_size;
                             s.builder = Some(Builder::new(h.cluster_bits));
                             s.stage = Stage::L1 {
@@ -534,6 +596,18 @@ impl Converter {
     }
 }
 
+/// Merges overlapping ranges of a sorted list.
+fn merge_ranges(ranges: &mut Vec<(u64, u64)>) {
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for &(a, b) in ranges.iter() {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    *ranges = out;
+}
+
 /// Writes the part of `data` (for guest offset `guest`) that lies inside the virtual disk.
 fn write_clipped(
     output: &mut Output,
@@ -562,7 +636,10 @@ fn take(held: &Held, start: u64, end: u64, what: &'static str) -> Result<Vec<u8>
         Ok(()) => Ok(out),
         Err(offset) => Err(Qcow2Error::NeedsRandomAccess {
             offset,
-            reason: format!("the {what} at {start:#x} lies before bytes that named it"),
+            reason: format!(
+                "the {what} at {start:#x} was not held when the stream reached it (it lies \
+                 before the table that names it, or inside data already placed)"
+            ),
         }),
     }
 }

@@ -231,7 +231,10 @@ impl Header {
         if needed == 0 {
             return Ok(());
         }
-        if !self.l1_offset.is_multiple_of(self.cluster_size()) || self.l1_offset == 0 {
+        if self.l1_offset == 0 {
+            return Err(Qcow2Error::InsideHeader { what: "L1 table" });
+        }
+        if !self.l1_offset.is_multiple_of(self.cluster_size()) {
             return Err(Qcow2Error::Unaligned {
                 what: "L1 table",
                 offset: self.l1_offset,
@@ -329,6 +332,7 @@ mod tests {
             (24, u64::MAX.to_be_bytes().to_vec(), "virtual size"),
             (24, 1000u64.to_be_bytes().to_vec(), "multiple of 512"),
             (40, 0x30001u64.to_be_bytes().to_vec(), "not aligned"),
+            (40, 0u64.to_be_bytes().to_vec(), "inside the header"),
             (100, 100u32.to_be_bytes().to_vec(), "header_length"),
         ];
         for (at, bytes, want) in cases {

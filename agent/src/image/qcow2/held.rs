@@ -4,9 +4,9 @@
 //! the next one. Bytes arrive in file order and are released by range once used.
 //!
 //! Storage is a list of segments of at most [`SEGMENT`] bytes, sorted by offset. Releasing
-//! the front of a segment only moves its head; a segment whose live part shrinks below a
-//! quarter of its allocation is compacted, so the memory counted against the caller's bound
-//! (allocation, not live bytes) stays within four times what is really held.
+//! the front of a segment only moves its head; a segment of more than 64 KiB whose live part
+//! shrinks below a quarter of its allocation is compacted. The memory counted against the
+//! caller's bound is the allocation, not the live bytes, so the bound is a true one.
 
 /// Largest segment: new bytes start a new segment past it.
 const SEGMENT: usize = 1 << 20;

@@ -2,6 +2,8 @@
 //! [`RangeRead`] (HTTP Range requests on the deploy path), so that one sequential pass over
 //! the file can then place every cluster, in whatever order the file stores them.
 
+use std::io;
+
 use super::header::{Compression, Header, PROBE_LEN, Parsed};
 use super::map::{self, Builder, Extent, Kind};
 use super::verify::MetaRead;
@@ -10,6 +12,8 @@ use super::{Qcow2Error, RangeRead};
 /// L2 tables this close together are fetched in one read (the gap is read and dropped):
 /// compressed images interleave small tables with data, and a request costs a round trip.
 const L2_GAP: u64 = 64 << 10;
+/// The first read of the header.
+const HEADER_READ: usize = 512;
 /// Largest single read of L2 tables.
 const L2_READ: u64 = 4 << 20;
 
@@ -47,7 +51,6 @@ impl Layout {
         let mut metadata_read = 0u64;
         let mut reads = 0u64;
         let mut checks = Vec::new();
-        let mut buf = vec![0u8; PROBE_LEN];
         if file_len.is_some_and(|l| l < PROBE_LEN as u64) {
             return Err(Qcow2Error::Truncated {
                 what: "header",
@@ -55,8 +58,29 @@ impl Layout {
                 file_len: file_len.unwrap_or(0),
             });
         }
+        // One sector holds every header qemu writes; the parser asks for more if not.
+        let mut buf =
+            vec![0u8; file_len.map_or(HEADER_READ, |l| l.min(HEADER_READ as u64) as usize)];
+        let mut first = true;
         let header = loop {
-            read(src, "header", 0, &mut buf)?;
+            match src.read_at(0, &mut buf) {
+                Ok(()) => {}
+                // A file of unknown length shorter than a sector: the parser says how much
+                // it needs from there.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && first => {
+                    first = false;
+                    buf.truncate(PROBE_LEN);
+                    continue;
+                }
+                Err(source) => {
+                    return Err(Qcow2Error::Read {
+                        what: "header",
+                        offset: 0,
+                        source,
+                    });
+                }
+            }
+            first = false;
             metadata_read += buf.len() as u64;
             reads += 1;
             match Header::parse(&buf, file_len)? {

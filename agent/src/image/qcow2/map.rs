@@ -161,7 +161,8 @@ impl Builder {
                 let host = descriptor & ((1 << x) - 1);
                 let sectors = (descriptor >> x) + 1;
                 let len = sectors * 512 - (host & 511);
-                if host == 0 {
+                // Inside the header cluster: no image stores data there.
+                if host < cs {
                     return Err(Qcow2Error::BadL2Entry {
                         guest_offset,
                         entry,

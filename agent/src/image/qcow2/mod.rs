@@ -27,9 +27,10 @@
 //!   (zstd's window is capped at 4 MiB);
 //! - [`Layout::read`]: the L1 table (8 bytes per 512 MiB at 64 KiB clusters) and one read of
 //!   L2 tables (at most 4 MiB) at a time;
-//! - streaming only: up to `max_buffer` bytes held, counted as allocated (the held store
-//!   compacts itself so that is at most four times the live bytes), and the list of L2
-//!   table offsets (16 bytes per table).
+//! - streaming only: at most `max_buffer` bytes of allocation holding bytes not yet mapped
+//!   (the header cluster, the refcount table and the L1 cluster's slack are never held, so a
+//!   plain image holds one L2 table and its refcount blocks), the L1 table while it is read,
+//!   and the list of L2 table offsets (16 bytes per table).
 
 mod convert;
 mod header;
@@ -38,6 +39,8 @@ mod inflate;
 mod layout;
 mod map;
 mod output;
+#[cfg(test)]
+mod tests;
 mod verify;
 
 use std::fs::File;
@@ -180,6 +183,8 @@ pub enum Qcow2Error {
     L1TooLarge { l1_size: u64, max: u64 },
     #[error("qcow2 {what} offset {offset:#x} is not aligned to a cluster")]
     Unaligned { what: &'static str, offset: u64 },
+    #[error("qcow2 {what} offset is 0, inside the header")]
+    InsideHeader { what: &'static str },
     #[error("qcow2 {what} offset {offset:#x} is beyond any file")]
     OffsetTooLarge { what: &'static str, offset: u64 },
     #[error(
@@ -243,6 +248,8 @@ pub enum Qcow2Error {
     },
     #[error("qcow2 virtual size {virtual_size} is larger than the target's {capacity} bytes")]
     LargerThanTarget { virtual_size: u64, capacity: u64 },
+    #[error("qcow2 converter made no progress at file offset {offset:#x} (a bug)")]
+    Stalled { offset: u64 },
     #[error("qcow2 converter used after an error")]
     AfterError,
 }
