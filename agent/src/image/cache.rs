@@ -380,11 +380,13 @@ impl Cache {
             device: disk.as_ref().map(|d| d.path.display().to_string()),
             already,
         };
-        // Already there: re-verified, kept.
-        let present = state(&self.state)
-            .entries
-            .iter()
-            .any(|e| e.id == spec.id && e.digest == digest);
+        // Already there: re-verified, kept. Without a digest nothing ties an entry of
+        // this id to this spec: fetched again.
+        let present = digest.is_some()
+            && state(&self.state)
+                .entries
+                .iter()
+                .any(|e| e.id == spec.id && e.digest == digest);
         if present {
             match self.get(&spec.id, digest.as_ref()) {
                 Ok(s) => return Ok((cached(s.bytes, true), Vec::new())),
