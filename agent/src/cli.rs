@@ -161,9 +161,6 @@ struct ImageWriteArgs {
     /// PEM file of a CA to trust for https, besides the public roots.
     #[arg(long)]
     ca: Option<PathBuf>,
-    /// The device reads zeros everywhere (freshly discarded): do not write runs of zeros.
-    #[arg(long)]
-    device_reads_zeros: bool,
     /// Allow writing the named device on this host (outside the ramdisk).
     #[arg(long)]
     allow_host: bool,
@@ -454,7 +451,6 @@ async fn image_write(a: ImageWriteArgs) -> anyhow::Result<()> {
     let params = PrepareImageParams {
         source: ImageSource::Spec(Box::new(spec)),
         device: a.device,
-        device_reads_zeros: a.device_reads_zeros,
     };
     let env = ImageEnv::new(
         a.root,

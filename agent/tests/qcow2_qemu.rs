@@ -816,6 +816,54 @@ fn convert_errors(qcow2: &Path) -> (Qcow2Error, Qcow2Error) {
     (a, b)
 }
 
+/// The map read through separate (unhashed) reads must be what the hashed stream carries:
+/// a Range answer with two L2 entries swapped would otherwise move clusters silently.
+#[test]
+fn refuses_a_map_that_differs_from_the_stream() {
+    if !have_qemu_img("refuses_a_map_that_differs_from_the_stream") {
+        return;
+    }
+    let case = Case::new(16 * MIB, 31, &[]);
+    let full = fs::read(&case.qcow2).unwrap();
+    let l1 = be64(&full, 40) as usize;
+    let l2 = (be64(&full, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    let lying = case.out("lying.qcow2");
+    patched(&case.qcow2, &lying, |b| {
+        // Swap the first two allocated L2 entries: a valid map, clusters exchanged.
+        let used: Vec<usize> = (0..512)
+            .map(|i| l2 + 8 * i)
+            .filter(|&at| be64(b, at) != 0)
+            .take(2)
+            .collect();
+        assert_eq!(used.len(), 2, "the test image maps two clusters");
+        let (a, c) = (used[0], used[1]);
+        let ea: [u8; 8] = b[a..a + 8].try_into().unwrap();
+        let ec: [u8; 8] = b[c..c + 8].try_into().unwrap();
+        b[a..a + 8].copy_from_slice(&ec);
+        b[c..c + 8].copy_from_slice(&ea);
+    });
+    let file_len = full.len() as u64;
+    let layout = Layout::read(&mut File::open(&lying).unwrap(), Some(file_len)).unwrap();
+    let mut sink = CheckedSink::new(&case.out("swapped.raw"), layout.virtual_size());
+    let mut conv = Converter::new(layout);
+    let mut rng = Rng(5);
+    let r = feed_file(&mut conv, &case.qcow2, &mut sink, &mut rng, None)
+        .and_then(|_| conv.finish(&mut sink).map(|_| 0));
+    let e = r.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Qcow2Error::MetadataChanged {
+                what: "L2 table",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The same file as the map converts.
+    case.check_both(7);
+}
+
 /// Peak RSS of the process since the last reset (kB), and a reset (Linux `clear_refs` 5).
 fn peak_rss_kb() -> u64 {
     let status = fs::read_to_string("/proc/self/status").unwrap();

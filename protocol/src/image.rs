@@ -215,6 +215,33 @@ fn short(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// `u` as it may be shown (errors, logs, task results): without userinfo (`user:pass@`,
+/// basic auth to a mirror is legitimate but must never be printed), the query replaced by
+/// `?…` (presigned URLs carry their signature there) and without the fragment.
+pub fn redact_url(u: &str) -> String {
+    let (scheme, rest) = match u.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, u),
+    };
+    let cut = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(cut);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+    let mut out = String::with_capacity(u.len().min(256));
+    if let Some(s) = scheme {
+        out.push_str(s);
+        out.push_str("://");
+    }
+    out.push_str(host);
+    out.push_str(&tail[..path_end]);
+    if tail[path_end..].starts_with('?') {
+        out.push_str("?…");
+    }
+    out
+}
+
+/// Userinfo (`user:pass@host`) is accepted, for basic auth to a mirror; [`redact_url`]
+/// keeps it out of everything shown.
 fn check_url(field: &'static str, u: &str) -> Result<(), SpecError> {
     let bad = |why: &str| SpecError::BadUrl {
         field,
@@ -418,11 +445,10 @@ impl From<ImageSpec> for ImageSpecWire {
 #[serde(try_from = "PrepareImageParamsWire", into = "PrepareImageParamsWire")]
 pub struct PrepareImageParams {
     pub source: ImageSource,
+    /// Runs of zeros are skipped only when the agent itself verified an erase or discard
+    /// of the device in this boot: a caller's word is not taken for it (the previous
+    /// tenant's data would stay under the image's zero ranges).
     pub device: String,
-    /// The operator asserts the device reads zeros everywhere (freshly discarded or erased
-    /// outside molar), so runs of zeros are not written. Without it molar skips them only
-    /// after its own verified erase of the device in this boot.
-    pub device_reads_zeros: bool,
 }
 
 /// Where `prepare_image` takes the image from.
@@ -442,8 +468,6 @@ pub struct PrepareImageParamsWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
     pub device: String,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub device_reads_zeros: bool,
 }
 
 /// Why `prepare_image` params were refused.
@@ -484,7 +508,6 @@ impl TryFrom<PrepareImageParamsWire> for PrepareImageParams {
         Ok(PrepareImageParams {
             source,
             device: w.device,
-            device_reads_zeros: w.device_reads_zeros,
         })
     }
 }
@@ -499,7 +522,6 @@ impl From<PrepareImageParams> for PrepareImageParamsWire {
             image,
             image_id,
             device: p.device,
-            device_reads_zeros: p.device_reads_zeros,
         }
     }
 }
@@ -738,13 +760,14 @@ mod tests {
         let img = json!({"id": "x", "url": "http://a/b", "checksum": format!("sha256:{H256}")});
         let ok = p(json!({"image": img, "device": "/dev/nvme0n1"})).unwrap();
         assert!(matches!(ok.source, ImageSource::Spec(_)));
-        assert!(!ok.device_reads_zeros);
         let back: PrepareImageParams =
             serde_json::from_value(serde_json::to_value(&ok).unwrap()).unwrap();
         assert_eq!(back, ok);
-        let c = p(json!({"image_id": "x", "device": "sda", "device_reads_zeros": true})).unwrap();
+        let c = p(json!({"image_id": "x", "device": "sda"})).unwrap();
         assert_eq!(c.source, ImageSource::Cached("x".into()));
-        assert!(c.device_reads_zeros);
+        // The caller cannot make the agent skip zero runs on its word.
+        let e = p(json!({"image_id": "x", "device": "sda", "device_reads_zeros": true}));
+        assert!(e.unwrap_err().contains("device_reads_zeros"));
         assert!(p(json!({"image": img, "image_id": "x", "device": "sda"})).is_err());
         assert!(
             p(json!({"device": "sda"}))
@@ -790,5 +813,25 @@ mod tests {
             let d = Digest { algo: HashAlgo::Sha256, bytes };
             prop_assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
         }
+    }
+
+    #[test]
+    fn redact_url_drops_userinfo_query_and_fragment() {
+        for (u, want) in [
+            (
+                "https://user:secret@mirror.example/img/disk.qcow2?X-Amz-Signature=secret&b=1",
+                "https://mirror.example/img/disk.qcow2?…",
+            ),
+            ("http://a@b@h:8080/x#secret", "http://h:8080/x"),
+            ("http://u:secret@h?secret", "http://h?…"),
+            ("http://h/plain.raw", "http://h/plain.raw"),
+            ("not a url?secret", "not a url?…"),
+        ] {
+            let got = super::redact_url(u);
+            assert_eq!(got, want, "{u}");
+            assert!(!got.contains("secret"));
+        }
+        // Still accepted.
+        super::check_url("url", "https://user:secret@h/x?sig=1").unwrap();
     }
 }

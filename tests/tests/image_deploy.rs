@@ -174,7 +174,6 @@ fn cache_then_prepare_from_the_cache() {
     let params = |device: String| PrepareImageParams {
         source: ImageSource::Cached("b".into()),
         device,
-        device_reads_zeros: false,
     };
     let e = prepare(&env, &params(cache_dev.name()), &progress, &cancel).unwrap_err();
     assert_eq!(e.code, "refused", "{e}");

@@ -301,3 +301,52 @@ fn plain_qcow2_streams_from_a_server_without_range() {
             .any(|n| n.contains("does not serve byte ranges"))
     );
 }
+
+/// A mirror that answers its first `busy` connections with 503, then `body` (200, whole).
+fn flaky_mirror(busy: usize, body: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/a.qcow2", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (n, c) in l.incoming().enumerate() {
+            let Ok(mut c) = c else { return };
+            let mut req = [0u8; 4096];
+            let _ = c.read(&mut req);
+            let _ = if n < busy {
+                c.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            } else {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                c.write_all(head.as_bytes())
+                    .and_then(|()| c.write_all(&body))
+            };
+        }
+    });
+    url
+}
+
+/// The qcow2 map and the stream come from the same URL: the first mirror fails the probe
+/// (then recovers, serving another image); the map is read from the second, and the stream
+/// must come from there too.
+#[test]
+fn the_qcow2_stream_comes_from_the_url_the_map_was_read_from() {
+    if !have_qemu_img("the_qcow2_stream_comes_from_the_url_the_map_was_read_from") {
+        return;
+    }
+    let data = disk(4 * MIB);
+    let tmp = tempfile::tempdir().unwrap();
+    let q = qemu_img(&data, tmp.path(), &[]);
+    let other = qemu_img(&disk(2 * MIB), tmp.path(), &[]);
+    // options(): 5 attempts per URL, so the probe gives up on the mirror after 5 answers.
+    let mirror = flaky_mirror(5, other);
+    let (_d, http) = serve(&[("a.qcow2", &q)], Faults::default());
+    let (r, got) = write(
+        &spec(vec![mirror, http.url("a.qcow2")], Some(sha256(&q))),
+        6 * MIB,
+    );
+    let out = r.unwrap();
+    assert_eq!(out.from, http.url("a.qcow2"));
+    assert!(got[..data.len()] == data[..]);
+}

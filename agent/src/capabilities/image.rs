@@ -38,10 +38,7 @@ impl ImageEnv {
             root,
             authority,
             ready,
-            cache: Arc::new(Cache::new(
-                std::env::temp_dir().join("molar-image-cache"),
-                None,
-            )),
+            cache: Arc::new(Cache::new(crate::image::cache::memory_dir(), None)),
             fetch: FetchOptions::default(),
         }
     }
@@ -120,8 +117,8 @@ pub fn progress_message(what: &str, fetched: u64, total: u64, written: u64, secs
     )
 }
 
-/// Where `spec`'s bytes come from: the cache when it holds the same image (re-verified),
-/// else its URLs.
+/// Where `spec`'s bytes come from: the cache when it holds the same image (same id and
+/// digest, re-verified), else its URLs; a spec that waives its checksum is always fetched.
 fn origin_of(
     env: &ImageEnv,
     spec: &ImageSpec,
@@ -129,7 +126,13 @@ fn origin_of(
     let mut options = env.fetch.clone();
     options.ca_pem = spec.ca_pem.clone();
     let digest = pipeline::resolve_digest(spec, &options)?;
-    match env.cache.get(&spec.id, digest.as_ref()) {
+    // With the checksum waived nothing says that an entry with this id is this image (it
+    // may have been cached from another URL, or under a digest): fetch it.
+    let cached = match &digest {
+        Some(d) => env.cache.get(&spec.id, Some(d)),
+        None => Err(ImageError::NotCached(spec.id.clone())),
+    };
+    match cached {
         Ok(c) => Ok((c.origin, c.digest, true)),
         Err(ImageError::NotCached(_)) => Ok((
             Origin::Http {
@@ -151,6 +154,16 @@ pub fn prepare(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<PrepareImageResult, TaskFailure> {
     let target = clear_target(&env.root, &env.authority, &params.device)?;
+    if target.is_partition() {
+        // A disk image carries its own partition table: it goes onto a whole disk.
+        return Err(TaskFailure::new(
+            codes::REFUSED,
+            format!(
+                "{}: a partition; an image is written to a whole disk",
+                target.name()
+            ),
+        ));
+    }
     let name = target.name().to_owned();
     if env.cache.disk().as_deref() == Some(name.as_str()) {
         return Err(fail(ImageError::CacheOnTarget {
@@ -176,7 +189,8 @@ pub fn prepare(
             (spec, c.origin, c.digest, true)
         }
     };
-    let skip_zeros = params.device_reads_zeros || crate::disks::zeroed::reads_zeros(&name);
+    // Only the agent's own verified erase/discard in this boot counts.
+    let skip_zeros = crate::disks::zeroed::reads_zeros(&name);
     crate::disks::zeroed::forget(&name);
     image::forget_written(&name);
     let job = Job {
@@ -197,11 +211,7 @@ pub fn prepare(
     });
     let mut notes = out.notes;
     if skip_zeros {
-        notes.push(if params.device_reads_zeros {
-            "zero runs skipped: the request says the device reads zeros".into()
-        } else {
-            "zero runs skipped: the device was erased and verified in this boot".into()
-        });
+        notes.push("zero runs skipped: the device was erased and verified in this boot".into());
     }
     Ok(PrepareImageResult {
         image_id: job.spec.id,
@@ -364,5 +374,55 @@ mod tests {
             info["msg"].as_str().unwrap_or("").contains("--allow-host"),
             "{info}"
         );
+    }
+
+    /// A partition is not an image target (the image carries its own partition table).
+    #[test]
+    fn a_partition_is_refused_as_target() {
+        let f = crate::disks::tests::sample();
+        f.mountinfo(&["23 1 0:5 / /proc rw - proc proc rw"]);
+        let env = ImageEnv::new(
+            f.root().to_path_buf(),
+            Authority::Ramdisk,
+            HardwareReady::default(),
+        );
+        let params = PrepareImageParams {
+            source: ImageSource::Cached("x".into()),
+            device: "sda1".into(),
+        };
+        let e = prepare(
+            &env,
+            &params,
+            &Arc::new(Progress::default()),
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, codes::REFUSED, "{}", e.msg);
+        assert!(e.msg.contains("a partition"), "{}", e.msg);
+    }
+
+    /// A spec with its checksum waived does not take a cache entry of the same id: nothing
+    /// ties that entry to this spec's URLs.
+    #[test]
+    fn a_waived_checksum_does_not_use_the_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("cached");
+        std::fs::write(&file, b"someone else's image").unwrap();
+        let mut env = ImageEnv::new(
+            t.path().to_path_buf(),
+            Authority::Ramdisk,
+            HardwareReady::default(),
+        );
+        env.cache = Arc::new(Cache::new(t.path().join("mem"), None));
+        env.cache.insert_for_test("x", None, file, 20);
+        let spec: ImageSpec = serde_json::from_value(json!({"id": "x",
+            "url": "http://127.0.0.1:9/other.raw", "insecure_skip_checksum": true}))
+        .unwrap();
+        let (origin, digest, cached) = origin_of(&env, &spec).unwrap();
+        assert!(!cached);
+        assert!(digest.is_none());
+        assert!(matches!(origin, Origin::Http { .. }), "{origin:?}");
+        // Named by id (image_id), the entry is what the caller asked for.
+        assert!(env.cache.get("x", None).is_ok());
     }
 }

@@ -119,7 +119,68 @@ fn hash_region(path: &Path, offset: u64, len: u64, digest: &Digest) -> io::Resul
     Ok(h.finish())
 }
 
+/// A directory in RAM for the in-memory cache: `molar-image-cache` under the first of
+/// `/dev/shm`, `/run` and the temp dir that is a tmpfs or ramfs (the ramdisk's root is
+/// ramfs). On a host where none is, the temp dir is used and the cache may be
+/// disk-backed; its size is bounded by [`MEMORY_SHARE`] of the memory available either way.
+pub fn memory_dir() -> PathBuf {
+    use nix::sys::statfs::{TMPFS_MAGIC, statfs};
+    /// `linux/magic.h` (nix does not name it).
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    let tmp = std::env::temp_dir();
+    let in_ram = |p: &Path| {
+        statfs(p).is_ok_and(|s| {
+            let t = s.filesystem_type();
+            t == TMPFS_MAGIC || t.0 as u64 == RAMFS_MAGIC
+        })
+    };
+    [Path::new("/dev/shm"), Path::new("/run"), tmp.as_path()]
+        .into_iter()
+        .find(|p| in_ram(p))
+        .unwrap_or(tmp.as_path())
+        .join("molar-image-cache")
+}
+
+/// Creates `dir` (mode 0700) or accepts it only when it is a real directory (not a link)
+/// owned by this user and closed to others: `/dev/shm` and `/tmp` are shared.
+fn own_dir(dir: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let bad = |why: String| ImageError::Cache(format!("{}: {why}", dir.display()));
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(bad(format!("creating it: {e}"))),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| bad(e.to_string()))?;
+    if !m.file_type().is_dir() {
+        return Err(bad("exists and is not a directory".into()));
+    }
+    if m.uid() != nix::unistd::geteuid().as_raw() || m.mode() & 0o077 != 0 {
+        return Err(bad(
+            "exists but is not a directory of this user closed to others (mode 0700)".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Cache {
+    /// An in-memory entry for `path`, as if cached (unit tests elsewhere in the crate).
+    #[cfg(test)]
+    pub(crate) fn insert_for_test(
+        &self,
+        id: &str,
+        digest: Option<Digest>,
+        path: PathBuf,
+        bytes: u64,
+    ) {
+        state(&self.state).entries.push(Entry {
+            id: id.to_owned(),
+            digest,
+            bytes,
+            place: Place::Memory(path),
+        });
+    }
+
     /// A cache whose in-memory entries are files under `memory_dir`.
     pub fn new(memory_dir: PathBuf, memory_limit: Option<u64>) -> Cache {
         Cache {
@@ -253,9 +314,7 @@ impl Cache {
                 cap.saturating_sub(DISK_DATA_START)
             }
             None => {
-                std::fs::create_dir_all(&self.memory_dir).map_err(|e| {
-                    ImageError::Cache(format!("creating {}: {e}", self.memory_dir.display()))
-                })?;
+                own_dir(&self.memory_dir)?;
                 let used: u64 = state(&self.state).entries.iter().map(|e| e.bytes).sum();
                 self.memory_limit
                     .unwrap_or_else(|| (mem_available() as f64 * MEMORY_SHARE) as u64 + used)
@@ -321,11 +380,13 @@ impl Cache {
             device: disk.as_ref().map(|d| d.path.display().to_string()),
             already,
         };
-        // Already there: re-verified, kept.
-        let present = state(&self.state)
-            .entries
-            .iter()
-            .any(|e| e.id == spec.id && e.digest == digest);
+        // Already there: re-verified, kept. Without a digest nothing ties an entry of
+        // this id to this spec: fetched again.
+        let present = digest.is_some()
+            && state(&self.state)
+                .entries
+                .iter()
+                .any(|e| e.id == spec.id && e.digest == digest);
         if present {
             match self.get(&spec.id, digest.as_ref()) {
                 Ok(s) => return Ok((cached(s.bytes, true), Vec::new())),
@@ -596,5 +657,35 @@ fn copy(
             source,
         })?;
         at += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_memory_dir_is_ours_and_closed() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("c");
+        own_dir(&d).unwrap();
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        own_dir(&d).unwrap();
+        // Someone else's: a link planted in a shared directory, or an open directory.
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        assert!(
+            own_dir(&link)
+                .unwrap_err()
+                .to_string()
+                .contains("not a directory")
+        );
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(own_dir(&open).unwrap_err().to_string().contains("0700"));
+        assert!(memory_dir().ends_with("molar-image-cache"));
     }
 }

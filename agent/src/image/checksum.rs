@@ -45,6 +45,8 @@ pub enum SumsError {
     NoLine { sums_url: String, name: String },
     #[error("{sums_url}: the line for {name} holds no sha256 or sha512 digest")]
     BadLine { sums_url: String, name: String },
+    #[error("{sums_url} lists {name} more than once with different digests")]
+    Ambiguous { sums_url: String, name: String },
     #[error("image url {0} has no file name to look up in a sums file")]
     NoName(String),
 }
@@ -74,6 +76,7 @@ pub fn lookup(text: &str, name: &str, sums_url: &str) -> Result<Digest, SumsErro
         };
         Digest::from_hex(algo, hex).ok()
     };
+    let mut first: Option<Digest> = None;
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -94,14 +97,26 @@ pub fn lookup(text: &str, name: &str, sums_url: &str) -> Result<Digest, SumsErro
             }
         };
         if found {
-            return parse(hex).ok_or_else(|| SumsError::BadLine {
-                sums_url: sums_url.to_owned(),
+            let d = parse(hex).ok_or_else(|| SumsError::BadLine {
+                sums_url: molar_protocol::image::redact_url(sums_url),
                 name: name.to_owned(),
-            });
+            })?;
+            // The same name twice (another directory, an edited file) with another digest
+            // of the same algorithm: which one is meant cannot be told.
+            match &first {
+                None => first = Some(d),
+                Some(f) if f.algo == d.algo && *f != d => {
+                    return Err(SumsError::Ambiguous {
+                        sums_url: molar_protocol::image::redact_url(sums_url),
+                        name: name.to_owned(),
+                    });
+                }
+                Some(_) => {}
+            }
         }
     }
-    Err(SumsError::NoLine {
-        sums_url: sums_url.to_owned(),
+    first.ok_or_else(|| SumsError::NoLine {
+        sums_url: molar_protocol::image::redact_url(sums_url),
         name: name.to_owned(),
     })
 }
@@ -152,6 +167,15 @@ mod tests {
             e.to_string(),
             "http://h/SHA256SUMS has no line for missing.img"
         );
+        // Listed twice: the same digest is fine, another one is ambiguous.
+        let twice = format!("{a}  disk.img\n{a}  ./disk.img\n");
+        assert!(lookup(&twice, "disk.img", u).is_ok());
+        let c = "c".repeat(64);
+        let clash = format!("{a}  v1/disk.img\n{c}  v2/disk.img\n");
+        assert!(matches!(
+            lookup(&clash, "disk.img", u),
+            Err(SumsError::Ambiguous { .. })
+        ));
         assert_eq!(file_name("http://h/a/b/img.raw?x=1"), Some("img.raw"));
         assert_eq!(file_name("https://h/img.raw"), Some("img.raw"));
         assert_eq!(file_name("https://h/"), None);

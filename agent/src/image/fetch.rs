@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use molar_protocol::image::{Digest, HashAlgo};
+use molar_protocol::image::{Digest, HashAlgo, redact_url};
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
@@ -93,6 +93,15 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// Worth another try: no answer, a dropped connection, a 5xx or 429.
+    pub fn transient(&self) -> bool {
+        match self {
+            FetchError::Unreachable { .. } => true,
+            FetchError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
     /// Stable protocol code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -192,8 +201,13 @@ impl Http {
         })
     }
 
-    /// `len` bytes of `url` from `offset`, by one Range request (`206` required).
+    /// `len` bytes of `url` from `offset`, by one Range request (`206` required). The body
+    /// is read in chunks and refused as soon as it passes `len` bytes: a server answering
+    /// with gigabytes does not make the agent hold them.
     pub fn range(&self, url: &str, offset: u64, len: usize) -> Result<Vec<u8>, FetchError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
         let stall = self.options.stall;
         self.rt.block_on(async {
             let last = offset + len as u64 - 1;
@@ -201,57 +215,104 @@ impl Http {
                 .client
                 .get(url)
                 .header(reqwest::header::RANGE, format!("bytes={offset}-{last}"));
-            let resp = tokio::time::timeout(stall, req.send())
+            let mut resp = tokio::time::timeout(stall, req.send())
                 .await
                 .map_err(|_| unreachable(url, "no answer"))?
-                .map_err(|e| unreachable(url, &error_chain(&e)))?;
+                .map_err(|e| unreachable(url, &error_chain(&e.without_url())))?;
             if resp.status() != StatusCode::PARTIAL_CONTENT {
                 return Err(FetchError::Status {
-                    url: url.to_owned(),
+                    url: redact_url(url),
                     status: resp.status().as_u16(),
                 });
             }
-            let body = tokio::time::timeout(stall, resp.bytes())
+            let wrong = |got: String| FetchError::BadResume {
+                url: redact_url(url),
+                at: offset,
+                got,
+            };
+            if let Some(n) = resp.content_length()
+                && n != len as u64
+            {
+                return Err(wrong(format!("{n} bytes instead of {len}")));
+            }
+            let mut body = Vec::with_capacity(len);
+            while let Some(c) = tokio::time::timeout(stall, resp.chunk())
                 .await
                 .map_err(|_| unreachable(url, "stalled"))?
-                .map_err(|e| unreachable(url, &error_chain(&e)))?;
-            if body.len() != len {
-                return Err(FetchError::BadResume {
-                    url: url.to_owned(),
-                    at: offset,
-                    got: format!("{} bytes instead of {len}", body.len()),
-                });
+                .map_err(|e| unreachable(url, &error_chain(&e.without_url())))?
+            {
+                if body.len() + c.len() > len {
+                    return Err(wrong(format!("more than {len} bytes")));
+                }
+                body.extend_from_slice(&c);
             }
-            Ok(body.to_vec())
+            if body.len() != len {
+                return Err(wrong(format!("{} bytes instead of {len}", body.len())));
+            }
+            Ok(body)
         })
     }
 
-    /// The file's length and whether the server serves byte ranges (a 1-byte Range GET:
-    /// `206` with a `Content-Range` total), trying `urls` in order; the URL that answered.
-    pub fn probe(&self, urls: &[String]) -> Result<(String, Option<u64>, bool), FetchError> {
-        let mut last = String::from("no url");
-        for url in urls {
-            let r = self.rt.block_on(async {
-                let req = self
-                    .client
-                    .get(url)
-                    .header(reqwest::header::RANGE, "bytes=0-0");
-                tokio::time::timeout(self.options.stall, req.send()).await
-            });
-            match r {
-                Ok(Ok(resp)) if resp.status() == StatusCode::PARTIAL_CONTENT => {
-                    let total = content_range(&resp).map(|(_, t)| t);
-                    return Ok((url.clone(), total, total.is_some()));
+    /// `f`, retried on a transient failure (no answer, a dropped connection, 5xx, 429) up to
+    /// [`FetchOptions::attempts`] times with the download's backoff: the metadata reads and
+    /// the probe before the stream are no more fragile than the stream itself.
+    pub fn retry<T>(
+        &self,
+        mut f: impl FnMut(&Http) -> Result<T, FetchError>,
+    ) -> Result<T, FetchError> {
+        let mut delay = self.options.backoff;
+        let mut failures = 1u32;
+        loop {
+            match f(self) {
+                Err(e) if e.transient() && failures < self.options.attempts => {
+                    tracing::warn!(error = %e, "image request failed, retrying");
+                    failures += 1;
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(8));
                 }
-                Ok(Ok(resp)) if resp.status().is_success() => {
-                    return Ok((url.clone(), resp.content_length(), false));
-                }
-                Ok(Ok(resp)) => last = format!("{url} answered {}", resp.status().as_u16()),
-                Ok(Err(e)) => last = format!("{url}: {}", error_chain(&e)),
-                Err(_) => last = format!("{url}: no answer"),
+                r => return r,
             }
         }
-        Err(FetchError::Unreachable { last })
+    }
+
+    /// The file's length and whether the server serves byte ranges (a 1-byte Range GET:
+    /// `206` with a `Content-Range` total), trying `urls` in order, each with [`Http::retry`];
+    /// the URL that answered.
+    pub fn probe(&self, urls: &[String]) -> Result<(String, Option<u64>, bool), FetchError> {
+        let mut last = FetchError::Unreachable {
+            last: "no url".into(),
+        };
+        for url in urls {
+            match self.retry(|h| h.probe_one(url)) {
+                Ok((total, ranges)) => return Ok((url.clone(), total, ranges)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn probe_one(&self, url: &str) -> Result<(Option<u64>, bool), FetchError> {
+        self.rt.block_on(async {
+            let req = self
+                .client
+                .get(url)
+                .header(reqwest::header::RANGE, "bytes=0-0");
+            let resp = tokio::time::timeout(self.options.stall, req.send())
+                .await
+                .map_err(|_| unreachable(url, "no answer"))?
+                .map_err(|e| unreachable(url, &error_chain(&e.without_url())))?;
+            if resp.status() == StatusCode::PARTIAL_CONTENT {
+                let total = content_range(&resp).map(|(_, t)| t);
+                Ok((total, total.is_some()))
+            } else if resp.status().is_success() {
+                Ok((resp.content_length(), false))
+            } else {
+                Err(FetchError::Status {
+                    url: redact_url(url),
+                    status: resp.status().as_u16(),
+                })
+            }
+        })
     }
 
     /// A small text file (a sums file), whole.
@@ -260,10 +321,10 @@ impl Http {
             let resp = tokio::time::timeout(self.options.stall, self.client.get(url).send())
                 .await
                 .map_err(|_| unreachable(url, "no answer"))?
-                .map_err(|e| unreachable(url, &error_chain(&e)))?;
+                .map_err(|e| unreachable(url, &error_chain(&e.without_url())))?;
             if !resp.status().is_success() {
                 return Err(FetchError::Status {
-                    url: url.to_owned(),
+                    url: redact_url(url),
                     status: resp.status().as_u16(),
                 });
             }
@@ -272,12 +333,12 @@ impl Http {
             while let Some(c) = tokio::time::timeout(self.options.stall, resp.chunk())
                 .await
                 .map_err(|_| unreachable(url, "stalled"))?
-                .map_err(|e| unreachable(url, &error_chain(&e)))?
+                .map_err(|e| unreachable(url, &error_chain(&e.without_url())))?
             {
                 out.extend_from_slice(&c);
                 if out.len() > MAX_SUMS {
                     return Err(FetchError::SumsTooLarge {
-                        url: url.to_owned(),
+                        url: redact_url(url),
                     });
                 }
             }
@@ -288,7 +349,7 @@ impl Http {
 
 fn unreachable(url: &str, why: &str) -> FetchError {
     FetchError::Unreachable {
-        last: format!("{url}: {why}"),
+        last: format!("{}: {why}", redact_url(url)),
     }
 }
 
@@ -463,7 +524,7 @@ fn http_fetch(
             match r {
                 Ok(()) => {
                     return Ok(Fetched {
-                        from: url.clone(),
+                        from: redact_url(url),
                         bytes: pos,
                         digest: hasher.map(Hasher::finish),
                         resumed,
@@ -475,7 +536,7 @@ fn http_fetch(
                     break;
                 }
                 Err(Attempt::Transient(why)) => {
-                    tracing::warn!(url = %url, at = pos, error = %why, "image download interrupted");
+                    tracing::warn!(url = %redact_url(url), at = pos, error = %why, "image download interrupted");
                     last = why;
                     if pos > before {
                         failures = 0;
@@ -524,8 +585,19 @@ async fn attempt(
         _ = cancel.cancelled() => return Err(Attempt::Fatal(FetchError::Cancelled)),
     };
     let mut resp = match resp {
-        Err(_) => return Err(Attempt::Transient(format!("{url}: no answer in {stall:?}"))),
-        Ok(Err(e)) => return Err(Attempt::Transient(format!("{url}: {}", error_chain(&e)))),
+        Err(_) => {
+            return Err(Attempt::Transient(format!(
+                "{}: no answer in {stall:?}",
+                redact_url(url)
+            )));
+        }
+        Ok(Err(e)) => {
+            return Err(Attempt::Transient(format!(
+                "{}: {}",
+                redact_url(url),
+                error_chain(&e.without_url())
+            )));
+        }
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
@@ -539,7 +611,7 @@ async fn attempt(
             StatusCode::PARTIAL_CONTENT => {}
             StatusCode::OK => {
                 return Err(Attempt::Fatal(FetchError::RangeIgnored {
-                    url: url.to_owned(),
+                    url: redact_url(url),
                     at: *pos,
                 }));
             }
@@ -549,7 +621,7 @@ async fn attempt(
             Some((start, t)) if start == *pos => Some(t),
             other => {
                 return Err(Attempt::Fatal(FetchError::BadResume {
-                    url: url.to_owned(),
+                    url: redact_url(url),
                     at: *pos,
                     got: match other {
                         Some((start, t)) => format!("bytes from {start} of {t}"),
@@ -562,7 +634,7 @@ async fn attempt(
     match (served, *total) {
         (Some(s), Some(t)) if s != t => {
             return Err(Attempt::Fatal(FetchError::SizeMismatch {
-                url: url.to_owned(),
+                url: redact_url(url),
                 served: s,
                 declared: t,
             }));
@@ -583,7 +655,8 @@ async fn attempt(
             Err(_) => {
                 let _ = send(tx, &mut piece);
                 return Err(Attempt::Transient(format!(
-                    "{url}: no byte for {stall:?} at byte {}",
+                    "{}: no byte for {stall:?} at byte {}",
+                    redact_url(url),
                     *pos
                 )));
             }
@@ -593,9 +666,10 @@ async fn attempt(
                     return Err(Attempt::Fatal(gone()));
                 }
                 return Err(Attempt::Transient(format!(
-                    "{url}: at byte {}: {}",
+                    "{}: at byte {}: {}",
+                    redact_url(url),
                     *pos,
-                    error_chain(&e)
+                    error_chain(&e.without_url())
                 )));
             }
             Ok(Ok(None)) => break,
@@ -605,7 +679,7 @@ async fn attempt(
             && *pos + chunk.len() as u64 > t
         {
             return Err(Attempt::Fatal(FetchError::SizeMismatch {
-                url: url.to_owned(),
+                url: redact_url(url),
                 served: *pos + chunk.len() as u64,
                 declared: t,
             }));
@@ -625,7 +699,8 @@ async fn attempt(
     }
     match *total {
         Some(t) if *pos < t => Err(Attempt::Transient(format!(
-            "{url}: connection closed at byte {} of {t}",
+            "{}: connection closed at byte {} of {t}",
+            redact_url(url),
             *pos
         ))),
         _ => Ok(()),
@@ -633,7 +708,7 @@ async fn attempt(
 }
 
 fn status_failure(url: &str, status: StatusCode) -> Attempt {
-    let why = format!("{url} answered {}", status.as_u16());
+    let why = format!("{} answered {}", redact_url(url), status.as_u16());
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         Attempt::Transient(why)
     } else {
@@ -695,5 +770,247 @@ impl Read for Source {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A one-connection-at-a-time server on 127.0.0.1 that answers every request with
+    /// `head` and then `body_len` bytes (written in 64 KiB pieces until the client goes).
+    fn server(head: String, body_len: u64) -> (String, Arc<AtomicU64>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/disk.qcow2", l.local_addr().unwrap());
+        let sent = Arc::new(AtomicU64::new(0));
+        let s = sent.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { return };
+                let mut req = [0u8; 4096];
+                let _ = c.read(&mut req);
+                if c.write_all(head.as_bytes()).is_err() {
+                    continue;
+                }
+                let piece = vec![7u8; 64 << 10];
+                let mut left = body_len;
+                while left > 0 {
+                    let n = left.min(piece.len() as u64) as usize;
+                    if c.write_all(&piece[..n]).is_err() {
+                        break;
+                    }
+                    s.fetch_add(n as u64, Ordering::Relaxed);
+                    left -= n as u64;
+                }
+            }
+        });
+        (url, sent)
+    }
+
+    /// Answers the n-th connection with `answers[n]` (the last one from then on).
+    fn server_seq(answers: Vec<String>) -> (String, Arc<AtomicU64>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/disk.qcow2", l.local_addr().unwrap());
+        let seen = Arc::new(AtomicU64::new(0));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { return };
+                let mut req = [0u8; 4096];
+                let _ = c.read(&mut req);
+                let n = s.fetch_add(1, Ordering::Relaxed) as usize;
+                let _ = c.write_all(answers[n.min(answers.len() - 1)].as_bytes());
+            }
+        });
+        (url, seen)
+    }
+
+    #[test]
+    fn probe_and_range_retry_transient_failures() {
+        let busy =
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let h = Http::new(&FetchOptions {
+            stall: Duration::from_secs(5),
+            attempts: 4,
+            backoff: Duration::from_millis(1),
+            ..FetchOptions::default()
+        })
+        .unwrap();
+        let (url, seen) = server_seq(vec![
+            busy.into(),
+            busy.into(),
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/1000\r\n\
+             Content-Length: 1\r\nConnection: close\r\n\r\nQ"
+                .into(),
+        ]);
+        let (at, total, ranges) = h.probe(std::slice::from_ref(&url)).unwrap();
+        assert_eq!((at, total, ranges), (url, Some(1000), true));
+        assert_eq!(seen.load(Ordering::Relaxed), 3);
+        let (url, _) = server_seq(vec![
+            busy.into(),
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/1000\r\n\
+             Content-Length: 4\r\nConnection: close\r\n\r\nQFI\u{fb}"
+                .into(),
+        ]);
+        assert_eq!(h.retry(|h| h.range(&url, 0, 4)).unwrap().len(), 4);
+        // A 404 is not retried, and the next url is tried.
+        let (missing, seen) = server_seq(vec![
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
+        ]);
+        let (ok, _) = server_seq(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nabcdefg".into(),
+        ]);
+        let (at, total, ranges) = h.probe(&[missing, ok.clone()]).unwrap();
+        assert_eq!((at, total, ranges), (ok, Some(7), false));
+        assert_eq!(seen.load(Ordering::Relaxed), 1);
+    }
+
+    fn http() -> Http {
+        Http::new(&FetchOptions {
+            stall: Duration::from_secs(5),
+            ..FetchOptions::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn range_refuses_an_oversized_answer_without_reading_it_all() {
+        // 206 without a Content-Length (close-delimited), streaming 1 GiB.
+        let (url, sent) = server(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99/1000\r\n\
+             Connection: close\r\n\r\n"
+                .into(),
+            1 << 30,
+        );
+        let e = http().range(&url, 0, 100).unwrap_err();
+        assert!(e.to_string().contains("more than 100 bytes"), "{e}");
+        assert!(
+            sent.load(Ordering::Relaxed) < 64 << 20,
+            "read far past the range"
+        );
+        // A declared length other than the range is refused before the body.
+        let (url, _) = server(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: 5000000000\r\n\r\n".into(),
+            0,
+        );
+        let e = http().range(&url, 0, 100).unwrap_err();
+        assert!(
+            e.to_string().contains("5000000000 bytes instead of 100"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn range_of_zero_bytes_is_empty_without_a_request() {
+        // Offset 0, length 0 used to compute `0 + 0 - 1`.
+        let h = http();
+        assert!(h.range("http://127.0.0.1:9/x", 0, 0).unwrap().is_empty());
+    }
+
+    /// Captures log lines (every field) for the secret test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn with_secret(url: &str) -> String {
+        url.replacen("http://", "http://user:secret@", 1) + "?X-Amz-Signature=secret"
+    }
+
+    fn fetch(urls: Vec<String>) -> Result<Fetched, FetchError> {
+        let options = FetchOptions {
+            stall: Duration::from_secs(5),
+            attempts: 2,
+            backoff: Duration::from_millis(1),
+            ..FetchOptions::default()
+        };
+        let mut src = start(
+            Origin::Http { urls, options },
+            Some(HashAlgo::Sha256),
+            None,
+            Arc::default(),
+            CancellationToken::new(),
+        );
+        let _ = src.drain();
+        src.take_outcome().unwrap()
+    }
+
+    #[test]
+    fn secrets_in_urls_appear_in_no_error_result_or_log() {
+        let log = Captured::default();
+        let w = log.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let _guard = tracing::subscriber::set_default(sub);
+        let mut shown = Vec::new();
+        // Refused connection (transient, logged), then 404, then 503 twice.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = format!("http://{}/disk.raw", gone.local_addr().unwrap());
+        drop(gone);
+        let (missing, _) = server(
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
+            0,
+        );
+        let (busy, _) = server(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".into(),
+            0,
+        );
+        // On this thread, so that the subscriber sees the log lines.
+        let (tx, _rx) = mpsc::sync_channel(QUEUE);
+        let options = FetchOptions {
+            stall: Duration::from_secs(5),
+            attempts: 2,
+            backoff: Duration::from_millis(1),
+            ..FetchOptions::default()
+        };
+        let urls = [&refused, &missing, &busy].map(|u| with_secret(u));
+        let e = http_fetch(
+            &urls,
+            &options,
+            None,
+            None,
+            &Counters::default(),
+            &tx,
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
+        shown.push(e.to_string());
+        let h = http();
+        shown.push(h.probe(&[with_secret(&missing)]).unwrap_err().to_string());
+        shown.push(
+            h.range(&with_secret(&missing), 0, 10)
+                .unwrap_err()
+                .to_string(),
+        );
+        shown.push(
+            h.range(&with_secret(&refused), 0, 10)
+                .unwrap_err()
+                .to_string(),
+        );
+        shown.push(h.text(&with_secret(&busy)).unwrap_err().to_string());
+        // A served file: the result names the URL it came from, redacted.
+        let (ok, _) = server("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".into(), 10);
+        let f = fetch(vec![with_secret(&ok)]).unwrap();
+        assert!(f.from.ends_with("/disk.qcow2?…"), "{}", f.from);
+        shown.push(f.from);
+        drop(_guard);
+        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("image download interrupted"), "{log}");
+        shown.push(log);
+        for s in &shown {
+            assert!(!s.contains("secret"), "a secret is shown: {s}");
+        }
+        assert!(shown[0].contains("503"), "{}", shown[0]);
     }
 }

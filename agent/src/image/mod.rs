@@ -68,6 +68,13 @@ pub enum ImageError {
     ChecksumMismatch { expected: String, got: String },
     #[error("the image is empty")]
     Empty,
+    #[error("the image is {size} bytes ({what}), larger than {device} ({capacity} bytes)")]
+    LargerThanTarget {
+        what: &'static str,
+        size: u64,
+        device: String,
+        capacity: u64,
+    },
     #[error("no cached image {0}")]
     NotCached(String),
     #[error("{device} holds the image cache; name another disk or drop the cache first")]
@@ -95,6 +102,8 @@ impl ImageError {
             ImageError::Detect(detect::DetectError::Mismatch { .. }) => "format_mismatch",
             ImageError::Detect(_) => "unsupported_format",
             ImageError::Qcow2(qcow2::Qcow2Error::NeedsRandomAccess { .. }) => "needs_random_access",
+            ImageError::Qcow2(qcow2::Qcow2Error::LargerThanTarget { .. })
+            | ImageError::LargerThanTarget { .. } => "image_too_large",
             ImageError::Qcow2(_) => "qcow2_invalid",
             ImageError::Open { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
                 "device_busy"

@@ -78,8 +78,9 @@ pub fn resolve_digest(
         Some(Checksum::Digest(d)) => Ok(Some(d.clone())),
         Some(Checksum::SumsUrl(url)) => {
             let first = spec.urls.first().map(String::as_str).unwrap_or("");
-            let name = super::checksum::file_name(first)
-                .ok_or_else(|| super::checksum::SumsError::NoName(first.to_owned()))?;
+            let name = super::checksum::file_name(first).ok_or_else(|| {
+                super::checksum::SumsError::NoName(molar_protocol::image::redact_url(first))
+            })?;
             let text = Http::new(options)?.text(url)?;
             Ok(Some(super::checksum::lookup(&text, name, url)?))
         }
@@ -107,15 +108,26 @@ pub fn write(
         source,
     })?;
     let mut notes = Vec::new();
-    let layout = random_access_layout(job, &mut notes)?;
+    let (layout, probed) = random_access_layout(job, &mut notes)?;
+    if let Some(l) = &layout {
+        refuse_larger(job, "qcow2 virtual size", l.virtual_size(), sink.capacity())?;
+    }
+    let mut origin = job.origin.clone();
+    // The map and the stream come from the same URL: the stream starts where the map was
+    // read (the converter checks the map against the stream's bytes anyway).
+    if let (Some(url), Origin::Http { urls, .. }) = (probed, &mut origin)
+        && let Some(i) = urls.iter().position(|u| *u == url)
+    {
+        urls.rotate_left(i);
+    }
     let mut source = fetch::start(
-        job.origin.clone(),
+        origin,
         job.digest.as_ref().map(|d| d.algo),
         job.spec.size,
         progress.fetch.clone(),
         cancel.clone(),
     );
-    let converted = convert(job, layout, &mut source, &mut sink, cancel);
+    let converted = convert(job, layout, &mut source, &progress.fetch, &mut sink, cancel);
     let tail = match &converted {
         Ok(_) => source.drain().unwrap_or(0),
         Err(_) => 0,
@@ -182,17 +194,36 @@ fn reread_partitions(target: &Path) -> Option<String> {
     }
 }
 
-/// For an image that may be an uncompressed qcow2 file with random access to it: the
-/// qcow2 map read first. `None` when the file is not qcow2, is compressed, or the server
-/// does not serve ranges (then the stream decides).
-fn random_access_layout(
+/// Layout read first, and the URL it was read from.
+type RandomAccess = (Option<qcow2::Layout>, Option<String>);
+
+/// Refuses an image whose disk size is known to exceed the target, before any write.
+fn refuse_larger(
     job: &Job,
-    notes: &mut Vec<String>,
-) -> Result<Option<qcow2::Layout>, ImageError> {
+    what: &'static str,
+    size: u64,
+    capacity: u64,
+) -> Result<(), ImageError> {
+    if size > capacity {
+        return Err(ImageError::LargerThanTarget {
+            what,
+            size,
+            device: job.target.display().to_string(),
+            capacity,
+        });
+    }
+    Ok(())
+}
+
+/// For an image that may be an uncompressed qcow2 file with random access to it: the
+/// qcow2 map read first, and the URL that answered the probe (the stream starts there).
+/// No layout when the file is not qcow2, is compressed, or the server does not serve
+/// ranges (then the stream decides).
+fn random_access_layout(job: &Job, notes: &mut Vec<String>) -> Result<RandomAccess, ImageError> {
     if job.spec.format == Some(DiskFormat::Raw)
         || job.spec.compression.is_some_and(|c| c != Compression::None)
     {
-        return Ok(None);
+        return Ok((None, None));
     }
     match &job.origin {
         Origin::Local { path, offset, len } => {
@@ -208,35 +239,47 @@ fn random_access_layout(
             let mut head = [0u8; detect::MAGIC_LEN];
             if *len < head.len() as u64 || qcow2::RangeRead::read_at(&mut r, 0, &mut head).is_err()
             {
-                return Ok(None);
+                return Ok((None, None));
             }
             if detect::format(&head) != DiskFormat::Qcow2 {
-                return Ok(None);
+                return Ok((None, None));
             }
-            Ok(Some(qcow2::Layout::read(&mut r, Some(*len))?))
+            Ok((Some(qcow2::Layout::read(&mut r, Some(*len))?), None))
         }
         Origin::Http { urls, options } => {
             let http = Http::new(options)?;
-            let (url, total, ranges) = http.probe(urls)?;
+            let (url, total, ranges) = match http.probe(urls) {
+                Ok(p) => p,
+                Err(e) => {
+                    // The stream has its own retries and its own clear error.
+                    notes.push(format!(
+                        "probing for byte ranges failed ({e}): the image is streamed"
+                    ));
+                    return Ok((None, None));
+                }
+            };
             if !ranges {
-                notes.push(format!("{url} does not serve byte ranges"));
-                return Ok(None);
+                notes.push(format!(
+                    "{} does not serve byte ranges",
+                    molar_protocol::image::redact_url(&url)
+                ));
+                return Ok((None, Some(url)));
             }
             let Some(total) = total else {
-                return Ok(None);
+                return Ok((None, Some(url)));
             };
             if total < detect::MAGIC_LEN as u64 {
-                return Ok(None);
+                return Ok((None, Some(url)));
             }
-            let head = http.range(&url, 0, detect::MAGIC_LEN)?;
+            let head = http.retry(|h| h.range(&url, 0, detect::MAGIC_LEN))?;
             if detect::compression(&head)? != Compression::None
                 || detect::format(&head) != DiskFormat::Qcow2
             {
-                return Ok(None);
+                return Ok((None, Some(url)));
             }
             let mut r = HttpRange {
                 http,
-                url,
+                url: url.clone(),
                 total,
                 cached_at: 0,
                 cached: Vec::new(),
@@ -247,7 +290,7 @@ fn random_access_layout(
                 "qcow2 map read with {} range requests before the stream",
                 r.requests
             ));
-            Ok(Some(layout))
+            Ok((Some(layout), Some(url)))
         }
     }
 }
@@ -291,7 +334,8 @@ impl qcow2::RangeRead for HttpRange {
                 io::ErrorKind::UnexpectedEof,
                 format!(
                     "read to {end} past the end of {} ({} bytes)",
-                    self.url, self.total
+                    molar_protocol::image::redact_url(&self.url),
+                    self.total
                 ),
             ));
         }
@@ -299,9 +343,10 @@ impl qcow2::RangeRead for HttpRange {
         if offset < self.cached_at || end > cached_end {
             let want = buf.len().max(RANGE_READ_AHEAD) as u64;
             let n = want.min(self.total - offset) as usize;
+            let url = &self.url;
             self.cached = self
                 .http
-                .range(&self.url, offset, n)
+                .retry(|h| h.range(url, offset, n))
                 .map_err(|e| io::Error::other(e.to_string()))?;
             self.cached_at = offset;
             self.requests += 1;
@@ -333,6 +378,7 @@ fn convert(
     job: &Job,
     layout: Option<qcow2::Layout>,
     source: &mut fetch::Source,
+    counters: &Counters,
     sink: &mut DirectSink,
     cancel: &CancellationToken,
 ) -> Result<(Compression, DiskFormat, u64), ImageError> {
@@ -372,6 +418,15 @@ fn convert(
     };
     match format {
         DiskFormat::Raw => {
+            if compression == Compression::None {
+                // The file is the disk: its declared size, else the served length (known
+                // once the first bytes arrived).
+                let served = counters.total.load(Ordering::Relaxed);
+                let size = job.spec.size.or((served > 0).then_some(served));
+                if let Some(size) = size {
+                    refuse_larger(job, "raw", size, sink.capacity())?;
+                }
+            }
             let mut at = 0u64;
             loop {
                 if cancel.is_cancelled() {
@@ -398,7 +453,8 @@ fn convert(
             let mut conv = match layout {
                 Some(l) if compression == Compression::None => qcow2::Converter::new(l),
                 _ => qcow2::Converter::streaming(QCOW2_STREAM_BUFFER),
-            };
+            }
+            .with_capacity(sink.capacity());
             loop {
                 if cancel.is_cancelled() {
                     return Err(ImageError::Cancelled);

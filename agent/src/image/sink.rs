@@ -8,8 +8,8 @@
 //! 512-byte clusters on a 4 KiB-sector disk; a raw image whose size is not a whole number of
 //! blocks is padded with zeros instead, up to the device's end).
 //!
-//! Zeros: when the device is known to read zeros (a verified erase in this boot, or the
-//! caller's explicit word), [`DiskSink::zeros`] ranges and all-zero 64 KiB blocks of the data
+//! Zeros: when the device is known to read zeros (the agent's own verified erase or discard
+//! in this boot, never a caller's word), [`DiskSink::zeros`] ranges and all-zero 64 KiB blocks of the data
 //! are not written; otherwise they are written like any data.
 
 use std::fs::File;
@@ -269,5 +269,51 @@ impl DiskSink for DirectSink {
             at += n as u64;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A raw image of 4096·k + 512 bytes on a 4 KiB-block device, ending before the device's
+    /// end: the last partial block is read, merged and written back. This deadlocked while
+    /// the writer did not count the buffers the sink held; it must finish, and keep the
+    /// device's bytes after the image.
+    #[test]
+    fn a_raw_tail_inside_a_4k_block_is_merged_without_deadlock() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("disk");
+        let capacity = 64u64 << 20;
+        std::fs::write(&path, vec![0xa5u8; capacity as usize]).unwrap();
+        let len = 4096 * 10_000 + 512;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 | 1).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        let d = data.clone();
+        std::thread::spawn(move || {
+            let r = (|| {
+                let file = directio::open(&p)?;
+                let mut sink = DirectSink::new(file, capacity, 4096, false, Arc::new(|_| {}));
+                let mut at = 0u64;
+                for piece in d.chunks(1 << 20) {
+                    sink.write_at(at, piece)?;
+                    at += piece.len() as u64;
+                }
+                sink.finish()
+            })();
+            let _ = tx.send(r);
+        });
+        let stats = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the sink deadlocked")
+            .unwrap();
+        assert_eq!(stats.written, 4096 * 10_001);
+        let got = std::fs::read(&path).unwrap();
+        assert!(got[..len] == data[..], "the image's bytes");
+        assert!(
+            got[len..].iter().all(|&b| b == 0xa5),
+            "the device after the image"
+        );
     }
 }

@@ -216,7 +216,8 @@ fn truncated_and_corrupted_files_fail_clearly() {
         run(&job(&k, None, false)).unwrap_err().code(),
         "image_empty"
     );
-    let k = case(&data, MIB, false);
+    // (Compressed: the size is unknown until the write crossing the end.)
+    let k = case(&compress(Compression::Gzip, &data), MIB, false);
     let e = run(&job(&k, None, false)).unwrap_err();
     assert_eq!(e.code(), "write_failed");
     assert!(
@@ -299,4 +300,38 @@ fn qcow2_plain_compressed_small_clusters_and_outer_compression() {
     let k = case(&q[..q.len() / 2], 8 * MIB, false);
     let e = run(&job(&k, None, false)).unwrap_err();
     assert!(matches!(e.code(), "qcow2_invalid"), "{e}");
+}
+
+/// The target's bytes are still the 0xa5 fill: nothing was written.
+fn untouched(k: &Case) -> bool {
+    std::fs::read(&k.target).unwrap().iter().all(|&b| b == 0xa5)
+}
+
+#[test]
+fn an_image_larger_than_the_target_is_refused_before_any_write() {
+    // Raw: the file's length is the disk's.
+    let data = disk(3 * MIB);
+    let k = case(&data, 2 * MIB, false);
+    let e = run(&job(&k, None, false)).unwrap_err();
+    assert_eq!(e.code(), "image_too_large", "{e}");
+    assert!(
+        untouched(&k),
+        "raw: the target was written before the refusal"
+    );
+    if !qemu_img_ok("an_image_larger_than_the_target_is_refused_before_any_write") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let q = qcow2_of(&disk(6 * MIB), dir.path(), &[]);
+    // qcow2 with its map read first, and streamed (gzip outside).
+    for file in [q.clone(), compress(Compression::Gzip, &q)] {
+        let k = case(&file, 4 * MIB, false);
+        let e = run(&job(&k, None, false)).unwrap_err();
+        assert_eq!(e.code(), "image_too_large", "{e}");
+        assert!(e.to_string().contains("6291456"), "{e}");
+        assert!(
+            untouched(&k),
+            "qcow2: the target was written before the refusal"
+        );
+    }
 }

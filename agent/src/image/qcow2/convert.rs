@@ -22,6 +22,7 @@ use super::inflate::Inflater;
 use super::layout::Layout;
 use super::map::{self, Builder, Extent, Kind};
 use super::output::{Coverage, Output};
+use super::verify::Verifier;
 use super::{ConvertStats, DiskSink, Qcow2Error};
 
 /// Most extents active at once: compressed clusters overlapping by their tails make two;
@@ -58,6 +59,10 @@ pub struct Converter {
     /// Most bytes held at once (streaming).
     held_peak: usize,
     failed: bool,
+    /// The metadata the map was read from, re-hashed as the stream passes it.
+    verifier: Verifier,
+    /// Bytes of the target: a larger virtual size is refused before the first write.
+    capacity: Option<u64>,
 }
 
 /// What the streaming converter waits for next.
@@ -100,6 +105,7 @@ impl Converter {
     pub fn new(layout: Layout) -> Converter {
         let mut c = Converter::empty();
         c.stats.virtual_size = layout.header.virtual_size;
+        c.verifier = Verifier::new(layout.checks);
         c.pending = layout.extents.into_iter().map(Reverse).collect();
         c.header = Some(layout.header);
         c
@@ -134,6 +140,25 @@ impl Converter {
             stats: ConvertStats::default(),
             held_peak: 0,
             failed: false,
+            verifier: Verifier::default(),
+            capacity: None,
+        }
+    }
+
+    /// Refuses a virtual size larger than `capacity` bytes as soon as the header is known,
+    /// before anything is written.
+    pub fn with_capacity(mut self, capacity: u64) -> Converter {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    fn check_capacity(&self) -> Result<(), Qcow2Error> {
+        match (&self.header, self.capacity) {
+            (Some(h), Some(c)) if h.virtual_size > c => Err(Qcow2Error::LargerThanTarget {
+                virtual_size: h.virtual_size,
+                capacity: c,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -162,7 +187,10 @@ impl Converter {
         if self.failed {
             return Err(Qcow2Error::AfterError);
         }
-        let r = self.feed_inner(chunk, sink);
+        let r = self
+            .check_capacity()
+            .and_then(|()| self.verifier.feed(self.pos, chunk))
+            .and_then(|()| self.feed_inner(chunk, sink));
         self.failed = r.is_err();
         r
     }
@@ -390,6 +418,7 @@ impl Converter {
                             };
                             let no_l1 = h.l1_bytes() == 0;
                             self.header = Some(h);
+                            self.check_capacity()?;
                             if no_l1 {
                                 self.stream = None;
                             }
@@ -506,6 +535,7 @@ impl Converter {
         if self.failed {
             return Err(Qcow2Error::AfterError);
         }
+        self.verifier.finish(self.pos)?;
         if let Some(s) = &self.stream {
             let (what, offset) = match &s.stage {
                 Stage::Header { .. } => ("header", 0),

@@ -6,6 +6,7 @@ use std::io;
 
 use super::header::{Compression, Header, PROBE_LEN, Parsed};
 use super::map::{self, Builder, Extent, Kind};
+use super::verify::MetaRead;
 use super::{Qcow2Error, RangeRead};
 
 /// L2 tables this close together are fetched in one read (the gap is read and dropped):
@@ -24,6 +25,9 @@ pub struct Layout {
     pub(crate) extents: Vec<Extent>,
     metadata_read: u64,
     reads: u64,
+    /// Every range the map was built from, with its digest: the converter re-hashes them
+    /// as the (hashed) stream passes, so the map is covered by the file's checksum.
+    pub(crate) checks: Vec<MetaRead>,
 }
 
 fn read(
@@ -46,6 +50,7 @@ impl Layout {
     pub fn read(src: &mut dyn RangeRead, file_len: Option<u64>) -> Result<Layout, Qcow2Error> {
         let mut metadata_read = 0u64;
         let mut reads = 0u64;
+        let mut checks = Vec::new();
         if file_len.is_some_and(|l| l < PROBE_LEN as u64) {
             return Err(Qcow2Error::Truncated {
                 what: "header",
@@ -79,13 +84,17 @@ impl Layout {
             metadata_read += buf.len() as u64;
             reads += 1;
             match Header::parse(&buf, file_len)? {
-                Parsed::Header(h) => break h,
+                Parsed::Header(h) => {
+                    checks.push(MetaRead::new("header", 0, &buf));
+                    break h;
+                }
                 Parsed::NeedBytes(n) => buf.resize(n, 0),
             }
         };
         let mut l1 = vec![0u8; header.l1_bytes() as usize];
         if !l1.is_empty() {
             read(src, "L1 table", header.l1_offset, &mut l1)?;
+            checks.push(MetaRead::new("L1 table", header.l1_offset, &l1));
             metadata_read += l1.len() as u64;
             reads += 1;
         }
@@ -112,6 +121,7 @@ impl Layout {
             }
             group.resize((end - start) as usize, 0);
             read(src, "L2 table", start, &mut group)?;
+            checks.push(MetaRead::new("L2 table", start, &group));
             metadata_read += group.len() as u64;
             reads += 1;
             for &(l1_index, offset) in &tables[i..j] {
@@ -126,6 +136,7 @@ impl Layout {
             extents,
             metadata_read,
             reads,
+            checks,
         })
     }
 

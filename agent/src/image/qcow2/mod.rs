@@ -41,6 +41,7 @@ mod map;
 mod output;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 use std::fs::File;
 use std::io;
@@ -236,6 +237,17 @@ pub enum Qcow2Error {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "qcow2 {what} at {offset:#x} ({len} bytes) in the stream differs from the copy the \
+         cluster map was read from: the file changed between the reads"
+    )]
+    MetadataChanged {
+        what: &'static str,
+        offset: u64,
+        len: u64,
+    },
+    #[error("qcow2 virtual size {virtual_size} is larger than the target's {capacity} bytes")]
+    LargerThanTarget { virtual_size: u64, capacity: u64 },
     #[error("qcow2 converter made no progress at file offset {offset:#x} (a bug)")]
     Stalled { offset: u64 },
     #[error("qcow2 converter used after an error")]
