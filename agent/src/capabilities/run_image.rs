@@ -63,18 +63,21 @@ pub fn fetch_config_drive(
         }
     };
     let (url, len, ranges) = http.probe(&[url.to_owned()]).map_err(fetch_err)?;
+    let shown = molar_protocol::image::redact_url(&url);
     let len = match (len, ranges) {
         (Some(len), true) if len <= MAX_CONFIG_DRIVE_BYTES && len > 0 => len,
         (Some(len), true) => {
             return Err(SysError::new(
                 "config_drive_too_large",
-                format!("config_drive url: {url} is {len} bytes, at most {MAX_CONFIG_DRIVE_BYTES}"),
+                format!(
+                    "config_drive url: {shown} is {len} bytes, at most {MAX_CONFIG_DRIVE_BYTES}"
+                ),
             ));
         }
         _ => {
             return Err(SysError::new(
                 codes::UNSUPPORTED,
-                format!("config_drive url: {url} serves no byte ranges with a length"),
+                format!("config_drive url: {shown} serves no byte ranges with a length"),
             ));
         }
     };
@@ -85,7 +88,7 @@ pub fn fetch_config_drive(
     if got != want {
         return Err(SysError::new(
             "checksum_mismatch",
-            format!("config_drive url: {url} has {got}, expected {want}"),
+            format!("config_drive url: {shown} has {got}, expected {want}"),
         ));
     }
     Ok(bytes)

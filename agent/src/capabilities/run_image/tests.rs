@@ -387,6 +387,14 @@ fn a_fetched_config_drive_is_checked_before_use() {
         e.msg,
         format!("config_drive url: {url} has sha256:{digest}, expected {wrong}")
     );
+    // Userinfo and a presigned query never reach the message.
+    let secret_url = format!(
+        "{}?X-Amz-Signature=s3cr3t",
+        url.replacen("http://", "http://molar:s3cr3t@", 1)
+    );
+    let e = fetch_config_drive(&secret_url, &wrong, &options).unwrap_err();
+    assert_eq!(e.code, "checksum_mismatch");
+    assert!(!e.msg.contains("s3cr3t"), "{e:?}");
     let e = fetch_config_drive(&url, "md5:abc", &options).unwrap_err();
     assert_eq!(e.code, codes::INVALID_PARAMS);
     // The config drive's own CA is what the client trusts: one that is no certificate
