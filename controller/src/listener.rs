@@ -688,7 +688,6 @@ where
     };
     if let Some(old) = fleet.attach(&server.id, live) {
         tracing::info!(server = %server.id, "closing the connection superseded by {addr}");
-        tokio::spawn(async move { old.close(Some(SUPERSEDED.into())).await });
         let how = match admission.via {
             admission::Via::Credential => "its agent reconnected with the session credential",
             _ => "the boot the controller expected replaced it",
@@ -702,6 +701,8 @@ where
                 msg: format!("the session of server {} was superseded: {how}", server.id),
             })
             .await;
+        // Closed once the event is stored: whoever sees the old session end finds why.
+        tokio::spawn(async move { old.close(Some(SUPERSEDED.into())).await });
     }
     drop(_claim);
     // A revocation that raced this handshake closed the sessions it saw; this one was not
