@@ -39,6 +39,7 @@ mod inflate;
 mod layout;
 mod map;
 mod output;
+mod parallel;
 #[cfg(test)]
 mod tests;
 
