@@ -6,7 +6,11 @@
 //! bytes pass; a compressed cluster gathers its stored bytes and is inflated when the stream
 //! reaches the end of its stored range (or at [`Converter::finish`], for a range cut by the
 //! end of the file). Standard extents may overlap nothing; compressed ones overlap each
-//! other by their sector-rounded tails, which is how qemu packs them.
+//! other by their sector-rounded tails, which is how qemu packs them. Once the map is
+//! complete, compressed clusters go to the [`Pool`] of inflating threads, and standard data
+//! queues behind them while any are outstanding, so the sink sees the writes of inflating
+//! inline; an error the converter finds itself first drains the pool, whose earlier error
+//! wins.
 //!
 //! Without a map ([`Converter::streaming`]) the header, the L1 table and each L2 table are
 //! taken from the stream as it passes them (`Stream`). Until every L2 table has been read,

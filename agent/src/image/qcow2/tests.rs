@@ -574,7 +574,7 @@ fn random_sizes(seed: u64) -> Vec<usize> {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let r = (x >> 33) as usize;
-            if r % 3 == 0 {
+            if r.is_multiple_of(3) {
                 r % 64 + 1
             } else {
                 r % 300_000 + 1
