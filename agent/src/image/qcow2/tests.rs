@@ -11,6 +11,9 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// Zero ranges are stored in a [`MemSink`] up to here (every valid test disk is smaller).
+const ZEROS_MATERIALISED: u64 = 256 << 20;
+
 /// A memory disk that checks the `DiskSink` contract (virtual sizes here are multiples of
 /// 512, so every write is) and grows as written.
 struct MemSink {
@@ -54,8 +57,13 @@ impl DiskSink for MemSink {
             "zero ranges not coalesced"
         );
         self.zeros_end = Some(offset + len);
-        self.room(offset + len);
-        self.disk[offset as usize..(offset + len) as usize].fill(0);
+        // A damaged header may declare a disk of a TiB: zeros past what data can reach are
+        // not materialised (both paths compared make the same calls).
+        let end = (offset + len).min(ZEROS_MATERIALISED);
+        if offset < end {
+            self.room(end);
+            self.disk[offset as usize..end as usize].fill(0);
+        }
         Ok(())
     }
 }
