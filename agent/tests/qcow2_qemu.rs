@@ -899,7 +899,7 @@ fn assert_same_files(a: &Path, b: &Path) {
 /// Memory and time of both paths over a large compressed image; run by hand:
 /// `QCOW2_BIG_MIB=1024 cargo test -p molar-agent --test qcow2_qemu -- --ignored --nocapture`
 /// (`QCOW2_BIG_OPTS=cluster_size=4096` adds qemu-img options, `QCOW2_BIG_COMPRESS=0` drops
-/// `-c`).
+/// `-c`, `QCOW2_BIG_WORKERS=1` inflates inline instead of on the default number of threads).
 #[test]
 #[ignore = "large: makes and converts a GiB-sized image"]
 fn large_compressed_image_in_bounded_memory() {
@@ -915,6 +915,9 @@ fn large_compressed_image_in_bounded_memory() {
         extra.push("-c");
     }
     let opts = std::env::var("QCOW2_BIG_OPTS").unwrap_or_default();
+    let workers: Option<usize> = std::env::var("QCOW2_BIG_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     if !opts.is_empty() {
         extra.extend(["-o", opts.as_str()]);
     }
@@ -948,6 +951,9 @@ fn large_compressed_image_in_bounded_memory() {
     let out = dir.path().join("ranged.raw");
     let mut sink = CheckedSink::new(&out, vsize);
     let mut conv = Converter::new(layout);
+    if let Some(n) = workers {
+        conv = conv.inflate_workers(n);
+    }
     feed_file(&mut conv, &qcow2, &mut sink, &mut Rng(1), None).unwrap();
     let stats = conv.finish(&mut sink).unwrap();
     eprintln!(
@@ -965,6 +971,9 @@ fn large_compressed_image_in_bounded_memory() {
     let out = dir.path().join("streamed.raw");
     let mut sink = CheckedSink::new(&out, vsize);
     let mut conv = Converter::streaming(256 << 20);
+    if let Some(n) = workers {
+        conv = conv.inflate_workers(n);
+    }
     let peak = feed_file(&mut conv, &qcow2, &mut sink, &mut Rng(2), None).unwrap();
     conv.finish(&mut sink).unwrap();
     eprintln!(

@@ -6,7 +6,11 @@
 //! bytes pass; a compressed cluster gathers its stored bytes and is inflated when the stream
 //! reaches the end of its stored range (or at [`Converter::finish`], for a range cut by the
 //! end of the file). Standard extents may overlap nothing; compressed ones overlap each
-//! other by their sector-rounded tails, which is how qemu packs them.
+//! other by their sector-rounded tails, which is how qemu packs them. Once the map is
+//! complete, compressed clusters go to the [`Pool`] of inflating threads, and standard data
+//! queues behind them while any are outstanding, so the sink sees the writes of inflating
+//! inline; an error the converter finds itself first drains the pool, whose earlier error
+//! wins.
 //!
 //! Without a map ([`Converter::streaming`]) the header, the L1 table and each L2 table are
 //! taken from the stream as it passes them (`Stream`). Until every L2 table has been read,
@@ -22,6 +26,7 @@ use super::inflate::Inflater;
 use super::layout::Layout;
 use super::map::{self, Builder, Extent, Kind};
 use super::output::{Coverage, Output};
+use super::parallel::{self, Pool};
 use super::verify::Verifier;
 use super::{ConvertStats, DiskSink, Qcow2Error};
 
@@ -53,6 +58,10 @@ pub struct Converter {
     inflater: Inflater,
     /// A compressed cluster's input buffer, kept for the next one.
     spare: Vec<u8>,
+    /// Threads to inflate on once the map is complete (1: inline).
+    workers: usize,
+    /// Started at the first compressed cluster inflated in parallel.
+    pool: Option<Pool>,
     /// While the map is incomplete.
     stream: Option<Stream>,
     stats: ConvertStats,
@@ -136,6 +145,8 @@ impl Converter {
             coverage: Coverage::default(),
             inflater: Inflater::new(),
             spare: Vec::new(),
+            workers: parallel::default_workers(),
+            pool: None,
             stream: None,
             stats: ConvertStats::default(),
             held_peak: 0,
@@ -160,6 +171,14 @@ impl Converter {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Inflates compressed clusters on `workers` threads (by default the CPUs available, at
+    /// most 4) once the map is complete; 1 inflates them inline, on the caller's thread.
+    /// The sink sees the same writes in the same order either way.
+    pub fn inflate_workers(mut self, workers: usize) -> Converter {
+        self.workers = workers.max(1);
+        self
     }
 
     /// The virtual disk's size, known once the header has passed.
@@ -187,10 +206,18 @@ impl Converter {
         if self.failed {
             return Err(Qcow2Error::AfterError);
         }
-        let r = self
+        let mut r = self
             .check_capacity()
             .and_then(|()| self.verifier.feed(self.pos, chunk))
             .and_then(|()| self.feed_inner(chunk, sink));
+        if r.is_err()
+            && let Some(p) = &mut self.pool
+        {
+            // Work queued before the error lies earlier in the file: its own error wins.
+            if let Err(earlier) = p.drain(&mut self.output, sink) {
+                r = Err(earlier);
+            }
+        }
         self.failed = r.is_err();
         r
     }
@@ -283,9 +310,10 @@ impl Converter {
                         (u64::from(a.extent.guest) << h.cluster_bits) + (self.pos - a.extent.host);
                     write_clipped(
                         &mut self.output,
+                        &mut self.pool,
                         sink,
                         h.virtual_size,
-                        guest,
+                        (guest, self.pos),
                         bytes,
                         &mut self.stats,
                     )?;
@@ -337,7 +365,7 @@ impl Converter {
         while i < self.active.len() {
             if self.active[i].end <= self.pos {
                 let a = self.active.swap_remove(i);
-                self.complete(a, sink)?;
+                self.complete(a, sink, false)?;
             } else {
                 i += 1;
             }
@@ -345,8 +373,14 @@ impl Converter {
         Ok(())
     }
 
-    /// An extent whose bytes have all been seen (or, at the end, all there are).
-    fn complete(&mut self, a: Active, sink: &mut dyn DiskSink) -> Result<(), Qcow2Error> {
+    /// An extent whose bytes have all been seen (or, at the end, all there are). A compressed
+    /// cluster is inflated on the pool once the map is complete, unless `inline`.
+    fn complete(
+        &mut self,
+        a: Active,
+        sink: &mut dyn DiskSink,
+        inline: bool,
+    ) -> Result<(), Qcow2Error> {
         let h = self.header.as_ref().ok_or(Qcow2Error::AfterError)?;
         let e = a.extent;
         match e.kind() {
@@ -355,6 +389,24 @@ impl Converter {
                 let cs = h.cluster_size();
                 let guest = u64::from(e.guest) << h.cluster_bits;
                 let want = cs.min(h.virtual_size - guest) as usize;
+                // Streaming releases held bytes by how much input the stream used, so it
+                // inflates inline until the map is complete.
+                if !inline && self.stream.is_none() {
+                    if self.pool.is_none() && self.workers > 1 {
+                        self.pool = Pool::start(self.workers, h.compression, cs as usize);
+                        if self.pool.is_none() {
+                            self.workers = 1;
+                        }
+                    }
+                    if let Some(p) = &mut self.pool {
+                        p.cluster(guest, e.host, want, &a.input, &mut self.output, sink)?;
+                        self.stats.data_bytes += want as u64;
+                        self.stats.compressed_clusters += 1;
+                        self.coverage.add(e.guest, 1);
+                        self.spare = a.input;
+                        return Ok(());
+                    }
+                }
                 let out = self
                     .inflater
                     .cluster(h.compression, &a.input, cs as usize, want)
@@ -497,12 +549,18 @@ impl Converter {
         let (vsize, cb) = (h.virtual_size, h.cluster_bits);
         let guest0 = u64::from(e.guest) << cb;
         let mut at = e.host;
-        let (output, stats) = (&mut self.output, &mut self.stats);
+        let (output, pool, stats) = (&mut self.output, &mut self.pool, &mut self.stats);
         let missing = s.held.read(e.host, upto, |bytes| {
             match e.kind() {
-                Kind::Standard { .. } => {
-                    write_clipped(output, sink, vsize, guest0 + (at - e.host), bytes, stats)?
-                }
+                Kind::Standard { .. } => write_clipped(
+                    output,
+                    pool,
+                    sink,
+                    vsize,
+                    (guest0 + (at - e.host), at),
+                    bytes,
+                    stats,
+                )?,
                 Kind::Compressed { .. } => a.input.extend_from_slice(bytes),
             }
             at += bytes.len() as u64;
@@ -522,7 +580,7 @@ impl Converter {
             s.held.release(e.host, upto);
         }
         if a.end <= self.pos {
-            self.complete(a, sink)
+            self.complete(a, sink, false)
         } else {
             self.active.push(a);
             Ok(())
@@ -534,6 +592,10 @@ impl Converter {
     pub fn finish(mut self, sink: &mut dyn DiskSink) -> Result<ConvertStats, Qcow2Error> {
         if self.failed {
             return Err(Qcow2Error::AfterError);
+        }
+        // What is queued lies before anything checked here.
+        if let Some(p) = &mut self.pool {
+            p.drain(&mut self.output, sink)?;
         }
         self.verifier.finish(self.pos)?;
         if let Some(s) = &self.stream {
@@ -568,7 +630,7 @@ impl Converter {
                 });
             }
             let host = a.extent.host;
-            self.complete(a, sink).map_err(|e| match e {
+            self.complete(a, sink, true).map_err(|e| match e {
                 Qcow2Error::Inflate { .. } => Qcow2Error::Truncated {
                     what: "compressed cluster",
                     offset: host,
@@ -608,12 +670,14 @@ fn merge_ranges(ranges: &mut Vec<(u64, u64)>) {
     *ranges = out;
 }
 
-/// Writes the part of `data` (for guest offset `guest`) that lies inside the virtual disk.
+/// Writes the part of `data` (for guest offset `guest`, read at file offset `host`) that lies
+/// inside the virtual disk: behind the compressed clusters queued on the pool, if any.
 fn write_clipped(
     output: &mut Output,
+    pool: &mut Option<Pool>,
     sink: &mut dyn DiskSink,
     virtual_size: u64,
-    guest: u64,
+    (guest, host): (u64, u64),
     data: &[u8],
     stats: &mut ConvertStats,
 ) -> Result<(), Qcow2Error> {
@@ -622,7 +686,10 @@ fn write_clipped(
     }
     let n = (virtual_size - guest).min(data.len() as u64) as usize;
     stats.data_bytes += n as u64;
-    output.write(sink, guest, &data[..n])
+    match pool {
+        Some(p) if !p.is_idle() => p.data(guest, host, &data[..n], output, sink),
+        _ => output.write(sink, guest, &data[..n]),
+    }
 }
 
 /// The held bytes of `start..end`, which must all be there.
