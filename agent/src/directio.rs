@@ -248,7 +248,7 @@ fn generated(
 }
 
 /// Read until `buf` is full or the reader ends; the bytes read.
-fn fill(r: &mut (dyn Read + Send), buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

@@ -360,19 +360,6 @@ impl qcow2::RangeRead for HttpRange {
 /// Piece size read from the decompressor.
 const READ: usize = 1 << 20;
 
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// Decompresses and places the stream: (compression, format, disk bytes).
 fn convert(
     job: &Job,
@@ -404,7 +391,7 @@ fn convert(
         source,
     };
     let mut buf = vec![0u8; READ];
-    let n = read_full(&mut reader, &mut buf[..detect::MAGIC_LEN]).map_err(dec_err)?;
+    let n = crate::directio::fill(&mut reader, &mut buf[..detect::MAGIC_LEN]).map_err(dec_err)?;
     let format = detect::agree(
         "format",
         job.spec.format,
@@ -432,7 +419,7 @@ fn convert(
                 if cancel.is_cancelled() {
                     return Err(ImageError::Cancelled);
                 }
-                let k = read_full(&mut reader, &mut buf[filled..]).map_err(dec_err)?;
+                let k = crate::directio::fill(&mut reader, &mut buf[filled..]).map_err(dec_err)?;
                 filled += k;
                 if filled == 0 {
                     break;
@@ -462,7 +449,7 @@ fn convert(
                 if filled > 0 {
                     conv.feed(&buf[..filled], sink)?;
                 }
-                filled = read_full(&mut reader, &mut buf).map_err(dec_err)?;
+                filled = crate::directio::fill(&mut reader, &mut buf).map_err(dec_err)?;
                 if filled == 0 {
                     break;
                 }
