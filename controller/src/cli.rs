@@ -1195,6 +1195,7 @@ mod tests {
     fn server(hostname: &str, agent_version: String) -> crate::api::ServerView {
         crate::api::ServerView {
             server: crate::store::ServerRecord {
+                name: None,
                 id: "srv-1".into(),
                 system_uuid: Some("uuid\u{202e}1".into()),
                 serial: None,

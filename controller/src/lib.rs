@@ -48,6 +48,7 @@ pub mod fleet;
 pub mod http_errors;
 pub mod identity;
 pub mod listener;
+pub mod oob;
 pub mod pki;
 pub mod store;
 

@@ -161,6 +161,54 @@ CREATE TABLE events (
 CREATE INDEX events_server ON events(server_id, id);
 CREATE INDEX events_at ON events(at_ms);
 "#,
+    // Out-of-band control (issue #11): servers known by name and by their BMC before any
+    // agent connected, where and how the controller reaches a BMC, queued control requests
+    // with their state, console tokens and the bounded console log.
+    r#"
+ALTER TABLE servers ADD COLUMN name TEXT;
+CREATE UNIQUE INDEX servers_name ON servers(name) WHERE name IS NOT NULL;
+ALTER TABLE bmcs ADD COLUMN host TEXT;
+ALTER TABLE bmcs ADD COLUMN port INTEGER;
+ALTER TABLE bmcs ADD COLUMN protocol TEXT NOT NULL DEFAULT 'ipmi';
+ALTER TABLE bmcs ADD COLUMN allow_ipmi15 INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE bmcs ADD COLUMN cipher_suite INTEGER;
+ALTER TABLE bmcs ADD COLUMN system_guid TEXT;
+ALTER TABLE bmcs ADD COLUMN verified_ms INTEGER;
+ALTER TABLE bmcs ADD COLUMN verify_error TEXT;
+CREATE TABLE requests (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    server_id   TEXT NOT NULL REFERENCES servers(id),
+    action      TEXT NOT NULL,
+    parameter   TEXT,
+    persistent  INTEGER NOT NULL DEFAULT 0,
+    efi         INTEGER NOT NULL DEFAULT 0,
+    state       TEXT NOT NULL CHECK (state IN ('pending','active','succeeded','failed')),
+    message     TEXT,
+    path        TEXT CHECK (path IS NULL OR path IN ('in_band','out_of_band')),
+    source      TEXT NOT NULL DEFAULT 'api',
+    created_ms  INTEGER NOT NULL,
+    started_ms  INTEGER,
+    finished_ms INTEGER
+);
+CREATE INDEX requests_server ON requests(server_id, id);
+CREATE INDEX requests_open ON requests(state) WHERE state IN ('pending','active');
+CREATE TABLE console_tokens (
+    sha256     TEXT PRIMARY KEY,
+    server_id  TEXT NOT NULL REFERENCES servers(id),
+    kind       TEXT NOT NULL CHECK (kind IN ('console','obmd')),
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER,
+    revoked_ms INTEGER
+);
+CREATE INDEX console_tokens_server ON console_tokens(server_id);
+CREATE TABLE console_log (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    server_id TEXT NOT NULL REFERENCES servers(id),
+    at_ms     INTEGER NOT NULL,
+    data      BLOB NOT NULL
+);
+CREATE INDEX console_log_server ON console_log(server_id, id);
+"#,
 ];
 
 /// Why a store operation failed.

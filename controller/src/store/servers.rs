@@ -49,6 +49,9 @@ impl ServerState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerRecord {
     pub id: String,
+    /// The operator's name for it (`molar server add NAME`, an OBMd node id); unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_uuid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,7 +134,7 @@ pub struct ConnectionRecord {
 }
 
 const SERVER_COLS: &str = "id, system_uuid, serial, macs, hostname, state, agent_version, boot_id, \
-     first_seen_ms, last_seen_ms, connected, logs_dropped, labels, expect_ramdisk_until_ms";
+     first_seen_ms, last_seen_ms, connected, logs_dropped, labels, expect_ramdisk_until_ms, name";
 
 type ServerRow = (ServerRecord, String, String, String);
 
@@ -141,6 +144,7 @@ fn server_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ServerRow> {
     Ok((
         ServerRecord {
             id: row.get(0)?,
+            name: row.get(14)?,
             system_uuid: row.get(1)?,
             serial: row.get(2)?,
             macs: Vec::new(),
@@ -428,6 +432,23 @@ impl Db {
         row.map(finish_server).transpose()
     }
 
+    /// The server an operator means by `key`: its id, else its name.
+    pub fn resolve_server(&self, key: &str) -> Result<Option<ServerRecord>> {
+        if let Some(s) = self.get_server(key)? {
+            return Ok(Some(s));
+        }
+        let row = self
+            .conn
+            .query_row(
+                &format!("SELECT {SERVER_COLS} FROM servers WHERE name = ?1"),
+                [key],
+                server_row,
+            )
+            .optional()
+            .map_err(q("reading a server by name"))?;
+        row.map(finish_server).transpose()
+    }
+
     /// The stored inventory (set by the inventory capability), if any.
     pub fn server_inventory(&self, id: &str) -> Result<Option<Value>> {
         let conn = &self.conn;
@@ -591,6 +612,12 @@ impl Store {
     pub async fn get_server(&self, id: &str) -> Result<Option<ServerRecord>> {
         let id = id.to_owned();
         self.read(move |db| db.get_server(&id)).await
+    }
+
+    /// See [`Db::resolve_server`].
+    pub async fn resolve_server(&self, key: &str) -> Result<Option<ServerRecord>> {
+        let key = key.to_owned();
+        self.read(move |db| db.resolve_server(&key)).await
     }
 
     /// The stored inventory, if any.
