@@ -20,3 +20,114 @@ pub struct BmcTarget {
     /// IPMI 1.5 sessions (MD5 / straight password) are used only when this is set.
     pub allow_ipmi15: bool,
 }
+
+impl BmcTarget {
+    /// `host:port`, the way errors and logs name a BMC (never with credentials).
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// A power change (IPMI Chassis Control, 28.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerChange {
+    On,
+    Off,
+    /// ACPI soft shutdown request to the operating system.
+    Soft,
+    Cycle,
+    /// Hard reset.
+    Reset,
+}
+
+/// The device the next boot uses (IPMI boot flags, parameter 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootTarget {
+    /// Clear any override: the firmware's own boot order.
+    None,
+    Pxe,
+    Disk,
+    Bios,
+    Cdrom,
+}
+
+/// One thing the controller asks a BMC to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OobAction {
+    PowerStatus,
+    Power(PowerChange),
+    BootDevice {
+        device: BootTarget,
+        persistent: bool,
+        efi: bool,
+    },
+    /// BMC cold reset.
+    BmcReset,
+    /// Chassis identify: `Some(0)` turns it off, `None` is the BMC's default interval.
+    Identify { seconds: Option<u8> },
+}
+
+/// What a BMC answered to an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OobOutcome {
+    /// One line for an operator, seed 000's style: "server power state set successful: off".
+    pub message: String,
+    /// The chassis power state when the action read or changed it.
+    pub power_on: Option<bool>,
+}
+
+/// What a verifying session learnt about a BMC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BmcIdentity {
+    /// The RMCP+ cipher suite the session used (17 or 3), or 0 for IPMI 1.5.
+    pub cipher_suite: u8,
+    /// Get System GUID (22.14) as a lowercase hyphenated UUID, when the BMC answers it.
+    pub system_guid: Option<String>,
+    /// The BMC's firmware (`major.minor`) from Get Device ID.
+    pub firmware_version: Option<String>,
+}
+
+/// Why an out-of-band operation failed. Messages name the BMC by address and never carry a
+/// credential.
+#[derive(Debug, thiserror::Error)]
+pub enum OobError {
+    #[error("BMC {addr}: no answer after {attempts} attempts")]
+    Unreachable { addr: String, attempts: u32 },
+    #[error("BMC {addr}: login refused: {reason}")]
+    Auth { addr: String, reason: String },
+    #[error("BMC {addr}: {command} refused: {completion}")]
+    Refused {
+        addr: String,
+        command: String,
+        completion: String,
+    },
+    #[error("BMC {addr}: {detail}")]
+    Protocol { addr: String, detail: String },
+    #[error("BMC {addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs one action on a BMC in its own session (opened, used, closed).
+pub async fn perform(target: &BmcTarget, action: &OobAction) -> Result<OobOutcome, OobError> {
+    // Placeholder until the RMCP+ client lands (helper branch `rmcp` replaces this body).
+    let _ = action;
+    Err(OobError::Protocol {
+        addr: target.addr(),
+        detail: "IPMI over LAN is not built yet".into(),
+    })
+}
+
+/// Opens a session with the target's credentials and reads who the BMC is: the check
+/// `molar server add` makes before storing anything.
+pub async fn verify(target: &BmcTarget) -> Result<BmcIdentity, OobError> {
+    Err(OobError::Protocol {
+        addr: target.addr(),
+        detail: "IPMI over LAN is not built yet".into(),
+    })
+}
