@@ -1221,6 +1221,14 @@ mod tests {
                 user_id: None,
                 source: "in_band".into(),
                 updated_ms: 0,
+                host: Some("bmc\x1b[2J".into()),
+                port: None,
+                protocol: "ipmi".into(),
+                allow_ipmi15: false,
+                cipher_suite: None,
+                system_guid: None,
+                verified_ms: None,
+                verify_error: Some("refused\x1b[2J".into()),
             }),
         }
     }

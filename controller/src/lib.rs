@@ -12,6 +12,9 @@
 //! - [`admission`]: which handshake may become a server's session (token scopes, session
 //!   credentials, the expected ramdisk boot); [`credentials`]: tokens, claims, expectations
 //!   and the security events every refusal is recorded as.
+//! - [`enrol`]: servers enrolled by their BMC before any agent connected (`molar server
+//!   add`), checked by a session with the BMC before anything is stored.
+//! - [`oob`]: out-of-band control through a server's BMC (IPMI over LAN).
 //! - [`http_errors`]: hyper's own parse-error answers in the API's JSON error shape.
 //! - [`erase`]: the disks an erase started by the controller expects to find.
 //! - [`listener`]: the agent listener (TLS, handshake, per-connection protocol peer).
@@ -43,6 +46,7 @@ pub mod bounds;
 pub mod cli;
 pub mod client;
 pub mod credentials;
+pub mod enrol;
 pub mod erase;
 pub mod fleet;
 pub mod http_errors;

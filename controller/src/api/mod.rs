@@ -9,6 +9,10 @@
 //!
 //! The response types are public and shared with [`crate::client`].
 
+mod enrol;
+
+pub use enrol::{AddBmc, AddServer};
+
 use crate::fleet::{Fleet, FleetError};
 use crate::store::{
     ConnectionRecord, EventRecord, LogEntry, ServerRecord, TaskEvent, TaskRecord, TokenRecord,
@@ -233,6 +237,12 @@ impl ApiError {
             body,
         }
     }
+
+    /// The same error answered with another status than its code's.
+    fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -322,7 +332,7 @@ pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationTok
         shutdown,
     });
     let api = Router::new()
-        .route("/servers", get(list_servers))
+        .route("/servers", get(list_servers).post(enrol::add_server))
         .route("/servers/{id}", get(show_server).delete(remove_server))
         .route("/servers/{id}/call", post(call))
         .route("/servers/{id}/tasks", post(start_task).get(server_tasks))
@@ -338,6 +348,10 @@ pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationTok
         .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            server_names,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
@@ -405,6 +419,36 @@ async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Resp
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     if presented.is_empty() || !bool::from(hash.ct_eq(&st.admin_hash)) {
         return ApiError::new(codes::UNAUTHORIZED, "invalid admin token").into_response();
+    }
+    next.run(req).await
+}
+
+/// Routes under `/servers/{id}` take a server's name as well as its id: a segment that is
+/// not an id but names a server is replaced by that server's id before routing, so every
+/// handler sees ids only.
+async fn server_names(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
+    const PREFIX: &str = "/api/v1/servers/";
+    let path = req.uri().path();
+    let Some(rest) = path.strip_prefix(PREFIX) else {
+        return next.run(req).await;
+    };
+    let (key, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if key.is_empty() || crate::enrol::check_name(key).is_err() {
+        return next.run(req).await;
+    }
+    let resolved = match st.fleet.store.resolve_server(key).await {
+        Ok(Some(s)) if s.id != key => s.id,
+        Ok(_) => return next.run(req).await,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut rewritten = format!("{PREFIX}{resolved}{tail}");
+    if let Some(q) = req.uri().query() {
+        rewritten.push('?');
+        rewritten.push_str(q);
+    }
+    match rewritten.parse() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => return next.run(req).await,
     }
     next.run(req).await
 }

@@ -66,7 +66,9 @@ pub enum OobAction {
     /// BMC cold reset.
     BmcReset,
     /// Chassis identify: `Some(0)` turns it off, `None` is the BMC's default interval.
-    Identify { seconds: Option<u8> },
+    Identify {
+        seconds: Option<u8>,
+    },
 }
 
 /// What a BMC answered to an action.
@@ -87,6 +89,9 @@ pub struct BmcIdentity {
     pub system_guid: Option<String>,
     /// The BMC's firmware (`major.minor`) from Get Device ID.
     pub firmware_version: Option<String>,
+    /// The MAC address of the LAN channel the session came in on (LAN configuration
+    /// parameter 5), lowercase `aa:bb:..`: how an agent's `bmc.info` is matched to it.
+    pub mac: Option<String>,
 }
 
 /// Why an out-of-band operation failed. Messages name the BMC by address and never carry a

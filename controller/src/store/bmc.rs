@@ -16,9 +16,29 @@ pub struct BmcRecord {
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<i64>,
-    /// How the credentials were obtained: `in_band` (the agent set them).
+    /// How the credentials were obtained: `in_band` (the agent set them) or `operator`
+    /// (`molar server add`).
     pub source: String,
     pub updated_ms: i64,
+    /// Where the controller reaches the BMC when it is not `ip` (an operator's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_ipmi15: bool,
+    /// The RMCP+ cipher suite of the last session that worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher_suite: Option<u8>,
+    /// Get System GUID as the BMC reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_guid: Option<String>,
+    /// When a session with these credentials last worked (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_error: Option<String>,
 }
 
 /// What is stored for a BMC.
@@ -62,8 +82,9 @@ impl Db {
     pub fn bmc(&self, server_id: &str) -> Result<Option<BmcRecord>> {
         self.conn
             .query_row(
-                "SELECT server_id, mac, ip, username, user_id, source, updated_ms FROM bmcs
-                 WHERE server_id = ?1",
+                "SELECT server_id, mac, ip, username, user_id, source, updated_ms, host, port,
+                    protocol, allow_ipmi15, cipher_suite, system_guid, verified_ms, verify_error
+                 FROM bmcs WHERE server_id = ?1",
                 [server_id],
                 |r| {
                     Ok(BmcRecord {
@@ -74,6 +95,14 @@ impl Db {
                         user_id: r.get(4)?,
                         source: r.get(5)?,
                         updated_ms: r.get(6)?,
+                        host: r.get(7)?,
+                        port: r.get(8)?,
+                        protocol: r.get(9)?,
+                        allow_ipmi15: r.get::<_, i64>(10)? != 0,
+                        cipher_suite: r.get(11)?,
+                        system_guid: r.get(12)?,
+                        verified_ms: r.get(13)?,
+                        verify_error: r.get(14)?,
                     })
                 },
             )
@@ -94,6 +123,71 @@ impl Db {
             .map_err(q("reading a BMC password"))?;
         Ok(p.map(molar_protocol::Secret::new))
     }
+
+    /// Where and how the controller logs in to the server's BMC out-of-band: the operator's
+    /// address when one was given, else the IP the BMC reported in-band, on the IPMI LAN
+    /// port. `None` when there is no BMC entry or no address to reach it at.
+    pub fn bmc_target(&self, server_id: &str) -> Result<Option<crate::oob::BmcTarget>> {
+        type Row = (
+            Option<String>,
+            Option<String>,
+            Option<u16>,
+            String,
+            String,
+            i64,
+        );
+        let row: Option<Row> = self
+            .conn
+            .query_row(
+                "SELECT host, ip, port, username, password, allow_ipmi15 FROM bmcs
+                 WHERE server_id = ?1",
+                [server_id],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(q("reading a BMC target"))?;
+        Ok(row.and_then(|(host, ip, port, username, password, v15)| {
+            Some(crate::oob::BmcTarget {
+                host: host.or(ip)?,
+                port: port.unwrap_or(crate::oob::IPMI_LAN_PORT),
+                username,
+                password: molar_protocol::Secret::new(password),
+                allow_ipmi15: v15 != 0,
+            })
+        }))
+    }
+
+    /// Records the outcome of a session with the stored credentials.
+    pub fn set_bmc_verified(
+        &self,
+        server_id: &str,
+        outcome: std::result::Result<u8, &str>,
+    ) -> Result<()> {
+        let (suite, error) = match outcome {
+            Ok(suite) => (Some(suite), None),
+            Err(e) => (None, Some(e)),
+        };
+        self.conn
+            .execute(
+                "UPDATE bmcs SET
+                    cipher_suite = COALESCE(?2, cipher_suite),
+                    verified_ms = CASE WHEN ?3 IS NULL THEN ?4 ELSE verified_ms END,
+                    verify_error = ?3
+                 WHERE server_id = ?1",
+                params![server_id, suite, error, now_ms()],
+            )
+            .map_err(q("recording a BMC session check"))?;
+        Ok(())
+    }
 }
 impl Store {
     /// Stores (or replaces) the server's BMC entry.
@@ -106,6 +200,25 @@ impl Store {
     pub async fn bmc(&self, server_id: &str) -> Result<Option<BmcRecord>> {
         let id = server_id.to_owned();
         self.read(move |db| db.bmc(&id)).await
+    }
+
+    /// See [`Db::bmc_target`].
+    pub async fn bmc_target(&self, server_id: &str) -> Result<Option<crate::oob::BmcTarget>> {
+        let id = server_id.to_owned();
+        self.read(move |db| db.bmc_target(&id)).await
+    }
+
+    /// See [`Db::set_bmc_verified`].
+    pub async fn set_bmc_verified(
+        &self,
+        server_id: &str,
+        outcome: std::result::Result<u8, String>,
+    ) -> Result<()> {
+        let id = server_id.to_owned();
+        self.write(move |db| {
+            db.set_bmc_verified(&id, outcome.as_ref().map(|s| *s).map_err(|e| e.as_str()))
+        })
+        .await
     }
 
     /// The stored BMC password, for the controller's out-of-band use only.

@@ -12,6 +12,7 @@
 //! and a `running` update is applied only when its `seq` is newer than the stored one.
 
 mod bmc;
+mod enrolled;
 mod events;
 mod logs;
 mod retention;
@@ -20,6 +21,7 @@ mod tasks;
 mod tokens;
 
 pub use bmc::{BmcCredentials, BmcRecord};
+pub use enrolled::{ENROLLED_KEY_PREFIX, EnrolRefusal, Enrolment, guid_candidates};
 pub use events::{EVENTS_KEPT, EventRecord, NewEvent};
 pub use logs::LogEntry;
 pub use retention::{Pruned, Retention};
