@@ -365,6 +365,12 @@ impl Client {
         self.post(&format!("/servers/{id}/reenrol"), &body).await
     }
 
+    /// Enrols a server by its BMC (`POST /servers`); the controller opens a session with
+    /// the BMC before it stores anything.
+    pub async fn add_server(&self, req: &crate::api::AddServer) -> Result<ServerView> {
+        self.post("/servers", req).await
+    }
+
     /// Security events with an id greater than `after`, of one server if given.
     pub async fn events(&self, server: Option<&str>, after: i64, limit: u32) -> Result<EventPage> {
         let server = server.map(|s| format!("&server={s}")).unwrap_or_default();

@@ -144,6 +144,24 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
+    /// Enrol a server by its BMC before it ever boots the ramdisk: the controller opens a
+    /// session with the BMC (nothing is stored if that fails) and creates the server in
+    /// `initial`; its agent, when it connects, is recognised as the same server.
+    Add {
+        /// The server's name (letters, digits, '.', '_', '-'), usable wherever an id is.
+        name: String,
+        /// The BMC: HOST, HOST:PORT or [IPV6]:PORT (default port 623).
+        #[arg(long)]
+        bmc: String,
+        #[arg(long = "bmc-user")]
+        bmc_user: String,
+        /// A file holding the BMC password (one line; a trailing newline is ignored).
+        #[arg(long = "bmc-password-file")]
+        bmc_password_file: PathBuf,
+        /// Allow IPMI 1.5 sessions (weak authentication) with this BMC.
+        #[arg(long = "allow-ipmi15")]
+        allow_ipmi15: bool,
+    },
     /// Remove a server with its connections, tasks, task events, logs and BMC entry, closing
     /// its agent connection (an agent still running there registers again as a new server).
     Remove { id: String },
@@ -303,6 +321,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Token { command } => tokens::run(cli, command).await,
         Command::Servers => servers::list(cli).await,
         Command::Server {
+            command:
+                Some(ServerCommand::Add {
+                    name,
+                    bmc,
+                    bmc_user,
+                    bmc_password_file,
+                    allow_ipmi15,
+                }),
+            ..
+        } => servers::add(cli, name, bmc, bmc_user, bmc_password_file, *allow_ipmi15).await,
+        Command::Server {
             command: Some(ServerCommand::Remove { id }),
             ..
         } => servers::remove(cli, id).await,
@@ -367,6 +396,36 @@ mod tests {
             } => assert_eq!((id.as_str(), for_s), ("srv-1", Some(60))),
             other => panic!("{other:?}"),
         }
+        match parse(&[
+            "molar",
+            "server",
+            "add",
+            "rack1-07",
+            "--bmc",
+            "10.0.0.4:6230",
+            "--bmc-user",
+            "admin",
+            "--bmc-password-file",
+            "/run/pw",
+        ])
+        .unwrap()
+        {
+            Command::Server {
+                command:
+                    Some(ServerCommand::Add {
+                        name,
+                        bmc,
+                        allow_ipmi15,
+                        ..
+                    }),
+                ..
+            } => assert_eq!(
+                (name.as_str(), bmc.as_str(), allow_ipmi15),
+                ("rack1-07", "10.0.0.4:6230", false)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["molar", "server", "add", "x", "--bmc", "h"]).is_err());
         assert!(parse(&["molar", "server"]).is_err());
         assert!(parse(&["molar", "server", "remove"]).is_err());
     }

@@ -2,7 +2,8 @@
 
 use super::output::json_for_terminal;
 use super::output::{emit, format_time, opt, print_json, render_table, sanitize};
-use super::{Cli, Failure, api_err, client};
+use super::{Cli, EXIT_USAGE, Failure, api_err, client};
+use std::path::Path;
 use std::time::Duration;
 
 /// `molar servers`.
@@ -29,6 +30,57 @@ pub(super) async fn show(cli: &Cli, id: &str, inventory: bool) -> Result<(), Fai
     }
     for line in server_text(&v) {
         emit(&line)?;
+    }
+    Ok(())
+}
+
+/// `molar server add NAME --bmc HOST[:PORT] --bmc-user U --bmc-password-file F`.
+pub(super) async fn add(
+    cli: &Cli,
+    name: &str,
+    bmc: &str,
+    user: &str,
+    password_file: &Path,
+    allow_ipmi15: bool,
+) -> Result<(), Failure> {
+    let (host, port) = crate::enrol::parse_bmc_address(bmc)
+        .map_err(|e| Failure::new(EXIT_USAGE, format!("--bmc: {e}")))?;
+    let text = std::fs::read_to_string(password_file).map_err(|e| {
+        Failure::new(
+            EXIT_USAGE,
+            format!(
+                "reading --bmc-password-file {}: {e}",
+                password_file.display()
+            ),
+        )
+    })?;
+    let password = text.strip_suffix('\n').unwrap_or(&text);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    let req = crate::api::AddServer {
+        name: name.to_owned(),
+        bmc: crate::api::AddBmc {
+            host,
+            port,
+            username: user.to_owned(),
+            password: molar_protocol::Secret::new(password),
+            allow_ipmi15,
+        },
+    };
+    let c = client(cli)?;
+    let v = c.add_server(&req).await.map_err(api_err(false))?;
+    if cli.json {
+        print_json(&v)?;
+    } else {
+        let suite = v.bmc.as_ref().and_then(|b| b.cipher_suite);
+        outln!(
+            "server {} enrolled as {} (state {}; BMC session verified{})",
+            sanitize(name),
+            sanitize(&v.server.id),
+            v.server.state.as_str(),
+            suite
+                .map(|s| format!(", cipher suite {s}"))
+                .unwrap_or_default()
+        )?;
     }
     Ok(())
 }
@@ -148,6 +200,25 @@ fn server_text(v: &crate::api::ServerView) -> Vec<String> {
             sanitize(&b.source),
             format_time(b.updated_ms)
         ));
+        if let Some(host) = &b.host {
+            let port = b.port.unwrap_or(crate::oob::IPMI_LAN_PORT);
+            out.push(format!(
+                "bmc address:   {}:{port} ({})",
+                sanitize(host),
+                sanitize(&b.protocol)
+            ));
+        }
+        match (b.verified_ms, &b.verify_error) {
+            (_, Some(e)) => out.push(format!("bmc check:     failed: {}", sanitize(e))),
+            (Some(at), None) => out.push(format!(
+                "bmc check:     ok at {}{}",
+                format_time(at),
+                b.cipher_suite
+                    .map(|s| format!(", cipher suite {s}"))
+                    .unwrap_or_default()
+            )),
+            (None, None) => {}
+        }
     }
     if let Some(inv) = &v.inventory {
         out.push("inventory:".into());
