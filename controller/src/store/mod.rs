@@ -14,6 +14,7 @@
 mod bmc;
 mod events;
 mod logs;
+mod requests;
 mod retention;
 mod servers;
 mod tasks;
@@ -22,6 +23,7 @@ mod tokens;
 pub use bmc::{BmcCredentials, BmcRecord};
 pub use events::{EVENTS_KEPT, EventRecord, NewEvent};
 pub use logs::LogEntry;
+pub use requests::{NewRequest, REQUESTS_LISTED_MAX, RequestPath, RequestRecord, RequestState};
 pub use retention::{Pruned, Retention};
 pub use servers::{
     Binding, ConnectionRecord, Registration, Removed, ServerRecord, ServerState, SessionGrant,

@@ -516,6 +516,9 @@ pub struct Removed {
     pub task_events: u64,
     pub logs: u64,
     pub bmcs: u64,
+    /// Queued control requests, finished or not.
+    #[serde(default)]
+    pub requests: u64,
 }
 
 impl Db {
@@ -537,6 +540,7 @@ impl Db {
             tasks: n(&tx, "DELETE FROM tasks WHERE server_id = ?1")?,
             logs: n(&tx, "DELETE FROM logs WHERE server_id = ?1")?,
             bmcs: n(&tx, "DELETE FROM bmcs WHERE server_id = ?1")?,
+            requests: n(&tx, "DELETE FROM requests WHERE server_id = ?1")?,
             connections: n(&tx, "DELETE FROM connections WHERE server_id = ?1")?,
         };
         if n(&tx, "DELETE FROM servers WHERE id = ?1")? == 0 {
