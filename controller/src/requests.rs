@@ -149,7 +149,7 @@ pub fn parse_action(
 const SHOWN_MAX: usize = 64;
 
 /// A value from a request, quoted and cut for an error message.
-fn shown(s: &str) -> String {
+pub fn shown(s: &str) -> String {
     let mut cut: String = s.chars().take(SHOWN_MAX).collect();
     if cut.len() < s.len() {
         cut.push_str("...");

@@ -145,7 +145,7 @@ async fn resolve(st: &ApiState, key: &str) -> Result<ServerRecord, ApiError> {
         .store
         .resolve_server(key)
         .await?
-        .ok_or_else(|| FleetError::ServerNotFound(key.to_owned()).into())
+        .ok_or_else(|| FleetError::ServerNotFound(crate::requests::shown(key)).into())
 }
 
 async fn control(
