@@ -5,6 +5,10 @@
 
 use molar_protocol::Secret;
 
+pub mod lan;
+
+pub use lan::{LanOptions, LanSession};
+
 /// The IPMI-over-LAN port (RMCP, UDP).
 pub const IPMI_LAN_PORT: u16 = 623;
 
@@ -66,7 +70,9 @@ pub enum OobAction {
     /// BMC cold reset.
     BmcReset,
     /// Chassis identify: `Some(0)` turns it off, `None` is the BMC's default interval.
-    Identify { seconds: Option<u8> },
+    Identify {
+        seconds: Option<u8>,
+    },
 }
 
 /// What a BMC answered to an action.
