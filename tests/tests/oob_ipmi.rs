@@ -41,3 +41,38 @@ fn a_session_opens_with_suite_3_and_answers_get_device_id() {
     eprintln!("{id:?}");
     s.close().unwrap();
 }
+
+#[tokio::test]
+async fn explore() {
+    use molar_controller::oob::*;
+    let Some((_lab, sim)) = sim("explore") else {
+        return;
+    };
+    let t = target(&sim, "test");
+    eprintln!("verify {:?}", verify(&t).await);
+    eprintln!(
+        "guid {:?}",
+        sim.ipmitool("ipmiusr", "test", &["mc", "guid"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+    );
+    for a in [
+        OobAction::PowerStatus,
+        OobAction::Identify { seconds: Some(15) },
+        OobAction::Identify { seconds: None },
+        OobAction::BootDevice {
+            device: BootTarget::Pxe,
+            persistent: false,
+            efi: true,
+        },
+        OobAction::Power(PowerChange::On),
+        OobAction::PowerStatus,
+        OobAction::Power(PowerChange::Cycle),
+        OobAction::Power(PowerChange::Off),
+        OobAction::BmcReset,
+        OobAction::PowerStatus,
+    ] {
+        let t0 = std::time::Instant::now();
+        eprintln!("{a:?}: {:?} {:?}", perform(&t, &a).await, t0.elapsed());
+    }
+    eprintln!("wrong {:?}", verify(&target(&sim, "nottest")).await);
+}

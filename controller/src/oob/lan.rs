@@ -438,6 +438,12 @@ impl LanSession {
         Ok(None)
     }
 
+    /// Forgets the session without closing it (after a BMC cold reset, which ends every
+    /// session): nothing more is sent.
+    pub fn abandon(&mut self) {
+        self.session = None;
+    }
+
     /// Closes the session (Close Session, 22.19). The BMC's answer is waited for once;
     /// a session the BMC already dropped is closed all the same.
     pub fn close(&mut self) -> Result<(), OobError> {

@@ -95,7 +95,7 @@ pub fn parse_frame(b: &[u8]) -> Result<Frame<'_>, RmcpError> {
 }
 
 /// A packet outside a session (session id and sequence 0, no integrity): the handshake's.
-fn presession_packet(payload_type: u8, body: &[u8]) -> Vec<u8> {
+pub fn presession_packet(payload_type: u8, body: &[u8]) -> Vec<u8> {
     let mut p = vec![
         RMCP_VERSION,
         0x00,
