@@ -12,6 +12,12 @@
 mod enrol;
 
 pub use enrol::{AddBmc, AddServer};
+mod control;
+
+pub use control::{
+    Condition, ConditionParams, ConditionRecords, ConditionSet, ConditionStatus,
+    ConditionStatusAnswer, ControlQueued, ControlRequest, REQUESTS_LISTED_DEFAULT, RequestList,
+};
 
 use crate::fleet::{Fleet, FleetError};
 use crate::store::{
@@ -278,6 +284,7 @@ type ApiResult<T> = Result<axum::Json<T>, ApiError>;
 
 struct ApiState {
     fleet: Arc<Fleet>,
+    requests: Arc<crate::requests::Requests>,
     admin_hash: [u8; 32],
     shutdown: CancellationToken,
 }
@@ -325,9 +332,15 @@ fn query_num<T: std::str::FromStr>(
 }
 
 /// Builds the router (without the TLS listener), for [`serve`] and for in-process tests.
-pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationToken) -> Router {
+pub fn router(
+    fleet: Arc<Fleet>,
+    requests: Arc<crate::requests::Requests>,
+    admin_token: &Secret,
+    shutdown: CancellationToken,
+) -> Router {
     let state = Arc::new(ApiState {
         fleet,
+        requests,
         admin_hash: Sha256::digest(admin_token.expose().as_bytes()).into(),
         shutdown,
     });
@@ -343,7 +356,8 @@ pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationTok
         .route("/tasks/{task_id}/events", get(task_events))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
-        .route("/tokens/{id}/rotate", post(rotate_token));
+        .route("/tokens/{id}/rotate", post(rotate_token))
+        .merge(control::routes());
     Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)

@@ -15,6 +15,7 @@ mod bmc;
 mod enrolled;
 mod events;
 mod logs;
+mod requests;
 mod retention;
 mod servers;
 mod tasks;
@@ -24,6 +25,7 @@ pub use bmc::{BmcCredentials, BmcRecord};
 pub use enrolled::{ENROLLED_KEY_PREFIX, EnrolRefusal, Enrolment, guid_candidates};
 pub use events::{EVENTS_KEPT, EventRecord, NewEvent};
 pub use logs::LogEntry;
+pub use requests::{NewRequest, REQUESTS_LISTED_MAX, RequestPath, RequestRecord, RequestState};
 pub use retention::{Pruned, Retention};
 pub use servers::{
     Binding, ConnectionRecord, Registration, Removed, ServerRecord, ServerState, SessionGrant,
