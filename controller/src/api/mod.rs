@@ -358,10 +358,15 @@ pub fn router(
         .route("/tokens/{id}", delete(revoke_token))
         .route("/tokens/{id}/rotate", post(rotate_token))
         .merge(control::routes());
-    Router::new()
+    let routed = Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
+    // Names are resolved before routing (a layer on the routed router would run after the
+    // path parameters were taken), so the outer router only wraps the routed one.
+    Router::new()
+        .fallback_service(routed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             server_names,
