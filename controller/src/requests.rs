@@ -325,7 +325,10 @@ impl Requests {
         let server = &r.server_id;
         let connected = self.fleet.is_connected(server);
         let in_band_able = !matches!(action, OobAction::Identify { .. });
-        let prefer_oob = matches!(action, OobAction::Power(PowerChange::On));
+        // Power goes to the BMC whenever one is known: it owns the power, its answer is the
+        // truth also while the machine is off, and a change made in-band takes away the
+        // agent that would have answered. The rest prefers the agent while it is there.
+        let prefer_oob = matches!(action, OobAction::Power(_) | OobAction::PowerStatus);
         let target = self
             .fleet
             .store

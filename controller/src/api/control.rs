@@ -20,7 +20,7 @@ use std::sync::Arc;
 pub const REQUESTS_LISTED_DEFAULT: u32 = 100;
 
 /// The body of `POST /servers/{id}/control`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlRequest {
     /// One of [`crate::requests::ACTIONS`].
