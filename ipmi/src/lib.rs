@@ -25,6 +25,7 @@ pub mod device;
 pub mod error;
 pub mod lan;
 pub mod sol;
+pub mod sol_payload;
 pub mod transport;
 pub mod user;
 

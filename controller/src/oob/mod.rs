@@ -66,7 +66,9 @@ pub enum OobAction {
     /// BMC cold reset.
     BmcReset,
     /// Chassis identify: `Some(0)` turns it off, `None` is the BMC's default interval.
-    Identify { seconds: Option<u8> },
+    Identify {
+        seconds: Option<u8>,
+    },
 }
 
 /// What a BMC answered to an action.

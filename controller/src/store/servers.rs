@@ -516,6 +516,9 @@ pub struct Removed {
     pub task_events: u64,
     pub logs: u64,
     pub bmcs: u64,
+    /// Console tokens and console log rows.
+    #[serde(default)]
+    pub console: u64,
 }
 
 impl Db {
@@ -537,6 +540,9 @@ impl Db {
             tasks: n(&tx, "DELETE FROM tasks WHERE server_id = ?1")?,
             logs: n(&tx, "DELETE FROM logs WHERE server_id = ?1")?,
             bmcs: n(&tx, "DELETE FROM bmcs WHERE server_id = ?1")?,
+            // Removing a server revokes its console tokens: they go with it.
+            console: n(&tx, "DELETE FROM console_tokens WHERE server_id = ?1")?
+                + n(&tx, "DELETE FROM console_log WHERE server_id = ?1")?,
             connections: n(&tx, "DELETE FROM connections WHERE server_id = ?1")?,
         };
         if n(&tx, "DELETE FROM servers WHERE id = ?1")? == 0 {
