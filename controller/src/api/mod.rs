@@ -9,6 +9,13 @@
 //!
 //! The response types are public and shared with [`crate::client`].
 
+mod console;
+
+pub use console::{
+    CONSOLE_BUSY, ConsoleTokenRequest, CreatedConsoleToken, RevokedConsoleTokens,
+    text_stream_response,
+};
+
 use crate::fleet::{Fleet, FleetError};
 use crate::store::{
     ConnectionRecord, EventRecord, LogEntry, ServerRecord, TaskEvent, TaskRecord, TokenRecord,
@@ -333,7 +340,8 @@ pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationTok
         .route("/tasks/{task_id}/events", get(task_events))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
-        .route("/tokens/{id}/rotate", post(rotate_token));
+        .route("/tokens/{id}/rotate", post(rotate_token))
+        .merge(console::routes());
     Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)
@@ -398,6 +406,9 @@ async fn method_not_allowed(req: Request) -> Response {
 }
 
 async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    if console::presents_console_token(&req) {
+        return next.run(req).await;
+    }
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return ApiError::new(codes::UNAUTHORIZED, "missing admin token").into_response();
     };
@@ -930,7 +941,9 @@ pub async fn serve(
                 .serve_connection(
                     hyper_util::rt::TokioIo::new(crate::http_errors::JsonErrors::new(tls)),
                     svc,
-                );
+                )
+                // The console's WebSocket.
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

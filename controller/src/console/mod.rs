@@ -137,17 +137,32 @@ impl Drop for Viewer {
 #[derive(Debug)]
 pub struct Holder {
     pub viewer: Viewer,
+    pub control: HolderControl,
+}
+
+/// The typing side of the interactive holder; dropping it frees the console for another.
+pub struct HolderControl {
+    hub: Arc<Hub>,
     generation: u64,
     holder: watch::Receiver<u64>,
 }
 
-impl Holder {
+impl std::fmt::Debug for HolderControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HolderControl")
+            .field("server", &self.hub.server_id)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl HolderControl {
     /// Sends typed input; false when this holder was taken over or the session ended.
     pub async fn send(&self, input: ConsoleInput) -> bool {
         if *self.holder.borrow() != self.generation {
             return false;
         }
-        self.viewer.hub.input.send(input).await.is_ok()
+        self.hub.input.send(input).await.is_ok()
     }
 
     /// Resolves when another session takes the console over.
@@ -157,10 +172,10 @@ impl Holder {
     }
 }
 
-impl Drop for Holder {
+impl Drop for HolderControl {
     fn drop(&mut self) {
         let generation = self.generation;
-        self.viewer.hub.holder.send_if_modified(|g| {
+        self.hub.holder.send_if_modified(|g| {
             let mine = *g == generation;
             if mine {
                 *g = 0;
@@ -269,8 +284,11 @@ impl ConsoleService {
         }
         Ok(Holder {
             viewer,
-            generation,
-            holder: hub.holder.subscribe(),
+            control: HolderControl {
+                hub: hub.clone(),
+                generation,
+                holder: hub.holder.subscribe(),
+            },
         })
     }
 
