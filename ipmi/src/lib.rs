@@ -24,6 +24,7 @@ pub mod completion;
 pub mod device;
 pub mod error;
 pub mod lan;
+pub mod rmcp;
 pub mod sol;
 pub mod sol_payload;
 pub mod transport;

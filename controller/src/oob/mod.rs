@@ -5,6 +5,10 @@
 
 use molar_protocol::Secret;
 
+pub mod lan;
+
+pub use lan::{LanOptions, LanSession};
+
 /// The IPMI-over-LAN port (RMCP, UDP).
 pub const IPMI_LAN_PORT: u16 = 623;
 
