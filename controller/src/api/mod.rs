@@ -16,6 +16,13 @@ pub use console::{
     text_stream_response,
 };
 
+mod control;
+
+pub use control::{
+    Condition, ConditionParams, ConditionRecords, ConditionSet, ConditionStatus,
+    ConditionStatusAnswer, ControlQueued, ControlRequest, REQUESTS_LISTED_DEFAULT, RequestList,
+};
+
 use crate::fleet::{Fleet, FleetError};
 use crate::store::{
     ConnectionRecord, EventRecord, LogEntry, ServerRecord, TaskEvent, TaskRecord, TokenRecord,
@@ -275,6 +282,7 @@ type ApiResult<T> = Result<axum::Json<T>, ApiError>;
 
 struct ApiState {
     fleet: Arc<Fleet>,
+    requests: Arc<crate::requests::Requests>,
     admin_hash: [u8; 32],
     shutdown: CancellationToken,
 }
@@ -322,9 +330,15 @@ fn query_num<T: std::str::FromStr>(
 }
 
 /// Builds the router (without the TLS listener), for [`serve`] and for in-process tests.
-pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationToken) -> Router {
+pub fn router(
+    fleet: Arc<Fleet>,
+    requests: Arc<crate::requests::Requests>,
+    admin_token: &Secret,
+    shutdown: CancellationToken,
+) -> Router {
     let state = Arc::new(ApiState {
         fleet,
+        requests,
         admin_hash: Sha256::digest(admin_token.expose().as_bytes()).into(),
         shutdown,
     });
@@ -341,7 +355,8 @@ pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationTok
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
         .route("/tokens/{id}/rotate", post(rotate_token))
-        .merge(console::routes());
+        .merge(console::routes())
+        .merge(control::routes());
     Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)

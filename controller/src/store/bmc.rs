@@ -1,6 +1,6 @@
 //! The BMC table (seed 004): where a server's BMC is and credentials that work.
 
-use super::{Db, Result, Store, now_ms, q};
+use super::{Db, Result, Store, StoreError, now_ms, q};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +94,65 @@ impl Db {
             .map_err(q("reading a BMC password"))?;
         Ok(p.map(molar_protocol::Secret::new))
     }
+
+    /// Where and how the controller reaches the server's BMC out-of-band: `host` and `port`
+    /// when set (an operator's entry), else the address the agent reported (`ip`) on the
+    /// IPMI port; `None` without a BMC entry or without any address.
+    pub fn bmc_target(&self, server_id: &str) -> Result<Option<crate::oob::BmcTarget>> {
+        type Row = (
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            String,
+            String,
+            bool,
+        );
+        let row: Option<Row> = self
+            .conn
+            .query_row(
+                "SELECT host, port, ip, username, password, allow_ipmi15 FROM bmcs
+                 WHERE server_id = ?1",
+                [server_id],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(q("reading a BMC target"))?;
+        let Some((host, port, ip, username, password, allow_ipmi15)) = row else {
+            return Ok(None);
+        };
+        let Some(host) = host
+            .filter(|h| !h.is_empty())
+            .or(ip.filter(|i| !i.is_empty()))
+        else {
+            return Ok(None);
+        };
+        let port =
+            match port {
+                None => crate::oob::IPMI_LAN_PORT,
+                Some(p) => u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
+                    StoreError::Corrupt {
+                        what: "BMC port",
+                        msg: format!("{p} is not a port"),
+                    }
+                })?,
+            };
+        Ok(Some(crate::oob::BmcTarget {
+            host,
+            port,
+            username,
+            password: molar_protocol::Secret::new(password),
+            allow_ipmi15,
+        }))
+    }
 }
 impl Store {
     /// Stores (or replaces) the server's BMC entry.
@@ -112,6 +171,12 @@ impl Store {
     pub async fn bmc_password(&self, server_id: &str) -> Result<Option<molar_protocol::Secret>> {
         let id = server_id.to_owned();
         self.read(move |db| db.bmc_password(&id)).await
+    }
+
+    /// See [`Db::bmc_target`].
+    pub async fn bmc_target(&self, server_id: &str) -> Result<Option<crate::oob::BmcTarget>> {
+        let id = server_id.to_owned();
+        self.read(move |db| db.bmc_target(&id)).await
     }
 }
 
@@ -160,5 +225,29 @@ mod tests {
         );
         // A BMC for a server that does not exist is refused by the foreign key.
         assert!(s.set_bmc("srv-nope", &c).is_err());
+
+        // The agent's address on the IPMI port, until an operator's host and port are set.
+        let t = s.bmc_target("srv-1").unwrap().unwrap();
+        assert_eq!(
+            (t.addr(), t.username.as_str()),
+            ("192.0.2.10:623".into(), "molar")
+        );
+        assert_eq!(t.password.expose(), "second-pw");
+        assert!(!format!("{t:?}").contains("second-pw"));
+        s.conn
+            .execute(
+                "UPDATE bmcs SET host = '127.0.0.1', port = 9623 WHERE server_id = 'srv-1'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(
+            s.bmc_target("srv-1").unwrap().unwrap().addr(),
+            "127.0.0.1:9623"
+        );
+        s.conn
+            .execute("UPDATE bmcs SET host = NULL, ip = NULL", [])
+            .unwrap();
+        assert!(s.bmc_target("srv-1").unwrap().is_none());
+        assert!(s.bmc_target("srv-nope").unwrap().is_none());
     }
 }

@@ -15,6 +15,7 @@ mod bmc;
 mod console;
 mod events;
 mod logs;
+mod requests;
 mod retention;
 mod servers;
 mod tasks;
@@ -27,6 +28,7 @@ pub use console::{
 };
 pub use events::{EVENTS_KEPT, EventRecord, NewEvent};
 pub use logs::LogEntry;
+pub use requests::{NewRequest, REQUESTS_LISTED_MAX, RequestPath, RequestRecord, RequestState};
 pub use retention::{Pruned, Retention};
 pub use servers::{
     Binding, ConnectionRecord, Registration, Removed, ServerRecord, ServerState, SessionGrant,

@@ -519,6 +519,9 @@ pub struct Removed {
     /// Console tokens and console log rows.
     #[serde(default)]
     pub console: u64,
+    /// Queued control requests, finished or not.
+    #[serde(default)]
+    pub requests: u64,
 }
 
 impl Db {
@@ -543,6 +546,7 @@ impl Db {
             // Removing a server revokes its console tokens: they go with it.
             console: n(&tx, "DELETE FROM console_tokens WHERE server_id = ?1")?
                 + n(&tx, "DELETE FROM console_log WHERE server_id = ?1")?,
+            requests: n(&tx, "DELETE FROM requests WHERE server_id = ?1")?,
             connections: n(&tx, "DELETE FROM connections WHERE server_id = ?1")?,
         };
         if n(&tx, "DELETE FROM servers WHERE id = ?1")? == 0 {
