@@ -182,7 +182,10 @@ impl Fleet {
         Arc::new(Fleet {
             console: crate::console::ConsoleService::new(
                 store.clone(),
-                crate::console::unavailable_opener(),
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) => crate::console::lan_opener(store.clone(), h),
+                    Err(_) => crate::console::unavailable_opener(),
+                },
             ),
             store,
             agents: Mutex::new(HashMap::new()),

@@ -9,7 +9,10 @@
 //! kept on with [`ConsoleService::keep`]), when the server is removed, or when the BMC ends
 //! it; a later attachment opens a new one.
 
+mod lan;
 mod pump;
+
+pub use lan::lan_opener;
 
 use crate::store::Store;
 use bytes::Bytes;

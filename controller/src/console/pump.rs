@@ -208,12 +208,13 @@ fn pump(
     reason
 }
 
-/// The opener used until IPMI over LAN is wired in: every open fails, saying why.
+/// The opener of a service made without a runtime (no way to read the BMC table): every
+/// open fails, saying why.
 pub fn unavailable_opener() -> SolOpener {
     Arc::new(|server_id: &str| {
         Err(OpenError::Store {
             server: server_id.to_owned(),
-            msg: "IPMI over LAN is not built yet".into(),
+            msg: "the console service was built outside the controller's runtime".into(),
         })
     })
 }
