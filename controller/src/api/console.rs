@@ -372,15 +372,12 @@ async fn websocket(socket: WebSocket, attached: Attached, watcher: Watcher) {
                     Some(Ok(Message::Text(t))) => ConsoleInput::Data(t.as_bytes().to_vec()),
                     Some(Ok(_)) => continue,
                 };
-                match &holder {
-                    Some(h) => {
-                        if !h.send(input).await {
-                            let _ = tx.send(end("console session ended")).await;
-                            break;
-                        }
-                    }
-                    // Input from a read-only viewer goes nowhere.
-                    None => {}
+                // Input from a read-only viewer goes nowhere.
+                if let Some(h) = &holder
+                    && !h.send(input).await
+                {
+                    let _ = tx.send(end("console session ended")).await;
+                    break;
                 }
             }
         }

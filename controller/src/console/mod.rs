@@ -9,6 +9,7 @@
 //! kept on with [`ConsoleService::keep`]), when the server is removed, or when the BMC ends
 //! it; a later attachment opens a new one.
 
+pub mod attach;
 mod lan;
 mod pump;
 
