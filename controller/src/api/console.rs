@@ -85,7 +85,16 @@ async fn create_token(
     let req: ConsoleTokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ConsoleTokenRequest::default()
     } else {
-        parse_body(&body)?
+        let v: serde_json::Value = parse_body(&body)?;
+        if !v.is_object() {
+            return Err(ApiError::new(
+                codes::INVALID_PARAMS,
+                "invalid request body: expected a JSON object",
+            ));
+        }
+        serde_json::from_value(v).map_err(|e| {
+            ApiError::new(codes::INVALID_PARAMS, format!("invalid request body: {e}"))
+        })?
     };
     let ttl = match req.ttl_s {
         None => CONSOLE_TOKEN_TTL_DEFAULT,
