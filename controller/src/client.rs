@@ -61,6 +61,9 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Secret,
+    /// The CA the API is checked against, for connections reqwest does not make (the
+    /// console's WebSocket).
+    ca_pem: std::sync::Arc<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -169,6 +172,7 @@ impl Client {
             http,
             base: format!("{}/api/v1", api_url.trim().trim_end_matches('/')),
             token,
+            ca_pem: std::sync::Arc::new(ca_pem.to_vec()),
         })
     }
 
@@ -472,6 +476,55 @@ impl Client {
     }
 
     /// Removes a server with its connections, tasks, logs and BMC entry (admin).
+    /// `https://host:port/api/v1`, the admin token and the CA: what the console's
+    /// WebSocket (`crate::console::attach`) connects with.
+    pub fn console_endpoint(&self) -> (&str, &Secret, &[u8]) {
+        (&self.base, &self.token, &self.ca_pem)
+    }
+
+    /// `POST /servers/{id}/console/token`.
+    pub async fn create_console_token(
+        &self,
+        id: &str,
+        ttl_s: Option<u64>,
+    ) -> Result<crate::api::CreatedConsoleToken> {
+        let body = crate::api::ConsoleTokenRequest { ttl_s };
+        self.post(&format!("/servers/{}/console/token", segment(id)), &body)
+            .await
+    }
+
+    /// `DELETE /servers/{id}/console/token`.
+    pub async fn revoke_console_tokens(
+        &self,
+        id: &str,
+    ) -> Result<crate::api::RevokedConsoleTokens> {
+        let url = self.url(&format!("/servers/{}/console/token", segment(id)));
+        self.send(self.http.delete(&url), &url).await
+    }
+
+    /// `GET /servers/{id}/console/log`: the bounded console log, raw bytes.
+    pub async fn console_log(&self, id: &str) -> Result<Vec<u8>> {
+        let url = self.url(&format!("/servers/{}/console/log", segment(id)));
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        if !resp.status().is_success() {
+            return Self::decode::<Value>(resp, &url).await.map(|_| Vec::new());
+        }
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        Ok(bytes.to_vec())
+    }
+
     pub async fn remove_server(&self, id: &str) -> Result<RemovedServer> {
         let url = self.url(&format!("/servers/{id}"));
         self.send(self.http.delete(&url), &url).await

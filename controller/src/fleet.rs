@@ -159,6 +159,8 @@ pub struct Fleet {
     pub(crate) event_budget: Mutex<crate::credentials::EventBudget>,
     /// Counts token revocations, so a handshake can tell whether one raced it.
     pub(crate) revocations: std::sync::atomic::AtomicU64,
+    /// Serial-over-LAN consoles (see [`crate::console`]).
+    pub console: Arc<crate::console::ConsoleService>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -178,6 +180,13 @@ impl Fleet {
     pub fn new(store: Arc<Store>) -> Arc<Fleet> {
         let (events, _) = broadcast::channel(1024);
         Arc::new(Fleet {
+            console: crate::console::ConsoleService::new(
+                store.clone(),
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) => crate::console::lan_opener(store.clone(), h),
+                    Err(_) => crate::console::unavailable_opener(),
+                },
+            ),
             store,
             agents: Mutex::new(HashMap::new()),
             events,
@@ -204,6 +213,7 @@ impl Fleet {
             tracing::info!(server = %server_id, "closing the connection of a removed server");
             live.peer.close(Some(SERVER_REMOVED.into())).await;
         }
+        self.console.close(server_id);
         self.store
             .remove_server(server_id)
             .await?

@@ -47,6 +47,7 @@ pub mod api;
 pub mod bounds;
 pub mod cli;
 pub mod client;
+pub mod console;
 pub mod credentials;
 pub mod enrol;
 pub mod erase;

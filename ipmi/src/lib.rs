@@ -26,6 +26,7 @@ pub mod error;
 pub mod lan;
 pub mod rmcp;
 pub mod sol;
+pub mod sol_payload;
 pub mod transport;
 pub mod user;
 

@@ -61,8 +61,7 @@ async fn power(c: &Client, parameter: &str) -> RequestRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
-    let Some(lab) = Lab::require("a_bmc_enrolled_server_is_powered_and_managed_out_of_band")
-    else {
+    let Some(lab) = Lab::require("a_bmc_enrolled_server_is_powered_and_managed_out_of_band") else {
         return;
     };
     let ctl = Controller::start_with_sans(vec!["10.0.2.100".into()]).await;
@@ -147,7 +146,10 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
         started.elapsed().as_secs_f64()
     );
     let v = client.server(NAME, false).await.unwrap();
-    assert_eq!(v.server.id, id, "the agent took the enrolled server's place");
+    assert_eq!(
+        v.server.id, id,
+        "the agent took the enrolled server's place"
+    );
     assert_eq!(v.server.system_uuid.as_deref(), Some(uuid.as_str()));
     assert_eq!(client.servers().await.unwrap().len(), 1);
 
@@ -168,7 +170,10 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
     })
     .await;
     assert_eq!(b.username, "molar");
-    assert_eq!((b.host.as_deref(), b.port), (Some("127.0.0.1"), Some(sim.lan_port())));
+    assert_eq!(
+        (b.host.as_deref(), b.port),
+        (Some("127.0.0.1"), Some(sim.lan_port()))
+    );
 
     // Power off out-of-band with the new credentials: QEMU ends.
     let r = power(&client, "off").await;
@@ -184,7 +189,11 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
     })
     .await;
     let r = power(&client, "status").await;
-    assert_eq!(r.message.as_deref(), Some("server power state: off"), "{r:?}");
+    assert_eq!(
+        r.message.as_deref(),
+        Some("server power state: off"),
+        "{r:?}"
+    );
 
     // And on again: the agent re-registers with a new boot.
     let r = power(&client, "on").await;

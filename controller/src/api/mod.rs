@@ -12,6 +12,13 @@
 mod enrol;
 
 pub use enrol::{AddBmc, AddServer};
+mod console;
+
+pub use console::{
+    CONSOLE_BUSY, ConsoleTokenRequest, CreatedConsoleToken, RevokedConsoleTokens,
+    text_stream_response,
+};
+
 mod control;
 
 pub use control::{
@@ -357,6 +364,7 @@ pub fn router(
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
         .route("/tokens/{id}/rotate", post(rotate_token))
+        .merge(console::routes())
         .merge(control::routes());
     let routed = Router::new()
         .nest("/api/v1", api)
@@ -431,6 +439,9 @@ async fn method_not_allowed(req: Request) -> Response {
 }
 
 async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    if console::presents_console_token(&req) {
+        return next.run(req).await;
+    }
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return ApiError::new(codes::UNAUTHORIZED, "missing admin token").into_response();
     };
@@ -993,7 +1004,9 @@ pub async fn serve(
                 .serve_connection(
                     hyper_util::rt::TokioIo::new(crate::http_errors::JsonErrors::new(tls)),
                     svc,
-                );
+                )
+                // The console's WebSocket.
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

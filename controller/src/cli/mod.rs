@@ -12,6 +12,7 @@ macro_rules! outln {
     };
 }
 
+mod console;
 mod control;
 mod logs;
 pub(crate) mod output;
@@ -130,6 +131,17 @@ pub enum Command {
         /// Keep printing new records.
         #[arg(long, short)]
         follow: bool,
+    },
+    /// Attach to a server's serial-over-LAN console through its BMC (~. detaches, ~B sends
+    /// a break), or print its console log.
+    Console {
+        id: String,
+        /// Take the console over from the session holding it (it is told and detached).
+        #[arg(long)]
+        force: bool,
+        /// Print the bounded log of what the console showed, then exit.
+        #[arg(long, conflicts_with = "force")]
+        log: bool,
     },
     /// Print security events: refused handshakes, superseded sessions, revoked and rotated
     /// tokens, expected ramdisk boots.
@@ -405,6 +417,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Task { command } => tasks::run(cli, command).await,
         Command::Tasks { id } => tasks::list(cli, id).await,
         Command::Logs { id, follow } => logs::logs(cli, id, *follow).await,
+        Command::Console { id, force, log } => console::run(cli, id, *force, *log).await,
         Command::Events { server, follow } => logs::events(cli, server.as_deref(), *follow).await,
         Command::Power {
             server,

@@ -564,9 +564,10 @@ impl Db {
             tasks: n(&tx, "DELETE FROM tasks WHERE server_id = ?1")?,
             logs: n(&tx, "DELETE FROM logs WHERE server_id = ?1")?,
             bmcs: n(&tx, "DELETE FROM bmcs WHERE server_id = ?1")?,
+            // Removing a server revokes its console tokens: they go with it.
+            console: n(&tx, "DELETE FROM console_tokens WHERE server_id = ?1")?
+                + n(&tx, "DELETE FROM console_log WHERE server_id = ?1")?,
             requests: n(&tx, "DELETE FROM requests WHERE server_id = ?1")?,
-            console: n(&tx, "DELETE FROM console_log WHERE server_id = ?1")?
-                + n(&tx, "DELETE FROM console_tokens WHERE server_id = ?1")?,
             connections: n(&tx, "DELETE FROM connections WHERE server_id = ?1")?,
         };
         if n(&tx, "DELETE FROM servers WHERE id = ?1")? == 0 {
