@@ -10,8 +10,10 @@
 //! The response types are public and shared with [`crate::client`].
 
 mod enrol;
+mod obmd;
 
 pub use enrol::{AddBmc, AddServer};
+pub use obmd::{ObmdPowerStatus, ObmdToken};
 mod console;
 
 pub use console::{
@@ -368,6 +370,7 @@ pub fn router(
         .merge(control::routes());
     let routed = Router::new()
         .nest("/api/v1", api)
+        .merge(obmd::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
@@ -439,7 +442,8 @@ async fn method_not_allowed(req: Request) -> Response {
 }
 
 async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    if console::presents_console_token(&req) {
+    // Console token holders and OBMd's clients are checked by their own routes.
+    if console::presents_console_token(&req) || obmd::is_obmd(&req) {
         return next.run(req).await;
     }
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
