@@ -225,7 +225,57 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
         ]
     );
 
-    // Power off before the BMC goes: a killed ipmi_sim would orphan QEMU.
-    let r = power(&client, "off").await;
-    assert_eq!(r.state.as_str(), "succeeded", "{r:?}");
+    // Seed 001's OBMd API on the same server: a node token, power status and power off.
+    let http = https(&ctl);
+    let base = format!("{}/obmd/node/{NAME}", ctl.running().api_url);
+    let admin = ("admin", Some(ctl.running().admin_token.expose().to_owned()));
+    let t: serde_json::Value = http
+        .post(format!("{base}/token"))
+        .basic_auth(admin.0, admin.1.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let node_token = t["token"].as_str().unwrap().to_owned();
+    assert_eq!(node_token.len(), 32, "{t}");
+    let status = |http: reqwest::Client, url: String| async move {
+        let v: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
+        v["power_status"].as_str().unwrap().to_owned()
+    };
+    let url = format!("{base}/power_status?token={node_token}");
+    assert_eq!(status(http.clone(), url.clone()).await, "on");
+    let off = http
+        .post(format!("{base}/power_off?token={node_token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(off.status().as_u16(), 200, "{:?}", off.text().await);
+    assert_eq!(status(http.clone(), url.clone()).await, "off");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while vm.is_running() {
+        assert!(Instant::now() < deadline, "obmd power_off left QEMU running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Revoked: the token no longer works.
+    let revoked = http
+        .delete(format!("{base}/token"))
+        .basic_auth(admin.0, admin.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status().as_u16(), 200);
+    let refused = http.get(url).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+}
+
+/// An HTTPS client that trusts the controller's CA only.
+fn https(ctl: &Controller) -> reqwest::Client {
+    let ca = std::fs::read(ctl.ca_pem()).unwrap();
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap()
 }
