@@ -34,6 +34,19 @@ pub const RESTARTED: &str = "controller restarted while the request was active";
 /// How long an agent gets to answer an in-band request.
 pub const IN_BAND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long re-checking a power change after a restart may take.
+pub const RECHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The power state a change leaves the server in, when it can be read back: on, off, or
+/// off after a soft shutdown; `None` for a cycle or reset (on before and after).
+fn expected_power(change: PowerChange) -> Option<bool> {
+    match change {
+        PowerChange::On => Some(true),
+        PowerChange::Off | PowerChange::Soft => Some(false),
+        PowerChange::Cycle | PowerChange::Reset => None,
+    }
+}
+
 /// The actions a request may name.
 pub const ACTIONS: &str = "set_power_state, power_cycle, set_next_boot_device, bmc_reset, identify";
 
@@ -189,34 +202,52 @@ impl Requests {
         });
         let open = this.fleet.store.open_requests().await?;
         let mut servers = Vec::new();
+        let mut rechecks = Vec::new();
         for r in open {
             if r.state == RequestState::Active {
-                let rerun = matches!(
-                    parse_action(&r.action, r.parameter.as_deref(), r.persistent, r.efi),
-                    Ok(OobAction::PowerStatus)
-                );
-                if rerun {
-                    this.fleet
-                        .store
-                        .requeue_request(
-                            r.id,
-                            "run again: the controller restarted while it was active",
-                        )
-                        .await?;
-                } else {
-                    tracing::warn!(request = r.id, server = %r.server_id, action = %r.action, "{RESTARTED}");
-                    this.fleet
-                        .store
-                        .finish_request(r.id, RequestState::Failed, RESTARTED)
-                        .await?;
+                match parse_action(&r.action, r.parameter.as_deref(), r.persistent, r.efi) {
+                    Ok(OobAction::PowerStatus) => {
+                        this.fleet
+                            .store
+                            .requeue_request(
+                                r.id,
+                                "run again: the controller restarted while it was active",
+                            )
+                            .await?;
+                    }
+                    Ok(OobAction::Power(change)) if expected_power(change).is_some() => {
+                        rechecks.push(r);
+                        continue;
+                    }
+                    _ => {
+                        tracing::warn!(request = r.id, server = %r.server_id, action = %r.action, "{RESTARTED}");
+                        this.fleet
+                            .store
+                            .finish_request(r.id, RequestState::Failed, RESTARTED)
+                            .await?;
+                    }
                 }
             }
             if !servers.contains(&r.server_id) {
                 servers.push(r.server_id);
             }
         }
+        // A server with a re-check is kicked when it is done.
+        servers.retain(|s| !rechecks.iter().any(|c| &c.server_id == s));
         for s in servers {
             this.kick(&s);
+        }
+        // A power change left active is checked against the power state before the
+        // server's next request runs (its worker finds the request active until then).
+        for r in rechecks {
+            let this2 = this.clone();
+            this.tracker.spawn(async move {
+                tokio::select! {
+                    _ = this2.recheck(&r) => this2.kick(&r.server_id),
+                    // Left active: the next start checks again.
+                    _ = this2.shutdown.cancelled() => {}
+                }
+            });
         }
         Ok(this)
     }
@@ -240,6 +271,62 @@ impl Requests {
         tracing::info!(request = rec.id, server = %server_id, action = %rec.action, parameter = ?rec.parameter, "request queued");
         self.kick(server_id);
         Ok(rec)
+    }
+
+    /// A power change that was active when the controller stopped: succeeded when the power
+    /// state read now over the BMC is the one it asked for, else failed with
+    /// [`RESTARTED`] and what was found.
+    async fn recheck(&self, r: &RequestRecord) {
+        let want = match parse_action(&r.action, r.parameter.as_deref(), r.persistent, r.efi) {
+            Ok(OobAction::Power(change)) => expected_power(change),
+            _ => None,
+        };
+        let Some(want) = want else {
+            self.finish(r, RequestState::Failed, RESTARTED.into()).await;
+            return;
+        };
+        let found = match self.fleet.store.bmc_target(&r.server_id).await {
+            Err(e) => Err(format!("reading the BMC entry: {e}")),
+            Ok(None) => Err("no BMC address is known to read the power state".into()),
+            Ok(Some(target)) => {
+                self.record_path(r.id, RequestPath::OutOfBand).await;
+                match tokio::time::timeout(
+                    RECHECK_TIMEOUT,
+                    crate::oob::perform(&target, &OobAction::PowerStatus),
+                )
+                .await
+                {
+                    Ok(Ok(o)) => o.power_on.ok_or_else(|| "the BMC did not say".to_owned()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the BMC did not answer in time".into()),
+                }
+            }
+        };
+        let word = |on: bool| if on { "on" } else { "off" };
+        let (state, message) = match found {
+            Ok(on) if on == want => (
+                RequestState::Succeeded,
+                format!(
+                    "server power state set successful: {} (confirmed by a power state read \
+                     after a controller restart)",
+                    r.parameter.as_deref().unwrap_or(word(want))
+                ),
+            ),
+            Ok(on) => (
+                RequestState::Failed,
+                format!(
+                    "{RESTARTED}; the power is {} now, not {}",
+                    word(on),
+                    word(want)
+                ),
+            ),
+            Err(why) => (
+                RequestState::Failed,
+                format!("{RESTARTED}; the power state could not be re-checked: {why}"),
+            ),
+        };
+        tracing::info!(request = r.id, server = %r.server_id, "re-checked after a restart");
+        self.finish(r, state, message).await;
     }
 
     /// Waits for the shutdown token, then for the workers to stop.
@@ -312,6 +399,11 @@ impl Requests {
             Ok(msg) => (RequestState::Succeeded, msg),
             Err(msg) => (RequestState::Failed, msg),
         };
+        self.finish(r, state, message).await;
+    }
+
+    /// Stores a request's outcome.
+    async fn finish(&self, r: &RequestRecord, state: RequestState, message: String) {
         tracing::info!(request = r.id, server = %r.server_id, state = state.as_str(), message = %message, "request finished");
         if let Err(e) = self.fleet.store.finish_request(r.id, state, &message).await {
             tracing::error!(request = r.id, error = %e, "storing a request's outcome");

@@ -214,6 +214,7 @@ async fn a_restart_mid_request_fails_the_active_one_and_runs_the_pending_ones() 
     let sid = a.welcome.server_id.clone();
     let off = queue(&c, &sid, "set_power_state", Some("off")).await;
     let status = queue(&c, &sid, "set_power_state", Some("status")).await;
+    let reset = queue(&c, &sid, "bmc_reset", None).await;
     let pxe = queue(&c, &sid, "set_next_boot_device", Some("pxe")).await;
     until_state(&c, off.id, RequestState::Active).await;
 
@@ -240,14 +241,19 @@ async fn a_restart_mid_request_fails_the_active_one_and_runs_the_pending_ones() 
     };
     let off = wait_final(off.id).await;
     assert_eq!(off.state, RequestState::Failed);
+    // A power change is re-checked; with no BMC to read it from, it fails saying so.
     assert_eq!(
         off.message.as_deref(),
-        Some("controller restarted while the request was active")
+        Some(
+            "controller restarted while the request was active; the power state could not be \
+             re-checked: no BMC address is known to read the power state"
+        )
     );
     // The pending ones ran, in order (no agent and no BMC now: failed, saying why).
     let status = wait_final(status.id).await;
+    let reset = wait_final(reset.id).await;
     let pxe = wait_final(pxe.id).await;
-    for r in [&status, &pxe] {
+    for r in [&status, &reset, &pxe] {
         assert_eq!(r.state, RequestState::Failed);
         assert!(
             r.message
@@ -289,6 +295,36 @@ async fn a_restart_mid_request_fails_the_active_one_and_runs_the_pending_ones() 
             .unwrap()
             .starts_with("no path to server"),
         "ran again rather than failed for the restart: {r:?}"
+    );
+    shutdown.cancel();
+    running.join().await;
+
+    // A BMC reset left active (as by a controller killed mid-request) is failed, never
+    // repeated.
+    let reset = {
+        let mut db = molar_controller::store::Db::open(dir.path()).unwrap();
+        let r = db
+            .add_request(
+                &sid,
+                &molar_controller::store::NewRequest {
+                    action: "bmc_reset".into(),
+                    parameter: None,
+                    persistent: false,
+                    efi: false,
+                    source: "api".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(db.next_request(&sid).unwrap().unwrap().id, r.id);
+        r
+    };
+    let (running, shutdown) = restart(dir.path()).await;
+    let client = running.client().unwrap();
+    let r = client.request(reset.id).await.unwrap();
+    assert_eq!(r.state, RequestState::Failed);
+    assert_eq!(
+        r.message.as_deref(),
+        Some("controller restarted while the request was active")
     );
     shutdown.cancel();
     running.join().await;

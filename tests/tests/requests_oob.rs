@@ -168,3 +168,77 @@ async fn requests_run_in_order_out_of_band_against_ipmi_sim() {
     shutdown.cancel();
     running.join().await;
 }
+
+/// Queues `action parameter` on `srv-oob` and marks it active, as a controller stopped
+/// mid-request leaves it.
+fn left_active(dir: &std::path::Path, parameter: &str) -> i64 {
+    let mut db = Db::open(dir).unwrap();
+    let r = db
+        .add_request(
+            "srv-oob",
+            &molar_controller::store::NewRequest {
+                action: "set_power_state".into(),
+                parameter: Some(parameter.into()),
+                persistent: false,
+                efi: false,
+                source: "api".into(),
+            },
+        )
+        .unwrap();
+    assert_eq!(db.next_request("srv-oob").unwrap().unwrap().id, r.id);
+    r.id
+}
+
+#[tokio::test]
+async fn a_power_change_active_at_a_restart_is_rechecked_over_the_bmc() {
+    let test = "a_power_change_active_at_a_restart_is_rechecked_over_the_bmc";
+    let Some((_lab, sim)) = sim(test) else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    state_with_bmc(state.path(), sim.lan_port());
+    // ipmi_sim without a VM is off: `off` took effect, `on` did not.
+    let out = sim.ipmitool(USER, PASSWORD, &["chassis", "power", "status"]);
+    eprintln!(
+        "{:?}",
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    );
+    for (parameter, confirmed) in [("off", true), ("on", false)] {
+        let id = left_active(state.path(), parameter);
+        let shutdown = CancellationToken::new();
+        let running = start(ServeConfig::loopback(state.path()), shutdown.clone())
+            .await
+            .unwrap();
+        let c = running.client().unwrap();
+        // A request queued meanwhile runs after the re-check.
+        let next = c
+            .control("srv-oob", &req("set_power_state", Some("status"), false))
+            .await
+            .unwrap()
+            .id;
+        let r = c.wait_request(id, Duration::from_secs(60)).await.unwrap();
+        let after = c.wait_request(next, Duration::from_secs(60)).await.unwrap();
+        eprintln!("{r:?}\n{after:?}");
+        let msg = r.message.as_deref().unwrap();
+        if confirmed {
+            assert_eq!(r.state, RequestState::Succeeded, "{r:?}");
+            assert_eq!(
+                msg,
+                "server power state set successful: off (confirmed by a power state read \
+                 after a controller restart)"
+            );
+        } else {
+            assert_eq!(r.state, RequestState::Failed, "{r:?}");
+            assert_eq!(
+                msg,
+                "controller restarted while the request was active; the power is off now, \
+                 not on"
+            );
+        }
+        assert_eq!(r.path, Some(RequestPath::OutOfBand));
+        assert_eq!(after.state, RequestState::Succeeded, "{after:?}");
+        assert!(r.finished_ms.unwrap() <= after.started_ms.unwrap());
+        shutdown.cancel();
+        running.join().await;
+    }
+}
