@@ -11,7 +11,8 @@
 //!
 //! Path: in-band through the connected agent when it can do the action (`chassis.power`,
 //! `chassis.boot_device`, `bmc.reset`), else out-of-band through the BMC
-//! ([`crate::oob::perform`]). Powering on goes out-of-band first (a server that is off has
+//! ([`crate::oob::perform`]), also when the agent could not act (no local IPMI device,
+//! refused: `did_not_act`). Powering on goes out-of-band first (a server that is off has
 //! no agent), identify only out-of-band (the agent has no such method). The path taken is
 //! recorded on the request.
 
@@ -425,12 +426,17 @@ impl Requests {
             .await
             .map_err(|e| format!("reading the BMC entry: {e}"))?;
         let try_in_band = connected && in_band_able && !(prefer_oob && target.is_some());
+        let mut in_band_failure = None;
         if try_in_band {
             self.record_path(r.id, RequestPath::InBand).await;
             match self.in_band(server, &action).await {
                 Ok(msg) => return Ok(msg),
-                // The agent went away before answering: the BMC may still be reached.
-                Err(FleetError::NotConnected(_)) if target.is_some() => {}
+                // The agent could not act (gone, no local BMC device, refusing): the BMC
+                // may still be reached over the network. Any other failure may have acted
+                // and is not repeated another way.
+                Err(e) if target.is_some() && did_not_act(&e) => {
+                    in_band_failure = Some(e.to_body().msg);
+                }
                 Err(e) => return Err(format!("in-band: {}", e.to_body().msg)),
             }
         }
@@ -443,10 +449,13 @@ impl Requests {
             return Err(format!("no path to server {server}: {why}"));
         };
         self.record_path(r.id, RequestPath::OutOfBand).await;
+        let first = in_band_failure
+            .map(|m| format!(" (in-band first: {m})"))
+            .unwrap_or_default();
         crate::oob::perform(&target, &action)
             .await
             .map(|o| o.message)
-            .map_err(|e| format!("out-of-band: {e}"))
+            .map_err(|e| format!("out-of-band: {e}{first}"))
     }
 
     async fn record_path(&self, id: i64, path: RequestPath) {
@@ -523,6 +532,25 @@ impl Requests {
         }
     }
 }
+
+/// Whether an in-band failure says the agent did not act: its connection was gone, it has
+/// no local BMC device, or it refused or could not take the method.
+fn did_not_act(e: &FleetError) -> bool {
+    use molar_protocol::codes;
+    if matches!(e, FleetError::NotConnected(_)) {
+        return true;
+    }
+    let code = e.to_body().code;
+    code == codes::NOT_CONNECTED
+        || code == codes::REFUSED
+        || code == codes::UNKNOWN_METHOD
+        || code == codes::NOT_READY
+        || code == codes::HARDWARE_NOT_READY
+        || code == IPMI_NO_DEVICE
+}
+
+/// The agent's error code for a machine without a local IPMI device.
+const IPMI_NO_DEVICE: &str = "ipmi_no_device";
 
 /// "server next boot device set successful: pxe (persistent, efi)", from what the BMC read
 /// back.

@@ -242,3 +242,55 @@ async fn a_power_change_active_at_a_restart_is_rechecked_over_the_bmc() {
         running.join().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_a_local_bmc_device_falls_back_to_the_network_bmc() {
+    use molar_agent::tls::Trust;
+    use molar_tests::inproc::{Controller, TestAgent, connected_server};
+    let test = "an_agent_without_a_local_bmc_device_falls_back_to_the_network_bmc";
+    let Some((_lab, sim)) = sim(test) else {
+        return;
+    };
+    let ctl = Controller::start().await;
+    let token = ctl.agent_token().await;
+    // A real agent whose machine root has no /dev/ipmi0.
+    let _agent = TestAgent::start(
+        &ctl.agent_addr(),
+        Trust::CaFile(ctl.ca_pem()),
+        token,
+        "S310",
+    );
+    let client = ctl.client();
+    let id = connected_server(&client, "S310").await;
+    {
+        let db = Db::open(&ctl.running().state_dir).unwrap();
+        db.set_bmc(
+            &id,
+            &BmcCredentials {
+                mac: None,
+                ip: None,
+                username: USER.into(),
+                password: Secret::new(PASSWORD),
+                user_id: Some(2),
+                source: "operator".into(),
+            },
+        )
+        .unwrap();
+        assert!(
+            db.set_bmc_endpoint(&id, "127.0.0.1", sim.lan_port())
+                .unwrap()
+        );
+    }
+    let q = client
+        .control(&id, &req("set_power_state", Some("status"), false))
+        .await
+        .unwrap();
+    let r = client
+        .wait_request(q.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    eprintln!("{r:?}");
+    assert_eq!(r.state, RequestState::Succeeded, "{r:?}");
+    assert_eq!(r.path, Some(RequestPath::OutOfBand));
+    assert_eq!(r.message.as_deref(), Some("server power state: off"));
+}
