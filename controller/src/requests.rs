@@ -35,6 +35,10 @@ pub const RESTARTED: &str = "controller restarted while the request was active";
 /// How long an agent gets to answer an in-band request.
 pub const IN_BAND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Most requests one server may have pending or active: a script gone wrong cannot queue
+/// hours of power cycles.
+pub const OPEN_PER_SERVER_MAX: u64 = 64;
+
 /// How long re-checking a power change after a restart may take.
 pub const RECHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -58,6 +62,8 @@ pub enum RequestError {
     Invalid(String),
     #[error("server {0} not found")]
     ServerNotFound(String),
+    #[error("server {server} has {open} requests waiting or running: wait for them to finish")]
+    QueueFull { server: String, open: u64 },
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -267,6 +273,13 @@ impl Requests {
         )?;
         if self.fleet.store.get_server(server_id).await?.is_none() {
             return Err(RequestError::ServerNotFound(server_id.to_owned()));
+        }
+        let open = self.fleet.store.open_request_count(server_id).await?;
+        if open >= OPEN_PER_SERVER_MAX {
+            return Err(RequestError::QueueFull {
+                server: server_id.to_owned(),
+                open,
+            });
         }
         let rec = self.fleet.store.add_request(server_id, request).await?;
         tracing::info!(request = rec.id, server = %server_id, action = %rec.action, parameter = ?rec.parameter, "request queued");

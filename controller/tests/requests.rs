@@ -713,3 +713,38 @@ async fn malformed_and_hostile_input_is_refused_on_every_route() {
     assert_eq!(got, 401);
     still_answers(&c, &sid).await;
 }
+
+#[tokio::test]
+async fn a_server_queue_is_bounded() {
+    let c = controller().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let a = fake_agent_with(&c, 10, gated_handler(gate.clone(), Arc::default())).await;
+    let sid = a.welcome.server_id.clone();
+    let max = molar_controller::requests::OPEN_PER_SERVER_MAX;
+    for _ in 0..max {
+        queue(&c, &sid, "set_power_state", Some("status")).await;
+    }
+    let body = r#"{"action":"set_power_state","parameter":"status"}"#;
+    let (status, v) = raw_api(
+        &c,
+        reqwest::Method::POST,
+        &format!("/servers/{sid}/control"),
+        Some(&admin(&c)),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "busy");
+    assert!(
+        v["error"]["msg"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("has {max} requests waiting or running")),
+        "{v}"
+    );
+    // Once they ran, the server takes requests again.
+    gate.add_permits(max as usize);
+    let last = c.client.requests(&sid, 1).await.unwrap()[0].id;
+    until_state(&c, last, RequestState::Succeeded).await;
+    queue(&c, &sid, "set_power_state", Some("status")).await;
+}
