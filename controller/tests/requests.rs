@@ -748,3 +748,44 @@ async fn a_server_queue_is_bounded() {
     until_state(&c, last, RequestState::Succeeded).await;
     queue(&c, &sid, "set_power_state", Some("status")).await;
 }
+
+#[tokio::test]
+async fn a_server_is_named_by_its_id_or_its_name_even_an_odd_one() {
+    let c = controller().await;
+    let gate = Arc::new(Semaphore::new(100));
+    let a = fake_agent_with(&c, 11, gated_handler(gate, Arc::default())).await;
+    let sid = a.welcome.server_id.clone();
+    // A name as an operator's `server add` gives it, with characters that mean something
+    // in a URL.
+    let name = "rack a/node 1?x#☃";
+    let db = rusqlite::Connection::open(c.dir.path().join("molar.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute(
+        "UPDATE servers SET name = ?1 WHERE id = ?2",
+        rusqlite::params![name, sid],
+    )
+    .unwrap();
+    let r = queue(&c, name, "set_power_state", Some("status")).await;
+    assert_eq!(r.server_id, sid);
+    until_state(&c, r.id, RequestState::Succeeded).await;
+    assert_eq!(c.client.requests(name, 10).await.unwrap()[0].id, r.id);
+    // The seed's shapes take the name too, in the path and as asset_id.
+    let body = json!({"exclusive": true, "parameters": {"asset_id": name,
+        "action": "set_next_boot_device", "action_parameter": "disk"}});
+    let set = c
+        .client
+        .condition_server_control(name, &body)
+        .await
+        .unwrap();
+    assert_eq!(set.records.server_id, sid);
+    assert_eq!(set.records.conditions[0].parameters.asset_id, sid);
+    let rid: i64 = set.records.conditions[0].id.parse().unwrap();
+    until_state(&c, rid, RequestState::Succeeded).await;
+    let status = c.client.condition_status(name).await.unwrap();
+    assert_eq!(status.records.state.as_deref(), Some("succeeded"));
+    // A prefix of the name, or the name with another case, is no server.
+    for other in ["rack a", "RACK A/NODE 1?X#☃"] {
+        let e = c.client.bmc_reset(other).await.unwrap_err();
+        assert_eq!(e.code(), "not_found", "{other}: {e}");
+    }
+}
