@@ -465,10 +465,23 @@ impl Requests {
         let first = in_band_failure
             .map(|m| format!(" (in-band first: {m})"))
             .unwrap_or_default();
-        crate::oob::perform(&target, &action)
+        let outcome = crate::oob::perform(&target, &action)
             .await
-            .map(|o| o.message)
-            .map_err(|e| format!("out-of-band: {e}{first}"))
+            .map_err(|e| format!("out-of-band: {e}{first}"))?;
+        if let OobAction::Power(change) = action {
+            // The server's next boot is one the controller asked for: its new agent may
+            // take the place of the old session (as after an in-band power action).
+            let why =
+                format!("after an out-of-band power {change:?} the admin asked for").to_lowercase();
+            if let Err(e) = self
+                .fleet
+                .expect_ramdisk(server, crate::fleet::REBOOT_EXPECTATION, &why)
+                .await
+            {
+                tracing::error!(server = %server, error = %e, "recording the expected boot");
+            }
+        }
+        Ok(outcome.message)
     }
 
     async fn record_path(&self, id: i64, path: RequestPath) {

@@ -294,3 +294,46 @@ async fn an_agent_without_a_local_bmc_device_falls_back_to_the_network_bmc() {
     assert_eq!(r.path, Some(RequestPath::OutOfBand));
     assert_eq!(r.message.as_deref(), Some("server power state: off"));
 }
+
+#[tokio::test]
+async fn an_out_of_band_power_change_expects_the_server_to_boot_again() {
+    let test = "an_out_of_band_power_change_expects_the_server_to_boot_again";
+    let Some((_lab, sim)) = sim(test) else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    state_with_bmc(state.path(), sim.lan_port());
+    let shutdown = CancellationToken::new();
+    let running = start(ServeConfig::loopback(state.path()), shutdown.clone())
+        .await
+        .unwrap();
+    let c = running.client().unwrap();
+    let before = c.server("srv-oob", false).await.unwrap();
+    assert_eq!(before.server.expect_ramdisk_until_ms, None);
+    let q = c
+        .control("srv-oob", &req("set_power_state", Some("on"), false))
+        .await
+        .unwrap();
+    let r = c.wait_request(q.id, Duration::from_secs(60)).await.unwrap();
+    eprintln!("{r:?}");
+    assert_eq!(r.path, Some(RequestPath::OutOfBand));
+    let after = c.server("srv-oob", false).await.unwrap();
+    // ipmi_sim without a VM takes a power on (its chassis state becomes on).
+    assert_eq!(r.state, RequestState::Succeeded, "{r:?}");
+    assert_eq!(
+        r.message.as_deref(),
+        Some("server power state set successful: on")
+    );
+    assert!(after.server.expect_ramdisk_until_ms.is_some(), "{after:?}");
+    let events = c.events(Some("srv-oob"), 0, 100).await.unwrap();
+    assert!(
+        events
+            .events
+            .iter()
+            .any(|e| e.event.kind == "ramdisk_expected"
+                && e.event.msg.contains("out-of-band power on")),
+        "{events:?}"
+    );
+    shutdown.cancel();
+    running.join().await;
+}
