@@ -214,6 +214,7 @@ async fn a_restart_mid_request_fails_the_active_one_and_runs_the_pending_ones() 
     let sid = a.welcome.server_id.clone();
     let off = queue(&c, &sid, "set_power_state", Some("off")).await;
     let status = queue(&c, &sid, "set_power_state", Some("status")).await;
+    let reset = queue(&c, &sid, "bmc_reset", None).await;
     let pxe = queue(&c, &sid, "set_next_boot_device", Some("pxe")).await;
     until_state(&c, off.id, RequestState::Active).await;
 
@@ -240,14 +241,19 @@ async fn a_restart_mid_request_fails_the_active_one_and_runs_the_pending_ones() 
     };
     let off = wait_final(off.id).await;
     assert_eq!(off.state, RequestState::Failed);
+    // A power change is re-checked; with no BMC to read it from, it fails saying so.
     assert_eq!(
         off.message.as_deref(),
-        Some("controller restarted while the request was active")
+        Some(
+            "controller restarted while the request was active; the power state could not be \
+             re-checked: no BMC address is known to read the power state"
+        )
     );
     // The pending ones ran, in order (no agent and no BMC now: failed, saying why).
     let status = wait_final(status.id).await;
+    let reset = wait_final(reset.id).await;
     let pxe = wait_final(pxe.id).await;
-    for r in [&status, &pxe] {
+    for r in [&status, &reset, &pxe] {
         assert_eq!(r.state, RequestState::Failed);
         assert!(
             r.message
@@ -289,6 +295,36 @@ async fn a_restart_mid_request_fails_the_active_one_and_runs_the_pending_ones() 
             .unwrap()
             .starts_with("no path to server"),
         "ran again rather than failed for the restart: {r:?}"
+    );
+    shutdown.cancel();
+    running.join().await;
+
+    // A BMC reset left active (as by a controller killed mid-request) is failed, never
+    // repeated.
+    let reset = {
+        let mut db = molar_controller::store::Db::open(dir.path()).unwrap();
+        let r = db
+            .add_request(
+                &sid,
+                &molar_controller::store::NewRequest {
+                    action: "bmc_reset".into(),
+                    parameter: None,
+                    persistent: false,
+                    efi: false,
+                    source: "api".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(db.next_request(&sid).unwrap().unwrap().id, r.id);
+        r
+    };
+    let (running, shutdown) = restart(dir.path()).await;
+    let client = running.client().unwrap();
+    let r = client.request(reset.id).await.unwrap();
+    assert_eq!(r.state, RequestState::Failed);
+    assert_eq!(
+        r.message.as_deref(),
+        Some("controller restarted while the request was active")
     );
     shutdown.cancel();
     running.join().await;
@@ -676,4 +712,80 @@ async fn malformed_and_hostile_input_is_refused_on_every_route() {
     .await;
     assert_eq!(got, 401);
     still_answers(&c, &sid).await;
+}
+
+#[tokio::test]
+async fn a_server_queue_is_bounded() {
+    let c = controller().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let a = fake_agent_with(&c, 10, gated_handler(gate.clone(), Arc::default())).await;
+    let sid = a.welcome.server_id.clone();
+    let max = molar_controller::requests::OPEN_PER_SERVER_MAX;
+    for _ in 0..max {
+        queue(&c, &sid, "set_power_state", Some("status")).await;
+    }
+    let body = r#"{"action":"set_power_state","parameter":"status"}"#;
+    let (status, v) = raw_api(
+        &c,
+        reqwest::Method::POST,
+        &format!("/servers/{sid}/control"),
+        Some(&admin(&c)),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "busy");
+    assert!(
+        v["error"]["msg"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("has {max} requests waiting or running")),
+        "{v}"
+    );
+    // Once they ran, the server takes requests again.
+    gate.add_permits(max as usize);
+    let last = c.client.requests(&sid, 1).await.unwrap()[0].id;
+    until_state(&c, last, RequestState::Succeeded).await;
+    queue(&c, &sid, "set_power_state", Some("status")).await;
+}
+
+#[tokio::test]
+async fn a_server_is_named_by_its_id_or_its_name_even_an_odd_one() {
+    let c = controller().await;
+    let gate = Arc::new(Semaphore::new(100));
+    let a = fake_agent_with(&c, 11, gated_handler(gate, Arc::default())).await;
+    let sid = a.welcome.server_id.clone();
+    // A name as an operator's `server add` gives it, with characters that mean something
+    // in a URL.
+    let name = "rack a/node 1?x#☃";
+    let db = rusqlite::Connection::open(c.dir.path().join("molar.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute(
+        "UPDATE servers SET name = ?1 WHERE id = ?2",
+        rusqlite::params![name, sid],
+    )
+    .unwrap();
+    let r = queue(&c, name, "set_power_state", Some("status")).await;
+    assert_eq!(r.server_id, sid);
+    until_state(&c, r.id, RequestState::Succeeded).await;
+    assert_eq!(c.client.requests(name, 10).await.unwrap()[0].id, r.id);
+    // The seed's shapes take the name too, in the path and as asset_id.
+    let body = json!({"exclusive": true, "parameters": {"asset_id": name,
+        "action": "set_next_boot_device", "action_parameter": "disk"}});
+    let set = c
+        .client
+        .condition_server_control(name, &body)
+        .await
+        .unwrap();
+    assert_eq!(set.records.server_id, sid);
+    assert_eq!(set.records.conditions[0].parameters.asset_id, sid);
+    let rid: i64 = set.records.conditions[0].id.parse().unwrap();
+    until_state(&c, rid, RequestState::Succeeded).await;
+    let status = c.client.condition_status(name).await.unwrap();
+    assert_eq!(status.records.state.as_deref(), Some("succeeded"));
+    // A prefix of the name, or the name with another case, is no server.
+    for other in ["rack a", "RACK A/NODE 1?X#☃"] {
+        let e = c.client.bmc_reset(other).await.unwrap_err();
+        assert_eq!(e.code(), "not_found", "{other}: {e}");
+    }
 }

@@ -135,6 +135,7 @@ impl From<RequestError> for ApiError {
         match e {
             RequestError::Invalid(m) => ApiError::new(codes::INVALID_PARAMS, m),
             RequestError::ServerNotFound(id) => FleetError::ServerNotFound(id).into(),
+            e @ RequestError::QueueFull { .. } => ApiError::new(codes::BUSY, e.to_string()),
             RequestError::Store(e) => e.into(),
         }
     }

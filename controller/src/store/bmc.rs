@@ -124,6 +124,19 @@ impl Db {
         Ok(p.map(molar_protocol::Secret::new))
     }
 
+    /// Sets where the server's BMC is reached (an operator's `HOST[:PORT]`); `false` when
+    /// the server has no BMC entry.
+    pub fn set_bmc_endpoint(&self, server_id: &str, host: &str, port: u16) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE bmcs SET host = ?2, port = ?3, updated_ms = ?4 WHERE server_id = ?1",
+                params![server_id, host, port, now_ms()],
+            )
+            .map_err(q("setting a BMC address"))?;
+        Ok(n > 0)
+    }
+
     /// Where and how the controller reaches the server's BMC out-of-band: `host` and `port`
     /// when set (an operator's entry), else the address the agent reported (`ip`) on the
     /// IPMI port; `None` without a BMC entry or without any address.
@@ -299,12 +312,8 @@ mod tests {
         );
         assert_eq!(t.password.expose(), "second-pw");
         assert!(!format!("{t:?}").contains("second-pw"));
-        s.conn
-            .execute(
-                "UPDATE bmcs SET host = '127.0.0.1', port = 9623 WHERE server_id = 'srv-1'",
-                [],
-            )
-            .unwrap();
+        assert!(s.set_bmc_endpoint("srv-1", "127.0.0.1", 9623).unwrap());
+        assert!(!s.set_bmc_endpoint("srv-nope", "127.0.0.1", 9623).unwrap());
         assert_eq!(
             s.bmc_target("srv-1").unwrap().unwrap().addr(),
             "127.0.0.1:9623"
