@@ -14,7 +14,9 @@ use molar_controller::oob::{
     verify,
 };
 use molar_protocol::Secret;
-use molar_tests::lab::{Images, IpmiSim, IpmiSimConfig, Lab, free_udp_port, skip_or_fail, which};
+use molar_tests::lab::{
+    BmcUser, Images, IpmiSim, IpmiSimConfig, Lab, free_udp_port, skip_or_fail, which,
+};
 
 fn sim(test: &str) -> Option<(Lab, IpmiSim)> {
     for tool in ["ipmi_sim", "ipmitool"] {
@@ -293,5 +295,36 @@ fn an_unreachable_bmc_gives_up_after_its_attempts() {
     assert!(
         e.to_string().starts_with("BMC no-such-host.invalid:"),
         "{e}"
+    );
+}
+
+/// A BMC user with operator privilege logs in and reads the power state. (ipmi_sim grants
+/// administrator to it when asked, as `ipmitool -L ADMINISTRATOR` shows, so the fallback
+/// to an operator session is not exercised here.)
+#[tokio::test]
+async fn an_operator_user_gets_an_operator_session() {
+    let test = "an_operator_user_gets_an_operator_session";
+    for tool in ["ipmi_sim", "ipmitool"] {
+        if which(tool).is_none() {
+            return skip_or_fail(test, &format!("{tool} is not in PATH")).unwrap_or(());
+        }
+    }
+    let lab = Lab::new(test, Images::in_dir(&Images::default_dir())).unwrap();
+    let mut cfg = IpmiSimConfig::default();
+    cfg.users.push(BmcUser {
+        id: 3,
+        name: "oper".into(),
+        password: "operpass".into(),
+        privilege: "operator".into(),
+    });
+    let sim = lab.start_ipmi_sim(cfg).unwrap();
+    let t = target(sim.lan_port(), "oper", "operpass");
+    let status = perform(&t, &OobAction::PowerStatus).await.unwrap();
+    assert_eq!(status.message, "server power state: off");
+    let mut s = LanSession::open(&t, LanOptions::default()).unwrap();
+    assert!(
+        !molar_ipmi::chassis::get_chassis_status(&mut s)
+            .unwrap()
+            .power_on
     );
 }

@@ -45,6 +45,9 @@ impl Default for LanOptions {
 
 /// Cipher suites in the order they are tried.
 const SUITES: [Suite; 2] = [Suite::Seventeen, Suite::Three];
+/// Session privileges in the order they are asked for: power control needs operator, a
+/// BMC reset and user administration need administrator.
+const PRIVILEGES: [Privilege; 2] = [Privilege::Administrator, Privilege::Operator];
 /// Set Session Privilege Level (22.18) and Close Session (22.19), App netfn.
 const SET_SESSION_PRIVILEGE: u8 = 0x3B;
 const CLOSE_SESSION: u8 = 0x3C;
@@ -104,6 +107,27 @@ fn suite_refused(e: &RmcpError) -> bool {
     }
 }
 
+/// RAKP refusals that mean "not at this privilege": a lower one is asked for.
+fn role_refused(e: &RmcpError) -> bool {
+    matches!(
+        e,
+        RmcpError::Status {
+            code: 0x09..=0x0B,
+            ..
+        }
+    )
+}
+
+fn privilege_name(p: Privilege) -> &'static str {
+    match p {
+        Privilege::Administrator => "administrator",
+        Privilege::Operator => "operator",
+        Privilege::User => "user",
+        Privilege::Callback => "callback",
+        Privilege::Oem => "oem",
+    }
+}
+
 fn resolve(target: &BmcTarget) -> Result<SocketAddr, OobError> {
     let addr = target.addr();
     (target.host.as_str(), target.port)
@@ -141,29 +165,36 @@ impl LanSession {
             buf: vec![0; 65536],
         };
         s.check_ipmi20(target)?;
-        let login = Login {
-            username: target.username.as_bytes().to_vec(),
-            password: target.password.expose().as_bytes().to_vec(),
-            privilege: Privilege::Administrator.code(),
-        };
         let mut last_refusal = None;
         for suite in SUITES {
-            match s.handshake(suite, login.clone()) {
-                Ok(session) => {
-                    s.session = Some(session);
-                    s.raise_privilege()?;
-                    return Ok(s);
-                }
-                Err(Some(e)) if suite_refused(&e) => last_refusal = Some(e),
-                Err(Some(e)) => return Err(auth(&s.addr, e)),
-                // No answer to suite 17 at all: BMCs that do not know an algorithm may
-                // drop the request instead of refusing it; suite 3 gets its own attempts.
-                Err(None) if suite == Suite::Seventeen => {}
-                Err(None) => {
-                    return Err(OobError::Unreachable {
-                        addr: s.addr.clone(),
-                        attempts: s.opts.attempts,
-                    });
+            for (i, privilege) in PRIVILEGES.into_iter().enumerate() {
+                let login = Login {
+                    username: target.username.as_bytes().to_vec(),
+                    password: target.password.expose().as_bytes().to_vec(),
+                    privilege: privilege.code(),
+                };
+                match s.handshake(suite, login) {
+                    Ok(session) => {
+                        s.session = Some(session);
+                        s.raise_privilege(privilege)?;
+                        return Ok(s);
+                    }
+                    // A user below administrator: operator still controls power.
+                    Err(Some(e)) if role_refused(&e) && i + 1 < PRIVILEGES.len() => continue,
+                    Err(Some(e)) if suite_refused(&e) => {
+                        last_refusal = Some(e);
+                        break;
+                    }
+                    Err(Some(e)) => return Err(auth(&s.addr, e)),
+                    // No answer to suite 17 at all: BMCs that do not know an algorithm may
+                    // drop the request instead of refusing it; suite 3 gets its own attempts.
+                    Err(None) if suite == Suite::Seventeen => break,
+                    Err(None) => {
+                        return Err(OobError::Unreachable {
+                            addr: s.addr.clone(),
+                            attempts: s.opts.attempts,
+                        });
+                    }
                 }
             }
         }
@@ -251,11 +282,12 @@ impl LanSession {
         }
     }
 
-    fn raise_privilege(&mut self) -> Result<(), OobError> {
+    /// Set Session Privilege Level: sessions start at user level (13.21) until raised.
+    fn raise_privilege(&mut self, privilege: Privilege) -> Result<(), OobError> {
         let resp = self.request_inner(
             netfn::APP,
             SET_SESSION_PRIVILEGE,
-            &[Privilege::Administrator.code()],
+            &[privilege.code()],
             self.opts.attempts,
         )?;
         match resp.first() {
@@ -263,8 +295,8 @@ impl LanSession {
             Some(&code) => Err(auth(
                 &self.addr,
                 format!(
-                    "set session privilege level to administrator refused (completion code \
-                     {code:#04x})"
+                    "set session privilege level to {} refused (completion code {code:#04x})",
+                    privilege_name(privilege)
                 ),
             )),
             None => Err(protocol(&self.addr, "empty set session privilege response")),
