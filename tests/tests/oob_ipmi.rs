@@ -328,3 +328,56 @@ async fn an_operator_user_gets_an_operator_session() {
             .power_on
     );
 }
+
+/// IPMI 1.5 with MD5, opened explicitly (ipmi_sim also speaks 2.0, so `open` would not pick
+/// it): refused unless the target allows it; then commands work, SOL payloads are refused
+/// and a wrong password is a login refusal without the password.
+#[test]
+fn an_ipmi15_session_only_where_allowed() {
+    let Some((_lab, sim)) = sim("an_ipmi15_session_only_where_allowed") else {
+        return;
+    };
+    let mut t = target(sim.lan_port(), "ipmiusr", "test");
+    let e = LanSession::open_ipmi15(&t, LanOptions::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "BMC 127.0.0.1:{}: login refused: IPMI 1.5 is not allowed for this BMC",
+            sim.lan_port()
+        )
+    );
+    t.allow_ipmi15 = true;
+    let mut s = LanSession::open_ipmi15(&t, LanOptions::default()).unwrap();
+    assert_eq!(s.cipher_suite(), 0);
+    for _ in 0..40 {
+        molar_ipmi::device::get_device_id(&mut s).unwrap();
+    }
+    assert!(
+        !molar_ipmi::chassis::get_chassis_status(&mut s)
+            .unwrap()
+            .power_on
+    );
+    let e = s.send_payload(0x01, b"x").unwrap_err();
+    assert!(
+        e.to_string().contains("needs an IPMI 2.0 (RMCP+) session"),
+        "{e}"
+    );
+    s.close().unwrap();
+
+    let secret = "Wr0ng-Pa55";
+    let bad = BmcTarget {
+        password: Secret::new(secret),
+        ..t.clone()
+    };
+    let e = LanSession::open_ipmi15(
+        &bad,
+        LanOptions {
+            timeout: Duration::from_millis(300),
+            attempts: 2,
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, OobError::Auth { .. }), "{e:?}");
+    assert!(!e.to_string().contains(secret) && !format!("{e:?}").contains(secret));
+    eprintln!("ipmi 1.5 wrong password: {e}");
+}
