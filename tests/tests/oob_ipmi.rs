@@ -387,3 +387,74 @@ fn an_ipmi15_session_only_where_allowed() {
     assert!(!e.to_string().contains(secret) && !format!("{e:?}").contains(secret));
     eprintln!("ipmi 1.5 wrong password: {e}");
 }
+
+/// A loopback UDP relay to `port` that drops every `nth` datagram in each direction; its
+/// thread ends when `stop` is set.
+fn lossy_relay(
+    port: u16,
+    nth: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u16, std::thread::JoinHandle<usize>) {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::atomic::Ordering;
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+    back.connect(("127.0.0.1", port)).unwrap();
+    front
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    back.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let relay_port = front.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let mut client: Option<SocketAddr> = None;
+        let (mut up, mut down, mut dropped) = (0usize, 0usize, 0usize);
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = front.recv_from(&mut buf) {
+                client = Some(from);
+                up += 1;
+                if up % nth == 0 {
+                    dropped += 1;
+                } else {
+                    let _ = back.send(&buf[..n]);
+                }
+            }
+            if let (Ok(n), Some(c)) = (back.recv(&mut buf), client) {
+                down += 1;
+                if down % nth == 0 {
+                    dropped += 1;
+                } else {
+                    let _ = front.send_to(&buf[..n], c);
+                }
+            }
+        }
+        dropped
+    });
+    (relay_port, h)
+}
+
+/// Lost packets in both directions, on the way to ipmi_sim and back: the handshake and
+/// the requests are retransmitted and the session carries on.
+#[test]
+fn lost_packets_are_retransmitted() {
+    let Some((_lab, sim)) = sim("lost_packets_are_retransmitted") else {
+        return;
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (port, relay) = lossy_relay(sim.lan_port(), 3, stop.clone());
+    let t = target(port, "ipmiusr", "test");
+    let opts = LanOptions {
+        timeout: Duration::from_millis(300),
+        attempts: 5,
+    };
+    let mut s = LanSession::open(&t, opts).unwrap();
+    assert_eq!(s.cipher_suite(), 3);
+    for _ in 0..20 {
+        molar_ipmi::device::get_device_id(&mut s).unwrap();
+    }
+    let _ = s.close();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let dropped = relay.join().unwrap();
+    assert!(dropped >= 10, "only {dropped} datagrams dropped");
+}

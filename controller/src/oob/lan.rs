@@ -521,6 +521,10 @@ impl LanSession {
             Active::V15(s) => s.open(&self.buf[..n]).map(|m| (payload::IPMI, m)),
         };
         match opened {
+            // Late handshake answers (a repeated RAKP 4 inside the session) carry nothing.
+            Ok((ptype, _)) if (payload::OPEN_SESSION_REQUEST..=payload::RAKP4).contains(&ptype) => {
+                None
+            }
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::debug!(bmc = %self.addr, error = %e, "dropped an inbound packet");

@@ -227,7 +227,10 @@ impl Handshake {
             // Not an RMCP+ packet (e.g. a stray IPMI 1.5 answer): nothing to do with it.
             Err(_) => return Ok(Step::Ignore),
         };
-        if frame.session_id != 0 || frame.authenticated || frame.encrypted {
+        if frame.authenticated {
+            return self.in_session_rakp4(&frame, packet);
+        }
+        if frame.session_id != 0 || frame.encrypted {
             return Ok(Step::Ignore);
         }
         let p = frame.payload;
@@ -353,13 +356,48 @@ impl Handshake {
         Ok(Step::Send(packet))
     }
 
-    fn rakp4(
+    /// A lost RAKP 4 and a retransmitted RAKP 3: the BMC has activated the session, and
+    /// some (ipmi_sim) answer the repeat with RAKP 4 inside the session, authenticated and
+    /// encrypted. Opening it with the session's keys proves the BMC holds them; its ICV is
+    /// checked as a plain RAKP 4's would be.
+    fn in_session_rakp4(&mut self, frame: &Frame<'_>, packet: &[u8]) -> Result<Step, RmcpError> {
+        let State::Rakp3Sent {
+            managed_sid,
+            sik,
+            guid,
+        } = self.state.clone()
+        else {
+            return Ok(Step::Ignore);
+        };
+        if frame.session_id != self.console_sid {
+            return Ok(Step::Ignore);
+        }
+        let mut session = Session::new(self.suite, self.console_sid, managed_sid, &sik, guid);
+        let Ok((ptype, body)) = session.open(packet) else {
+            return Ok(Step::Ignore);
+        };
+        if ptype != payload::RAKP4 || body.len() < 2 || body[0] != self.tag {
+            return Ok(Step::Ignore);
+        }
+        if body[1] != 0 {
+            self.state = State::Done;
+            return Err(RmcpError::Status {
+                step: "RAKP 4",
+                code: body[1],
+            });
+        }
+        self.check_rakp4(&body, managed_sid, &sik, &guid)?;
+        self.state = State::Done;
+        Ok(Step::Established(Box::new(session)))
+    }
+
+    fn check_rakp4(
         &mut self,
         p: &[u8],
         managed_sid: u32,
-        sik: Vec<u8>,
-        guid: [u8; 16],
-    ) -> Result<Step, RmcpError> {
+        sik: &[u8],
+        guid: &[u8; 16],
+    ) -> Result<(), RmcpError> {
         let n = self.suite.icv_len();
         need("RAKP 4", p, 8 + n)?;
         if u32_at(p, 4) != self.console_sid {
@@ -367,11 +405,22 @@ impl Handshake {
         }
         let icv = self
             .suite
-            .hmac(&sik, &[&self.rm, &managed_sid.to_le_bytes(), &guid]);
+            .hmac(sik, &[&self.rm, &managed_sid.to_le_bytes(), guid]);
         if !ct_eq(&icv[..n], &p[8..8 + n]) {
             self.state = State::Done;
             return Err(RmcpError::Rakp4Icv);
         }
+        Ok(())
+    }
+
+    fn rakp4(
+        &mut self,
+        p: &[u8],
+        managed_sid: u32,
+        sik: Vec<u8>,
+        guid: [u8; 16],
+    ) -> Result<Step, RmcpError> {
+        self.check_rakp4(p, managed_sid, &sik, &guid)?;
         self.state = State::Done;
         Ok(Step::Established(Box::new(Session::new(
             self.suite,

@@ -599,3 +599,45 @@ mod hostile {
         }
     }
 }
+
+/// RAKP 4 lost, RAKP 3 resent: ipmi_sim answers inside the now active session. That answer
+/// establishes the session when it opens with the session's keys and its ICV is right; a
+/// forged one (other keys) is ignored.
+#[test]
+fn a_rakp4_inside_the_session_completes_the_handshake() {
+    for (suite, v) in [(Suite::Three, &SUITE3), (Suite::Seventeen, &SUITE17)] {
+        let start = || {
+            let (mut hs, _) = Handshake::start(suite, login("test"), SID_M, rm(), 7).unwrap();
+            expect_send(hs.on_packet(&open_session_response(7, 0, suite)).unwrap());
+            expect_send(hs.on_packet(&rakp2(7, &unhex(v.rakp2))).unwrap());
+            hs
+        };
+        let mut body = vec![7, 0, 0, 0];
+        body.extend_from_slice(&SID_M.to_le_bytes());
+        body.extend_from_slice(&unhex(v.rakp4));
+        let (_, mut bmc) = pair(suite, v);
+        let sealed = bmc.seal(payload::RAKP4, &body, [5; 16]).unwrap();
+
+        let mut hs = start();
+        let (_, mut forger) = pair(
+            suite,
+            if suite == Suite::Three {
+                &SUITE17
+            } else {
+                &SUITE3
+            },
+        );
+        let forged = forger.seal(payload::RAKP4, &body, [5; 16]).unwrap();
+        assert!(matches!(hs.on_packet(&forged).unwrap(), Step::Ignore));
+        let Step::Established(mut s) = hs.on_packet(&sealed).unwrap() else {
+            panic!("not established");
+        };
+        // The packet that established it is not taken again.
+        assert_eq!(s.open(&sealed).unwrap_err(), RmcpError::Replay(1));
+
+        let mut bad = body.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        let sealed = bmc.seal(payload::RAKP4, &bad, [5; 16]).unwrap();
+        assert_eq!(start().on_packet(&sealed).unwrap_err(), RmcpError::Rakp4Icv);
+    }
+}
