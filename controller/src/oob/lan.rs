@@ -389,7 +389,11 @@ impl LanSession {
                 }
                 let deadline = Instant::now() + self.opts.timeout;
                 while let Some(n) = self.recv_until(deadline).map_err(|_| None)? {
-                    match hs.on_packet(&self.buf[..n]).map_err(Some)? {
+                    let step = hs.on_packet(&self.buf[..n]);
+                    if let Some(abort) = hs.abort_packet() {
+                        let _ = self.sock.send(abort);
+                    }
+                    match step.map_err(Some)? {
                         Step::Ignore => continue,
                         step => {
                             outcome = Some(step);

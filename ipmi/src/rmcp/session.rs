@@ -165,6 +165,7 @@ pub struct Handshake {
     tag: u8,
     state: State,
     last_sent: Vec<u8>,
+    abort: Option<Vec<u8>>,
 }
 
 impl Handshake {
@@ -204,6 +205,7 @@ impl Handshake {
                 tag,
                 state: State::OpenSent,
                 last_sent: packet.clone(),
+                abort: None,
             },
             packet,
         ))
@@ -214,6 +216,12 @@ impl Handshake {
     }
 
     /// The last packet sent, for a retransmission when its answer is late.
+    /// After a RAKP 2 that failed the check: the RAKP 3 with an error status to send so
+    /// that the BMC drops the session (best effort; nothing answers it).
+    pub fn abort_packet(&self) -> Option<&[u8]> {
+        self.abort.as_deref()
+    }
+
     pub fn last_sent(&self) -> &[u8] {
         &self.last_sent
     }
@@ -327,6 +335,11 @@ impl Handshake {
         );
         if !ct_eq(&expected, code) {
             self.state = State::Done;
+            // RAKP 3's status reports the console's verdict on RAKP 2 (13.22): with an
+            // error the BMC frees the half-open session at once instead of at its timeout.
+            let mut body = vec![self.tag, 0x0F, 0, 0];
+            body.extend_from_slice(&managed_sid.to_le_bytes());
+            self.abort = Some(presession_packet(payload::RAKP3, &body));
             return Err(RmcpError::Rakp2AuthCode);
         }
         let kuid = &self.login.password;

@@ -316,6 +316,10 @@ fn refusals_and_wrong_answers_end_the_handshake_with_a_clear_error() {
     );
     let e = hs.on_packet(&rakp2(1, &unhex(SUITE3.rakp2))).unwrap_err();
     assert_eq!(e, RmcpError::Rakp2AuthCode);
+    // The RAKP 3 that tells the BMC: status 0x0f, the BMC's session id, no code.
+    let abort = parse_frame(hs.abort_packet().unwrap()).unwrap();
+    assert_eq!(abort.payload_type, payload::RAKP3);
+    assert_eq!(abort.payload, &[1, 0x0F, 0, 0, 0x0e, 0x0d, 0x0c, 0x0b]);
     assert!(!e.to_string().contains(secret));
     assert!(!format!("{e:?}{hs:?}").contains(secret));
     assert!(matches!(
