@@ -388,11 +388,12 @@ fn an_ipmi15_session_only_where_allowed() {
     eprintln!("ipmi 1.5 wrong password: {e}");
 }
 
-/// A loopback UDP relay to `port` that drops every `nth` datagram in each direction; its
-/// thread ends when `stop` is set.
+/// A loopback UDP relay to `port` that drops every `nth` datagram in each direction (or,
+/// with `duplicate`, sends each of those twice); its thread ends when `stop` is set.
 fn lossy_relay(
     port: u16,
     nth: usize,
+    duplicate: bool,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> (u16, std::thread::JoinHandle<usize>) {
     use std::net::{SocketAddr, UdpSocket};
@@ -414,18 +415,26 @@ fn lossy_relay(
             if let Ok((n, from)) = front.recv_from(&mut buf) {
                 client = Some(from);
                 up += 1;
-                if up % nth == 0 {
-                    dropped += 1;
-                } else {
+                if up % nth != 0 {
                     let _ = back.send(&buf[..n]);
+                } else {
+                    dropped += 1;
+                    if duplicate {
+                        let _ = back.send(&buf[..n]);
+                        let _ = back.send(&buf[..n]);
+                    }
                 }
             }
             if let (Ok(n), Some(c)) = (back.recv(&mut buf), client) {
                 down += 1;
-                if down % nth == 0 {
-                    dropped += 1;
-                } else {
+                if down % nth != 0 {
                     let _ = front.send_to(&buf[..n], c);
+                } else {
+                    dropped += 1;
+                    if duplicate {
+                        let _ = front.send_to(&buf[..n], c);
+                        let _ = front.send_to(&buf[..n], c);
+                    }
                 }
             }
         }
@@ -442,19 +451,41 @@ fn lost_packets_are_retransmitted() {
         return;
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (port, relay) = lossy_relay(sim.lan_port(), 3, stop.clone());
+    let (port, relay) = lossy_relay(sim.lan_port(), 3, false, stop.clone());
     let t = target(port, "ipmiusr", "test");
     let opts = LanOptions {
-        timeout: Duration::from_millis(300),
+        timeout: Duration::from_millis(200),
         attempts: 5,
     };
     let mut s = LanSession::open(&t, opts).unwrap();
     assert_eq!(s.cipher_suite(), 3);
-    for _ in 0..20 {
+    for _ in 0..12 {
         molar_ipmi::device::get_device_id(&mut s).unwrap();
     }
     let _ = s.close();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let dropped = relay.join().unwrap();
-    assert!(dropped >= 10, "only {dropped} datagrams dropped");
+    assert!(dropped >= 6, "only {dropped} datagrams dropped");
+}
+
+/// Every other datagram duplicated in both directions: ipmi_sim answers repeated requests
+/// twice, and the client takes each answer once (replay window, `rq_seq`).
+#[test]
+fn duplicated_packets_are_taken_once() {
+    let Some((_lab, sim)) = sim("duplicated_packets_are_taken_once") else {
+        return;
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (port, relay) = lossy_relay(sim.lan_port(), 2, true, stop.clone());
+    let t = target(port, "ipmiusr", "test");
+    let mut s = LanSession::open(&t, LanOptions::default()).unwrap();
+    for i in 0..12u8 {
+        let name = format!("dup{i}");
+        molar_ipmi::user::set_user_name(&mut s, 3, &name).unwrap();
+        assert_eq!(molar_ipmi::user::get_user_name(&mut s, 3).unwrap(), name);
+    }
+    assert_eq!(s.recv_payload(Duration::from_millis(50)).unwrap(), None);
+    s.close().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(relay.join().unwrap() >= 10);
 }
