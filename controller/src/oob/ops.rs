@@ -134,10 +134,19 @@ pub fn run<T: Transport<Error = OobError> + ?Sized>(
                 None,
             ))
         }
-        OobAction::BmcReset => {
-            device::cold_reset(t).map_err(err)?;
-            Ok(outcome("bmc reset successful".into(), None))
-        }
+        OobAction::BmcReset => match device::cold_reset(t) {
+            Ok(()) => Ok(outcome("bmc reset successful".into(), None)),
+            // The session answered a moment ago: a BMC that restarts before its answer
+            // leaves the request unanswered (ipmitool reports the same as "sent").
+            Err(CommandError::Transport {
+                source: OobError::Unreachable { .. },
+                ..
+            }) => Ok(outcome(
+                "bmc reset sent: no answer (the BMC may have restarted before answering)".into(),
+                None,
+            )),
+            Err(e) => Err(err(e)),
+        },
         OobAction::Identify { seconds } => {
             let (identify, what) = match seconds {
                 None => (Identify::Default, "default interval".to_string()),
@@ -341,6 +350,27 @@ mod tests {
         let mut t = Script::new(&[((0x06, 0x02, &[]), &[0x00])]);
         let o = run(&mut t, ADDR, &OobAction::BmcReset).unwrap();
         assert_eq!(o.message, "bmc reset successful");
+        struct Gone;
+        impl Transport for Gone {
+            type Error = OobError;
+            fn request(&mut self, _: u8, _: u8, _: &[u8]) -> Result<Vec<u8>, OobError> {
+                Err(OobError::Unreachable {
+                    addr: ADDR.into(),
+                    attempts: 1,
+                })
+            }
+        }
+        let o = run(&mut Gone, ADDR, &OobAction::BmcReset).unwrap();
+        assert!(
+            o.message.starts_with("bmc reset sent: no answer"),
+            "{}",
+            o.message
+        );
+        let e = run(&mut Gone, ADDR, &OobAction::PowerStatus).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "BMC 192.0.2.1:623: no answer after 1 attempts"
+        );
 
         // Get System GUID is optional: a BMC without it still has an identity.
         let mut t = Script::new(&[
