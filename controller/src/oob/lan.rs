@@ -663,6 +663,12 @@ impl Drop for LanSession {
     }
 }
 
+// The console moves a session into its own thread.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<LanSession>();
+};
+
 impl molar_ipmi::Transport for LanSession {
     type Error = OobError;
 
