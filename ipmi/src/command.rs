@@ -18,6 +18,8 @@ pub enum Command {
     WarmReset,
     GetSystemGuid,
     GetChannelAuthCapabilities,
+    GetSessionChallenge,
+    ActivateSession,
     SetSessionPrivilege,
     CloseSession,
     GetChannelInfo,
@@ -51,6 +53,8 @@ impl Command {
             | Command::WarmReset
             | Command::GetSystemGuid
             | Command::GetChannelAuthCapabilities
+            | Command::GetSessionChallenge
+            | Command::ActivateSession
             | Command::SetSessionPrivilege
             | Command::CloseSession
             | Command::GetChannelInfo
@@ -72,6 +76,8 @@ impl Command {
             Command::WarmReset => 0x03,
             Command::GetSystemGuid => 0x37,
             Command::GetChannelAuthCapabilities => 0x38,
+            Command::GetSessionChallenge => 0x39,
+            Command::ActivateSession => 0x3A,
             Command::SetSessionPrivilege => 0x3B,
             Command::CloseSession => 0x3C,
             Command::GetChannelInfo => 0x42,
@@ -99,6 +105,8 @@ impl Command {
             Command::WarmReset => "warm reset",
             Command::GetSystemGuid => "get system guid",
             Command::GetChannelAuthCapabilities => "get channel authentication capabilities",
+            Command::GetSessionChallenge => "get session challenge",
+            Command::ActivateSession => "activate session",
             Command::SetSessionPrivilege => "set session privilege level",
             Command::CloseSession => "close session",
             Command::GetChannelInfo => "get channel info",
@@ -147,6 +155,8 @@ mod tests {
             (Command::WarmReset, 0x06, 0x03),
             (Command::GetSystemGuid, 0x06, 0x37),
             (Command::GetChannelAuthCapabilities, 0x06, 0x38),
+            (Command::GetSessionChallenge, 0x06, 0x39),
+            (Command::ActivateSession, 0x06, 0x3A),
             (Command::SetSessionPrivilege, 0x06, 0x3B),
             (Command::CloseSession, 0x06, 0x3C),
             (Command::GetChannelInfo, 0x06, 0x42),

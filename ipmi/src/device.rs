@@ -110,6 +110,22 @@ mod tests {
     use crate::fake::FakeBmc;
 
     #[test]
+    fn system_guid_is_read_and_printed_like_ipmitool() {
+        // ipmi_sim's lan.conf guid a123456789abcdefa123456789abcdef arrives in that byte
+        // order; `ipmitool mc guid` prints efcdab89-6745-23a1-efcd-ab89674523a1.
+        let g = [
+            0xa1, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xa1, 0x23, 0x45, 0x67, 0x89, 0xab,
+            0xcd, 0xef,
+        ];
+        assert_eq!(format_guid(&g), "efcdab89-6745-23a1-efcd-ab89674523a1");
+        let mut resp = vec![0x00];
+        resp.extend_from_slice(&g);
+        let mut bmc = FakeBmc::new().expect(Command::GetSystemGuid, &[], &resp);
+        assert_eq!(get_system_guid(&mut bmc).unwrap(), g);
+        bmc.done();
+    }
+
+    #[test]
     fn get_device_id_decodes_the_spec_layout() {
         // Table 20-2: device id 0x20; device revision 1 with SDRs; firmware 9 (available) .08
         // (BCD); IPMI version 0x02 = 2.0; additional support 0xBF; manufacturer 0x001291 (LS

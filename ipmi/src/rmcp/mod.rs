@@ -12,6 +12,7 @@
 pub mod crypto;
 pub mod message;
 pub mod session;
+pub mod v15;
 
 #[cfg(test)]
 mod tests;

@@ -316,6 +316,10 @@ fn refusals_and_wrong_answers_end_the_handshake_with_a_clear_error() {
     );
     let e = hs.on_packet(&rakp2(1, &unhex(SUITE3.rakp2))).unwrap_err();
     assert_eq!(e, RmcpError::Rakp2AuthCode);
+    // The RAKP 3 that tells the BMC: status 0x0f, the BMC's session id, no code.
+    let abort = parse_frame(hs.abort_packet().unwrap()).unwrap();
+    assert_eq!(abort.payload_type, payload::RAKP3);
+    assert_eq!(abort.payload, &[1, 0x0F, 0, 0, 0x0e, 0x0d, 0x0c, 0x0b]);
     assert!(!e.to_string().contains(secret));
     assert!(!format!("{e:?}{hs:?}").contains(secret));
     assert!(matches!(
@@ -597,5 +601,47 @@ mod hostile {
                 let _ = hs.on_packet(&presession_packet(payload::RAKP4, &body));
             }
         }
+    }
+}
+
+/// RAKP 4 lost, RAKP 3 resent: ipmi_sim answers inside the now active session. That answer
+/// establishes the session when it opens with the session's keys and its ICV is right; a
+/// forged one (other keys) is ignored.
+#[test]
+fn a_rakp4_inside_the_session_completes_the_handshake() {
+    for (suite, v) in [(Suite::Three, &SUITE3), (Suite::Seventeen, &SUITE17)] {
+        let start = || {
+            let (mut hs, _) = Handshake::start(suite, login("test"), SID_M, rm(), 7).unwrap();
+            expect_send(hs.on_packet(&open_session_response(7, 0, suite)).unwrap());
+            expect_send(hs.on_packet(&rakp2(7, &unhex(v.rakp2))).unwrap());
+            hs
+        };
+        let mut body = vec![7, 0, 0, 0];
+        body.extend_from_slice(&SID_M.to_le_bytes());
+        body.extend_from_slice(&unhex(v.rakp4));
+        let (_, mut bmc) = pair(suite, v);
+        let sealed = bmc.seal(payload::RAKP4, &body, [5; 16]).unwrap();
+
+        let mut hs = start();
+        let (_, mut forger) = pair(
+            suite,
+            if suite == Suite::Three {
+                &SUITE17
+            } else {
+                &SUITE3
+            },
+        );
+        let forged = forger.seal(payload::RAKP4, &body, [5; 16]).unwrap();
+        assert!(matches!(hs.on_packet(&forged).unwrap(), Step::Ignore));
+        let Step::Established(mut s) = hs.on_packet(&sealed).unwrap() else {
+            panic!("not established");
+        };
+        // The packet that established it is not taken again.
+        assert_eq!(s.open(&sealed).unwrap_err(), RmcpError::Replay(1));
+
+        let mut bad = body.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        let sealed = bmc.seal(payload::RAKP4, &bad, [5; 16]).unwrap();
+        assert_eq!(start().on_packet(&sealed).unwrap_err(), RmcpError::Rakp4Icv);
     }
 }
