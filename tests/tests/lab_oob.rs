@@ -53,7 +53,7 @@ async fn power(c: &Client, parameter: &str) -> RequestRecord {
         parameter: Some(parameter.into()),
         persistent: false,
         efi: false,
-        ..Default::default()
+
     };
     let q = c.control(NAME, &req).await.unwrap();
     c.wait_request(q.id, Duration::from_secs(60)).await.unwrap()
@@ -255,7 +255,10 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
     assert_eq!(status(http.clone(), url.clone()).await, "off");
     let deadline = Instant::now() + Duration::from_secs(60);
     while vm.is_running() {
-        assert!(Instant::now() < deadline, "obmd power_off left QEMU running");
+        assert!(
+            Instant::now() < deadline,
+            "obmd power_off left QEMU running"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Revoked: the token no longer works.

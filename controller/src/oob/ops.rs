@@ -388,6 +388,12 @@ mod tests {
                 ],
             ),
             ((0x06, 0x37, &[]), &[0xC1]),
+            // The MAC: "this channel" refused, channel 1 answers.
+            ((0x0c, 0x02, &[0x0e, 0x05, 0x00, 0x00]), &[0xCC]),
+            (
+                (0x0c, 0x02, &[0x01, 0x05, 0x00, 0x00]),
+                &[0x00, 0x11, 0x52, 0x54, 0x00, 0xbe, 0xef, 0x01],
+            ),
         ]);
         let id = identify_bmc(&mut t, ADDR, 17).unwrap();
         assert_eq!(
@@ -396,6 +402,7 @@ mod tests {
                 cipher_suite: 17,
                 system_guid: None,
                 firmware_version: Some("9.08".into()),
+                mac: Some("52:54:00:be:ef:01".into()),
             }
         );
         t.done();
