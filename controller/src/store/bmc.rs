@@ -95,6 +95,19 @@ impl Db {
         Ok(p.map(molar_protocol::Secret::new))
     }
 
+    /// Sets where the server's BMC is reached (`host`, `port`) on its existing entry; false
+    /// when the server has no BMC entry.
+    pub fn set_bmc_address(&self, server_id: &str, host: &str, port: u16) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE bmcs SET host = ?2, port = ?3, updated_ms = ?4 WHERE server_id = ?1",
+                params![server_id, host, port, now_ms()],
+            )
+            .map_err(q("setting a BMC address"))?;
+        Ok(n == 1)
+    }
+
     /// Where and how the controller reaches the server's BMC out-of-band: `host` and `port`
     /// when set (an operator's entry), else the address the agent reported (`ip`) on the
     /// IPMI port; `None` without a BMC entry or without any address.
@@ -171,6 +184,13 @@ impl Store {
     pub async fn bmc_password(&self, server_id: &str) -> Result<Option<molar_protocol::Secret>> {
         let id = server_id.to_owned();
         self.read(move |db| db.bmc_password(&id)).await
+    }
+
+    /// See [`Db::set_bmc_address`].
+    pub async fn set_bmc_address(&self, server_id: &str, host: &str, port: u16) -> Result<bool> {
+        let (id, host) = (server_id.to_owned(), host.to_owned());
+        self.write(move |db| db.set_bmc_address(&id, &host, port))
+            .await
     }
 
     /// See [`Db::bmc_target`].
