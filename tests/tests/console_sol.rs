@@ -224,6 +224,15 @@ async fn the_console_streams_serial_output_and_types_into_it_through_ipmi_sim() 
     tx.send(Message::Text(r#"{"break":true}"#.into()))
         .await
         .unwrap();
+    // ipmi_sim's TCP serial port passes a break on as telnet's IAC BRK.
+    until("the break at the serial port", 20, || {
+        port.received
+            .lock()
+            .unwrap()
+            .windows(2)
+            .any(|w| w == [0xFF, 0xF3])
+    })
+    .await;
 
     // One holder at a time: refused without --force, taken over with it.
     match attach::connect(&client, &id, false).await {
@@ -241,6 +250,68 @@ async fn the_console_streams_serial_output_and_types_into_it_through_ipmi_sim() 
     let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     drop(second);
 
+    // `molar console` itself (stdin a pipe, so no raw mode): typed lines reach the host,
+    // `~.` after a newline detaches with exit 0.
+    let mut cli = tokio::process::Command::new(molar_tests::bins::bin("molar"))
+        .arg("--state-dir")
+        .arg(c.state.path())
+        .args(["console", &id, "--force"])
+        .env_remove("MOLAR_API")
+        .env_remove("MOLAR_TOKEN_FILE")
+        .env_remove("MOLAR_CA")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = cli.stdin.take().unwrap();
+    use tokio::io::AsyncWriteExt;
+    stdin.write_all(b"uname -a\r").await.unwrap();
+    until("the CLI's input at the serial port", 20, || {
+        port.received().contains("uname -a\r")
+    })
+    .await;
+    port.write("Linux sol-host\r\n");
+    stdin.write_all(b"\r~.").await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), cli.wait_with_output())
+        .await
+        .expect("molar console detaches")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("detached"), "{stderr}");
+    assert!(!port.received().contains("~."));
+
+    // A token holder's stream ends once the token is revoked.
+    let token = client.create_console_token(&id, Some(60)).await.unwrap();
+    let resp = http
+        .get(format!(
+            "{}/api/v1/servers/{id}/console?token={}",
+            running.api_url,
+            token.token.expose()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let watched = collect(resp);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !watched.lock().unwrap().contains("token holder sees this") {
+        assert!(Instant::now() < deadline, "{}", watched.lock().unwrap());
+        port.write("token holder sees this\r\n");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    client.revoke_console_tokens(&id).await.unwrap();
+    until("the revoked stream to end", 10, || {
+        watched
+            .lock()
+            .unwrap()
+            .contains("console token revoked or expired")
+    })
+    .await;
+    assert!(!watched.lock().unwrap().contains(token.token.expose()));
+
     // The bounded log kept what scrolled by.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = String::from_utf8_lossy(&client.console_log(&id).await.unwrap()).into_owned();
@@ -248,9 +319,9 @@ async fn the_console_streams_serial_output_and_types_into_it_through_ipmi_sim() 
     assert!(log.contains("login:"), "{log}");
 
     eprintln!(
-        "stream: {:?}\nlog: {log:?}\ntyped: {:?}",
+        "stream: {:?}\nlog: {log:?}\ntyped: {:02x?}",
         text.lock().unwrap(),
-        port.received()
+        port.received.lock().unwrap()
     );
     // No BMC password anywhere it could leak.
     for shown in [&*text.lock().unwrap(), &*ws_text.lock().unwrap(), &log] {
