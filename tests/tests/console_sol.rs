@@ -224,7 +224,11 @@ async fn the_console_streams_serial_output_and_types_into_it_through_ipmi_sim() 
     tx.send(Message::Text(r#"{"break":true}"#.into()))
         .await
         .unwrap();
-    // ipmi_sim's TCP serial port passes a break on as telnet's IAC BRK.
+    // ipmi_sim's TCP serial port passes a break on as telnet's IAC BRK, written out with
+    // the characters that follow it.
+    tx.send(Message::Binary(b"\r".to_vec().into()))
+        .await
+        .unwrap();
     until("the break at the serial port", 20, || {
         port.received
             .lock()
