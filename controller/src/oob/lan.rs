@@ -21,6 +21,10 @@ use molar_ipmi::rmcp::message::{
     Response, decode_response, decode_sessionless, encode_request, encode_sessionless,
 };
 use molar_ipmi::rmcp::session::{Handshake, Login, Session, Step};
+use molar_ipmi::rmcp::v15::{
+    Session15, decode_activate_session, decode_get_session_challenge, encode_activate_session,
+    encode_get_session_challenge,
+};
 use molar_ipmi::rmcp::{RmcpError, payload};
 
 use super::{BmcTarget, OobError};
@@ -45,16 +49,26 @@ impl Default for LanOptions {
 
 /// Cipher suites in the order they are tried.
 const SUITES: [Suite; 2] = [Suite::Seventeen, Suite::Three];
+/// Session privileges in the order they are asked for: power control needs operator, a
+/// BMC reset and user administration need administrator.
+const PRIVILEGES: [Privilege; 2] = [Privilege::Administrator, Privilege::Operator];
 /// Set Session Privilege Level (22.18) and Close Session (22.19), App netfn.
 const SET_SESSION_PRIVILEGE: u8 = 0x3B;
 const CLOSE_SESSION: u8 = 0x3C;
 const CURRENT_CHANNEL: u8 = 0x0E;
 
 /// An active RMCP+ session with one BMC.
+/// The session a [`LanSession`] runs: RMCP+, or IPMI 1.5 where the operator allowed it.
+#[derive(Debug)]
+enum Active {
+    V2(Box<Session>),
+    V15(Session15),
+}
+
 pub struct LanSession {
     sock: UdpSocket,
     addr: String,
-    session: Option<Session>,
+    session: Option<Active>,
     rq_seq: u8,
     opts: LanOptions,
     /// Authenticated inbound payloads that were not the answer waited for (e.g. SOL data
@@ -104,6 +118,27 @@ fn suite_refused(e: &RmcpError) -> bool {
     }
 }
 
+/// RAKP refusals that mean "not at this privilege": a lower one is asked for.
+fn role_refused(e: &RmcpError) -> bool {
+    matches!(
+        e,
+        RmcpError::Status {
+            code: 0x09..=0x0B,
+            ..
+        }
+    )
+}
+
+fn privilege_name(p: Privilege) -> &'static str {
+    match p {
+        Privilege::Administrator => "administrator",
+        Privilege::Operator => "operator",
+        Privilege::User => "user",
+        Privilege::Callback => "callback",
+        Privilege::Oem => "oem",
+    }
+}
+
 fn resolve(target: &BmcTarget) -> Result<SocketAddr, OobError> {
     let addr = target.addr();
     (target.host.as_str(), target.port)
@@ -115,8 +150,20 @@ fn resolve(target: &BmcTarget) -> Result<SocketAddr, OobError> {
 
 impl LanSession {
     /// Logs in to the BMC: Get Channel Authentication Capabilities, then an RMCP+ session
-    /// with suite 17 or else 3, at administrator privilege.
+    /// with suite 17 or else 3, at administrator privilege (operator when administrator is
+    /// refused). A BMC without IPMI 2.0 gets an IPMI 1.5 MD5 session only when the target's
+    /// `allow_ipmi15` is set.
     pub fn open(target: &BmcTarget, opts: LanOptions) -> Result<LanSession, OobError> {
+        let mut s = LanSession::connect(target, opts)?;
+        if !s.check_ipmi20(target)? {
+            s.login_ipmi15(target)?;
+            return Ok(s);
+        }
+        s.login_rmcp_plus(target)?;
+        Ok(s)
+    }
+
+    fn connect(target: &BmcTarget, opts: LanOptions) -> Result<LanSession, OobError> {
         let addr = target.addr();
         let peer = resolve(target)?;
         let local: SocketAddr = if peer.is_ipv4() {
@@ -128,7 +175,7 @@ impl LanSession {
         .map_err(|_| protocol(&addr, "bad local address"))?;
         let sock = UdpSocket::bind(local).map_err(|e| io(&addr, e))?;
         sock.connect(peer).map_err(|e| io(&addr, e))?;
-        let mut s = LanSession {
+        Ok(LanSession {
             sock,
             addr,
             session: None,
@@ -139,31 +186,40 @@ impl LanSession {
             },
             pending: VecDeque::new(),
             buf: vec![0; 65536],
-        };
-        s.check_ipmi20(target)?;
-        let login = Login {
-            username: target.username.as_bytes().to_vec(),
-            password: target.password.expose().as_bytes().to_vec(),
-            privilege: Privilege::Administrator.code(),
-        };
+        })
+    }
+
+    fn login_rmcp_plus(&mut self, target: &BmcTarget) -> Result<(), OobError> {
+        let s = self;
         let mut last_refusal = None;
         for suite in SUITES {
-            match s.handshake(suite, login.clone()) {
-                Ok(session) => {
-                    s.session = Some(session);
-                    s.raise_privilege()?;
-                    return Ok(s);
-                }
-                Err(Some(e)) if suite_refused(&e) => last_refusal = Some(e),
-                Err(Some(e)) => return Err(auth(&s.addr, e)),
-                // No answer to suite 17 at all: BMCs that do not know an algorithm may
-                // drop the request instead of refusing it; suite 3 gets its own attempts.
-                Err(None) if suite == Suite::Seventeen => {}
-                Err(None) => {
-                    return Err(OobError::Unreachable {
-                        addr: s.addr.clone(),
-                        attempts: s.opts.attempts,
-                    });
+            for (i, privilege) in PRIVILEGES.into_iter().enumerate() {
+                let login = Login {
+                    username: target.username.as_bytes().to_vec(),
+                    password: target.password.expose().as_bytes().to_vec(),
+                    privilege: privilege.code(),
+                };
+                match s.handshake(suite, login) {
+                    Ok(session) => {
+                        s.session = Some(Active::V2(Box::new(session)));
+                        return s.raise_privilege(privilege);
+                    }
+                    // A user below administrator: operator still controls power.
+                    Err(Some(e)) if role_refused(&e) && i + 1 < PRIVILEGES.len() => continue,
+                    Err(Some(e)) if suite_refused(&e) => {
+                        last_refusal = Some(e);
+                        break;
+                    }
+                    Err(Some(e)) => return Err(auth(&s.addr, e)),
+                    // No answer to suite 17 at all: BMCs that do not know an algorithm may
+                    // drop the request instead of refusing it; suite 3 gets its own attempts.
+                    Err(None) if suite == Suite::Seventeen => break,
+                    Err(None) => {
+                        return Err(OobError::Unreachable {
+                            addr: s.addr.clone(),
+                            attempts: s.opts.attempts,
+                        });
+                    }
                 }
             }
         }
@@ -176,9 +232,12 @@ impl LanSession {
         ))
     }
 
-    /// The cipher suite of the session (17 or 3).
+    /// The cipher suite of the session (17 or 3); 0 for IPMI 1.5.
     pub fn cipher_suite(&self) -> u8 {
-        self.session.as_ref().map_or(0, |s| s.suite().id())
+        match &self.session {
+            Some(Active::V2(s)) => s.suite().id(),
+            _ => 0,
+        }
     }
 
     /// The BMC's address, `host:port`.
@@ -188,10 +247,15 @@ impl LanSession {
 
     /// The BMC's GUID from RAKP 2, as the BMC sent it (16 bytes, least significant first).
     pub fn bmc_guid(&self) -> Option<[u8; 16]> {
-        self.session.as_ref().map(|s| s.bmc_guid())
+        match &self.session {
+            Some(Active::V2(s)) => Some(s.bmc_guid()),
+            _ => None,
+        }
     }
 
-    fn check_ipmi20(&mut self, target: &BmcTarget) -> Result<(), OobError> {
+    /// Get Channel Authentication Capabilities: `true` when the BMC speaks IPMI 2.0; `false`
+    /// when only IPMI 1.5 with MD5 is there and the target allows it.
+    fn check_ipmi20(&mut self, target: &BmcTarget) -> Result<bool, OobError> {
         let seq = self.next_rq_seq();
         let req = encode_get_channel_auth_capabilities(CURRENT_CHANNEL, Privilege::Administrator);
         let cmd = molar_ipmi::Command::GetChannelAuthCapabilities;
@@ -204,17 +268,111 @@ impl LanSession {
         let r =
             molar_ipmi::reply::<8, OobError>(cmd, &resp).map_err(|e| protocol(&self.addr, e))?;
         let caps = decode_channel_auth_capabilities(&r.data);
-        if !caps.ipmi20 {
+        if caps.ipmi20 {
+            return Ok(true);
+        }
+        if !target.allow_ipmi15 {
             return Err(auth(
                 &self.addr,
-                if target.allow_ipmi15 {
-                    "the BMC offers only IPMI 1.5, and IPMI 1.5 sessions are not supported"
-                } else {
-                    "the BMC offers only IPMI 1.5, and IPMI 1.5 is not allowed for this BMC"
-                },
+                "the BMC offers only IPMI 1.5, and IPMI 1.5 is not allowed for this BMC",
             ));
         }
-        Ok(())
+        if !caps.auth_types.md5 {
+            return Err(auth(
+                &self.addr,
+                "the BMC offers only IPMI 1.5 without MD5 authentication, which is not supported",
+            ));
+        }
+        Ok(false)
+    }
+
+    /// An IPMI 1.5 session with MD5 AuthCodes (Get Session Challenge, Activate Session),
+    /// for BMCs without RMCP+. Refused unless the target's `allow_ipmi15` is set; public so
+    /// that tests can open one against a BMC that also speaks IPMI 2.0.
+    pub fn open_ipmi15(target: &BmcTarget, opts: LanOptions) -> Result<LanSession, OobError> {
+        let mut s = LanSession::connect(target, opts)?;
+        s.login_ipmi15(target)?;
+        Ok(s)
+    }
+
+    fn login_ipmi15(&mut self, target: &BmcTarget) -> Result<(), OobError> {
+        if !target.allow_ipmi15 {
+            return Err(auth(&self.addr, "IPMI 1.5 is not allowed for this BMC"));
+        }
+        let challenge_req = encode_get_session_challenge(target.username.as_bytes())
+            .map_err(|e| auth(&self.addr, e))?;
+        let cmd = molar_ipmi::Command::GetSessionChallenge;
+        let seq = self.next_rq_seq();
+        let packet =
+            encode_sessionless(&encode_request(cmd.netfn(), cmd.cmd(), seq, &challenge_req));
+        let resp = self.exchange_raw(&packet, self.opts.attempts, |b| {
+            let m = decode_sessionless(b).ok()?;
+            let r = decode_response(m).ok()?;
+            (r.rq_seq == seq && r.cmd == cmd.cmd()).then_some(r.data)
+        })?;
+        let challenge = match molar_ipmi::reply::<20, OobError>(cmd, &resp) {
+            Ok(r) => decode_get_session_challenge(&r.data),
+            Err(molar_ipmi::CommandError::Completion { code: 0x81, .. }) => {
+                return Err(auth(&self.addr, "IPMI 1.5 login: unknown user name"));
+            }
+            Err(e) => return Err(auth(&self.addr, format!("IPMI 1.5 login: {e}"))),
+        };
+        let s15 = Session15::new(
+            target.password.expose().as_bytes(),
+            challenge.temp_session_id,
+        )
+        .map_err(|e| auth(&self.addr, e))?;
+        self.session = Some(Active::V15(s15));
+        for privilege in PRIVILEGES {
+            let req =
+                encode_activate_session(&challenge.challenge, privilege.code(), rand::random());
+            let resp = match self.request_inner(
+                netfn::APP,
+                molar_ipmi::Command::ActivateSession.cmd(),
+                &req,
+                self.opts.attempts,
+            ) {
+                Ok(r) => r,
+                // A BMC drops a packet whose AuthCode is wrong: no answer means a wrong
+                // password as often as a lost BMC.
+                Err(OobError::Unreachable { .. }) => {
+                    self.session = None;
+                    return Err(auth(
+                        &self.addr,
+                        "IPMI 1.5 login: no answer to activate session (wrong password?)",
+                    ));
+                }
+                Err(e) => {
+                    self.session = None;
+                    return Err(e);
+                }
+            };
+            let activated = match molar_ipmi::reply::<10, OobError>(
+                molar_ipmi::Command::ActivateSession,
+                &resp,
+            ) {
+                Ok(r) => decode_activate_session(&r.data),
+                // 0x86: the privilege exceeds the user's limit; operator is tried next.
+                Err(molar_ipmi::CommandError::Completion { code: 0x86, .. })
+                    if privilege != Privilege::Operator =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    self.session = None;
+                    return Err(auth(&self.addr, format!("IPMI 1.5 login: {e}")));
+                }
+            };
+            if let Some(Active::V15(s)) = self.session.as_mut() {
+                s.activated(&activated);
+            }
+            return self.raise_privilege(privilege);
+        }
+        self.session = None;
+        Err(auth(
+            &self.addr,
+            "IPMI 1.5 login: no privilege level granted",
+        ))
     }
 
     /// One handshake. `Err(None)`: no answer after all attempts.
@@ -231,7 +389,11 @@ impl LanSession {
                 }
                 let deadline = Instant::now() + self.opts.timeout;
                 while let Some(n) = self.recv_until(deadline).map_err(|_| None)? {
-                    match hs.on_packet(&self.buf[..n]).map_err(Some)? {
+                    let step = hs.on_packet(&self.buf[..n]);
+                    if let Some(abort) = hs.abort_packet() {
+                        let _ = self.sock.send(abort);
+                    }
+                    match step.map_err(Some)? {
                         Step::Ignore => continue,
                         step => {
                             outcome = Some(step);
@@ -251,11 +413,12 @@ impl LanSession {
         }
     }
 
-    fn raise_privilege(&mut self) -> Result<(), OobError> {
+    /// Set Session Privilege Level: sessions start at user level (13.21) until raised.
+    fn raise_privilege(&mut self, privilege: Privilege) -> Result<(), OobError> {
         let resp = self.request_inner(
             netfn::APP,
             SET_SESSION_PRIVILEGE,
-            &[Privilege::Administrator.code()],
+            &[privilege.code()],
             self.opts.attempts,
         )?;
         match resp.first() {
@@ -263,8 +426,8 @@ impl LanSession {
             Some(&code) => Err(auth(
                 &self.addr,
                 format!(
-                    "set session privilege level to administrator refused (completion code \
-                     {code:#04x})"
+                    "set session privilege level to {} refused (completion code {code:#04x})",
+                    privilege_name(privilege)
                 ),
             )),
             None => Err(protocol(&self.addr, "empty set session privilege response")),
@@ -338,16 +501,34 @@ impl LanSession {
             .session
             .as_mut()
             .ok_or_else(|| protocol(&addr, "the session is closed"))?;
-        session
-            .seal(payload_type, data, rand::random())
-            .map_err(|e| protocol(&addr, e))
+        match session {
+            Active::V2(s) => s.seal(payload_type, data, rand::random()),
+            Active::V15(s) if payload_type == payload::IPMI => s.seal(data),
+            Active::V15(_) => {
+                return Err(protocol(
+                    &addr,
+                    format!(
+                        "payload type {payload_type:#04x} needs an IPMI 2.0 (RMCP+) session, \
+                         this one is IPMI 1.5"
+                    ),
+                ));
+            }
+        }
+        .map_err(|e| protocol(&addr, e))
     }
 
     /// Opens one received datagram of this session; packets that fail integrity, replay or
     /// decoding checks are dropped (a forged or stale packet must not end the session).
     fn open_received(&mut self, n: usize) -> Option<(u8, Vec<u8>)> {
-        let session = self.session.as_mut()?;
-        match session.open(&self.buf[..n]) {
+        let opened = match self.session.as_mut()? {
+            Active::V2(s) => s.open(&self.buf[..n]),
+            Active::V15(s) => s.open(&self.buf[..n]).map(|m| (payload::IPMI, m)),
+        };
+        match opened {
+            // Late handshake answers (a repeated RAKP 4 inside the session) carry nothing.
+            Ok((ptype, _)) if (payload::OPEN_SESSION_REQUEST..=payload::RAKP4).contains(&ptype) => {
+                None
+            }
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::debug!(bmc = %self.addr, error = %e, "dropped an inbound packet");
@@ -438,11 +619,19 @@ impl LanSession {
         Ok(None)
     }
 
+    /// Forgets the session without closing it (after a BMC cold reset, which ends every
+    /// session): nothing more is sent.
+    pub fn abandon(&mut self) {
+        self.session = None;
+    }
+
     /// Closes the session (Close Session, 22.19). The BMC's answer is waited for once;
     /// a session the BMC already dropped is closed all the same.
     pub fn close(&mut self) -> Result<(), OobError> {
-        let Some(id) = self.session.as_ref().map(|s| s.managed_session_id()) else {
-            return Ok(());
+        let id = match &self.session {
+            Some(Active::V2(s)) => s.managed_session_id(),
+            Some(Active::V15(s)) => s.session_id(),
+            None => return Ok(()),
         };
         let saved = self.opts;
         self.opts.attempts = 1;

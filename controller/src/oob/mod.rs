@@ -6,6 +6,7 @@
 use molar_protocol::Secret;
 
 pub mod lan;
+pub mod ops;
 
 pub use lan::{LanOptions, LanSession};
 
@@ -121,19 +122,48 @@ pub enum OobError {
 
 /// Runs one action on a BMC in its own session (opened, used, closed).
 pub async fn perform(target: &BmcTarget, action: &OobAction) -> Result<OobOutcome, OobError> {
-    // Placeholder until the RMCP+ client lands (helper branch `rmcp` replaces this body).
-    let _ = action;
-    Err(OobError::Protocol {
-        addr: target.addr(),
-        detail: "IPMI over LAN is not built yet".into(),
+    let target = target.clone();
+    let action = action.clone();
+    let addr = target.addr();
+    blocking(&addr, move || {
+        let mut s = LanSession::open(&target, LanOptions::default())?;
+        let r = ops::run(&mut s, &target.addr(), &action);
+        // After a cold reset the BMC has forgotten the session: closing it cannot succeed.
+        if action == OobAction::BmcReset {
+            s.abandon();
+        } else if let Err(e) = s.close() {
+            tracing::debug!(bmc = %target.addr(), error = %e, "closing the BMC session");
+        }
+        r
     })
+    .await
 }
 
 /// Opens a session with the target's credentials and reads who the BMC is: the check
 /// `molar server add` makes before storing anything.
 pub async fn verify(target: &BmcTarget) -> Result<BmcIdentity, OobError> {
-    Err(OobError::Protocol {
-        addr: target.addr(),
-        detail: "IPMI over LAN is not built yet".into(),
+    let target = target.clone();
+    let addr = target.addr();
+    blocking(&addr, move || {
+        let mut s = LanSession::open(&target, LanOptions::default())?;
+        let suite = s.cipher_suite();
+        let r = ops::identify_bmc(&mut s, &target.addr(), suite);
+        let _ = s.close();
+        r
     })
+    .await
+}
+
+/// Runs blocking BMC I/O off the async workers.
+async fn blocking<T: Send + 'static>(
+    addr: &str,
+    f: impl FnOnce() -> Result<T, OobError> + Send + 'static,
+) -> Result<T, OobError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(OobError::Protocol {
+            addr: addr.to_string(),
+            detail: format!("the BMC task failed: {e}"),
+        }),
+    }
 }

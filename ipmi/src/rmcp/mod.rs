@@ -12,6 +12,7 @@
 pub mod crypto;
 pub mod message;
 pub mod session;
+pub mod v15;
 
 #[cfg(test)]
 mod tests;
@@ -154,7 +155,8 @@ pub fn split_rmcp(b: &[u8]) -> Result<(u8, &[u8]), RmcpError> {
             class: b[3],
         });
     }
-    let class = b[3] & 0x1F;
+    // Bit 7 would make it an RMCP ACK, bits 6:5 are reserved: only plain messages are taken.
+    let class = b[3];
     if class != CLASS_ASF && class != CLASS_IPMI {
         return Err(RmcpError::NotRmcp {
             version: b[0],

@@ -95,7 +95,7 @@ pub fn parse_frame(b: &[u8]) -> Result<Frame<'_>, RmcpError> {
 }
 
 /// A packet outside a session (session id and sequence 0, no integrity): the handshake's.
-fn presession_packet(payload_type: u8, body: &[u8]) -> Vec<u8> {
+pub fn presession_packet(payload_type: u8, body: &[u8]) -> Vec<u8> {
     let mut p = vec![
         RMCP_VERSION,
         0x00,
@@ -165,6 +165,7 @@ pub struct Handshake {
     tag: u8,
     state: State,
     last_sent: Vec<u8>,
+    abort: Option<Vec<u8>>,
 }
 
 impl Handshake {
@@ -204,6 +205,7 @@ impl Handshake {
                 tag,
                 state: State::OpenSent,
                 last_sent: packet.clone(),
+                abort: None,
             },
             packet,
         ))
@@ -214,6 +216,12 @@ impl Handshake {
     }
 
     /// The last packet sent, for a retransmission when its answer is late.
+    /// After a RAKP 2 that failed the check: the RAKP 3 with an error status to send so
+    /// that the BMC drops the session (best effort; nothing answers it).
+    pub fn abort_packet(&self) -> Option<&[u8]> {
+        self.abort.as_deref()
+    }
+
     pub fn last_sent(&self) -> &[u8] {
         &self.last_sent
     }
@@ -227,7 +235,10 @@ impl Handshake {
             // Not an RMCP+ packet (e.g. a stray IPMI 1.5 answer): nothing to do with it.
             Err(_) => return Ok(Step::Ignore),
         };
-        if frame.session_id != 0 || frame.authenticated || frame.encrypted {
+        if frame.authenticated {
+            return self.in_session_rakp4(&frame, packet);
+        }
+        if frame.session_id != 0 || frame.encrypted {
             return Ok(Step::Ignore);
         }
         let p = frame.payload;
@@ -324,6 +335,11 @@ impl Handshake {
         );
         if !ct_eq(&expected, code) {
             self.state = State::Done;
+            // RAKP 3's status reports the console's verdict on RAKP 2 (13.22): with an
+            // error the BMC frees the half-open session at once instead of at its timeout.
+            let mut body = vec![self.tag, 0x0F, 0, 0];
+            body.extend_from_slice(&managed_sid.to_le_bytes());
+            self.abort = Some(presession_packet(payload::RAKP3, &body));
             return Err(RmcpError::Rakp2AuthCode);
         }
         let kuid = &self.login.password;
@@ -353,13 +369,48 @@ impl Handshake {
         Ok(Step::Send(packet))
     }
 
-    fn rakp4(
+    /// A lost RAKP 4 and a retransmitted RAKP 3: the BMC has activated the session, and
+    /// some (ipmi_sim) answer the repeat with RAKP 4 inside the session, authenticated and
+    /// encrypted. Opening it with the session's keys proves the BMC holds them; its ICV is
+    /// checked as a plain RAKP 4's would be.
+    fn in_session_rakp4(&mut self, frame: &Frame<'_>, packet: &[u8]) -> Result<Step, RmcpError> {
+        let State::Rakp3Sent {
+            managed_sid,
+            sik,
+            guid,
+        } = self.state.clone()
+        else {
+            return Ok(Step::Ignore);
+        };
+        if frame.session_id != self.console_sid {
+            return Ok(Step::Ignore);
+        }
+        let mut session = Session::new(self.suite, self.console_sid, managed_sid, &sik, guid);
+        let Ok((ptype, body)) = session.open(packet) else {
+            return Ok(Step::Ignore);
+        };
+        if ptype != payload::RAKP4 || body.len() < 2 || body[0] != self.tag {
+            return Ok(Step::Ignore);
+        }
+        if body[1] != 0 {
+            self.state = State::Done;
+            return Err(RmcpError::Status {
+                step: "RAKP 4",
+                code: body[1],
+            });
+        }
+        self.check_rakp4(&body, managed_sid, &sik, &guid)?;
+        self.state = State::Done;
+        Ok(Step::Established(Box::new(session)))
+    }
+
+    fn check_rakp4(
         &mut self,
         p: &[u8],
         managed_sid: u32,
-        sik: Vec<u8>,
-        guid: [u8; 16],
-    ) -> Result<Step, RmcpError> {
+        sik: &[u8],
+        guid: &[u8; 16],
+    ) -> Result<(), RmcpError> {
         let n = self.suite.icv_len();
         need("RAKP 4", p, 8 + n)?;
         if u32_at(p, 4) != self.console_sid {
@@ -367,11 +418,22 @@ impl Handshake {
         }
         let icv = self
             .suite
-            .hmac(&sik, &[&self.rm, &managed_sid.to_le_bytes(), &guid]);
+            .hmac(sik, &[&self.rm, &managed_sid.to_le_bytes(), guid]);
         if !ct_eq(&icv[..n], &p[8..8 + n]) {
             self.state = State::Done;
             return Err(RmcpError::Rakp4Icv);
         }
+        Ok(())
+    }
+
+    fn rakp4(
+        &mut self,
+        p: &[u8],
+        managed_sid: u32,
+        sik: Vec<u8>,
+        guid: [u8; 16],
+    ) -> Result<Step, RmcpError> {
+        self.check_rakp4(p, managed_sid, &sik, &guid)?;
         self.state = State::Done;
         Ok(Step::Established(Box::new(Session::new(
             self.suite,
