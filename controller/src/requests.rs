@@ -11,7 +11,8 @@
 //!
 //! Path: in-band through the connected agent when it can do the action (`chassis.power`,
 //! `chassis.boot_device`, `bmc.reset`), else out-of-band through the BMC
-//! ([`crate::oob::perform`]). Powering on goes out-of-band first (a server that is off has
+//! ([`crate::oob::perform`]), also when the agent could not act (no local IPMI device,
+//! refused: `did_not_act`). Powering on goes out-of-band first (a server that is off has
 //! no agent), identify only out-of-band (the agent has no such method). The path taken is
 //! recorded on the request.
 
@@ -34,6 +35,23 @@ pub const RESTARTED: &str = "controller restarted while the request was active";
 /// How long an agent gets to answer an in-band request.
 pub const IN_BAND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Most requests one server may have pending or active: a script gone wrong cannot queue
+/// hours of power cycles.
+pub const OPEN_PER_SERVER_MAX: u64 = 64;
+
+/// How long re-checking a power change after a restart may take.
+pub const RECHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The power state a change leaves the server in, when it can be read back: on, off, or
+/// off after a soft shutdown; `None` for a cycle or reset (on before and after).
+fn expected_power(change: PowerChange) -> Option<bool> {
+    match change {
+        PowerChange::On => Some(true),
+        PowerChange::Off | PowerChange::Soft => Some(false),
+        PowerChange::Cycle | PowerChange::Reset => None,
+    }
+}
+
 /// The actions a request may name.
 pub const ACTIONS: &str = "set_power_state, power_cycle, set_next_boot_device, bmc_reset, identify";
 
@@ -44,6 +62,8 @@ pub enum RequestError {
     Invalid(String),
     #[error("server {0} not found")]
     ServerNotFound(String),
+    #[error("server {server} has {open} requests waiting or running: wait for them to finish")]
+    QueueFull { server: String, open: u64 },
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -149,7 +169,7 @@ pub fn parse_action(
 const SHOWN_MAX: usize = 64;
 
 /// A value from a request, quoted and cut for an error message.
-fn shown(s: &str) -> String {
+pub fn shown(s: &str) -> String {
     let mut cut: String = s.chars().take(SHOWN_MAX).collect();
     if cut.len() < s.len() {
         cut.push_str("...");
@@ -189,34 +209,52 @@ impl Requests {
         });
         let open = this.fleet.store.open_requests().await?;
         let mut servers = Vec::new();
+        let mut rechecks = Vec::new();
         for r in open {
             if r.state == RequestState::Active {
-                let rerun = matches!(
-                    parse_action(&r.action, r.parameter.as_deref(), r.persistent, r.efi),
-                    Ok(OobAction::PowerStatus)
-                );
-                if rerun {
-                    this.fleet
-                        .store
-                        .requeue_request(
-                            r.id,
-                            "run again: the controller restarted while it was active",
-                        )
-                        .await?;
-                } else {
-                    tracing::warn!(request = r.id, server = %r.server_id, action = %r.action, "{RESTARTED}");
-                    this.fleet
-                        .store
-                        .finish_request(r.id, RequestState::Failed, RESTARTED)
-                        .await?;
+                match parse_action(&r.action, r.parameter.as_deref(), r.persistent, r.efi) {
+                    Ok(OobAction::PowerStatus) => {
+                        this.fleet
+                            .store
+                            .requeue_request(
+                                r.id,
+                                "run again: the controller restarted while it was active",
+                            )
+                            .await?;
+                    }
+                    Ok(OobAction::Power(change)) if expected_power(change).is_some() => {
+                        rechecks.push(r);
+                        continue;
+                    }
+                    _ => {
+                        tracing::warn!(request = r.id, server = %r.server_id, action = %r.action, "{RESTARTED}");
+                        this.fleet
+                            .store
+                            .finish_request(r.id, RequestState::Failed, RESTARTED)
+                            .await?;
+                    }
                 }
             }
             if !servers.contains(&r.server_id) {
                 servers.push(r.server_id);
             }
         }
+        // A server with a re-check is kicked when it is done.
+        servers.retain(|s| !rechecks.iter().any(|c| &c.server_id == s));
         for s in servers {
             this.kick(&s);
+        }
+        // A power change left active is checked against the power state before the
+        // server's next request runs (its worker finds the request active until then).
+        for r in rechecks {
+            let this2 = this.clone();
+            this.tracker.spawn(async move {
+                tokio::select! {
+                    _ = this2.recheck(&r) => this2.kick(&r.server_id),
+                    // Left active: the next start checks again.
+                    _ = this2.shutdown.cancelled() => {}
+                }
+            });
         }
         Ok(this)
     }
@@ -236,10 +274,73 @@ impl Requests {
         if self.fleet.store.get_server(server_id).await?.is_none() {
             return Err(RequestError::ServerNotFound(server_id.to_owned()));
         }
+        let open = self.fleet.store.open_request_count(server_id).await?;
+        if open >= OPEN_PER_SERVER_MAX {
+            return Err(RequestError::QueueFull {
+                server: server_id.to_owned(),
+                open,
+            });
+        }
         let rec = self.fleet.store.add_request(server_id, request).await?;
         tracing::info!(request = rec.id, server = %server_id, action = %rec.action, parameter = ?rec.parameter, "request queued");
         self.kick(server_id);
         Ok(rec)
+    }
+
+    /// A power change that was active when the controller stopped: succeeded when the power
+    /// state read now over the BMC is the one it asked for, else failed with
+    /// [`RESTARTED`] and what was found.
+    async fn recheck(&self, r: &RequestRecord) {
+        let want = match parse_action(&r.action, r.parameter.as_deref(), r.persistent, r.efi) {
+            Ok(OobAction::Power(change)) => expected_power(change),
+            _ => None,
+        };
+        let Some(want) = want else {
+            self.finish(r, RequestState::Failed, RESTARTED.into()).await;
+            return;
+        };
+        let found = match self.fleet.store.bmc_target(&r.server_id).await {
+            Err(e) => Err(format!("reading the BMC entry: {e}")),
+            Ok(None) => Err("no BMC address is known to read the power state".into()),
+            Ok(Some(target)) => {
+                self.record_path(r.id, RequestPath::OutOfBand).await;
+                match tokio::time::timeout(
+                    RECHECK_TIMEOUT,
+                    crate::oob::perform(&target, &OobAction::PowerStatus),
+                )
+                .await
+                {
+                    Ok(Ok(o)) => o.power_on.ok_or_else(|| "the BMC did not say".to_owned()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the BMC did not answer in time".into()),
+                }
+            }
+        };
+        let word = |on: bool| if on { "on" } else { "off" };
+        let (state, message) = match found {
+            Ok(on) if on == want => (
+                RequestState::Succeeded,
+                format!(
+                    "server power state set successful: {} (confirmed by a power state read \
+                     after a controller restart)",
+                    r.parameter.as_deref().unwrap_or(word(want))
+                ),
+            ),
+            Ok(on) => (
+                RequestState::Failed,
+                format!(
+                    "{RESTARTED}; the power is {} now, not {}",
+                    word(on),
+                    word(want)
+                ),
+            ),
+            Err(why) => (
+                RequestState::Failed,
+                format!("{RESTARTED}; the power state could not be re-checked: {why}"),
+            ),
+        };
+        tracing::info!(request = r.id, server = %r.server_id, "re-checked after a restart");
+        self.finish(r, state, message).await;
     }
 
     /// Waits for the shutdown token, then for the workers to stop.
@@ -312,6 +413,11 @@ impl Requests {
             Ok(msg) => (RequestState::Succeeded, msg),
             Err(msg) => (RequestState::Failed, msg),
         };
+        self.finish(r, state, message).await;
+    }
+
+    /// Stores a request's outcome.
+    async fn finish(&self, r: &RequestRecord, state: RequestState, message: String) {
         tracing::info!(request = r.id, server = %r.server_id, state = state.as_str(), message = %message, "request finished");
         if let Err(e) = self.fleet.store.finish_request(r.id, state, &message).await {
             tracing::error!(request = r.id, error = %e, "storing a request's outcome");
@@ -333,12 +439,17 @@ impl Requests {
             .await
             .map_err(|e| format!("reading the BMC entry: {e}"))?;
         let try_in_band = connected && in_band_able && !(prefer_oob && target.is_some());
+        let mut in_band_failure = None;
         if try_in_band {
             self.record_path(r.id, RequestPath::InBand).await;
             match self.in_band(server, &action).await {
                 Ok(msg) => return Ok(msg),
-                // The agent went away before answering: the BMC may still be reached.
-                Err(FleetError::NotConnected(_)) if target.is_some() => {}
+                // The agent could not act (gone, no local BMC device, refusing): the BMC
+                // may still be reached over the network. Any other failure may have acted
+                // and is not repeated another way.
+                Err(e) if target.is_some() && did_not_act(&e) => {
+                    in_band_failure = Some(e.to_body().msg);
+                }
                 Err(e) => return Err(format!("in-band: {}", e.to_body().msg)),
             }
         }
@@ -351,10 +462,26 @@ impl Requests {
             return Err(format!("no path to server {server}: {why}"));
         };
         self.record_path(r.id, RequestPath::OutOfBand).await;
-        crate::oob::perform(&target, &action)
+        let first = in_band_failure
+            .map(|m| format!(" (in-band first: {m})"))
+            .unwrap_or_default();
+        let outcome = crate::oob::perform(&target, &action)
             .await
-            .map(|o| o.message)
-            .map_err(|e| format!("out-of-band: {e}"))
+            .map_err(|e| format!("out-of-band: {e}{first}"))?;
+        if let OobAction::Power(change) = action {
+            // The server's next boot is one the controller asked for: its new agent may
+            // take the place of the old session (as after an in-band power action).
+            let why =
+                format!("after an out-of-band power {change:?} the admin asked for").to_lowercase();
+            if let Err(e) = self
+                .fleet
+                .expect_ramdisk(server, crate::fleet::REBOOT_EXPECTATION, &why)
+                .await
+            {
+                tracing::error!(server = %server, error = %e, "recording the expected boot");
+            }
+        }
+        Ok(outcome.message)
     }
 
     async fn record_path(&self, id: i64, path: RequestPath) {
@@ -431,6 +558,25 @@ impl Requests {
         }
     }
 }
+
+/// Whether an in-band failure says the agent did not act: its connection was gone, it has
+/// no local BMC device, or it refused or could not take the method.
+fn did_not_act(e: &FleetError) -> bool {
+    use molar_protocol::codes;
+    if matches!(e, FleetError::NotConnected(_)) {
+        return true;
+    }
+    let code = e.to_body().code;
+    code == codes::NOT_CONNECTED
+        || code == codes::REFUSED
+        || code == codes::UNKNOWN_METHOD
+        || code == codes::NOT_READY
+        || code == codes::HARDWARE_NOT_READY
+        || code == IPMI_NO_DEVICE
+}
+
+/// The agent's error code for a machine without a local IPMI device.
+const IPMI_NO_DEVICE: &str = "ipmi_no_device";
 
 /// "server next boot device set successful: pxe (persistent, efi)", from what the BMC read
 /// back.

@@ -151,7 +151,7 @@ async fn the_console_streams_serial_output_and_types_into_it_through_ipmi_sim() 
         .unwrap();
     assert!(
         store
-            .set_bmc_address(&id, "127.0.0.1", sim.lan_port())
+            .set_bmc_endpoint(&id, "127.0.0.1", sim.lan_port())
             .await
             .unwrap()
     );

@@ -135,6 +135,7 @@ impl From<RequestError> for ApiError {
         match e {
             RequestError::Invalid(m) => ApiError::new(codes::INVALID_PARAMS, m),
             RequestError::ServerNotFound(id) => FleetError::ServerNotFound(id).into(),
+            e @ RequestError::QueueFull { .. } => ApiError::new(codes::BUSY, e.to_string()),
             RequestError::Store(e) => e.into(),
         }
     }
@@ -145,7 +146,7 @@ async fn resolve(st: &ApiState, key: &str) -> Result<ServerRecord, ApiError> {
         .store
         .resolve_server(key)
         .await?
-        .ok_or_else(|| FleetError::ServerNotFound(key.to_owned()).into())
+        .ok_or_else(|| FleetError::ServerNotFound(crate::requests::shown(key)).into())
 }
 
 async fn control(

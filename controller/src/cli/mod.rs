@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod console;
+mod control;
 mod logs;
 pub(crate) mod output;
 mod serve;
@@ -38,7 +39,7 @@ Exit codes:
   2  usage error (bad arguments, invalid JSON)
   3  not found (server, task or token)
   4  not connected (the server has no agent connection)
-  5  task failed, or the agent returned an error
+  5  task or request failed, or the agent returned an error
   6  unauthorized (admin token missing or wrong)
   7  timeout";
 
@@ -151,6 +152,56 @@ pub enum Command {
         /// Keep printing new events.
         #[arg(long, short)]
         follow: bool,
+    },
+    /// Queue a power request: change the power state or read it (`status`).
+    Power {
+        server: String,
+        #[arg(value_parser = ["on", "off", "soft", "cycle", "reset", "status"])]
+        state: String,
+        #[command(flatten)]
+        wait: control::WaitFlags,
+    },
+    /// Queue a next-boot-device request.
+    Bootdev {
+        server: String,
+        #[arg(value_parser = ["pxe", "disk", "bios", "cdrom", "none"])]
+        device: String,
+        /// Every boot, not only the next one.
+        #[arg(long)]
+        persistent: bool,
+        /// Boot in UEFI mode.
+        #[arg(long)]
+        efi: bool,
+        #[command(flatten)]
+        wait: control::WaitFlags,
+    },
+    /// Queue a BMC cold reset.
+    BmcReset {
+        server: String,
+        #[command(flatten)]
+        wait: control::WaitFlags,
+    },
+    /// Queue a chassis identify (the locator light) through the BMC.
+    Identify {
+        server: String,
+        /// Seconds the light stays on (default: the BMC's own interval).
+        #[arg(long, conflicts_with = "off")]
+        seconds: Option<u8>,
+        /// Turn the light off.
+        #[arg(long)]
+        off: bool,
+        #[command(flatten)]
+        wait: control::WaitFlags,
+    },
+    /// List a server's control requests, newest first.
+    Requests {
+        server: String,
+        /// Most requests shown.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Wait until none of them is pending or active.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -339,6 +390,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Logs { id, follow } => logs::logs(cli, id, *follow).await,
         Command::Console { id, force, log } => console::run(cli, id, *force, *log).await,
         Command::Events { server, follow } => logs::events(cli, server.as_deref(), *follow).await,
+        Command::Power {
+            server,
+            state,
+            wait,
+        } => control::power(cli, server, state, wait).await,
+        Command::Bootdev {
+            server,
+            device,
+            persistent,
+            efi,
+            wait,
+        } => control::bootdev(cli, server, device, *persistent, *efi, wait).await,
+        Command::BmcReset { server, wait } => control::bmc_reset(cli, server, wait).await,
+        Command::Identify {
+            server,
+            seconds,
+            off,
+            wait,
+        } => {
+            let seconds = if *off { Some(0) } else { *seconds };
+            control::identify(cli, server, seconds, wait).await
+        }
+        Command::Requests {
+            server,
+            limit,
+            wait,
+        } => control::requests(cli, server, *limit, *wait).await,
     }
 }
 
@@ -382,6 +460,43 @@ mod tests {
         }
         assert!(parse(&["molar", "server"]).is_err());
         assert!(parse(&["molar", "server", "remove"]).is_err());
+    }
+
+    #[test]
+    fn control_commands_take_only_their_words() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        match parse(&["molar", "power", "srv-1", "off", "--wait"]).unwrap() {
+            Command::Power {
+                server,
+                state,
+                wait,
+            } => assert_eq!(
+                (server.as_str(), state.as_str(), wait.wait),
+                ("srv-1", "off", true)
+            ),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["molar", "bootdev", "n1", "pxe", "--persistent", "--efi"]).unwrap() {
+            Command::Bootdev {
+                device,
+                persistent,
+                efi,
+                wait,
+                ..
+            } => assert_eq!(
+                (device.as_str(), persistent, efi, wait.wait),
+                ("pxe", true, true, false)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["molar", "power", "srv-1", "OFF"]).is_err());
+        assert!(parse(&["molar", "power", "srv-1"]).is_err());
+        assert!(parse(&["molar", "bootdev", "srv-1", "floppy"]).is_err());
+        assert!(parse(&["molar", "bmc-reset", "srv-1", "--wait"]).is_ok());
+        assert!(parse(&["molar", "identify", "srv-1", "--seconds", "10", "--off"]).is_err());
+        assert!(parse(&["molar", "identify", "srv-1", "--seconds", "300"]).is_err());
+        assert!(parse(&["molar", "requests", "srv-1", "--wait"]).is_ok());
+        assert!(parse(&["molar", "power", "s", "on", "--wait-timeout", "5"]).is_err());
     }
 
     #[test]

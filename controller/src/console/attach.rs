@@ -3,7 +3,7 @@
 //! whatever happens: detach, error, signal, panic), and copies bytes both ways. After a
 //! newline, `~.` detaches, `~B` sends a break and `~~` types one `~` (ssh's convention).
 
-use crate::client::{Client, path_segment};
+use crate::client::{Client, segment};
 use futures::{SinkExt, StreamExt};
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -176,7 +176,7 @@ pub async fn connect(client: &Client, server: &str, force: bool) -> Result<Ws, A
         .map_err(|source| AttachError::Connect { addr, source })?;
     let url = format!(
         "wss://{authority}/api/v1/servers/{}/console?exclusive=true&force={force}",
-        path_segment(server)
+        segment(server)
     );
     let mut req = url
         .into_client_request()

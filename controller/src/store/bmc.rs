@@ -95,9 +95,9 @@ impl Db {
         Ok(p.map(molar_protocol::Secret::new))
     }
 
-    /// Sets where the server's BMC is reached (`host`, `port`) on its existing entry; false
-    /// when the server has no BMC entry.
-    pub fn set_bmc_address(&self, server_id: &str, host: &str, port: u16) -> Result<bool> {
+    /// Sets where the server's BMC is reached (an operator's `HOST[:PORT]`); `false` when
+    /// the server has no BMC entry.
+    pub fn set_bmc_endpoint(&self, server_id: &str, host: &str, port: u16) -> Result<bool> {
         let n = self
             .conn
             .execute(
@@ -105,7 +105,7 @@ impl Db {
                 params![server_id, host, port, now_ms()],
             )
             .map_err(q("setting a BMC address"))?;
-        Ok(n == 1)
+        Ok(n > 0)
     }
 
     /// Where and how the controller reaches the server's BMC out-of-band: `host` and `port`
@@ -186,10 +186,10 @@ impl Store {
         self.read(move |db| db.bmc_password(&id)).await
     }
 
-    /// See [`Db::set_bmc_address`].
-    pub async fn set_bmc_address(&self, server_id: &str, host: &str, port: u16) -> Result<bool> {
+    /// See [`Db::set_bmc_endpoint`].
+    pub async fn set_bmc_endpoint(&self, server_id: &str, host: &str, port: u16) -> Result<bool> {
         let (id, host) = (server_id.to_owned(), host.to_owned());
-        self.write(move |db| db.set_bmc_address(&id, &host, port))
+        self.write(move |db| db.set_bmc_endpoint(&id, &host, port))
             .await
     }
 
@@ -254,12 +254,8 @@ mod tests {
         );
         assert_eq!(t.password.expose(), "second-pw");
         assert!(!format!("{t:?}").contains("second-pw"));
-        s.conn
-            .execute(
-                "UPDATE bmcs SET host = '127.0.0.1', port = 9623 WHERE server_id = 'srv-1'",
-                [],
-            )
-            .unwrap();
+        assert!(s.set_bmc_endpoint("srv-1", "127.0.0.1", 9623).unwrap());
+        assert!(!s.set_bmc_endpoint("srv-nope", "127.0.0.1", 9623).unwrap());
         assert_eq!(
             s.bmc_target("srv-1").unwrap().unwrap().addr(),
             "127.0.0.1:9623"

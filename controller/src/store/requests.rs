@@ -226,6 +226,18 @@ impl Db {
         rows.into_iter().map(finish).collect()
     }
 
+    /// How many of the server's requests are pending or active.
+    pub fn open_request_count(&self, server_id: &str) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM requests WHERE server_id = ?1 AND state IN ('pending','active')",
+                [server_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(q("counting open requests"))
+    }
+
     /// Takes the server's oldest pending request and marks it `active` with its path, unless
     /// one of its requests is active already (one at a time per server).
     pub fn next_request(&mut self, server_id: &str) -> Result<Option<RequestRecord>> {
@@ -323,6 +335,12 @@ impl Store {
         self.read(|db| db.open_requests()).await
     }
 
+    /// See [`Db::open_request_count`].
+    pub async fn open_request_count(&self, server_id: &str) -> Result<u64> {
+        let id = server_id.to_owned();
+        self.read(move |db| db.open_request_count(&id)).await
+    }
+
     /// See [`Db::next_request`].
     pub async fn next_request(&self, server_id: &str) -> Result<Option<RequestRecord>> {
         let id = server_id.to_owned();
@@ -416,6 +434,7 @@ mod tests {
             vec![r2.id, r1.id]
         );
         assert_eq!(s.server_requests("srv-a", 1).unwrap().len(), 1);
+        assert_eq!(s.open_request_count("srv-a").unwrap(), 1);
         let open = s.open_requests().unwrap();
         assert_eq!(
             open.iter().map(|r| r.id).collect::<Vec<_>>(),
