@@ -320,6 +320,21 @@ async fn the_console_streams_serial_output_and_types_into_it_through_ipmi_sim() 
     }
     assert!(!watched.lock().unwrap().contains(token.token.expose()));
 
+    // An idle console outlives a keepalive (Get Device ID in the SOL session, every 15 s)
+    // and still carries output afterwards.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !text.lock().unwrap().contains("still here after idle") {
+        assert!(Instant::now() < deadline, "{}", text.lock().unwrap());
+        port.write("still here after idle\r\n");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        !text.lock().unwrap().contains("[molar] console of"),
+        "{}",
+        text.lock().unwrap()
+    );
+
     // The bounded log kept what scrolled by.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = String::from_utf8_lossy(&client.console_log(&id).await.unwrap()).into_owned();
