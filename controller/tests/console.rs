@@ -301,3 +301,37 @@ async fn the_websocket_ends_saying_why_and_a_token_holder_may_open_it() {
     // The controller still answers.
     assert_eq!(c.client.servers().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn molar_console_restores_the_terminal_whatever_ends_it() {
+    use nix::sys::termios::{LocalFlags, tcgetattr};
+    let c = controller().await;
+    let id = fake_agent(&c, 1).await.welcome.server_id;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let before = tcgetattr(&slave).unwrap();
+    assert!(before.local_flags.contains(LocalFlags::ICANON));
+    // This server has no BMC: the console ends with an error after raw mode was entered.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_molar"))
+        .arg("--state-dir")
+        .arg(c.dir.path())
+        .args(["console", &id])
+        .env_remove("MOLAR_API")
+        .env_remove("MOLAR_TOKEN_FILE")
+        .env_remove("MOLAR_CA")
+        .stdin(slave.try_clone().unwrap())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("has no BMC on record"), "{stderr}");
+    assert!(!stderr.contains(c.running.admin_token.expose()));
+    let after = tcgetattr(&slave).unwrap();
+    assert_eq!(after.local_flags, before.local_flags);
+    assert_eq!(after.input_flags, before.input_flags);
+    assert_eq!(after.output_flags, before.output_flags);
+    drop(pty.master);
+}

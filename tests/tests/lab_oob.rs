@@ -53,7 +53,6 @@ async fn power(c: &Client, parameter: &str) -> RequestRecord {
         parameter: Some(parameter.into()),
         persistent: false,
         efi: false,
-
     };
     let q = c.control(NAME, &req).await.unwrap();
     c.wait_request(q.id, Duration::from_secs(60)).await.unwrap()

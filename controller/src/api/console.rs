@@ -270,33 +270,38 @@ pub fn text_stream_response(
 }
 
 fn text_stream(viewer: Viewer, watcher: Watcher) -> Response {
-    let state = (viewer, watcher, false);
-    let stream = futures::stream::unfold(state, |(mut viewer, watcher, done)| async move {
-        if done {
-            return None;
-        }
-        let mut recheck = tokio::time::interval(TOKEN_RECHECK);
-        recheck.tick().await;
-        loop {
-            tokio::select! {
-                m = viewer.recv() => {
-                    return match m {
-                        None => None,
-                        Some(m @ ConsoleMsg::Ended(_)) => {
-                            Some((Ok::<_, std::io::Error>(text_chunk(&m)), (viewer, watcher, true)))
-                        }
-                        Some(m) => Some((Ok(text_chunk(&m)), (viewer, watcher, false))),
-                    };
-                }
+    // One interval for the whole stream: a console that never pauses must not starve the
+    // token re-check.
+    let mut recheck =
+        tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_RECHECK, TOKEN_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (viewer, watcher, recheck, false);
+    let stream = futures::stream::unfold(
+        state,
+        |(mut viewer, watcher, mut recheck, done)| async move {
+            if done {
+                return None;
+            }
+            let next = tokio::select! {
+                biased;
                 _ = recheck.tick() => {
-                    if !watcher.still_allowed().await {
-                        let m = ConsoleMsg::Ended("console token revoked or expired".into());
-                        return Some((Ok(text_chunk(&m)), (viewer, watcher, true)));
+                    if watcher.still_allowed().await {
+                        None
+                    } else {
+                        Some(ConsoleMsg::Ended("console token revoked or expired".into()))
                     }
                 }
-            }
-        }
-    });
+                m = viewer.recv() => Some(m.unwrap_or(ConsoleMsg::Ended("console session ended".into()))),
+            };
+            // A re-check that passed yields an empty chunk, filtered out below.
+            let m = next.unwrap_or(ConsoleMsg::Data(Bytes::new()));
+            let last = matches!(m, ConsoleMsg::Ended(_));
+            Some((
+                Ok::<_, std::io::Error>(text_chunk(&m)),
+                (viewer, watcher, recheck, last),
+            ))
+        },
+    );
     (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),

@@ -39,6 +39,16 @@ impl SolLink for LanSol {
         }
     }
 
+    fn keepalive(&mut self) -> Result<(), OobError> {
+        // SOL packets arriving meanwhile are kept by the session for recv_payload.
+        match molar_ipmi::device::get_device_id(&mut self.session) {
+            Ok(_) => Ok(()),
+            Err(CommandError::Transport { source, .. }) => Err(source),
+            // Any answer at all means the session is alive.
+            Err(_) => Ok(()),
+        }
+    }
+
     fn close(&mut self) {
         let _ = deactivate_sol(&mut self.session, SOL_INSTANCE);
         let _ = self.session.close();

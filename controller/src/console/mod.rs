@@ -71,10 +71,14 @@ struct Hub {
     stop: Arc<AtomicBool>,
     /// Set by the pump when it has ended: a new attachment then starts another hub.
     ended: Arc<AtomicBool>,
+    /// Held while the count and `stop` change together, so a last detach and a new
+    /// attachment cannot interleave (the new one would get a stopping session).
+    gate: Mutex<()>,
 }
 
 impl Hub {
     fn detach(&self) {
+        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         if self.attached.fetch_sub(1, Ordering::SeqCst) == 1 && !self.keep.load(Ordering::SeqCst) {
             self.stop.store(true, Ordering::SeqCst);
         }
@@ -212,12 +216,12 @@ impl ConsoleService {
     /// The live hub of a server, started if there is none; counted as one attachment.
     fn hub(&self, server_id: &str) -> Arc<Hub> {
         let mut hubs = self.hubs();
-        if let Some(h) = hubs.get(server_id)
-            && !h.ended.load(Ordering::SeqCst)
-            && !h.stop.load(Ordering::SeqCst)
-        {
-            h.attached.fetch_add(1, Ordering::SeqCst);
-            return h.clone();
+        if let Some(h) = hubs.get(server_id) {
+            let _gate = h.gate.lock().unwrap_or_else(|p| p.into_inner());
+            if !h.ended.load(Ordering::SeqCst) && !h.stop.load(Ordering::SeqCst) {
+                h.attached.fetch_add(1, Ordering::SeqCst);
+                return h.clone();
+            }
         }
         let (out, _) = broadcast::channel(VIEWER_BUFFER);
         let (input, input_rx) = tokio::sync::mpsc::channel(INPUT_QUEUE);
@@ -231,6 +235,7 @@ impl ConsoleService {
             next_holder: AtomicU64::new(1),
             stop: Arc::new(AtomicBool::new(false)),
             ended: Arc::new(AtomicBool::new(false)),
+            gate: Mutex::new(()),
         });
         hubs.insert(server_id.to_owned(), hub.clone());
         let session_lock = self

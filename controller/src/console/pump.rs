@@ -18,6 +18,9 @@ pub trait SolLink: Send {
     fn send_sol(&mut self, packet: &[u8]) -> Result<(), OobError>;
     /// The next SOL payload packet from the BMC, waiting at most `timeout`.
     fn recv_sol(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, OobError>;
+    /// Keeps the session from timing out while the console is idle (an IPMI request the
+    /// BMC answers).
+    fn keepalive(&mut self) -> Result<(), OobError>;
     /// Deactivates the payload and closes the session (best effort: the BMC may be gone).
     fn close(&mut self);
 }
@@ -55,6 +58,9 @@ const POLL: Duration = Duration::from_millis(20);
 /// Console output is written to the store in batches of at most this age or size.
 const LOG_FLUSH_AGE: Duration = Duration::from_millis(250);
 const LOG_FLUSH_BYTES: usize = 8192;
+/// How often an idle session is kept alive: well inside the usual 60 s session timeout
+/// (ipmitool's SOL client uses 15 s too).
+const KEEPALIVE: Duration = Duration::from_secs(15);
 
 pub(super) struct PumpArgs {
     pub server_id: String,
@@ -134,6 +140,7 @@ fn pump(
     sol.queue(b"\r");
     let mut log = Vec::new();
     let mut flushed = Instant::now();
+    let mut kept_alive = Instant::now();
     let reason = loop {
         if a.stop.load(Ordering::SeqCst) {
             break "console detached".to_owned();
@@ -198,6 +205,12 @@ fn pump(
         }
         if let Some(f) = failed {
             break f;
+        }
+        if kept_alive.elapsed() >= KEEPALIVE {
+            if let Err(e) = link.keepalive() {
+                break e.to_string();
+            }
+            kept_alive = Instant::now();
         }
         if log.len() >= LOG_FLUSH_BYTES || (!log.is_empty() && flushed.elapsed() >= LOG_FLUSH_AGE) {
             flush(a, handle, &mut log);

@@ -232,6 +232,19 @@ impl Store {
         self.read(move |db| db.bmc(&id)).await
     }
 
+    /// The stored BMC password, for the controller's out-of-band use only.
+    pub async fn bmc_password(&self, server_id: &str) -> Result<Option<molar_protocol::Secret>> {
+        let id = server_id.to_owned();
+        self.read(move |db| db.bmc_password(&id)).await
+    }
+
+    /// See [`Db::set_bmc_endpoint`].
+    pub async fn set_bmc_endpoint(&self, server_id: &str, host: &str, port: u16) -> Result<bool> {
+        let (id, host) = (server_id.to_owned(), host.to_owned());
+        self.write(move |db| db.set_bmc_endpoint(&id, &host, port))
+            .await
+    }
+
     /// See [`Db::bmc_target`].
     pub async fn bmc_target(&self, server_id: &str) -> Result<Option<crate::oob::BmcTarget>> {
         let id = server_id.to_owned();
@@ -249,12 +262,6 @@ impl Store {
             db.set_bmc_verified(&id, outcome.as_ref().map(|s| *s).map_err(|e| e.as_str()))
         })
         .await
-    }
-
-    /// The stored BMC password, for the controller's out-of-band use only.
-    pub async fn bmc_password(&self, server_id: &str) -> Result<Option<molar_protocol::Secret>> {
-        let id = server_id.to_owned();
-        self.read(move |db| db.bmc_password(&id)).await
     }
 }
 

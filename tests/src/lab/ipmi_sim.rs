@@ -40,6 +40,10 @@ pub struct IpmiSimConfig {
     /// Whether ipmi_sim powers the VM on when it starts (`startnow`), as a server that was
     /// on; false leaves it off until a `chassis power on`.
     pub start_now: bool,
+    /// Serial over LAN: the loopback TCP port ipmi_sim connects to as the host's serial
+    /// port (`sol "tcp:127.0.0.1:PORT" 115200`). It connects once at start, then only every
+    /// 10 s (LAB.md): whatever listens there should be listening before [`IpmiSim::start`].
+    pub sol_port: Option<u16>,
 }
 
 impl Default for IpmiSimConfig {
@@ -63,6 +67,7 @@ impl Default for IpmiSimConfig {
             bmc_ip: "192.0.2.10".into(),
             power: None,
             start_now: true,
+            sol_port: None,
         }
     }
 }
@@ -159,6 +164,9 @@ impl IpmiSim {
             dir.join("lan-state").display()
         ));
         conf.push_str(&format!("  serial 15 127.0.0.1 {vm_port} codec VM\n"));
+        if let Some(port) = cfg.sol_port {
+            conf.push_str(&format!("  sol \"tcp:127.0.0.1:{port}\" 115200\n"));
+        }
 
         let vm = match cfg.power.as_mut() {
             Some(qemu) => {
