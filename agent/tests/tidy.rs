@@ -16,6 +16,12 @@ const NOT_METHODS: &[(&str, &str)] = &[
     ("controller/src/api/mod.rs", "k == \"inventory\""),
     // The server-sent event carrying a task's status.
     ("controller/src/api/mod.rs", ".event(\"status\")"),
+    // The `set_power_state` parameter that reads the power state (seed 000's word).
+    (
+        "controller/src/requests.rs",
+        "Some(\"status\") => OobAction::PowerStatus",
+    ),
+    ("controller/src/cli/mod.rs", "\"reset\", \"status\"]"),
     // A stored column's name in an error message.
     (
         "controller/src/store/servers.rs",

@@ -2,11 +2,11 @@
 //! use. It trusts only the controller's CA (no public roots) and sends the admin token.
 
 use crate::api::{
-    CallRequest, CallResponse, CreatedToken, EventPage, LogPage, ReenrolRequest, Reenrolled,
-    RemovedServer, ServerList, ServerView, TaskList, TaskRequest, TaskStarted, TokenList,
-    TokenRequest,
+    CallRequest, CallResponse, ConditionSet, ConditionStatusAnswer, ControlQueued, ControlRequest,
+    CreatedToken, EventPage, LogPage, ReenrolRequest, Reenrolled, RemovedServer, RequestList,
+    ServerList, ServerView, TaskList, TaskRequest, TaskStarted, TokenList, TokenRequest,
 };
-use crate::store::{TaskEvent, TaskRecord, TokenRecord, TokenScope};
+use crate::store::{RequestRecord, TaskEvent, TaskRecord, TokenRecord, TokenScope};
 use molar_protocol::{ErrorBody, Secret, codes};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -61,6 +61,9 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Secret,
+    /// The CA the API is checked against, for connections reqwest does not make (the
+    /// console's WebSocket).
+    ca_pem: std::sync::Arc<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -169,6 +172,7 @@ impl Client {
             http,
             base: format!("{}/api/v1", api_url.trim().trim_end_matches('/')),
             token,
+            ca_pem: std::sync::Arc::new(ca_pem.to_vec()),
         })
     }
 
@@ -365,6 +369,12 @@ impl Client {
         self.post(&format!("/servers/{id}/reenrol"), &body).await
     }
 
+    /// Enrols a server by its BMC (`POST /servers`); the controller opens a session with
+    /// the BMC before it stores anything.
+    pub async fn add_server(&self, req: &crate::api::AddServer) -> Result<ServerView> {
+        self.post("/servers", req).await
+    }
+
     /// Security events with an id greater than `after`, of one server if given.
     pub async fn events(&self, server: Option<&str>, after: i64, limit: u32) -> Result<EventPage> {
         let server = server.map(|s| format!("&server={s}")).unwrap_or_default();
@@ -376,7 +386,145 @@ impl Client {
         Ok(self.get::<TokenList>("/tokens").await?.tokens)
     }
 
+    /// Queues a control request on a server (id or name); see [`crate::requests`].
+    pub async fn control(&self, server: &str, req: &ControlRequest) -> Result<ControlQueued> {
+        self.post(&format!("/servers/{}/control", segment(server)), req)
+            .await
+    }
+
+    /// `set_power_state` with `parameter` (on, off, soft, cycle, reset or status).
+    pub async fn power(&self, server: &str, parameter: &str) -> Result<ControlQueued> {
+        self.control(server, &control_request("set_power_state", Some(parameter)))
+            .await
+    }
+
+    /// `set_next_boot_device` (pxe, disk, bios, cdrom or none).
+    pub async fn boot_device(
+        &self,
+        server: &str,
+        device: &str,
+        persistent: bool,
+        efi: bool,
+    ) -> Result<ControlQueued> {
+        let req = ControlRequest {
+            persistent,
+            efi,
+            ..control_request("set_next_boot_device", Some(device))
+        };
+        self.control(server, &req).await
+    }
+
+    /// A BMC cold reset.
+    pub async fn bmc_reset(&self, server: &str) -> Result<ControlQueued> {
+        self.control(server, &control_request("bmc_reset", None))
+            .await
+    }
+
+    /// Chassis identify: `Some(0)` turns it off, `None` is the BMC's default interval.
+    pub async fn identify(&self, server: &str, seconds: Option<u8>) -> Result<ControlQueued> {
+        let parameter = seconds.map(|s| s.to_string());
+        self.control(server, &control_request("identify", parameter.as_deref()))
+            .await
+    }
+
+    /// A server's requests, newest first, at most `limit`.
+    pub async fn requests(&self, server: &str, limit: u32) -> Result<Vec<RequestRecord>> {
+        let path = format!("/servers/{}/requests?limit={limit}", segment(server));
+        Ok(self.get::<RequestList>(&path).await?.requests)
+    }
+
+    /// One request.
+    pub async fn request(&self, id: i64) -> Result<RequestRecord> {
+        self.get(&format!("/requests/{id}")).await
+    }
+
+    /// Polls a request until it is succeeded or failed, at most `timeout`.
+    pub async fn wait_request(&self, id: i64, timeout: Duration) -> Result<RequestRecord> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let r = self.request(id).await?;
+            if r.state.is_final() {
+                return Ok(r);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Api(ErrorBody::new(
+                    codes::TIMEOUT,
+                    format!(
+                        "request {id} is still {} after {timeout:?}",
+                        r.state.as_str()
+                    ),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Seed 000's condition create, as its clients send it.
+    pub async fn condition_server_control(
+        &self,
+        server: &str,
+        body: &Value,
+    ) -> Result<ConditionSet> {
+        let path = format!("/servers/{}/condition/serverControl", segment(server));
+        self.post(&path, body).await
+    }
+
+    /// Seed 000's status.
+    pub async fn condition_status(&self, server: &str) -> Result<ConditionStatusAnswer> {
+        self.get(&format!("/servers/{}/status", segment(server)))
+            .await
+    }
+
     /// Removes a server with its connections, tasks, logs and BMC entry (admin).
+    /// `https://host:port/api/v1`, the admin token and the CA: what the console's
+    /// WebSocket (`crate::console::attach`) connects with.
+    pub fn console_endpoint(&self) -> (&str, &Secret, &[u8]) {
+        (&self.base, &self.token, &self.ca_pem)
+    }
+
+    /// `POST /servers/{id}/console/token`.
+    pub async fn create_console_token(
+        &self,
+        id: &str,
+        ttl_s: Option<u64>,
+    ) -> Result<crate::api::CreatedConsoleToken> {
+        let body = crate::api::ConsoleTokenRequest { ttl_s };
+        self.post(&format!("/servers/{}/console/token", segment(id)), &body)
+            .await
+    }
+
+    /// `DELETE /servers/{id}/console/token`.
+    pub async fn revoke_console_tokens(
+        &self,
+        id: &str,
+    ) -> Result<crate::api::RevokedConsoleTokens> {
+        let url = self.url(&format!("/servers/{}/console/token", segment(id)));
+        self.send(self.http.delete(&url), &url).await
+    }
+
+    /// `GET /servers/{id}/console/log`: the bounded console log, raw bytes.
+    pub async fn console_log(&self, id: &str) -> Result<Vec<u8>> {
+        let url = self.url(&format!("/servers/{}/console/log", segment(id)));
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        if !resp.status().is_success() {
+            return Self::decode::<Value>(resp, &url).await.map(|_| Vec::new());
+        }
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        Ok(bytes.to_vec())
+    }
+
     pub async fn remove_server(&self, id: &str) -> Result<RemovedServer> {
         let url = self.url(&format!("/servers/{id}"));
         self.send(self.http.delete(&url), &url).await
@@ -387,4 +535,27 @@ impl Client {
         let _: Value = self.send(self.http.delete(&url), &url).await?;
         Ok(())
     }
+}
+
+fn control_request(action: &str, parameter: Option<&str>) -> ControlRequest {
+    ControlRequest {
+        action: action.into(),
+        parameter: parameter.map(str::to_owned),
+        persistent: false,
+        efi: false,
+    }
+}
+
+/// A server id or name as one URL path segment: everything but unreserved characters
+/// percent-encoded, so a name with `/`, `?`, `#` or spaces names that server and nothing else.
+pub fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -159,6 +159,8 @@ pub struct Fleet {
     pub(crate) event_budget: Mutex<crate::credentials::EventBudget>,
     /// Counts token revocations, so a handshake can tell whether one raced it.
     pub(crate) revocations: std::sync::atomic::AtomicU64,
+    /// Serial-over-LAN consoles (see [`crate::console`]).
+    pub console: Arc<crate::console::ConsoleService>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -178,6 +180,13 @@ impl Fleet {
     pub fn new(store: Arc<Store>) -> Arc<Fleet> {
         let (events, _) = broadcast::channel(1024);
         Arc::new(Fleet {
+            console: crate::console::ConsoleService::new(
+                store.clone(),
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) => crate::console::lan_opener(store.clone(), h),
+                    Err(_) => crate::console::unavailable_opener(),
+                },
+            ),
             store,
             agents: Mutex::new(HashMap::new()),
             events,
@@ -204,6 +213,7 @@ impl Fleet {
             tracing::info!(server = %server_id, "closing the connection of a removed server");
             live.peer.close(Some(SERVER_REMOVED.into())).await;
         }
+        self.console.close(server_id);
         self.store
             .remove_server(server_id)
             .await?
@@ -395,7 +405,34 @@ impl Fleet {
         self.store
             .set_server_inventory(server_id, raw.clone())
             .await?;
+        let bmc_macs = serde_json::from_value::<Inventory>(raw.clone())
+            .ok()
+            .and_then(|i| i.bmc)
+            .map(|b| b.lan_channels)
+            .unwrap_or_default();
+        if let Some(mac) = bmc_macs.iter().find_map(|c| c.mac.as_deref()) {
+            self.merge_enrolled(server_id, mac).await;
+        }
         Ok(raw)
+    }
+
+    /// A server an operator enrolled by its BMC (`molar server add`) whose BMC turns out to
+    /// be this agent's (same MAC) is this server: it is folded into it, so the machine has
+    /// one record with the operator's name. Failing to merge loses nothing (both stay).
+    async fn merge_enrolled(&self, server_id: &str, bmc_mac: &str) {
+        match self
+            .store
+            .merge_enrolled_by_bmc_mac(server_id, bmc_mac)
+            .await
+        {
+            Ok(Some(enrolled)) => {
+                tracing::info!(server = %server_id, enrolled = %enrolled, bmc_mac, "agent matched to a server enrolled by its BMC; merged")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(server = %server_id, error = %e, "merging a server enrolled by its BMC")
+            }
+        }
     }
 
     /// Seed 004's BMC table: sets credentials on the server's BMC in-band and stores them
@@ -428,6 +465,9 @@ impl Fleet {
             .or(channels.first());
         let mac = lan.and_then(|c| c.mac.clone());
         let ip = lan.and_then(|c| c.ip).map(|ip| ip.to_string());
+        if let Some(mac) = &mac {
+            self.merge_enrolled(server_id, mac).await;
+        }
         let stored = self
             .store
             .set_bmc(

@@ -12,9 +12,14 @@
 //! - [`admission`]: which handshake may become a server's session (token scopes, session
 //!   credentials, the expected ramdisk boot); [`credentials`]: tokens, claims, expectations
 //!   and the security events every refusal is recorded as.
+//! - [`enrol`]: servers enrolled by their BMC before any agent connected (`molar server
+//!   add`), checked by a session with the BMC before anything is stored.
+//! - [`oob`]: out-of-band control through a server's BMC (IPMI over LAN).
 //! - [`http_errors`]: hyper's own parse-error answers in the API's JSON error shape.
 //! - [`erase`]: the disks an erase started by the controller expects to find.
 //! - [`listener`]: the agent listener (TLS, handshake, per-connection protocol peer).
+//! - [`requests`]: queued control requests (power, boot device, BMC reset, identify), run
+//!   one at a time per server, in-band or out-of-band.
 //! - [`api`]: the HTTPS JSON API under `/api/v1`.
 //! - [`client`]: a typed client of that API (the CLI and the end-to-end tests use it).
 //! - [`cli`]: the `molar` command line.
@@ -42,7 +47,9 @@ pub mod api;
 pub mod bounds;
 pub mod cli;
 pub mod client;
+pub mod console;
 pub mod credentials;
+pub mod enrol;
 pub mod erase;
 pub mod fleet;
 pub mod http_errors;
@@ -50,6 +57,7 @@ pub mod identity;
 pub mod listener;
 pub mod oob;
 pub mod pki;
+pub mod requests;
 pub mod store;
 
 use molar_protocol::{PeerConfig, Secret};
@@ -310,7 +318,13 @@ pub async fn start(
     lcfg.tls_handshake_timeout = config.tls_handshake_timeout;
     lcfg.handshake_timeout = config.handshake_timeout;
     let api_tls = pki::server_config(&pki, &[b"http/1.1"])?;
-    let router = api::router(fleet.clone(), &admin_token, shutdown.clone());
+    let requests = requests::Requests::start(fleet.clone(), shutdown.clone()).await?;
+    let router = api::router(
+        fleet.clone(),
+        requests.clone(),
+        &admin_token,
+        shutdown.clone(),
+    );
 
     let agents = tokio::spawn(listener::run(
         agent_listener,
@@ -336,7 +350,7 @@ pub async fn start(
         shutdown.clone(),
     ));
     let join = tokio::spawn(async move {
-        let _ = tokio::join!(agents, http, pruner);
+        let _ = tokio::join!(agents, http, pruner, requests.join());
     });
     tracing::info!(%agent_addr, %api_url, "controller started");
     Ok(Running {

@@ -16,7 +16,12 @@ pub enum Command {
     GetDeviceId,
     ColdReset,
     WarmReset,
+    GetSystemGuid,
     GetChannelAuthCapabilities,
+    GetSessionChallenge,
+    ActivateSession,
+    SetSessionPrivilege,
+    CloseSession,
     GetChannelInfo,
     SetUserAccess,
     GetUserAccess,
@@ -46,7 +51,12 @@ impl Command {
             Command::GetDeviceId
             | Command::ColdReset
             | Command::WarmReset
+            | Command::GetSystemGuid
             | Command::GetChannelAuthCapabilities
+            | Command::GetSessionChallenge
+            | Command::ActivateSession
+            | Command::SetSessionPrivilege
+            | Command::CloseSession
             | Command::GetChannelInfo
             | Command::SetUserAccess
             | Command::GetUserAccess
@@ -64,7 +74,12 @@ impl Command {
             Command::GetDeviceId => 0x01,
             Command::ColdReset => 0x02,
             Command::WarmReset => 0x03,
+            Command::GetSystemGuid => 0x37,
             Command::GetChannelAuthCapabilities => 0x38,
+            Command::GetSessionChallenge => 0x39,
+            Command::ActivateSession => 0x3A,
+            Command::SetSessionPrivilege => 0x3B,
+            Command::CloseSession => 0x3C,
             Command::GetChannelInfo => 0x42,
             Command::SetUserAccess => 0x43,
             Command::GetUserAccess => 0x44,
@@ -88,7 +103,12 @@ impl Command {
             Command::GetDeviceId => "get device id",
             Command::ColdReset => "cold reset",
             Command::WarmReset => "warm reset",
+            Command::GetSystemGuid => "get system guid",
             Command::GetChannelAuthCapabilities => "get channel authentication capabilities",
+            Command::GetSessionChallenge => "get session challenge",
+            Command::ActivateSession => "activate session",
+            Command::SetSessionPrivilege => "set session privilege level",
+            Command::CloseSession => "close session",
             Command::GetChannelInfo => "get channel info",
             Command::SetUserAccess => "set user access",
             Command::GetUserAccess => "get user access",
@@ -133,7 +153,12 @@ mod tests {
             (Command::GetDeviceId, 0x06, 0x01),
             (Command::ColdReset, 0x06, 0x02),
             (Command::WarmReset, 0x06, 0x03),
+            (Command::GetSystemGuid, 0x06, 0x37),
             (Command::GetChannelAuthCapabilities, 0x06, 0x38),
+            (Command::GetSessionChallenge, 0x06, 0x39),
+            (Command::ActivateSession, 0x06, 0x3A),
+            (Command::SetSessionPrivilege, 0x06, 0x3B),
+            (Command::CloseSession, 0x06, 0x3C),
             (Command::GetChannelInfo, 0x06, 0x42),
             (Command::SetUserAccess, 0x06, 0x43),
             (Command::GetUserAccess, 0x06, 0x44),

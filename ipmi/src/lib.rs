@@ -11,8 +11,12 @@
 //! completion code and turns the response into the array a command's decoder takes, so no
 //! caller checks a length and no decoder can index out of bounds.
 //!
+//! [`rmcp`] is the IPMI-over-LAN session as bytes in and bytes out (RMCP+ handshake, keys,
+//! integrity, encryption, replay window; IPMI 1.5 MD5 sessions): the controller's
+//! `oob::LanSession` owns the socket and feeds it.
+//!
 //! Architecture invariant: this crate does no I/O and knows no async runtime; it reaches a
-//! BMC only through [`Transport`].
+//! BMC only through [`Transport`], and its RMCP+ code takes randomness from the caller.
 
 #![forbid(unsafe_code)]
 
@@ -24,7 +28,9 @@ pub mod completion;
 pub mod device;
 pub mod error;
 pub mod lan;
+pub mod rmcp;
 pub mod sol;
+pub mod sol_payload;
 pub mod transport;
 pub mod user;
 

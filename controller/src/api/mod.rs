@@ -9,6 +9,25 @@
 //!
 //! The response types are public and shared with [`crate::client`].
 
+mod enrol;
+mod obmd;
+
+pub use enrol::{AddBmc, AddServer};
+pub use obmd::{ObmdPowerStatus, ObmdToken};
+mod console;
+
+pub use console::{
+    CONSOLE_BUSY, ConsoleTokenRequest, CreatedConsoleToken, RevokedConsoleTokens,
+    text_stream_response,
+};
+
+mod control;
+
+pub use control::{
+    Condition, ConditionParams, ConditionRecords, ConditionSet, ConditionStatus,
+    ConditionStatusAnswer, ControlQueued, ControlRequest, REQUESTS_LISTED_DEFAULT, RequestList,
+};
+
 use crate::fleet::{Fleet, FleetError};
 use crate::store::{
     ConnectionRecord, EventRecord, LogEntry, ServerRecord, TaskEvent, TaskRecord, TokenRecord,
@@ -233,6 +252,12 @@ impl ApiError {
             body,
         }
     }
+
+    /// The same error answered with another status than its code's.
+    fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -268,6 +293,7 @@ type ApiResult<T> = Result<axum::Json<T>, ApiError>;
 
 struct ApiState {
     fleet: Arc<Fleet>,
+    requests: Arc<crate::requests::Requests>,
     admin_hash: [u8; 32],
     shutdown: CancellationToken,
 }
@@ -315,14 +341,20 @@ fn query_num<T: std::str::FromStr>(
 }
 
 /// Builds the router (without the TLS listener), for [`serve`] and for in-process tests.
-pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationToken) -> Router {
+pub fn router(
+    fleet: Arc<Fleet>,
+    requests: Arc<crate::requests::Requests>,
+    admin_token: &Secret,
+    shutdown: CancellationToken,
+) -> Router {
     let state = Arc::new(ApiState {
         fleet,
+        requests,
         admin_hash: Sha256::digest(admin_token.expose().as_bytes()).into(),
         shutdown,
     });
     let api = Router::new()
-        .route("/servers", get(list_servers))
+        .route("/servers", get(list_servers).post(enrol::add_server))
         .route("/servers/{id}", get(show_server).delete(remove_server))
         .route("/servers/{id}/call", post(call))
         .route("/servers/{id}/tasks", post(start_task).get(server_tasks))
@@ -333,11 +365,23 @@ pub fn router(fleet: Arc<Fleet>, admin_token: &Secret, shutdown: CancellationTok
         .route("/tasks/{task_id}/events", get(task_events))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
-        .route("/tokens/{id}/rotate", post(rotate_token));
-    Router::new()
+        .route("/tokens/{id}/rotate", post(rotate_token))
+        .merge(console::routes())
+        .merge(control::routes());
+    let routed = Router::new()
         .nest("/api/v1", api)
+        .merge(obmd::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
+    // Names are resolved before routing (a layer on the routed router would run after the
+    // path parameters were taken), so the outer router only wraps the routed one.
+    Router::new()
+        .fallback_service(routed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            server_names,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
@@ -398,6 +442,10 @@ async fn method_not_allowed(req: Request) -> Response {
 }
 
 async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    // Console token holders and OBMd's clients are checked by their own routes.
+    if console::presents_console_token(&req) || obmd::is_obmd(&req) {
+        return next.run(req).await;
+    }
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return ApiError::new(codes::UNAUTHORIZED, "missing admin token").into_response();
     };
@@ -405,6 +453,36 @@ async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Resp
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     if presented.is_empty() || !bool::from(hash.ct_eq(&st.admin_hash)) {
         return ApiError::new(codes::UNAUTHORIZED, "invalid admin token").into_response();
+    }
+    next.run(req).await
+}
+
+/// Routes under `/servers/{id}` take a server's name as well as its id: a segment that is
+/// not an id but names a server is replaced by that server's id before routing, so every
+/// handler sees ids only.
+async fn server_names(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
+    const PREFIX: &str = "/api/v1/servers/";
+    let path = req.uri().path();
+    let Some(rest) = path.strip_prefix(PREFIX) else {
+        return next.run(req).await;
+    };
+    let (key, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if key.is_empty() || crate::enrol::check_name(key).is_err() {
+        return next.run(req).await;
+    }
+    let resolved = match st.fleet.store.resolve_server(key).await {
+        Ok(Some(s)) if s.id != key => s.id,
+        Ok(_) => return next.run(req).await,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut rewritten = format!("{PREFIX}{resolved}{tail}");
+    if let Some(q) = req.uri().query() {
+        rewritten.push('?');
+        rewritten.push_str(q);
+    }
+    match rewritten.parse() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => return next.run(req).await,
     }
     next.run(req).await
 }
@@ -930,7 +1008,9 @@ pub async fn serve(
                 .serve_connection(
                     hyper_util::rt::TokioIo::new(crate::http_errors::JsonErrors::new(tls)),
                     svc,
-                );
+                )
+                // The console's WebSocket.
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

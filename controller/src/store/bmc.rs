@@ -1,6 +1,6 @@
 //! The BMC table (seed 004): where a server's BMC is and credentials that work.
 
-use super::{Db, Result, Store, now_ms, q};
+use super::{Db, Result, Store, StoreError, now_ms, q};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -16,9 +16,29 @@ pub struct BmcRecord {
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<i64>,
-    /// How the credentials were obtained: `in_band` (the agent set them).
+    /// How the credentials were obtained: `in_band` (the agent set them) or `operator`
+    /// (`molar server add`).
     pub source: String,
     pub updated_ms: i64,
+    /// Where the controller reaches the BMC when it is not `ip` (an operator's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_ipmi15: bool,
+    /// The RMCP+ cipher suite of the last session that worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher_suite: Option<u8>,
+    /// Get System GUID as the BMC reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_guid: Option<String>,
+    /// When a session with these credentials last worked (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_error: Option<String>,
 }
 
 /// What is stored for a BMC.
@@ -62,8 +82,9 @@ impl Db {
     pub fn bmc(&self, server_id: &str) -> Result<Option<BmcRecord>> {
         self.conn
             .query_row(
-                "SELECT server_id, mac, ip, username, user_id, source, updated_ms FROM bmcs
-                 WHERE server_id = ?1",
+                "SELECT server_id, mac, ip, username, user_id, source, updated_ms, host, port,
+                    protocol, allow_ipmi15, cipher_suite, system_guid, verified_ms, verify_error
+                 FROM bmcs WHERE server_id = ?1",
                 [server_id],
                 |r| {
                     Ok(BmcRecord {
@@ -74,6 +95,14 @@ impl Db {
                         user_id: r.get(4)?,
                         source: r.get(5)?,
                         updated_ms: r.get(6)?,
+                        host: r.get(7)?,
+                        port: r.get(8)?,
+                        protocol: r.get(9)?,
+                        allow_ipmi15: r.get::<_, i64>(10)? != 0,
+                        cipher_suite: r.get(11)?,
+                        system_guid: r.get(12)?,
+                        verified_ms: r.get(13)?,
+                        verify_error: r.get(14)?,
                     })
                 },
             )
@@ -94,6 +123,101 @@ impl Db {
             .map_err(q("reading a BMC password"))?;
         Ok(p.map(molar_protocol::Secret::new))
     }
+
+    /// Sets where the server's BMC is reached (an operator's `HOST[:PORT]`); `false` when
+    /// the server has no BMC entry.
+    pub fn set_bmc_endpoint(&self, server_id: &str, host: &str, port: u16) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE bmcs SET host = ?2, port = ?3, updated_ms = ?4 WHERE server_id = ?1",
+                params![server_id, host, port, now_ms()],
+            )
+            .map_err(q("setting a BMC address"))?;
+        Ok(n > 0)
+    }
+
+    /// Where and how the controller reaches the server's BMC out-of-band: `host` and `port`
+    /// when set (an operator's entry), else the address the agent reported (`ip`) on the
+    /// IPMI port; `None` without a BMC entry or without any address.
+    pub fn bmc_target(&self, server_id: &str) -> Result<Option<crate::oob::BmcTarget>> {
+        type Row = (
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            String,
+            String,
+            bool,
+        );
+        let row: Option<Row> = self
+            .conn
+            .query_row(
+                "SELECT host, port, ip, username, password, allow_ipmi15 FROM bmcs
+                 WHERE server_id = ?1",
+                [server_id],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(q("reading a BMC target"))?;
+        let Some((host, port, ip, username, password, allow_ipmi15)) = row else {
+            return Ok(None);
+        };
+        let Some(host) = host
+            .filter(|h| !h.is_empty())
+            .or(ip.filter(|i| !i.is_empty()))
+        else {
+            return Ok(None);
+        };
+        let port =
+            match port {
+                None => crate::oob::IPMI_LAN_PORT,
+                Some(p) => u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
+                    StoreError::Corrupt {
+                        what: "BMC port",
+                        msg: format!("{p} is not a port"),
+                    }
+                })?,
+            };
+        Ok(Some(crate::oob::BmcTarget {
+            host,
+            port,
+            username,
+            password: molar_protocol::Secret::new(password),
+            allow_ipmi15,
+        }))
+    }
+
+    /// Records the outcome of a session with the stored credentials.
+    pub fn set_bmc_verified(
+        &self,
+        server_id: &str,
+        outcome: std::result::Result<u8, &str>,
+    ) -> Result<()> {
+        let (suite, error) = match outcome {
+            Ok(suite) => (Some(suite), None),
+            Err(e) => (None, Some(e)),
+        };
+        self.conn
+            .execute(
+                "UPDATE bmcs SET
+                    cipher_suite = COALESCE(?2, cipher_suite),
+                    verified_ms = CASE WHEN ?3 IS NULL THEN ?4 ELSE verified_ms END,
+                    verify_error = ?3
+                 WHERE server_id = ?1",
+                params![server_id, suite, error, now_ms()],
+            )
+            .map_err(q("recording a BMC session check"))?;
+        Ok(())
+    }
 }
 impl Store {
     /// Stores (or replaces) the server's BMC entry.
@@ -112,6 +236,32 @@ impl Store {
     pub async fn bmc_password(&self, server_id: &str) -> Result<Option<molar_protocol::Secret>> {
         let id = server_id.to_owned();
         self.read(move |db| db.bmc_password(&id)).await
+    }
+
+    /// See [`Db::set_bmc_endpoint`].
+    pub async fn set_bmc_endpoint(&self, server_id: &str, host: &str, port: u16) -> Result<bool> {
+        let (id, host) = (server_id.to_owned(), host.to_owned());
+        self.write(move |db| db.set_bmc_endpoint(&id, &host, port))
+            .await
+    }
+
+    /// See [`Db::bmc_target`].
+    pub async fn bmc_target(&self, server_id: &str) -> Result<Option<crate::oob::BmcTarget>> {
+        let id = server_id.to_owned();
+        self.read(move |db| db.bmc_target(&id)).await
+    }
+
+    /// See [`Db::set_bmc_verified`].
+    pub async fn set_bmc_verified(
+        &self,
+        server_id: &str,
+        outcome: std::result::Result<u8, String>,
+    ) -> Result<()> {
+        let id = server_id.to_owned();
+        self.write(move |db| {
+            db.set_bmc_verified(&id, outcome.as_ref().map(|s| *s).map_err(|e| e.as_str()))
+        })
+        .await
     }
 }
 
@@ -160,5 +310,25 @@ mod tests {
         );
         // A BMC for a server that does not exist is refused by the foreign key.
         assert!(s.set_bmc("srv-nope", &c).is_err());
+
+        // The agent's address on the IPMI port, until an operator's host and port are set.
+        let t = s.bmc_target("srv-1").unwrap().unwrap();
+        assert_eq!(
+            (t.addr(), t.username.as_str()),
+            ("192.0.2.10:623".into(), "molar")
+        );
+        assert_eq!(t.password.expose(), "second-pw");
+        assert!(!format!("{t:?}").contains("second-pw"));
+        assert!(s.set_bmc_endpoint("srv-1", "127.0.0.1", 9623).unwrap());
+        assert!(!s.set_bmc_endpoint("srv-nope", "127.0.0.1", 9623).unwrap());
+        assert_eq!(
+            s.bmc_target("srv-1").unwrap().unwrap().addr(),
+            "127.0.0.1:9623"
+        );
+        s.conn
+            .execute("UPDATE bmcs SET host = NULL, ip = NULL", [])
+            .unwrap();
+        assert!(s.bmc_target("srv-1").unwrap().is_none());
+        assert!(s.bmc_target("srv-nope").unwrap().is_none());
     }
 }

@@ -12,16 +12,25 @@
 //! and a `running` update is applied only when its `seq` is newer than the stored one.
 
 mod bmc;
+mod console;
+mod enrolled;
 mod events;
 mod logs;
+mod requests;
 mod retention;
 mod servers;
 mod tasks;
 mod tokens;
 
 pub use bmc::{BmcCredentials, BmcRecord};
+pub use console::{
+    CONSOLE_LOG_CAP, CONSOLE_TOKEN_TTL_DEFAULT, CONSOLE_TOKEN_TTL_MAX, CONSOLE_TOKENS_MAX,
+    ConsoleToken, ConsoleTokenKind,
+};
+pub use enrolled::{ENROLLED_KEY_PREFIX, EnrolRefusal, Enrolment, guid_candidates};
 pub use events::{EVENTS_KEPT, EventRecord, NewEvent};
 pub use logs::LogEntry;
+pub use requests::{NewRequest, REQUESTS_LISTED_MAX, RequestPath, RequestRecord, RequestState};
 pub use retention::{Pruned, Retention};
 pub use servers::{
     Binding, ConnectionRecord, Registration, Removed, ServerRecord, ServerState, SessionGrant,

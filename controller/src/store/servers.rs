@@ -133,12 +133,12 @@ pub struct ConnectionRecord {
     pub close_reason: Option<String>,
 }
 
-const SERVER_COLS: &str = "id, system_uuid, serial, macs, hostname, state, agent_version, boot_id, \
+pub(super) const SERVER_COLS: &str = "id, system_uuid, serial, macs, hostname, state, agent_version, boot_id, \
      first_seen_ms, last_seen_ms, connected, logs_dropped, labels, expect_ramdisk_until_ms, name";
 
-type ServerRow = (ServerRecord, String, String, String);
+pub(super) type ServerRow = (ServerRecord, String, String, String);
 
-fn server_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ServerRow> {
+pub(super) fn server_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ServerRow> {
     let macs: String = row.get(3)?;
     let state: String = row.get(5)?;
     Ok((
@@ -172,7 +172,7 @@ fn labels_of(text: &str) -> Result<Vec<String>> {
     })
 }
 
-fn finish_server((mut s, macs, state, labels): ServerRow) -> Result<ServerRecord> {
+pub(super) fn finish_server((mut s, macs, state, labels): ServerRow) -> Result<ServerRecord> {
     s.labels = labels_of(&labels)?;
     s.macs = serde_json::from_str(&macs).map_err(|e| StoreError::Corrupt {
         what: "server macs",
@@ -207,6 +207,27 @@ impl Db {
             )
             .optional()
             .map_err(q("looking up a server"))?;
+        // A machine seen for the first time may be one an operator enrolled by its BMC:
+        // it takes that server's place (and its name) instead of becoming a second one.
+        let existing = match existing {
+            Some(id) => Some(id),
+            None => match reg.system_uuid.as_deref() {
+                Some(uuid) => {
+                    let adopted = super::enrolled::enrolled_by_uuid(&tx, uuid)?;
+                    if let Some(id) = &adopted {
+                        tx.execute(
+                            "UPDATE servers SET identity_key = ?2,
+                                state = CASE state WHEN 'initial' THEN 'discovery' ELSE state END
+                             WHERE id = ?1",
+                            params![id, reg.identity_key],
+                        )
+                        .map_err(q("adopting an enrolled server"))?;
+                    }
+                    adopted
+                }
+                None => None,
+            },
+        };
         let id = match existing {
             Some(id) => {
                 tx.execute(
@@ -516,6 +537,12 @@ pub struct Removed {
     pub task_events: u64,
     pub logs: u64,
     pub bmcs: u64,
+    /// Control requests, queued or finished.
+    #[serde(default)]
+    pub requests: u64,
+    /// Console tokens (revoked with the server) and console log rows.
+    #[serde(default)]
+    pub console: u64,
 }
 
 impl Db {
@@ -537,6 +564,10 @@ impl Db {
             tasks: n(&tx, "DELETE FROM tasks WHERE server_id = ?1")?,
             logs: n(&tx, "DELETE FROM logs WHERE server_id = ?1")?,
             bmcs: n(&tx, "DELETE FROM bmcs WHERE server_id = ?1")?,
+            // Removing a server revokes its console tokens: they go with it.
+            console: n(&tx, "DELETE FROM console_tokens WHERE server_id = ?1")?
+                + n(&tx, "DELETE FROM console_log WHERE server_id = ?1")?,
+            requests: n(&tx, "DELETE FROM requests WHERE server_id = ?1")?,
             connections: n(&tx, "DELETE FROM connections WHERE server_id = ?1")?,
         };
         if n(&tx, "DELETE FROM servers WHERE id = ?1")? == 0 {

@@ -35,8 +35,15 @@ pub struct IpmiSimConfig {
     pub users: Vec<BmcUser>,
     /// The BMC's own IP (reported by `lan_config_program`; nothing listens there).
     pub bmc_ip: String,
-    /// The VM whose power this BMC owns; it is started at once (`startnow true`).
+    /// The VM whose power this BMC owns; started at once unless `start_now` is false.
     pub power: Option<QemuConfig>,
+    /// Whether ipmi_sim powers the VM on when it starts (`startnow`), as a server that was
+    /// on; false leaves it off until a `chassis power on`.
+    pub start_now: bool,
+    /// Serial over LAN: the loopback TCP port ipmi_sim connects to as the host's serial
+    /// port (`sol "tcp:127.0.0.1:PORT" 115200`). It connects once at start, then only every
+    /// 10 s (LAB.md): whatever listens there should be listening before [`IpmiSim::start`].
+    pub sol_port: Option<u16>,
 }
 
 impl Default for IpmiSimConfig {
@@ -59,6 +66,8 @@ impl Default for IpmiSimConfig {
             ],
             bmc_ip: "192.0.2.10".into(),
             power: None,
+            start_now: true,
+            sol_port: None,
         }
     }
 }
@@ -140,13 +149,24 @@ impl IpmiSim {
                 "    allowed_auths_{level} none md2 md5 straight\n"
             ));
         }
-        conf.push_str("    guid a123456789abcdefa123456789abcdef\n");
+        // Get System GUID answers the VM's SMBIOS UUID, as a real BMC answers its system's.
+        let guid = cfg
+            .power
+            .as_ref()
+            .and_then(|q| q.smbios.as_ref())
+            .map(|s| s.uuid.replace('-', ""))
+            .filter(|g| g.len() == 32 && g.chars().all(|c| c.is_ascii_hexdigit()))
+            .unwrap_or_else(|| "a123456789abcdefa123456789abcdef".into());
+        conf.push_str(&format!("    guid {guid}\n"));
         conf.push_str(&format!(
             "    lan_config_program \"{} {}\"\n  endlan\n",
             lancontrol.display(),
             dir.join("lan-state").display()
         ));
         conf.push_str(&format!("  serial 15 127.0.0.1 {vm_port} codec VM\n"));
+        if let Some(port) = cfg.sol_port {
+            conf.push_str(&format!("  sol \"tcp:127.0.0.1:{port}\" 115200\n"));
+        }
 
         let vm = match cfg.power.as_mut() {
             Some(qemu) => {
@@ -170,7 +190,10 @@ impl IpmiSim {
                 fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
                 check_conf_word("VM start script path", &script.display().to_string())?;
                 conf.push_str(&format!("  startcmd '{}'\n", script.display()));
-                conf.push_str("  startnow true\n  poweroff_wait 2\n  kill_wait 2\n");
+                conf.push_str(&format!(
+                    "  startnow {}\n  poweroff_wait 2\n  kill_wait 2\n",
+                    cfg.start_now
+                ));
                 Some(Qemu::owned_by_bmc(dir, qemu))
             }
             None => {

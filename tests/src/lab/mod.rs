@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub use http::{Faults, HttpFiles};
-pub use ipmi_sim::{BMC_MAC, IpmiSim, IpmiSimConfig};
+pub use ipmi_sim::{BMC_MAC, BmcUser, IpmiSim, IpmiSimConfig};
 pub use process::ChildGuard;
 pub use qemu::{Accel, Boot, Disk, DiskKind, Machine, Nic, Qemu, QemuConfig, Smbios};
 

@@ -1,0 +1,30 @@
+//! `molar console SERVER [--force] [--log]`.
+
+use super::{
+    Cli, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OTHER, EXIT_UNAUTHORIZED, Failure, api_err, client,
+};
+use crate::console::attach::{AttachError, attach};
+use std::io::Write;
+
+pub(super) async fn run(cli: &Cli, id: &str, force: bool, log: bool) -> Result<(), Failure> {
+    let c = client(cli)?;
+    if log {
+        let bytes = c.console_log(id).await.map_err(api_err(false))?;
+        let mut out = std::io::stdout().lock();
+        // The console's own bytes, as the terminal would have shown them.
+        return match out.write_all(&bytes).and_then(|()| out.flush()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::stdout_closed()),
+            Err(e) => Err(Failure::new(EXIT_OTHER, format!("writing the log: {e}"))),
+        };
+    }
+    attach(&c, id, force).await.map_err(|e| {
+        let code = match &e {
+            AttachError::Refused { code, .. } if code == "not_found" => EXIT_NOT_FOUND,
+            AttachError::Refused { code, .. } if code == "unauthorized" => EXIT_UNAUTHORIZED,
+            AttachError::Ended(_) => EXIT_FAILED,
+            _ => EXIT_OTHER,
+        };
+        Failure::new(code, e.to_string())
+    })
+}

@@ -1,0 +1,232 @@
+//! `molar call`, `molar task` and `molar tasks`: calls on an agent, tasks and following
+//! their progress.
+
+use super::output::{emit, format_time, json_for_terminal, print_json, sanitize, table};
+use super::{
+    Cli, EXIT_FAILED, EXIT_OTHER, EXIT_USAGE, Failure, TaskCommand, api_err, client, parse_params,
+};
+use crate::client::{Client, ClientError};
+use crate::store::{TaskEvent, TaskPhase};
+use molar_protocol::codes;
+use std::time::Duration;
+
+/// `molar call ID METHOD [PARAMS] [--timeout S]`.
+pub(super) async fn call(
+    cli: &Cli,
+    id: &str,
+    method: &str,
+    params: Option<&str>,
+    timeout: Option<f64>,
+) -> Result<(), Failure> {
+    let params = parse_params(params)?;
+    let timeout = match timeout {
+        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t.min(86_400.0))),
+        Some(t) => {
+            return Err(Failure::new(
+                EXIT_USAGE,
+                format!("--timeout must be a positive number of seconds, not {t}"),
+            ));
+        }
+        None => None,
+    };
+    let c = client(cli)?;
+    let result = c
+        .call(id, method, params, timeout)
+        .await
+        .map_err(api_err(true))?;
+    if cli.json {
+        print_json(&result)?;
+    } else {
+        emit(&json_for_terminal(&result.to_string()))?;
+    }
+    Ok(())
+}
+
+/// `molar task ...`.
+pub(super) async fn run(cli: &Cli, command: &TaskCommand) -> Result<(), Failure> {
+    match command {
+        TaskCommand::Start {
+            id,
+            method,
+            params,
+            wait,
+        } => {
+            let params = parse_params(params.as_deref())?;
+            let c = client(cli)?;
+            let started = c
+                .start_task(id, method, params)
+                .await
+                .map_err(api_err(true))?;
+            if !*wait {
+                if cli.json {
+                    print_json(&started)?;
+                } else {
+                    outln!("{}", sanitize(&started.task_id))?;
+                }
+                return Ok(());
+            }
+            follow_task(&c, &started.task_id, cli.json).await
+        }
+        TaskCommand::Show { task } => {
+            let c = client(cli)?;
+            let t = c.task(task).await.map_err(api_err(false))?;
+            if cli.json {
+                print_json(&t)?;
+                return Ok(());
+            }
+            outln!("task:     {}", sanitize(&t.task_id))?;
+            outln!("server:   {}", sanitize(&t.server_id))?;
+            outln!("method:   {}", sanitize(&t.method))?;
+            outln!("state:    {}", t.state.as_str())?;
+            if let Some(p) = t.percent {
+                outln!("percent:  {p:.1}")?;
+            }
+            if let Some(e) = t.eta {
+                outln!("eta:      {e} s")?;
+            }
+            if let Some(m) = &t.msg {
+                outln!("msg:      {}", sanitize(m))?;
+            }
+            if let Some(code) = &t.code {
+                outln!("code:     {}", sanitize(code))?;
+            }
+            outln!("created:  {}", format_time(t.created_ms))?;
+            if let Some(f) = t.finished_ms {
+                outln!("finished: {}", format_time(f))?;
+            }
+            if let Some(r) = &t.result {
+                outln!("result:   {}", sanitize(&r.to_string()))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `molar tasks ID`.
+pub(super) async fn list(cli: &Cli, id: &str) -> Result<(), Failure> {
+    let c = client(cli)?;
+    let tasks = c.server_tasks(id).await.map_err(api_err(false))?;
+    if cli.json {
+        print_json(&tasks)?;
+    } else {
+        let rows = tasks
+            .into_iter()
+            .map(|t| {
+                vec![
+                    t.task_id,
+                    t.method,
+                    t.state.as_str().into(),
+                    t.percent.map_or("-".into(), |p| format!("{p:.0}%")),
+                    format_time(t.created_ms),
+                    t.msg.unwrap_or_default(),
+                ]
+            })
+            .collect();
+        table(
+            &["TASK", "METHOD", "STATE", "PERCENT", "CREATED", "MSG"],
+            rows,
+        )?;
+    }
+    Ok(())
+}
+
+/// Consecutive failed attempts to follow a task's events before `--wait` gives up (about a
+/// minute: long enough for a controller restart).
+const FOLLOW_RETRIES: u32 = 60;
+
+async fn follow_task(c: &Client, task_id: &str, json: bool) -> Result<(), Failure> {
+    let bar = indicatif::ProgressBar::new(100);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{bar:40}] {pos:>3}% {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(task_id.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut last: Option<TaskEvent> = None;
+    // The stream replays stored events, so after a lost connection (e.g. the controller
+    // restarting mid-task) following again from the start loses nothing.
+    let mut failures = 0;
+    'follow: loop {
+        let opened = c.task_events(task_id).await;
+        let mut events = match opened {
+            Ok(ev) => ev,
+            Err(e) if matches!(e, ClientError::Api(_)) => return Err(api_err(false)(e)),
+            Err(e) => {
+                failures += 1;
+                if failures > FOLLOW_RETRIES {
+                    return Err(api_err(false)(e));
+                }
+                bar.set_message(format!(
+                    "{task_id} (reconnecting: {})",
+                    sanitize(&e.to_string())
+                ));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(ev) = events.next().await {
+            let Ok(ev) = ev else { break };
+            failures = 0;
+            if let Some(p) = ev.percent {
+                bar.set_position(p.clamp(0.0, 100.0) as u64);
+            }
+            let eta = ev.eta.map(|e| format!("eta {e} s")).unwrap_or_default();
+            bar.set_message(format!("{task_id} {eta}"));
+            let terminal = ev.state.is_terminal();
+            last = Some(ev);
+            if terminal {
+                break 'follow;
+            }
+        }
+        if c.task(task_id).await.is_ok_and(|t| t.state.is_terminal()) {
+            break;
+        }
+        failures += 1;
+        if failures > FOLLOW_RETRIES {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bar.finish_and_clear();
+    let task = c.task(task_id).await.map_err(api_err(false))?;
+    if json {
+        print_json(&task)?;
+    }
+    let finished = last
+        .as_ref()
+        .filter(|e| e.state.is_terminal())
+        .map(|e| e.at_ms)
+        .or(task.finished_ms);
+    let took = finished
+        .map(|f| (f - task.created_ms).max(0) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    match task.state {
+        TaskPhase::Complete => {
+            if !json {
+                outln!("task {task_id} complete in {took:.1} s")?;
+            }
+            Ok(())
+        }
+        TaskPhase::Error => {
+            let msg = task.msg.unwrap_or_else(|| "no message".into());
+            let code = task.code.unwrap_or_else(|| codes::INTERNAL.into());
+            let (msg, code) = (sanitize(&msg), sanitize(&code));
+            if !json {
+                // The task's failure decides the exit code, even if stdout is gone.
+                let _ = outln!("task {task_id} failed: {msg} ({code})");
+            }
+            Err(Failure::new(
+                EXIT_FAILED,
+                format!("task {task_id} failed: {msg} ({code})"),
+            ))
+        }
+        other => Err(Failure::new(
+            EXIT_OTHER,
+            format!(
+                "the event stream of task {task_id} ended while it is {}",
+                other.as_str()
+            ),
+        )),
+    }
+}
