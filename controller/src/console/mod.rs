@@ -10,6 +10,7 @@
 //! it; a later attachment opens a new one.
 
 pub mod attach;
+pub mod capture;
 mod lan;
 mod pump;
 
