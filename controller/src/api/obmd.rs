@@ -242,7 +242,10 @@ async fn register(
     )
     .await;
     match enrolled {
-        Ok(_) => ok_empty(),
+        Ok(_) => {
+            st.fleet.console.wake_capture();
+            ok_empty()
+        }
         Err(e @ EnrolError::Refused(_)) => ApiError::from(e).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }

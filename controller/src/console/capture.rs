@@ -2,7 +2,8 @@
 //! server whose BMC it can reach, so the bounded console log (`molar console SERVER --log`)
 //! holds what scrolled by while no one watched. A session that ends (BMC reset, a BMC
 //! without SOL, another tool taking the console) is opened again at the next pass; a BMC
-//! that keeps refusing is asked less often, up to [`BACKOFF_MAX`].
+//! that keeps refusing is asked less often, up to [`BACKOFF_MAX`]. An enrolment or new
+//! in-band credentials wake it at once ([`ConsoleService::wake_capture`]).
 
 use super::ConsoleService;
 use crate::store::Store;
@@ -37,6 +38,8 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            // A new or changed BMC entry: its backoff starts over.
+            _ = consoles.capture_woken() => attempts.clear(),
         }
         let servers = match store.list_servers().await {
             Ok(s) => s,
