@@ -66,13 +66,7 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
     let ctl = Controller::start_with_sans(vec!["10.0.2.100".into()]).await;
     let client = ctl.client();
     let token = ctl.agent_token().await;
-    let ctl_port: u16 = ctl
-        .agent_addr()
-        .rsplit_once(':')
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
+    let ctl_port = ctl.agent_port();
     let mut server = QemuConfig::server(&lab);
     server.forward_as(9000, ctl_port);
     server.append.extend([
@@ -131,7 +125,7 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
     // A console token holder watches the console (chunked text, as `curl` reads it) from
     // before the power-on: the boot scrolls by over IPMI SOL.
     let console_token = client.create_console_token(NAME, None).await.unwrap().token;
-    let http = https(&ctl);
+    let http = ctl.https();
     let mut stream = http
         .get(format!(
             "{}/api/v1/servers/{NAME}/console?token={}",
@@ -321,14 +315,4 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
     assert_eq!(revoked.status().as_u16(), 200);
     let refused = http.get(url).send().await.unwrap();
     assert_eq!(refused.status().as_u16(), 401);
-}
-
-/// An HTTPS client that trusts the controller's CA only.
-fn https(ctl: &Controller) -> reqwest::Client {
-    let ca = std::fs::read(ctl.ca_pem()).unwrap();
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap()
 }

@@ -36,7 +36,7 @@ pub struct ServeArgs {
     /// Most events kept per task, the newest (0: no limit).
     #[arg(long, default_value_t = 10_000)]
     pub retain_task_events_per_task: u64,
-    /// Seconds between checks that every server with a reachable BMC has its console
+    /// Seconds between checks that every server with an operator-given BMC address has its console
     /// captured into the console log (0: capture only while someone watches).
     #[arg(long, default_value_t = 30)]
     pub console_capture_s: u64,

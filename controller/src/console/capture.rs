@@ -1,5 +1,5 @@
 //! Always-on console capture: the controller keeps a Serial-over-LAN session open to every
-//! server whose BMC it can reach, so the bounded console log (`molar console SERVER --log`)
+//! server whose BMC address it was given (an enrolment), so the bounded console log (`molar console SERVER --log`)
 //! holds what scrolled by while no one watched. A session that ends (BMC reset, a BMC
 //! without SOL, another tool taking the console) is opened again at the next pass; a BMC
 //! that keeps refusing is asked less often, up to [`BACKOFF_MAX`]. An enrolment or new
@@ -51,9 +51,12 @@ pub async fn run(
         let now = Instant::now();
         attempts.retain(|id, _| servers.iter().any(|s| &s.id == id));
         for s in servers {
-            match store.bmc_target(&s.id).await {
-                Ok(Some(_)) => {}
-                Ok(None) => continue,
+            // Only BMCs at an address the controller was given and reached (an enrolment):
+            // the IP a BMC reports in-band is often on a network the controller cannot
+            // reach, and a capture must not knock on it every pass.
+            match store.bmc(&s.id).await {
+                Ok(Some(b)) if b.host.is_some() => {}
+                Ok(_) => continue,
                 Err(e) => {
                     tracing::error!(server = %s.id, error = %e, "console capture: reading the BMC entry");
                     continue;
