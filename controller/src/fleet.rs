@@ -485,7 +485,8 @@ impl Fleet {
         // The BMC has the new password now: failing here would lose the caller's only copy.
         match stored {
             Ok(()) => {
-                tracing::info!(server = %server_id, username = %creds.username, mac = ?mac, ip = ?ip, "BMC credentials stored")
+                tracing::info!(server = %server_id, username = %creds.username, mac = ?mac, ip = ?ip, "BMC credentials stored");
+                self.console.wake_capture();
             }
             Err(e) => tracing::error!(server = %server_id, error = %e, "storing BMC credentials"),
         }

@@ -101,6 +101,9 @@ pub struct ServeConfig {
     pub handshake_timeout: std::time::Duration,
     /// How much of the logs and task events is kept.
     pub retention: store::Retention,
+    /// How often consoles are checked for always-on capture into the console log (see
+    /// [`console::capture`]); `None` captures only while someone watches.
+    pub console_capture: Option<std::time::Duration>,
 }
 
 impl ServeConfig {
@@ -120,6 +123,7 @@ impl ServeConfig {
             tls_handshake_timeout: std::time::Duration::from_secs(10),
             handshake_timeout: std::time::Duration::from_secs(10),
             retention: store::Retention::default(),
+            console_capture: Some(std::time::Duration::from_secs(30)),
         }
     }
 
@@ -349,8 +353,19 @@ pub async fn start(
         config.retention.clone(),
         shutdown.clone(),
     ));
+    let capture = tokio::spawn({
+        let (consoles, store, shutdown) =
+            (fleet.console.clone(), fleet.store.clone(), shutdown.clone());
+        let interval = config.console_capture;
+        async move {
+            match interval {
+                Some(i) => console::capture::run(consoles, store, i, shutdown).await,
+                None => shutdown.cancelled().await,
+            }
+        }
+    });
     let join = tokio::spawn(async move {
-        let _ = tokio::join!(agents, http, pruner, requests.join());
+        let _ = tokio::join!(agents, http, pruner, capture, requests.join());
     });
     tracing::info!(%agent_addr, %api_url, "controller started");
     Ok(Running {

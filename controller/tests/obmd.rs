@@ -29,12 +29,7 @@ async fn obmd(
     auth: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
-    let ca = std::fs::read(&c.running.ca_pem_path).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap();
+    let http = https(c);
     let mut req = http.request(method, format!("{}/obmd{path}", c.running.api_url));
     if let Some(a) = auth {
         req = req.header("authorization", a);

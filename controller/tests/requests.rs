@@ -337,12 +337,7 @@ async fn raw_text(
     path: &str,
     body: Option<&str>,
 ) -> (u16, String) {
-    let ca = std::fs::read(&c.running.ca_pem_path).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap();
+    let http = https(c);
     let mut req = http
         .request(method, format!("{}/api/v1{path}", c.running.api_url))
         .header("authorization", admin(c));
@@ -429,7 +424,17 @@ async fn seed_000_shapes_are_answered_as_the_seed_shows_them() {
             r#"{{"records":{{"serverID":"{sid}","state":"succeeded","conditions":[{{"version":"1.1","client":"","id":"{id}","kind":"serverControl","parameters":{{"asset_id":"{sid}","action":"set_power_state","action_parameter":"on"}},"state":"succeeded","status":{{"msg":"server power state set successful: on"}},"updatedAt":"{updated}","createdAt":"{created}"}}]}}}}"#
         )
     );
-    assert!(updated >= created, "{updated} < {created}");
+    // RFC3339Nano drops trailing zeros ("45.56Z" is 45.560): compare with the fraction
+    // padded to nine digits.
+    let sortable = |t: &str| {
+        let t = t.trim_end_matches('Z');
+        let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
+        format!("{secs}.{frac:0<9}")
+    };
+    assert!(
+        sortable(&updated) >= sortable(&created),
+        "{updated} < {created}"
+    );
     // The same request through molar's own API.
     let r = c.client.request(rid).await.unwrap();
     assert_eq!(r.source, "condition");

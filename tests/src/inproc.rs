@@ -127,6 +127,21 @@ impl Controller {
         self.listen.to_string()
     }
 
+    /// The agent listener's port (what a lab VM's guestfwd points at).
+    pub fn agent_port(&self) -> u16 {
+        self.listen.port()
+    }
+
+    /// An HTTPS client that trusts this controller's CA and nothing else.
+    pub fn https(&self) -> reqwest::Client {
+        let ca = std::fs::read(self.ca_pem()).expect("the controller's CA");
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("a PEM CA"))
+            .build()
+            .expect("an HTTPS client")
+    }
+
     pub fn ca_pem(&self) -> PathBuf {
         self.state.path().join("ca.pem")
     }

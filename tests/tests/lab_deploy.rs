@@ -192,13 +192,7 @@ mod deploy {
         let ctl = Controller::start_with_sans(vec!["10.0.2.100".into()]).await;
         let client = ctl.client();
         let token = ctl.agent_token().await;
-        let ctl_port: u16 = ctl
-            .agent_addr()
-            .rsplit_once(':')
-            .unwrap()
-            .1
-            .parse()
-            .unwrap();
+        let ctl_port = ctl.agent_port();
         let mut server = QemuConfig::server(&lab);
         // The NVMe disk takes the image and a config drive after it; the virtio disk the cache.
         server.disks[0].size_bytes = 256 << 20;

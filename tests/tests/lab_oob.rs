@@ -16,7 +16,7 @@ use molar_controller::client::Client;
 use molar_controller::store::RequestRecord;
 use molar_tests::bins::bin;
 use molar_tests::inproc::{Controller, eventually};
-use molar_tests::lab::{IpmiSimConfig, Lab, QemuConfig};
+use molar_tests::lab::{IpmiSimConfig, Lab, QemuConfig, SerialRelay};
 use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -66,13 +66,7 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
     let ctl = Controller::start_with_sans(vec!["10.0.2.100".into()]).await;
     let client = ctl.client();
     let token = ctl.agent_token().await;
-    let ctl_port: u16 = ctl
-        .agent_addr()
-        .rsplit_once(':')
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
+    let ctl_port = ctl.agent_port();
     let mut server = QemuConfig::server(&lab);
     server.forward_as(9000, ctl_port);
     server.append.extend([
@@ -84,11 +78,15 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
         format!("molar.ca={}", ctl.running().ca_fingerprint),
     ];
     let uuid = server.smbios.as_ref().unwrap().uuid.clone();
+    // The serial console goes to the BMC's Serial over LAN, through LAB.md's relay.
+    let relay = SerialRelay::start().unwrap();
+    server.serial_port = Some(relay.vm_port());
     // The server is off: nothing runs until the controller powers it on.
     let sim = block(|| {
         lab.start_ipmi_sim(IpmiSimConfig {
             power: Some(server.clone()),
             start_now: false,
+            sol_port: Some(relay.bmc_port()),
             ..IpmiSimConfig::default()
         })
     })
@@ -124,6 +122,36 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("server power state: off"), "{out}");
 
+    // A console token holder watches the console (chunked text, as `curl` reads it) from
+    // before the power-on: the boot scrolls by over IPMI SOL.
+    let console_token = client.create_console_token(NAME, None).await.unwrap().token;
+    let http = ctl.https();
+    let mut stream = http
+        .get(format!(
+            "{}/api/v1/servers/{NAME}/console?token={}",
+            ctl.running().api_url,
+            console_token.expose()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let watched = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + BOOT;
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await {
+                Ok(Ok(Some(c))) => seen.extend_from_slice(&c),
+                Ok(_) => break,
+                Err(_) => {}
+            }
+            if String::from_utf8_lossy(&seen).contains("molar init starting") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+
     // Power on out-of-band: QEMU starts, the agent connects and is the enrolled server.
     let started = Instant::now();
     let r = power(&client, "on").await;
@@ -143,6 +171,24 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
     eprintln!(
         "lab: power on -> agent registered and discovered in {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+    let watched = watched.await.unwrap();
+    assert!(
+        watched.contains("Linux version"),
+        "the kernel's banner on the SOL console: {}",
+        watched.chars().take(2000).collect::<String>()
+    );
+    assert!(
+        watched.contains("molar init starting"),
+        "the agent on the SOL console"
+    );
+    // What scrolled by is in the bounded console log too.
+    let (code, out, err) = molar(&ctl, &["console", NAME, "--log"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Linux version"),
+        "{}",
+        out.chars().take(2000).collect::<String>()
     );
     let v = client.server(NAME, false).await.unwrap();
     assert_eq!(
@@ -225,7 +271,6 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
     );
 
     // Seed 001's OBMd API on the same server: a node token, power status and power off.
-    let http = https(&ctl);
     let base = format!("{}/obmd/node/{NAME}", ctl.running().api_url);
     let admin = ("admin", Some(ctl.running().admin_token.expose().to_owned()));
     let t: serde_json::Value = http
@@ -270,14 +315,4 @@ async fn a_bmc_enrolled_server_is_powered_and_managed_out_of_band() {
     assert_eq!(revoked.status().as_u16(), 200);
     let refused = http.get(url).send().await.unwrap();
     assert_eq!(refused.status().as_u16(), 401);
-}
-
-/// An HTTPS client that trusts the controller's CA only.
-fn https(ctl: &Controller) -> reqwest::Client {
-    let ca = std::fs::read(ctl.ca_pem()).unwrap();
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap()
 }

@@ -55,13 +55,7 @@ async fn a_server_boots_registers_and_is_managed() {
     let ctl = Controller::start_with_sans(vec!["10.0.2.100".into()]).await;
     let client = ctl.client();
     let token = ctl.agent_token().await;
-    let ctl_port: u16 = ctl
-        .agent_addr()
-        .rsplit_once(':')
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
+    let ctl_port = ctl.agent_port();
 
     let mut server = QemuConfig::server(&lab);
     server.disks.push(Disk {

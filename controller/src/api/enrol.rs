@@ -82,6 +82,7 @@ pub(super) async fn add_server(
         },
     )
     .await?;
+    st.fleet.console.wake_capture();
     let bmc = st.fleet.store.bmc(&server.id).await?;
     let mut v = view(&st.fleet, server);
     v.bmc = bmc;

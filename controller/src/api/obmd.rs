@@ -242,7 +242,10 @@ async fn register(
     )
     .await;
     match enrolled {
-        Ok(_) => ok_empty(),
+        Ok(_) => {
+            st.fleet.console.wake_capture();
+            ok_empty()
+        }
         Err(e @ EnrolError::Refused(_)) => ApiError::from(e).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -422,37 +425,38 @@ async fn power_cycle(
             Err(e) => return e.into_response(),
         }
     };
-    // A node that is off is turned on; else forced off and on, or asked to shut down.
-    let on = match read_power(&st, &server.id).await {
-        Ok(on) => on,
-        Err(e) => return e.into_response(),
-    };
-    let parameter = match (on, p.force) {
-        (false, _) => "on",
-        (true, true) => "cycle",
-        (true, false) => "soft",
+    // A node that is off is turned on; else forced off and on, or asked to shut down. A
+    // forced cycle decides in its request (a cycle of a chassis that is off powers it on),
+    // so it is ordered with the node's other requests; only the ACPI request reads first.
+    let parameter = if p.force {
+        "cycle"
+    } else {
+        match read_power(&st, &server.id).await {
+            Ok(true) => "soft",
+            Ok(false) => "on",
+            Err(e) => return e.into_response(),
+        }
     };
     run_request(&st, &server.id, "set_power_state", parameter, false).await
 }
 
-async fn power_on(
-    State(st): State<Arc<ApiState>>,
-    Path(node_id): Path<String>,
-    req: Request,
-) -> Response {
-    match token_node(&st, req.headers(), req.uri().query(), &node_id).await {
-        Ok((server, _)) => run_request(&st, &server.id, "set_power_state", "on", false).await,
-        Err(r) => r,
-    }
+async fn power_on(st: State<Arc<ApiState>>, node_id: Path<String>, req: Request) -> Response {
+    set_power(st, node_id, req, "on").await
 }
 
-async fn power_off(
+async fn power_off(st: State<Arc<ApiState>>, node_id: Path<String>, req: Request) -> Response {
+    set_power(st, node_id, req, "off").await
+}
+
+/// `power_on` and `power_off`: no effect when the node is already so (the BMC's own rule).
+async fn set_power(
     State(st): State<Arc<ApiState>>,
     Path(node_id): Path<String>,
     req: Request,
+    parameter: &str,
 ) -> Response {
     match token_node(&st, req.headers(), req.uri().query(), &node_id).await {
-        Ok((server, _)) => run_request(&st, &server.id, "set_power_state", "off", false).await,
+        Ok((server, _)) => run_request(&st, &server.id, "set_power_state", parameter, false).await,
         Err(r) => r,
     }
 }

@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// Most events kept per task, the newest (0: no limit).
     #[arg(long, default_value_t = 10_000)]
     pub retain_task_events_per_task: u64,
+    /// Seconds between checks that every server with an operator-given BMC address has its console
+    /// captured into the console log (0: capture only while someone watches).
+    #[arg(long, default_value_t = 30)]
+    pub console_capture_s: u64,
 }
 
 pub(super) async fn run(cli: &super::Cli, args: &ServeArgs) -> Result<(), Failure> {
@@ -49,6 +53,7 @@ pub(super) async fn run(cli: &super::Cli, args: &ServeArgs) -> Result<(), Failur
         retain_logs_per_server,
         retain_task_events_days,
         retain_task_events_per_task,
+        console_capture_s,
     } = args;
     let mut cfg = ServeConfig::new(
         *listen,
@@ -66,6 +71,8 @@ pub(super) async fn run(cli: &super::Cli, args: &ServeArgs) -> Result<(), Failur
         task_events_per_task: Retention::count(*retain_task_events_per_task),
         ..Retention::default()
     };
+    cfg.console_capture =
+        (*console_capture_s > 0).then(|| std::time::Duration::from_secs(*console_capture_s));
     serve(cfg).await
 }
 

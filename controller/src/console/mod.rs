@@ -10,6 +10,7 @@
 //! it; a later attachment opens a new one.
 
 pub mod attach;
+pub mod capture;
 mod lan;
 mod pump;
 
@@ -92,6 +93,8 @@ pub struct ConsoleService {
     hubs: Mutex<HashMap<String, Arc<Hub>>>,
     /// Per server, held by the pump whose SOL session is open.
     session_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Wakes [`capture::run`] before its next pass (a BMC entry appeared or changed).
+    capture_wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for ConsoleService {
@@ -201,7 +204,19 @@ impl ConsoleService {
             opener: Mutex::new(opener),
             hubs: Mutex::new(HashMap::new()),
             session_locks: Mutex::new(HashMap::new()),
+            capture_wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// A server's BMC entry appeared or changed: the capture looks at it now rather than at
+    /// its next pass.
+    pub fn wake_capture(&self) {
+        self.capture_wake.notify_one();
+    }
+
+    /// Resolves at the next [`ConsoleService::wake_capture`].
+    pub(crate) async fn capture_woken(&self) {
+        self.capture_wake.notified().await;
     }
 
     /// Replaces how sessions are opened (sessions already open keep theirs).

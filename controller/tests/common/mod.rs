@@ -321,13 +321,7 @@ pub async fn raw_api(
     auth: Option<&str>,
     body: Option<&str>,
 ) -> (u16, Value) {
-    let ca = std::fs::read(&c.running.ca_pem_path).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap();
-    let mut req = http.request(method, format!("{}/api/v1{path}", c.running.api_url));
+    let mut req = https(c).request(method, format!("{}/api/v1{path}", c.running.api_url));
     if let Some(a) = auth {
         req = req.header("authorization", a);
     }
@@ -339,6 +333,16 @@ pub async fn raw_api(
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap())
+}
+
+/// An HTTPS client that trusts `c`'s CA and nothing else.
+pub fn https(c: &Controller) -> reqwest::Client {
+    let ca = std::fs::read(&c.running.ca_pem_path).unwrap();
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap()
 }
 
 /// `Bearer <admin token>` of `c`.

@@ -554,9 +554,10 @@ impl Session {
         sik: &[u8],
         guid: [u8; 16],
     ) -> Session {
-        let n = suite.hmac_len();
-        let k1 = suite.hmac(sik, &[&vec![0x01; n]]);
-        let k2 = suite.hmac(sik, &[&vec![0x02; n]]);
+        // The constants are 20 bytes for every suite (IPMI 2.0 13.32 was written for SHA-1;
+        // ipmitool and BMCs keep 20 bytes for SHA-256 too), not the HMAC's length.
+        let k1 = suite.hmac(sik, &[&[0x01; 20]]);
+        let k2 = suite.hmac(sik, &[&[0x02; 20]]);
         Session {
             suite,
             console_sid,

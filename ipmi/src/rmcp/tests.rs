@@ -34,8 +34,8 @@
 //!     rakp2 = H(alg, pw, L, C, rm, rc, guid, bytes([role, len(user)]), user)
 //!     rakp3 = H(alg, pw, rc, L, bytes([role, len(user)]), user)
 //!     sik = H(alg, pw, rm, rc, bytes([role, len(user)]), user)
-//!     n = len(sik)
-//!     k1 = H(alg, sik, b'\x01'*n); k2 = H(alg, sik, b'\x02'*n)
+//!     # K1/K2 constants: 20 bytes for SHA-256 too, as ipmitool and BMCs use them.
+//!     k1 = H(alg, sik, b'\x01'*20); k2 = H(alg, sik, b'\x02'*20)
 //!     rakp4 = H(alg, sik, rm, C, guid)[:icv]
 //!     out = packet(alg, icv, k1, k2, SIDc, 1, bytes(range(48,64)), req)
 //!     inb = packet(alg, icv, k1, k2, SIDm, 5, bytes(range(64,80)), rsp)
@@ -112,13 +112,13 @@ const SUITE17: Vectors = Vectors {
     rakp2: "69b372ce24f0d5259055176d381ce232f32e04ac756fac24a842a6b8d3b0d783",
     rakp3: "3760030fc45235bc94015055497fb2f7f3c057a23fc06e17d33007c10cb756a8",
     sik: "9b2503d70cf7300b4f7c1cfd1f39fa6f2e7181267aebacedbcedb5b17fe4816c",
-    k1: "452c61b00b266a05a67a8e2d84dd6337ab8f72af804095288f8539e42bf23007",
-    k2: "b5d92f7cb3b1a4f19d6f998e16da8470d7f8e82c66b530257fa1f8b9d94ce978",
+    k1: "06ea4cfb04023b97ce93f957f11e18aae147a745a93f6ca1b903f48495afc175",
+    k2: "58b4d750e942e7a553981a492dfce09b325daa5ce2cf83736a6d75586f1bac26",
     rakp4: "2dfbc7224a5d737e533d47c6b8319b94",
-    out: "0600ff0706c00e0d0c0b010000002000303132333435363738393a3b3c3d3e3f345366ad27150408db439451\
-          04a4a0e9ffff02078493daefd14ecea7a5277fff13a37a43",
-    inbound: "0600ff0706c0a3a2a1a0050000003000404142434445464748494a4b4c4d4e4f370ec622df9e1f37cde59d\
-              3a831ad7ba257dd9c63d3603aea458210ea9cf6e3affff02070ba2c097cc04560616545f8ce320432e",
+    out: "0600ff0706c00e0d0c0b010000002000303132333435363738393a3b3c3d3e3f2d966a6852410343082a5099\
+          85b6ebc9ffff0207a058e3884e9e99010daa0ea3a9447b43",
+    inbound: "0600ff0706c0a3a2a1a0050000003000404142434445464748494a4b4c4d4e4fe45c70820f962d06cf92b0\
+              2ee7ff85eea979d54c55be52450921a3a3e3c6bbbfffff0207eaa127152f5e0b4e803041338b2849c4",
 };
 
 /// The Get Device ID response message of the vectors (completion code first in `data`).

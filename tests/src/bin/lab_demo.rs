@@ -3,10 +3,12 @@
 //!
 //! 1. `molar serve` on loopback (its certificate also names 10.0.2.100, the address the VM
 //!    dials), `molar token create`;
-//! 2. `ipmi_sim` as the server's BMC, owning a QEMU server that boots the ramdisk with the
-//!    controller address, token and CA fingerprint on its kernel command line;
-//! 3. the server registers, discovery stores its inventory (`molar servers`,
-//!    `molar server ID --inventory`);
+//! 2. `ipmi_sim` as the server's BMC, owning a QEMU server that is off and boots the ramdisk
+//!    with the controller address on its kernel command line; the operator enrols the server
+//!    by its BMC (`molar server add`, verified by a session) and powers it on over IPMI LAN
+//!    (`molar power NAME on --wait`), its serial console on the BMC's Serial over LAN;
+//! 3. the server registers as the enrolled server, discovery stores its inventory (`molar
+//!    servers`, `molar server NAME --inventory`);
 //! 4. `bmc.set_credentials` in-band, proven out-of-band with `ipmitool -I lanplus`;
 //! 5. `decom.disk_erase` with a progress bar (`molar task start ... --wait`), checked on the
 //!    host's disk images;
@@ -15,19 +17,25 @@
 //! 7. `standbye.cache_images` on the virtio disk, `standbye.prepare_image` on the NVMe disk
 //!    (checked byte for byte on the host), `standbye.run_image` with a config drive: the agent
 //!    kexecs into the written system, which prints its boot id and the config drive's meta
-//!    data on the console, then powers the server off.
+//!    data on the console, then powers the server off;
+//! 8. out-of-band again: `molar power NAME on` over IPMI LAN with the credentials the agent
+//!    set, the ramdisk registers with a new boot, `molar console NAME --log` shows the boot
+//!    the BMC's console captured, `molar requests NAME`, `molar power NAME off`.
 //!
 //! Everything is torn down at the end or on failure; logs stay in the lab directory.
 
 use anyhow::{Context, Result, bail, ensure};
 use molar_tests::lab::guest::{self, DiskSpec, GuestKit, GuestReport};
-use molar_tests::lab::{HttpFiles, IpmiSimConfig, Lab, QemuConfig};
+use molar_tests::lab::{HttpFiles, IpmiSimConfig, Lab, QemuConfig, SerialRelay};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The guest's port for the image server (QEMU guestfwd to the host's `HttpFiles`).
 const IMAGES_PORT: u16 = 8080;
+
+/// The operator's name for the server.
+const NAME: &str = "lab1";
 
 fn bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -167,7 +175,7 @@ fn main() -> Result<()> {
 
     step(
         2,
-        "a BMC (ipmi_sim) powers on a QEMU server that PXE-style boots the ramdisk",
+        "a BMC (ipmi_sim) with a QEMU server behind it, off; enrolled by its BMC, powered on",
     );
     let mut server = QemuConfig::server(&lab);
     // The NVMe disk takes the OS image and its config drive; the virtio disk the image cache.
@@ -183,11 +191,34 @@ fn main() -> Result<()> {
         format!("molar.token={token}"),
         format!("molar.ca={fingerprint}"),
     ];
-    let started = Instant::now();
+    // The serial console reaches the BMC's Serial over LAN through LAB.md's relay.
+    let relay = SerialRelay::start()?;
+    server.serial_port = Some(relay.vm_port());
     let sim = lab.start_ipmi_sim(IpmiSimConfig {
         power: Some(server),
+        start_now: false,
+        sol_port: Some(relay.bmc_port()),
         ..IpmiSimConfig::default()
     })?;
+    let bmc_password = lab.dir().join("bmc-password");
+    std::fs::write(&bmc_password, "test\n")?;
+    print!(
+        "{}",
+        molar.run(&[
+            "server",
+            "add",
+            NAME,
+            "--bmc",
+            &format!("127.0.0.1:{}", sim.lan_port()),
+            "--bmc-user",
+            "ipmiusr",
+            "--bmc-password-file",
+            &bmc_password.display().to_string(),
+        ])?
+    );
+    print!("{}", molar.run(&["power", NAME, "status", "--wait"])?);
+    let started = Instant::now();
+    print!("{}", molar.run(&["power", NAME, "on", "--wait"])?);
     let images: Vec<PathBuf> = (0..2)
         .map(|i| lab.dir().join(format!("server-disk{i}.img")))
         .collect();
@@ -201,16 +232,15 @@ fn main() -> Result<()> {
         sim.vm().context("the BMC's VM")?.console_log().display()
     );
 
-    step(3, "the server registers and discovery stores its inventory");
+    step(
+        3,
+        "the server registers as the enrolled one and discovery stores its inventory",
+    );
     let id = wait_until("the server to register", 180, || {
-        let v = molar.json(&["servers"]).ok()?;
-        let list = v
-            .as_array()
-            .cloned()
-            .or_else(|| v["servers"].as_array().cloned())?;
-        list.iter()
-            .find(|s| s["serial"] == "S123" && s["connected"] == true)
-            .and_then(|s| s["id"].as_str().map(str::to_owned))
+        let v = molar.json(&["server", NAME]).ok()?;
+        (v["serial"] == "S123" && v["connected"] == true)
+            .then(|| v["id"].as_str().map(str::to_owned))
+            .flatten()
     })?;
     println!(
         "registered {:.1} s after QEMU started",
@@ -430,7 +460,41 @@ fn main() -> Result<()> {
     );
     wait_until("QEMU to end", 60, || vm.pid().is_none().then_some(()))?;
     println!(
-        "server powered off by the deployed system; total {:.1} s",
+        "server powered off by the deployed system; {:.1} s so far",
+        started.elapsed().as_secs_f64()
+    );
+
+    step(
+        8,
+        "out-of-band: powered on over IPMI LAN, the ramdisk registers again, its console",
+    );
+    let boot = molar.json(&["server", NAME])?["boot_id"].clone();
+    print!("{}", molar.run(&["power", NAME, "status", "--wait"])?);
+    print!("{}", molar.run(&["power", NAME, "on", "--wait"])?);
+    wait_until("the ramdisk to register again", 180, || {
+        let v = molar.json(&["server", NAME]).ok()?;
+        (v["connected"] == true && v["boot_id"] != boot).then_some(())
+    })?;
+    println!("registered again with a new boot id");
+    let log = molar.run(&["console", NAME, "--log"])?;
+    let banner: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Linux version") || l.contains("molar init starting"))
+        .take(3)
+        .collect();
+    ensure!(
+        !banner.is_empty(),
+        "the console log shows no boot: {} bytes",
+        log.len()
+    );
+    for line in banner {
+        println!("console log: {}", line.trim_end());
+    }
+    print!("{}", molar.run(&["requests", NAME])?);
+    print!("{}", molar.run(&["power", NAME, "off", "--wait"])?);
+    wait_until("QEMU to end", 60, || vm.pid().is_none().then_some(()))?;
+    println!(
+        "server powered off over IPMI LAN; total {:.1} s",
         started.elapsed().as_secs_f64()
     );
     drop(sim);

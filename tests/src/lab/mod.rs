@@ -21,6 +21,7 @@ mod http;
 mod ipmi_sim;
 mod process;
 mod qemu;
+mod serial_relay;
 
 use std::fs;
 use std::net::{TcpListener, UdpSocket};
@@ -32,6 +33,7 @@ pub use http::{Faults, HttpFiles};
 pub use ipmi_sim::{BMC_MAC, BmcUser, IpmiSim, IpmiSimConfig};
 pub use process::ChildGuard;
 pub use qemu::{Accel, Boot, Disk, DiskKind, Machine, Nic, Qemu, QemuConfig, Smbios};
+pub use serial_relay::SerialRelay;
 
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {

@@ -112,6 +112,10 @@ pub struct QemuConfig {
     pub oem_strings: Vec<String>,
     /// `-no-reboot`: a guest reset ends QEMU instead of rebooting.
     pub no_reboot: bool,
+    /// The serial console as a client socket to `127.0.0.1:PORT` (reconnecting each second),
+    /// e.g. a [`super::SerialRelay`] to the BMC's Serial over LAN; the console log keeps
+    /// everything either way.
+    pub serial_port: Option<u16>,
 }
 
 /// The MAC of the lab server's NIC.
@@ -162,6 +166,7 @@ impl QemuConfig {
             }),
             oem_strings: Vec::new(),
             no_reboot: false,
+            serial_port: None,
         }
     }
 
@@ -275,12 +280,13 @@ impl QemuConfig {
         let pidfile = opt(&self.pidfile(dir))?;
         push(&["-pidfile", &pidfile]);
         let log = opt(&self.console_log(dir))?;
-        push(&[
-            "-chardev",
-            &format!("null,id=con0,logfile={log},logappend=on"),
-            "-serial",
-            "chardev:con0",
-        ]);
+        let console = match self.serial_port {
+            Some(port) => format!(
+                "socket,id=con0,host=127.0.0.1,port={port},reconnect=1,logfile={log},logappend=on"
+            ),
+            None => format!("null,id=con0,logfile={log},logappend=on"),
+        };
+        push(&["-chardev", &console, "-serial", "chardev:con0"]);
 
         let mut netdev = String::from("user,id=n0,restrict=on");
         for (guest, host) in &self.forwards {
