@@ -21,6 +21,7 @@ use crate::methods::{
     Ack, Empty, HandshakeParams, HandshakeResult, LogParams, PowerResult, StatusResult,
     TaskAccepted, TaskInfo, TaskListResult, TaskRef, TaskStatus,
 };
+use crate::qc::{QcParams, QcReport};
 use crate::run_image::{RunImageParams, RunImageResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -175,7 +176,7 @@ catalogue! {
         Unspecified => TaskAccepted, output: Value;
     /// Check the hardware against its chassis model's spec.
     Qc = "decom.qc", ToAgent, Task, destructive: false,
-        Unspecified => TaskAccepted, output: Value;
+        QcParams => TaskAccepted, output: QcReport;
     /// Cache images on local storage in priority order.
     CacheImages = "standbye.cache_images", ToAgent, Task, destructive: true,
         CacheImagesParams => TaskAccepted, output: CacheImagesResult;
@@ -418,6 +419,14 @@ mod tests {
             "RunImageParams",
             "ConfigDriveContents",
             "ConfigDriveFetch",
+            "QcParams",
+            "Spec",
+            "CpuSpec",
+            "MemorySpec",
+            "DiskSpec",
+            "NicSpec",
+            "GpuSpec",
+            "BmcSpec",
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for entry in std::fs::read_dir(&dir).unwrap() {

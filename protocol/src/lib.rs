@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod message;
 pub mod methods;
 pub mod peer;
+pub mod qc;
 pub mod run_image;
 pub mod secret;
 
