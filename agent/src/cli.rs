@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use molar_protocol::Secret;
 use molar_protocol::catalogue::{InventoryGet, Method};
+use molar_protocol::inventory::Inventory;
 use molar_protocol::methods::Empty;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,21 @@ enum Command {
     /// Print this machine's hardware inventory as JSON (the `inventory` method's result).
     Inventory {
         /// Root under which /sys, /proc and /dev are read (a fixture tree in tests).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Print instead a `decom.qc` spec this machine passes, to edit and keep per model.
+        #[arg(long)]
+        spec_template: bool,
+    },
+    /// Check this machine against a spec file (what `decom.qc` does); exits non-zero when a
+    /// check fails.
+    Qc {
+        /// The spec, as JSON (`molar-agent inventory --spec-template` writes one).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
@@ -536,6 +552,114 @@ async fn call_local(
     }
 }
 
+/// Largest spec file read: specs are a few kilobytes, and the bound keeps a wrong path
+/// (a disk image, /dev/zero) from being read whole.
+const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// This machine's inventory, as the `inventory` method collects it.
+async fn local_inventory(root: PathBuf) -> anyhow::Result<Inventory> {
+    let mut config = AgentConfig::new("127.0.0.1:1", Trust::Insecure, Secret::default());
+    config.root = root.clone();
+    let agent = Agent::new(config, host_methods(&root, &[], false), LogBuffer::new(1));
+    let v = agent
+        .dispatch(InventoryGet::NAME.to_owned(), serde_json::json!({}))
+        .await
+        .map_err(|e| anyhow::anyhow!("inventory: {} ({})", e.msg, e.code))?;
+    Ok(serde_json::from_value(v)?)
+}
+
+/// `molar-agent inventory --spec-template`.
+async fn spec_template(root: PathBuf) -> anyhow::Result<()> {
+    init_logging(tracing::Level::WARN);
+    let inv = local_inventory(root).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&molar_protocol::qc::template(&inv))?
+    );
+    Ok(())
+}
+
+/// Reads and decodes a spec file, refusing what `decom.qc` would refuse.
+pub fn read_spec(path: &std::path::Path) -> anyhow::Result<molar_protocol::qc::Spec> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("reading spec {}", path.display()))?;
+    let mut text = Vec::new();
+    file.take(MAX_SPEC_BYTES + 1)
+        .read_to_end(&mut text)
+        .with_context(|| format!("reading spec {}", path.display()))?;
+    if text.len() as u64 > MAX_SPEC_BYTES {
+        bail!(
+            "spec {} is larger than {MAX_SPEC_BYTES} bytes",
+            path.display()
+        );
+    }
+    let spec: molar_protocol::qc::Spec = serde_json::from_slice(&text)
+        .with_context(|| format!("spec {} is not a valid spec", path.display()))?;
+    if spec.is_empty() {
+        bail!("spec {} checks nothing", path.display());
+    }
+    Ok(spec)
+}
+
+/// The report as a table, one check a line; control characters from the hardware's strings
+/// are escaped so they cannot drive the terminal.
+pub fn qc_table(report: &molar_protocol::qc::QcReport) -> String {
+    let clean = |s: &str| -> String { s.chars().flat_map(char::escape_debug).collect() };
+    let rows: Vec<[String; 4]> = report
+        .checks
+        .iter()
+        .map(|c| {
+            [
+                if c.pass { "ok" } else { "FAIL" }.to_owned(),
+                clean(&c.name),
+                clean(&c.expected),
+                clean(&c.actual),
+            ]
+        })
+        .collect();
+    let head = ["", "CHECK", "EXPECTED", "ACTUAL"].map(str::to_owned);
+    let width = |i: usize| {
+        rows.iter()
+            .chain(std::iter::once(&head))
+            .map(|r| r[i].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    let mut out = String::new();
+    for r in std::iter::once(&head).chain(rows.iter()) {
+        out.push_str(&format!(
+            "{:w0$}  {:w1$}  {:w2$}  {}\n",
+            r[0], r[1], r[2], r[3]
+        ));
+    }
+    let failed = report.checks.iter().filter(|c| !c.pass).count();
+    out.push_str(&if report.passed {
+        format!("passed: {} checks\n", report.checks.len())
+    } else {
+        format!("FAILED: {failed} of {} checks\n", report.checks.len())
+    });
+    out
+}
+
+/// `molar-agent qc`: the `decom.qc` check here, without a controller.
+async fn qc_local(spec: &std::path::Path, json: bool, root: PathBuf) -> anyhow::Result<()> {
+    init_logging(tracing::Level::WARN);
+    let spec = read_spec(spec)?;
+    let inv = local_inventory(root).await?;
+    let report = molar_protocol::qc::check(&spec, &inv);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", qc_table(&report));
+    }
+    match crate::capabilities::qc::qc_outcome(&report) {
+        Ok(_) => Ok(()),
+        Err(f) => bail!("{} ({})", f.msg, f.code),
+    }
+}
+
 /// The local call of catalogue method `M` with typed `params`.
 fn local_call<M: Method>(params: &M::Params) -> anyhow::Result<(&'static str, serde_json::Value)> {
     Ok((M::NAME, serde_json::to_value(params)?))
@@ -788,10 +912,15 @@ pub fn main() -> ExitCode {
             Command::Configdrive {
                 action: ConfigdriveCommand::Write(args),
             } => configdrive_local(args).await,
-            Command::Inventory { root } => match local_call::<InventoryGet>(&Empty {}) {
+            Command::Inventory {
+                root,
+                spec_template: true,
+            } => spec_template(root).await,
+            Command::Inventory { root, .. } => match local_call::<InventoryGet>(&Empty {}) {
                 Ok((method, params)) => call_local(root, method, params, false).await,
                 Err(e) => Err(e),
             },
+            Command::Qc { spec, json, root } => qc_local(&spec, json, root).await,
             Command::Call {
                 method,
                 params,
@@ -916,5 +1045,48 @@ mod tests {
             err.to_string().contains("chassis.power off refused"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn qc_of_the_fixture_machine_against_files() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/inventory/qemu-q35");
+        let inv = local_inventory(root).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spec.json");
+        let template = molar_protocol::qc::template(&inv);
+        std::fs::write(&file, serde_json::to_vec(&template).unwrap()).unwrap();
+        let spec = read_spec(&file).unwrap();
+        let report = molar_protocol::qc::check(&spec, &inv);
+        assert!(report.passed, "{:?}", report.failures);
+        assert!(qc_table(&report).ends_with(&format!("passed: {} checks\n", report.checks.len())));
+
+        std::fs::write(
+            &file,
+            br#"{"cpu": {"model": "Evil*"}, "bmc": {"present": true}}"#,
+        )
+        .unwrap();
+        let mut report = molar_protocol::qc::check(&read_spec(&file).unwrap(), &inv);
+        report.checks[0].actual = "\u{1b}[2J".into();
+        let table = qc_table(&report);
+        assert!(table.contains("FAIL  bmc.present"), "{table}");
+        assert!(
+            table.contains("\\u{1b}[2J") && !table.contains('\u{1b}'),
+            "{table}"
+        );
+        assert!(table.ends_with("FAILED: 2 of 2 checks\n"), "{table}");
+
+        for (text, want) in [
+            (&br#"{"cpus": {}}"#[..], "not a valid spec"),
+            (br#"{}"#, "checks nothing"),
+            (br#"not json"#, "not a valid spec"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let e = format!("{:#}", read_spec(&file).unwrap_err());
+            assert!(e.contains(want), "{e}");
+        }
+        std::fs::write(&file, vec![b' '; (MAX_SPEC_BYTES + 1) as usize]).unwrap();
+        assert!(format!("{}", read_spec(&file).unwrap_err()).contains("larger than"));
+        assert!(read_spec(&dir.path().join("absent")).is_err());
     }
 }

@@ -10,7 +10,7 @@ use molar_protocol::inventory::{Inventory, Note};
 use std::path::Path;
 
 /// The whole hardware inventory under `root`, with the BMC section when `dev` answers.
-fn collect(root: &Path, dev: &Bmc) -> Inventory {
+pub(super) fn collect(root: &Path, dev: &Bmc) -> Inventory {
     let mut inv = crate::inventory::collect(root, &crate::inventory::CollectOptions::default());
     match dev.run(bmc::info) {
         Ok(info) => inv.bmc = Some(info),

@@ -14,6 +14,7 @@ mod erase;
 pub mod image;
 mod inventory;
 mod power;
+pub mod qc;
 pub mod run_image;
 
 pub use erase::{DiskErase, erase_outcome};
@@ -188,6 +189,11 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
     bmc::register(&mut m, machine, dev.clone());
     inventory::register(&mut m, machine, dev);
     power::register(&mut m, &machine.authority, sys);
+    m.task_method::<catalogue::Qc, _>(qc::Qc {
+        root: machine.root.clone(),
+        dev: bmc_dev.clone(),
+        ready: machine.ready.clone(),
+    });
     m.task_method::<catalogue::DiskErase, _>(DiskErase {
         env: EraseEnv::new(machine.root.clone(), machine.authority.clone()),
         ready: machine.ready.clone(),

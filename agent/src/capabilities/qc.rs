@@ -1,0 +1,125 @@
+//! `decom.qc`: the machine's inventory checked against a spec ([`molar_protocol::qc::check`],
+//! the same function the controller runs on a stored inventory).
+
+use super::HardwareReady;
+use super::bmc::Bmc;
+use crate::tasks::{Task, TaskContext, TaskFailure};
+use molar_protocol::codes;
+use molar_protocol::qc::{self, QcParams, QcReport};
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// Code of a task that ran every check and found at least one failing.
+pub const QC_FAILED: &str = "qc_failed";
+
+/// `decom.qc`: inventory, check, report.
+pub struct Qc {
+    pub(super) root: PathBuf,
+    pub(super) dev: Bmc,
+    pub(super) ready: HardwareReady,
+}
+
+/// Refuses what the task cannot honestly check: burn-in (not built) and a spec that checks
+/// nothing (it would pass any machine, which is never what an operator meant).
+pub fn refusal(params: &QcParams) -> Option<String> {
+    if params.burnin.is_some() {
+        return Some("burn-in is not supported yet; send the spec without `burnin`".into());
+    }
+    if params.spec.is_empty() {
+        return Some("the spec checks nothing".into());
+    }
+    None
+}
+
+/// The report as the task's outcome: complete when every check passed, otherwise a failure
+/// naming every failed check and carrying the whole report.
+pub fn qc_outcome(report: &QcReport) -> Result<Value, TaskFailure> {
+    let value = serde_json::to_value(report)
+        .map_err(|e| TaskFailure::new(codes::INTERNAL, format!("encoding the qc report: {e}")))?;
+    if report.passed {
+        Ok(value)
+    } else {
+        let msg = format!(
+            "{} of {} checks failed: {}",
+            report.failures.len(),
+            report.checks.len(),
+            report.failures.join("; ")
+        );
+        Err(TaskFailure::new(QC_FAILED, msg).with_details(value))
+    }
+}
+
+impl Task for Qc {
+    type Params = QcParams;
+
+    async fn run(&self, params: QcParams, ctx: TaskContext) -> Result<Value, TaskFailure> {
+        if let Some(why) = refusal(&params) {
+            return Err(TaskFailure::new(codes::REFUSED, why));
+        }
+        // Disks and NICs must have their drivers loaded before they can be counted.
+        ctx.set_message("waiting for hardware");
+        self.ready
+            .wait()
+            .await
+            .map_err(|e| TaskFailure::new(&e.code, e.msg))?;
+        ctx.set_progress(10.0, None);
+        ctx.set_message("collecting the inventory");
+        let (root, dev) = (self.root.clone(), self.dev.clone());
+        let inv = tokio::task::spawn_blocking(move || super::inventory::collect(&root, &dev))
+            .await
+            .map_err(|e| TaskFailure::new(codes::INTERNAL, format!("inventory thread: {e}")))?;
+        ctx.set_progress(90.0, None);
+        ctx.set_message("checking the spec");
+        let report = qc::check(&params.spec, &inv);
+        ctx.set_progress(100.0, None);
+        qc_outcome(&report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn fixture_inventory() -> molar_protocol::inventory::Inventory {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inventory/qemu-q35");
+        super::super::inventory::collect(&root, &Bmc::new(root.clone()))
+    }
+
+    #[test]
+    fn the_fixture_machine_passes_its_template_and_fails_a_wrong_spec_naming_each_check() {
+        let inv = fixture_inventory();
+        let spec = qc::template(&inv);
+        assert!(!spec.is_empty());
+        let ok = qc_outcome(&qc::check(&spec, &inv)).unwrap();
+        assert_eq!(ok["passed"], true);
+        let wrong: qc::Spec = serde_json::from_value(json!({
+            "cpu": {"sockets": 64}, "disks": [{"count": 99}], "bmc": {"present": true}}))
+        .unwrap();
+        let f = qc_outcome(&qc::check(&wrong, &inv)).unwrap_err();
+        assert_eq!(f.code, QC_FAILED);
+        for name in ["cpu.sockets", "disks[0]", "bmc.present"] {
+            assert!(f.msg.contains(name), "{}", f.msg);
+        }
+        assert!(f.msg.starts_with("3 of 3 checks failed"), "{}", f.msg);
+        assert_eq!(f.details.as_ref().unwrap()["passed"], false);
+    }
+
+    #[test]
+    fn burnin_and_empty_specs_are_refused() {
+        let p: QcParams =
+            serde_json::from_value(json!({"spec": {"bmc": {"present": false}}, "burnin": {}}))
+                .unwrap();
+        assert!(
+            refusal(&p)
+                .unwrap()
+                .contains("burn-in is not supported yet")
+        );
+        let p: QcParams = serde_json::from_value(json!({"spec": {}})).unwrap();
+        assert_eq!(refusal(&p).unwrap(), "the spec checks nothing");
+        let p: QcParams =
+            serde_json::from_value(json!({"spec": {"bmc": {"present": false}}})).unwrap();
+        assert!(refusal(&p).is_none());
+    }
+}
