@@ -7,8 +7,45 @@ use super::{
 };
 use crate::client::{Client, ClientError};
 use crate::store::{TaskEvent, TaskPhase};
+use molar_protocol::Method;
+use molar_protocol::catalogue::Qc;
 use molar_protocol::codes;
+use molar_protocol::qc::QcReport;
+use serde_json::Value;
 use std::time::Duration;
+
+/// The rows of a `decom.qc` report, when `result` is one (of a task of `method`): the table
+/// is the readable answer to "does this machine match its spec". Every cell is sanitized by
+/// the table (the strings come from the agent).
+fn qc_rows(method: &str, result: Option<&Value>) -> Option<Vec<Vec<String>>> {
+    if method != Qc::NAME {
+        return None;
+    }
+    let report: QcReport = serde_json::from_value(result?.clone()).ok()?;
+    Some(
+        report
+            .checks
+            .into_iter()
+            .map(|c| {
+                vec![
+                    if c.pass { "ok" } else { "FAIL" }.to_owned(),
+                    c.name,
+                    c.expected,
+                    c.actual,
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// Prints the `decom.qc` table of a task's result, if it is one; true when it was.
+fn print_qc(method: &str, result: Option<&Value>) -> Result<bool, Failure> {
+    let Some(rows) = qc_rows(method, result) else {
+        return Ok(false);
+    };
+    table(&["", "CHECK", "EXPECTED", "ACTUAL"], rows)?;
+    Ok(true)
+}
 
 /// `molar call ID METHOD [PARAMS] [--timeout S]`.
 pub(super) async fn call(
@@ -97,6 +134,7 @@ pub(super) async fn run(cli: &Cli, command: &TaskCommand) -> Result<(), Failure>
             if let Some(r) = &t.result {
                 outln!("result:   {}", sanitize(&r.to_string()))?;
             }
+            print_qc(&t.method, t.result.as_ref())?;
             Ok(())
         }
     }
@@ -201,6 +239,10 @@ async fn follow_task(c: &Client, task_id: &str, json: bool) -> Result<(), Failur
     let took = finished
         .map(|f| (f - task.created_ms).max(0) as f64 / 1000.0)
         .unwrap_or(0.0);
+    if !json {
+        // A failed check is an error of the task, and its report is still the answer.
+        print_qc(&task.method, task.result.as_ref())?;
+    }
     match task.state {
         TaskPhase::Complete => {
             if !json {
@@ -228,5 +270,30 @@ async fn follow_task(c: &Client, task_id: &str, json: bool) -> Result<(), Failur
                 other.as_str()
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::output::render_table;
+    use serde_json::json;
+
+    #[test]
+    fn a_qc_result_becomes_a_sanitized_table() {
+        let result = json!({"passed": false, "failures": ["cpu.cores: x"], "checks": [
+            {"name": "cpu.cores", "expected": "64", "actual": "32", "pass": false},
+            {"name": "cpu.model", "expected": "matches \"*\"", "actual": "\u{1b}[2Jevil",
+             "pass": true}]});
+        let rows = qc_rows(Qc::NAME, Some(&result)).unwrap();
+        let lines = render_table(&["", "CHECK", "EXPECTED", "ACTUAL"], rows);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].starts_with("FAIL  cpu.cores"), "{lines:?}");
+        assert!(lines[2].starts_with("ok    cpu.model"), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains('\u{1b}')), "{lines:?}");
+        // Other methods, and results that are no report, print no table.
+        assert!(qc_rows("decom.disk_erase", Some(&result)).is_none());
+        assert!(qc_rows(Qc::NAME, Some(&json!({"steps": 3}))).is_none());
+        assert!(qc_rows(Qc::NAME, None).is_none());
     }
 }
