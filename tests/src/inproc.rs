@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// A test task: counts `steps` steps of `step_ms` each, honouring cancellation; logs at
-/// start so log forwarding can be checked. Registered as `decom.qc`: the controller starts
-/// only catalogue tasks, and the product's agent does not implement that one yet.
+/// start so log forwarding can be checked. Registered as `decom.qc`, in place of the
+/// product's spec check (tested in `qc_e2e.rs`): the controller starts only catalogue tasks.
 pub struct Count;
 
 #[derive(Deserialize)]

@@ -103,7 +103,7 @@ pub fn hello(token: &str, n: u32) -> HandshakeParams {
 }
 
 /// The fake agent's counting task: three running steps then `complete`. A catalogue task
-/// (the controller starts no other), one the real agent does not implement yet.
+/// (the controller starts no other), non-destructive.
 pub const TASK: &str = molar_protocol::catalogue::Qc::NAME;
 /// A catalogue task the fake agent refuses.
 pub const REFUSED_TASK: &str = molar_protocol::catalogue::FirmwareSecure::NAME;
