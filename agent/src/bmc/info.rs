@@ -31,6 +31,9 @@ pub fn info<T: BmcTransport + ?Sized>(t: &mut T) -> Result<BmcInfo, BmcError> {
         device_id: dev.device_id,
         device_revision: dev.device_revision,
         firmware_version: dev.firmware_version(),
+        aux_firmware_revision: dev
+            .aux_firmware
+            .map(|b| b.iter().map(|x| format!("{x:02x}")).collect()),
         ipmi_version: dev.ipmi_version_string(),
         manufacturer_id: dev.manufacturer_id,
         product_id: dev.product_id,

@@ -20,6 +20,7 @@ fn collect(root: &Path, dev: &Bmc) -> Inventory {
             reason: format!("BMC not inventoried: {}", e.msg),
         }),
     }
+    crate::inventory::firmware::add_bmc(&mut inv);
     inv
 }
 
