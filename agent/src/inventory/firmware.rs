@@ -423,6 +423,126 @@ mod tests {
         assert_eq!(parse_u32("0x"), None);
     }
 
+    fn disk(name: &str, transport: Transport, firmware: Option<&str>) -> BlockDevice {
+        BlockDevice {
+            name: name.into(),
+            path: format!("/dev/{name}"),
+            size_bytes: None,
+            logical_sector_size: None,
+            physical_sector_size: None,
+            rotational: None,
+            removable: None,
+            read_only: None,
+            model: Some("ST4000NM0035".into()),
+            vendor: Some("ATA".into()),
+            serial: None,
+            wwn: None,
+            firmware: firmware.map(String::from),
+            transport,
+            by_path: None,
+            signatures: Vec::new(),
+            partitions: Vec::new(),
+            holders: Vec::new(),
+            mounts: Vec::new(),
+            mounted: false,
+            boot_device: false,
+            nvme: None,
+        }
+    }
+
+    fn nic(name: &str, fw: Option<&str>) -> Nic {
+        Nic {
+            name: name.into(),
+            mac: None,
+            driver: Some("ixgbe".into()),
+            firmware_version: fw.map(String::from),
+            pci_address: None,
+            speed_mbps: None,
+            carrier: None,
+            mtu: None,
+            operstate: None,
+            virtual_device: false,
+            addresses: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn components_from_the_other_sections_and_the_bmc() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        // No microcode line in cpuinfo: the sysfs file stands in.
+        write(
+            root,
+            "sys/devices/system/cpu/cpu0/microcode/version",
+            b"0x2b000603\n",
+        );
+        let disks = [
+            disk("sda", Transport::Sata, Some("SN05")),
+            disk("sdb", Transport::Sas, None),
+            disk("vda", Transport::Virtio, Some("ignored")),
+        ];
+        let nics = [nic("eth0", Some("0x800003e7")), nic("eth1", Some("N/A"))];
+        let mut ctx = Ctx::new(root);
+        let firmware = collect(
+            &mut ctx,
+            &CollectOptions::default(),
+            Some(&Bios {
+                vendor: Some("Acme".into()),
+                version: Some("1.2".into()),
+                ..Bios::default()
+            }),
+            &Cpu::default(),
+            &disks,
+            &nics,
+        );
+        assert!(ctx.notes.is_empty(), "{:?}", ctx.notes);
+        let got: Vec<(FirmwareKind, &str, &str)> = firmware
+            .iter()
+            .map(|c| (c.kind, c.name.as_str(), c.version.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (FirmwareKind::Bios, "bios", "1.2"),
+                (FirmwareKind::Disk, "sda", "SN05"),
+                (FirmwareKind::Nic, "eth0", "0x800003e7"),
+                (FirmwareKind::CpuMicrocode, "cpu", "0x2b000603"),
+            ]
+        );
+        assert_eq!(firmware[1].model.as_deref(), Some("ST4000NM0035"));
+        assert_eq!(firmware[2].driver.as_deref(), Some("ixgbe"));
+
+        // The BMC goes after the platform firmware.
+        let mut inv: Inventory = serde_json::from_str(include_str!(
+            "../../../protocol/tests/data/inventory-qemu-q35.json"
+        ))
+        .expect("inventory");
+        inv.firmware = firmware;
+        add_bmc(&mut inv);
+        assert_eq!(inv.firmware.len(), 4, "no bmc section, no component");
+        inv.bmc = Some(BmcInfo {
+            device_id: 0x20,
+            device_revision: 1,
+            firmware_version: "9.08".into(),
+            aux_firmware_revision: Some("01020304".into()),
+            ipmi_version: "2.0".into(),
+            manufacturer_id: 0x1291,
+            product_id: 0x0f02,
+            max_users: None,
+            lan_channels: Vec::new(),
+            users: Vec::new(),
+            notes: Vec::new(),
+        });
+        add_bmc(&mut inv);
+        let bmc = &inv.firmware[1];
+        assert_eq!(
+            (bmc.kind, bmc.version.as_str()),
+            (FirmwareKind::Bmc, "9.08")
+        );
+        assert_eq!(bmc.aux_revision.as_deref(), Some("01020304"));
+        assert_eq!(bmc.vendor.as_deref(), Some("iana:4753"));
+    }
+
     #[test]
     fn slot_log_into_the_wire_form() {
         let mut d = vec![0u8; 512];
