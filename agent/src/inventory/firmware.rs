@@ -296,6 +296,7 @@ pub(crate) fn apply_slot_log(fw: &mut NvmeFirmware, log: &nvme::FirmwareSlotLog)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use molar_protocol::inventory::NvmeController;
     use std::fs;
     use std::path::Path;
 
@@ -541,6 +542,42 @@ mod tests {
         );
         assert_eq!(bmc.aux_revision.as_deref(), Some("01020304"));
         assert_eq!(bmc.vendor.as_deref(), Some("iana:4753"));
+    }
+
+    #[test]
+    fn nvme_without_admin_commands_keeps_the_sysfs_revision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        // A regular file where the character device belongs: Identify fails with ENOTTY,
+        // which the NVMe section already notes; here it only means no slot details.
+        write(root, "dev/nvme0", b"");
+        let ctrl = |name: &str, fw: Option<&str>| NvmeController {
+            name: name.into(),
+            model: Some("QEMU NVMe Ctrl".into()),
+            serial: None,
+            firmware: fw.map(String::from),
+            capabilities: None,
+            namespaces: Vec::new(),
+        };
+        let mut disks = vec![
+            disk("nvme0n1", Transport::Nvme, None),
+            disk("nvme0n2", Transport::Nvme, None),
+            disk("nvme1n1", Transport::Nvme, None),
+        ];
+        disks[0].nvme = Some(ctrl("nvme0", Some("7.2.22")));
+        disks[1].nvme = Some(ctrl("nvme0", Some("7.2.22")));
+        // No revision from sysfs and no device to ask: no component, no crash.
+        disks[2].nvme = Some(ctrl("nvme1", None));
+        let mut ctx = Ctx::new(root);
+        let mut out = Vec::new();
+        nvme_controllers(&mut ctx, &CollectOptions::default(), &disks, &mut out);
+        assert!(ctx.notes.is_empty(), "{:?}", ctx.notes);
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!(
+            (out[0].name.as_str(), out[0].version.as_str()),
+            ("nvme0", "7.2.22")
+        );
+        assert_eq!(out[0].nvme, None);
     }
 
     #[test]
