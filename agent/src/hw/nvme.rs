@@ -699,6 +699,9 @@ mod tests {
         // Reserved bits (5..7) do not leak into the fields.
         assert_eq!(Frmw::decode(0xe0), Frmw::decode(0x00));
         assert_eq!(Frmw::decode(0x0e).slots, 7);
+        for b in 0..=u8::MAX {
+            assert!(Frmw::decode(b).slots <= 7);
+        }
     }
 
     #[test]
@@ -732,6 +735,24 @@ mod tests {
             assert!(r.chars().all(|c| c.is_ascii_graphic() || c == ' '), "{r:?}");
         }
         assert!(log.revisions[0].as_deref().unwrap().contains('a'));
+
+        // Every length and a cheap pseudo-random fill: decodes or refuses, never panics.
+        let mut x = 0x9e37_79b9_u32;
+        for len in 0..600 {
+            let buf: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let parsed = FirmwareSlotLog::parse(&buf);
+            assert_eq!(parsed.is_some(), len >= 64);
+            if let Some(log) = parsed {
+                assert!(log.active_slot <= 7 && log.next_reset_slot.is_none_or(|s| s <= 7));
+            }
+        }
     }
 
     fn raw_bytes(c: AdminCommand, addr: u64) -> [u8; 72] {
@@ -852,6 +873,7 @@ mod tests {
         d[328..332].copy_from_slice(&0x0000_0003u32.to_le_bytes());
         d[516..520].copy_from_slice(&256u32.to_le_bytes());
         d[524] = 0x04;
+        d[260] = 0x03; // FRMW as QEMU sets it
         let c = IdentifyController::parse(&d).unwrap();
         assert_eq!(c.vid, 0x1b36);
         assert_eq!(c.serial, "deadbeef");
@@ -862,6 +884,7 @@ mod tests {
         assert!(c.sanitize_crypto() && c.sanitize_block() && !c.sanitize_overwrite());
         assert_eq!(c.nn, 256);
         assert!(c.crypto_erase_supported() && !c.format_applies_to_all());
+        assert_eq!(c.frmw, 0x03);
         assert!(IdentifyController::parse(&d[..100]).is_none());
     }
 
