@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use molar_agent::inventory::{CollectOptions, collect};
-use molar_protocol::inventory::{BootMode, Inventory, Transport};
+use molar_protocol::inventory::{BootMode, FirmwareKind, Inventory, Transport};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -176,6 +176,24 @@ fn qemu_q35_fixture() {
         .expect("pci");
     assert_eq!(nvme_pci.driver.as_deref(), Some("nvme"));
     assert_eq!(nvme_pci.class, Some(0x010802));
+
+    // Firmware: the BIOS from SMBIOS, one NVMe controller for its two namespaces (without
+    // Identify, so no slot details), the microcode; virtio disk and NIC have none.
+    let fw: Vec<(FirmwareKind, &str, &str)> = inv
+        .firmware
+        .iter()
+        .map(|c| (c.kind, c.name.as_str(), c.version.as_str()))
+        .collect();
+    assert_eq!(
+        fw,
+        vec![
+            (FirmwareKind::Bios, "bios", "2.4.1"),
+            (FirmwareKind::Nvme, "nvme0", "7.2.22"),
+            (FirmwareKind::CpuMicrocode, "cpu", "0x1000065"),
+        ]
+    );
+    assert_eq!(inv.firmware[0].release_date.as_deref(), Some("03/14/2026"));
+    assert_eq!(inv.firmware[1].nvme, None);
 }
 
 /// The same guest inventoried live (as root, with Identify) by the collector itself: the
@@ -205,6 +223,10 @@ fn qemu_q35_fixture_matches_the_live_guest() {
         }
     }
     fixture_inv.notes.retain(|n| n.path != "/dev/nvme0");
+    // The live capture predates the firmware section; the fixture's own section is
+    // checked in `qemu_q35_fixture`.
+    assert!(live.firmware.is_empty());
+    fixture_inv.firmware.clear();
     fixture_inv.collected_at = live.collected_at.clone();
     fixture_inv.agent_version = live.agent_version.clone();
     assert_eq!(fixture_inv, live);

@@ -47,6 +47,10 @@ pub struct BmcInfo {
     pub device_revision: u8,
     /// `major.minor`, minor as the two BCD digits the BMC reports (e.g. `"9.08"`).
     pub firmware_version: String,
+    /// Auxiliary Firmware Revision Information of Get Device ID, four bytes as lowercase hex,
+    /// when the BMC sends them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aux_firmware_revision: Option<String>,
     /// IPMI specification version, e.g. `"2.0"`.
     pub ipmi_version: String,
     /// IANA enterprise number of the manufacturer (20 bits).

@@ -60,6 +60,11 @@ pub struct Inventory {
     /// The local BMC as seen in-band over IPMI; filled by the agent's BMC code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc: Option<crate::bmc::BmcInfo>,
+    /// Every firmware component the agent could read a version of, across all sources
+    /// (SMBIOS, ESRT, BMC, NVMe, disks, NICs, CPU microcode). Absent from documents of older
+    /// agents, so it defaults to empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firmware: Vec<FirmwareComponent>,
     /// Everything that could not be read, with why.
     #[serde(default)]
     pub notes: Vec<Note>,
@@ -482,4 +487,163 @@ pub struct PciDevice {
     pub driver: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numa_node: Option<u32>,
+}
+
+/// What kind of firmware a [`FirmwareComponent`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirmwareKind {
+    /// The platform firmware as SMBIOS type 0 names it.
+    Bios,
+    /// One entry of the EFI System Resource Table.
+    UefiEsrt,
+    /// The baseboard management controller (IPMI Get Device ID).
+    Bmc,
+    /// An NVMe controller.
+    Nvme,
+    /// A SATA/SAS/SCSI disk.
+    Disk,
+    /// A network interface's adapter.
+    Nic,
+    /// The processors' microcode.
+    CpuMicrocode,
+    /// A kind a newer peer knows of.
+    #[serde(other)]
+    Other,
+}
+
+/// One firmware component and its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareComponent {
+    pub kind: FirmwareKind,
+    /// Which one: a device name ("nvme0", "sda", "eth0"), an ESRT entry ("entry0"), or the
+    /// kind itself for singletons ("bios", "bmc", "cpu").
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The version as the component reports it (for ESRT entries, `fw_version` in decimal).
+    pub version: String,
+    /// SMBIOS release date of the BIOS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_date: Option<String>,
+    /// The BMC's auxiliary firmware revision, four bytes as hex ("00000000").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aux_revision: Option<String>,
+    /// The NIC driver the firmware version came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub esrt: Option<EsrtEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvme: Option<NvmeFirmware>,
+}
+
+/// One EFI System Resource Table entry (UEFI 2.x, 23.4), as the kernel exposes it under
+/// `/sys/firmware/efi/esrt/entries/entryN/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EsrtEntry {
+    /// The firmware class GUID, lowercase hyphenated.
+    pub guid: String,
+    /// 0 unknown, 1 system firmware, 2 device firmware, 3 UEFI driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fw_type: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fw_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lowest_supported_fw_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capsule_flags: Option<u32>,
+    /// 0 success; 1 unsuccessful, 2 insufficient resources, 3 incorrect version, 4 invalid
+    /// format, 5 authentication error, 6 power event AC, 7 power event battery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_status: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_version: Option<u32>,
+}
+
+/// Firmware details of an NVMe controller: FRMW from Identify Controller and the Firmware
+/// Slot Information log page (0x03).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NvmeFirmware {
+    /// Number of firmware slots (FRMW bits 3:1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u8>,
+    /// Slot 1 is read-only (FRMW bit 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot1_read_only: Option<bool>,
+    /// A new image can be activated without a reset (FRMW bit 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_without_reset: Option<bool>,
+    /// The slot the running firmware came from (AFI bits 2:0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_slot: Option<u8>,
+    /// The slot activated at the next reset, when one is set (AFI bits 6:4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_reset_slot: Option<u8>,
+    /// Each occupied slot and its revision, by slot number.
+    #[serde(default)]
+    pub slot_revisions: Vec<NvmeFirmwareSlot>,
+}
+
+/// One occupied NVMe firmware slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NvmeFirmwareSlot {
+    /// 1 to 7.
+    pub slot: u8,
+    pub revision: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn firmware_section_is_optional_and_tolerant() {
+        // A document from an agent that predates the firmware section still parses.
+        let old: Inventory =
+            serde_json::from_str(include_str!("../tests/data/inventory-qemu-q35.json"))
+                .expect("old document");
+        assert!(old.firmware.is_empty());
+        // And an empty section is left out, so older controllers see the document they know.
+        let v = serde_json::to_value(&old).expect("serialise");
+        assert!(v.get("firmware").is_none());
+
+        // A kind from a newer peer, and fields nobody knows of yet, are accepted.
+        let c: FirmwareComponent = serde_json::from_value(json!({
+            "kind": "gpu_vbios", "name": "card0", "version": "94.02", "future": 1
+        }))
+        .expect("newer component");
+        assert_eq!(c.kind, FirmwareKind::Other);
+
+        let nvme = FirmwareComponent {
+            kind: FirmwareKind::Nvme,
+            name: "nvme0".into(),
+            vendor: None,
+            model: Some("QEMU NVMe Ctrl".into()),
+            version: "1.0".into(),
+            release_date: None,
+            aux_revision: None,
+            driver: None,
+            esrt: None,
+            nvme: Some(NvmeFirmware {
+                slots: Some(1),
+                slot1_read_only: Some(false),
+                activation_without_reset: Some(true),
+                active_slot: Some(1),
+                next_reset_slot: None,
+                slot_revisions: vec![NvmeFirmwareSlot {
+                    slot: 1,
+                    revision: "1.0".into(),
+                }],
+            }),
+        };
+        let v = serde_json::to_value(&nvme).expect("serialise");
+        assert_eq!(v["kind"], "nvme");
+        assert_eq!(v["nvme"]["slot_revisions"][0]["revision"], "1.0");
+        let back: FirmwareComponent = serde_json::from_value(v).expect("round trip");
+        assert_eq!(back, nvme);
+    }
 }

@@ -155,6 +155,17 @@ async fn a_server_boots_registers_and_is_managed() {
         "virtio serial in the inventory"
     );
     assert!(inv_text.contains(SERVER_MAC), "NIC MAC in the inventory");
+    // QEMU's NVMe controller reports its firmware revision (QEMU's version) in Identify, and
+    // answers the Firmware Slot Information log (one slot, running from slot 1).
+    let nvme_fw = inv["firmware"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["kind"] == "nvme"));
+    assert!(
+        nvme_fw.is_some_and(|c| c["version"].as_str().is_some_and(|v| !v.is_empty())
+            && c["nvme"]["active_slot"] == 1),
+        "NVMe firmware component in the inventory: {}",
+        inv["firmware"]
+    );
     assert!(
         inv_text.contains(BMC_MAC),
         "BMC MAC in the inventory: {}",

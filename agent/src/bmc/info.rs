@@ -31,6 +31,9 @@ pub fn info<T: BmcTransport + ?Sized>(t: &mut T) -> Result<BmcInfo, BmcError> {
         device_id: dev.device_id,
         device_revision: dev.device_revision,
         firmware_version: dev.firmware_version(),
+        aux_firmware_revision: dev
+            .aux_firmware
+            .map(|b| b.iter().map(|x| format!("{x:02x}")).collect()),
         ipmi_version: dev.ipmi_version_string(),
         manufacturer_id: dev.manufacturer_id,
         product_id: dev.product_id,
@@ -282,7 +285,8 @@ mod tests {
             Command::GetDeviceId,
             &[],
             &[
-                0x00, 0x00, 0x23, 0x09, 0x08, 0x02, 0x9F, 0x91, 0x12, 0x00, 0x02, 0x0F,
+                0x00, 0x00, 0x23, 0x09, 0x08, 0x02, 0x9F, 0x91, 0x12, 0x00, 0x02, 0x0F, 0x01, 0x02,
+                0x03, 0xAB,
             ],
         );
         bmc = scan_channels(bmc, &[1]);
@@ -313,6 +317,7 @@ mod tests {
         assert_eq!(info.device_id, 0);
         assert_eq!(info.device_revision, 3);
         assert_eq!(info.firmware_version, "9.08");
+        assert_eq!(info.aux_firmware_revision.as_deref(), Some("010203ab"));
         assert_eq!(info.ipmi_version, "2.0");
         assert_eq!(info.manufacturer_id, 0x1291);
         assert_eq!(info.product_id, 0x0F02);
@@ -357,5 +362,7 @@ mod tests {
         bmc.done();
         assert!(info.lan_channels.is_empty() && info.users.is_empty());
         assert_eq!(info.notes.len(), 1);
+        // No auxiliary revision bytes in the answer: absent, not zeros.
+        assert_eq!(info.aux_firmware_revision, None);
     }
 }

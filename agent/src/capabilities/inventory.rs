@@ -20,6 +20,7 @@ pub(super) fn collect(root: &Path, dev: &Bmc) -> Inventory {
             reason: format!("BMC not inventoried: {}", e.msg),
         }),
     }
+    crate::inventory::firmware::add_bmc(&mut inv);
     inv
 }
 

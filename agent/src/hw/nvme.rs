@@ -25,6 +25,8 @@ pub const NSID_ALL: u32 = 0xFFFF_FFFF;
 
 /// Log identifier of the Sanitize Status log page.
 pub const LOG_SANITIZE_STATUS: u8 = 0x81;
+/// Firmware Slot Information log page.
+pub const LOG_FIRMWARE_SLOT: u8 = 0x03;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NvmeError {
@@ -199,6 +201,8 @@ pub struct IdentifyController {
     pub oncs: u16,
     /// Format NVM Attributes.
     pub fna: u8,
+    /// Firmware Updates (byte 260); see [`Frmw`].
+    pub frmw: u8,
     /// Total NVM capacity in bytes (0 when not reported).
     pub tnvmcap: u128,
 }
@@ -250,6 +254,7 @@ impl IdentifyController {
             nn: le32(d, 516),
             oncs: le16(d, 520),
             fna: d[524],
+            frmw: d[260],
         })
     }
 }
@@ -395,6 +400,70 @@ impl SanitizeStatus {
             SanitizeState::Completed | SanitizeState::CompletedNoDeallocate => 1.0,
             _ => 0.0,
         }
+    }
+}
+
+/// FRMW, the Firmware Updates byte of Identify Controller (byte 260).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frmw {
+    /// Bit 0: slot 1 holds a read-only image.
+    pub slot1_read_only: bool,
+    /// Bits 3:1: how many slots the controller has (1 to 7; 0 from a broken controller).
+    pub slots: u8,
+    /// Bit 4: Firmware Commit can activate an image without a reset.
+    pub activation_without_reset: bool,
+}
+
+impl Frmw {
+    pub fn decode(b: u8) -> Frmw {
+        Frmw {
+            slot1_read_only: b & 1 != 0,
+            slots: (b >> 1) & 0x7,
+            activation_without_reset: b & (1 << 4) != 0,
+        }
+    }
+}
+
+/// The Firmware Slot Information log page (LID 03h, 512 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareSlotLog {
+    /// AFI bits 2:0: the slot the running firmware was loaded from.
+    pub active_slot: u8,
+    /// AFI bits 6:4: the slot activated at the next controller reset; `None` when unset.
+    pub next_reset_slot: Option<u8>,
+    /// FRS1..FRS7: each slot's revision, `None` for an empty slot.
+    pub revisions: [Option<String>; 7],
+}
+
+impl FirmwareSlotLog {
+    /// Decodes the page; `None` when it is shorter than the 64 bytes that carry AFI and the
+    /// seven revisions. Revisions are printable ASCII by the spec; anything else is
+    /// replaced rather than trusted.
+    pub fn parse(d: &[u8]) -> Option<FirmwareSlotLog> {
+        if d.len() < 64 {
+            return None;
+        }
+        let afi = d[0];
+        let next = (afi >> 4) & 0x7;
+        let revisions = std::array::from_fn(|i| {
+            let raw = &d[8 + i * 8..16 + i * 8];
+            let text: String = ascii(raw)
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            (!text.is_empty()).then_some(text)
+        });
+        Some(FirmwareSlotLog {
+            active_slot: afi & 0x7,
+            next_reset_slot: (next != 0).then_some(next),
+            revisions,
+        })
     }
 }
 
@@ -589,9 +658,102 @@ pub fn sanitize_status(file: &File) -> Result<SanitizeStatus, NvmeError> {
     })
 }
 
+/// Read the Firmware Slot Information log page (controller-wide, hence NSID_ALL).
+pub fn firmware_slot_log(file: &File) -> Result<FirmwareSlotLog, NvmeError> {
+    let mut buf = vec![0u8; 512];
+    admin_command(
+        file.as_fd(),
+        "get log page firmware slot information",
+        AdminCommand::get_log_page(LOG_FIRMWARE_SLOT, NSID_ALL, 512, 0),
+        Some(&mut buf),
+    )?;
+    FirmwareSlotLog::parse(&buf).ok_or(NvmeError::Data {
+        what: "firmware slot information",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frmw_decoding() {
+        // 0x17: slot 1 read-only, 3 slots, activation without reset.
+        assert_eq!(
+            Frmw::decode(0x17),
+            Frmw {
+                slot1_read_only: true,
+                slots: 3,
+                activation_without_reset: true
+            }
+        );
+        // QEMU's 0x03: slot 1 read-only, one slot, reset needed.
+        assert_eq!(
+            Frmw::decode(0x03),
+            Frmw {
+                slot1_read_only: true,
+                slots: 1,
+                activation_without_reset: false
+            }
+        );
+        // Reserved bits (5..7) do not leak into the fields.
+        assert_eq!(Frmw::decode(0xe0), Frmw::decode(0x00));
+        assert_eq!(Frmw::decode(0x0e).slots, 7);
+        for b in 0..=u8::MAX {
+            assert!(Frmw::decode(b).slots <= 7);
+        }
+    }
+
+    #[test]
+    fn firmware_slot_log_decoding() {
+        let mut d = vec![0u8; 512];
+        d[0] = 0x21; // active slot 1, slot 2 at the next reset
+        d[8..16].copy_from_slice(b"1.0     ");
+        d[16..24].copy_from_slice(b"2.1.7-rc");
+        d[56..64].copy_from_slice(b"7\0\0\0\0\0\0\0");
+        let log = FirmwareSlotLog::parse(&d).expect("parse");
+        assert_eq!(log.active_slot, 1);
+        assert_eq!(log.next_reset_slot, Some(2));
+        assert_eq!(log.revisions[0].as_deref(), Some("1.0"));
+        assert_eq!(log.revisions[1].as_deref(), Some("2.1.7-rc"));
+        assert_eq!(log.revisions[2], None);
+        assert_eq!(log.revisions[6].as_deref(), Some("7"));
+
+        // No next-reset slot; the reserved AFI bits 3 and 7 are ignored.
+        d[0] = 0x89;
+        let log = FirmwareSlotLog::parse(&d).expect("parse");
+        assert_eq!((log.active_slot, log.next_reset_slot), (1, None));
+
+        // Hostile input: short pages are refused, garbage bytes never panic or pass through.
+        assert_eq!(FirmwareSlotLog::parse(&d[..63]), None);
+        assert_eq!(FirmwareSlotLog::parse(&[]), None);
+        let mut junk = vec![0xffu8; 64];
+        junk[8..16].copy_from_slice(&[0xc3, 0x28, 0x1b, b'a', 0x7f, 0x80, 0xfe, 0xff]);
+        let log = FirmwareSlotLog::parse(&junk).expect("parse");
+        assert_eq!((log.active_slot, log.next_reset_slot), (7, Some(7)));
+        for r in log.revisions.iter().flatten() {
+            assert!(r.chars().all(|c| c.is_ascii_graphic() || c == ' '), "{r:?}");
+        }
+        assert!(log.revisions[0].as_deref().unwrap().contains('a'));
+
+        // Every length and a cheap pseudo-random fill: decodes or refuses, never panics.
+        let mut x = 0x9e37_79b9_u32;
+        for len in 0..600 {
+            let buf: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let parsed = FirmwareSlotLog::parse(&buf);
+            assert_eq!(parsed.is_some(), len >= 64);
+            if let Some(log) = parsed {
+                assert!(log.active_slot <= 7 && log.next_reset_slot.is_none_or(|s| s <= 7));
+            }
+        }
+    }
 
     fn raw_bytes(c: AdminCommand, addr: u64) -> [u8; 72] {
         let r = c.to_raw(addr);
@@ -711,6 +873,7 @@ mod tests {
         d[328..332].copy_from_slice(&0x0000_0003u32.to_le_bytes());
         d[516..520].copy_from_slice(&256u32.to_le_bytes());
         d[524] = 0x04;
+        d[260] = 0x03; // FRMW as QEMU sets it
         let c = IdentifyController::parse(&d).unwrap();
         assert_eq!(c.vid, 0x1b36);
         assert_eq!(c.serial, "deadbeef");
@@ -721,6 +884,7 @@ mod tests {
         assert!(c.sanitize_crypto() && c.sanitize_block() && !c.sanitize_overwrite());
         assert_eq!(c.nn, 256);
         assert!(c.crypto_erase_supported() && !c.format_applies_to_all());
+        assert_eq!(c.frmw, 0x03);
         assert!(IdentifyController::parse(&d[..100]).is_none());
     }
 

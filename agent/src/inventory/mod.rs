@@ -11,6 +11,7 @@
 mod block;
 mod boot;
 mod cpu;
+pub mod firmware;
 pub mod fssig;
 mod memory;
 mod net;
@@ -122,6 +123,14 @@ pub fn collect(root: &Path, opts: &CollectOptions) -> Inventory {
     let block_devices = block::collect(&mut ctx, opts);
     let nics = net::collect(&mut ctx);
     let pci_devices = pci::collect(&mut ctx);
+    let firmware = firmware::collect(
+        &mut ctx,
+        opts,
+        smbios.bios.as_ref(),
+        &cpu,
+        &block_devices,
+        &nics,
+    );
     let gpus = pci_devices
         .iter()
         .filter(|d| d.class.is_some_and(|c| c >> 16 == 0x03))
@@ -147,6 +156,7 @@ pub fn collect(root: &Path, opts: &CollectOptions) -> Inventory {
         pci_devices,
         gpus,
         bmc: None,
+        firmware,
         notes: ctx.notes,
     }
 }
