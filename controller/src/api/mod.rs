@@ -22,6 +22,9 @@ pub use console::{
 };
 
 mod control;
+mod qc;
+
+pub use qc::QcCheckRequest;
 
 pub use control::{
     Condition, ConditionParams, ConditionRecords, ConditionSet, ConditionStatus,
@@ -367,7 +370,8 @@ pub fn router(
         .route("/tokens/{id}", delete(revoke_token))
         .route("/tokens/{id}/rotate", post(rotate_token))
         .merge(console::routes())
-        .merge(control::routes());
+        .merge(control::routes())
+        .merge(qc::routes());
     let routed = Router::new()
         .nest("/api/v1", api)
         .merge(obmd::routes())
