@@ -197,15 +197,19 @@ impl Client {
         req: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<T> {
-        let resp = req
-            .bearer_auth(self.token.expose())
+        let resp = self.respond(req, url).await?;
+        Self::decode(resp, url).await
+    }
+
+    /// Sends `req` with the admin token; the response, whatever its status.
+    async fn respond(&self, req: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response> {
+        req.bearer_auth(self.token.expose())
             .send()
             .await
             .map_err(|source| ClientError::Http {
                 url: url.to_owned(),
                 source,
-            })?;
-        Self::decode(resp, url).await
+            })
     }
 
     async fn decode<T: DeserializeOwned>(resp: reqwest::Response, url: &str) -> Result<T> {
@@ -295,16 +299,7 @@ impl Client {
     /// Opens the task's event stream.
     pub async fn task_events(&self, task_id: &str) -> Result<TaskEvents> {
         let url = self.url(&format!("/tasks/{task_id}/events"));
-        let resp = self
-            .http
-            .get(&url)
-            .bearer_auth(self.token.expose())
-            .send()
-            .await
-            .map_err(|source| ClientError::Http {
-                url: url.clone(),
-                source,
-            })?;
+        let resp = self.respond(self.http.get(&url), &url).await?;
         if !resp.status().is_success() {
             return Err(Self::decode::<Value>(resp, &url).await.err().unwrap_or(
                 ClientError::Decode {
@@ -505,16 +500,7 @@ impl Client {
     /// `GET /servers/{id}/console/log`: the bounded console log, raw bytes.
     pub async fn console_log(&self, id: &str) -> Result<Vec<u8>> {
         let url = self.url(&format!("/servers/{}/console/log", segment(id)));
-        let resp = self
-            .http
-            .get(&url)
-            .bearer_auth(self.token.expose())
-            .send()
-            .await
-            .map_err(|source| ClientError::Http {
-                url: url.clone(),
-                source,
-            })?;
+        let resp = self.respond(self.http.get(&url), &url).await?;
         if !resp.status().is_success() {
             return Self::decode::<Value>(resp, &url).await.map(|_| Vec::new());
         }

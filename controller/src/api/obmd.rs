@@ -12,7 +12,7 @@
 //! the BMC failed or did not answer, 500 otherwise.
 
 use super::{ApiError, ApiState, parse_body, query_pairs};
-use crate::enrol::{EnrolError, EnrolRequest};
+use crate::enrol::EnrolRequest;
 use crate::store::{CONSOLE_TOKEN_TTL_MAX, ConsoleTokenKind, NewRequest, RequestState};
 use axum::Router;
 use axum::body::Bytes;
@@ -246,7 +246,6 @@ async fn register(
             st.fleet.console.wake_capture();
             ok_empty()
         }
-        Err(e @ EnrolError::Refused(_)) => ApiError::from(e).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
@@ -260,7 +259,7 @@ async fn unregister(
         Ok(s) => s,
         Err(r) => return r,
     };
-    st.fleet.console.close(&server.id);
+    // Removing the server closes its console and deletes its tokens.
     match st.fleet.remove_server(&server.id).await {
         Ok(_) => ok_empty(),
         Err(e) => ApiError::from(e).into_response(),

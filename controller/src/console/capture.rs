@@ -41,35 +41,27 @@ pub async fn run(
             // A new or changed BMC entry: its backoff starts over.
             _ = consoles.capture_woken() => attempts.clear(),
         }
-        let servers = match store.list_servers().await {
+        // Only BMCs at an address the controller was given and reached (an enrolment):
+        // the IP a BMC reports in-band is often on a network the controller cannot reach,
+        // and a capture must not knock on it every pass.
+        let servers = match store.servers_with_bmc_host().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "console capture: listing servers");
+                tracing::error!(error = %e, "console capture: listing BMCs");
                 continue;
             }
         };
         let now = Instant::now();
-        attempts.retain(|id, _| servers.iter().any(|s| &s.id == id));
-        for s in servers {
-            // Only BMCs at an address the controller was given and reached (an enrolment):
-            // the IP a BMC reports in-band is often on a network the controller cannot
-            // reach, and a capture must not knock on it every pass.
-            match store.bmc(&s.id).await {
-                Ok(Some(b)) if b.host.is_some() => {}
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::error!(server = %s.id, error = %e, "console capture: reading the BMC entry");
-                    continue;
-                }
-            }
-            if consoles.is_active(&s.id) {
+        attempts.retain(|id, _| servers.contains(id));
+        for id in servers {
+            if consoles.is_active(&id) {
                 // Up since the last pass: whatever failed before works now.
-                if let Some(a) = attempts.get_mut(&s.id) {
+                if let Some(a) = attempts.get_mut(&id) {
                     a.failures = 0;
                 }
                 continue;
             }
-            let a = attempts.entry(s.id.clone()).or_insert(Attempt {
+            let a = attempts.entry(id.clone()).or_insert(Attempt {
                 failures: 0,
                 next: now,
             });
@@ -82,8 +74,8 @@ pub async fn run(
                 .min(BACKOFF_MAX);
             a.failures = a.failures.saturating_add(1);
             a.next = now + wait;
-            tracing::debug!(server = %s.id, failures = a.failures, "console capture: opening the console");
-            consoles.keep(&s.id, true);
+            tracing::debug!(server = %id, failures = a.failures, "console capture: opening the console");
+            consoles.keep(&id, true);
         }
     }
 }

@@ -195,31 +195,29 @@ impl Db {
             allow_ipmi15,
         }))
     }
-
-    /// Records the outcome of a session with the stored credentials.
-    pub fn set_bmc_verified(
-        &self,
-        server_id: &str,
-        outcome: std::result::Result<u8, &str>,
-    ) -> Result<()> {
-        let (suite, error) = match outcome {
-            Ok(suite) => (Some(suite), None),
-            Err(e) => (None, Some(e)),
-        };
-        self.conn
-            .execute(
-                "UPDATE bmcs SET
-                    cipher_suite = COALESCE(?2, cipher_suite),
-                    verified_ms = CASE WHEN ?3 IS NULL THEN ?4 ELSE verified_ms END,
-                    verify_error = ?3
-                 WHERE server_id = ?1",
-                params![server_id, suite, error, now_ms()],
-            )
-            .map_err(q("recording a BMC session check"))?;
-        Ok(())
+}
+impl Db {
+    /// Servers whose BMC is at an address an operator gave (enrolled), for the console
+    /// capture.
+    pub fn servers_with_bmc_host(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT server_id FROM bmcs WHERE host IS NOT NULL ORDER BY server_id")
+            .map_err(q("listing BMCs with an address"))?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(q("listing BMCs with an address"))?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(q("listing BMCs with an address"))
     }
 }
+
 impl Store {
+    /// See [`Db::servers_with_bmc_host`].
+    pub async fn servers_with_bmc_host(&self) -> Result<Vec<String>> {
+        self.read(|db| db.servers_with_bmc_host()).await
+    }
+
     /// Stores (or replaces) the server's BMC entry.
     pub async fn set_bmc(&self, server_id: &str, c: BmcCredentials) -> Result<()> {
         let id = server_id.to_owned();
@@ -249,19 +247,6 @@ impl Store {
     pub async fn bmc_target(&self, server_id: &str) -> Result<Option<crate::oob::BmcTarget>> {
         let id = server_id.to_owned();
         self.read(move |db| db.bmc_target(&id)).await
-    }
-
-    /// See [`Db::set_bmc_verified`].
-    pub async fn set_bmc_verified(
-        &self,
-        server_id: &str,
-        outcome: std::result::Result<u8, String>,
-    ) -> Result<()> {
-        let id = server_id.to_owned();
-        self.write(move |db| {
-            db.set_bmc_verified(&id, outcome.as_ref().map(|s| *s).map_err(|e| e.as_str()))
-        })
-        .await
     }
 }
 
