@@ -47,6 +47,7 @@ pub mod api;
 pub mod bounds;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod console;
 pub mod credentials;
 pub mod enrol;
@@ -55,6 +56,7 @@ pub mod fleet;
 pub mod http_errors;
 pub mod identity;
 pub mod listener;
+pub mod notify;
 pub mod oob;
 pub mod pki;
 pub mod requests;
@@ -136,39 +138,6 @@ impl ServeConfig {
 
 /// `molar serve`'s flags for the listeners' resource limits (issue #9); the defaults are
 /// [`ServeConfig::new`]'s.
-#[derive(Debug, Clone, clap::Args)]
-pub struct LimitFlags {
-    /// Agent-port connections held at once before their handshake is answered; more are
-    /// closed at once (bounds concurrent handshakes, not connected agents).
-    #[arg(long, default_value_t = DEFAULT_PRE_HANDSHAKE)]
-    pub max_pre_handshake: usize,
-    /// API connections served at once; past it a client gets 503 busy.
-    #[arg(long, default_value_t = api::ApiLimits::default().max_connections)]
-    pub api_max_connections: usize,
-    /// Seconds a client of either port gets for its TLS handshake.
-    #[arg(long, default_value_t = 10)]
-    pub tls_handshake_timeout_s: u64,
-    /// Seconds an agent gets for its handshake command once TLS is up.
-    #[arg(long, default_value_t = 10)]
-    pub handshake_timeout_s: u64,
-    /// Seconds an API client gets to send a request's headers; also how long an idle
-    /// kept-alive API connection stays open.
-    #[arg(long, default_value_t = 10)]
-    pub api_header_timeout_s: u64,
-}
-
-impl LimitFlags {
-    /// Sets the limits in `cfg` (a zero timeout is taken as one second).
-    pub fn apply(&self, cfg: &mut ServeConfig) {
-        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
-        cfg.pre_handshake_connections = self.max_pre_handshake;
-        cfg.api_max_connections = self.api_max_connections;
-        cfg.tls_handshake_timeout = secs(self.tls_handshake_timeout_s);
-        cfg.handshake_timeout = secs(self.handshake_timeout_s);
-        cfg.api_header_timeout = secs(self.api_header_timeout_s);
-    }
-}
-
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -59,15 +59,11 @@ pub const EXIT_TIMEOUT: u8 = 7;
     after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// Controller state directory: `serve` keeps everything there; clients read api.url,
-    /// admin.token and ca.pem from it unless --api/--token-file/--ca say otherwise.
-    #[arg(
-        long,
-        global = true,
-        env = "MOLAR_STATE_DIR",
-        default_value = "/var/lib/molar"
-    )]
-    pub state_dir: PathBuf,
+    /// Controller state directory [default: /var/lib/molar]: `serve` keeps everything there
+    /// (its config file's `state-dir` may name another); clients read api.url, admin.token
+    /// and ca.pem from it unless --api/--token-file/--ca say otherwise.
+    #[arg(long, global = true, env = "MOLAR_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// API URL, e.g. https://127.0.0.1:7701. For `serve`: the address the API listens on
     /// (default 127.0.0.1:7701).
     #[arg(long, global = true, env = "MOLAR_API")]
@@ -85,10 +81,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The state directory clients read: --state-dir, MOLAR_STATE_DIR or the default.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+}
+
+/// Where the controller keeps its state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/molar";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller.
     Serve(ServeArgs),
+    /// The controller's configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Agent tokens.
     Token {
         #[command(subcommand)]
@@ -239,6 +252,19 @@ pub enum ServerCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file, layered under `serve`'s flags and MOLAR_* environment
+    /// given here, and print the settings `molar serve` would run with (exit 2 when wrong).
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        settings: Box<crate::config::Settings>,
+    },
+    /// Print every setting with its default, as a configuration file.
+    Defaults,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create an agent token and print it (only this once). Without a scope it may be any
     /// server, enrolled or new (what every token meant before scopes).
@@ -342,7 +368,7 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 fn client(cli: &Cli) -> Result<Client, Failure> {
-    let dir = &cli.state_dir;
+    let dir = &cli.state_dir();
     let url = match &cli.api {
         Some(u) => u.clone(),
         None => std::fs::read_to_string(dir.join("api.url"))
@@ -381,6 +407,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let cli = &cli;
     match &cli.command {
         Command::Serve(args) => serve::run(cli, args).await,
+        Command::Config { command } => serve::config(cli, command),
         Command::Token { command } => tokens::run(cli, command).await,
         Command::Servers => servers::list(cli).await,
         Command::Server {

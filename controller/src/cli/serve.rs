@@ -2,86 +2,80 @@
 
 use super::output::emit;
 use super::{EXIT_OTHER, EXIT_USAGE, Failure};
-use crate::store::Retention;
+use crate::config::{ConfigError, ConfigFile, LogFormat, Settings};
 use crate::{ServeConfig, start};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
-/// The flags of `molar serve`.
+/// The flags of `molar serve`: every setting of [`Settings`], and the file they may come
+/// from instead.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Agent listener address, e.g. 0.0.0.0:7700.
-    #[arg(long)]
-    pub listen: SocketAddr,
-    /// Extra DNS name or IP address for the server certificate (repeatable).
-    #[arg(long = "san")]
-    pub sans: Vec<String>,
-    /// Also serve agents that connect without TLS (lab only).
-    #[arg(long)]
-    pub allow_plaintext_agents: bool,
-    /// Agent connections held at once.
-    #[arg(long, default_value_t = 20_000)]
-    pub max_connections: usize,
+    /// Configuration file (TOML, one key per flag: `retain-logs-days = 30`). Flags win over
+    /// environment variables (`MOLAR_*`), which win over the file.
+    #[arg(long, env = "MOLAR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub limits: crate::LimitFlags,
-    /// Days agents' log records are kept (0: forever).
-    #[arg(long, default_value_t = 30)]
-    pub retain_logs_days: u64,
-    /// Most log records kept per server, the newest (0: no limit).
-    #[arg(long, default_value_t = 100_000)]
-    pub retain_logs_per_server: u64,
-    /// Days task events are kept; a task's latest and final events always are (0: forever).
-    #[arg(long, default_value_t = 30)]
-    pub retain_task_events_days: u64,
-    /// Most events kept per task, the newest (0: no limit).
-    #[arg(long, default_value_t = 10_000)]
-    pub retain_task_events_per_task: u64,
-    /// Seconds between checks that every server with an operator-given BMC address has its console
-    /// captured into the console log (0: capture only while someone watches).
-    #[arg(long, default_value_t = 30)]
-    pub console_capture_s: u64,
+    pub settings: Settings,
+}
+
+/// The settings given by flags and environment (the global --api and --state-dir included),
+/// and the configuration file named by --config / MOLAR_CONFIG.
+pub(super) fn given(
+    cli: &super::Cli,
+    args: &ServeArgs,
+) -> Result<(Settings, Option<ConfigFile>), Failure> {
+    let file = args
+        .config
+        .as_deref()
+        .map(ConfigFile::load)
+        .transpose()
+        .map_err(usage)?;
+    let mut given = args.settings.clone();
+    given.state_dir = cli.state_dir.clone();
+    given.api = cli.api.as_deref().map(api_listen_addr).transpose()?;
+    Ok((given, file))
+}
+
+fn usage(e: ConfigError) -> Failure {
+    Failure::new(EXIT_USAGE, e.to_string())
 }
 
 pub(super) async fn run(cli: &super::Cli, args: &ServeArgs) -> Result<(), Failure> {
-    let ServeArgs {
-        listen,
-        sans,
-        allow_plaintext_agents,
-        max_connections,
-        limits,
-        retain_logs_days,
-        retain_logs_per_server,
-        retain_task_events_days,
-        retain_task_events_per_task,
-        console_capture_s,
-    } = args;
-    let mut cfg = ServeConfig::new(
-        *listen,
-        api_listen_addr(cli.api.as_deref())?,
-        &cli.state_dir,
-    );
-    cfg.sans = sans.clone();
-    cfg.allow_plaintext_agents = *allow_plaintext_agents;
-    cfg.max_connections = *max_connections;
-    limits.apply(&mut cfg);
-    cfg.retention = Retention {
-        logs_max_age: Retention::days(*retain_logs_days),
-        logs_per_server: Retention::count(*retain_logs_per_server),
-        task_events_max_age: Retention::days(*retain_task_events_days),
-        task_events_per_task: Retention::count(*retain_task_events_per_task),
-        ..Retention::default()
+    let (given, file) = given(cli, args)?;
+    let resolved = Settings::resolve(&given, file.as_ref()).map_err(usage)?;
+    serve(resolved.config, resolved.log_format).await
+}
+
+/// `molar config check FILE` and `molar config defaults`.
+pub(super) fn config(cli: &super::Cli, command: &super::ConfigCommand) -> Result<(), Failure> {
+    let settings = match command {
+        super::ConfigCommand::Check { file, settings } => {
+            let args = ServeArgs {
+                config: Some(file.clone()),
+                settings: (**settings).clone(),
+            };
+            let (given, file) = given(cli, &args)?;
+            Settings::resolve(&given, file.as_ref()).map_err(usage)?;
+            given
+                .layered(file.map(|f| f.settings).unwrap_or_default())
+                .with_defaults()
+        }
+        super::ConfigCommand::Defaults => Settings::default().with_defaults(),
     };
-    cfg.console_capture =
-        (*console_capture_s > 0).then(|| std::time::Duration::from_secs(*console_capture_s));
-    serve(cfg).await
+    if cli.json {
+        let v = serde_json::to_string_pretty(&settings)
+            .map_err(|e| Failure::new(EXIT_OTHER, e.to_string()))?;
+        outln!("{v}")
+    } else {
+        emit(settings.to_toml().trim_end())
+    }
 }
 
 /// The API listen address of `serve`: `--api ADDR` (a URL's `https://` is tolerated, so one
 /// `MOLAR_API` serves the daemon and its clients).
-fn api_listen_addr(api: Option<&str>) -> Result<SocketAddr, Failure> {
-    let Some(api) = api else {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], 7701)));
-    };
+fn api_listen_addr(api: &str) -> Result<SocketAddr, Failure> {
     let addr = api
         .trim()
         .trim_start_matches("https://")
@@ -94,13 +88,16 @@ fn api_listen_addr(api: Option<&str>) -> Result<SocketAddr, Failure> {
     })
 }
 
-async fn serve(cfg: ServeConfig) -> Result<(), Failure> {
+async fn serve(cfg: ServeConfig, log_format: LogFormat) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match log_format {
+        LogFormat::Text => logs.try_init(),
+        LogFormat::Json => logs.json().flatten_event(true).try_init(),
+    };
     let shutdown = CancellationToken::new();
     let running = start(cfg, shutdown.clone())
         .await
@@ -116,8 +113,12 @@ async fn serve(cfg: ServeConfig) -> Result<(), Failure> {
         ca = %running.ca_pem_path.display(),
         "serving"
     );
+    if let Err(e) = crate::notify::ready() {
+        tracing::warn!(error = %e, "could not tell systemd the controller is ready");
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
+    let _ = crate::notify::stopping();
     shutdown.cancel();
     running.join().await;
     Ok(())
