@@ -1090,3 +1090,8 @@ mod tests {
         assert!(read_spec(&dir.path().join("absent")).is_err());
     }
 }
+
+/// The command line's definition, for its manual page and shell completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}

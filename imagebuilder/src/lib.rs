@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod bzimage;
+pub mod cli;
 pub mod cpio;
 pub mod deb;
 pub mod elf;

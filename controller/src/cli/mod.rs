@@ -81,6 +81,11 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The command line's definition, for its manual pages and shell completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 impl Cli {
     /// The state directory clients read: --state-dir, MOLAR_STATE_DIR or the default.
     pub fn state_dir(&self) -> PathBuf {
