@@ -941,6 +941,11 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The command line's definition, for its manual page and shell completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1089,9 +1094,4 @@ mod tests {
         assert!(format!("{}", read_spec(&file).unwrap_err()).contains("larger than"));
         assert!(read_spec(&dir.path().join("absent")).is_err());
     }
-}
-
-/// The command line's definition, for its manual page and shell completions.
-pub fn command() -> clap::Command {
-    <Cli as clap::CommandFactory>::command()
 }
