@@ -111,6 +111,12 @@ pub struct Settings {
     #[arg(long, env = "MOLAR_CONSOLE_CAPTURE_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub console_capture_s: Option<u64>,
+    /// Also serve `/metrics` without the admin token, over plain HTTP, on this address (for
+    /// a Prometheus scraper on a management network) [default: only on the API, behind the
+    /// admin token].
+    #[arg(long, env = "MOLAR_METRICS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log line format on stderr [default: text].
     #[arg(long, env = "MOLAR_LOG_FORMAT", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,6 +237,7 @@ impl Settings {
             retain_task_events_days,
             retain_task_events_per_task,
             console_capture_s,
+            metrics_listen,
             log_format,
         )
     }
@@ -261,6 +268,7 @@ impl Settings {
             retain_task_events_days: Some(days(r.task_events_max_age)),
             retain_task_events_per_task: Some(r.task_events_per_task.unwrap_or(0)),
             console_capture_s: Some(d.console_capture.map_or(0, |c| c.as_secs())),
+            metrics_listen: None,
             log_format: Some(LogFormat::Text),
         })
     }
@@ -383,6 +391,7 @@ impl Settings {
             ));
         }
         cfg.console_capture = (capture > 0).then(|| Duration::from_secs(capture));
+        cfg.metrics_listen = s.metrics_listen;
         Ok(Resolved {
             config: cfg,
             log_format: s.log_format.unwrap_or_default(),

@@ -674,8 +674,26 @@ impl Fleet {
         let outcome = self.store.apply_task_status(server_id, st).await?;
         if let StatusOutcome::Stored(ev) = &outcome {
             self.publish(ev.clone());
+            if ev.state.is_terminal() {
+                self.observe_finished(&ev.task_id).await;
+            }
         }
         Ok(outcome)
+    }
+
+    /// Records a finished task's duration in the metrics (a failed read only loses the sample).
+    async fn observe_finished(&self, task_id: &str) {
+        if let Ok(Some(t)) = self.store.get_task(task_id).await {
+            let took = t
+                .finished_ms
+                .unwrap_or(t.updated_ms)
+                .saturating_sub(t.created_ms);
+            crate::metrics::get().task_finished(
+                &t.method,
+                t.state.as_str(),
+                std::time::Duration::from_millis(took.max(0) as u64),
+            );
+        }
     }
 
     fn publish(&self, ev: TaskEvent) {

@@ -56,6 +56,7 @@ pub mod fleet;
 pub mod http_errors;
 pub mod identity;
 pub mod listener;
+pub mod metrics;
 pub mod notify;
 pub mod oob;
 pub mod pki;
@@ -106,6 +107,9 @@ pub struct ServeConfig {
     /// How often consoles are checked for always-on capture into the console log (see
     /// [`console::capture`]); `None` captures only while someone watches.
     pub console_capture: Option<std::time::Duration>,
+    /// A plain-HTTP listener serving only `/metrics`, without the admin token (for a
+    /// scraper on a management network); `None`: metrics only on the API, behind the token.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -126,6 +130,7 @@ impl ServeConfig {
             handshake_timeout: std::time::Duration::from_secs(10),
             retention: store::Retention::default(),
             console_capture: Some(std::time::Duration::from_secs(30)),
+            metrics_listen: None,
         }
     }
 
@@ -165,6 +170,8 @@ pub struct Running {
     pub agent_addr: SocketAddr,
     /// Where the API listens.
     pub api_addr: SocketAddr,
+    /// Where the token-less metrics listener listens, when there is one.
+    pub metrics_addr: Option<SocketAddr>,
     /// `https://127.0.0.1:PORT` (also written to `state_dir/api.url`).
     pub api_url: String,
     /// The CA agents and API clients trust.
@@ -276,6 +283,17 @@ pub async fn start(
             addr: config.api,
             source,
         })?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => {
+            let l = bind(addr, 128)?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            Some((l, bound))
+        }
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(_, a)| *a);
     let api_url = local_url(api_addr);
     pki::write_file(
         &dir.join("api.url"),
@@ -317,6 +335,15 @@ pub async fn start(
         api_limits,
         shutdown.clone(),
     ));
+    let metrics = tokio::spawn({
+        let (fleet, shutdown) = (fleet.clone(), shutdown.clone());
+        async move {
+            match metrics_listener {
+                Some((l, _)) => api::serve_metrics(l, fleet, shutdown).await,
+                None => shutdown.cancelled().await,
+            }
+        }
+    });
     let pruner = tokio::spawn(prune(
         fleet.store.clone(),
         config.retention.clone(),
@@ -334,12 +361,13 @@ pub async fn start(
         }
     });
     let join = tokio::spawn(async move {
-        let _ = tokio::join!(agents, http, pruner, capture, requests.join());
+        let _ = tokio::join!(agents, http, metrics, pruner, capture, requests.join());
     });
     tracing::info!(%agent_addr, %api_url, "controller started");
     Ok(Running {
         agent_addr,
         api_addr,
+        metrics_addr,
         api_url,
         ca_pem_path: pki.ca_pem_path.clone(),
         ca_fingerprint: pki.ca_fingerprint.clone(),

@@ -422,6 +422,7 @@ where
         r = tokio::time::timeout(cfg.handshake_timeout, framed.next()) => r,
         _ = shutdown.cancelled() => return Ok(None),
     };
+    let first_was_timeout = first.is_err();
     let verdict = match first {
         Err(_) => Opening::Refused {
             reply: None,
@@ -442,6 +443,12 @@ where
     let (id, hello) = match verdict {
         Opening::Gone => return Ok(None),
         Opening::Refused { reply, fatal } => {
+            let reason = match (&reply, &first_was_timeout) {
+                (Some(r), _) => r.error.code.clone(),
+                (None, true) => "timeout".to_owned(),
+                (None, false) => "malformed".to_owned(),
+            };
+            crate::metrics::get().handshake("refused", &reason);
             if let Some(r) = reply {
                 fleet
                     .record(NewEvent {
@@ -471,10 +478,13 @@ where
     };
 
     match decide(fleet, &hello, addr).await {
-        Ok(admitted) => Ok(Some(
-            start_session(framed, addr, fleet, cfg, id, &hello, admitted).await?,
-        )),
+        Ok(admitted) => {
+            let started = start_session(framed, addr, fleet, cfg, id, &hello, admitted).await?;
+            crate::metrics::get().handshake("accepted", "");
+            Ok(Some(started))
+        }
         Err(refusal) => {
+            crate::metrics::get().handshake("refused", refusal.code);
             fleet
                 .record(NewEvent {
                     kind: "handshake_refused".into(),
@@ -779,6 +789,9 @@ impl Handler for AgentCommands {
                     if p.dropped > 0 {
                         tracing::warn!(server = %server_id, dropped = p.dropped, "agent dropped log records");
                     }
+                    let m = crate::metrics::get();
+                    m.log_records_dropped.inc_by(p.dropped);
+                    m.log_records_stored.inc_by(p.records.len() as u64);
                     fleet
                         .store
                         .append_logs(&server_id, p.records, p.dropped)

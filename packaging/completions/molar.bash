@@ -410,7 +410,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__config__subcmd__check)
-            opts="-h --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --log-format --state-dir --api --token-file --ca --json --help"
+            opts="-h --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --log-format --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -469,6 +469,10 @@ _molar() {
                     return 0
                     ;;
                 --console-capture-s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-listen)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1192,7 +1196,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__serve)
-            opts="-h --config --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --log-format --state-dir --api --token-file --ca --json --help"
+            opts="-h --config --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --log-format --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1255,6 +1259,10 @@ _molar() {
                     return 0
                     ;;
                 --console-capture-s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-listen)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -59,6 +59,8 @@ pub struct Controller {
     listen: SocketAddr,
     api: SocketAddr,
     sans: Vec<String>,
+    /// The token-less metrics listener's address, when started with one.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A loopback port that was free a moment ago.
@@ -88,7 +90,16 @@ impl Controller {
             listen,
             api,
             sans,
+            metrics: None,
         };
+        c.restart().await;
+        c
+    }
+
+    /// Starts a controller that also serves `/metrics` without a token on a loopback port.
+    pub async fn start_with_metrics_listener() -> Controller {
+        let mut c = Self::start().await;
+        c.metrics = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
         c.restart().await;
         c
     }
@@ -99,6 +110,7 @@ impl Controller {
         self.shutdown = CancellationToken::new();
         let mut cfg = ServeConfig::new(self.listen, self.api, self.state.path());
         cfg.sans = self.sans.clone();
+        cfg.metrics_listen = self.metrics;
         let running = molar_controller::start(cfg, self.shutdown.clone())
             .await
             .expect("controller starts");

@@ -375,8 +375,10 @@ pub fn router(
     let routed = Router::new()
         .nest("/api/v1", api)
         .merge(obmd::routes())
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(route_pattern))
         .with_state(state.clone());
     // Names are resolved before routing (a layer on the routed router would run after the
     // path parameters were taken), so the outer router only wraps the routed one.
@@ -388,7 +390,72 @@ pub fn router(
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// The route pattern a request matched, carried on its response to [`count_request`].
+#[derive(Clone)]
+struct RoutePattern(String);
+
+/// Marks the response with the pattern of the route that answered (none for the fallback).
+async fn route_pattern(req: Request, next: Next) -> Response {
+    let pattern = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let mut resp = next.run(req).await;
+    if let Some(p) = pattern {
+        resp.extensions_mut().insert(RoutePattern(p));
+    }
+    resp
+}
+
+/// Counts every request with its route pattern (`unmatched` for a path no route has, and for
+/// a request refused before routing, such as one without the admin token), method and final
+/// status, and its latency until the response head.
+async fn count_request(req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    let route = resp
+        .extensions()
+        .get::<RoutePattern>()
+        .map_or("unmatched", |p| p.0.as_str());
+    crate::metrics::get().api_request(route, &method, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// `GET /metrics`: the Prometheus exposition text (behind the admin token like every route).
+async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
+    metrics_response(&st.fleet).await
+}
+
+async fn metrics_response(fleet: &Fleet) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(fleet).await,
+    )
+        .into_response()
+}
+
+/// The token-less metrics listener (`--metrics-listen`): plain HTTP, `GET /metrics` only.
+pub async fn serve_metrics(listener: TcpListener, fleet: Arc<Fleet>, shutdown: CancellationToken) {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let fleet = fleet.clone();
+                async move { metrics_response(&fleet).await }
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "only /metrics is served here\n") });
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "metrics listener failed");
+    }
 }
 
 /// Most bytes of a rejection's text repeated in its JSON error.

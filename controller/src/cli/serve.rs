@@ -17,7 +17,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MOLAR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub settings: Settings,
+    pub settings: Box<Settings>,
 }
 
 /// The settings given by flags and environment (the global --api and --state-dir included),
@@ -32,7 +32,7 @@ pub(super) fn given(
         .map(ConfigFile::load)
         .transpose()
         .map_err(usage)?;
-    let mut given = args.settings.clone();
+    let mut given = (*args.settings).clone();
     given.state_dir = cli.state_dir.clone();
     given.api = cli.api.as_deref().map(api_listen_addr).transpose()?;
     Ok((given, file))
@@ -54,7 +54,7 @@ pub(super) fn config(cli: &super::Cli, command: &super::ConfigCommand) -> Result
         super::ConfigCommand::Check { file, settings } => {
             let args = ServeArgs {
                 config: Some(file.clone()),
-                settings: (**settings).clone(),
+                settings: settings.clone(),
             };
             let (given, file) = given(cli, &args)?;
             Settings::resolve(&given, file.as_ref()).map_err(usage)?;

@@ -19,6 +19,7 @@ mod logs;
 mod requests;
 mod retention;
 mod servers;
+mod stats;
 mod tasks;
 mod tokens;
 
@@ -487,7 +488,10 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Db) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        submit(&self.writer, f).await
+        let started = std::time::Instant::now();
+        let out = submit(&self.writer, f).await;
+        crate::metrics::get().store_query(true, started.elapsed());
+        out
     }
 
     /// Runs `f` on the read-only connection's thread (`f` must not write: that connection
@@ -496,10 +500,13 @@ impl Store {
         &self,
         f: impl FnOnce(&Db) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        submit(self.reader.as_ref().unwrap_or(&self.writer), move |db| {
+        let started = std::time::Instant::now();
+        let out = submit(self.reader.as_ref().unwrap_or(&self.writer), move |db| {
             f(db)
         })
-        .await
+        .await;
+        crate::metrics::get().store_query(false, started.elapsed());
+        out
     }
 
     /// The applied schema version.
