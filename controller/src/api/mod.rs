@@ -369,6 +369,7 @@ pub fn router(
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", delete(revoke_token))
         .route("/tokens/{id}/rotate", post(rotate_token))
+        .route("/openapi.json", get(openapi))
         .merge(console::routes())
         .merge(control::routes())
         .merge(qc::routes());
@@ -392,6 +393,15 @@ pub fn router(
         .layer(axum::middleware::map_response(json_errors))
         .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// The OpenAPI 3.1 description of this API (`openapi.json`, written by hand and checked
+/// against the router by `tests/tests/openapi.rs` in both directions).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /api/v1/openapi.json`.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 /// The route pattern a request matched, carried on its response to [`count_request`].
