@@ -172,6 +172,9 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Where the token-less metrics listener listens, when there is one.
     pub metrics_addr: Option<SocketAddr>,
+    /// The retention limits in force: sending new ones applies them from the next pass,
+    /// which starts at once (`molar serve` does on SIGHUP).
+    pub retention: tokio::sync::watch::Sender<store::Retention>,
     /// `https://127.0.0.1:PORT` (also written to `state_dir/api.url`).
     pub api_url: String,
     /// The CA agents and API clients trust.
@@ -231,14 +234,22 @@ fn local_url(addr: SocketAddr) -> String {
 
 /// Prunes logs and task events under `retention`: at start, then every interval, until
 /// `shutdown`.
-async fn prune(store: Arc<store::Store>, retention: store::Retention, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(retention.interval.max(std::time::Duration::from_secs(1)));
+async fn prune(
+    store: Arc<store::Store>,
+    mut retention_rx: tokio::sync::watch::Receiver<store::Retention>,
+    shutdown: CancellationToken,
+) {
+    let interval = retention_rx.borrow().interval;
+    let mut tick = tokio::time::interval(interval.max(std::time::Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // New limits (a reloaded configuration) take effect in a pass at once.
+            Ok(()) = retention_rx.changed() => {}
             _ = shutdown.cancelled() => return,
         }
+        let retention = retention_rx.borrow_and_update().clone();
         let pass = tokio::select! {
             r = store.prune(&retention) => r,
             _ = shutdown.cancelled() => return,
@@ -344,11 +355,8 @@ pub async fn start(
             }
         }
     });
-    let pruner = tokio::spawn(prune(
-        fleet.store.clone(),
-        config.retention.clone(),
-        shutdown.clone(),
-    ));
+    let (retention, retention_rx) = tokio::sync::watch::channel(config.retention.clone());
+    let pruner = tokio::spawn(prune(fleet.store.clone(), retention_rx, shutdown.clone()));
     let capture = tokio::spawn({
         let (consoles, store, shutdown) =
             (fleet.console.clone(), fleet.store.clone(), shutdown.clone());
@@ -368,6 +376,7 @@ pub async fn start(
         agent_addr,
         api_addr,
         metrics_addr,
+        retention,
         api_url,
         ca_pem_path: pki.ca_pem_path.clone(),
         ca_fingerprint: pki.ca_fingerprint.clone(),

@@ -47,6 +47,9 @@ impl AgentError {
 }
 
 /// The workspace this builder was compiled from (the parent of its crate directory).
+/// Where the `molar-imagebuilder` package installs the static agent.
+pub const PACKAGED_AGENT: &str = "/usr/lib/molar/molar-agent";
+
 pub fn default_workspace() -> PathBuf {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     crate_dir.parent().unwrap_or(crate_dir).to_path_buf()

@@ -33,7 +33,8 @@ pub struct BuildArgs {
     /// The kernel's lib/modules/VERSION directory (with --kernel).
     #[arg(long, value_name = "DIR", requires = "kernel")]
     pub modules: Option<PathBuf>,
-    /// The static agent binary [default: the workspace's musl release build, built if absent].
+    /// The static agent binary [default: the workspace's musl release build, built if absent;
+    /// installed from the package: /usr/lib/molar/molar-agent].
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
     /// The agent version for the manifest [default: what `AGENT --version` prints].

@@ -20,6 +20,13 @@ fn run(args: BuildArgs) -> anyhow::Result<()> {
         kernel,
         agent: match args.agent {
             Some(p) => AgentSource::Path(p),
+            // Built from source: the workspace it was built in; installed from the package:
+            // the agent the package ships.
+            None if !agent::default_workspace().join("Cargo.toml").exists()
+                && std::path::Path::new(agent::PACKAGED_AGENT).exists() =>
+            {
+                AgentSource::Path(agent::PACKAGED_AGENT.into())
+            }
             None => AgentSource::Workspace(agent::default_workspace()),
         },
         agent_version: args.agent_version,

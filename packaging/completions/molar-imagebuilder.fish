@@ -31,7 +31,7 @@ complete -c molar-imagebuilder -n "__fish_molar_imagebuilder_needs_command" -f -
 complete -c molar-imagebuilder -n "__fish_molar_imagebuilder_using_subcommand build" -l kernel-deb -d 'A Debian kernel package (linux-image-VERSION.deb)' -r -F
 complete -c molar-imagebuilder -n "__fish_molar_imagebuilder_using_subcommand build" -l kernel -d 'An unpacked kernel image (with --modules)' -r -F
 complete -c molar-imagebuilder -n "__fish_molar_imagebuilder_using_subcommand build" -l modules -d 'The kernel\'s lib/modules/VERSION directory (with --kernel)' -r -F
-complete -c molar-imagebuilder -n "__fish_molar_imagebuilder_using_subcommand build" -l agent -d 'The static agent binary [default: the workspace\'s musl release build, built if absent]' -r -F
+complete -c molar-imagebuilder -n "__fish_molar_imagebuilder_using_subcommand build" -l agent -d 'The static agent binary [default: the workspace\'s musl release build, built if absent; installed from the package: /usr/lib/molar/molar-agent]' -r -F
 complete -c molar-imagebuilder -n "__fish_molar_imagebuilder_using_subcommand build" -l agent-version -d 'The agent version for the manifest [default: what `AGENT --version` prints]' -r
 complete -c molar-imagebuilder -n "__fish_molar_imagebuilder_using_subcommand build" -l profile -d 'Module profile' -r
 complete -c molar-imagebuilder -n "__fish_molar_imagebuilder_using_subcommand build" -l add-module -d 'More modules on top of the profile (repeatable)' -r

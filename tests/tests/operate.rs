@@ -1,6 +1,7 @@
 //! `molar serve` run the way a service manager runs it: settings from a configuration file
 //! with `MOLAR_*` environment overrides, readiness told over `NOTIFY_SOCKET` once the API
-//! answers, log lines as JSON objects; and `molar config check` naming a wrong key's line.
+//! answers, log lines as JSON objects, SIGHUP re-reading the file; `molar config check`
+//! naming a wrong key's line; the packaged unit verified by systemd.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,6 +25,17 @@ fn molar(args: &[&str], env: &[(&str, &str)]) -> Output {
         }
     }
     cmd.output().expect("running molar")
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn text(b: &[u8]) -> String {
@@ -75,6 +87,47 @@ fn serve_runs_from_a_config_file_tells_systemd_it_is_ready_and_logs_json() {
     assert!(servers.status.success(), "{servers:?}");
     let api_url = std::fs::read_to_string(state.join("api.url")).unwrap();
     assert!(api_url.contains(&api_port.to_string()), "{api_url}");
+
+    // SIGHUP: a changed retention limit applies, a restart-only key is named; a broken file
+    // changes nothing and the controller keeps serving.
+    let hup = |p: &Proc| {
+        // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
+        unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGHUP) };
+    };
+    let body = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        body.replace(
+            "max-connections = 3",
+            "max-connections = 4\nretain-task-events-days = 2",
+        ),
+    )
+    .unwrap();
+    hup(&serve);
+    let logged = |what: &str| {
+        let what = what.to_owned();
+        let path = stderr_path.clone();
+        move || {
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .any(|l| l.contains(&what))
+        }
+    };
+    wait_until(
+        "the reload's log line",
+        logged("\"retention_applied\":true"),
+    );
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(log.contains("connection limits and timeouts"), "{log}");
+    std::fs::write(&config, "listen = 12\n").unwrap();
+    hup(&serve);
+    wait_until("the refused reload", logged("configuration not reloaded"));
+    let servers = molar(
+        &["--state-dir", state.to_str().unwrap(), "servers", "--json"],
+        &[],
+    );
+    assert!(servers.status.success(), "{servers:?}");
 
     serve.terminate();
     let n = notify.recv(&mut buf).expect("STOPPING=1");

@@ -45,7 +45,78 @@ fn usage(e: ConfigError) -> Failure {
 pub(super) async fn run(cli: &super::Cli, args: &ServeArgs) -> Result<(), Failure> {
     let (given, file) = given(cli, args)?;
     let resolved = Settings::resolve(&given, file.as_ref()).map_err(usage)?;
-    serve(resolved.config, resolved.log_format).await
+    let reload = Reload {
+        given,
+        path: args.config.clone(),
+        running: resolved.config.clone(),
+    };
+    serve(resolved.config, resolved.log_format, reload).await
+}
+
+/// What SIGHUP needs: the settings flags and environment gave, the file to read again, and
+/// the configuration in force.
+struct Reload {
+    given: Settings,
+    path: Option<PathBuf>,
+    running: ServeConfig,
+}
+
+impl Reload {
+    /// Reads the file again and applies what can change while serving (the retention
+    /// limits); a change to anything else is named as needing a restart. A file that does
+    /// not check changes nothing.
+    fn apply(&mut self, retention: &tokio::sync::watch::Sender<crate::store::Retention>) {
+        let file = match self.path.as_deref().map(ConfigFile::load).transpose() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: configuration not reloaded");
+                return;
+            }
+        };
+        let new = match Settings::resolve(&self.given, file.as_ref()) {
+            Ok(r) => r.config,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: configuration not reloaded");
+                return;
+            }
+        };
+        let old = &self.running;
+        let mut restart = Vec::new();
+        if new.listen != old.listen
+            || new.api != old.api
+            || new.metrics_listen != old.metrics_listen
+        {
+            restart.push("listen/api/metrics-listen");
+        }
+        if new.state_dir != old.state_dir {
+            restart.push("state-dir");
+        }
+        if new.sans != old.sans || new.allow_plaintext_agents != old.allow_plaintext_agents {
+            restart.push("san/allow-plaintext-agents");
+        }
+        if new.max_connections != old.max_connections
+            || new.pre_handshake_connections != old.pre_handshake_connections
+            || new.api_max_connections != old.api_max_connections
+            || new.tls_handshake_timeout != old.tls_handshake_timeout
+            || new.handshake_timeout != old.handshake_timeout
+            || new.api_header_timeout != old.api_header_timeout
+        {
+            restart.push("connection limits and timeouts");
+        }
+        if new.console_capture != old.console_capture {
+            restart.push("console-capture-s");
+        }
+        let retention_changed = format!("{:?}", new.retention) != format!("{:?}", old.retention);
+        if retention_changed {
+            retention.send_replace(new.retention.clone());
+        }
+        tracing::info!(
+            retention_applied = retention_changed,
+            needs_restart = %restart.join(", "),
+            "SIGHUP: configuration reloaded"
+        );
+        self.running.retention = new.retention;
+    }
 }
 
 /// `molar config check FILE` and `molar config defaults`.
@@ -88,7 +159,7 @@ fn api_listen_addr(api: &str) -> Result<SocketAddr, Failure> {
     })
 }
 
-async fn serve(cfg: ServeConfig, log_format: LogFormat) -> Result<(), Failure> {
+async fn serve(cfg: ServeConfig, log_format: LogFormat, mut reload: Reload) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -116,7 +187,16 @@ async fn serve(cfg: ServeConfig, log_format: LogFormat) -> Result<(), Failure> {
     if let Err(e) = crate::notify::ready() {
         tracing::warn!(error = %e, "could not tell systemd the controller is ready");
     }
-    wait_for_signal().await;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Failure::new(EXIT_OTHER, format!("installing the SIGHUP handler: {e}")))?;
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = hup.recv() => reload.apply(&running.retention),
+        }
+    }
     tracing::info!("shutting down");
     let _ = crate::notify::stopping();
     shutdown.cancel();
