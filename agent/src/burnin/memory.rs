@@ -209,6 +209,14 @@ pub fn run(
     };
     let mut steps = 0u64;
     let mut pass = 0u32;
+    let chunks = words.len().div_ceil(CHUNK_WORDS).max(1) as f64;
+    let fraction = |steps: u64, done_chunks: usize| match until {
+        Until::Passes(_) => (steps as f64 + done_chunks as f64 / chunks) / total_steps as f64,
+        Until::Deadline(d) => {
+            let total = d.saturating_duration_since(start).as_secs_f64();
+            (start.elapsed().as_secs_f64() / total.max(1e-3)).min(0.99)
+        }
+    };
     'outer: loop {
         for pattern in Pattern::all(pass) {
             match until {
@@ -220,7 +228,7 @@ pub fn run(
             }
             for verify_step in [false, true] {
                 let mut base = 0u64;
-                for chunk in words.chunks_mut(CHUNK_WORDS) {
+                for (k, chunk) in words.chunks_mut(CHUNK_WORDS).enumerate() {
                     if cancel.is_cancelled() {
                         return None;
                     }
@@ -231,15 +239,13 @@ pub fn run(
                     }
                     base += chunk.len() as u64;
                     out.bytes_moved += chunk.len() as u64 * 8;
+                    // Progress within a step too: a step over a large region takes seconds.
+                    if k % 16 == 15 {
+                        progress(fraction(steps, k + 1));
+                    }
                 }
                 steps += 1;
-                progress(match until {
-                    Until::Passes(_) => steps as f64 / total_steps as f64,
-                    Until::Deadline(d) => {
-                        let total = d.saturating_duration_since(start).as_secs_f64();
-                        (start.elapsed().as_secs_f64() / total.max(1e-3)).min(0.99)
-                    }
-                });
+                progress(fraction(steps, 0));
             }
             if !out.patterns.iter().any(|p| p == pattern.name()) {
                 out.patterns.push(pattern.name().into());
