@@ -525,7 +525,7 @@ mod tests {
     #[test]
     fn throughput_is_judged_in_decimal_megabytes() {
         assert_eq!(throughput(100_000_000, 2.0, Some(50.0)), (50.0, true));
-        assert_eq!(throughput(100_000_000, 2.0, Some(50.1)).1, false);
+        assert!(!throughput(100_000_000, 2.0, Some(50.1)).1);
         assert!(throughput(0, 0.0, None).1);
         assert!(!throughput(0, 0.0, Some(1.0)).1);
         assert!(throughput(1, 0.0, Some(1.0)).1);

@@ -298,14 +298,14 @@ mod tests {
     #[test]
     fn a_stuck_address_line_is_caught_by_address_in_address() {
         // Words 0..8 alias 8..16 (address bit 3 stuck): constant patterns cannot see it.
-        let mut mem = vec![0u64; 16];
+        let mut mem = [0u64; 16];
         let p = Pattern::AddressInAddress;
         for i in 0..16u64 {
             mem[(i % 8) as usize] = p.word(i);
         }
         let mut kept = Vec::new();
         assert_eq!(verify(p, &mem[..8], 0, &mut kept), 8);
-        let mut mem = vec![0u64; 16];
+        let mut mem = [0u64; 16];
         for i in 0..16u64 {
             mem[(i % 8) as usize] = Pattern::Checkerboard.word(i);
         }
