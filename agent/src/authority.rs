@@ -54,6 +54,9 @@ pub enum Action<'a> {
     Erase(Device<'a>),
     WriteImage(Device<'a>),
     EditPartitions(Device<'a>),
+    /// The burn-in's reads of a disk: harmless to the data, but they load a disk that a
+    /// host may be using, so on a host only a named device is read.
+    BurninRead(Device<'a>),
     Reboot,
     Poweroff,
     Kexec,
@@ -79,6 +82,7 @@ impl std::fmt::Display for Action<'_> {
             Action::Erase(d) => write!(f, "erasing {}", d.name),
             Action::WriteImage(d) => write!(f, "writing an image to {}", d.name),
             Action::EditPartitions(d) => write!(f, "editing the partitions of {}", d.name),
+            Action::BurninRead(d) => write!(f, "burn-in reads of {}", d.name),
             Action::Reboot => f.write_str(Reboot::NAME),
             Action::Poweroff => f.write_str(Poweroff::NAME),
             Action::Kexec => f.write_str("kexec"),
@@ -138,7 +142,10 @@ impl Authority {
             Authority::HostWithPower { .. } => true,
         };
         match action {
-            Action::Erase(d) | Action::WriteImage(d) | Action::EditPartitions(d) => {
+            Action::Erase(d)
+            | Action::WriteImage(d)
+            | Action::EditPartitions(d)
+            | Action::BurninRead(d) => {
                 let named = self
                     .named_devices()
                     .iter()
@@ -211,6 +218,7 @@ mod tests {
                 Action::Erase(d),
                 Action::WriteImage(d),
                 Action::EditPartitions(d),
+                Action::BurninRead(d),
             ]);
         }
         actions.extend([
@@ -240,7 +248,10 @@ mod tests {
         for (mode, authority, on_named, on_other, power) in table {
             for action in &actions {
                 let want = match action {
-                    Action::Erase(d) | Action::WriteImage(d) | Action::EditPartitions(d) => {
+                    Action::Erase(d)
+                    | Action::WriteImage(d)
+                    | Action::EditPartitions(d)
+                    | Action::BurninRead(d) => {
                         if d.name == "loop3" {
                             on_named
                         } else {
@@ -255,7 +266,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 5 * 17);
+        assert_eq!(checked, 5 * 19);
     }
 
     #[test]

@@ -61,6 +61,13 @@ enum Command {
         /// The spec, as JSON (`molar-agent inventory --spec-template` writes one).
         #[arg(long)]
         spec: PathBuf,
+        /// Burn-in settings, as JSON (the `burnin` of `decom.qc`): memory, cpu, disks, nics.
+        #[arg(long)]
+        burnin: Option<PathBuf>,
+        /// Allow the disk burn-in to read this device on this host (read-only; outside the
+        /// ramdisk no other disk is read). Repeatable.
+        #[arg(long = "allow-host", value_name = "DEVICE")]
+        allow_host: Vec<String>,
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -579,21 +586,37 @@ async fn spec_template(root: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads and decodes a spec file, refusing what `decom.qc` would refuse.
-pub fn read_spec(path: &std::path::Path) -> anyhow::Result<molar_protocol::qc::Spec> {
+/// Reads a settings file of at most [`MAX_SPEC_BYTES`]; `what` names it in errors.
+fn read_bounded(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
     let file =
-        std::fs::File::open(path).with_context(|| format!("reading spec {}", path.display()))?;
+        std::fs::File::open(path).with_context(|| format!("reading {what} {}", path.display()))?;
     let mut text = Vec::new();
     file.take(MAX_SPEC_BYTES + 1)
         .read_to_end(&mut text)
-        .with_context(|| format!("reading spec {}", path.display()))?;
+        .with_context(|| format!("reading {what} {}", path.display()))?;
     if text.len() as u64 > MAX_SPEC_BYTES {
         bail!(
-            "spec {} is larger than {MAX_SPEC_BYTES} bytes",
+            "{what} {} is larger than {MAX_SPEC_BYTES} bytes",
             path.display()
         );
     }
+    Ok(text)
+}
+
+/// Reads and checks a burn-in settings file, refusing what `decom.qc` would refuse.
+pub fn read_burnin(path: &std::path::Path) -> anyhow::Result<molar_protocol::burnin::Burnin> {
+    let text = read_bounded(path, "burn-in settings")?;
+    let b: molar_protocol::burnin::Burnin = serde_json::from_slice(&text)
+        .with_context(|| format!("burn-in settings {} are not valid", path.display()))?;
+    b.validate()
+        .with_context(|| format!("burn-in settings {}", path.display()))?;
+    Ok(b)
+}
+
+/// Reads and decodes a spec file, refusing what `decom.qc` would refuse.
+pub fn read_spec(path: &std::path::Path) -> anyhow::Result<molar_protocol::qc::Spec> {
+    let text = read_bounded(path, "spec")?;
     let spec: molar_protocol::qc::Spec = serde_json::from_slice(&text)
         .with_context(|| format!("spec {} is not a valid spec", path.display()))?;
     if spec.is_empty() {
@@ -643,16 +666,56 @@ pub fn qc_table(report: &molar_protocol::qc::QcReport) -> String {
     out
 }
 
-/// `molar-agent qc`: the `decom.qc` check here, without a controller.
-async fn qc_local(spec: &std::path::Path, json: bool, root: PathBuf) -> anyhow::Result<()> {
+/// `molar-agent qc`: the `decom.qc` check (and burn-in) here, without a controller.
+async fn qc_local(
+    spec: &std::path::Path,
+    burnin: Option<&std::path::Path>,
+    allow_host: &[String],
+    json: bool,
+    root: PathBuf,
+) -> anyhow::Result<()> {
     init_logging(tracing::Level::WARN);
     let spec = read_spec(spec)?;
-    let inv = local_inventory(root).await?;
-    let report = molar_protocol::qc::check(&spec, &inv);
+    let burnin = burnin.map(read_burnin).transpose()?;
+    let inv = local_inventory(root.clone()).await?;
+    let mut report = molar_protocol::qc::check(&spec, &inv);
+    if let Some(b) = burnin {
+        let authority = crate::authority::Authority::host(allow_host, false);
+        let (checks, numbers) = tokio::task::spawn_blocking(move || {
+            let last = std::sync::Mutex::new(String::new());
+            let progress = |f: f64, eta: Option<u64>, what: &str| {
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                if *last != what {
+                    eprintln!(
+                        "{what} ({:.0}%, about {} s left)",
+                        f * 100.0,
+                        eta.unwrap_or(0)
+                    );
+                    what.clone_into(&mut last);
+                }
+            };
+            let env = crate::burnin::Env {
+                root: &root,
+                authority: &authority,
+                inv: &inv,
+            };
+            crate::burnin::run(
+                &env,
+                &b,
+                &tokio_util::sync::CancellationToken::new(),
+                &progress,
+            )
+        })
+        .await??;
+        report.add_burnin(checks, numbers);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", qc_table(&report));
+        for note in report.burnin.iter().flat_map(|b| &b.notes) {
+            println!("note: {}", note.escape_debug());
+        }
     }
     match crate::capabilities::qc::qc_outcome(&report) {
         Ok(_) => Ok(()),
@@ -920,7 +983,13 @@ pub fn main() -> ExitCode {
                 Ok((method, params)) => call_local(root, method, params, false).await,
                 Err(e) => Err(e),
             },
-            Command::Qc { spec, json, root } => qc_local(&spec, json, root).await,
+            Command::Qc {
+                spec,
+                burnin,
+                allow_host,
+                json,
+                root,
+            } => qc_local(&spec, burnin.as_deref(), &allow_host, json, root).await,
             Command::Call {
                 method,
                 params,
@@ -1093,5 +1162,32 @@ mod tests {
         std::fs::write(&file, vec![b' '; (MAX_SPEC_BYTES + 1) as usize]).unwrap();
         assert!(format!("{}", read_spec(&file).unwrap_err()).contains("larger than"));
         assert!(read_spec(&dir.path().join("absent")).is_err());
+    }
+
+    #[test]
+    fn burnin_files_are_read_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("burnin.json");
+        std::fs::write(&file, br#"{"cpu": {"seconds": 2}}"#).unwrap();
+        assert_eq!(read_burnin(&file).unwrap().cpu.unwrap().seconds, 2);
+        for (text, want) in [
+            (&br#"{"cpu": {"secs": 2}}"#[..], "unknown field `secs`"),
+            (
+                br#"{"cpu": {"seconds": 0}}"#,
+                "burnin.cpu.seconds: 0 is outside",
+            ),
+            (br#"{}"#, "exercises nothing"),
+            (br#"[1]"#, "are not valid"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let e = format!("{:#}", read_burnin(&file).unwrap_err());
+            assert!(e.contains(want), "{e}");
+        }
+        std::fs::write(&file, vec![b' '; (MAX_SPEC_BYTES + 1) as usize]).unwrap();
+        let e = read_burnin(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("burn-in settings") && e.contains("larger than"),
+            "{e}"
+        );
     }
 }

@@ -93,6 +93,21 @@ fn zeros() -> &'static [u8] {
     ZEROS.get_or_init(|| AlignedBuf::zeroed(CHUNK)).as_slice()
 }
 
+/// Open a device (or file) read-only for direct I/O, without `O_EXCL` (reading a disk in use
+/// is harmless); falls back to buffered reads where `O_DIRECT` is refused (`EINVAL`).
+pub fn open_read(path: &Path) -> io::Result<File> {
+    let open = |flags: libc::c_int| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | libc::O_CLOEXEC)
+            .open(path)
+    };
+    match open(libc::O_DIRECT) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => open(0),
+        other => other,
+    }
+}
+
 /// Open a device read-write for direct I/O, exclusively: on a block device `O_EXCL` makes
 /// the kernel refuse (`EBUSY`) if it is mounted, held by dm/md, or opened exclusively by
 /// anyone else. Falls back to buffered I/O where `O_DIRECT` is refused (`EINVAL`: tmpfs

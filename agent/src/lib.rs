@@ -11,6 +11,7 @@
 pub mod authority;
 pub mod bmc;
 pub mod boot;
+pub mod burnin;
 pub mod capabilities;
 pub mod cli;
 pub mod clock;

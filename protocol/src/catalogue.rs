@@ -427,6 +427,11 @@ mod tests {
             "NicSpec",
             "GpuSpec",
             "BmcSpec",
+            "Burnin",
+            "MemoryBurnin",
+            "CpuBurnin",
+            "DiskBurnin",
+            "NicBurnin",
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for entry in std::fs::read_dir(&dir).unwrap() {

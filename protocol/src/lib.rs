@@ -9,6 +9,7 @@
 //! The crate does socket I/O only through the stream handed to [`Peer::spawn`].
 
 pub mod bmc;
+pub mod burnin;
 pub mod catalogue;
 pub mod codec;
 pub mod configdrive;

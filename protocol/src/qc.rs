@@ -11,9 +11,9 @@
 //! itself. A glob rather than a substring so that `Intel*Gold 6338*` pins a model while
 //! `*6338*` still reads as "contains".
 
+use crate::burnin::{Burnin, BurninReport};
 use crate::inventory::{BlockDevice, Inventory, Nic, PciDevice, Transport};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// Longest accepted pattern, in characters: patterns match model strings, which are short, and
 /// the bound keeps matching cheap whatever a hostile spec holds.
@@ -25,10 +25,9 @@ pub const MAX_PATTERN_CHARS: usize = 256;
 pub struct QcParams {
     /// What the machine must be.
     pub spec: Spec,
-    /// Burn-in settings; accepted in the type so the wire shape is stable, refused by the
-    /// agent until burn-in exists.
+    /// Burn-in run after the spec check (see [`crate::burnin`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burnin: Option<Value>,
+    pub burnin: Option<Burnin>,
 }
 
 /// What a machine must be; every part is optional and an absent part is not checked.
@@ -249,7 +248,7 @@ pub struct Check {
 }
 
 /// The result of `decom.qc`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QcReport {
     /// True when every check passed.
     pub passed: bool,
@@ -257,6 +256,27 @@ pub struct QcReport {
     /// One line per failed check: `name: expected …, found …`.
     #[serde(default)]
     pub failures: Vec<String>,
+    /// The numbers of the burn-in, when one ran; its checks (`burnin.…`) are in `checks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burnin: Option<BurninReport>,
+}
+
+impl QcReport {
+    /// Adds burn-in checks (and their numbers) to the report: failures and verdict follow.
+    pub fn add_burnin(&mut self, checks: Vec<Check>, numbers: BurninReport) {
+        for c in checks {
+            if !c.pass {
+                self.failures.push(failure_line(&c));
+                self.passed = false;
+            }
+            self.checks.push(c);
+        }
+        self.burnin = Some(numbers);
+    }
+}
+
+fn failure_line(c: &Check) -> String {
+    format!("{}: expected {}, found {}", c.name, c.expected, c.actual)
 }
 
 /// Checks `inv` against `spec`.
@@ -413,12 +433,13 @@ pub fn check(spec: &Spec, inv: &Inventory) -> QcReport {
     let failures: Vec<String> = checks
         .iter()
         .filter(|c| !c.pass)
-        .map(|c| format!("{}: expected {}, found {}", c.name, c.expected, c.actual))
+        .map(failure_line)
         .collect();
     QcReport {
         passed: failures.is_empty(),
         checks,
         failures,
+        burnin: None,
     }
 }
 
@@ -501,7 +522,7 @@ fn memory_total(inv: &Inventory) -> Option<(u64, &'static str)> {
 }
 
 /// Disks that are hardware: loop devices and kernel-made ones (zram, dm, md) are not.
-fn is_hardware_disk(b: &BlockDevice) -> bool {
+pub fn is_hardware_disk(b: &BlockDevice) -> bool {
     !matches!(b.transport, Transport::Loop | Transport::Virtual)
 }
 
@@ -594,7 +615,7 @@ fn list_or_none(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     /// A two-socket server with two NVMe disks, one SATA HDD, a loop device, two NICs (one
     /// up at 25 Gb/s), a bridge, one GPU and a BMC.
@@ -855,10 +876,16 @@ mod tests {
                 .to_string();
             assert!(e.contains(want), "{v}: {e}");
         }
-        let ok: QcParams =
-            serde_json::from_value(json!({"spec": {"bmc": {"present": true}}, "burnin": {"x": 1}}))
-                .unwrap();
-        assert!(ok.burnin.is_some());
+        let e = serde_json::from_value::<QcParams>(
+            json!({"spec": {"bmc": {"present": true}}, "burnin": {"x": 1}}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `x`"), "{e}");
+        let ok: QcParams = serde_json::from_value(
+            json!({"spec": {"bmc": {"present": true}}, "burnin": {"cpu": {"seconds": 2}}}),
+        )
+        .unwrap();
+        assert_eq!(ok.burnin.unwrap().cpu.unwrap().seconds, 2);
         assert!(Spec::default().is_empty());
         assert!(!ok.spec.is_empty());
     }
@@ -870,5 +897,28 @@ mod tests {
             "failures": ["n: x"], "burnin": {}}))
         .unwrap();
         assert!(!r.passed);
+    }
+
+    #[test]
+    fn burnin_checks_join_the_verdict_and_the_failures() {
+        let mut r = check(&spec(json!({"bmc": {"present": true}})), &server());
+        assert!(r.passed);
+        let line = |name: &str, pass| Check {
+            name: name.into(),
+            expected: "0 errors".into(),
+            actual: "2 errors".into(),
+            pass,
+        };
+        r.add_burnin(
+            vec![line("burnin.cpu", true), line("burnin.memory", false)],
+            BurninReport::default(),
+        );
+        assert!(!r.passed);
+        assert_eq!(r.checks.len(), 3);
+        assert_eq!(
+            r.failures,
+            ["burnin.memory: expected 0 errors, found 2 errors"]
+        );
+        assert!(r.burnin.is_some());
     }
 }

@@ -1,7 +1,8 @@
 //! `decom.qc` end to end: the controller starts the task on a real agent whose machine is the
 //! QEMU q35 inventory fixture; the spec the agent's own template writes passes, a spec the
 //! machine does not meet fails the task with every failed check named and the report stored,
-//! and burn-in is refused.
+//! a CPU burn-in adds its checks and numbers to the report, and burn-in settings out of bounds
+//! are refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -98,15 +99,33 @@ async fn qc_through_the_controller_passes_fails_and_refuses() {
     assert!(!report.passed);
     assert_eq!(report.failures.len(), 3);
 
+    // A brief CPU burn-in on the agent's (real) CPUs: its check joins the spec's.
+    let (state, _, msg, result) = run_qc(
+        &client,
+        &id,
+        json!({"spec": {"bmc": {"present": false}}, "burnin": {"cpu": {"seconds": 1}}}),
+    )
+    .await;
+    assert_eq!(state, TaskPhase::Complete, "{msg:?}");
+    let report: QcReport = serde_json::from_value(result.unwrap()).unwrap();
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names[..2], ["bmc.present", "burnin.cpu"]);
+    let cpu = report.burnin.unwrap().cpu.unwrap();
+    assert!(
+        cpu.rounds > 0 && cpu.threads > 0 && cpu.seconds >= 1.0,
+        "{cpu:?}"
+    );
+    assert_eq!(cpu.wrong_results, 0);
+
     let (state, code, msg, _) = run_qc(
         &client,
         &id,
-        json!({"spec": {"bmc": {"present": false}}, "burnin": {"minutes": 5}}),
+        json!({"spec": {"bmc": {"present": false}}, "burnin": {"cpu": {"seconds": 0}}}),
     )
     .await;
     assert_eq!(state, TaskPhase::Error);
     assert_eq!(code.as_deref(), Some("refused"));
-    assert!(msg.unwrap().contains("burn-in is not supported yet"));
+    assert!(msg.unwrap().contains("burnin.cpu.seconds: 0 is outside"));
 
     // Strict params: refused before any task exists.
     let err = client
@@ -121,5 +140,15 @@ async fn qc_through_the_controller_passes_fails_and_refuses() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown field `extra`"), "{err}");
+    let err = client
+        .start_task(
+            &id,
+            "decom.qc",
+            json!({"spec": {"bmc": {"present": false}}, "burnin": {"minutes": 5}}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `minutes`"), "{err}");
     agent.stop().await;
 }

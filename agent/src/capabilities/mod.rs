@@ -193,6 +193,7 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
         root: machine.root.clone(),
         dev: bmc_dev.clone(),
         ready: machine.ready.clone(),
+        authority: machine.authority.clone(),
     });
     m.task_method::<catalogue::DiskErase, _>(DiskErase {
         env: EraseEnv::new(machine.root.clone(), machine.authority.clone()),

@@ -296,4 +296,26 @@ mod tests {
         assert!(qc_rows(Qc::NAME, Some(&json!({"steps": 3}))).is_none());
         assert!(qc_rows(Qc::NAME, None).is_none());
     }
+
+    #[test]
+    fn burn_in_checks_are_rows_of_the_table_too() {
+        let result = json!({"passed": false, "failures": ["burnin.disks[sda]: x"], "checks": [
+            {"name": "cpu.cores", "expected": "2", "actual": "2", "pass": true},
+            {"name": "burnin.cpu", "expected": "every CPU computes right",
+             "actual": "0 wrong of 900 work units on 2 CPUs in 2.0 s", "pass": true},
+            {"name": "burnin.disks[sda]", "expected": "read without error, at least 500 MB/s",
+             "actual": "120.5 MB/s over 241.0 MiB in 2.0 s", "pass": false}],
+            "burnin": {"cpu": {"threads": 2, "seconds": 2.0, "rounds": 900,
+                "wrong_results": 0}, "disks": [{"name": "sda", "bytes_read": 252706816,
+                "seconds": 2.0, "mb_s": 120.5}], "notes": ["cpu: no MCE line"]}});
+        let rows = qc_rows(Qc::NAME, Some(&result)).unwrap();
+        let lines = render_table(&["", "CHECK", "EXPECTED", "ACTUAL"], rows);
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(lines[2].starts_with("ok    burnin.cpu "), "{lines:?}");
+        assert!(lines[3].starts_with("FAIL  burnin.disks[sda]"), "{lines:?}");
+        assert!(
+            lines[3].ends_with("120.5 MB/s over 241.0 MiB in 2.0 s"),
+            "{lines:?}"
+        );
+    }
 }
