@@ -4,7 +4,7 @@
 //! When its agent later connects, the store recognises the machine (system GUID, BMC MAC;
 //! see `store::enrolled`).
 
-use crate::oob::{self, BmcTarget, IPMI_LAN_PORT, OobError};
+use crate::oob::{self, BmcProtocol, BmcTarget, BmcTrust, OobError};
 use crate::store::{EnrolRefusal, Enrolment, ServerRecord, Store, StoreError};
 use molar_protocol::Secret;
 
@@ -13,6 +13,9 @@ pub const NAME_MAX: usize = 64;
 /// IPMI 2.0 limits: user names 16 bytes, passwords 20 bytes (printable ASCII here).
 pub const BMC_USER_MAX: usize = 16;
 pub const BMC_PASSWORD_MAX: usize = 20;
+/// Redfish has no such limits; these bound what is stored and sent.
+pub const REDFISH_USER_MAX: usize = 64;
+pub const REDFISH_PASSWORD_MAX: usize = 128;
 const HOST_MAX: usize = 253;
 
 /// What an operator asks to enrol.
@@ -24,6 +27,10 @@ pub struct EnrolRequest {
     pub username: String,
     pub password: Secret,
     pub allow_ipmi15: bool,
+    /// `None`: probe (a Redfish service root over HTTPS first, then IPMI).
+    pub protocol: Option<BmcProtocol>,
+    /// Redfish only: how the BMC's certificate is trusted.
+    pub trust: Option<BmcTrust>,
 }
 
 /// Why an enrolment failed. Nothing is stored in any case.
@@ -89,6 +96,27 @@ pub fn check_host(host: &str) -> Result<(), String> {
     }
 }
 
+/// `redfish://ADDRESS`, `ipmi://ADDRESS` or a bare ADDRESS (protocol `None`: probed), where
+/// ADDRESS is what [`parse_bmc_address`] takes.
+pub fn parse_bmc_url(text: &str) -> Result<(Option<BmcProtocol>, String, Option<u16>), String> {
+    let (protocol, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+            "redfish" | "https" => (Some(BmcProtocol::Redfish), rest),
+            "ipmi" => (Some(BmcProtocol::Ipmi), rest),
+            _ => {
+                return Err(format!(
+                    "BMC scheme {:?} is not redfish:// or ipmi://",
+                    scheme.escape_debug().to_string()
+                ));
+            }
+        },
+        None => (None, text),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = parse_bmc_address(rest)?;
+    Ok((protocol, host, port))
+}
+
 /// `HOST[:PORT]`, `[V6]:PORT` or a bare IPv6 address, as `molar server add --bmc` takes it.
 pub fn parse_bmc_address(text: &str) -> Result<(String, Option<u16>), String> {
     let port_of = |p: &str| {
@@ -135,18 +163,60 @@ impl EnrolRequest {
         if self.port == Some(0) {
             return Err("BMC port 0 is not a port".into());
         }
-        check_printable("BMC user name", &self.username, BMC_USER_MAX)?;
-        check_printable("BMC password", self.password.expose(), BMC_PASSWORD_MAX)?;
+        // A bare host may turn out to be IPMI: its limits apply until `redfish://` is said.
+        let (user_max, password_max) = match self.protocol {
+            Some(BmcProtocol::Redfish) => (REDFISH_USER_MAX, REDFISH_PASSWORD_MAX),
+            _ => (BMC_USER_MAX, BMC_PASSWORD_MAX),
+        };
+        check_printable("BMC user name", &self.username, user_max)?;
+        check_printable("BMC password", self.password.expose(), password_max)?;
+        if self.protocol == Some(BmcProtocol::Ipmi) && self.trust.is_some() {
+            return Err(
+                "--bmc-ca, --bmc-fingerprint and --bmc-insecure are for Redfish BMCs; \
+                 this one is ipmi://"
+                    .into(),
+            );
+        }
+        if self.protocol == Some(BmcProtocol::Redfish) && self.allow_ipmi15 {
+            return Err("--allow-ipmi15 is for IPMI BMCs; this one is redfish://".into());
+        }
+        match &self.trust {
+            Some(BmcTrust::Fingerprint(f)) => {
+                oob::redfish::trust::normalise_fingerprint(f)?;
+            }
+            Some(BmcTrust::Ca(pem)) => oob::redfish::trust::check_ca_pem(pem)?,
+            _ => {}
+        }
         Ok(())
     }
 
-    fn target(&self) -> BmcTarget {
+    fn target(&self, protocol: BmcProtocol) -> BmcTarget {
         BmcTarget {
             host: self.host.clone(),
-            port: self.port.unwrap_or(IPMI_LAN_PORT),
+            port: self.port.unwrap_or(protocol.default_port()),
             username: self.username.clone(),
             password: self.password.clone(),
             allow_ipmi15: self.allow_ipmi15,
+            protocol,
+            trust: match &self.trust {
+                Some(BmcTrust::Fingerprint(f)) => Some(BmcTrust::Fingerprint(
+                    oob::redfish::trust::normalise_fingerprint(f).unwrap_or_else(|_| f.clone()),
+                )),
+                t => t.clone(),
+            },
+        }
+    }
+
+    /// The protocol given, or the one a probe finds: a Redfish service root over HTTPS
+    /// (an untrusted certificate counts, and is reported with its fingerprint), else IPMI.
+    async fn protocol(&self) -> Result<BmcProtocol, OobError> {
+        if let Some(p) = self.protocol {
+            return Ok(p);
+        }
+        if oob::redfish::probe(&self.target(BmcProtocol::Redfish)).await? {
+            Ok(BmcProtocol::Redfish)
+        } else {
+            Ok(BmcProtocol::Ipmi)
         }
     }
 }
@@ -164,19 +234,42 @@ pub async fn enrol(store: &Store, req: EnrolRequest) -> Result<ServerRecord, Enr
     {
         return Err(EnrolError::Refused(EnrolRefusal::NameTaken(req.name)));
     }
-    let target = req.target();
+    let protocol = req.protocol().await.map_err(EnrolError::Bmc)?;
+    if protocol == BmcProtocol::Ipmi && req.trust.is_some() {
+        return Err(EnrolError::Invalid(
+            "--bmc-ca, --bmc-fingerprint and --bmc-insecure are for Redfish BMCs; no Redfish \
+             service answers there"
+                .into(),
+        ));
+    }
+    let target = req.target(protocol);
     let identity = oob::verify(&target).await.map_err(EnrolError::Bmc)?;
+    // The hardware details a Redfish BMC knows, before the server ever boots. A BMC that
+    // fails to tell them is still enrolled (its power and boot work); the reason is logged.
+    let oob_inventory = if protocol == BmcProtocol::Redfish {
+        match oob::redfish::inventory(&target).await {
+            Ok(inv) => Some(inv),
+            Err(e) => {
+                tracing::warn!(bmc = %target.addr(), error = %e, "reading the out-of-band inventory");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let e = Enrolment {
         name: req.name,
         host: target.host,
         port: target.port,
-        protocol: "ipmi".into(),
+        protocol: protocol.as_str().into(),
         username: target.username,
         password: target.password,
         allow_ipmi15: target.allow_ipmi15,
-        cipher_suite: Some(identity.cipher_suite),
+        cipher_suite: identity.cipher_suite,
         system_guid: identity.system_guid,
         bmc_mac: identity.mac,
+        trust: target.trust,
+        oob_inventory,
     };
     let new_id = || format!("srv-{}", crate::pki::random_hex(4));
     match store.enrol_server(e, new_id).await {
@@ -251,6 +344,8 @@ mod tests {
             username: user.into(),
             password: Secret::new(pass),
             allow_ipmi15: false,
+            protocol: None,
+            trust: None,
         };
         assert!(req("admin", "pw").check().is_ok());
         for (u, p) in [

@@ -34,7 +34,16 @@ pub(super) async fn show(cli: &Cli, id: &str, inventory: bool) -> Result<(), Fai
     Ok(())
 }
 
-/// `molar server add NAME --bmc HOST[:PORT] --bmc-user U --bmc-password-file F`.
+/// The trust options of `molar server add` (Redfish).
+#[derive(Debug, Default)]
+pub(super) struct AddTrust<'a> {
+    pub ca: Option<&'a Path>,
+    pub fingerprint: Option<&'a str>,
+    pub insecure: bool,
+}
+
+/// `molar server add NAME --bmc [redfish://|ipmi://]HOST[:PORT] --bmc-user U
+/// --bmc-password-file F [--bmc-ca FILE | --bmc-fingerprint SHA256 | --bmc-insecure]`.
 pub(super) async fn add(
     cli: &Cli,
     name: &str,
@@ -42,9 +51,23 @@ pub(super) async fn add(
     user: &str,
     password_file: &Path,
     allow_ipmi15: bool,
+    trust: AddTrust<'_>,
 ) -> Result<(), Failure> {
-    let (host, port) = crate::enrol::parse_bmc_address(bmc)
+    let (protocol, host, port) = crate::enrol::parse_bmc_url(bmc)
         .map_err(|e| Failure::new(EXIT_USAGE, format!("--bmc: {e}")))?;
+    let tls_ca_pem = match trust.ca {
+        None => None,
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            Failure::new(EXIT_USAGE, format!("reading --bmc-ca {}: {e}", p.display()))
+        })?),
+    };
+    let tls_fingerprint = match trust.fingerprint {
+        None => None,
+        Some(f) => Some(
+            crate::oob::redfish::trust::normalise_fingerprint(f)
+                .map_err(|e| Failure::new(EXIT_USAGE, format!("--bmc-fingerprint: {e}")))?,
+        ),
+    };
     let text = std::fs::read_to_string(password_file).map_err(|e| {
         Failure::new(
             EXIT_USAGE,
@@ -64,6 +87,10 @@ pub(super) async fn add(
             username: user.to_owned(),
             password: molar_protocol::Secret::new(password),
             allow_ipmi15,
+            protocol,
+            tls_ca_pem,
+            tls_fingerprint,
+            tls_insecure: trust.insecure,
         },
     };
     let c = client(cli)?;
@@ -271,6 +298,11 @@ mod tests {
                 system_guid: None,
                 verified_ms: None,
                 verify_error: Some("refused\x1b[2J".into()),
+                tls_fingerprint: None,
+                tls_ca: false,
+                tls_insecure: false,
+                oob_inventory: None,
+                oob_inventory_ms: None,
             }),
         }
     }
