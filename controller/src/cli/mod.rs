@@ -179,11 +179,15 @@ pub enum Command {
         #[command(flatten)]
         wait: control::WaitFlags,
     },
-    /// Queue a next-boot-device request.
+    /// Queue a next-boot-device request. `cd --media URL` inserts the image at URL through
+    /// Redfish virtual media and boots from it once (UEFI; Redfish BMCs only).
     Bootdev {
         server: String,
-        #[arg(value_parser = ["pxe", "disk", "bios", "cdrom", "none"])]
+        #[arg(value_parser = ["pxe", "disk", "bios", "cdrom", "cd", "none"])]
         device: String,
+        /// With `cd`: the http(s) URL of a bootable ISO for the BMC's virtual media.
+        #[arg(long)]
+        media: Option<String>,
         /// Every boot, not only the next one.
         #[arg(long)]
         persistent: bool,
@@ -490,10 +494,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bootdev {
             server,
             device,
+            media: Some(url),
+            persistent,
+            wait,
+            ..
+        } => {
+            if !matches!(device.as_str(), "cd" | "cdrom") || *persistent {
+                return Err(Failure::new(
+                    EXIT_USAGE,
+                    "--media goes with `cd` and boots from the image once (no --persistent)",
+                ));
+            }
+            control::boot_media(cli, server, url, wait).await
+        }
+        Command::Bootdev {
+            server,
+            device,
+            media: None,
             persistent,
             efi,
             wait,
-        } => control::bootdev(cli, server, device, *persistent, *efi, wait).await,
+        } => {
+            let device = if device == "cd" { "cdrom" } else { device };
+            control::bootdev(cli, server, device, *persistent, *efi, wait).await
+        }
         Command::BmcReset { server, wait } => control::bmc_reset(cli, server, wait).await,
         Command::Identify {
             server,

@@ -228,7 +228,11 @@ fn server_text(v: &crate::api::ServerView) -> Vec<String> {
             format_time(b.updated_ms)
         ));
         if let Some(host) = &b.host {
-            let port = b.port.unwrap_or(crate::oob::IPMI_LAN_PORT);
+            let port = b.port.unwrap_or(
+                crate::oob::BmcProtocol::parse(&b.protocol)
+                    .unwrap_or_default()
+                    .default_port(),
+            );
             out.push(format!(
                 "bmc address:   {}:{port} ({})",
                 sanitize(host),
@@ -246,9 +250,27 @@ fn server_text(v: &crate::api::ServerView) -> Vec<String> {
             )),
             (None, None) => {}
         }
+        if let Some(fp) = &b.tls_fingerprint {
+            out.push(format!("bmc tls:       pinned {}", sanitize(fp)));
+        } else if b.tls_ca {
+            out.push("bmc tls:       checked against the operator's CA".into());
+        } else if b.tls_insecure {
+            out.push("bmc tls:       NOT checked (--bmc-insecure)".into());
+        }
     }
     if let Some(inv) = &v.inventory {
-        out.push("inventory:".into());
+        out.push("inventory (in-band, from the agent):".into());
+        let text = serde_json::to_string_pretty(inv).unwrap_or_default();
+        out.push(json_for_terminal(&text).into_owned());
+    }
+    if let Some(b) = &v.bmc
+        && let Some(inv) = &b.oob_inventory
+    {
+        out.push(format!(
+            "inventory (out-of-band, from the BMC over {}, read {}):",
+            sanitize(&b.protocol),
+            b.oob_inventory_ms.map(format_time).unwrap_or_default()
+        ));
         let text = serde_json::to_string_pretty(inv).unwrap_or_default();
         out.push(json_for_terminal(&text).into_owned());
     }

@@ -126,6 +126,12 @@ pub enum OobAction {
     Identify {
         seconds: Option<u8>,
     },
+    /// Redfish only: insert the image at `url` as virtual CD and boot from it once (UEFI).
+    BootFromMedia {
+        url: String,
+    },
+    /// Redfish only: eject the virtual CD.
+    EjectMedia,
 }
 
 /// What a BMC answered to an action.

@@ -159,6 +159,10 @@ pub fn run<T: Transport<Error = OobError> + ?Sized>(
                 None,
             ))
         }
+        OobAction::BootFromMedia { .. } | OobAction::EjectMedia => Err(OobError::RedfishOnly {
+            addr: addr.to_owned(),
+            what: "virtual media".into(),
+        }),
     }
 }
 

@@ -49,31 +49,15 @@ pub async fn inventory(target: &BmcTarget) -> Result<OobInventory, OobError> {
 
 /// Inserts `url` into the CD virtual media and sets a one-time UEFI boot from it.
 pub async fn boot_from_media(target: &BmcTarget, url: &str) -> Result<OobOutcome, OobError> {
-    let mut c = login(target).await?;
-    let r = async {
-        ops::insert_media(&mut c, url).await?;
-        let action = OobAction::BootDevice {
-            device: super::BootTarget::Cdrom,
-            persistent: false,
-            efi: true,
-        };
-        let r = ops::run(&mut c, &action).await?;
-        Ok(OobOutcome {
-            message: format!("virtual media inserted; {}", r.message),
-            power_on: None,
-        })
-    }
-    .await;
-    c.close().await;
-    r
+    let action = OobAction::BootFromMedia {
+        url: url.to_owned(),
+    };
+    perform(target, &action).await
 }
 
 /// Ejects the CD virtual media.
 pub async fn eject_media(target: &BmcTarget) -> Result<(), OobError> {
-    let mut c = login(target).await?;
-    let r = ops::eject_media(&mut c).await;
-    c.close().await;
-    r
+    perform(target, &OobAction::EjectMedia).await.map(|_| ())
 }
 
 /// Whether `host:port` answers a Redfish service root over HTTPS (an untrusted certificate

@@ -228,6 +228,26 @@ pub async fn run(c: &mut Client, action: &OobAction) -> Result<OobOutcome, OobEr
                 power_on: None,
             })
         }
+        OobAction::BootFromMedia { url } => {
+            insert_media(c, url).await?;
+            let boot = OobAction::BootDevice {
+                device: BootTarget::Cdrom,
+                persistent: false,
+                efi: true,
+            };
+            let r = Box::pin(run(c, &boot)).await?;
+            Ok(OobOutcome {
+                message: format!("virtual media inserted: {url}; {}", r.message),
+                power_on: None,
+            })
+        }
+        OobAction::EjectMedia => {
+            eject_media(c).await?;
+            Ok(OobOutcome {
+                message: "virtual media ejected".into(),
+                power_on: None,
+            })
+        }
     }
 }
 

@@ -885,3 +885,137 @@ async fn virtual_media_and_the_out_of_band_inventory() {
     let m = bmc.state.lock().unwrap();
     assert!(m.sessions.is_empty(), "every operation deleted its session");
 }
+
+#[tokio::test]
+async fn enrolment_over_redfish_pins_stores_and_drives_the_bmc() {
+    use crate::enrol::{EnrolError, EnrolRequest, enrol};
+    let bmc = start_bmc().await;
+    let store = crate::store::Store::open_in_memory().unwrap();
+    let req = |password: &str, trust: Option<BmcTrust>| EnrolRequest {
+        name: "rack1-07".into(),
+        host: "127.0.0.1".into(),
+        port: Some(bmc.port),
+        username: USER.into(),
+        password: Secret::new(password),
+        allow_ipmi15: false,
+        // A bare address: the probe finds the Redfish service.
+        protocol: None,
+        trust,
+    };
+    // No trust option: refused with the fingerprint to confirm, nothing stored.
+    let e = enrol(&store, req(PASSWORD, None)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains(&bmc.fingerprint), "{text}");
+    assert!(store.resolve_server("rack1-07").await.unwrap().is_none());
+    // A wrong password: refused, nothing stored, the password not repeated.
+    let wrong = "Wr0ng-Rf-pass";
+    let pin = || {
+        Some(BmcTrust::Fingerprint(
+            bmc.fingerprint.to_uppercase().replace("SHA256:", ""),
+        ))
+    };
+    let e = enrol(&store, req(wrong, pin())).await.unwrap_err();
+    assert!(matches!(e, EnrolError::Bmc(OobError::Auth { .. })), "{e}");
+    assert!(!e.to_string().contains(wrong));
+    assert!(store.resolve_server("rack1-07").await.unwrap().is_none());
+    // Trust options are for Redfish only.
+    let mut ipmi = req(PASSWORD, Some(BmcTrust::Insecure));
+    ipmi.protocol = Some(BmcProtocol::Ipmi);
+    assert!(matches!(
+        enrol(&store, ipmi).await,
+        Err(EnrolError::Invalid(_))
+    ));
+    // Pinned (typed in upper case without the prefix): enrolled with its inventory.
+    let server = enrol(&store, req(PASSWORD, pin())).await.unwrap();
+    let rec = store.bmc(&server.id).await.unwrap().unwrap();
+    assert_eq!(rec.protocol, "redfish");
+    assert_eq!(
+        rec.tls_fingerprint.as_deref(),
+        Some(bmc.fingerprint.as_str())
+    );
+    assert_eq!(
+        rec.system_guid.as_deref(),
+        Some("38947555-7742-3448-3784-823347823834")
+    );
+    assert_eq!(rec.mac.as_deref(), Some("23:11:8a:33:cf:ea"));
+    let inv = rec.oob_inventory.clone().unwrap();
+    assert_eq!(inv["source"], "redfish");
+    assert_eq!(inv["serial"], "437XR1138R2");
+    assert_eq!(inv["macs"][0], "12:44:6a:3b:04:11");
+    assert!(!serde_json::to_string(&rec).unwrap().contains(PASSWORD));
+    // The stored target drives the BMC over Redfish through the common entry point.
+    let t = store.bmc_target(&server.id).await.unwrap().unwrap();
+    assert_eq!(t.protocol, BmcProtocol::Redfish);
+    assert_eq!(
+        t.trust,
+        Some(BmcTrust::Fingerprint(bmc.fingerprint.clone()))
+    );
+    let out = crate::oob::perform(&t, &OobAction::Power(PowerChange::On))
+        .await
+        .unwrap();
+    assert_eq!(out.power_on, Some(true));
+    assert_eq!(bmc.state.lock().unwrap().power, "On");
+    // The same BMC again is refused by address.
+    let mut again = req(PASSWORD, pin());
+    again.name = "other".into();
+    assert!(matches!(
+        enrol(&store, again).await,
+        Err(EnrolError::Refused(_))
+    ));
+}
+
+#[tokio::test]
+async fn media_boot_goes_through_the_common_entry_point_and_is_refused_for_ipmi() {
+    use crate::requests::parse_action;
+    let url = "https://127.0.0.1:8443/images/molar.iso";
+    let a = parse_action("boot_from_media", Some(url), false, false).unwrap();
+    assert_eq!(a, OobAction::BootFromMedia { url: url.into() });
+    for bad in [
+        None,
+        Some(""),
+        Some("ftp://h/x.iso"),
+        Some("https://"),
+        Some("https:///x.iso"),
+        Some("https://h/a b.iso"),
+        Some("https://h/\u{1b}[2J"),
+    ] {
+        assert!(
+            parse_action("boot_from_media", bad, false, false).is_err(),
+            "{bad:?}"
+        );
+    }
+    let long = format!("https://h/{}", "a".repeat(1100));
+    let e = parse_action("boot_from_media", Some(&long), false, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.len() < 400, "{e}");
+    assert_eq!(
+        parse_action("eject_media", None, false, false).unwrap(),
+        OobAction::EjectMedia
+    );
+    let bmc = start_bmc().await;
+    let t = pinned(&bmc);
+    let out = crate::oob::perform(&t, &a).await.unwrap();
+    assert!(out.message.contains(url), "{}", out.message);
+    assert_eq!(bmc.state.lock().unwrap().vm_image.as_deref(), Some(url));
+    crate::oob::perform(&t, &OobAction::EjectMedia)
+        .await
+        .unwrap();
+    assert_eq!(bmc.state.lock().unwrap().vm_image, None);
+    // IPMI has no virtual media: a clear refusal naming Redfish, nothing sent.
+    let ipmi = BmcTarget {
+        protocol: BmcProtocol::Ipmi,
+        port: 1,
+        ..t
+    };
+    struct NoTransport;
+    impl molar_ipmi::transport::Transport for NoTransport {
+        type Error = OobError;
+        fn request(&mut self, _: u8, _: u8, _: &[u8]) -> Result<Vec<u8>, OobError> {
+            panic!("nothing may be sent to an IPMI BMC for virtual media")
+        }
+    }
+    let e = crate::oob::ops::run(&mut NoTransport, &ipmi.addr(), &a).unwrap_err();
+    assert!(matches!(e, OobError::RedfishOnly { .. }), "{e}");
+    assert!(e.to_string().contains("needs a Redfish BMC"), "{e}");
+}
