@@ -344,6 +344,9 @@ pub struct OobInventory {
     pub drives: Vec<OobDrive>,
     #[serde(default)]
     pub firmware: Vec<OobFirmware>,
+    /// Sections the BMC refused to tell (its own words), left empty above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -410,6 +413,34 @@ pub async fn inventory(c: &mut Client) -> Result<OobInventory, OobError> {
             .map(|g| (g * 1024.0).round() as u64),
         ..Default::default()
     };
+    let mut missing = Vec::new();
+    // A section the BMC refuses (404, 403, 500 on a sub-resource) is left empty and noted;
+    // losing the connection or the login still fails the whole read.
+    macro_rules! section {
+        ($name:literal, $e:expr) => {
+            match $e {
+                Ok(()) => {}
+                Err(OobError::Refused { completion, .. }) => {
+                    missing.push(format!("{}: {completion}", $name))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+    }
+    section!("processors", processors(c, &sys, &mut inv).await);
+    section!("memory", memory(c, &sys, &mut inv).await);
+    section!("ethernet interfaces", nics(c, &sys, &mut inv).await);
+    section!("storage", storage(c, &sys, &mut inv).await);
+    section!("firmware inventory", firmware(c, &mut inv).await);
+    inv.missing = missing;
+    Ok(inv)
+}
+
+async fn processors(
+    c: &mut Client,
+    sys: &ComputerSystem,
+    inv: &mut OobInventory,
+) -> Result<(), OobError> {
     for p in members(c, sys.processors.as_ref()).await? {
         let pr: types::Processor = c.get(&p).await?;
         inv.processors.push(OobProcessor {
@@ -419,6 +450,14 @@ pub async fn inventory(c: &mut Client) -> Result<OobInventory, OobError> {
             threads: pr.total_threads,
         });
     }
+    Ok(())
+}
+
+async fn memory(
+    c: &mut Client,
+    sys: &ComputerSystem,
+    inv: &mut OobInventory,
+) -> Result<(), OobError> {
     let mut dimm_mib = 0u64;
     for m in members(c, sys.memory.as_ref()).await? {
         let d: types::Memory = c.get(&m).await?;
@@ -427,6 +466,14 @@ pub async fn inventory(c: &mut Client) -> Result<OobInventory, OobError> {
     if inv.memory_mib.is_none() && dimm_mib > 0 {
         inv.memory_mib = Some(dimm_mib);
     }
+    Ok(())
+}
+
+async fn nics(
+    c: &mut Client,
+    sys: &ComputerSystem,
+    inv: &mut OobInventory,
+) -> Result<(), OobError> {
     for e in members(c, sys.ethernet_interfaces.as_ref()).await? {
         let nic: types::EthernetInterface = c.get(&e).await?;
         if let Some(m) = nic
@@ -439,6 +486,14 @@ pub async fn inventory(c: &mut Client) -> Result<OobInventory, OobError> {
             inv.macs.push(m);
         }
     }
+    Ok(())
+}
+
+async fn storage(
+    c: &mut Client,
+    sys: &ComputerSystem,
+    inv: &mut OobInventory,
+) -> Result<(), OobError> {
     for s in members(c, sys.storage.as_ref()).await? {
         let st: types::Storage = c.get(&s).await?;
         for d in st.drives {
@@ -451,21 +506,23 @@ pub async fn inventory(c: &mut Client) -> Result<OobInventory, OobError> {
             });
         }
     }
+    Ok(())
+}
+
+async fn firmware(c: &mut Client, inv: &mut OobInventory) -> Result<(), OobError> {
     let root = c.service_root().await?;
-    if let Some(us) = root.update_service {
-        // A BMC without an update service (or with one we may not read) still has an
-        // inventory; firmware is left empty then.
-        if let Ok(us) = c.get::<types::UpdateService>(&us.id).await {
-            for f in members(c, us.firmware_inventory.as_ref()).await? {
-                let sw: types::SoftwareInventory = c.get(&f).await?;
-                inv.firmware.push(OobFirmware {
-                    name: sw.name.or(sw.id).unwrap_or(f),
-                    version: sw.version,
-                });
-            }
-        }
+    let Some(us) = root.update_service else {
+        return Ok(());
+    };
+    let us: types::UpdateService = c.get(&us.id).await?;
+    for f in members(c, us.firmware_inventory.as_ref()).await? {
+        let sw: types::SoftwareInventory = c.get(&f).await?;
+        inv.firmware.push(OobFirmware {
+            name: sw.name.or(sw.id).unwrap_or(f),
+            version: sw.version,
+        });
     }
-    Ok(inv)
+    Ok(())
 }
 
 /// Who the BMC is: the system UUID (matched against an agent's later system GUID), the
