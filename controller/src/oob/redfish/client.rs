@@ -116,12 +116,24 @@ impl Client {
         &self.addr
     }
 
-    fn url(&self, path: &str) -> String {
-        if path.starts_with("https://") {
-            path.to_owned()
-        } else {
-            format!("{}{}", self.base, path)
+    /// The URL of a path on this BMC. A `Location` the service sent may be absolute: it is
+    /// followed only when it names this same BMC, so the session token never goes elsewhere.
+    fn url(&self, path: &str) -> Result<String, OobError> {
+        if path.starts_with('/') && !path.starts_with("//") {
+            return Ok(format!("{}{}", self.base, path));
         }
+        if let Some(rest) = path.strip_prefix(&self.base)
+            && rest.starts_with('/')
+        {
+            return Ok(path.to_owned());
+        }
+        Err(OobError::Protocol {
+            addr: self.addr.clone(),
+            detail: format!(
+                "the service pointed to {:?}, which is not a path on this BMC",
+                path.chars().take(120).collect::<String>()
+            ),
+        })
     }
 
     fn transport(&self, e: &reqwest::Error, attempts: u32) -> OobError {
@@ -167,7 +179,7 @@ impl Client {
             }
             let mut rb = self
                 .http
-                .request(method.clone(), self.url(path))
+                .request(method.clone(), self.url(path)?)
                 .header(header::ACCEPT, "application/json")
                 .header("OData-Version", "4.0");
             if let Some(b) = body {
@@ -476,4 +488,48 @@ async fn read_body(mut resp: reqwest::Response) -> Result<bytes::Bytes, reqwest:
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oob::BmcProtocol;
+
+    #[test]
+    fn only_paths_on_this_bmc_are_followed() {
+        let t = BmcTarget {
+            host: "127.0.0.1".into(),
+            port: 8443,
+            username: "u".into(),
+            password: Secret::new("p"),
+            allow_ipmi15: false,
+            protocol: BmcProtocol::Redfish,
+            trust: None,
+        };
+        let c = Client::new(&t).unwrap();
+        assert_eq!(
+            c.url("/redfish/v1/").unwrap(),
+            "https://127.0.0.1:8443/redfish/v1/"
+        );
+        assert_eq!(
+            c.url("https://127.0.0.1:8443/redfish/v1/TaskMonitors/1")
+                .unwrap(),
+            "https://127.0.0.1:8443/redfish/v1/TaskMonitors/1"
+        );
+        for bad in [
+            "https://evil.example/redfish/v1/",
+            "https://127.0.0.1:8443.evil.example/x",
+            "//evil.example/x",
+            "http://127.0.0.1:8443/redfish/v1/",
+            "redfish/v1",
+        ] {
+            assert!(c.url(bad).is_err(), "{bad}");
+        }
+        let v6 = Client::new(&BmcTarget {
+            host: "::1".into(),
+            ..t
+        })
+        .unwrap();
+        assert_eq!(v6.url("/x").unwrap(), "https://[::1]:8443/x");
+    }
 }
