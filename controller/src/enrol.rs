@@ -207,16 +207,21 @@ impl EnrolRequest {
         }
     }
 
-    /// The protocol given, or the one a probe finds: a Redfish service root over HTTPS
-    /// (an untrusted certificate counts, and is reported with its fingerprint), else IPMI.
-    async fn protocol(&self) -> Result<BmcProtocol, OobError> {
+    /// The protocol given, or the one a probe finds: a Redfish service root over HTTPS,
+    /// else IPMI. A certificate that is not trusted while no trust option was given also
+    /// means IPMI is tried (many IPMI BMCs serve a web UI over HTTPS); the returned error is
+    /// reported if IPMI does not answer either, showing the fingerprint to pin.
+    async fn protocol(&self) -> Result<(BmcProtocol, Option<OobError>), OobError> {
         if let Some(p) = self.protocol {
-            return Ok(p);
+            return Ok((p, None));
         }
-        if oob::redfish::probe(&self.target(BmcProtocol::Redfish)).await? {
-            Ok(BmcProtocol::Redfish)
-        } else {
-            Ok(BmcProtocol::Ipmi)
+        match oob::redfish::probe(&self.target(BmcProtocol::Redfish)).await {
+            Ok(true) => Ok((BmcProtocol::Redfish, None)),
+            Ok(false) => Ok((BmcProtocol::Ipmi, None)),
+            Err(e @ OobError::Untrusted { .. }) if self.trust.is_none() => {
+                Ok((BmcProtocol::Ipmi, Some(e)))
+            }
+            Err(e) => Err(e),
         }
     }
 }
@@ -234,7 +239,7 @@ pub async fn enrol(store: &Store, req: EnrolRequest) -> Result<ServerRecord, Enr
     {
         return Err(EnrolError::Refused(EnrolRefusal::NameTaken(req.name)));
     }
-    let protocol = req.protocol().await.map_err(EnrolError::Bmc)?;
+    let (protocol, untrusted) = req.protocol().await.map_err(EnrolError::Bmc)?;
     if protocol == BmcProtocol::Ipmi && req.trust.is_some() {
         return Err(EnrolError::Invalid(
             "--bmc-ca, --bmc-fingerprint and --bmc-insecure are for Redfish BMCs; no Redfish \
@@ -243,7 +248,13 @@ pub async fn enrol(store: &Store, req: EnrolRequest) -> Result<ServerRecord, Enr
         ));
     }
     let target = req.target(protocol);
-    let identity = oob::verify(&target).await.map_err(EnrolError::Bmc)?;
+    let identity = match (oob::verify(&target).await, untrusted) {
+        (Ok(id), _) => id,
+        // No IPMI there either: the HTTPS service was the BMC, and its certificate is what
+        // the operator must confirm.
+        (Err(OobError::Unreachable { .. }), Some(u)) => return Err(EnrolError::Bmc(u)),
+        (Err(e), _) => return Err(EnrolError::Bmc(e)),
+    };
     // The hardware details a Redfish BMC knows, before the server ever boots. A BMC that
     // fails to tell them is still enrolled (its power and boot work); the reason is logged.
     let oob_inventory = if protocol == BmcProtocol::Redfish {
