@@ -347,6 +347,38 @@ mod tests {
     }
 
     #[test]
+    fn bmc_urls_name_the_protocol() {
+        assert_eq!(
+            parse_bmc_url("redfish://10.0.0.4").unwrap(),
+            (Some(BmcProtocol::Redfish), "10.0.0.4".into(), None)
+        );
+        assert_eq!(
+            parse_bmc_url("REDFISH://[::1]:8443/").unwrap(),
+            (Some(BmcProtocol::Redfish), "::1".into(), Some(8443))
+        );
+        assert_eq!(
+            parse_bmc_url("ipmi://bmc-7.rack1:6230").unwrap(),
+            (Some(BmcProtocol::Ipmi), "bmc-7.rack1".into(), Some(6230))
+        );
+        assert_eq!(
+            parse_bmc_url("10.0.0.4:623").unwrap(),
+            (None, "10.0.0.4".into(), Some(623))
+        );
+        for bad in [
+            "ftp://h",
+            "redfish://",
+            "redfish://h/redfish/v1",
+            "redfish://u:p@h",
+            "://h",
+            "redfish://h:0",
+            "x\u{1b}[2J://h",
+        ] {
+            let e = parse_bmc_url(bad).unwrap_err();
+            assert!(!e.contains('\u{1b}'), "{e}");
+        }
+    }
+
+    #[test]
     fn credentials_are_checked_without_repeating_the_password() {
         let req = |user: &str, pass: &str| EnrolRequest {
             name: "n".into(),
