@@ -409,6 +409,12 @@ impl Client {
         self.control(server, &req).await
     }
 
+    /// Insert `url` as virtual CD and boot from it once (Redfish BMCs).
+    pub async fn boot_from_media(&self, server: &str, url: &str) -> Result<ControlQueued> {
+        self.control(server, &control_request("boot_from_media", Some(url)))
+            .await
+    }
+
     /// A BMC cold reset.
     pub async fn bmc_reset(&self, server: &str) -> Result<ControlQueued> {
         self.control(server, &control_request("bmc_reset", None))

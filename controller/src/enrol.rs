@@ -4,7 +4,7 @@
 //! When its agent later connects, the store recognises the machine (system GUID, BMC MAC;
 //! see `store::enrolled`).
 
-use crate::oob::{self, BmcTarget, IPMI_LAN_PORT, OobError};
+use crate::oob::{self, BmcProtocol, BmcTarget, BmcTrust, OobError};
 use crate::store::{EnrolRefusal, Enrolment, ServerRecord, Store, StoreError};
 use molar_protocol::Secret;
 
@@ -13,6 +13,9 @@ pub const NAME_MAX: usize = 64;
 /// IPMI 2.0 limits: user names 16 bytes, passwords 20 bytes (printable ASCII here).
 pub const BMC_USER_MAX: usize = 16;
 pub const BMC_PASSWORD_MAX: usize = 20;
+/// Redfish has no such limits; these bound what is stored and sent.
+pub const REDFISH_USER_MAX: usize = 64;
+pub const REDFISH_PASSWORD_MAX: usize = 128;
 const HOST_MAX: usize = 253;
 
 /// What an operator asks to enrol.
@@ -24,6 +27,10 @@ pub struct EnrolRequest {
     pub username: String,
     pub password: Secret,
     pub allow_ipmi15: bool,
+    /// `None`: probe (a Redfish service root over HTTPS first, then IPMI).
+    pub protocol: Option<BmcProtocol>,
+    /// Redfish only: how the BMC's certificate is trusted.
+    pub trust: Option<BmcTrust>,
 }
 
 /// Why an enrolment failed. Nothing is stored in any case.
@@ -89,6 +96,27 @@ pub fn check_host(host: &str) -> Result<(), String> {
     }
 }
 
+/// `redfish://ADDRESS`, `ipmi://ADDRESS` or a bare ADDRESS (protocol `None`: probed), where
+/// ADDRESS is what [`parse_bmc_address`] takes.
+pub fn parse_bmc_url(text: &str) -> Result<(Option<BmcProtocol>, String, Option<u16>), String> {
+    let (protocol, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+            "redfish" | "https" => (Some(BmcProtocol::Redfish), rest),
+            "ipmi" => (Some(BmcProtocol::Ipmi), rest),
+            _ => {
+                return Err(format!(
+                    "BMC scheme {:?} is not redfish:// or ipmi://",
+                    scheme.escape_debug().to_string()
+                ));
+            }
+        },
+        None => (None, text),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = parse_bmc_address(rest)?;
+    Ok((protocol, host, port))
+}
+
 /// `HOST[:PORT]`, `[V6]:PORT` or a bare IPv6 address, as `molar server add --bmc` takes it.
 pub fn parse_bmc_address(text: &str) -> Result<(String, Option<u16>), String> {
     let port_of = |p: &str| {
@@ -135,18 +163,65 @@ impl EnrolRequest {
         if self.port == Some(0) {
             return Err("BMC port 0 is not a port".into());
         }
-        check_printable("BMC user name", &self.username, BMC_USER_MAX)?;
-        check_printable("BMC password", self.password.expose(), BMC_PASSWORD_MAX)?;
+        // A bare host may turn out to be IPMI: its limits apply until `redfish://` is said.
+        let (user_max, password_max) = match self.protocol {
+            Some(BmcProtocol::Redfish) => (REDFISH_USER_MAX, REDFISH_PASSWORD_MAX),
+            _ => (BMC_USER_MAX, BMC_PASSWORD_MAX),
+        };
+        check_printable("BMC user name", &self.username, user_max)?;
+        check_printable("BMC password", self.password.expose(), password_max)?;
+        if self.protocol == Some(BmcProtocol::Ipmi) && self.trust.is_some() {
+            return Err(
+                "--bmc-ca, --bmc-fingerprint and --bmc-insecure are for Redfish BMCs; \
+                 this one is ipmi://"
+                    .into(),
+            );
+        }
+        if self.protocol == Some(BmcProtocol::Redfish) && self.allow_ipmi15 {
+            return Err("--allow-ipmi15 is for IPMI BMCs; this one is redfish://".into());
+        }
+        match &self.trust {
+            Some(BmcTrust::Fingerprint(f)) => {
+                oob::redfish::trust::normalise_fingerprint(f)?;
+            }
+            Some(BmcTrust::Ca(pem)) => oob::redfish::trust::check_ca_pem(pem)?,
+            _ => {}
+        }
         Ok(())
     }
 
-    fn target(&self) -> BmcTarget {
+    fn target(&self, protocol: BmcProtocol) -> BmcTarget {
         BmcTarget {
             host: self.host.clone(),
-            port: self.port.unwrap_or(IPMI_LAN_PORT),
+            port: self.port.unwrap_or(protocol.default_port()),
             username: self.username.clone(),
             password: self.password.clone(),
             allow_ipmi15: self.allow_ipmi15,
+            protocol,
+            trust: match &self.trust {
+                Some(BmcTrust::Fingerprint(f)) => Some(BmcTrust::Fingerprint(
+                    oob::redfish::trust::normalise_fingerprint(f).unwrap_or_else(|_| f.clone()),
+                )),
+                t => t.clone(),
+            },
+        }
+    }
+
+    /// The protocol given, or the one a probe finds: a Redfish service root over HTTPS,
+    /// else IPMI. A certificate that is not trusted while no trust option was given also
+    /// means IPMI is tried (many IPMI BMCs serve a web UI over HTTPS); the returned error is
+    /// reported if IPMI does not answer either, showing the fingerprint to pin.
+    async fn protocol(&self) -> Result<(BmcProtocol, Option<OobError>), OobError> {
+        if let Some(p) = self.protocol {
+            return Ok((p, None));
+        }
+        match oob::redfish::probe(&self.target(BmcProtocol::Redfish)).await {
+            Ok(true) => Ok((BmcProtocol::Redfish, None)),
+            Ok(false) => Ok((BmcProtocol::Ipmi, None)),
+            Err(e @ OobError::Untrusted { .. }) if self.trust.is_none() => {
+                Ok((BmcProtocol::Ipmi, Some(e)))
+            }
+            Err(e) => Err(e),
         }
     }
 }
@@ -164,19 +239,48 @@ pub async fn enrol(store: &Store, req: EnrolRequest) -> Result<ServerRecord, Enr
     {
         return Err(EnrolError::Refused(EnrolRefusal::NameTaken(req.name)));
     }
-    let target = req.target();
-    let identity = oob::verify(&target).await.map_err(EnrolError::Bmc)?;
+    let (protocol, untrusted) = req.protocol().await.map_err(EnrolError::Bmc)?;
+    if protocol == BmcProtocol::Ipmi && req.trust.is_some() {
+        return Err(EnrolError::Invalid(
+            "--bmc-ca, --bmc-fingerprint and --bmc-insecure are for Redfish BMCs; no Redfish \
+             service answers there"
+                .into(),
+        ));
+    }
+    let target = req.target(protocol);
+    let identity = match (oob::verify(&target).await, untrusted) {
+        (Ok(id), _) => id,
+        // No IPMI there either: the HTTPS service was the BMC, and its certificate is what
+        // the operator must confirm.
+        (Err(OobError::Unreachable { .. }), Some(u)) => return Err(EnrolError::Bmc(u)),
+        (Err(e), _) => return Err(EnrolError::Bmc(e)),
+    };
+    // The hardware details a Redfish BMC knows, before the server ever boots. A BMC that
+    // fails to tell them is still enrolled (its power and boot work); the reason is logged.
+    let oob_inventory = if protocol == BmcProtocol::Redfish {
+        match oob::redfish::inventory(&target).await {
+            Ok(inv) => Some(inv),
+            Err(e) => {
+                tracing::warn!(bmc = %target.addr(), error = %e, "reading the out-of-band inventory");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let e = Enrolment {
         name: req.name,
         host: target.host,
         port: target.port,
-        protocol: "ipmi".into(),
+        protocol: protocol.as_str().into(),
         username: target.username,
         password: target.password,
         allow_ipmi15: target.allow_ipmi15,
-        cipher_suite: Some(identity.cipher_suite),
+        cipher_suite: identity.cipher_suite,
         system_guid: identity.system_guid,
         bmc_mac: identity.mac,
+        trust: target.trust,
+        oob_inventory,
     };
     let new_id = || format!("srv-{}", crate::pki::random_hex(4));
     match store.enrol_server(e, new_id).await {
@@ -243,6 +347,38 @@ mod tests {
     }
 
     #[test]
+    fn bmc_urls_name_the_protocol() {
+        assert_eq!(
+            parse_bmc_url("redfish://10.0.0.4").unwrap(),
+            (Some(BmcProtocol::Redfish), "10.0.0.4".into(), None)
+        );
+        assert_eq!(
+            parse_bmc_url("REDFISH://[::1]:8443/").unwrap(),
+            (Some(BmcProtocol::Redfish), "::1".into(), Some(8443))
+        );
+        assert_eq!(
+            parse_bmc_url("ipmi://bmc-7.rack1:6230").unwrap(),
+            (Some(BmcProtocol::Ipmi), "bmc-7.rack1".into(), Some(6230))
+        );
+        assert_eq!(
+            parse_bmc_url("10.0.0.4:623").unwrap(),
+            (None, "10.0.0.4".into(), Some(623))
+        );
+        for bad in [
+            "ftp://h",
+            "redfish://",
+            "redfish://h/redfish/v1",
+            "redfish://u:p@h",
+            "://h",
+            "redfish://h:0",
+            "x\u{1b}[2J://h",
+        ] {
+            let e = parse_bmc_url(bad).unwrap_err();
+            assert!(!e.contains('\u{1b}'), "{e}");
+        }
+    }
+
+    #[test]
     fn credentials_are_checked_without_repeating_the_password() {
         let req = |user: &str, pass: &str| EnrolRequest {
             name: "n".into(),
@@ -251,6 +387,8 @@ mod tests {
             username: user.into(),
             password: Secret::new(pass),
             allow_ipmi15: false,
+            protocol: None,
+            trust: None,
         };
         assert!(req("admin", "pw").check().is_ok());
         for (u, p) in [

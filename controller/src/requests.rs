@@ -53,7 +53,32 @@ fn expected_power(change: PowerChange) -> Option<bool> {
 }
 
 /// The actions a request may name.
-pub const ACTIONS: &str = "set_power_state, power_cycle, set_next_boot_device, bmc_reset, identify";
+pub const ACTIONS: &str = "set_power_state, power_cycle, set_next_boot_device, bmc_reset, identify, \
+     boot_from_media, eject_media";
+
+/// The longest virtual-media URL accepted.
+pub const MEDIA_URL_MAX: usize = 1024;
+
+/// A virtual-media image URL: `http://` or `https://`, printable ASCII without spaces.
+pub fn check_media_url(url: &str) -> Result<(), String> {
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    let host_ok = url
+        .split_once("://")
+        .map(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'))
+        .unwrap_or(false);
+    if url.len() > MEDIA_URL_MAX
+        || !scheme_ok
+        || !host_ok
+        || !url.bytes().all(|b| (0x21..0x7f).contains(&b))
+    {
+        return Err(format!(
+            "the media URL must be http:// or https://HOST/..., printable, at most \
+             {MEDIA_URL_MAX} characters, not {}",
+            shown(url)
+        ));
+    }
+    Ok(())
+}
 
 /// Why a request was refused before it was queued.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +183,16 @@ pub fn parse_action(
                 )),
             },
         },
+        "boot_from_media" => match parameter {
+            Some(url) => {
+                check_media_url(url).map_err(RequestError::Invalid)?;
+                Ok(OobAction::BootFromMedia {
+                    url: url.to_owned(),
+                })
+            }
+            None => bad("boot_from_media needs a parameter: the image URL".into()),
+        },
+        "eject_media" => no_parameter(OobAction::EjectMedia),
         other => bad(format!(
             "unknown action {}: expected one of {ACTIONS}",
             shown(other)
@@ -430,7 +465,10 @@ impl Requests {
             .map_err(|e| format!("stored request is not valid: {e}"))?;
         let server = &r.server_id;
         let connected = self.fleet.is_connected(server);
-        let in_band_able = !matches!(action, OobAction::Identify { .. });
+        let in_band_able = !matches!(
+            action,
+            OobAction::Identify { .. } | OobAction::BootFromMedia { .. } | OobAction::EjectMedia
+        );
         // Power goes to the BMC whenever one is known: it owns the power, its answer is the
         // truth also while the machine is off, and a change made in-band takes away the
         // agent that would have answered. The rest prefers the agent while it is there.
@@ -558,6 +596,11 @@ impl Requests {
             OobAction::Identify { .. } => Err(FleetError::InvalidParams(
                 "identify is done out-of-band only: the agent has no such method".into(),
             )),
+            OobAction::BootFromMedia { .. } | OobAction::EjectMedia => {
+                Err(FleetError::InvalidParams(
+                    "virtual media is done out-of-band (Redfish) only".into(),
+                ))
+            }
         }
     }
 }

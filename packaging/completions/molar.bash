@@ -312,12 +312,16 @@ _molar() {
             return 0
             ;;
         molar__subcmd__bootdev)
-            opts="-h --persistent --efi --wait --wait-timeout --state-dir --api --token-file --ca --json --help pxe disk bios cdrom none"
+            opts="-h --media --persistent --efi --wait --wait-timeout --state-dir --api --token-file --ca --json --help pxe disk bios cdrom cd none"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --media)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --wait-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1324,7 +1328,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__server__subcmd__add)
-            opts="-h --bmc --bmc-user --bmc-password-file --allow-ipmi15 --state-dir --api --token-file --ca --json --help"
+            opts="-h --bmc --bmc-user --bmc-password-file --allow-ipmi15 --bmc-ca --bmc-fingerprint --bmc-insecure --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1339,6 +1343,14 @@ _molar() {
                     return 0
                     ;;
                 --bmc-password-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bmc-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bmc-fingerprint)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

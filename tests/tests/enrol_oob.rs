@@ -26,6 +26,11 @@ fn add(name: &str, port: u16, password: &str) -> AddServer {
             username: USER.into(),
             password: Secret::new(password),
             allow_ipmi15: false,
+            // A bare address: probed (no HTTPS there), so IPMI.
+            protocol: None,
+            tls_ca_pem: None,
+            tls_fingerprint: None,
+            tls_insecure: false,
         },
     }
 }

@@ -37,6 +37,8 @@ fn target(port: u16, user: &str, password: &str) -> BmcTarget {
         username: user.into(),
         password: Secret::new(password),
         allow_ipmi15: false,
+        protocol: Default::default(),
+        trust: None,
     }
 }
 
@@ -65,7 +67,7 @@ async fn verify_falls_back_to_suite_3_and_reads_what_ipmitool_reads() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(id.cipher_suite, 3);
+    assert_eq!(id.cipher_suite, Some(3));
 
     let guid = sim.ipmitool_ok("ipmiusr", "test", &["mc", "guid"]).unwrap();
     assert_eq!(

@@ -31,6 +31,41 @@ pub struct AddBmc {
     /// IPMI 1.5 sessions (weak authentication) only when this is set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_ipmi15: bool,
+    /// `ipmi` or `redfish`; absent: probed (Redfish service root over HTTPS, then IPMI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<crate::oob::BmcProtocol>,
+    /// Redfish: PEM certificates of the CA that signed the BMC's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_pem: Option<String>,
+    /// Redfish: the SHA-256 fingerprint of the BMC's certificate, pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
+    /// Redfish: do not check the BMC's certificate (labs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_insecure: bool,
+}
+
+impl AddBmc {
+    /// The one trust option given; more than one is refused.
+    pub fn trust(&self) -> Result<Option<crate::oob::BmcTrust>, String> {
+        use crate::oob::BmcTrust;
+        let mut given = Vec::new();
+        if let Some(pem) = &self.tls_ca_pem {
+            given.push(BmcTrust::Ca(pem.clone()));
+        }
+        if let Some(f) = &self.tls_fingerprint {
+            given.push(BmcTrust::Fingerprint(f.clone()));
+        }
+        if self.tls_insecure {
+            given.push(BmcTrust::Insecure);
+        }
+        if given.len() > 1 {
+            return Err(
+                "give one of --bmc-ca, --bmc-fingerprint and --bmc-insecure, not several".into(),
+            );
+        }
+        Ok(given.pop())
+    }
 }
 
 /// How an out-of-band failure is answered: the BMC not answering is a timeout, refusing
@@ -39,7 +74,12 @@ impl From<OobError> for ApiError {
     fn from(e: OobError) -> Self {
         let (code, status) = match &e {
             OobError::Unreachable { .. } => (codes::TIMEOUT, StatusCode::GATEWAY_TIMEOUT),
-            OobError::Auth { .. } => (codes::REFUSED, StatusCode::FORBIDDEN),
+            OobError::Auth { .. } | OobError::Untrusted { .. } => {
+                (codes::REFUSED, StatusCode::FORBIDDEN)
+            }
+            OobError::RedfishOnly { .. } | OobError::IpmiOnly { .. } => {
+                (codes::INVALID_PARAMS, StatusCode::BAD_REQUEST)
+            }
             _ => (codes::IO, StatusCode::BAD_GATEWAY),
         };
         ApiError::new(code, e.to_string()).with_status(status)
@@ -70,6 +110,10 @@ pub(super) async fn add_server(
     body: Bytes,
 ) -> Result<(StatusCode, axum::Json<ServerView>), ApiError> {
     let req: AddServer = parse_body(&body)?;
+    let trust = req
+        .bmc
+        .trust()
+        .map_err(|m| ApiError::new(codes::INVALID_PARAMS, m))?;
     let server = crate::enrol::enrol(
         &st.fleet.store,
         EnrolRequest {
@@ -79,6 +123,8 @@ pub(super) async fn add_server(
             username: req.bmc.username,
             password: req.bmc.password,
             allow_ipmi15: req.bmc.allow_ipmi15,
+            protocol: req.bmc.protocol,
+            trust,
         },
     )
     .await?;

@@ -612,6 +612,10 @@ async fn show_server(
     let mut v = view(&st.fleet, server);
     v.connection = st.fleet.store.last_connection(&id).await?;
     v.bmc = st.fleet.store.bmc(&id).await?;
+    // The out-of-band inventory (read through the BMC) travels with the in-band one.
+    if !with_inventory && let Some(b) = v.bmc.as_mut() {
+        b.oob_inventory = None;
+    }
     if with_inventory {
         v.inventory = Some(
             st.fleet

@@ -238,6 +238,8 @@ async fn register(
             username: info.info.user,
             password: info.info.pass,
             allow_ipmi15: false,
+            protocol: Some(crate::oob::BmcProtocol::Ipmi),
+            trust: None,
         },
     )
     .await;

@@ -3,7 +3,7 @@
 //! request's id; with it, the request's outcome, and fails (exit 5) when the request failed.
 
 use super::output::{emit, format_time, print_json, sanitize, table};
-use super::{Cli, EXIT_FAILED, Failure, api_err, client};
+use super::{Cli, EXIT_FAILED, EXIT_USAGE, Failure, api_err, client};
 use crate::api::ControlQueued;
 use crate::client::Client;
 use crate::store::{RequestRecord, RequestState};
@@ -44,6 +44,23 @@ pub(super) async fn bootdev(
     let c = client(cli)?;
     let q = c
         .boot_device(server, device, persistent, efi)
+        .await
+        .map_err(api_err(false))?;
+    finish(cli, &c, q, wait).await
+}
+
+/// `molar bootdev SERVER cd --media URL`.
+pub(super) async fn boot_media(
+    cli: &Cli,
+    server: &str,
+    url: &str,
+    wait: &WaitFlags,
+) -> Result<(), Failure> {
+    crate::requests::check_media_url(url)
+        .map_err(|e| Failure::new(EXIT_USAGE, format!("--media: {e}")))?;
+    let c = client(cli)?;
+    let q = c
+        .boot_from_media(server, url)
         .await
         .map_err(api_err(false))?;
     finish(cli, &c, q, wait).await

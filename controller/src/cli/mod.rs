@@ -179,11 +179,15 @@ pub enum Command {
         #[command(flatten)]
         wait: control::WaitFlags,
     },
-    /// Queue a next-boot-device request.
+    /// Queue a next-boot-device request. `cd --media URL` inserts the image at URL through
+    /// Redfish virtual media and boots from it once (UEFI; Redfish BMCs only).
     Bootdev {
         server: String,
-        #[arg(value_parser = ["pxe", "disk", "bios", "cdrom", "none"])]
+        #[arg(value_parser = ["pxe", "disk", "bios", "cdrom", "cd", "none"])]
         device: String,
+        /// With `cd`: the http(s) URL of a bootable ISO for the BMC's virtual media.
+        #[arg(long)]
+        media: Option<String>,
         /// Every boot, not only the next one.
         #[arg(long)]
         persistent: bool,
@@ -231,7 +235,9 @@ pub enum ServerCommand {
     Add {
         /// The server's name (letters, digits, '.', '_', '-'), usable wherever an id is.
         name: String,
-        /// The BMC: HOST, HOST:PORT or [IPV6]:PORT (default port 623).
+        /// The BMC: redfish://HOST[:PORT] (HTTPS, default port 443), ipmi://HOST[:PORT]
+        /// (default port 623), or a bare HOST, HOST:PORT or [IPV6]:PORT, probed (a Redfish
+        /// service root over HTTPS first, then IPMI).
         #[arg(long)]
         bmc: String,
         #[arg(long = "bmc-user")]
@@ -242,6 +248,16 @@ pub enum ServerCommand {
         /// Allow IPMI 1.5 sessions (weak authentication) with this BMC.
         #[arg(long = "allow-ipmi15")]
         allow_ipmi15: bool,
+        /// Redfish: trust the BMC's certificate when this CA (PEM file) signed it.
+        #[arg(long = "bmc-ca", conflicts_with_all = ["bmc_fingerprint", "bmc_insecure"])]
+        bmc_ca: Option<PathBuf>,
+        /// Redfish: pin the BMC's certificate by its SHA-256 fingerprint (shown by a first
+        /// `server add` without a trust option).
+        #[arg(long = "bmc-fingerprint", conflicts_with = "bmc_insecure")]
+        bmc_fingerprint: Option<String>,
+        /// Redfish: do not check the BMC's certificate (labs only).
+        #[arg(long = "bmc-insecure")]
+        bmc_insecure: bool,
     },
     /// Remove a server with its connections, tasks, task events, logs and BMC entry, closing
     /// its agent connection (an agent still running there registers again as a new server).
@@ -423,9 +439,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     bmc_user,
                     bmc_password_file,
                     allow_ipmi15,
+                    bmc_ca,
+                    bmc_fingerprint,
+                    bmc_insecure,
                 }),
             ..
-        } => servers::add(cli, name, bmc, bmc_user, bmc_password_file, *allow_ipmi15).await,
+        } => {
+            let trust = servers::AddTrust {
+                ca: bmc_ca.as_deref(),
+                fingerprint: bmc_fingerprint.as_deref(),
+                insecure: *bmc_insecure,
+            };
+            servers::add(
+                cli,
+                name,
+                bmc,
+                bmc_user,
+                bmc_password_file,
+                *allow_ipmi15,
+                trust,
+            )
+            .await
+        }
         Command::Server {
             command: Some(ServerCommand::Remove { id }),
             ..
@@ -459,10 +494,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bootdev {
             server,
             device,
+            media: Some(url),
+            persistent,
+            wait,
+            ..
+        } => {
+            if !matches!(device.as_str(), "cd" | "cdrom") || *persistent {
+                return Err(Failure::new(
+                    EXIT_USAGE,
+                    "--media goes with `cd` and boots from the image once (no --persistent)",
+                ));
+            }
+            control::boot_media(cli, server, url, wait).await
+        }
+        Command::Bootdev {
+            server,
+            device,
+            media: None,
             persistent,
             efi,
             wait,
-        } => control::bootdev(cli, server, device, *persistent, *efi, wait).await,
+        } => {
+            let device = if device == "cd" { "cdrom" } else { device };
+            control::bootdev(cli, server, device, *persistent, *efi, wait).await
+        }
         Command::BmcReset { server, wait } => control::bmc_reset(cli, server, wait).await,
         Command::Identify {
             server,

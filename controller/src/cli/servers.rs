@@ -34,7 +34,16 @@ pub(super) async fn show(cli: &Cli, id: &str, inventory: bool) -> Result<(), Fai
     Ok(())
 }
 
-/// `molar server add NAME --bmc HOST[:PORT] --bmc-user U --bmc-password-file F`.
+/// The trust options of `molar server add` (Redfish).
+#[derive(Debug, Default)]
+pub(super) struct AddTrust<'a> {
+    pub ca: Option<&'a Path>,
+    pub fingerprint: Option<&'a str>,
+    pub insecure: bool,
+}
+
+/// `molar server add NAME --bmc [redfish://|ipmi://]HOST[:PORT] --bmc-user U
+/// --bmc-password-file F [--bmc-ca FILE | --bmc-fingerprint SHA256 | --bmc-insecure]`.
 pub(super) async fn add(
     cli: &Cli,
     name: &str,
@@ -42,9 +51,23 @@ pub(super) async fn add(
     user: &str,
     password_file: &Path,
     allow_ipmi15: bool,
+    trust: AddTrust<'_>,
 ) -> Result<(), Failure> {
-    let (host, port) = crate::enrol::parse_bmc_address(bmc)
+    let (protocol, host, port) = crate::enrol::parse_bmc_url(bmc)
         .map_err(|e| Failure::new(EXIT_USAGE, format!("--bmc: {e}")))?;
+    let tls_ca_pem = match trust.ca {
+        None => None,
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            Failure::new(EXIT_USAGE, format!("reading --bmc-ca {}: {e}", p.display()))
+        })?),
+    };
+    let tls_fingerprint = match trust.fingerprint {
+        None => None,
+        Some(f) => Some(
+            crate::oob::redfish::trust::normalise_fingerprint(f)
+                .map_err(|e| Failure::new(EXIT_USAGE, format!("--bmc-fingerprint: {e}")))?,
+        ),
+    };
     let text = std::fs::read_to_string(password_file).map_err(|e| {
         Failure::new(
             EXIT_USAGE,
@@ -64,6 +87,10 @@ pub(super) async fn add(
             username: user.to_owned(),
             password: molar_protocol::Secret::new(password),
             allow_ipmi15,
+            protocol,
+            tls_ca_pem,
+            tls_fingerprint,
+            tls_insecure: trust.insecure,
         },
     };
     let c = client(cli)?;
@@ -201,7 +228,11 @@ fn server_text(v: &crate::api::ServerView) -> Vec<String> {
             format_time(b.updated_ms)
         ));
         if let Some(host) = &b.host {
-            let port = b.port.unwrap_or(crate::oob::IPMI_LAN_PORT);
+            let port = b.port.unwrap_or(
+                crate::oob::BmcProtocol::parse(&b.protocol)
+                    .unwrap_or_default()
+                    .default_port(),
+            );
             out.push(format!(
                 "bmc address:   {}:{port} ({})",
                 sanitize(host),
@@ -219,9 +250,27 @@ fn server_text(v: &crate::api::ServerView) -> Vec<String> {
             )),
             (None, None) => {}
         }
+        if let Some(fp) = &b.tls_fingerprint {
+            out.push(format!("bmc tls:       pinned {}", sanitize(fp)));
+        } else if b.tls_ca {
+            out.push("bmc tls:       checked against the operator's CA".into());
+        } else if b.tls_insecure {
+            out.push("bmc tls:       NOT checked (--bmc-insecure)".into());
+        }
     }
     if let Some(inv) = &v.inventory {
-        out.push("inventory:".into());
+        out.push("inventory (in-band, from the agent):".into());
+        let text = serde_json::to_string_pretty(inv).unwrap_or_default();
+        out.push(json_for_terminal(&text).into_owned());
+    }
+    if let Some(b) = &v.bmc
+        && let Some(inv) = &b.oob_inventory
+    {
+        out.push(format!(
+            "inventory (out-of-band, from the BMC over {}, read {}):",
+            sanitize(&b.protocol),
+            b.oob_inventory_ms.map(format_time).unwrap_or_default()
+        ));
         let text = serde_json::to_string_pretty(inv).unwrap_or_default();
         out.push(json_for_terminal(&text).into_owned());
     }
@@ -271,6 +320,11 @@ mod tests {
                 system_guid: None,
                 verified_ms: None,
                 verify_error: Some("refused\x1b[2J".into()),
+                tls_fingerprint: None,
+                tls_ca: false,
+                tls_insecure: false,
+                oob_inventory: None,
+                oob_inventory_ms: None,
             }),
         }
     }

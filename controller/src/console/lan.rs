@@ -77,6 +77,13 @@ pub fn lan_opener(store: Arc<Store>, handle: tokio::runtime::Handle) -> SolOpene
                 msg: e.to_string(),
             })?
             .ok_or_else(|| OpenError::NoBmc(server_id.to_owned()))?;
+        if target.protocol == crate::oob::BmcProtocol::Redfish {
+            return Err(OobError::IpmiOnly {
+                addr: target.addr(),
+                what: "the serial console".into(),
+            }
+            .into());
+        }
         let mut session = LanSession::open(&target, LanOptions::default())?;
         let activation = SolActivation::default();
         let activated = match activate_sol(&mut session, SOL_INSTANCE, &activation) {

@@ -7,11 +7,60 @@ use molar_protocol::Secret;
 
 pub mod lan;
 pub mod ops;
+pub mod redfish;
 
 pub use lan::{LanOptions, LanSession};
 
 /// The IPMI-over-LAN port (RMCP, UDP).
 pub const IPMI_LAN_PORT: u16 = 623;
+
+/// The default HTTPS port of a Redfish service.
+pub const REDFISH_PORT: u16 = 443;
+
+/// The protocol a BMC is driven with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BmcProtocol {
+    #[default]
+    Ipmi,
+    Redfish,
+}
+
+impl BmcProtocol {
+    /// The name stored in the BMC table and shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BmcProtocol::Ipmi => "ipmi",
+            BmcProtocol::Redfish => "redfish",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BmcProtocol> {
+        match s {
+            "ipmi" => Some(BmcProtocol::Ipmi),
+            "redfish" => Some(BmcProtocol::Redfish),
+            _ => None,
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            BmcProtocol::Ipmi => IPMI_LAN_PORT,
+            BmcProtocol::Redfish => REDFISH_PORT,
+        }
+    }
+}
+
+/// How the controller trusts a Redfish BMC's HTTPS certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BmcTrust {
+    /// PEM certificates of the CA that signed the BMC's certificate.
+    Ca(String),
+    /// `sha256:<hex>` of the BMC's own certificate (self-signed BMCs).
+    Fingerprint(String),
+    /// No verification (labs only; the operator said `--bmc-insecure`).
+    Insecure,
+}
 
 /// Where a BMC is and how the controller logs in to it, from the BMC table.
 #[derive(Debug, Clone)]
@@ -24,6 +73,9 @@ pub struct BmcTarget {
     pub password: Secret,
     /// IPMI 1.5 sessions (MD5 / straight password) are used only when this is set.
     pub allow_ipmi15: bool,
+    pub protocol: BmcProtocol,
+    /// Redfish only; `None` refuses every certificate (showing its fingerprint).
+    pub trust: Option<BmcTrust>,
 }
 
 impl BmcTarget {
@@ -74,6 +126,12 @@ pub enum OobAction {
     Identify {
         seconds: Option<u8>,
     },
+    /// Redfish only: insert the image at `url` as virtual CD and boot from it once (UEFI).
+    BootFromMedia {
+        url: String,
+    },
+    /// Redfish only: eject the virtual CD.
+    EjectMedia,
 }
 
 /// What a BMC answered to an action.
@@ -88,8 +146,9 @@ pub struct OobOutcome {
 /// What a verifying session learnt about a BMC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BmcIdentity {
-    /// The RMCP+ cipher suite the session used (17 or 3), or 0 for IPMI 1.5.
-    pub cipher_suite: u8,
+    /// The RMCP+ cipher suite the session used (17 or 3), or 0 for IPMI 1.5; `None` over
+    /// Redfish.
+    pub cipher_suite: Option<u8>,
     /// Get System GUID (22.14) as a lowercase hyphenated UUID, when the BMC answers it.
     pub system_guid: Option<String>,
     /// The BMC's firmware (`major.minor`) from Get Device ID.
@@ -115,6 +174,15 @@ pub enum OobError {
     },
     #[error("BMC {addr}: {detail}")]
     Protocol { addr: String, detail: String },
+    #[error(
+        "BMC {addr}: its HTTPS certificate {fingerprint} is not trusted; if that is the \
+         BMC's certificate, pin it with --bmc-fingerprint {fingerprint} (or give --bmc-ca FILE)"
+    )]
+    Untrusted { addr: String, fingerprint: String },
+    #[error("BMC {addr}: {what} needs a Redfish BMC; this one speaks IPMI")]
+    RedfishOnly { addr: String, what: String },
+    #[error("BMC {addr}: {what} is IPMI only (serial over LAN); this BMC speaks Redfish")]
+    IpmiOnly { addr: String, what: String },
     #[error("BMC {addr}: {source}")]
     Io {
         addr: String,
@@ -125,6 +193,9 @@ pub enum OobError {
 
 /// Runs one action on a BMC in its own session (opened, used, closed).
 pub async fn perform(target: &BmcTarget, action: &OobAction) -> Result<OobOutcome, OobError> {
+    if target.protocol == BmcProtocol::Redfish {
+        return redfish::perform(target, action).await;
+    }
     let target = target.clone();
     let action = action.clone();
     let addr = target.addr();
@@ -145,6 +216,9 @@ pub async fn perform(target: &BmcTarget, action: &OobAction) -> Result<OobOutcom
 /// Opens a session with the target's credentials and reads who the BMC is: the check
 /// `molar server add` makes before storing anything.
 pub async fn verify(target: &BmcTarget) -> Result<BmcIdentity, OobError> {
+    if target.protocol == BmcProtocol::Redfish {
+        return redfish::verify(target).await;
+    }
     let target = target.clone();
     let addr = target.addr();
     blocking(&addr, move || {

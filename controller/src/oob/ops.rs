@@ -159,6 +159,10 @@ pub fn run<T: Transport<Error = OobError> + ?Sized>(
                 None,
             ))
         }
+        OobAction::BootFromMedia { .. } | OobAction::EjectMedia => Err(OobError::RedfishOnly {
+            addr: addr.to_owned(),
+            what: "virtual media".into(),
+        }),
     }
 }
 
@@ -182,7 +186,7 @@ pub fn identify_bmc<T: Transport<Error = OobError> + ?Sized>(
         .find_map(|ch| molar_ipmi::lan::get_mac_address(t, ch).ok())
         .map(|m| m.to_string());
     Ok(BmcIdentity {
-        cipher_suite,
+        cipher_suite: Some(cipher_suite),
         system_guid,
         firmware_version: Some(id.firmware_version()),
         mac,
@@ -399,7 +403,7 @@ mod tests {
         assert_eq!(
             id,
             BmcIdentity {
-                cipher_suite: 17,
+                cipher_suite: Some(17),
                 system_guid: None,
                 firmware_version: Some("9.08".into()),
                 mac: Some("52:54:00:be:ef:01".into()),

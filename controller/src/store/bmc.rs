@@ -39,6 +39,20 @@ pub struct BmcRecord {
     pub verified_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_error: Option<String>,
+    /// Redfish: the pinned fingerprint of the BMC's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
+    /// Redfish: the BMC's certificate is checked against an operator's CA.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_ca: bool,
+    /// Redfish: the BMC's certificate is not checked (`--bmc-insecure`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_insecure: bool,
+    /// Hardware details read through the BMC (`source` says how), beside the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oob_inventory: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oob_inventory_ms: Option<i64>,
 }
 
 /// What is stored for a BMC.
@@ -83,7 +97,9 @@ impl Db {
         self.conn
             .query_row(
                 "SELECT server_id, mac, ip, username, user_id, source, updated_ms, host, port,
-                    protocol, allow_ipmi15, cipher_suite, system_guid, verified_ms, verify_error
+                    protocol, allow_ipmi15, cipher_suite, system_guid, verified_ms, verify_error,
+                    tls_fingerprint, tls_ca_pem IS NOT NULL, tls_insecure, oob_inventory,
+                    oob_inventory_ms
                  FROM bmcs WHERE server_id = ?1",
                 [server_id],
                 |r| {
@@ -103,6 +119,13 @@ impl Db {
                         system_guid: r.get(12)?,
                         verified_ms: r.get(13)?,
                         verify_error: r.get(14)?,
+                        tls_fingerprint: r.get(15)?,
+                        tls_ca: r.get(16)?,
+                        tls_insecure: r.get(17)?,
+                        oob_inventory: r
+                            .get::<_, Option<String>>(18)?
+                            .and_then(|j| serde_json::from_str(&j).ok()),
+                        oob_inventory_ms: r.get(19)?,
                     })
                 },
             )
@@ -141,45 +164,67 @@ impl Db {
     /// when set (an operator's entry), else the address the agent reported (`ip`) on the
     /// IPMI port; `None` without a BMC entry or without any address.
     pub fn bmc_target(&self, server_id: &str) -> Result<Option<crate::oob::BmcTarget>> {
-        type Row = (
-            Option<String>,
-            Option<i64>,
-            Option<String>,
-            String,
-            String,
-            bool,
-        );
+        struct Row {
+            host: Option<String>,
+            port: Option<i64>,
+            ip: Option<String>,
+            username: String,
+            password: String,
+            allow_ipmi15: bool,
+            protocol: String,
+            ca: Option<String>,
+            fingerprint: Option<String>,
+            insecure: bool,
+        }
         let row: Option<Row> = self
             .conn
             .query_row(
-                "SELECT host, port, ip, username, password, allow_ipmi15 FROM bmcs
-                 WHERE server_id = ?1",
+                "SELECT host, port, ip, username, password, allow_ipmi15, protocol, tls_ca_pem,
+                    tls_fingerprint, tls_insecure
+                 FROM bmcs WHERE server_id = ?1",
                 [server_id],
                 |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
+                    Ok(Row {
+                        host: r.get(0)?,
+                        port: r.get(1)?,
+                        ip: r.get(2)?,
+                        username: r.get(3)?,
+                        password: r.get(4)?,
+                        allow_ipmi15: r.get(5)?,
+                        protocol: r.get(6)?,
+                        ca: r.get(7)?,
+                        fingerprint: r.get(8)?,
+                        insecure: r.get(9)?,
+                    })
                 },
             )
             .optional()
             .map_err(q("reading a BMC target"))?;
-        let Some((host, port, ip, username, password, allow_ipmi15)) = row else {
+        let Some(row) = row else {
             return Ok(None);
         };
-        let Some(host) = host
+        let protocol =
+            crate::oob::BmcProtocol::parse(&row.protocol).ok_or_else(|| StoreError::Corrupt {
+                what: "BMC protocol",
+                msg: format!("{:?} is not ipmi or redfish", row.protocol),
+            })?;
+        let trust = match (row.ca, row.fingerprint, row.insecure) {
+            (Some(pem), _, _) => Some(crate::oob::BmcTrust::Ca(pem)),
+            (None, Some(f), _) => Some(crate::oob::BmcTrust::Fingerprint(f)),
+            (None, None, true) => Some(crate::oob::BmcTrust::Insecure),
+            (None, None, false) => None,
+        };
+        let (username, password, allow_ipmi15) = (row.username, row.password, row.allow_ipmi15);
+        let Some(host) = row
+            .host
             .filter(|h| !h.is_empty())
-            .or(ip.filter(|i| !i.is_empty()))
+            .or(row.ip.filter(|i| !i.is_empty()))
         else {
             return Ok(None);
         };
         let port =
-            match port {
-                None => crate::oob::IPMI_LAN_PORT,
+            match row.port {
+                None => protocol.default_port(),
                 Some(p) => u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
                     StoreError::Corrupt {
                         what: "BMC port",
@@ -193,16 +238,43 @@ impl Db {
             username,
             password: molar_protocol::Secret::new(password),
             allow_ipmi15,
+            protocol,
+            trust,
         }))
     }
 }
 impl Db {
-    /// Servers whose BMC is at an address an operator gave (enrolled), for the console
+    /// Stores the out-of-band inventory read through the server's BMC; `false` without a
+    /// BMC entry.
+    pub fn set_oob_inventory(
+        &self,
+        server_id: &str,
+        inv: &crate::oob::redfish::OobInventory,
+    ) -> Result<bool> {
+        let json = serde_json::to_string(inv).map_err(|e| StoreError::Corrupt {
+            what: "out-of-band inventory",
+            msg: e.to_string(),
+        })?;
+        let n = self
+            .conn
+            .execute(
+                "UPDATE bmcs SET oob_inventory = ?2, oob_inventory_ms = ?3 WHERE server_id = ?1",
+                params![server_id, json, now_ms()],
+            )
+            .map_err(q("storing an out-of-band inventory"))?;
+        Ok(n > 0)
+    }
+
+    /// Servers whose IPMI BMC is at an address an operator gave (enrolled), for the console
     /// capture.
     pub fn servers_with_bmc_host(&self) -> Result<Vec<String>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT server_id FROM bmcs WHERE host IS NOT NULL ORDER BY server_id")
+            // The capture reads serial over LAN: IPMI BMCs only.
+            .prepare(
+                "SELECT server_id FROM bmcs WHERE host IS NOT NULL AND protocol = 'ipmi'
+                 ORDER BY server_id",
+            )
             .map_err(q("listing BMCs with an address"))?;
         let rows = stmt
             .query_map([], |r| r.get(0))
@@ -213,6 +285,16 @@ impl Db {
 }
 
 impl Store {
+    /// See [`Db::set_oob_inventory`].
+    pub async fn set_oob_inventory(
+        &self,
+        server_id: &str,
+        inv: crate::oob::redfish::OobInventory,
+    ) -> Result<bool> {
+        let id = server_id.to_owned();
+        self.write(move |db| db.set_oob_inventory(&id, &inv)).await
+    }
+
     /// See [`Db::servers_with_bmc_host`].
     pub async fn servers_with_bmc_host(&self) -> Result<Vec<String>> {
         self.read(|db| db.servers_with_bmc_host()).await

@@ -31,6 +31,10 @@ pub struct Enrolment {
     pub cipher_suite: Option<u8>,
     pub system_guid: Option<String>,
     pub bmc_mac: Option<String>,
+    /// Redfish: how the BMC's certificate is trusted.
+    pub trust: Option<crate::oob::BmcTrust>,
+    /// Redfish: the out-of-band inventory read at enrolment.
+    pub oob_inventory: Option<crate::oob::redfish::OobInventory>,
 }
 
 /// Why an enrolment was not stored.
@@ -140,8 +144,10 @@ impl Db {
         tx.execute(
             "INSERT INTO bmcs (server_id, mac, ip, username, password, user_id, source,
                 updated_ms, host, port, protocol, allow_ipmi15, cipher_suite, system_guid,
-                verified_ms)
-             VALUES (?1, ?2, NULL, ?3, ?4, NULL, 'operator', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?5)",
+                verified_ms, tls_ca_pem, tls_fingerprint, tls_insecure, oob_inventory,
+                oob_inventory_ms)
+             VALUES (?1, ?2, NULL, ?3, ?4, NULL, 'operator', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?5,
+                ?12, ?13, ?14, ?15, CASE WHEN ?15 IS NULL THEN NULL ELSE ?5 END)",
             params![
                 id,
                 e.bmc_mac.as_deref().map(str::to_ascii_lowercase),
@@ -154,6 +160,18 @@ impl Db {
                 e.allow_ipmi15,
                 e.cipher_suite,
                 e.system_guid,
+                match &e.trust {
+                    Some(crate::oob::BmcTrust::Ca(pem)) => Some(pem.as_str()),
+                    _ => None,
+                },
+                match &e.trust {
+                    Some(crate::oob::BmcTrust::Fingerprint(f)) => Some(f.as_str()),
+                    _ => None,
+                },
+                e.trust == Some(crate::oob::BmcTrust::Insecure),
+                e.oob_inventory
+                    .as_ref()
+                    .map(|i| serde_json::to_string(i).unwrap_or_default()),
             ],
         )
         .map_err(q(what))?;
@@ -318,6 +336,8 @@ mod tests {
             cipher_suite: Some(3),
             system_guid: Some("a1b2c3d4-e5f6-0718-293a-4b5c6d7e8f90".into()),
             bmc_mac: Some("52:54:00:BE:EF:01".into()),
+            trust: None,
+            oob_inventory: None,
         }
     }
 

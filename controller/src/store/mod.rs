@@ -219,6 +219,15 @@ CREATE TABLE console_log (
 );
 CREATE INDEX console_log_server ON console_log(server_id, id);
 "#,
+    // Redfish BMCs (issue #12): how the controller trusts a BMC's HTTPS certificate, and the
+    // hardware details read through the BMC (JSON, with its source). Existing rows stay IPMI.
+    r#"
+ALTER TABLE bmcs ADD COLUMN tls_ca_pem TEXT;
+ALTER TABLE bmcs ADD COLUMN tls_fingerprint TEXT;
+ALTER TABLE bmcs ADD COLUMN tls_insecure INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE bmcs ADD COLUMN oob_inventory TEXT;
+ALTER TABLE bmcs ADD COLUMN oob_inventory_ms INTEGER;
+"#,
 ];
 
 /// Why a store operation failed.

@@ -33,6 +33,8 @@ fn main() -> Result<()> {
         username: "ipmiusr".into(),
         password: Secret::new("test"),
         allow_ipmi15: false,
+        protocol: Default::default(),
+        trust: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
