@@ -96,7 +96,7 @@ pub fn update(
 ) -> Result<Applied, UpdateError> {
     let fail = |code: &'static str, msg: String| UpdateError::new(code, format!("{name}: {msg}"));
     let nvme_err = |e: NvmeError| fail(e.code(), e.to_string());
-    if image.is_empty() || image.len() % 4 != 0 || image.len() > MAX_IMAGE {
+    if image.is_empty() || !image.len().is_multiple_of(4) || image.len() > MAX_IMAGE {
         return Err(fail(
             "bad_image",
             format!(
