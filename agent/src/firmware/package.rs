@@ -214,6 +214,19 @@ mod tests {
         let missing = package(format!("{base}/nope.bin"), sha256(&body).to_string());
         let e = fetch_verified(&missing, &options(), &dest, &cancel).unwrap_err();
         assert!(e.msg.contains("404"), "{}", e.msg);
+
+        // Credentials in the URL never reach an error.
+        let authed = base.replace("http://", "http://user:s3cret@");
+        let creds = package(
+            format!("{authed}/nope.bin?sig=t0ken"),
+            sha256(&body).to_string(),
+        );
+        let e = fetch_verified(&creds, &options(), &dest, &cancel).unwrap_err();
+        assert!(
+            !e.msg.contains("s3cret") && !e.msg.contains("t0ken"),
+            "{}",
+            e.msg
+        );
     }
 
     #[test]
