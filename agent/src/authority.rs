@@ -8,6 +8,9 @@
 //! | `run --allow-host DEV...`           | only the devices named  | refused                                                          |
 //! | `run --allow-host-power`            | only the devices named  | allowed                                                          |
 //!
+//! Firmware updates ([`Action::FirmwareUpdate`]) follow the power column: a host's own
+//! firmware changes only with `--allow-host-power`.
+//!
 //! "Boot entries" ([`Action::SetBootEntry`]) is `standbye.run_image` changing what the machine
 //! boots next: the EFI `Boot####`/`BootOrder` variables and the BMC's boot device. On a host
 //! that takes the machine's own boot away as surely as a reboot into something else, so it
@@ -66,6 +69,10 @@ pub enum Action<'a> {
     /// Writing the firmware's boot entries (EFI `Boot####`, `BootOrder`) and the BMC's next
     /// boot device for the written image.
     SetBootEntry,
+    /// `decom.firmware_secure` flashing a component, staging a capsule, running a vendor
+    /// tool or writing a UEFI variable: a host's own firmware is never changed without
+    /// `--allow-host-power`.
+    FirmwareUpdate,
 }
 
 /// The word for a power action, as the wire spells it (`off`, `cycle`).
@@ -89,6 +96,7 @@ impl std::fmt::Display for Action<'_> {
             Action::ChassisPower(a) => write!(f, "{} {}", ChassisPower::NAME, power_word(*a)),
             Action::BmcReset => f.write_str(BmcReset::NAME),
             Action::SetBootEntry => f.write_str("setting the machine's boot entries"),
+            Action::FirmwareUpdate => f.write_str("updating the machine's firmware"),
         }
     }
 }
@@ -164,7 +172,8 @@ impl Authority {
             | Action::Kexec
             | Action::ChassisPower(_)
             | Action::BmcReset
-            | Action::SetBootEntry => {
+            | Action::SetBootEntry
+            | Action::FirmwareUpdate => {
                 if host_power {
                     Ok(())
                 } else {
@@ -227,6 +236,7 @@ mod tests {
             Action::Kexec,
             Action::BmcReset,
             Action::SetBootEntry,
+            Action::FirmwareUpdate,
         ]);
         actions.extend([On, Off, Soft, Reset, Cycle, Status].map(Action::ChassisPower));
 
@@ -266,7 +276,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 5 * 19);
+        assert_eq!(checked, 5 * 20);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod configdrive;
 pub mod directio;
 pub mod disks;
 pub mod erase;
+pub mod firmware;
 pub mod hw;
 pub mod identity;
 pub mod image;

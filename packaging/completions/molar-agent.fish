@@ -88,6 +88,8 @@ complete -c molar-agent -n "__fish_molar_agent_using_subcommand inventory" -l ro
 complete -c molar-agent -n "__fish_molar_agent_using_subcommand inventory" -l spec-template -d 'Print instead a `decom.qc` spec this machine passes, to edit and keep per model'
 complete -c molar-agent -n "__fish_molar_agent_using_subcommand inventory" -s h -l help -d 'Print help'
 complete -c molar-agent -n "__fish_molar_agent_using_subcommand qc" -l spec -d 'The spec, as JSON (`molar-agent inventory --spec-template` writes one)' -r -F
+complete -c molar-agent -n "__fish_molar_agent_using_subcommand qc" -l burnin -d 'Burn-in settings, as JSON (the `burnin` of `decom.qc`): memory, cpu, disks, nics' -r -F
+complete -c molar-agent -n "__fish_molar_agent_using_subcommand qc" -l allow-host -d 'Allow the disk burn-in to read this device on this host (read-only; outside the ramdisk no other disk is read). Repeatable' -r
 complete -c molar-agent -n "__fish_molar_agent_using_subcommand qc" -l root -r -F
 complete -c molar-agent -n "__fish_molar_agent_using_subcommand qc" -l json -d 'Print the report as JSON instead of a table'
 complete -c molar-agent -n "__fish_molar_agent_using_subcommand qc" -s h -l help -d 'Print help'

@@ -15,6 +15,7 @@ use crate::bmc::{
     ChassisPowerParams, ChassisPowerResult, SetCredentialsParams, SetCredentialsResult,
 };
 use crate::erase::{DiskEraseParams, DiskEraseResult};
+use crate::firmware::{FirmwareParams, FirmwareResult};
 use crate::image::{CacheImagesParams, CacheImagesResult, PrepareImageParams, PrepareImageResult};
 use crate::inventory::Inventory;
 use crate::methods::{
@@ -173,7 +174,7 @@ catalogue! {
         DiskEraseParams => TaskAccepted, output: DiskEraseResult;
     /// Firmware and BIOS to known-good versions and settings.
     FirmwareSecure = "decom.firmware_secure", ToAgent, Task, destructive: true,
-        Unspecified => TaskAccepted, output: Value;
+        FirmwareParams => TaskAccepted, output: FirmwareResult;
     /// Check the hardware against its chassis model's spec.
     Qc = "decom.qc", ToAgent, Task, destructive: false,
         QcParams => TaskAccepted, output: QcReport;
@@ -432,6 +433,15 @@ mod tests {
             "CpuBurnin",
             "DiskBurnin",
             "NicBurnin",
+            "FirmwareSpec",
+            "FirmwareParams",
+            "ComponentMatch",
+            "ComponentSpec",
+            "PackageWire",
+            "NvmeUpdate",
+            "PayloadUpdate",
+            "SettingsSpec",
+            "VariableWrite",
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for entry in std::fs::read_dir(&dir).unwrap() {

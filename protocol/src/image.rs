@@ -242,7 +242,7 @@ pub fn redact_url(u: &str) -> String {
 
 /// Userinfo (`user:pass@host`) is accepted, for basic auth to a mirror; [`redact_url`]
 /// keeps it out of everything shown.
-fn check_url(field: &'static str, u: &str) -> Result<(), SpecError> {
+pub(crate) fn check_url(field: &'static str, u: &str) -> Result<(), SpecError> {
     let bad = |why: &str| SpecError::BadUrl {
         field,
         why: why.to_owned(),

@@ -14,6 +14,7 @@ pub mod catalogue;
 pub mod codec;
 pub mod configdrive;
 pub mod erase;
+pub mod firmware;
 pub mod image;
 pub mod inventory;
 pub mod message;

@@ -12,6 +12,7 @@
 //! `*6338*` still reads as "contains".
 
 use crate::burnin::{Burnin, BurninReport};
+use crate::firmware::{ComponentMatch, Version};
 use crate::inventory::{BlockDevice, Inventory, Nic, PciDevice, Transport};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +49,9 @@ pub struct Spec {
     pub gpus: Option<GpuSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc: Option<BmcSpec>,
+    /// Firmware versions: every matching component must satisfy its entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firmware: Vec<FirmwareSpec>,
 }
 
 impl Spec {
@@ -59,6 +63,7 @@ impl Spec {
             && self.nics.is_empty()
             && self.gpus.is_none()
             && self.bmc.is_none()
+            && self.firmware.is_empty()
     }
 }
 
@@ -146,6 +151,20 @@ pub struct GpuSpec {
     /// Glob on `vendor:device` as four-digit lowercase hex ids, e.g. `"10de:*"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<Pattern>,
+}
+
+/// Firmware components (matched as `decom.firmware_secure` matches them) and the version they
+/// must run: at least `min_version`, exactly `version` ([`Version`] order), or both. At least
+/// one component must match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareSpec {
+    #[serde(rename = "match")]
+    pub matches: ComponentMatch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// The local BMC as the agent saw it in-band.
@@ -430,6 +449,39 @@ pub fn check(spec: &Spec, inv: &Inventory) -> QcReport {
             present == b.present,
         );
     }
+    for (i, f) in spec.firmware.iter().enumerate() {
+        let found: Vec<_> = inv
+            .firmware
+            .iter()
+            .filter(|c| f.matches.matches(c))
+            .collect();
+        let mut want = Vec::new();
+        if let Some(m) = &f.min_version {
+            want.push(format!("at least {m}"));
+        }
+        if let Some(v) = &f.version {
+            want.push(format!("exactly {v}"));
+        }
+        let ok = |c: &&crate::inventory::FirmwareComponent| {
+            let have = Version::parse(&c.version);
+            f.min_version
+                .as_ref()
+                .is_none_or(|m| have >= Version::parse(m))
+                && f.version.as_ref().is_none_or(|v| have == Version::parse(v))
+        };
+        let actual: Vec<String> = found
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.version.trim()))
+            .collect();
+        add(
+            format!("firmware[{i}]"),
+            format!("{} {}", f.matches, list_or_none(&want)),
+            list_or_none(&actual),
+            !found.is_empty()
+                && (f.min_version.is_some() || f.version.is_some())
+                && found.iter().all(ok),
+        );
+    }
     let failures: Vec<String> = checks
         .iter()
         .filter(|c| !c.pass)
@@ -510,6 +562,7 @@ pub fn template(inv: &Inventory) -> Spec {
         bmc: Some(BmcSpec {
             present: inv.bmc.is_some(),
         }),
+        firmware: Vec::new(),
     }
 }
 
@@ -668,6 +721,36 @@ mod tests {
             .filter(|c| !c.pass)
             .map(|c| c.name.as_str())
             .collect()
+    }
+
+    #[test]
+    fn firmware_checks_compare_versions_of_every_matching_component() {
+        let mut inv = server();
+        inv.firmware = serde_json::from_value(json!([
+            {"kind": "nvme", "name": "nvme0", "model": "SAMSUNG MZQL21T9HCJR", "version": "GDC5602Q"},
+            {"kind": "nvme", "name": "nvme1", "model": "SAMSUNG MZQL21T9HCJR", "version": "GDC5302Q"},
+            {"kind": "bios", "name": "bios", "version": "2.16.0"}]))
+        .unwrap();
+        let r = check(
+            &spec(json!({"firmware": [
+                {"match": {"kind": "bios"}, "min_version": "2.9"},
+                {"match": {"kind": "bios"}, "version": "2.16"},
+                {"match": {"kind": "nvme", "name": "nvme0"}, "version": "gdc5602q"},
+                {"match": {"kind": "nvme", "model": "SAMSUNG*"}, "min_version": "GDC5602Q"},
+                {"match": {"kind": "bmc"}, "min_version": "1"},
+                {"match": {"kind": "bios"}}]})),
+            &inv,
+        );
+        assert_eq!(failed(&r), ["firmware[3]", "firmware[4]", "firmware[5]"]);
+        assert_eq!(
+            r.failures[0],
+            "firmware[3]: expected nvme model \"SAMSUNG*\" at least GDC5602Q, found nvme0 GDC5602Q, nvme1 GDC5302Q"
+        );
+        assert!(r.failures[1].ends_with("found none"), "{}", r.failures[1]);
+        let e = serde_json::from_value::<Spec>(
+            json!({"firmware": [{"match": {"kind": "bios"}, "min": "1"}]}),
+        );
+        assert!(e.unwrap_err().to_string().contains("unknown field `min`"));
     }
 
     #[test]

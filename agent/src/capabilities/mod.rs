@@ -11,6 +11,7 @@
 
 mod bmc;
 mod erase;
+pub mod firmware;
 pub mod image;
 mod inventory;
 mod power;
@@ -206,6 +207,14 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
     );
     m.task_method::<catalogue::PrepareImage, _>(image::PrepareImage(images.clone()));
     let fetch = images.fetch.clone();
+    m.task_method::<catalogue::FirmwareSecure, _>(firmware::FirmwareSecure {
+        root: machine.root.clone(),
+        authority: machine.authority.clone(),
+        dev: bmc_dev.clone(),
+        ready: machine.ready.clone(),
+        fetch: fetch.clone(),
+        running: Arc::default(),
+    });
     m.task_method::<catalogue::CacheImages, _>(image::CacheImages(images));
     m.task_method::<catalogue::RunImage, _>(run_image::RunImage {
         root: machine.root.clone(),

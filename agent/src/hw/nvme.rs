@@ -203,6 +203,8 @@ pub struct IdentifyController {
     pub fna: u8,
     /// Firmware Updates (byte 260); see [`Frmw`].
     pub frmw: u8,
+    /// Firmware Update Granularity (byte 319), in 4 KiB units; 0 and 0xff mean none given.
+    pub fwug: u8,
     /// Total NVM capacity in bytes (0 when not reported).
     pub tnvmcap: u128,
 }
@@ -255,6 +257,7 @@ impl IdentifyController {
             oncs: le16(d, 520),
             fna: d[524],
             frmw: d[260],
+            fwug: d[319],
         })
     }
 }
@@ -514,6 +517,37 @@ mod ioctl {
 }
 
 impl AdminCommand {
+    /// The command as the kernel reads it (`struct nvme_passthru_cmd`, little-endian), with
+    /// `addr` as the data pointer: what tests compare byte by byte.
+    pub fn to_bytes(self, addr: u64) -> [u8; 72] {
+        let r = self.to_raw(addr);
+        let mut b = [0u8; 72];
+        b[0] = r.opcode;
+        b[1] = r.flags;
+        b[2..4].copy_from_slice(&r.rsvd1.to_le_bytes());
+        let dwords = [
+            (4, r.nsid),
+            (8, r.cdw2),
+            (12, r.cdw3),
+            (32, r.metadata_len),
+            (36, r.data_len),
+            (40, r.cdw10),
+            (44, r.cdw11),
+            (48, r.cdw12),
+            (52, r.cdw13),
+            (56, r.cdw14),
+            (60, r.cdw15),
+            (64, r.timeout_ms),
+            (68, r.result),
+        ];
+        for (o, v) in dwords {
+            b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        b[16..24].copy_from_slice(&r.metadata.to_le_bytes());
+        b[24..32].copy_from_slice(&r.addr.to_le_bytes());
+        b
+    }
+
     fn to_raw(self, addr: u64) -> ioctl::NvmePassthruCmd {
         ioctl::NvmePassthruCmd {
             opcode: self.opcode,

@@ -8,8 +8,9 @@ use super::{
 use crate::client::{Client, ClientError};
 use crate::store::{TaskEvent, TaskPhase};
 use molar_protocol::Method;
-use molar_protocol::catalogue::Qc;
+use molar_protocol::catalogue::{FirmwareSecure, Qc};
 use molar_protocol::codes;
+use molar_protocol::firmware::FirmwareResult;
 use molar_protocol::qc::QcReport;
 use serde_json::Value;
 use std::time::Duration;
@@ -38,8 +39,61 @@ fn qc_rows(method: &str, result: Option<&Value>) -> Option<Vec<Vec<String>>> {
     )
 }
 
-/// Prints the `decom.qc` table of a task's result, if it is one; true when it was.
+/// The rows of a `decom.firmware_secure` result: one per component, what it ran before and
+/// after, what was done and whether it waits for a reboot or power cycle.
+fn firmware_rows(method: &str, result: Option<&Value>) -> Option<Vec<Vec<String>>> {
+    if method != FirmwareSecure::NAME {
+        return None;
+    }
+    let r: FirmwareResult = serde_json::from_value(result?.clone()).ok()?;
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    Some(
+        r.components
+            .into_iter()
+            .map(|c| {
+                let kind = serde_json::to_value(c.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let next = match (c.power_cycle, c.reboot) {
+                    (true, _) => "power cycle",
+                    (false, true) => "warm reboot",
+                    _ => "",
+                };
+                vec![
+                    if c.action.is_secure() { "ok" } else { "FAIL" }.to_owned(),
+                    format!("{kind} {}", dash(c.name)),
+                    dash(c.before),
+                    c.required,
+                    dash(c.after),
+                    c.action.as_str().to_owned(),
+                    next.to_owned(),
+                    dash(c.message),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// Prints the table of a `decom.qc` or `decom.firmware_secure` result, if it is one; true
+/// when it was.
 fn print_qc(method: &str, result: Option<&Value>) -> Result<bool, Failure> {
+    if let Some(rows) = firmware_rows(method, result) {
+        table(
+            &[
+                "",
+                "COMPONENT",
+                "BEFORE",
+                "REQUIRED",
+                "AFTER",
+                "ACTION",
+                "NEEDS",
+                "NOTE",
+            ],
+            rows,
+        )?;
+        return Ok(true);
+    }
     let Some(rows) = qc_rows(method, result) else {
         return Ok(false);
     };
@@ -317,5 +371,42 @@ mod tests {
             lines[3].ends_with("120.5 MB/s over 241.0 MiB in 2.0 s"),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn a_firmware_result_becomes_a_table_per_component() {
+        let result = json!({"dry_run": false, "reboot_required": true, "components": [
+            {"index": 0, "kind": "nvme", "name": "nvme0", "required": "1.1", "before": "1.0",
+             "after": "1.1", "action": "updated", "method": "nvme", "reboot": true},
+            {"index": 1, "kind": "bios", "name": "bios", "required": "2", "before": "3",
+             "action": "downgrade_refused", "message": "bios runs 3\u{1b}[2J"},
+            {"index": 2, "kind": "bmc", "required": "1", "action": "not_found"}]});
+        let rows = firmware_rows(FirmwareSecure::NAME, Some(&result)).unwrap();
+        let lines = render_table(
+            &[
+                "",
+                "COMPONENT",
+                "BEFORE",
+                "REQUIRED",
+                "AFTER",
+                "ACTION",
+                "NEEDS",
+                "NOTE",
+            ],
+            rows,
+        );
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(lines[1].starts_with("ok    nvme nvme0  1.0"), "{lines:?}");
+        assert!(
+            lines[1].contains("updated") && lines[1].contains("reboot"),
+            "{lines:?}"
+        );
+        assert!(lines[2].starts_with("FAIL  bios bios") && lines[2].contains("downgrade_refused"));
+        assert!(
+            lines[3].contains("bmc -") && lines[3].contains("not_found"),
+            "{lines:?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains('\u{1b}')), "{lines:?}");
+        assert!(firmware_rows(Qc::NAME, Some(&result)).is_none());
     }
 }
