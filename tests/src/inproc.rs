@@ -267,6 +267,37 @@ impl TestAgent {
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, failing after `secs`.
+/// Starts `method` on server `id` and follows its events to the end (panicking after
+/// `within`, naming the last event); returns the terminal event and the stored task.
+pub async fn follow_task(
+    c: &Client,
+    id: &str,
+    method: &str,
+    params: Value,
+    within: Duration,
+) -> (
+    molar_controller::store::TaskEvent,
+    molar_controller::store::TaskRecord,
+) {
+    let started = c
+        .start_task(id, method, params)
+        .await
+        .unwrap_or_else(|e| panic!("starting {method}: {e}"));
+    let mut events = c.task_events(&started.task_id).await.unwrap();
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(ev)) => last = Some(ev.unwrap()),
+            Ok(None) => break,
+            Err(_) => panic!("{method} did not end within {within:?}; last event {last:?}"),
+        }
+    }
+    let last = last.unwrap_or_else(|| panic!("{method}: no events"));
+    let record = c.task(&started.task_id).await.unwrap();
+    (last, record)
+}
+
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,

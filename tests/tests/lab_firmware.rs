@@ -13,7 +13,7 @@
 
 use molar_controller::client::Client;
 use molar_controller::store::{TaskEvent, TaskPhase};
-use molar_tests::inproc::{Controller, eventually};
+use molar_tests::inproc::{Controller, eventually, follow_task};
 use molar_tests::lab::{HttpFiles, Lab, QemuConfig};
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -26,21 +26,7 @@ const FILES_PORT: u16 = 8080;
 const BUSYBOX: &str = "/bin/busybox";
 
 async fn run_task(c: &Client, id: &str, method: &str, params: Value, secs: u64) -> TaskEvent {
-    let t = c
-        .start_task(id, method, params)
-        .await
-        .unwrap_or_else(|e| panic!("starting {method}: {e}"));
-    let mut events = c.task_events(&t.task_id).await.unwrap();
-    let mut last = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(ev)) => last = Some(ev.unwrap()),
-            Ok(None) => break,
-            Err(_) => panic!("{method} did not end within {secs} s; last event {last:?}"),
-        }
-    }
-    let last = last.unwrap_or_else(|| panic!("{method}: no events"));
+    let (last, _) = follow_task(c, id, method, params, Duration::from_secs(secs)).await;
     eprintln!(
         "lab: {method}: {} {}",
         last.state.as_str(),

@@ -11,7 +11,7 @@ use molar_controller::store::TaskPhase;
 use molar_protocol::inventory::Inventory;
 use molar_protocol::qc::{QcReport, Spec, check, template};
 use molar_tests::bins::bin;
-use molar_tests::inproc::{Controller, eventually};
+use molar_tests::inproc::{Controller, eventually, follow_task};
 use molar_tests::lab::{Lab, QemuConfig};
 use serde_json::{Value, json};
 use std::process::Command;
@@ -25,17 +25,7 @@ async fn run_qc(
     id: &str,
     params: Value,
 ) -> (TaskPhase, Option<String>, Option<String>, Option<Value>) {
-    let started = c.start_task(id, "decom.qc", params).await.unwrap();
-    let mut events = c.task_events(&started.task_id).await.unwrap();
-    let mut last = None;
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(300), events.next())
-        .await
-        .unwrap()
-    {
-        last = Some(ev.unwrap());
-    }
-    assert!(last.is_some(), "at least the terminal event");
-    let record = c.task(&started.task_id).await.unwrap();
+    let (_, record) = follow_task(c, id, "decom.qc", params, Duration::from_secs(300)).await;
     (record.state, record.code, record.msg, record.result)
 }
 

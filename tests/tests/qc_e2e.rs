@@ -12,7 +12,7 @@ use molar_agent::tls::Trust;
 use molar_controller::store::TaskPhase;
 use molar_protocol::inventory::Inventory;
 use molar_protocol::qc::{QcReport, template};
-use molar_tests::inproc::{Controller, TestAgent, eventually};
+use molar_tests::inproc::{Controller, TestAgent, eventually, follow_task};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
@@ -23,17 +23,7 @@ async fn run_qc(
     id: &str,
     params: Value,
 ) -> (TaskPhase, Option<String>, Option<String>, Option<Value>) {
-    let started = client.start_task(id, "decom.qc", params).await.unwrap();
-    let mut events = client.task_events(&started.task_id).await.unwrap();
-    let mut last = None;
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(60), events.next())
-        .await
-        .unwrap()
-    {
-        last = Some(ev.unwrap());
-    }
-    let last = last.expect("at least the terminal event");
-    let record = client.task(&started.task_id).await.unwrap();
+    let (last, record) = follow_task(client, id, "decom.qc", params, Duration::from_secs(60)).await;
     assert_eq!(record.state, last.state);
     (last.state, record.code, record.msg, record.result)
 }
