@@ -172,6 +172,7 @@ impl IpmiSim {
             Some(qemu) => {
                 qemu.ipmi_port = Some(vm_port);
                 qemu.create_disks(dir)?;
+                qemu.create_vars(dir)?;
                 let args = qemu.args(dir)?;
                 let out = dir.join(format!("{}-qemu.out", qemu.name));
                 let script = dir.join(format!("start-{}.sh", qemu.name));

@@ -32,7 +32,10 @@ use anyhow::{Context, Result};
 pub use http::{Faults, HttpFiles};
 pub use ipmi_sim::{BMC_MAC, BmcUser, IpmiSim, IpmiSimConfig};
 pub use process::ChildGuard;
-pub use qemu::{Accel, Boot, Disk, DiskKind, Machine, Nic, Qemu, QemuConfig, Smbios};
+pub use qemu::{
+    Accel, Boot, Disk, DiskKind, Firmware, Machine, Nic, OVMF_CODE, OVMF_VARS, Qemu, QemuConfig,
+    Smbios,
+};
 pub use serial_relay::SerialRelay;
 
 /// The workspace root (the parent of this crate).

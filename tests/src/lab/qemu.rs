@@ -51,7 +51,24 @@ pub enum Boot {
     Kernel { kernel: PathBuf, initrd: PathBuf },
     /// Real PXE: the NIC's iPXE ROM, slirp's DHCP and TFTP serving `dir`, booting `bootfile`.
     Pxe { tftp_dir: PathBuf, bootfile: String },
+    /// An ISO image in a SATA CD-ROM drive, first in the boot order (virtual media as a BMC
+    /// presents it).
+    Cdrom { iso: PathBuf },
 }
+
+/// The platform firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// QEMU's default SeaBIOS.
+    Bios,
+    /// Debian's OVMF (`ovmf` package): UEFI with efivarfs in the guest. The variable store
+    /// is a copy of `OVMF_VARS_4M.fd` per VM (`NAME-vars.fd`), kept across its restarts.
+    Uefi,
+}
+
+/// OVMF's code and its pristine variable store.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// The VM's one NIC.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +112,7 @@ pub struct QemuConfig {
     pub accel: Accel,
     pub memory_mib: u32,
     pub smp: u32,
+    pub firmware: Firmware,
     pub boot: Boot,
     /// Kernel command line for `Boot::Kernel`.
     pub append: Vec<String>,
@@ -133,6 +151,7 @@ impl QemuConfig {
             accel: Accel::from_env(),
             memory_mib: 1024,
             smp: 2,
+            firmware: Firmware::Bios,
             boot: Boot::Kernel {
                 kernel: images.direct_boot_kernel().to_path_buf(),
                 initrd: images.initramfs.clone(),
@@ -214,6 +233,29 @@ impl QemuConfig {
         dir.join(format!("{}.pid", self.name))
     }
 
+    /// The VM's own UEFI variable store (`Firmware::Uefi`).
+    pub fn vars_path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}-vars.fd", self.name))
+    }
+
+    /// Copies OVMF's pristine variable store for a UEFI VM unless it already has one (a
+    /// restarted VM keeps its variables, as a real machine's NVRAM does).
+    pub fn create_vars(&self, dir: &Path) -> Result<()> {
+        if self.firmware != Firmware::Uefi {
+            return Ok(());
+        }
+        let vars = self.vars_path(dir);
+        if !vars.exists() {
+            fs::copy(OVMF_VARS, &vars).with_context(|| {
+                format!(
+                    "copying {OVMF_VARS} to {} (is Debian's ovmf installed?)",
+                    vars.display()
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// The image file of disk `i` (`NAME-diskI.img`).
     pub fn disk_path(&self, dir: &Path, i: usize) -> PathBuf {
         dir.join(format!("{}-disk{i}.img", self.name))
@@ -274,6 +316,15 @@ impl QemuConfig {
             &self.smp.to_string(),
         ]);
         push(&["-display", "none", "-nodefaults", "-no-user-config"]);
+        if self.firmware == Firmware::Uefi {
+            let vars = opt(&self.vars_path(dir))?;
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={vars}"),
+            ]);
+        }
         if self.no_reboot {
             push(&["-no-reboot"]);
         }
@@ -353,6 +404,17 @@ impl QemuConfig {
                 push(&["-append", &self.append.join(" ")]);
             }
             Boot::Pxe { .. } => {}
+            Boot::Cdrom { iso } => {
+                let iso = opt(iso)?;
+                push(&[
+                    "-drive",
+                    &format!("file={iso},if=none,id=cd0,media=cdrom,readonly=on"),
+                    "-device",
+                    "ahci,id=ahci0",
+                    "-device",
+                    "ide-cd,drive=cd0,bus=ahci0.0,bootindex=0",
+                ]);
+            }
         }
         Ok(a)
     }
@@ -377,6 +439,7 @@ impl Qemu {
     pub fn spawn(lab: &Lab, cfg: &QemuConfig) -> Result<Qemu> {
         let dir = lab.dir();
         cfg.create_disks(dir)?;
+        cfg.create_vars(dir)?;
         let args = cfg.args(dir)?;
         let out = dir.join(format!("{}-qemu.out", cfg.name));
         let out_file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -553,6 +616,20 @@ mod tests {
         ));
         assert!(!args.contains("-kernel"));
         assert!(QemuConfig::server(&lab).args(Path::new("/a,b")).is_err());
+
+        let mut uefi = QemuConfig::server(&lab);
+        uefi.firmware = Firmware::Uefi;
+        uefi.boot = Boot::Cdrom {
+            iso: "/img/molar.iso".into(),
+        };
+        let args = uefi.args(Path::new("/lab")).unwrap().join(" ");
+        for want in [
+            "-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd -drive if=pflash,format=raw,unit=1,file=/lab/server-vars.fd",
+            "-drive file=/img/molar.iso,if=none,id=cd0,media=cdrom,readonly=on -device ahci,id=ahci0 -device ide-cd,drive=cd0,bus=ahci0.0,bootindex=0",
+        ] {
+            assert!(args.contains(want), "missing {want:?} in {args}");
+        }
+        assert!(!args.contains("-kernel"));
     }
 
     #[test]
