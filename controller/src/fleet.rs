@@ -529,10 +529,20 @@ impl Fleet {
         match outcome {
             Ok(_) => match self
                 .store
-                .set_server_state(server_id, ServerState::Available)
+                .transition(
+                    server_id,
+                    ServerState::Discovery,
+                    crate::lifecycle::Cause::Discovered,
+                    "inventory stored",
+                    Default::default(),
+                )
                 .await
             {
                 Ok(_) => tracing::info!(server = %server_id, "discovery complete: available"),
+                // An operator moved it meanwhile (maintenance): theirs is the last word.
+                Err(crate::store::TransitionError::Conflict { actual, .. }) => {
+                    tracing::info!(server = %server_id, state = %actual, "discovery complete; the server changed state meanwhile")
+                }
                 Err(e) => tracing::error!(server = %server_id, error = %e, "storing the state"),
             },
             Err(e) => tracing::warn!(server = %server_id, error = %e, "discovery failed"),

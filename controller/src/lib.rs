@@ -6,6 +6,8 @@
 //!   store threads behind an async handle.
 //! - [`pki`]: the state directory: CA, server certificate, admin token.
 //! - [`identity`]: which stored server an agent is.
+//! - [`lifecycle`]: seed 003's server states and the one table of transitions between them;
+//!   the store applies them as compare-and-sets with a history (`store::lifecycle`).
 //! - [`bounds`]: length and character limits on what agents send (handshake, inventory).
 //! - [`fleet`]: live agent connections, commands and tasks sent to them, task event bus, and
 //!   the explicit handlers that store what agents answer (inventory, BMC credentials).
@@ -55,6 +57,7 @@ pub mod erase;
 pub mod fleet;
 pub mod http_errors;
 pub mod identity;
+pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod notify;

@@ -15,6 +15,7 @@ mod bmc;
 mod console;
 mod enrolled;
 mod events;
+mod lifecycle;
 mod logs;
 mod requests;
 mod retention;
@@ -30,6 +31,7 @@ pub use console::{
 };
 pub use enrolled::{ENROLLED_KEY_PREFIX, EnrolRefusal, Enrolment, guid_candidates};
 pub use events::{EVENTS_KEPT, EventRecord, NewEvent};
+pub use lifecycle::{Refs, TRANSITIONS_LISTED_MAX, Transition, TransitionError};
 pub use logs::LogEntry;
 pub use requests::{NewRequest, REQUESTS_LISTED_MAX, RequestPath, RequestRecord, RequestState};
 pub use retention::{Pruned, Retention};
@@ -227,6 +229,26 @@ ALTER TABLE bmcs ADD COLUMN tls_fingerprint TEXT;
 ALTER TABLE bmcs ADD COLUMN tls_insecure INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE bmcs ADD COLUMN oob_inventory TEXT;
 ALTER TABLE bmcs ADD COLUMN oob_inventory_ms INTEGER;
+"#,
+    // The lifecycle (issue #15): every state change of a server, in order. Servers stored
+    // before it get one row saying the state they were found in.
+    r#"
+CREATE TABLE transitions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    server_id   TEXT NOT NULL REFERENCES servers(id),
+    from_state  TEXT,
+    to_state    TEXT NOT NULL,
+    cause       TEXT,
+    reason      TEXT NOT NULL,
+    request_id  INTEGER,
+    task_id     TEXT,
+    at_ms       INTEGER NOT NULL
+);
+CREATE INDEX transitions_server ON transitions(server_id, id);
+INSERT INTO transitions (server_id, to_state, reason, at_ms)
+    SELECT id, state, 'found in this state when the history started',
+        CAST(strftime('%s','now') AS INTEGER) * 1000
+    FROM servers ORDER BY first_seen_ms;
 "#,
 ];
 
