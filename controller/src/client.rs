@@ -3,10 +3,11 @@
 
 use crate::api::{
     CallRequest, CallResponse, ConditionSet, ConditionStatusAnswer, ControlQueued, ControlRequest,
-    CreatedToken, EventPage, LogPage, ReenrolRequest, Reenrolled, RemovedServer, RequestList,
-    ServerList, ServerView, TaskList, TaskRequest, TaskStarted, TokenList, TokenRequest,
+    CreatedToken, EventPage, LogPage, MaintenanceRequest, ReenrolRequest, Reenrolled,
+    RemovedServer, RequestList, ServerList, ServerView, TaskList, TaskRequest, TaskStarted,
+    TokenList, TokenRequest, TransitionPage,
 };
-use crate::store::{RequestRecord, TaskEvent, TaskRecord, TokenRecord, TokenScope};
+use crate::store::{RequestRecord, TaskEvent, TaskRecord, TokenRecord, TokenScope, Transition};
 use molar_protocol::{ErrorBody, Secret, codes};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -374,6 +375,44 @@ impl Client {
     pub async fn events(&self, server: Option<&str>, after: i64, limit: u32) -> Result<EventPage> {
         let server = server.map(|s| format!("&server={s}")).unwrap_or_default();
         self.get(&format!("/events?after={after}&limit={limit}{server}"))
+            .await
+    }
+
+    /// One server's state changes (id or name) with an id above `after`, oldest first.
+    pub async fn history(&self, server: &str, after: i64, limit: u32) -> Result<TransitionPage> {
+        self.get(&format!(
+            "/servers/{}/history?after={after}&limit={limit}",
+            segment(server)
+        ))
+        .await
+    }
+
+    /// Every server's state changes (or one server's) with an id above `after`.
+    pub async fn transitions(
+        &self,
+        server: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<TransitionPage> {
+        let server = server
+            .map(|s| format!("&server={}", segment(s)))
+            .unwrap_or_default();
+        self.get(&format!("/transitions?after={after}&limit={limit}{server}"))
+            .await
+    }
+
+    /// Takes a server into maintenance (`on`) or out of it.
+    pub async fn maintenance(
+        &self,
+        server: &str,
+        on: bool,
+        reason: Option<&str>,
+    ) -> Result<Transition> {
+        let req = MaintenanceRequest {
+            on,
+            reason: reason.map(str::to_owned),
+        };
+        self.post(&format!("/servers/{}/maintenance", segment(server)), &req)
             .await
     }
 

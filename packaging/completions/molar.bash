@@ -37,11 +37,17 @@ _molar() {
             molar,help)
                 cmd="molar__subcmd__help"
                 ;;
+            molar,history)
+                cmd="molar__subcmd__history"
+                ;;
             molar,identify)
                 cmd="molar__subcmd__identify"
                 ;;
             molar,logs)
                 cmd="molar__subcmd__logs"
+                ;;
+            molar,maintenance)
+                cmd="molar__subcmd__maintenance"
                 ;;
             molar,power)
                 cmd="molar__subcmd__power"
@@ -66,6 +72,9 @@ _molar() {
                 ;;
             molar,token)
                 cmd="molar__subcmd__token"
+                ;;
+            molar,transitions)
+                cmd="molar__subcmd__transitions"
                 ;;
             molar__subcmd__config,check)
                 cmd="molar__subcmd__config__subcmd__check"
@@ -106,11 +115,17 @@ _molar() {
             molar__subcmd__help,help)
                 cmd="molar__subcmd__help__subcmd__help"
                 ;;
+            molar__subcmd__help,history)
+                cmd="molar__subcmd__help__subcmd__history"
+                ;;
             molar__subcmd__help,identify)
                 cmd="molar__subcmd__help__subcmd__identify"
                 ;;
             molar__subcmd__help,logs)
                 cmd="molar__subcmd__help__subcmd__logs"
+                ;;
+            molar__subcmd__help,maintenance)
+                cmd="molar__subcmd__help__subcmd__maintenance"
                 ;;
             molar__subcmd__help,power)
                 cmd="molar__subcmd__help__subcmd__power"
@@ -135,6 +150,9 @@ _molar() {
                 ;;
             molar__subcmd__help,token)
                 cmd="molar__subcmd__help__subcmd__token"
+                ;;
+            molar__subcmd__help,transitions)
+                cmd="molar__subcmd__help__subcmd__transitions"
                 ;;
             molar__subcmd__help__subcmd__config,check)
                 cmd="molar__subcmd__help__subcmd__config__subcmd__check"
@@ -248,7 +266,7 @@ _molar() {
 
     case "${cmd}" in
         molar)
-            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config token servers server call task tasks logs console events power bootdev bmc-reset identify requests help"
+            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config token servers server call task tasks logs console events power bootdev bmc-reset identify history transitions maintenance requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -658,7 +676,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help)
-            opts="serve config token servers server call task tasks logs console events power bootdev bmc-reset identify requests help"
+            opts="serve config token servers server call task tasks logs console events power bootdev bmc-reset identify history transitions maintenance requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -797,6 +815,20 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        molar__subcmd__help__subcmd__history)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         molar__subcmd__help__subcmd__identify)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -812,6 +844,20 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help__subcmd__logs)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__maintenance)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1063,6 +1109,50 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        molar__subcmd__help__subcmd__transitions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__history)
+            opts="-w -h --follow --watch --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         molar__subcmd__identify)
             opts="-h --seconds --off --wait --wait-timeout --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -1108,6 +1198,40 @@ _molar() {
                 return 0
             fi
             case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__maintenance)
+            opts="-h --reason --state-dir --api --token-file --ca --json --help on off"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1932,6 +2056,36 @@ _molar() {
         molar__subcmd__token__subcmd__rotate)
             opts="-h --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__transitions)
+            opts="-w -h --follow --watch --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

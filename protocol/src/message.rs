@@ -46,6 +46,10 @@ pub mod codes {
     pub const HARDWARE_NOT_READY: &str = "hardware_not_ready";
     /// A disk the request expects (by serial or WWN) is not present.
     pub const EXPECTED_DISK_MISSING: &str = "expected_disk_missing";
+    /// The server's lifecycle has no such transition from the state it is in.
+    pub const ILLEGAL_TRANSITION: &str = "illegal_transition";
+    /// The server changed state while the request was decided: nothing was done.
+    pub const STATE_CHANGED: &str = "state_changed";
     /// No common protocol version.
     pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
     /// The addressed server has no live agent connection.

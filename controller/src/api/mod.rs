@@ -22,8 +22,10 @@ pub use console::{
 };
 
 mod control;
+mod lifecycle;
 mod qc;
 
+pub use lifecycle::{MaintenanceRequest, TransitionPage};
 pub use qc::QcCheckRequest;
 
 pub use control::{
@@ -225,6 +227,7 @@ pub fn status_for(code: &str, from_agent: bool) -> StatusCode {
         codes::NOT_FOUND | codes::UNKNOWN_TASK => StatusCode::NOT_FOUND,
         codes::NOT_CONNECTED | codes::TASK_CONFLICT => StatusCode::CONFLICT,
         codes::EXPECTED_DISK_MISSING => StatusCode::CONFLICT,
+        codes::ILLEGAL_TRANSITION | codes::STATE_CHANGED => StatusCode::CONFLICT,
         codes::BUSY | codes::NOT_READY | codes::HARDWARE_NOT_READY => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -372,7 +375,8 @@ pub fn router(
         .route("/openapi.json", get(openapi))
         .merge(console::routes())
         .merge(control::routes())
-        .merge(qc::routes());
+        .merge(qc::routes())
+        .merge(lifecycle::routes());
     let routed = Router::new()
         .nest("/api/v1", api)
         .merge(obmd::routes())

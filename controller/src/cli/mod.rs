@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod console;
 mod control;
+mod lifecycle;
 mod logs;
 pub(crate) mod output;
 mod serve;
@@ -214,6 +215,29 @@ pub enum Command {
         off: bool,
         #[command(flatten)]
         wait: control::WaitFlags,
+    },
+    /// Print a server's state changes (seed 003's lifecycle): from, to, why, when, and the
+    /// request or task each came from.
+    History {
+        server: String,
+        /// Keep printing new changes.
+        #[arg(long, short, visible_alias = "follow")]
+        watch: bool,
+    },
+    /// Print every server's state changes, oldest first.
+    Transitions {
+        /// Keep printing new changes.
+        #[arg(long, short, visible_alias = "follow")]
+        watch: bool,
+    },
+    /// Take a server into maintenance (from available or error) or return it to available.
+    Maintenance {
+        server: String,
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        /// Why, kept in the server's history.
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// List a server's control requests, newest first.
     Requests {
@@ -533,6 +557,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             limit,
             wait,
         } => control::requests(cli, server, *limit, *wait).await,
+        Command::History { server, watch } => lifecycle::history(cli, server, *watch).await,
+        Command::Transitions { watch } => lifecycle::transitions(cli, *watch).await,
+        Command::Maintenance {
+            server,
+            mode,
+            reason,
+        } => lifecycle::maintenance(cli, server, mode == "on", reason.as_deref()).await,
     }
 }
 
