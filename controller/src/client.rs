@@ -5,9 +5,12 @@ use crate::api::{
     CallRequest, CallResponse, ConditionSet, ConditionStatusAnswer, ControlQueued, ControlRequest,
     CreatedToken, EventPage, LogPage, MaintenanceRequest, ReenrolRequest, Reenrolled,
     RemovedServer, RequestList, ServerList, ServerView, TaskList, TaskRequest, TaskStarted,
-    TokenList, TokenRequest, TransitionPage,
+    TokenList, TokenRequest, TransitionPage, WorkflowList,
 };
-use crate::store::{RequestRecord, TaskEvent, TaskRecord, TokenRecord, TokenScope, Transition};
+use crate::store::{
+    RequestRecord, TaskEvent, TaskRecord, TokenRecord, TokenScope, Transition, WorkflowRecord,
+};
+use crate::workflow::{ClaimParams, ReleaseParams};
 use molar_protocol::{ErrorBody, Secret, codes};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -414,6 +417,29 @@ impl Client {
         };
         self.post(&format!("/servers/{}/maintenance", segment(server)), &req)
             .await
+    }
+
+    /// Starts the claim workflow (deploy, then Reserved).
+    pub async fn claim(&self, server: &str, params: &ClaimParams) -> Result<WorkflowRecord> {
+        self.post(&format!("/servers/{}/claim", segment(server)), params)
+            .await
+    }
+
+    /// Starts the release workflow (Cleanup: ramdisk, erase, then Available).
+    pub async fn release(&self, server: &str, params: &ReleaseParams) -> Result<WorkflowRecord> {
+        self.post(&format!("/servers/{}/release", segment(server)), params)
+            .await
+    }
+
+    /// A server's workflows, newest first.
+    pub async fn workflows(&self, server: &str, limit: u32) -> Result<Vec<WorkflowRecord>> {
+        Ok(self
+            .get::<WorkflowList>(&format!(
+                "/servers/{}/workflows?limit={limit}",
+                segment(server)
+            ))
+            .await?
+            .workflows)
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {

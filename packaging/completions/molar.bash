@@ -25,6 +25,9 @@ _molar() {
             molar,call)
                 cmd="molar__subcmd__call"
                 ;;
+            molar,claim)
+                cmd="molar__subcmd__claim"
+                ;;
             molar,config)
                 cmd="molar__subcmd__config"
                 ;;
@@ -52,6 +55,9 @@ _molar() {
             molar,power)
                 cmd="molar__subcmd__power"
                 ;;
+            molar,release)
+                cmd="molar__subcmd__release"
+                ;;
             molar,requests)
                 cmd="molar__subcmd__requests"
                 ;;
@@ -75,6 +81,9 @@ _molar() {
                 ;;
             molar,transitions)
                 cmd="molar__subcmd__transitions"
+                ;;
+            molar,workflows)
+                cmd="molar__subcmd__workflows"
                 ;;
             molar__subcmd__config,check)
                 cmd="molar__subcmd__config__subcmd__check"
@@ -103,6 +112,9 @@ _molar() {
             molar__subcmd__help,call)
                 cmd="molar__subcmd__help__subcmd__call"
                 ;;
+            molar__subcmd__help,claim)
+                cmd="molar__subcmd__help__subcmd__claim"
+                ;;
             molar__subcmd__help,config)
                 cmd="molar__subcmd__help__subcmd__config"
                 ;;
@@ -130,6 +142,9 @@ _molar() {
             molar__subcmd__help,power)
                 cmd="molar__subcmd__help__subcmd__power"
                 ;;
+            molar__subcmd__help,release)
+                cmd="molar__subcmd__help__subcmd__release"
+                ;;
             molar__subcmd__help,requests)
                 cmd="molar__subcmd__help__subcmd__requests"
                 ;;
@@ -153,6 +168,9 @@ _molar() {
                 ;;
             molar__subcmd__help,transitions)
                 cmd="molar__subcmd__help__subcmd__transitions"
+                ;;
+            molar__subcmd__help,workflows)
+                cmd="molar__subcmd__help__subcmd__workflows"
                 ;;
             molar__subcmd__help__subcmd__config,check)
                 cmd="molar__subcmd__help__subcmd__config__subcmd__check"
@@ -266,7 +284,7 @@ _molar() {
 
     case "${cmd}" in
         molar)
-            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config token servers server call task tasks logs console events power bootdev bmc-reset identify history transitions maintenance requests help"
+            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config token servers server call task tasks logs console events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -375,6 +393,52 @@ _molar() {
             fi
             case "${prev}" in
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__claim)
+            opts="-h --image-spec --device --config-drive --kernel-args --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --image-spec)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config-drive)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kernel-args)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -676,7 +740,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help)
-            opts="serve config token servers server call task tasks logs console events power bootdev bmc-reset identify history transitions maintenance requests help"
+            opts="serve config token servers server call task tasks logs console events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -718,6 +782,20 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help__subcmd__call)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__claim)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -872,6 +950,20 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help__subcmd__power)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__release)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1123,6 +1215,20 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        molar__subcmd__help__subcmd__workflows)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         molar__subcmd__history)
             opts="-w -h --follow --watch --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -1263,6 +1369,48 @@ _molar() {
             fi
             case "${prev}" in
                 --wait-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__release)
+            opts="-h --erase-method --passes --exclude --in-ramdisk --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --erase-method)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --passes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --exclude)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2090,6 +2238,40 @@ _molar() {
                 return 0
             fi
             case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__workflows)
+            opts="-h --limit --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

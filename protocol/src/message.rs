@@ -50,6 +50,8 @@ pub mod codes {
     pub const ILLEGAL_TRANSITION: &str = "illegal_transition";
     /// The server changed state while the request was decided: nothing was done.
     pub const STATE_CHANGED: &str = "state_changed";
+    /// The server already runs a lifecycle workflow (a claim or a release).
+    pub const WORKFLOW_RUNNING: &str = "workflow_running";
     /// No common protocol version.
     pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
     /// The addressed server has no live agent connection.

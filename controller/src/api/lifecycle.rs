@@ -9,10 +9,17 @@
 //! - `GET /transitions/stream?after=&server=`: the same followed live (`text/event-stream`,
 //!   event `transition`, id = the transition's id; a reconnecting client's `Last-Event-ID`
 //!   resumes after it, so no change is missed or repeated).
+//! - `POST /servers/{id}/claim {image, device, run}` and `POST /servers/{id}/release
+//!   {erase, in_ramdisk}`: start the durable workflows of [`crate::workflow`];
+//!   `GET /servers/{id}/workflows` lists a server's, newest first, with their steps.
 
 use super::{ApiError, ApiResult, ApiState, parse_body, query_num, query_pairs, server_or_404};
 use crate::lifecycle::Cause;
-use crate::store::{Refs, TRANSITIONS_LISTED_MAX, Transition, TransitionError};
+use crate::store::{
+    Refs, TRANSITIONS_LISTED_MAX, Transition, TransitionError, WORKFLOWS_LISTED_MAX, WorkflowError,
+    WorkflowRecord,
+};
+use crate::workflow::{ClaimParams, ReleaseParams, StartError};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -57,6 +64,62 @@ pub(super) fn routes() -> Router<Arc<ApiState>> {
         .route("/servers/{id}/maintenance", post(maintenance))
         .route("/transitions", get(list))
         .route("/transitions/stream", get(stream))
+        .route("/servers/{id}/claim", post(claim))
+        .route("/servers/{id}/release", post(release))
+        .route("/servers/{id}/workflows", get(workflows))
+}
+
+impl From<StartError> for ApiError {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::InvalidParams(m) => ApiError::new(codes::INVALID_PARAMS, m),
+            StartError::Workflow(WorkflowError::Transition(t)) => t.into(),
+            StartError::Workflow(e @ WorkflowError::Busy { .. }) => {
+                ApiError::new(codes::WORKFLOW_RUNNING, e.to_string())
+            }
+            StartError::Workflow(WorkflowError::Store(s)) => s.into(),
+        }
+    }
+}
+
+/// The answer of `GET /servers/{id}/workflows`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowRecord>,
+}
+
+async fn claim(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<WorkflowRecord> {
+    let p: ClaimParams = parse_body(&body)?;
+    Ok(axum::Json(st.workflows.claim(&id, p).await?))
+}
+
+async fn release(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<WorkflowRecord> {
+    let p: ReleaseParams = parse_body(&body)?;
+    Ok(axum::Json(st.workflows.release(&id, p).await?))
+}
+
+async fn workflows(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<WorkflowList> {
+    let q = query_pairs(&q);
+    let limit: u32 = query_num(&q, "limit", 20)?;
+    server_or_404(&st.fleet, &id).await?;
+    let workflows = st
+        .fleet
+        .store
+        .server_workflows(&id, limit.clamp(1, WORKFLOWS_LISTED_MAX))
+        .await?;
+    Ok(axum::Json(WorkflowList { workflows }))
 }
 
 impl From<TransitionError> for ApiError {

@@ -25,7 +25,7 @@ mod control;
 mod lifecycle;
 mod qc;
 
-pub use lifecycle::{MaintenanceRequest, TransitionPage};
+pub use lifecycle::{MaintenanceRequest, TransitionPage, WorkflowList};
 pub use qc::QcCheckRequest;
 
 pub use control::{
@@ -227,7 +227,9 @@ pub fn status_for(code: &str, from_agent: bool) -> StatusCode {
         codes::NOT_FOUND | codes::UNKNOWN_TASK => StatusCode::NOT_FOUND,
         codes::NOT_CONNECTED | codes::TASK_CONFLICT => StatusCode::CONFLICT,
         codes::EXPECTED_DISK_MISSING => StatusCode::CONFLICT,
-        codes::ILLEGAL_TRANSITION | codes::STATE_CHANGED => StatusCode::CONFLICT,
+        codes::ILLEGAL_TRANSITION | codes::STATE_CHANGED | codes::WORKFLOW_RUNNING => {
+            StatusCode::CONFLICT
+        }
         codes::BUSY | codes::NOT_READY | codes::HARDWARE_NOT_READY => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -300,6 +302,7 @@ type ApiResult<T> = Result<axum::Json<T>, ApiError>;
 struct ApiState {
     fleet: Arc<Fleet>,
     requests: Arc<crate::requests::Requests>,
+    workflows: Arc<crate::workflow::Workflows>,
     admin_hash: [u8; 32],
     shutdown: CancellationToken,
 }
@@ -350,12 +353,14 @@ fn query_num<T: std::str::FromStr>(
 pub fn router(
     fleet: Arc<Fleet>,
     requests: Arc<crate::requests::Requests>,
+    workflows: Arc<crate::workflow::Workflows>,
     admin_token: &Secret,
     shutdown: CancellationToken,
 ) -> Router {
     let state = Arc::new(ApiState {
         fleet,
         requests,
+        workflows,
         admin_hash: Sha256::digest(admin_token.expose().as_bytes()).into(),
         shutdown,
     });

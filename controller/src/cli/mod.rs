@@ -239,6 +239,47 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Deploy an image on an available server (the claim workflow): write it, boot it,
+    /// and mark the server reserved once it boots.
+    Claim {
+        server: String,
+        /// The image spec, a JSON file ({"id", "urls", "checksum", "format", ...}).
+        #[arg(long)]
+        image_spec: PathBuf,
+        /// The disk the image is written to.
+        #[arg(long)]
+        device: String,
+        /// The config drive, a JSON file (`run_image`'s `config_drive`).
+        #[arg(long)]
+        config_drive: Option<PathBuf>,
+        /// Appended to the deployed kernel's command line (kexec only).
+        #[arg(long)]
+        kernel_args: Option<String>,
+    },
+    /// Release a reserved server (the release workflow): boot it into the ramdisk through
+    /// its BMC, erase its disks, and return it to available.
+    Release {
+        server: String,
+        /// auto (strongest each disk offers), metadata (express), overwrite, nvme_sanitize,
+        /// nvme_format, ata_secure_erase or discard.
+        #[arg(long)]
+        erase_method: Option<String>,
+        /// With overwrite: passes (the last writes zeros).
+        #[arg(long)]
+        passes: Option<u32>,
+        /// A device to leave alone (repeatable).
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// The server is already in the ramdisk: no network boot and power cycle.
+        #[arg(long)]
+        in_ramdisk: bool,
+    },
+    /// List a server's workflows (claims and releases) with their steps, newest first.
+    Workflows {
+        server: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// List a server's control requests, newest first.
     Requests {
         server: String,
@@ -557,6 +598,35 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             limit,
             wait,
         } => control::requests(cli, server, *limit, *wait).await,
+        Command::Claim {
+            server,
+            image_spec,
+            device,
+            config_drive,
+            kernel_args,
+        } => {
+            let a = lifecycle::ClaimArgs {
+                image_spec,
+                device,
+                config_drive: config_drive.as_deref(),
+                kernel_args: kernel_args.as_deref(),
+            };
+            lifecycle::claim(cli, server, a).await
+        }
+        Command::Release {
+            server,
+            erase_method,
+            passes,
+            exclude,
+            in_ramdisk,
+        } => {
+            let erase = match (erase_method, passes, exclude.is_empty()) {
+                (None, None, true) => None,
+                _ => Some(release_erase(erase_method.as_deref(), *passes, exclude)?),
+            };
+            lifecycle::release(cli, server, erase, *in_ramdisk).await
+        }
+        Command::Workflows { server, limit } => lifecycle::workflows(cli, server, *limit).await,
         Command::History { server, watch } => lifecycle::history(cli, server, *watch).await,
         Command::Transitions { watch } => lifecycle::transitions(cli, *watch).await,
         Command::Maintenance {
@@ -565,6 +635,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             reason,
         } => lifecycle::maintenance(cli, server, mode == "on", reason.as_deref()).await,
     }
+}
+
+/// The erase policy of `molar release`'s flags.
+fn release_erase(
+    method: Option<&str>,
+    passes: Option<u32>,
+    exclude: &[String],
+) -> Result<molar_protocol::erase::DiskEraseParams, Failure> {
+    let method = method
+        .map(|m| {
+            serde_json::from_value(serde_json::Value::String(m.to_owned())).map_err(|_| {
+                Failure::new(
+                    EXIT_USAGE,
+                    format!("--erase-method: unknown method {m:?}: see `molar release --help`"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(molar_protocol::erase::DiskEraseParams {
+        method,
+        passes,
+        exclude: (!exclude.is_empty()).then(|| exclude.to_vec()),
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ mod servers;
 mod stats;
 mod tasks;
 mod tokens;
+mod workflows;
 
 pub use bmc::{BmcCredentials, BmcRecord};
 pub use console::{
@@ -40,6 +41,9 @@ pub use servers::{
 };
 pub use tasks::{ACKNOWLEDGED_MAX, StatusOutcome, TaskEvent, TaskPhase, TaskRecord};
 pub use tokens::{ActiveToken, TokenRecord, TokenScope};
+pub use workflows::{
+    StepRecord, StepState, WORKFLOWS_LISTED_MAX, WorkflowError, WorkflowKind, WorkflowRecord,
+};
 
 use rusqlite::Connection;
 use serde_json::Value;
@@ -249,6 +253,34 @@ INSERT INTO transitions (server_id, to_state, reason, at_ms)
     SELECT id, state, 'found in this state when the history started',
         CAST(strftime('%s','now') AS INTEGER) * 1000
     FROM servers ORDER BY first_seen_ms;
+"#,
+    // Durable lifecycle workflows (issue #15): claim and release, one row per step tied to
+    // its task or request; one running workflow per server.
+    r#"
+CREATE TABLE workflows (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    server_id   TEXT NOT NULL REFERENCES servers(id),
+    kind        TEXT NOT NULL CHECK (kind IN ('claim','release')),
+    params      TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('running','done','failed')),
+    message     TEXT,
+    boot_id     TEXT,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX workflows_one_running ON workflows(server_id) WHERE state = 'running';
+CREATE TABLE workflow_steps (
+    workflow_id INTEGER NOT NULL REFERENCES workflows(id),
+    seq         INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('pending','running','done','failed')),
+    task_id     TEXT,
+    request_id  INTEGER,
+    message     TEXT,
+    started_ms  INTEGER,
+    finished_ms INTEGER,
+    PRIMARY KEY (workflow_id, seq)
+);
 "#,
 ];
 

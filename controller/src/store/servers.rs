@@ -561,6 +561,9 @@ pub struct Removed {
     /// State changes of its history.
     #[serde(default)]
     pub transitions: u64,
+    /// Lifecycle workflows and their steps.
+    #[serde(default)]
+    pub workflows: u64,
 }
 
 impl Db {
@@ -587,6 +590,11 @@ impl Db {
                 + n(&tx, "DELETE FROM console_log WHERE server_id = ?1")?,
             requests: n(&tx, "DELETE FROM requests WHERE server_id = ?1")?,
             transitions: n(&tx, "DELETE FROM transitions WHERE server_id = ?1")?,
+            workflows: n(
+                &tx,
+                "DELETE FROM workflow_steps WHERE workflow_id IN \
+                 (SELECT id FROM workflows WHERE server_id = ?1)",
+            )? + n(&tx, "DELETE FROM workflows WHERE server_id = ?1")?,
             connections: n(&tx, "DELETE FROM connections WHERE server_id = ?1")?,
         };
         if n(&tx, "DELETE FROM servers WHERE id = ?1")? == 0 {
