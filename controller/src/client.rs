@@ -419,6 +419,17 @@ impl Client {
             .await
     }
 
+    /// Checks a server's stored inventory against a QC spec (without the agent).
+    pub async fn qc_stored(
+        &self,
+        server: &str,
+        spec: molar_protocol::qc::Spec,
+    ) -> Result<molar_protocol::qc::QcReport> {
+        let body = crate::api::QcCheckRequest { spec };
+        self.post(&format!("/servers/{}/qc", segment(server)), &body)
+            .await
+    }
+
     /// Starts the claim workflow (deploy, then Reserved).
     pub async fn claim(&self, server: &str, params: &ClaimParams) -> Result<WorkflowRecord> {
         self.post(&format!("/servers/{}/claim", segment(server)), params)

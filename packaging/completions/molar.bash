@@ -34,6 +34,9 @@ _molar() {
             molar,console)
                 cmd="molar__subcmd__console"
                 ;;
+            molar,console-token)
+                cmd="molar__subcmd__console__subcmd__token"
+                ;;
             molar,events)
                 cmd="molar__subcmd__events"
                 ;;
@@ -54,6 +57,9 @@ _molar() {
                 ;;
             molar,power)
                 cmd="molar__subcmd__power"
+                ;;
+            molar,qc)
+                cmd="molar__subcmd__qc"
                 ;;
             molar,release)
                 cmd="molar__subcmd__release"
@@ -121,6 +127,9 @@ _molar() {
             molar__subcmd__help,console)
                 cmd="molar__subcmd__help__subcmd__console"
                 ;;
+            molar__subcmd__help,console-token)
+                cmd="molar__subcmd__help__subcmd__console__subcmd__token"
+                ;;
             molar__subcmd__help,events)
                 cmd="molar__subcmd__help__subcmd__events"
                 ;;
@@ -141,6 +150,9 @@ _molar() {
                 ;;
             molar__subcmd__help,power)
                 cmd="molar__subcmd__help__subcmd__power"
+                ;;
+            molar__subcmd__help,qc)
+                cmd="molar__subcmd__help__subcmd__qc"
                 ;;
             molar__subcmd__help,release)
                 cmd="molar__subcmd__help__subcmd__release"
@@ -284,7 +296,7 @@ _molar() {
 
     case "${cmd}" in
         molar)
-            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config token servers server call task tasks logs console events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
+            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -705,6 +717,40 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        molar__subcmd__console__subcmd__token)
+            opts="-h --ttl --revoke --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         molar__subcmd__events)
             opts="-f -h --server --follow --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -740,7 +786,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help)
-            opts="serve config token servers server call task tasks logs console events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
+            opts="serve config token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -865,6 +911,20 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        molar__subcmd__help__subcmd__console__subcmd__token)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         molar__subcmd__help__subcmd__events)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -950,6 +1010,20 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help__subcmd__power)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__qc)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1369,6 +1443,40 @@ _molar() {
             fi
             case "${prev}" in
                 --wait-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__qc)
+            opts="-h --spec --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --spec)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -162,6 +162,23 @@ pub enum Command {
         #[arg(long, conflicts_with = "force")]
         log: bool,
     },
+    /// Make a console token for a viewer that is not the CLI (printed only this once), or
+    /// revoke every console token of the server.
+    ConsoleToken {
+        id: String,
+        /// Seconds the token is valid (default 3600).
+        #[arg(long, conflicts_with = "revoke")]
+        ttl: Option<u64>,
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Check a server's stored inventory against a QC spec (a JSON file) without touching
+    /// the machine; exits 1 when a check fails.
+    Qc {
+        server: String,
+        #[arg(long)]
+        spec: PathBuf,
+    },
     /// Print security events: refused handshakes, superseded sessions, revoked and rotated
     /// tokens, expected ramdisk boots.
     Events {
@@ -549,6 +566,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Task { command } => tasks::run(cli, command).await,
         Command::Tasks { id } => tasks::list(cli, id).await,
         Command::Logs { id, follow } => logs::logs(cli, id, *follow).await,
+        Command::ConsoleToken { id, ttl, revoke } => console::token(cli, id, *ttl, *revoke).await,
+        Command::Qc { server, spec } => tasks::qc_stored(cli, server, spec).await,
         Command::Console { id, force, log } => console::run(cli, id, *force, *log).await,
         Command::Events { server, follow } => logs::events(cli, server.as_deref(), *follow).await,
         Command::Power {
