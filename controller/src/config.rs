@@ -117,6 +117,12 @@ pub struct Settings {
     #[arg(long, env = "MOLAR_METRICS_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The fleet policy (chassis models with their QC spec, firmware baseline and erase
+    /// policy; the image catalogue), a TOML file checked at start (`molar policy check`)
+    /// [default: none: every release erases with `auto`, claims name their image].
+    #[arg(long, env = "MOLAR_POLICY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
     /// Log line format on stderr [default: text].
     #[arg(long, env = "MOLAR_LOG_FORMAT", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -238,6 +244,7 @@ impl Settings {
             retain_task_events_per_task,
             console_capture_s,
             metrics_listen,
+            policy,
             log_format,
         )
     }
@@ -269,6 +276,7 @@ impl Settings {
             retain_task_events_per_task: Some(r.task_events_per_task.unwrap_or(0)),
             console_capture_s: Some(d.console_capture.map_or(0, |c| c.as_secs())),
             metrics_listen: None,
+            policy: None,
             log_format: Some(LogFormat::Text),
         })
     }
@@ -392,6 +400,7 @@ impl Settings {
         }
         cfg.console_capture = (capture > 0).then(|| Duration::from_secs(capture));
         cfg.metrics_listen = s.metrics_listen;
+        cfg.policy = s.policy.clone();
         Ok(Resolved {
             config: cfg,
             log_format: s.log_format.unwrap_or_default(),

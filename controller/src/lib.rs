@@ -8,6 +8,8 @@
 //! - [`identity`]: which stored server an agent is.
 //! - [`lifecycle`]: seed 003's server states and the one table of transitions between them;
 //!   the store applies them as compare-and-sets with a history (`store::lifecycle`).
+//! - [`policy`]: the fleet policy file: chassis models (QC spec, firmware baseline, erase
+//!   policy), the image catalogue, defaults.
 //! - [`workflow`]: the durable claim and release workflows, one stored row per step tied to
 //!   its task or request, resumed after a restart.
 //! - [`bounds`]: length and character limits on what agents send (handshake, inventory).
@@ -65,6 +67,7 @@ pub mod metrics;
 pub mod notify;
 pub mod oob;
 pub mod pki;
+pub mod policy;
 pub mod requests;
 pub mod store;
 pub mod workflow;
@@ -116,6 +119,8 @@ pub struct ServeConfig {
     /// A plain-HTTP listener serving only `/metrics`, without the admin token (for a
     /// scraper on a management network); `None`: metrics only on the API, behind the token.
     pub metrics_listen: Option<SocketAddr>,
+    /// The fleet policy file ([`policy::Policy`]), read and checked at start.
+    pub policy: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -137,6 +142,7 @@ impl ServeConfig {
             retention: store::Retention::default(),
             console_capture: Some(std::time::Duration::from_secs(30)),
             metrics_listen: None,
+            policy: None,
         }
     }
 
@@ -156,6 +162,8 @@ pub enum StartError {
     Pki(#[from] pki::PkiError),
     #[error("opening the store: {0}")]
     Store(#[from] store::StoreError),
+    #[error("the policy: {0}")]
+    Policy(#[from] policy::PolicyError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -327,8 +335,17 @@ pub async fn start(
     lcfg.handshake_timeout = config.handshake_timeout;
     let api_tls = pki::server_config(&pki, &[b"http/1.1"])?;
     let requests = requests::Requests::start(fleet.clone(), shutdown.clone()).await?;
-    let workflows =
-        workflow::Workflows::start(fleet.clone(), requests.clone(), shutdown.clone()).await?;
+    let policy = match &config.policy {
+        Some(p) => policy::Policy::load(p)?,
+        None => policy::Policy::default(),
+    };
+    let workflows = workflow::Workflows::start(
+        fleet.clone(),
+        requests.clone(),
+        Arc::new(policy),
+        shutdown.clone(),
+    )
+    .await?;
     let router = api::router(
         fleet.clone(),
         requests.clone(),

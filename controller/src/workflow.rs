@@ -18,6 +18,7 @@
 
 use crate::fleet::Fleet;
 use crate::lifecycle::Cause;
+use crate::policy::Policy;
 use crate::requests::Requests;
 use crate::store::{
     NewRequest, Refs, RequestState, ServerState, StepRecord, StepState, TaskPhase, WorkflowError,
@@ -38,8 +39,13 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimParams {
-    /// The image to deploy (as `standbye.prepare_image` takes it).
-    pub image: ImageSpec,
+    /// The image to deploy (as `standbye.prepare_image` takes it); or `image_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
+    /// An image of the policy's catalogue, by id (resolved when the claim starts: the
+    /// workflow stores the spec it deploys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     /// The disk it is written to.
     pub device: String,
     /// More `standbye.run_image` params (`config_drive`, `config_drive_format`,
@@ -84,6 +90,7 @@ pub enum StartError {
 pub struct Workflows {
     fleet: Arc<Fleet>,
     requests: Arc<Requests>,
+    policy: Arc<Policy>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     poll: Duration,
@@ -108,11 +115,13 @@ impl Workflows {
     pub async fn start(
         fleet: Arc<Fleet>,
         requests: Arc<Requests>,
+        policy: Arc<Policy>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Workflows>, crate::store::StoreError> {
         let this = Arc::new(Workflows {
             fleet,
             requests,
+            policy,
             shutdown,
             tracker: TaskTracker::new(),
             poll: Duration::from_millis(200),
@@ -138,6 +147,25 @@ impl Workflows {
         server: &str,
         params: ClaimParams,
     ) -> Result<WorkflowRecord, StartError> {
+        let mut params = params;
+        params.image = Some(match (params.image.take(), params.image_id.take()) {
+            (Some(spec), None) => spec,
+            (None, Some(id)) => self.policy.image(&id).cloned().ok_or_else(|| {
+                StartError::InvalidParams(format!(
+                    "image_id {id:?} is not in the policy's image catalogue"
+                ))
+            })?,
+            (Some(_), Some(_)) => {
+                return Err(StartError::InvalidParams(
+                    "give image or image_id, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(StartError::InvalidParams(
+                    "give image (a spec) or image_id (from the policy's catalogue)".into(),
+                ));
+            }
+        });
         prepare_params(&params)?;
         run_params(&params)?;
         let value =
@@ -154,7 +182,7 @@ impl Workflows {
                 None,
             )
             .await?;
-        tracing::info!(workflow = wf.id, server = %server, image = %params.image.id, "claim started");
+        tracing::info!(workflow = wf.id, server = %server, image = %image_id(&params), "claim started");
         self.spawn(wf.clone());
         Ok(wf)
     }
@@ -165,6 +193,16 @@ impl Workflows {
         server: &str,
         params: ReleaseParams,
     ) -> Result<WorkflowRecord, StartError> {
+        let mut params = params;
+        if params.erase.is_none() {
+            // The chassis model's erase policy, decided now and stored with the workflow.
+            let inv = self.fleet.stored_inventory(server).await;
+            params.erase = Some(
+                self.policy
+                    .erase_for(inv.as_ref())
+                    .map_err(|e| StartError::InvalidParams(format!("the erase policy: {e}")))?,
+            );
+        }
         let value =
             serde_json::to_value(&params).map_err(|e| StartError::InvalidParams(e.to_string()))?;
         let steps = if params.in_ramdisk {
@@ -477,6 +515,10 @@ impl Workflows {
     }
 }
 
+fn image_id(p: &ClaimParams) -> &str {
+    p.image.as_ref().map_or("", |i| i.id.as_str())
+}
+
 fn is_task(step: &str) -> bool {
     matches!(step, "prepare_image" | "run_image" | "erase")
 }
@@ -489,7 +531,7 @@ fn params<T: serde::de::DeserializeOwned>(wf: &WorkflowRecord) -> Result<T, Stri
 /// The claim's `standbye.prepare_image` params.
 fn prepare_params(p: &ClaimParams) -> Result<PrepareImageParamsWire, StartError> {
     let wire = PrepareImageParamsWire {
-        image: Some(p.image.clone()),
+        image: p.image.clone(),
         image_id: None,
         device: p.device.clone(),
     };
@@ -508,7 +550,7 @@ fn run_params(p: &ClaimParams) -> Result<RunImageParams, StartError> {
         }
     }
     let mut run = p.run.clone();
-    run.insert("image_id".into(), json!(p.image.id));
+    run.insert("image_id".into(), json!(image_id(p)));
     run.insert("device".into(), json!(p.device));
     serde_json::from_value(Value::Object(run))
         .map_err(|e| StartError::InvalidParams(format!("run: {e}")))

@@ -55,6 +55,9 @@ _molar() {
             molar,maintenance)
                 cmd="molar__subcmd__maintenance"
                 ;;
+            molar,policy)
+                cmd="molar__subcmd__policy"
+                ;;
             molar,power)
                 cmd="molar__subcmd__power"
                 ;;
@@ -148,6 +151,9 @@ _molar() {
             molar__subcmd__help,maintenance)
                 cmd="molar__subcmd__help__subcmd__maintenance"
                 ;;
+            molar__subcmd__help,policy)
+                cmd="molar__subcmd__help__subcmd__policy"
+                ;;
             molar__subcmd__help,power)
                 cmd="molar__subcmd__help__subcmd__power"
                 ;;
@@ -190,6 +196,9 @@ _molar() {
             molar__subcmd__help__subcmd__config,defaults)
                 cmd="molar__subcmd__help__subcmd__config__subcmd__defaults"
                 ;;
+            molar__subcmd__help__subcmd__policy,check)
+                cmd="molar__subcmd__help__subcmd__policy__subcmd__check"
+                ;;
             molar__subcmd__help__subcmd__server,add)
                 cmd="molar__subcmd__help__subcmd__server__subcmd__add"
                 ;;
@@ -216,6 +225,18 @@ _molar() {
                 ;;
             molar__subcmd__help__subcmd__token,rotate)
                 cmd="molar__subcmd__help__subcmd__token__subcmd__rotate"
+                ;;
+            molar__subcmd__policy,check)
+                cmd="molar__subcmd__policy__subcmd__check"
+                ;;
+            molar__subcmd__policy,help)
+                cmd="molar__subcmd__policy__subcmd__help"
+                ;;
+            molar__subcmd__policy__subcmd__help,check)
+                cmd="molar__subcmd__policy__subcmd__help__subcmd__check"
+                ;;
+            molar__subcmd__policy__subcmd__help,help)
+                cmd="molar__subcmd__policy__subcmd__help__subcmd__help"
                 ;;
             molar__subcmd__server,add)
                 cmd="molar__subcmd__server__subcmd__add"
@@ -296,7 +317,7 @@ _molar() {
 
     case "${cmd}" in
         molar)
-            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
+            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config policy token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -432,12 +453,16 @@ _molar() {
             return 0
             ;;
         molar__subcmd__claim)
-            opts="-h --image-spec --device --config-drive --kernel-args --state-dir --api --token-file --ca --json --help"
+            opts="-h --image --image-spec --device --config-drive --kernel-args --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --image)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --image-spec)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -508,7 +533,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__config__subcmd__check)
-            opts="-h --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --log-format --state-dir --api --token-file --ca --json --help"
+            opts="-h --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --policy --log-format --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -571,6 +596,10 @@ _molar() {
                     return 0
                     ;;
                 --metrics-listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --policy)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -786,7 +815,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help)
-            opts="serve config token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
+            opts="serve config policy token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -998,6 +1027,34 @@ _molar() {
         molar__subcmd__help__subcmd__maintenance)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__policy)
+            opts="check"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__policy__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1435,6 +1492,108 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        molar__subcmd__policy)
+            opts="-h --state-dir --api --token-file --ca --json --help check help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__policy__subcmd__check)
+            opts="-h --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__policy__subcmd__help)
+            opts="check help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__policy__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__policy__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         molar__subcmd__power)
             opts="-h --wait --wait-timeout --state-dir --api --token-file --ca --json --help on off soft cycle reset status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -1580,7 +1739,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__serve)
-            opts="-h --config --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --log-format --state-dir --api --token-file --ca --json --help"
+            opts="-h --config --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --policy --log-format --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1647,6 +1806,10 @@ _molar() {
                     return 0
                     ;;
                 --metrics-listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --policy)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -61,6 +61,8 @@ pub struct Controller {
     sans: Vec<String>,
     /// The token-less metrics listener's address, when started with one.
     pub metrics: Option<SocketAddr>,
+    /// The policy file it starts with.
+    pub policy: Option<PathBuf>,
 }
 
 /// A loopback port that was free a moment ago.
@@ -91,7 +93,18 @@ impl Controller {
             api,
             sans,
             metrics: None,
+            policy: None,
         };
+        c.restart().await;
+        c
+    }
+
+    /// Starts a controller with a policy file of `text` (kept in its state dir).
+    pub async fn start_with_policy(text: &str) -> Controller {
+        let mut c = Self::start().await;
+        let path = c.state.path().join("policy.toml");
+        std::fs::write(&path, text).unwrap();
+        c.policy = Some(path);
         c.restart().await;
         c
     }
@@ -111,6 +124,7 @@ impl Controller {
         let mut cfg = ServeConfig::new(self.listen, self.api, self.state.path());
         cfg.sans = self.sans.clone();
         cfg.metrics_listen = self.metrics;
+        cfg.policy = self.policy.clone();
         let running = molar_controller::start(cfg, self.shutdown.clone())
             .await
             .expect("controller starts");

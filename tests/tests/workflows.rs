@@ -444,3 +444,104 @@ async fn claims_and_releases_refuse_hostile_bodies_and_change_nothing() {
         "nothing reached the agent"
     );
 }
+
+const POLICY: &str = r#"
+[[chassis]]
+name = "lab"
+match = { manufacturer = "Molar Lab*" }
+erase = { method = "metadata", preserve = ["device:vdb"] }
+
+[[image]]
+id = "debian-13"
+urls = ["http://127.0.0.1:9/debian.qcow2"]
+checksum = "sha256:abababababababababababababababababababababababababababababababab"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_names_the_image_and_the_chassis_models_erase() {
+    let ctl = Controller::start_with_policy(POLICY).await;
+    let token = ctl.agent_token().await;
+    let m = Machine::default();
+    let root = tempfile::tempdir().unwrap();
+    machine_root(root.path(), "WF-3", "52:54:00:00:0f:03");
+    std::fs::write(
+        root.path().join("sys/class/dmi/id/sys_vendor"),
+        "Molar Lab Inc.",
+    )
+    .unwrap();
+    let _agent = start_agent(&ctl, &token, root, &m);
+    let client = ctl.client();
+    let id = connected_server(&client, "WF-3").await;
+    until_state(&client, &id, S::Available).await;
+
+    let by_id: ClaimParams = serde_json::from_value(json!({
+        "image_id": "debian-13", "device": "/dev/vda"}))
+    .unwrap();
+    let wf = client.claim(&id, &by_id).await.unwrap();
+    assert_eq!(
+        wf.params["image"]["id"], "debian-13",
+        "the spec is stored with the workflow"
+    );
+    until_state(&client, &id, S::Reserved).await;
+    let prep = m.calls(PrepareImage::NAME)[0]["image"].to_string();
+    assert!(prep.contains("http://127.0.0.1:9/debian.qcow2"), "{prep}");
+    let unknown: ClaimParams =
+        serde_json::from_value(json!({"image_id": "nope", "device": "/dev/vda"})).unwrap();
+    let e = client.claim(&id, &unknown).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not in the policy's image catalogue"),
+        "{e}"
+    );
+
+    m.erase_gate.add_permits(1);
+    let rel = client
+        .release(
+            &id,
+            &ReleaseParams {
+                in_ramdisk: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rel.params["erase"]["method"], "metadata", "{}", rel.params);
+    until_state(&client, &id, S::Available).await;
+    let erase = &m.calls(DiskErase::NAME)[0];
+    assert_eq!(erase["method"], "metadata");
+    assert_eq!(erase["exclude"], json!(["vdb"]), "{erase}");
+}
+
+#[test]
+fn molar_policy_check_names_the_line_of_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let molar = molar_tests::bins::bin("molar");
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, POLICY).unwrap();
+    let out = std::process::Command::new(&molar)
+        .args(["policy", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 chassis model(s), 1 image(s)"), "{text}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        POLICY.replace("method = \"metadata\"", "method = \"shred\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&molar)
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 5") && err.contains("shred"), "{err}");
+}

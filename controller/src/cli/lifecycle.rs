@@ -88,17 +88,23 @@ fn json_file(flag: &str, path: &Path) -> Result<Value, Failure> {
 
 /// What `molar claim` was given.
 pub(super) struct ClaimArgs<'a> {
-    pub image_spec: &'a Path,
+    pub image: Option<&'a str>,
+    pub image_spec: Option<&'a Path>,
     pub device: &'a str,
     pub config_drive: Option<&'a Path>,
     pub kernel_args: Option<&'a str>,
 }
 
-/// `molar claim SERVER --image-spec FILE --device DEV [--config-drive FILE]
+/// `molar claim SERVER (--image ID | --image-spec FILE) --device DEV [--config-drive FILE]
 /// [--kernel-args ARGS]`.
 pub(super) async fn claim(cli: &Cli, server: &str, a: ClaimArgs<'_>) -> Result<(), Failure> {
-    let image = serde_json::from_value(json_file("--image-spec", a.image_spec)?)
-        .map_err(|e| Failure::new(EXIT_USAGE, format!("--image-spec: {e}")))?;
+    let image = match a.image_spec {
+        Some(path) => Some(
+            serde_json::from_value(json_file("--image-spec", path)?)
+                .map_err(|e| Failure::new(EXIT_USAGE, format!("--image-spec: {e}")))?,
+        ),
+        None => None,
+    };
     let mut run = serde_json::Map::new();
     if let Some(p) = a.config_drive {
         run.insert("config_drive".into(), json_file("--config-drive", p)?);
@@ -108,6 +114,7 @@ pub(super) async fn claim(cli: &Cli, server: &str, a: ClaimArgs<'_>) -> Result<(
     }
     let params = ClaimParams {
         image,
+        image_id: a.image.map(str::to_owned),
         device: a.device.to_owned(),
         run,
     };
@@ -209,6 +216,54 @@ pub(crate) fn transition_line(t: &Transition) -> String {
         t.to,
         sanitize(&t.reason)
     )
+}
+
+/// `molar policy check FILE`: the policy read and checked as `molar serve --policy` would.
+pub(super) fn policy_check(cli: &Cli, path: &Path) -> Result<(), Failure> {
+    let p =
+        crate::policy::Policy::load(path).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
+    if cli.json {
+        return print_json(&p);
+    }
+    emit(&format!(
+        "{}: {} chassis model(s), {} image(s), default erase {}",
+        path.display(),
+        p.chassis.len(),
+        p.images.len(),
+        p.defaults
+            .erase
+            .as_ref()
+            .and_then(|e| e.method)
+            .map_or("auto".to_owned(), |m| serde_json::to_value(m)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default())
+    ))?;
+    for c in &p.chassis {
+        let mut gets = Vec::new();
+        if c.qc.is_some() {
+            gets.push("qc");
+        }
+        if c.firmware.is_some() {
+            gets.push("firmware");
+        }
+        if c.erase.is_some() {
+            gets.push("erase");
+        }
+        emit(&format!(
+            "  chassis {}: {}",
+            sanitize(&c.name),
+            if gets.is_empty() {
+                "-".to_owned()
+            } else {
+                gets.join(", ")
+            }
+        ))?;
+    }
+    for i in &p.images {
+        emit(&format!("  image {}", sanitize(&i.id)))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

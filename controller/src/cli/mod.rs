@@ -108,6 +108,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The fleet policy file (chassis models, image catalogue, defaults).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Agent tokens.
     Token {
         #[command(subcommand)]
@@ -260,9 +265,16 @@ pub enum Command {
     /// and mark the server reserved once it boots.
     Claim {
         server: String,
+        /// An image of the policy's catalogue (`molar serve --policy`), by id.
+        #[arg(
+            long,
+            required_unless_present = "image_spec",
+            conflicts_with = "image_spec"
+        )]
+        image: Option<String>,
         /// The image spec, a JSON file ({"id", "urls", "checksum", "format", ...}).
         #[arg(long)]
-        image_spec: PathBuf,
+        image_spec: Option<PathBuf>,
         /// The disk the image is written to.
         #[arg(long)]
         device: String,
@@ -365,6 +377,13 @@ pub enum ConfigCommand {
     },
     /// Print every setting with its default, as a configuration file.
     Defaults,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Read and check a policy file as `molar serve --policy` would, and summarise it
+    /// (exit 2 when wrong, naming the line).
+    Check { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -512,6 +531,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve(args) => serve::run(cli, args).await,
         Command::Config { command } => serve::config(cli, command),
         Command::Token { command } => tokens::run(cli, command).await,
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => lifecycle::policy_check(cli, file),
         Command::Servers => servers::list(cli).await,
         Command::Server {
             command:
@@ -619,13 +641,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => control::requests(cli, server, *limit, *wait).await,
         Command::Claim {
             server,
+            image,
             image_spec,
             device,
             config_drive,
             kernel_args,
         } => {
             let a = lifecycle::ClaimArgs {
-                image_spec,
+                image: image.as_deref(),
+                image_spec: image_spec.as_deref(),
                 device,
                 config_drive: config_drive.as_deref(),
                 kernel_args: kernel_args.as_deref(),
