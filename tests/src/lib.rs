@@ -9,3 +9,4 @@ pub mod bins;
 pub mod inproc;
 pub mod lab;
 pub mod privileged;
+pub mod standin;
