@@ -9,7 +9,7 @@ use super::HardwareReady;
 use super::bmc::Bmc;
 use crate::authority::{Action, Authority};
 use crate::firmware::plan::{self, Decision, Step};
-use crate::firmware::{Applied, UpdateError, nvme, package, payload, settings};
+use crate::firmware::{Applied, UpdateError, capsule, nvme, package, payload, settings};
 use crate::image::FetchOptions;
 use crate::tasks::{Task, TaskContext, TaskFailure};
 use molar_protocol::codes;
@@ -130,6 +130,7 @@ impl Drop for PrivateDir {
 /// then the method.
 fn apply(
     root: &Path,
+    authority: &Authority,
     step: &Step,
     spec: &ComponentSpec,
     fetch: &FetchOptions,
@@ -142,12 +143,6 @@ fn apply(
             "update without a package",
         ));
     };
-    if method == UpdateMethod::UefiCapsule {
-        return Err(UpdateError::new(
-            codes::UNSUPPORTED,
-            "uefi_capsule staging is not supported by this agent yet",
-        ));
-    }
     let dir = PrivateDir::new(task_id, step.index)?;
     let file = dir.path().join("package");
     let size = package::fetch_verified(pkg, fetch, &file, cancel)?;
@@ -198,8 +193,26 @@ fn apply(
                 ..Applied::default()
             })
         }
-        UpdateMethod::UefiCapsule => unreachable!("refused above"),
+        UpdateMethod::UefiCapsule => {
+            capsule::stage(root, authority, c, &file, &capsule_file_name(&c.name))
+        }
     }
+}
+
+/// The capsule's name on the ESP: the component's name in letters, digits, `-` and `_`.
+fn capsule_file_name(component: &str) -> String {
+    let safe: String = component
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    format!("molar-{safe}.cap")
 }
 
 /// The version of the component named `name` of `kind` in a fresh inventory.
@@ -246,6 +259,17 @@ impl Task for FirmwareSecure {
         for step in &steps {
             let spec = &params.components[step.index];
             let mut out = plan::outcome(step, spec, params.dry_run);
+            if step.decision == Decision::Update
+                && params.dry_run
+                && spec.method == Some(UpdateMethod::UefiCapsule)
+            {
+                let (root, authority) = (self.root.clone(), self.authority.clone());
+                let plan =
+                    tokio::task::spawn_blocking(move || capsule::plan_message(&root, &authority))
+                        .await
+                        .map_err(internal)?;
+                out.message = Some(plan);
+            }
             if step.decision == Decision::Update && !params.dry_run {
                 if ctx.is_cancelled() {
                     return Err(TaskFailure::new(codes::CANCELLED, "cancelled")
@@ -253,15 +277,16 @@ impl Task for FirmwareSecure {
                 }
                 let name = out.name.clone().unwrap_or_default();
                 ctx.set_message(format!("updating {name} to {}", spec.version));
-                let (root, step2, spec2, fetch) = (
+                let (root, authority, step2, spec2, fetch) = (
                     self.root.clone(),
+                    self.authority.clone(),
                     step.clone(),
                     spec.clone(),
                     self.fetch.clone(),
                 );
                 let (cancel, id) = (ctx.cancel_token().clone(), ctx.task_id().to_owned());
                 let applied = tokio::task::spawn_blocking(move || {
-                    apply(&root, &step2, &spec2, &fetch, &cancel, &id)
+                    apply(&root, &authority, &step2, &spec2, &fetch, &cancel, &id)
                 })
                 .await
                 .map_err(internal)?;
