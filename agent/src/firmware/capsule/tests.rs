@@ -155,42 +155,98 @@ fn staging_refuses_what_is_not_a_fat_esp() {
     assert!(esp::write_on(&mut c, ESP_START, ESP_LEN, "big.cap", &big).is_err());
 }
 
-/// mtools reads what fatfs wrote, at the partition's offset in the image file.
+/// A GPT image of `sectors` whose first partition, an ESP from sector 2048 to 34 before the
+/// end, holds an empty FAT of `fat` (with 512-byte clusters for FAT32, to stay small).
+fn disk_with(sectors: u64, fat: fatfs::FatType) -> (Vec<u8>, u64) {
+    let last = sectors - 34;
+    let mut img = gpt_image(
+        sectors,
+        &[(
+            0,
+            ESP_GUID,
+            "5f5b2a1c-8e0d-4c4e-9a3b-1d2e3f405162",
+            2048,
+            last,
+        )],
+    );
+    let len = (last - 2048 + 1) * 512;
+    let mut c = Cursor::new(&mut img);
+    let mut r = Region::new(&mut c, ESP_START, len);
+    let mut o = fatfs::FormatVolumeOptions::new().fat_type(fat);
+    if fat == fatfs::FatType::Fat32 {
+        o = o.bytes_per_cluster(512);
+    }
+    fatfs::format_volume(&mut r, o).unwrap();
+    (img, len)
+}
+
+/// mtools reads what fatfs wrote, at the partition's offset in the image file, and
+/// fsck.fat finds nothing to repair (the `.`/`..` entries come first), on FAT16 and FAT32.
 #[test]
-fn mtools_reads_the_staged_capsule() {
-    let have = std::process::Command::new("mtype")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !have {
+fn mtools_reads_the_staged_capsule_and_fsck_finds_it_clean() {
+    let have = |tool: &str| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok()
+    };
+    if !have("mtype") || !have("fsck.fat") {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "mtools (mtype, mdir) are needed under CI"
+            "mtools (mtype, mdir) and fsck.fat (dosfstools) are needed under CI"
         );
-        eprintln!("skipped: mtools (mtype, mdir) not installed");
+        eprintln!("skipped: mtools (mtype, mdir) or fsck.fat (dosfstools) not installed");
         return;
     }
-    let mut img = disk();
-    let cap = capsule(FMP_CAPSULE_GUID, 32, 0, &fmp_body(CLASS));
-    let mut c = Cursor::new(&mut img);
-    esp::write_on(&mut c, ESP_START, ESP_LEN, "entry0.cap", &cap).unwrap();
-    let d = tempfile::tempdir().unwrap();
-    let file = d.path().join("disk.img");
-    std::fs::write(&file, &img).unwrap();
-    let at = format!("{}@@{ESP_START}", file.display());
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(args[0])
-            .args(["-i", &at])
-            .args(&args[1..])
-            .env("MTOOLS_SKIP_CHECK", "1")
+    for (sectors, fat) in [
+        (32768, fatfs::FatType::Fat16),
+        (70000, fatfs::FatType::Fat12),
+        (140_000, fatfs::FatType::Fat32),
+    ] {
+        let (mut img, len) = disk_with(sectors, fat);
+        let cap = capsule(FMP_CAPSULE_GUID, 32, 0, &fmp_body(CLASS));
+        let mut c = Cursor::new(&mut img);
+        esp::write_on(&mut c, ESP_START, len, "molar-entry0.cap", &cap).unwrap();
+        let mut c = Cursor::new(&mut img);
+        esp::write_on(&mut c, ESP_START, len, "second.cap", b"second").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("disk.img");
+        std::fs::write(&file, &img).unwrap();
+        let at = format!("{}@@{ESP_START}", file.display());
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(args[0])
+                .args(["-i", &at])
+                .args(&args[1..])
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{fat:?} {args:?}: {out:?}");
+            out.stdout
+        };
+        let listing = String::from_utf8(run(&["mdir", "-b", "::/EFI/UpdateCapsule"])).unwrap();
+        assert!(listing.contains("molar-entry0.cap"), "{listing}");
+        assert_eq!(
+            run(&["mtype", "::/EFI/UpdateCapsule/molar-entry0.cap"]),
+            cap
+        );
+        let part = d.path().join("esp.img");
+        std::fs::write(&part, &img[ESP_START as usize..(ESP_START + len) as usize]).unwrap();
+        let out = std::process::Command::new("fsck.fat")
+            .args(["-n", "-v"])
+            .arg(&part)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        out.stdout
-    };
-    let listing = String::from_utf8(run(&["mdir", "-b", "::/EFI/UpdateCapsule"])).unwrap();
-    assert!(listing.contains("entry0.cap"), "{listing}");
-    assert_eq!(run(&["mtype", "::/EFI/UpdateCapsule/entry0.cap"]), cap);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{fat:?} fsck.fat: {text}");
+        assert!(
+            !text.contains("Expected a valid"),
+            "{fat:?} fsck.fat: {text}"
+        );
+    }
 }
 
 /// A UEFI machine's fixture root: efivarfs with OsIndicationsSupported, disk `vda` with an
