@@ -284,7 +284,11 @@ impl Fat {
             12 => {
                 let b = read_at(disk, self.fat_off + c64 + c64 / 2, 2)?;
                 let raw = u16::from_le_bytes([b[0], b[1]]);
-                let v = if c.is_multiple_of(2) { raw & 0xfff } else { raw >> 4 };
+                let v = if c.is_multiple_of(2) {
+                    raw & 0xfff
+                } else {
+                    raw >> 4
+                };
                 (u32::from(v), 0xff8)
             }
             16 => {
