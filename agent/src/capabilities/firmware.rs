@@ -33,6 +33,8 @@ pub struct FirmwareSecure {
     pub(super) dev: Bmc,
     pub(super) ready: HardwareReady,
     pub(super) fetch: FetchOptions,
+    /// Loads efivarfs and mounts it when the ramdisk has not (run_image shares it).
+    pub(super) boot: Arc<dyn crate::boot::sys::BootSystem>,
     /// One run at a time: two would flash the same controller.
     pub(super) running: Arc<tokio::sync::Mutex<()>>,
 }
@@ -42,6 +44,33 @@ fn internal(e: impl std::fmt::Display) -> TaskFailure {
 }
 
 impl FirmwareSecure {
+    /// Mounts efivarfs in the ramdisk when its `efivars` directory is empty (the ramdisk
+    /// mounts it only when something needs it), so OsIndicationsSupported, the settings and
+    /// OsIndications are there. A failure is logged: the report then says what is missing.
+    /// Never under another root (a test's fixture tree must not get the machine's variables)
+    /// nor on a host, whose own efivarfs is the operator's.
+    async fn efivars(&self) {
+        if self.root != Path::new("/") || self.authority != Authority::Ramdisk {
+            return;
+        }
+        let (root, boot) = (self.root.clone(), self.boot.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let dir = settings::efivars(&root);
+            let empty = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none());
+            if !empty {
+                return;
+            }
+            for problem in boot.load_modules(&["efivarfs"]) {
+                tracing::warn!("efivarfs module: {problem}");
+            }
+            match boot.mount_efivarfs(&dir) {
+                Ok(()) => tracing::info!(path = %dir.display(), "efivarfs mounted"),
+                Err(e) => tracing::warn!("efivarfs not mounted: {e}"),
+            }
+        })
+        .await;
+    }
+
     async fn inventory(&self) -> Result<Inventory, TaskFailure> {
         let (root, dev) = (self.root.clone(), self.dev.clone());
         tokio::task::spawn_blocking(move || super::inventory::collect(&root, &dev))
@@ -237,6 +266,7 @@ impl Task for FirmwareSecure {
             .wait()
             .await
             .map_err(|e| TaskFailure::new(&e.code, e.msg))?;
+        self.efivars().await;
         ctx.set_message("collecting the firmware inventory");
         let inv = self.inventory().await?;
         let steps = plan::plan(&params, &inv.firmware);
@@ -264,10 +294,14 @@ impl Task for FirmwareSecure {
                 && spec.method == Some(UpdateMethod::UefiCapsule)
             {
                 let (root, authority) = (self.root.clone(), self.authority.clone());
-                let plan =
+                let (deliverable, plan) =
                     tokio::task::spawn_blocking(move || capsule::plan_message(&root, &authority))
                         .await
                         .map_err(internal)?;
+                // "Secure": a capsule that could not be delivered would leave it off its version.
+                if !deliverable {
+                    out.action = ComponentAction::Failed;
+                }
                 out.message = Some(plan);
             }
             if step.decision == Decision::Update && !params.dry_run {

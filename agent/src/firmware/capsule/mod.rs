@@ -99,18 +99,19 @@ pub fn offer(root: &Path, authority: &Authority) -> (Offer, Vec<String>) {
     )
 }
 
-/// What a dry run reports for a capsule component.
-pub fn plan_message(root: &Path, authority: &Authority) -> String {
+/// What a dry run reports for a capsule component: whether a delivery is possible, and
+/// which and why.
+pub fn plan_message(root: &Path, authority: &Authority) -> (bool, String) {
     let (o, notes) = offer(root, authority);
-    let mut m = match choose(o) {
-        Ok((d, why)) => format!("would stage by {}: {why}", d.as_str()),
-        Err(why) => format!("no capsule delivery: {why}"),
+    let (ok, mut m) = match choose(o) {
+        Ok((d, why)) => (true, format!("would stage by {}: {why}", d.as_str())),
+        Err(why) => (false, format!("no capsule delivery: {why}")),
     };
     for n in notes {
         m.push_str("; ");
         m.push_str(&n);
     }
-    m
+    (ok, m)
 }
 
 fn bad(msg: String) -> UpdateError {
@@ -216,7 +217,9 @@ pub fn stage(
 pub fn submit(dev: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
     let fail = |what: &str, e: std::io::Error| {
         let hint = match e.raw_os_error() {
-            Some(libc::EINVAL) => " (the firmware's QueryCapsuleCapabilities refused the header)",
+            Some(libc::EINVAL) => {
+                " (the kernel or the firmware's QueryCapsuleCapabilities refused the header)"
+            }
             Some(libc::EOPNOTSUPP) => " (the firmware does not support this capsule)",
             Some(libc::ENOMEM) => " (the firmware or kernel has no room for it)",
             _ => "",

@@ -8,6 +8,7 @@ use super::*;
 use crate::boot::table::ESP_GUID;
 use crate::boot::table::tests::gpt_image;
 use crate::disks::tests::Fixture;
+use crate::partition::Region;
 use molar_protocol::firmware::EFI_GLOBAL_GUID;
 use std::io::{Cursor, Read};
 
@@ -33,8 +34,6 @@ fn disk() -> Vec<u8> {
     fatfs::format_volume(&mut r, fatfs::FormatVolumeOptions::new()).unwrap();
     img
 }
-
-use crate::partition::Region;
 
 fn read_back(img: &mut Vec<u8>, path: &str) -> Vec<u8> {
     let mut c = Cursor::new(img);
@@ -292,7 +291,8 @@ fn capsule_on_disk_writes_the_esp_os_indications_and_the_marker() {
     let cap = capsule(FMP_CAPSULE_GUID, 32, 0, &fmp_body(CLASS));
     let d = tempfile::tempdir().unwrap();
     let pkg = package(d.path(), &cap);
-    let plan = plan_message(f.root(), &Authority::Ramdisk);
+    let (ok, plan) = plan_message(f.root(), &Authority::Ramdisk);
+    assert!(ok);
     assert!(plan.starts_with("would stage by capsule_on_disk"), "{plan}");
     let a = stage(
         f.root(),
@@ -325,7 +325,8 @@ fn without_file_delivery_the_loader_gets_the_whole_capsule() {
     let cap = capsule(CLASS, 28, FLAG_PERSIST_ACROSS_RESET, &[7u8; 10_000]);
     let d = tempfile::tempdir().unwrap();
     let pkg = package(d.path(), &cap);
-    let plan = plan_message(f.root(), &Authority::Ramdisk);
+    let (ok, plan) = plan_message(f.root(), &Authority::Ramdisk);
+    assert!(ok);
     assert!(plan.starts_with("would stage by capsule_loader"), "{plan}");
     let a = stage(
         f.root(),
@@ -363,7 +364,8 @@ fn refusals_stage_nothing() {
     .unwrap_err();
     assert_eq!(e.code, "capsule_not_deliverable", "{}", e.msg);
     assert!(!none.root().join(CAPSULE_MARKER).exists());
-    assert!(plan_message(none.root(), &Authority::Ramdisk).starts_with("no capsule delivery"));
+    let (ok, plan) = plan_message(none.root(), &Authority::Ramdisk);
+    assert!(!ok && plan.starts_with("no capsule delivery"), "{plan}");
 
     let ok = machine(0x4, true, true);
     // Addressed to another firmware class, plain and FMP.
