@@ -208,8 +208,10 @@ fn dot_entries_first<D: Read + Write + Seek>(disk: &mut D) -> io::Result<()> {
 
 /// Directories looked at per level.
 const MAX_DIRS: usize = 256;
-/// Clusters of one directory followed at most.
+/// Clusters of one directory followed at most, and its bytes read at most (a looping or
+/// hostile chain of large clusters stops there).
 const MAX_DIR_CLUSTERS: usize = 4096;
+const MAX_DIR_BYTES: usize = 4 << 20;
 
 /// What [`dot_entries_first`] needs of a FAT boot sector.
 struct Fat {
@@ -314,7 +316,7 @@ impl Fat {
         let mut out = Vec::new();
         for _ in 0..MAX_DIR_CLUSTERS {
             out.extend(read_at(disk, self.cluster_off(c)?, self.cluster)?);
-            if out.chunks_exact(32).any(|e| e[0] == 0) {
+            if out.len() >= MAX_DIR_BYTES || out.chunks_exact(32).any(|e| e[0] == 0) {
                 break;
             }
             match self.next(disk, c)? {

@@ -269,6 +269,35 @@ pub(crate) mod tests {
         assert!(parse(&[0xffu8; 4096]).is_err());
     }
 
+    /// Arbitrary bytes, and valid headers over arbitrary FMP bodies, never panic.
+    #[test]
+    fn arbitrary_input_is_an_answer_not_a_panic() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000 {
+            let len = (next() % 160) as usize;
+            let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if i % 2 == 0 && body.len() >= 8 {
+                // A plausible FMP header with random counts and offsets.
+                body[..4].copy_from_slice(&1u32.to_le_bytes());
+                body[4] = (next() % 3) as u8;
+                body[5] = 0;
+                body[6] = (next() % 4) as u8;
+                body[7] = 0;
+            }
+            let f = capsule(FMP_CAPSULE_GUID, 28, 0, &body);
+            if let Ok(c) = parse(&f) {
+                assert!(!c.fmp_image_types.is_empty());
+            }
+            let _ = parse(&body);
+        }
+    }
+
     #[test]
     fn hostile_fmp_bodies_are_refused() {
         let body = fmp_body(CLASS);
