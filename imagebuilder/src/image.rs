@@ -764,6 +764,7 @@ mod tests {
             "t10_pi",
             "ext4",
             "mlx5_core",
+            "capsule_loader",
         ] {
             assert!(
                 m.modules.iter().any(|n| n == wanted),

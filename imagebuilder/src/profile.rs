@@ -58,6 +58,8 @@ pub const DEFAULT: Profile = Profile {
         "nls_iso8859_1",
         // UEFI variables, for the boot entry run_image writes
         "efivarfs",
+        // /dev/efi_capsule_loader, for uefi_capsule firmware updates without capsule on disk
+        "capsule_loader",
         // block devices over files (run_image mounts partitions through loop windows when
         // devtmpfs has no node for them); the PCI transport of every virtio device
         "loop",

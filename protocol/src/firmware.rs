@@ -8,7 +8,7 @@
 //! is, and the URL is shown only through [`redact_url`].
 
 use crate::image::{Checksum, SpecError, redact_url};
-use crate::inventory::{FirmwareComponent, FirmwareKind};
+use crate::inventory::{FirmwareComponent, FirmwareKind, PciIds};
 use crate::qc::Pattern;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -57,6 +57,69 @@ pub struct ComponentMatch {
     /// The ESRT firmware class GUID (case-insensitive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub esrt_guid: Option<String>,
+    /// PCI ids of the function (NVMe controllers, NICs): `"8086:1533"`, or with the
+    /// subsystem `"8086:1533:15d9:1533"`; four hex digits each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci: Option<PciMatch>,
+}
+
+/// The `pci` of a match: vendor and device, optionally subsystem vendor and device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PciMatch(pub PciIds);
+
+impl PciMatch {
+    pub fn parse(text: &str) -> Result<PciMatch, String> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let id = |p: &str| {
+            (p.len() == 4 && p.chars().all(|c| c.is_ascii_hexdigit()))
+                .then(|| u16::from_str_radix(p, 16).ok())
+                .flatten()
+        };
+        let ids: Option<Vec<u16>> = parts.iter().map(|p| id(p)).collect();
+        match (parts.len(), ids) {
+            (2, Some(i)) => Ok(PciMatch(PciIds {
+                vendor_id: i[0],
+                device_id: i[1],
+                subsystem_vendor_id: None,
+                subsystem_device_id: None,
+            })),
+            (4, Some(i)) => Ok(PciMatch(PciIds {
+                vendor_id: i[0],
+                device_id: i[1],
+                subsystem_vendor_id: Some(i[2]),
+                subsystem_device_id: Some(i[3]),
+            })),
+            _ => Err(format!(
+                "pci {:?} must be VENDOR:DEVICE or VENDOR:DEVICE:SUBVENDOR:SUBDEVICE, four hex \
+                 digits each (8086:1533)",
+                short(text)
+            )),
+        }
+    }
+
+    /// Vendor and device equal; the subsystem too when the match names one.
+    pub fn matches(&self, ids: &PciIds) -> bool {
+        let m = &self.0;
+        m.vendor_id == ids.vendor_id
+            && m.device_id == ids.device_id
+            && (m.subsystem_vendor_id.is_none()
+                || (m.subsystem_vendor_id == ids.subsystem_vendor_id
+                    && m.subsystem_device_id == ids.subsystem_device_id))
+    }
+}
+
+impl TryFrom<String> for PciMatch {
+    type Error = String;
+    fn try_from(s: String) -> Result<PciMatch, String> {
+        PciMatch::parse(&s)
+    }
+}
+
+impl From<PciMatch> for String {
+    fn from(p: PciMatch) -> String {
+        p.0.to_string()
+    }
 }
 
 impl ComponentMatch {
@@ -74,6 +137,10 @@ impl ComponentMatch {
                     .as_ref()
                     .is_some_and(|e| e.guid.eq_ignore_ascii_case(g.trim()))
             })
+            && self
+                .pci
+                .as_ref()
+                .is_none_or(|p| c.pci.as_ref().is_some_and(|ids| p.matches(ids)))
     }
 }
 
@@ -95,6 +162,9 @@ impl std::fmt::Display for ComponentMatch {
         }
         if let Some(g) = &self.esrt_guid {
             write!(f, " guid {g}")?;
+        }
+        if let Some(p) = &self.pci {
+            write!(f, " pci {}", p.0)?;
         }
         Ok(())
     }
@@ -715,6 +785,67 @@ impl std::fmt::Display for Version {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn pci_matches_parse_strictly_and_match_vendor_device_and_subsystem() {
+        let m: ComponentMatch =
+            serde_json::from_value(json!({"kind": "nic", "pci": "8086:1533"})).unwrap();
+        assert_eq!(m.to_string(), "nic pci 8086:1533");
+        let sub: ComponentMatch =
+            serde_json::from_value(json!({"kind": "nic", "pci": "8086:1533:15D9:1533"})).unwrap();
+        assert_eq!(
+            serde_json::to_value(&sub).unwrap()["pci"],
+            "8086:1533:15d9:1533"
+        );
+        for bad in [
+            "8086",
+            "8086:",
+            "8086:1533:15d9",
+            "8086:1533:15d9:1533:0",
+            "808:1533",
+            "80866:1533",
+            "0x86:1533",
+            "8086:15g3",
+            "8086;1533",
+            " 8086:1533",
+            "+086:1533",
+            "",
+        ] {
+            let e = serde_json::from_value::<ComponentMatch>(json!({"kind": "nic", "pci": bad}))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("four hex digits"), "{bad:?}: {e}");
+        }
+        assert!(
+            serde_json::from_value::<ComponentMatch>(json!({"kind": "nic", "pci_id": "8086:1533"}))
+                .is_err(),
+            "unknown fields are refused"
+        );
+        let comp = |pci: Option<PciIds>| -> FirmwareComponent {
+            let mut c: FirmwareComponent =
+                serde_json::from_value(json!({"kind": "nic", "name": "eth0", "version": "1"}))
+                    .unwrap();
+            c.pci = pci;
+            c
+        };
+        let ids = |v, d, sv, sd| PciIds {
+            vendor_id: v,
+            device_id: d,
+            subsystem_vendor_id: sv,
+            subsystem_device_id: sd,
+        };
+        let i210 = comp(Some(ids(0x8086, 0x1533, Some(0x15d9), Some(0x1533))));
+        assert!(m.matches(&i210) && sub.matches(&i210));
+        let other_board = comp(Some(ids(0x8086, 0x1533, Some(0x8086), Some(0x0001))));
+        assert!(m.matches(&other_board) && !sub.matches(&other_board));
+        let no_subsystem = comp(Some(ids(0x8086, 0x1533, None, None)));
+        assert!(m.matches(&no_subsystem) && !sub.matches(&no_subsystem));
+        assert!(!m.matches(&comp(Some(ids(0x8086, 0x1534, None, None)))));
+        assert!(!m.matches(&comp(None)), "no PCI ids, no match");
+        let mut nvme = i210.clone();
+        nvme.kind = FirmwareKind::Nvme;
+        assert!(!m.matches(&nvme), "the kind still has to match");
+    }
 
     fn v(s: &str) -> Version {
         Version::parse(s)

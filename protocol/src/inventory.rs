@@ -538,6 +538,31 @@ pub struct FirmwareComponent {
     pub esrt: Option<EsrtEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvme: Option<NvmeFirmware>,
+    /// The PCI function the firmware runs on (NVMe controllers, NICs), from sysfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci: Option<PciIds>,
+}
+
+/// A PCI function's identity: vendor and device id, and the subsystem ids when it has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciIds {
+    pub vendor_id: u16,
+    pub device_id: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsystem_vendor_id: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsystem_device_id: Option<u16>,
+}
+
+impl std::fmt::Display for PciIds {
+    /// `8086:1533`, or `8086:1533:15d9:1533` with the subsystem.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04x}:{:04x}", self.vendor_id, self.device_id)?;
+        if let (Some(v), Some(d)) = (self.subsystem_vendor_id, self.subsystem_device_id) {
+            write!(f, ":{v:04x}:{d:04x}")?;
+        }
+        Ok(())
+    }
 }
 
 /// One EFI System Resource Table entry (UEFI 2.x, 23.4), as the kernel exposes it under
@@ -628,6 +653,7 @@ mod tests {
             aux_revision: None,
             driver: None,
             esrt: None,
+            pci: None,
             nvme: Some(NvmeFirmware {
                 slots: Some(1),
                 slot1_read_only: Some(false),

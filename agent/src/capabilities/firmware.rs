@@ -9,7 +9,7 @@ use super::HardwareReady;
 use super::bmc::Bmc;
 use crate::authority::{Action, Authority};
 use crate::firmware::plan::{self, Decision, Step};
-use crate::firmware::{Applied, UpdateError, nvme, package, payload, settings};
+use crate::firmware::{Applied, UpdateError, capsule, nvme, package, payload, settings};
 use crate::image::FetchOptions;
 use crate::tasks::{Task, TaskContext, TaskFailure};
 use molar_protocol::codes;
@@ -33,6 +33,8 @@ pub struct FirmwareSecure {
     pub(super) dev: Bmc,
     pub(super) ready: HardwareReady,
     pub(super) fetch: FetchOptions,
+    /// Loads efivarfs and mounts it when the ramdisk has not (run_image shares it).
+    pub(super) boot: Arc<dyn crate::boot::sys::BootSystem>,
     /// One run at a time: two would flash the same controller.
     pub(super) running: Arc<tokio::sync::Mutex<()>>,
 }
@@ -42,6 +44,33 @@ fn internal(e: impl std::fmt::Display) -> TaskFailure {
 }
 
 impl FirmwareSecure {
+    /// Mounts efivarfs in the ramdisk when its `efivars` directory is empty (the ramdisk
+    /// mounts it only when something needs it), so OsIndicationsSupported, the settings and
+    /// OsIndications are there. A failure is logged: the report then says what is missing.
+    /// Never under another root (a test's fixture tree must not get the machine's variables)
+    /// nor on a host, whose own efivarfs is the operator's.
+    async fn efivars(&self) {
+        if self.root != Path::new("/") || self.authority != Authority::Ramdisk {
+            return;
+        }
+        let (root, boot) = (self.root.clone(), self.boot.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let dir = settings::efivars(&root);
+            let empty = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none());
+            if !empty {
+                return;
+            }
+            for problem in boot.load_modules(&["efivarfs"]) {
+                tracing::warn!("efivarfs module: {problem}");
+            }
+            match boot.mount_efivarfs(&dir) {
+                Ok(()) => tracing::info!(path = %dir.display(), "efivarfs mounted"),
+                Err(e) => tracing::warn!("efivarfs not mounted: {e}"),
+            }
+        })
+        .await;
+    }
+
     async fn inventory(&self) -> Result<Inventory, TaskFailure> {
         let (root, dev) = (self.root.clone(), self.dev.clone());
         tokio::task::spawn_blocking(move || super::inventory::collect(&root, &dev))
@@ -130,6 +159,7 @@ impl Drop for PrivateDir {
 /// then the method.
 fn apply(
     root: &Path,
+    authority: &Authority,
     step: &Step,
     spec: &ComponentSpec,
     fetch: &FetchOptions,
@@ -142,12 +172,6 @@ fn apply(
             "update without a package",
         ));
     };
-    if method == UpdateMethod::UefiCapsule {
-        return Err(UpdateError::new(
-            codes::UNSUPPORTED,
-            "uefi_capsule staging is not supported by this agent yet",
-        ));
-    }
     let dir = PrivateDir::new(task_id, step.index)?;
     let file = dir.path().join("package");
     let size = package::fetch_verified(pkg, fetch, &file, cancel)?;
@@ -198,8 +222,26 @@ fn apply(
                 ..Applied::default()
             })
         }
-        UpdateMethod::UefiCapsule => unreachable!("refused above"),
+        UpdateMethod::UefiCapsule => {
+            capsule::stage(root, authority, c, &file, &capsule_file_name(&c.name))
+        }
     }
+}
+
+/// The capsule's name on the ESP: the component's name in letters, digits, `-` and `_`.
+fn capsule_file_name(component: &str) -> String {
+    let safe: String = component
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    format!("molar-{safe}.cap")
 }
 
 /// The version of the component named `name` of `kind` in a fresh inventory.
@@ -224,6 +266,7 @@ impl Task for FirmwareSecure {
             .wait()
             .await
             .map_err(|e| TaskFailure::new(&e.code, e.msg))?;
+        self.efivars().await;
         ctx.set_message("collecting the firmware inventory");
         let inv = self.inventory().await?;
         let steps = plan::plan(&params, &inv.firmware);
@@ -246,6 +289,21 @@ impl Task for FirmwareSecure {
         for step in &steps {
             let spec = &params.components[step.index];
             let mut out = plan::outcome(step, spec, params.dry_run);
+            if step.decision == Decision::Update
+                && params.dry_run
+                && spec.method == Some(UpdateMethod::UefiCapsule)
+            {
+                let (root, authority) = (self.root.clone(), self.authority.clone());
+                let (deliverable, plan) =
+                    tokio::task::spawn_blocking(move || capsule::plan_message(&root, &authority))
+                        .await
+                        .map_err(internal)?;
+                // "Secure": a capsule that could not be delivered would leave it off its version.
+                if !deliverable {
+                    out.action = ComponentAction::Failed;
+                }
+                out.message = Some(plan);
+            }
             if step.decision == Decision::Update && !params.dry_run {
                 if ctx.is_cancelled() {
                     return Err(TaskFailure::new(codes::CANCELLED, "cancelled")
@@ -253,15 +311,16 @@ impl Task for FirmwareSecure {
                 }
                 let name = out.name.clone().unwrap_or_default();
                 ctx.set_message(format!("updating {name} to {}", spec.version));
-                let (root, step2, spec2, fetch) = (
+                let (root, authority, step2, spec2, fetch) = (
                     self.root.clone(),
+                    self.authority.clone(),
                     step.clone(),
                     spec.clone(),
                     self.fetch.clone(),
                 );
                 let (cancel, id) = (ctx.cancel_token().clone(), ctx.task_id().to_owned());
                 let applied = tokio::task::spawn_blocking(move || {
-                    apply(&root, &step2, &spec2, &fetch, &cancel, &id)
+                    apply(&root, &authority, &step2, &spec2, &fetch, &cancel, &id)
                 })
                 .await
                 .map_err(internal)?;

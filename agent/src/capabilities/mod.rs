@@ -207,12 +207,15 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
     );
     m.task_method::<catalogue::PrepareImage, _>(image::PrepareImage(images.clone()));
     let fetch = images.fetch.clone();
+    let boot: Arc<dyn crate::boot::sys::BootSystem> =
+        Arc::new(linux_boot(machine, bmc_dev.clone(), fetch.clone()));
     m.task_method::<catalogue::FirmwareSecure, _>(firmware::FirmwareSecure {
         root: machine.root.clone(),
         authority: machine.authority.clone(),
         dev: bmc_dev.clone(),
         ready: machine.ready.clone(),
         fetch: fetch.clone(),
+        boot: boot.clone(),
         running: Arc::default(),
     });
     m.task_method::<catalogue::CacheImages, _>(image::CacheImages(images));
@@ -220,7 +223,7 @@ pub fn methods_with_system(machine: &Machine, sys: Arc<dyn System>) -> Methods {
         root: machine.root.clone(),
         authority: machine.authority.clone(),
         ready: machine.ready.clone(),
-        sys: Arc::new(linux_boot(machine, bmc_dev, fetch)),
+        sys: boot,
         scratch: machine.root.join("run/molar/boot"),
         running: Arc::default(),
     });

@@ -1,13 +1,15 @@
 //! Bringing firmware to known-good versions (`decom.firmware_secure`): [`plan`] decides per
 //! inventory component (pure), then one module per update method does the work —
 //! [`nvme`] (Firmware Image Download and Commit through the admin passthrough), [`payload`]
-//! (a vendor archive with a static tool, run in a private directory with a timeout) — and
+//! (a vendor archive with a static tool, run in a private directory with a timeout),
+//! [`capsule`] (a UEFI capsule staged on the ESP or handed to the kernel's loader) — and
 //! [`settings`] reads (and writes) UEFI variables through efivarfs.
 //!
 //! Every step that changes the machine is decided by [`crate::authority`]
 //! (`Action::FirmwareUpdate`) before it starts; a dry run changes nothing and needs no
 //! authority.
 
+pub mod capsule;
 pub mod nvme;
 pub mod package;
 pub mod payload;

@@ -76,13 +76,19 @@ pub fn report(root: &Path) -> SettingsReport {
 /// one piece), after clearing the immutable flag of an existing one. Returns `Name-guid`.
 pub fn write(root: &Path, w: &VariableWrite) -> Result<String, UpdateError> {
     let name = format!("{}-{}", w.name, w.guid().to_ascii_lowercase());
-    let path = efivars(root).join(&name);
+    write_raw(root, &name, w.attributes.unwrap_or(7), &w.data())?;
+    Ok(name)
+}
+
+/// [`write`] of `Name-guid` with `attributes` and `data`.
+fn write_raw(root: &Path, name: &str, attributes: u32, data: &[u8]) -> Result<(), UpdateError> {
+    let path = efivars(root).join(name);
     let fail = |e: String| UpdateError::new("efivar_write_failed", format!("{name}: {e}"));
     if path.exists() {
         inode_flags::clear_immutable(&path).map_err(|e| fail(e.to_string()))?;
     }
-    let mut buf = w.attributes.unwrap_or(7).to_le_bytes().to_vec();
-    buf.extend_from_slice(&w.data());
+    let mut buf = attributes.to_le_bytes().to_vec();
+    buf.extend_from_slice(data);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -93,7 +99,48 @@ pub fn write(root: &Path, w: &VariableWrite) -> Result<String, UpdateError> {
     if n != buf.len() {
         return Err(fail(format!("short write: {n} of {} bytes", buf.len())));
     }
-    Ok(name)
+    Ok(())
+}
+
+/// A global UINT64 variable (OsIndications, OsIndicationsSupported): `None` when missing,
+/// an error when present but not 8 bytes of data.
+fn global_u64(root: &Path, name: &str) -> Result<Option<u64>, String> {
+    let path = efivars(root).join(format!("{name}-{EFI_GLOBAL_GUID}"));
+    let raw = match std::fs::read(&path) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{name}: {e}")),
+    };
+    match raw.get(4..) {
+        Some(d) if d.len() == 8 => Ok(Some(u64::from_le_bytes(d.try_into().unwrap_or([0; 8])))),
+        _ => Err(format!(
+            "{name} has {} bytes, expected 4 of attributes and 8 of data",
+            raw.len()
+        )),
+    }
+}
+
+/// OsIndicationsSupported, when readable.
+pub fn os_indications_supported(root: &Path) -> Option<u64> {
+    global_u64(root, "OsIndicationsSupported").ok().flatten()
+}
+
+/// Sets `bits` in OsIndications, keeping the bits already set (read-modify-write, NV|BS|RT),
+/// and reads the variable back; returns its new value.
+pub fn request_os_indications(root: &Path, bits: u64) -> Result<u64, UpdateError> {
+    let fail = |e: String| UpdateError::new("efivar_write_failed", e);
+    let before = global_u64(root, "OsIndications").map_err(fail)?;
+    let want = before.unwrap_or(0) | bits;
+    if before != Some(want) {
+        let name = format!("OsIndications-{EFI_GLOBAL_GUID}");
+        write_raw(root, &name, 7, &want.to_le_bytes())?;
+    }
+    match global_u64(root, "OsIndications").map_err(fail)? {
+        Some(v) if v & bits == bits => Ok(v),
+        got => Err(fail(format!(
+            "OsIndications reads back as {got:#x?} after setting {bits:#x}"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -146,5 +193,44 @@ mod tests {
         let raw = std::fs::read(efivars(d.path()).join(&name)).unwrap();
         assert_eq!(raw, [7, 0, 0, 0, 0x0a, 0x00, 0x01, 0x00]);
         assert_eq!(report(d.path()).boot_order, ["Boot000A", "Boot0001"]);
+    }
+
+    #[test]
+    fn os_indications_are_read_modified_and_written() {
+        let d = tempfile::tempdir().unwrap();
+        let path = efivars(d.path()).join(format!("OsIndications-{EFI_GLOBAL_GUID}"));
+        std::fs::create_dir_all(efivars(d.path())).unwrap();
+        assert_eq!(os_indications_supported(d.path()), None);
+        // Missing: created with NV|BS|RT and only the bit asked for.
+        assert_eq!(
+            request_os_indications(d.path(), FILE_CAPSULE_DELIVERY).unwrap(),
+            4
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            [7, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // Present with other bits (boot to firmware UI, 0x1): they are kept.
+        var(d.path(), "OsIndications", &0x1u64.to_le_bytes());
+        assert_eq!(
+            request_os_indications(d.path(), FILE_CAPSULE_DELIVERY).unwrap(),
+            5
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            [7, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // Already set: nothing to write, the value stands.
+        assert_eq!(
+            request_os_indications(d.path(), FILE_CAPSULE_DELIVERY).unwrap(),
+            5
+        );
+        // A variable of the wrong size is not overwritten blindly.
+        var(d.path(), "OsIndications", &[1, 2]);
+        let e = request_os_indications(d.path(), FILE_CAPSULE_DELIVERY).unwrap_err();
+        assert!(e.msg.contains("has 6 bytes"), "{}", e.msg);
+        assert_eq!(std::fs::read(&path).unwrap(), [7, 0, 0, 0, 1, 2]);
+        var(d.path(), "OsIndicationsSupported", &0x44u64.to_le_bytes());
+        assert_eq!(os_indications_supported(d.path()), Some(0x44));
     }
 }

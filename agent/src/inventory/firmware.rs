@@ -15,7 +15,7 @@ use std::fs::File;
 use molar_protocol::bmc::BmcInfo;
 use molar_protocol::inventory::{
     Bios, BlockDevice, Cpu, EsrtEntry, FirmwareComponent, FirmwareKind, Inventory, Nic,
-    NvmeFirmware, NvmeFirmwareSlot, Transport,
+    NvmeFirmware, NvmeFirmwareSlot, PciIds, Transport,
 };
 
 use super::{CollectOptions, Ctx, InventoryError};
@@ -67,6 +67,7 @@ pub(crate) fn collect(
         if let Some(version) = n.firmware_version.clone().filter(|v| !is_placeholder(v)) {
             out.push(FirmwareComponent {
                 driver: n.driver.clone(),
+                pci: pci_ids(ctx, "net", &n.name),
                 ..component(FirmwareKind::Nic, &n.name, version)
             });
         }
@@ -123,7 +124,25 @@ fn component(kind: FirmwareKind, name: &str, version: String) -> FirmwareCompone
         driver: None,
         esrt: None,
         nvme: None,
+        pci: None,
     }
+}
+
+/// The PCI ids of the function behind `/sys/class/CLASS/NAME/device`, when it is one (a
+/// virtual NIC has no `device`, a non-PCI one no `vendor`).
+fn pci_ids(ctx: &mut Ctx, class: &str, name: &str) -> Option<PciIds> {
+    let dir = format!("/sys/class/{class}/{name}/device");
+    let mut id = |attr: &str| {
+        ctx.hex_attr(&format!("{dir}/{attr}"))
+            .and_then(|v| u16::try_from(v).ok())
+    };
+    let (vendor_id, device_id) = (id("vendor")?, id("device")?);
+    Some(PciIds {
+        vendor_id,
+        device_id,
+        subsystem_vendor_id: id("subsystem_vendor"),
+        subsystem_device_id: id("subsystem_device"),
+    })
 }
 
 /// What drivers without firmware (virtio, loopback) answer: not a version.
@@ -248,6 +267,7 @@ fn nvme_controllers(
         out.push(FirmwareComponent {
             model: c.model.clone(),
             nvme: details,
+            pci: pci_ids(ctx, "nvme", &c.name),
             ..component(FirmwareKind::Nvme, &c.name, version)
         });
     }
@@ -483,6 +503,18 @@ mod tests {
             disk("vda", Transport::Virtio, Some("ignored")),
         ];
         let nics = [nic("eth0", Some("0x800003e7")), nic("eth1", Some("N/A"))];
+        // eth0's PCI function, through the class link as sysfs has it.
+        let fun = "sys/devices/pci0000:00/0000:00:03.0";
+        for (attr, v) in [
+            ("vendor", "0x8086\n"),
+            ("device", "0x10fb\n"),
+            ("subsystem_vendor", "0x15d9\n"),
+            ("subsystem_device", "0x0611\n"),
+        ] {
+            write(root, &format!("{fun}/{attr}"), v.as_bytes());
+        }
+        std::fs::create_dir_all(root.join("sys/class/net/eth0")).unwrap();
+        std::os::unix::fs::symlink(root.join(fun), root.join("sys/class/net/eth0/device")).unwrap();
         let mut ctx = Ctx::new(root);
         let firmware = collect(
             &mut ctx,
@@ -512,6 +544,11 @@ mod tests {
         );
         assert_eq!(firmware[1].model.as_deref(), Some("ST4000NM0035"));
         assert_eq!(firmware[2].driver.as_deref(), Some("ixgbe"));
+        assert_eq!(
+            firmware[2].pci.map(|p| p.to_string()).as_deref(),
+            Some("8086:10fb:15d9:0611")
+        );
+        assert_eq!(firmware[1].pci, None, "disks carry no PCI ids");
 
         // The BMC goes after the platform firmware.
         let mut inv: Inventory = serde_json::from_str(include_str!(
@@ -578,6 +615,7 @@ mod tests {
             ("nvme0", "7.2.22")
         );
         assert_eq!(out[0].nvme, None);
+        assert_eq!(out[0].pci, None, "no sysfs device, no PCI ids");
     }
 
     #[test]

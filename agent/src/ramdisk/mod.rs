@@ -389,6 +389,10 @@ pub async fn prepare(sys: Arc<dyn System>, root: &Path) -> (ModulesLoading, Stri
         .iter()
         .map(|m| m.to_string())
         .collect();
+    // The capsule loader has no modalias; on a UEFI boot `decom.firmware_secure` may need it.
+    if root.join("sys/firmware/efi").exists() {
+        extras.extend(modules::UEFI_EXTRAS.iter().map(|m| m.to_string()));
+    }
     extras.extend(early.modules.iter().cloned());
     let (network_ready, network_loaded) = tokio::sync::oneshot::channel();
     let task = {

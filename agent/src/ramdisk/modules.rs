@@ -18,6 +18,8 @@ use super::sys::System;
 /// Modules loaded even without a matching device: the IPMI character device has no modalias
 /// (it is only a soft dependency of ipmi_msghandler), and ipmi_si probes through SMBIOS.
 pub const DEFAULT_EXTRAS: [&str; 2] = ["ipmi_devintf", "ipmi_si"];
+/// Loaded as well on a UEFI boot: `/dev/efi_capsule_loader` for `uefi_capsule` updates.
+pub const UEFI_EXTRAS: [&str; 1] = ["capsule_loader"];
 
 /// Parallel loads for the ramdisk's coldplug. Measured in a 2-vCPU QEMU TCG guest (32
 /// modules, 4 boots each): one thread 1.8-2.7 s, two threads 2.3-5.6 s, because every module

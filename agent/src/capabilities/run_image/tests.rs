@@ -467,3 +467,45 @@ async fn refusals_touch_nothing() {
         assert!(changed.is_empty(), "{code}: {changed:?}");
     }
 }
+
+/// A staged capsule (the marker `decom.firmware_secure` leaves): `kexec` is refused with the
+/// reason, `auto` reboots through the firmware for it, and kexec is never loaded.
+#[tokio::test]
+async fn a_staged_capsule_refuses_kexec() {
+    let w = world();
+    let marker = w.fixture.root().join(CAPSULE_MARKER);
+    std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+    std::fs::write(&marker, "capsule_on_disk entry0\n").unwrap();
+    let sys = Arc::new(fake(&w));
+    let status = run(
+        &w,
+        sys.clone(),
+        Authority::Ramdisk,
+        json!({"image_id": "debian-12", "device": "/dev/vda", "boot": "kexec"}),
+        Duration::ZERO,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(status.code.as_deref(), Some("kexec_not_viable"));
+    let msg = status.msg.unwrap_or_default();
+    assert!(msg.contains("a firmware capsule is staged"), "{msg}");
+    let sys = Arc::new(fake(&w));
+    let status = run(
+        &w,
+        sys.clone(),
+        Authority::Ramdisk,
+        json!({"image_id": "debian-12", "device": "/dev/vda"}),
+        Duration::ZERO,
+        Duration::from_secs(10),
+    )
+    .await;
+    let r: RunImageResult = serde_json::from_value(status.result.unwrap()).unwrap();
+    assert_eq!(r.boot, BootMethod::Reboot);
+    assert!(r.reason.unwrap().contains("capsule"));
+    assert!(sys.calls().contains(&Call::Jump(Jump::Reboot)));
+    assert!(
+        !sys.calls()
+            .iter()
+            .any(|c| matches!(c, Call::KexecLoad { .. }))
+    );
+}
