@@ -56,6 +56,7 @@ pub mod fleet;
 pub mod http_errors;
 pub mod identity;
 pub mod listener;
+pub mod media;
 pub mod metrics;
 pub mod notify;
 pub mod oob;
@@ -110,6 +111,11 @@ pub struct ServeConfig {
     /// A plain-HTTP listener serving only `/metrics`, without the admin token (for a
     /// scraper on a management network); `None`: metrics only on the API, behind the token.
     pub metrics_listen: Option<SocketAddr>,
+    /// The directory `/media/NAME` serves token-less (boot media for BMCs, see [`media`]);
+    /// `None`: `/media/` answers 404.
+    pub media_dir: Option<PathBuf>,
+    /// A plain-HTTP listener serving only `/media/NAME` (needs `media_dir`).
+    pub media_listen: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -131,6 +137,8 @@ impl ServeConfig {
             retention: store::Retention::default(),
             console_capture: Some(std::time::Duration::from_secs(30)),
             metrics_listen: None,
+            media_dir: None,
+            media_listen: None,
         }
     }
 
@@ -172,6 +180,8 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Where the token-less metrics listener listens, when there is one.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the plain-HTTP media listener listens, when there is one.
+    pub media_addr: Option<SocketAddr>,
     /// The retention limits in force: sending new ones applies them from the next pass,
     /// which starts at once (`molar serve` does on SIGHUP).
     pub retention: tokio::sync::watch::Sender<store::Retention>,
@@ -305,6 +315,21 @@ pub async fn start(
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().map(|(_, a)| *a);
+    let media = config
+        .media_dir
+        .clone()
+        .map(|d| Arc::new(media::MediaDir::new(d)));
+    let media_listener = match (config.media_listen, &media) {
+        (Some(addr), Some(dir)) => {
+            let l = bind(addr, 128)?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            Some((l, bound, dir.clone()))
+        }
+        _ => None,
+    };
+    let media_addr = media_listener.as_ref().map(|(_, a, _)| *a);
     let api_url = local_url(api_addr);
     pki::write_file(
         &dir.join("api.url"),
@@ -325,6 +350,7 @@ pub async fn start(
         fleet.clone(),
         requests.clone(),
         &admin_token,
+        media,
         shutdown.clone(),
     );
 
@@ -355,6 +381,15 @@ pub async fn start(
             }
         }
     });
+    let media_http = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            match media_listener {
+                Some((l, _, dir)) => media::serve(l, dir, shutdown).await,
+                None => shutdown.cancelled().await,
+            }
+        }
+    });
     let (retention, retention_rx) = tokio::sync::watch::channel(config.retention.clone());
     let pruner = tokio::spawn(prune(fleet.store.clone(), retention_rx, shutdown.clone()));
     let capture = tokio::spawn({
@@ -369,13 +404,22 @@ pub async fn start(
         }
     });
     let join = tokio::spawn(async move {
-        let _ = tokio::join!(agents, http, metrics, pruner, capture, requests.join());
+        let _ = tokio::join!(
+            agents,
+            http,
+            metrics,
+            media_http,
+            pruner,
+            capture,
+            requests.join()
+        );
     });
     tracing::info!(%agent_addr, %api_url, "controller started");
     Ok(Running {
         agent_addr,
         api_addr,
         metrics_addr,
+        media_addr,
         retention,
         api_url,
         ca_pem_path: pki.ca_pem_path.clone(),
