@@ -61,6 +61,8 @@ pub enum BuildError {
     Uki { path: PathBuf, source: PeError },
     #[error("building the ESP image for the ISO: {0}")]
     Esp(io::Error),
+    #[error("writing the ISO: {0}")]
+    Iso(#[from] crate::iso::IsoError),
     #[error(
         "cannot tell the kernel version from the modules directory {0} (expected lib/modules/VERSION)"
     )]
@@ -85,6 +87,7 @@ impl BuildError {
             BuildError::NoVersion(_) => "kernel_version_unknown",
             BuildError::Uki { source, .. } => source.code(),
             BuildError::Esp(_) => "esp_image_failed",
+            BuildError::Iso(_) => "iso_failed",
         }
     }
 }
@@ -491,8 +494,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Mani
                 mib(uki.len() as u64)
             ));
             let esp = crate::iso::esp_image(&uki).map_err(BuildError::Esp)?;
-            let image = crate::iso::write_iso("MOLAR", &esp)
-                .map_err(|e| BuildError::Esp(io::Error::other(e)))?;
+            let image = crate::iso::write_iso("MOLAR", &esp)?;
             Some((image, cmdline))
         }
     };

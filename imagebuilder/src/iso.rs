@@ -98,20 +98,27 @@ const NO_DATE: [u8; 17] = [
     0,
 ];
 
-/// Why a volume label was refused.
+/// Why an ISO could not be written.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("volume id {0:?}: 1-32 characters of A-Z, 0-9 and _")]
-pub struct BadVolumeId(pub String);
+pub enum IsoError {
+    #[error("volume id {0:?}: 1-32 characters of A-Z, 0-9 and _")]
+    BadVolumeId(String),
+    #[error("the ESP image is {0} bytes: ISO 9660 files end below 4 GiB")]
+    TooLarge(usize),
+}
 
 /// Writes the ISO around `esp` (a FAT image, see [`esp_image`]), labelled `volume_id`.
-pub fn write_iso(volume_id: &str, esp: &[u8]) -> Result<Vec<u8>, BadVolumeId> {
+pub fn write_iso(volume_id: &str, esp: &[u8]) -> Result<Vec<u8>, IsoError> {
     if volume_id.is_empty()
         || volume_id.len() > 32
         || !volume_id
             .bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
     {
-        return Err(BadVolumeId(volume_id.to_string()));
+        return Err(IsoError::BadVolumeId(volume_id.to_string()));
+    }
+    if u32::try_from(esp.len() + (ESP + 1) * SECTOR).is_err() {
+        return Err(IsoError::TooLarge(esp.len()));
     }
     let esp_sectors = esp.len().div_ceil(SECTOR);
     let total = ESP + esp_sectors;

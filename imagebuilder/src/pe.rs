@@ -116,6 +116,10 @@ pub fn parse(d: &[u8]) -> Result<Headers, PeError> {
     let machine = u16_at(d, coff)?;
     let nsections = u16_at(d, coff + 2)? as usize;
     let size_of_optional = u16_at(d, coff + 16)?;
+    // The fixed part of a PE32+ optional header ends at NumberOfRvaAndSizes (112 bytes).
+    if size_of_optional < 112 {
+        return Err(PeError::Malformed("optional header too short for PE32+"));
+    }
     let optional = coff + 20;
     let magic = u16_at(d, optional)?;
     if magic != PE32_PLUS {
@@ -181,7 +185,8 @@ pub fn append_sections(stub: &[u8], sections: &[(&str, &[u8])]) -> Result<Vec<u8
     let h = parse(stub)?;
     // The certificate table is data directory 4 (8 bytes each, from offset 112 in PE32+).
     let dirs = u32_at(stub, h.optional + 108)?;
-    if dirs > 4 && u32_at(stub, h.optional + 112 + 4 * 8 + 4)? != 0 {
+    let has_cert_dir = dirs > 4 && h.size_of_optional as usize >= 112 + 5 * 8;
+    if has_cert_dir && u32_at(stub, h.optional + 112 + 4 * 8 + 4)? != 0 {
         return Err(PeError::Unsupported(
             "the stub is signed (it has a certificate table)".into(),
         ));
@@ -377,6 +382,24 @@ pub(crate) mod tests {
         ));
         for n in 0..roomy.len().min(0x200) {
             let _ = parse(&roomy[..n]);
+        }
+    }
+
+    #[test]
+    fn corrupt_headers_are_errors_not_panics() {
+        let good = synthetic(0x400);
+        // Every header byte set to 0x00, 0xff and 0x7f in turn, then truncations.
+        for at in 0..0x2c8 {
+            for v in [0x00u8, 0xff, 0x7f] {
+                let mut d = good.clone();
+                d[at] = v;
+                if let Ok(out) = append_sections(&d, &[(".linux", b"kernel"), (".initrd", b"")]) {
+                    parse(&out).expect("what was written parses back");
+                }
+            }
+        }
+        for n in 0..good.len() {
+            let _ = append_sections(&good[..n], &[(".linux", b"k")]);
         }
     }
 }
