@@ -15,6 +15,7 @@
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Path as UrlPath;
@@ -26,6 +27,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 /// Longest file name served.
 pub const MAX_NAME: usize = 255;
@@ -240,8 +243,16 @@ pub async fn serve_file(
     resp
 }
 
+/// Connections the plain-HTTP media listener serves at once; more are closed at once. A few
+/// BMCs fetch at a time, each on one or two connections.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client of the media listener gets to send a request's headers (also how long an
+/// idle kept-alive connection stays open).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The plain-HTTP media listener (`--media-listen`): `/media/NAME` only (the API's router
-/// declares the same route, behind no token).
+/// declares the same route, behind no token), with a connection cap and a header timeout
+/// like the API's; until `shutdown`, then open transfers get a few seconds to finish.
 pub async fn serve(listener: TcpListener, media: Arc<MediaDir>, shutdown: CancellationToken) {
     let media = Some(media);
     let app = Router::new()
@@ -256,12 +267,51 @@ pub async fn serve(listener: TcpListener, media: Arc<MediaDir>, shutdown: Cancel
                 "only /media/NAME is served here".into(),
             )
         });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "media listener failed");
+    let tracker = TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a media connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "media listener full; connection closed");
+            continue;
+        };
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    app.clone().oneshot(req)
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "media connection ended");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+            drop(permit);
+        });
     }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
 }
 
 #[cfg(test)]

@@ -223,3 +223,59 @@ async fn without_a_media_directory_media_is_not_found() {
     let text = r.text().await.unwrap();
     assert!(text.contains("no media directory"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_media_listener_caps_its_connections() {
+    let media = tempfile::tempdir().unwrap();
+    std::fs::write(media.path().join("molar.iso"), b"iso").unwrap();
+    let c = Controller::start_with_media(media.path()).await;
+    let url = c.media_url("molar.iso");
+    let addr = url
+        .strip_prefix("http://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Idle connections up to the cap are held ...
+    let mut idle = Vec::new();
+    for _ in 0..molar_controller::media::MAX_CONNECTIONS {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // ... so give the listener a moment to take them all, then one more is closed unanswered.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut extra = TcpStream::connect(&addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /media/molar.iso HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        extra.read_to_end(&mut buf),
+    )
+    .await
+    .expect("closed at once");
+    assert!(
+        n.is_err() || buf.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // Freed places serve again.
+    drop(idle);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        // Raw, as a refused connection has no reply to parse.
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /media/molar.iso HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply).await;
+        if reply.starts_with(b"HTTP/1.1 200") {
+            assert!(reply.ends_with(b"\r\n\r\niso"));
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "never served again");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
