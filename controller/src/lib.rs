@@ -330,6 +330,13 @@ pub async fn start(
         _ => None,
     };
     let media_addr = media_listener.as_ref().map(|(_, a, _)| *a);
+    if let Some(m) = &media {
+        tracing::info!(
+            dir = %m.root().display(),
+            plain_http = ?media_addr,
+            "serving boot media at /media/NAME without a token"
+        );
+    }
     let api_url = local_url(api_addr);
     pki::write_file(
         &dir.join("api.url"),
