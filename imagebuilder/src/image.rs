@@ -59,6 +59,8 @@ pub enum BuildError {
     },
     #[error("building the unified kernel image from the EFI stub {path}: {source}")]
     Uki { path: PathBuf, source: PeError },
+    #[error("reading the EFI stub {path} (Debian package systemd-boot-efi): {source}")]
+    EfiStub { path: PathBuf, source: io::Error },
     #[error("building the ESP image for the ISO: {0}")]
     Esp(io::Error),
     #[error("writing the ISO: {0}")]
@@ -87,6 +89,7 @@ impl BuildError {
             BuildError::NoVersion(_) => "kernel_version_unknown",
             BuildError::Uki { source, .. } => source.code(),
             BuildError::Esp(_) => "esp_image_failed",
+            BuildError::EfiStub { .. } => "efi_stub_unreadable",
             BuildError::Iso(_) => "iso_failed",
         }
     }
@@ -314,6 +317,22 @@ fn find_config(vmlinuz: &Path, modules: &Path, version: &str) -> Option<PathBuf>
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Manifest, BuildError> {
     opts.kernel_args.validate()?;
     let boot_ipxe = opts.kernel_args.boot_ipxe(VMLINUZ, INITRAMFS)?;
+    // The EFI stub before the slow steps: a missing package should not cost a compression.
+    let efi_stub = match &opts.iso {
+        None => None,
+        Some(iso_opts) => {
+            let path = &iso_opts.efi_stub;
+            let stub = fs::read(path).map_err(|source| BuildError::EfiStub {
+                path: path.clone(),
+                source,
+            })?;
+            crate::pe::parse(&stub).map_err(|source| BuildError::Uki {
+                path: path.clone(),
+                source,
+            })?;
+            Some(stub)
+        }
+    };
 
     // The agent first: a non-static binary is the cheapest failure to report.
     let agent_path = match &opts.agent {
@@ -461,9 +480,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Mani
     } else {
         None
     };
-    let iso = match &opts.iso {
-        None => None,
-        Some(iso_opts) => {
+    let iso = match (&opts.iso, &efi_stub) {
+        (Some(iso_opts), Some(stub)) => {
             // The ISO is served without our bearer token (BMCs cannot send one) and the kernel
             // prints its command line: the token stays out, the agent reads it from SMBIOS
             // OEM strings instead.
@@ -475,9 +493,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Mani
             if opts.kernel_args.token.is_some() {
                 progress("molar.iso carries no token: give it as an SMBIOS OEM string");
             }
-            let stub = read(&iso_opts.efi_stub)?;
             let uki = crate::uki::build(
-                &stub,
+                stub,
                 &crate::uki::UkiParts {
                     cmdline: &cmdline,
                     kernel_version: &version,
@@ -497,6 +514,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Mani
             let image = crate::iso::write_iso("MOLAR", &esp)?;
             Some((image, cmdline))
         }
+        _ => None,
     };
     fs::create_dir_all(&opts.out).map_err(|source| BuildError::Write {
         path: opts.out.clone(),
@@ -736,6 +754,14 @@ mod tests {
         let e = build(&opts, &mut |_| {}).unwrap_err();
         assert_eq!(e.code(), "pe_malformed");
         assert!(e.to_string().contains("bad.efi"), "{e}");
+        opts.iso = Some(IsoOptions {
+            efi_stub: dir.path().join("absent.efi"),
+        });
+        let mut lines = Vec::new();
+        let e = build(&opts, &mut |l| lines.push(l.to_string())).unwrap_err();
+        assert_eq!(e.code(), "efi_stub_unreadable");
+        assert!(e.to_string().contains("systemd-boot-efi"), "{e}");
+        assert!(lines.is_empty(), "failed before any step: {lines:?}");
     }
 
     #[test]
