@@ -6,6 +6,10 @@
 //! directory holds that image as `EFIBOOT.IMG` too, so the volume is also readable as a plain
 //! CD. There is no BIOS entry: legacy boot would need isolinux, which molar does not ship.
 //!
+//! The system area's MBR has one partition, type 0xEF, over the ESP image: the same file also
+//! boots as a disk (a BMC presenting virtual media as a USB stick, or the ISO written to one),
+//! where firmware finds the ESP through the MBR instead of El Torito.
+//!
 //! Layout (2048-byte sectors): 0-15 system area, 16 primary volume descriptor, 17 El Torito
 //! boot record, 18 terminator, 19 boot catalog, 20/21 little/big-endian path tables, 22 root
 //! directory, then the ESP image, last, so firmware that reads a short El Torito sector count
@@ -208,6 +212,18 @@ pub fn write_iso(volume_id: &str, esp: &[u8]) -> Result<Vec<u8>, IsoError> {
     entry[8..12].copy_from_slice(&(ESP as u32).to_le_bytes());
 
     iso[ESP * SECTOR..ESP * SECTOR + esp.len()].copy_from_slice(esp);
+
+    // MBR partition 1: the ESP, in 512-byte sectors; CHS fields at their "use LBA" maximum.
+    let mbr = &mut iso[..512];
+    let part = &mut mbr[446..462];
+    part[0] = 0; // not active
+    part[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    part[4] = 0xef;
+    part[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    part[8..12].copy_from_slice(&((ESP * SECTOR / 512) as u32).to_le_bytes());
+    part[12..16].copy_from_slice(&(esp.len().div_ceil(512) as u32).to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
     Ok(iso)
 }
 
@@ -252,6 +268,11 @@ pub(crate) mod tests {
         assert_eq!(count * 512, esp.len());
         assert_eq!(&iso[lba * SECTOR..lba * SECTOR + esp.len()], &esp[..]);
         assert_eq!(lba * SECTOR + esp.len(), iso.len(), "the ESP is last");
+        // As a disk: the MBR's one partition is the same ESP.
+        assert_eq!((iso[510], iso[511], iso[446 + 4]), (0x55, 0xaa, 0xef));
+        assert_eq!(read_u32(&iso, 446 + 8) as usize * 512, lba * SECTOR);
+        assert_eq!(read_u32(&iso, 446 + 12) as usize * 512, esp.len());
+        assert!(iso[446 + 16..510].iter().all(|&b| b == 0), "one partition");
 
         // The ESP holds the UKI at the removable-media path.
         let mut disk = Cursor::new(esp.clone());
@@ -273,7 +294,7 @@ pub(crate) mod tests {
         let xorriso = Command::new("xorriso")
             .args(["-indev"])
             .arg(iso_path)
-            .args(["-report_el_torito", "plain"])
+            .args(["-report_el_torito", "plain", "-report_system_area", "plain"])
             .output()
             .expect("running xorriso");
         let out = String::from_utf8_lossy(&xorriso.stdout).into_owned()
@@ -292,6 +313,22 @@ pub(crate) mod tests {
             "the ESP follows the root directory: {line}"
         );
         assert!(out.contains("El Torito catalog  : 19"), "{out}");
+        // The MBR's one partition is the ESP file, for booting the image as a disk.
+        let part = out
+            .lines()
+            .find(|l| l.starts_with("MBR partition      :"))
+            .unwrap_or_else(|| panic!("no MBR partition in:\n{out}"));
+        let p: Vec<&str> = part.split_whitespace().collect();
+        assert_eq!(&p[3..6], ["1", "0x00", "0xef"], "{part}");
+        assert_eq!(
+            p.get(6),
+            Some(&"92"),
+            "the ESP starts at ISO sector 23: {part}"
+        );
+        assert!(
+            out.contains("MBR partition path :   1  /EFIBOOT.IMG"),
+            "{out}"
+        );
 
         let iso = std::fs::read(iso_path).unwrap();
         let cat = &iso[19 * SECTOR..];

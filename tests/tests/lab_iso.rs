@@ -2,7 +2,8 @@
 //! CD drive, first in the boot order, as a BMC's virtual media presents it. The firmware
 //! starts the ISO's El Torito EFI image, systemd's stub boots the kernel with the command
 //! line baked into the unified kernel image, and the agent reaches the lab controller with
-//! the token and CA pin from SMBIOS OEM strings (the ISO has no token).
+//! the token and CA pin from SMBIOS OEM strings (the ISO has no token). The same file as a
+//! USB stick boots through its MBR's ESP partition instead.
 //!
 //! Needs `molar.iso` beside the lab images (`scripts/lab-images` builds it with `--iso`) and
 //! the `ovmf` package. Skips with a reason outside CI, fails under `CI=true`.
@@ -15,9 +16,8 @@ use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(240);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_uefi_server_boots_the_iso_from_its_cd_drive_and_registers() {
-    let test = "a_uefi_server_boots_the_iso_from_its_cd_drive_and_registers";
+/// Boots `molar.iso` attached by `attach` and waits for its agent to register.
+async fn boots_to_a_registered_agent(test: &str, attach: fn(std::path::PathBuf) -> Boot) {
     let Some(lab) = Lab::require(test) else {
         return;
     };
@@ -37,9 +37,9 @@ async fn a_uefi_server_boots_the_iso_from_its_cd_drive_and_registers() {
     let token = ctl.agent_token().await;
 
     let mut server = QemuConfig::server(&lab);
-    server.name = "uefi-cd".into();
+    server.name = "uefi-media".into();
     server.firmware = Firmware::Uefi;
-    server.boot = Boot::Cdrom { iso: iso.clone() };
+    server.boot = attach(iso);
     server.disks.clear();
     server.no_reboot = true;
     server.forward_as(9000, ctl.agent_port());
@@ -87,8 +87,26 @@ async fn a_uefi_server_boots_the_iso_from_its_cd_drive_and_registers() {
     let v = client.server(&id, false).await.unwrap();
     assert_eq!(v.server.serial.as_deref(), Some("S123"));
     eprintln!(
-        "virtual-media boot: QEMU start -> agent connected in {:.1} s (UEFI, {:?})",
+        "{test}: QEMU start -> agent connected in {:.1} s (UEFI, {:?})",
         took.as_secs_f64(),
         server.accel
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uefi_server_boots_the_iso_from_its_cd_drive_and_registers() {
+    boots_to_a_registered_agent(
+        "a_uefi_server_boots_the_iso_from_its_cd_drive_and_registers",
+        |iso| Boot::Cdrom { iso },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uefi_server_boots_the_iso_as_a_usb_stick_and_registers() {
+    boots_to_a_registered_agent(
+        "a_uefi_server_boots_the_iso_as_a_usb_stick_and_registers",
+        |image| Boot::UsbDisk { image },
+    )
+    .await;
 }
