@@ -3,10 +3,14 @@
 
 use crate::api::{
     CallRequest, CallResponse, ConditionSet, ConditionStatusAnswer, ControlQueued, ControlRequest,
-    CreatedToken, EventPage, LogPage, ReenrolRequest, Reenrolled, RemovedServer, RequestList,
-    ServerList, ServerView, TaskList, TaskRequest, TaskStarted, TokenList, TokenRequest,
+    CreatedToken, EventPage, LogPage, MaintenanceRequest, ReenrolRequest, Reenrolled,
+    RemovedServer, RequestList, ServerList, ServerView, TaskList, TaskRequest, TaskStarted,
+    TokenList, TokenRequest, TransitionPage, WorkflowList,
 };
-use crate::store::{RequestRecord, TaskEvent, TaskRecord, TokenRecord, TokenScope};
+use crate::store::{
+    RequestRecord, TaskEvent, TaskRecord, TokenRecord, TokenScope, Transition, WorkflowRecord,
+};
+use crate::workflow::{ClaimParams, ReleaseParams};
 use molar_protocol::{ErrorBody, Secret, codes};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -375,6 +379,78 @@ impl Client {
         let server = server.map(|s| format!("&server={s}")).unwrap_or_default();
         self.get(&format!("/events?after={after}&limit={limit}{server}"))
             .await
+    }
+
+    /// One server's state changes (id or name) with an id above `after`, oldest first.
+    pub async fn history(&self, server: &str, after: i64, limit: u32) -> Result<TransitionPage> {
+        self.get(&format!(
+            "/servers/{}/history?after={after}&limit={limit}",
+            segment(server)
+        ))
+        .await
+    }
+
+    /// Every server's state changes (or one server's) with an id above `after`.
+    pub async fn transitions(
+        &self,
+        server: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<TransitionPage> {
+        let server = server
+            .map(|s| format!("&server={}", segment(s)))
+            .unwrap_or_default();
+        self.get(&format!("/transitions?after={after}&limit={limit}{server}"))
+            .await
+    }
+
+    /// Takes a server into maintenance (`on`) or out of it.
+    pub async fn maintenance(
+        &self,
+        server: &str,
+        on: bool,
+        reason: Option<&str>,
+    ) -> Result<Transition> {
+        let req = MaintenanceRequest {
+            on,
+            reason: reason.map(str::to_owned),
+        };
+        self.post(&format!("/servers/{}/maintenance", segment(server)), &req)
+            .await
+    }
+
+    /// Checks a server's stored inventory against a QC spec (without the agent).
+    pub async fn qc_stored(
+        &self,
+        server: &str,
+        spec: molar_protocol::qc::Spec,
+    ) -> Result<molar_protocol::qc::QcReport> {
+        let body = crate::api::QcCheckRequest { spec };
+        self.post(&format!("/servers/{}/qc", segment(server)), &body)
+            .await
+    }
+
+    /// Starts the claim workflow (deploy, then Reserved).
+    pub async fn claim(&self, server: &str, params: &ClaimParams) -> Result<WorkflowRecord> {
+        self.post(&format!("/servers/{}/claim", segment(server)), params)
+            .await
+    }
+
+    /// Starts the release workflow (Cleanup: ramdisk, erase, then Available).
+    pub async fn release(&self, server: &str, params: &ReleaseParams) -> Result<WorkflowRecord> {
+        self.post(&format!("/servers/{}/release", segment(server)), params)
+            .await
+    }
+
+    /// A server's workflows, newest first.
+    pub async fn workflows(&self, server: &str, limit: u32) -> Result<Vec<WorkflowRecord>> {
+        Ok(self
+            .get::<WorkflowList>(&format!(
+                "/servers/{}/workflows?limit={limit}",
+                segment(server)
+            ))
+            .await?
+            .workflows)
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {

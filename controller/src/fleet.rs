@@ -529,10 +529,20 @@ impl Fleet {
         match outcome {
             Ok(_) => match self
                 .store
-                .set_server_state(server_id, ServerState::Available)
+                .transition(
+                    server_id,
+                    ServerState::Discovery,
+                    crate::lifecycle::Cause::Discovered,
+                    "inventory stored",
+                    Default::default(),
+                )
                 .await
             {
                 Ok(_) => tracing::info!(server = %server_id, "discovery complete: available"),
+                // An operator moved it meanwhile (maintenance): theirs is the last word.
+                Err(crate::store::TransitionError::Conflict { actual, .. }) => {
+                    tracing::info!(server = %server_id, state = %actual, "discovery complete; the server changed state meanwhile")
+                }
                 Err(e) => tracing::error!(server = %server_id, error = %e, "storing the state"),
             },
             Err(e) => tracing::warn!(server = %server_id, error = %e, "discovery failed"),
@@ -563,8 +573,20 @@ impl Fleet {
     pub async fn erase_disks(
         &self,
         server_id: &str,
-        mut params: DiskEraseParams,
+        params: DiskEraseParams,
     ) -> Result<TaskRecord, FleetError> {
+        let params = self.expecting_disks(server_id, params).await;
+        self.start_task_method::<DiskErase>(server_id, &params)
+            .await
+    }
+
+    /// `params` with `expect` filled from the stored inventory when they name neither
+    /// `devices` nor `expect` (see [`Fleet::erase_disks`]).
+    pub async fn expecting_disks(
+        &self,
+        server_id: &str,
+        mut params: DiskEraseParams,
+    ) -> DiskEraseParams {
         if params.devices.is_none() && params.expect.is_none() {
             match self.stored_inventory(server_id).await {
                 Some(inv) => {
@@ -579,8 +601,7 @@ impl Fleet {
                 }
             }
         }
-        self.start_task_method::<DiskErase>(server_id, &params)
-            .await
+        params
     }
 
     /// The params of a task as an operator gives them: an object without `task_id`.
@@ -606,9 +627,23 @@ impl Fleet {
         method: &str,
         params: Value,
     ) -> Result<TaskRecord, FleetError> {
+        let task_id = format!("t-{}", crate::pki::random_hex(8));
+        self.start_task_as(server_id, method, params, &task_id)
+            .await
+    }
+
+    /// [`Fleet::start_task`] under a task id the caller chose (a workflow step's, so a
+    /// restart can find the task again). The id must not be stored yet.
+    pub async fn start_task_as(
+        &self,
+        server_id: &str,
+        method: &str,
+        params: Value,
+        task_id: &str,
+    ) -> Result<TaskRecord, FleetError> {
         let params = Self::task_params(params)?;
         let peer = self.peer(server_id).await?;
-        let task_id = format!("t-{}", crate::pki::random_hex(8));
+        let task_id = task_id.to_owned();
         let command = TaskCommand {
             task_id: &task_id,
             params: &params,

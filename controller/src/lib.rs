@@ -6,6 +6,10 @@
 //!   store threads behind an async handle.
 //! - [`pki`]: the state directory: CA, server certificate, admin token.
 //! - [`identity`]: which stored server an agent is.
+//! - [`lifecycle`]: seed 003's server states and the one table of transitions between them;
+//!   the store applies them as compare-and-sets with a history (`store::lifecycle`).
+//! - [`workflow`]: the durable claim and release workflows, one stored row per step tied to
+//!   its task or request, resumed after a restart.
 //! - [`bounds`]: length and character limits on what agents send (handshake, inventory).
 //! - [`fleet`]: live agent connections, commands and tasks sent to them, task event bus, and
 //!   the explicit handlers that store what agents answer (inventory, BMC credentials).
@@ -55,6 +59,7 @@ pub mod erase;
 pub mod fleet;
 pub mod http_errors;
 pub mod identity;
+pub mod lifecycle;
 pub mod listener;
 pub mod media;
 pub mod metrics;
@@ -63,6 +68,7 @@ pub mod oob;
 pub mod pki;
 pub mod requests;
 pub mod store;
+pub mod workflow;
 
 use molar_protocol::{PeerConfig, Secret};
 use std::net::SocketAddr;
@@ -353,9 +359,12 @@ pub async fn start(
     lcfg.handshake_timeout = config.handshake_timeout;
     let api_tls = pki::server_config(&pki, &[b"http/1.1"])?;
     let requests = requests::Requests::start(fleet.clone(), shutdown.clone()).await?;
+    let workflows =
+        workflow::Workflows::start(fleet.clone(), requests.clone(), shutdown.clone()).await?;
     let router = api::router(
         fleet.clone(),
         requests.clone(),
+        workflows.clone(),
         &admin_token,
         media,
         shutdown.clone(),
@@ -418,7 +427,8 @@ pub async fn start(
             media_http,
             pruner,
             capture,
-            requests.join()
+            requests.join(),
+            workflows.join()
         );
     });
     tracing::info!(%agent_addr, %api_url, "controller started");

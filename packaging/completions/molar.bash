@@ -25,11 +25,17 @@ _molar() {
             molar,call)
                 cmd="molar__subcmd__call"
                 ;;
+            molar,claim)
+                cmd="molar__subcmd__claim"
+                ;;
             molar,config)
                 cmd="molar__subcmd__config"
                 ;;
             molar,console)
                 cmd="molar__subcmd__console"
+                ;;
+            molar,console-token)
+                cmd="molar__subcmd__console__subcmd__token"
                 ;;
             molar,events)
                 cmd="molar__subcmd__events"
@@ -37,14 +43,26 @@ _molar() {
             molar,help)
                 cmd="molar__subcmd__help"
                 ;;
+            molar,history)
+                cmd="molar__subcmd__history"
+                ;;
             molar,identify)
                 cmd="molar__subcmd__identify"
                 ;;
             molar,logs)
                 cmd="molar__subcmd__logs"
                 ;;
+            molar,maintenance)
+                cmd="molar__subcmd__maintenance"
+                ;;
             molar,power)
                 cmd="molar__subcmd__power"
+                ;;
+            molar,qc)
+                cmd="molar__subcmd__qc"
+                ;;
+            molar,release)
+                cmd="molar__subcmd__release"
                 ;;
             molar,requests)
                 cmd="molar__subcmd__requests"
@@ -66,6 +84,12 @@ _molar() {
                 ;;
             molar,token)
                 cmd="molar__subcmd__token"
+                ;;
+            molar,transitions)
+                cmd="molar__subcmd__transitions"
+                ;;
+            molar,workflows)
+                cmd="molar__subcmd__workflows"
                 ;;
             molar__subcmd__config,check)
                 cmd="molar__subcmd__config__subcmd__check"
@@ -94,11 +118,17 @@ _molar() {
             molar__subcmd__help,call)
                 cmd="molar__subcmd__help__subcmd__call"
                 ;;
+            molar__subcmd__help,claim)
+                cmd="molar__subcmd__help__subcmd__claim"
+                ;;
             molar__subcmd__help,config)
                 cmd="molar__subcmd__help__subcmd__config"
                 ;;
             molar__subcmd__help,console)
                 cmd="molar__subcmd__help__subcmd__console"
+                ;;
+            molar__subcmd__help,console-token)
+                cmd="molar__subcmd__help__subcmd__console__subcmd__token"
                 ;;
             molar__subcmd__help,events)
                 cmd="molar__subcmd__help__subcmd__events"
@@ -106,14 +136,26 @@ _molar() {
             molar__subcmd__help,help)
                 cmd="molar__subcmd__help__subcmd__help"
                 ;;
+            molar__subcmd__help,history)
+                cmd="molar__subcmd__help__subcmd__history"
+                ;;
             molar__subcmd__help,identify)
                 cmd="molar__subcmd__help__subcmd__identify"
                 ;;
             molar__subcmd__help,logs)
                 cmd="molar__subcmd__help__subcmd__logs"
                 ;;
+            molar__subcmd__help,maintenance)
+                cmd="molar__subcmd__help__subcmd__maintenance"
+                ;;
             molar__subcmd__help,power)
                 cmd="molar__subcmd__help__subcmd__power"
+                ;;
+            molar__subcmd__help,qc)
+                cmd="molar__subcmd__help__subcmd__qc"
+                ;;
+            molar__subcmd__help,release)
+                cmd="molar__subcmd__help__subcmd__release"
                 ;;
             molar__subcmd__help,requests)
                 cmd="molar__subcmd__help__subcmd__requests"
@@ -135,6 +177,12 @@ _molar() {
                 ;;
             molar__subcmd__help,token)
                 cmd="molar__subcmd__help__subcmd__token"
+                ;;
+            molar__subcmd__help,transitions)
+                cmd="molar__subcmd__help__subcmd__transitions"
+                ;;
+            molar__subcmd__help,workflows)
+                cmd="molar__subcmd__help__subcmd__workflows"
                 ;;
             molar__subcmd__help__subcmd__config,check)
                 cmd="molar__subcmd__help__subcmd__config__subcmd__check"
@@ -248,7 +296,7 @@ _molar() {
 
     case "${cmd}" in
         molar)
-            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config token servers server call task tasks logs console events power bootdev bmc-reset identify requests help"
+            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -357,6 +405,52 @@ _molar() {
             fi
             case "${prev}" in
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__claim)
+            opts="-h --image-spec --device --config-drive --kernel-args --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --image-spec)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config-drive)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kernel-args)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -631,6 +725,40 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        molar__subcmd__console__subcmd__token)
+            opts="-h --ttl --revoke --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         molar__subcmd__events)
             opts="-f -h --server --follow --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -666,7 +794,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help)
-            opts="serve config token servers server call task tasks logs console events power bootdev bmc-reset identify requests help"
+            opts="serve config token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -708,6 +836,20 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help__subcmd__call)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__claim)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -777,6 +919,20 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        molar__subcmd__help__subcmd__console__subcmd__token)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         molar__subcmd__help__subcmd__events)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -792,6 +948,20 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__history)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -833,7 +1003,49 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        molar__subcmd__help__subcmd__maintenance)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         molar__subcmd__help__subcmd__power)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__qc)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__release)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1071,6 +1283,64 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        molar__subcmd__help__subcmd__transitions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__workflows)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__history)
+            opts="-w -h --follow --watch --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         molar__subcmd__identify)
             opts="-h --seconds --off --wait --wait-timeout --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -1139,6 +1409,40 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        molar__subcmd__maintenance)
+            opts="-h --reason --state-dir --api --token-file --ca --json --help on off"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         molar__subcmd__power)
             opts="-h --wait --wait-timeout --state-dir --api --token-file --ca --json --help on off soft cycle reset status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -1147,6 +1451,82 @@ _molar() {
             fi
             case "${prev}" in
                 --wait-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__qc)
+            opts="-h --spec --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --spec)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__release)
+            opts="-h --erase-method --passes --exclude --in-ramdisk --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --erase-method)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --passes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --exclude)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1952,6 +2332,70 @@ _molar() {
                 return 0
             fi
             case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__transitions)
+            opts="-w -h --follow --watch --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__workflows)
+            opts="-h --limit --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -46,6 +46,12 @@ pub mod codes {
     pub const HARDWARE_NOT_READY: &str = "hardware_not_ready";
     /// A disk the request expects (by serial or WWN) is not present.
     pub const EXPECTED_DISK_MISSING: &str = "expected_disk_missing";
+    /// The server's lifecycle has no such transition from the state it is in.
+    pub const ILLEGAL_TRANSITION: &str = "illegal_transition";
+    /// The server changed state while the request was decided: nothing was done.
+    pub const STATE_CHANGED: &str = "state_changed";
+    /// The server already runs a lifecycle workflow (a claim or a release).
+    pub const WORKFLOW_RUNNING: &str = "workflow_running";
     /// No common protocol version.
     pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
     /// The addressed server has no live agent connection.

@@ -22,8 +22,10 @@ pub use console::{
 };
 
 mod control;
+mod lifecycle;
 mod qc;
 
+pub use lifecycle::{MaintenanceRequest, TransitionPage, WorkflowList};
 pub use qc::QcCheckRequest;
 
 pub use control::{
@@ -225,6 +227,9 @@ pub fn status_for(code: &str, from_agent: bool) -> StatusCode {
         codes::NOT_FOUND | codes::UNKNOWN_TASK => StatusCode::NOT_FOUND,
         codes::NOT_CONNECTED | codes::TASK_CONFLICT => StatusCode::CONFLICT,
         codes::EXPECTED_DISK_MISSING => StatusCode::CONFLICT,
+        codes::ILLEGAL_TRANSITION | codes::STATE_CHANGED | codes::WORKFLOW_RUNNING => {
+            StatusCode::CONFLICT
+        }
         codes::BUSY | codes::NOT_READY | codes::HARDWARE_NOT_READY => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -297,6 +302,7 @@ type ApiResult<T> = Result<axum::Json<T>, ApiError>;
 struct ApiState {
     fleet: Arc<Fleet>,
     requests: Arc<crate::requests::Requests>,
+    workflows: Arc<crate::workflow::Workflows>,
     admin_hash: [u8; 32],
     shutdown: CancellationToken,
 }
@@ -347,6 +353,7 @@ fn query_num<T: std::str::FromStr>(
 pub fn router(
     fleet: Arc<Fleet>,
     requests: Arc<crate::requests::Requests>,
+    workflows: Arc<crate::workflow::Workflows>,
     admin_token: &Secret,
     media: Option<Arc<crate::media::MediaDir>>,
     shutdown: CancellationToken,
@@ -354,6 +361,7 @@ pub fn router(
     let state = Arc::new(ApiState {
         fleet,
         requests,
+        workflows,
         admin_hash: Sha256::digest(admin_token.expose().as_bytes()).into(),
         shutdown,
     });
@@ -373,7 +381,8 @@ pub fn router(
         .route("/openapi.json", get(openapi))
         .merge(console::routes())
         .merge(control::routes())
-        .merge(qc::routes());
+        .merge(qc::routes())
+        .merge(lifecycle::routes());
     let routed = Router::new()
         .nest("/api/v1", api)
         .merge(obmd::routes())

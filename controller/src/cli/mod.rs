@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod console;
 mod control;
+mod lifecycle;
 mod logs;
 pub(crate) mod output;
 mod serve;
@@ -161,6 +162,23 @@ pub enum Command {
         #[arg(long, conflicts_with = "force")]
         log: bool,
     },
+    /// Make a console token for a viewer that is not the CLI (printed only this once), or
+    /// revoke every console token of the server.
+    ConsoleToken {
+        id: String,
+        /// Seconds the token is valid (default 3600).
+        #[arg(long, conflicts_with = "revoke")]
+        ttl: Option<u64>,
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Check a server's stored inventory against a QC spec (a JSON file) without touching
+    /// the machine; exits 1 when a check fails.
+    Qc {
+        server: String,
+        #[arg(long)]
+        spec: PathBuf,
+    },
     /// Print security events: refused handshakes, superseded sessions, revoked and rotated
     /// tokens, expected ramdisk boots.
     Events {
@@ -214,6 +232,70 @@ pub enum Command {
         off: bool,
         #[command(flatten)]
         wait: control::WaitFlags,
+    },
+    /// Print a server's state changes (seed 003's lifecycle): from, to, why, when, and the
+    /// request or task each came from.
+    History {
+        server: String,
+        /// Keep printing new changes.
+        #[arg(long, short, visible_alias = "follow")]
+        watch: bool,
+    },
+    /// Print every server's state changes, oldest first.
+    Transitions {
+        /// Keep printing new changes.
+        #[arg(long, short, visible_alias = "follow")]
+        watch: bool,
+    },
+    /// Take a server into maintenance (from available or error) or return it to available.
+    Maintenance {
+        server: String,
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        /// Why, kept in the server's history.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deploy an image on an available server (the claim workflow): write it, boot it,
+    /// and mark the server reserved once it boots.
+    Claim {
+        server: String,
+        /// The image spec, a JSON file ({"id", "urls", "checksum", "format", ...}).
+        #[arg(long)]
+        image_spec: PathBuf,
+        /// The disk the image is written to.
+        #[arg(long)]
+        device: String,
+        /// The config drive, a JSON file (`run_image`'s `config_drive`).
+        #[arg(long)]
+        config_drive: Option<PathBuf>,
+        /// Appended to the deployed kernel's command line (kexec only).
+        #[arg(long)]
+        kernel_args: Option<String>,
+    },
+    /// Release a reserved server (the release workflow): boot it into the ramdisk through
+    /// its BMC, erase its disks, and return it to available.
+    Release {
+        server: String,
+        /// auto (strongest each disk offers), metadata (express), overwrite, nvme_sanitize,
+        /// nvme_format, ata_secure_erase or discard.
+        #[arg(long)]
+        erase_method: Option<String>,
+        /// With overwrite: passes (the last writes zeros).
+        #[arg(long)]
+        passes: Option<u32>,
+        /// A device to leave alone (repeatable).
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// The server is already in the ramdisk: no network boot and power cycle.
+        #[arg(long)]
+        in_ramdisk: bool,
+    },
+    /// List a server's workflows (claims and releases) with their steps, newest first.
+    Workflows {
+        server: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
     /// List a server's control requests, newest first.
     Requests {
@@ -484,6 +566,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Task { command } => tasks::run(cli, command).await,
         Command::Tasks { id } => tasks::list(cli, id).await,
         Command::Logs { id, follow } => logs::logs(cli, id, *follow).await,
+        Command::ConsoleToken { id, ttl, revoke } => console::token(cli, id, *ttl, *revoke).await,
+        Command::Qc { server, spec } => tasks::qc_stored(cli, server, spec).await,
         Command::Console { id, force, log } => console::run(cli, id, *force, *log).await,
         Command::Events { server, follow } => logs::events(cli, server.as_deref(), *follow).await,
         Command::Power {
@@ -533,7 +617,67 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             limit,
             wait,
         } => control::requests(cli, server, *limit, *wait).await,
+        Command::Claim {
+            server,
+            image_spec,
+            device,
+            config_drive,
+            kernel_args,
+        } => {
+            let a = lifecycle::ClaimArgs {
+                image_spec,
+                device,
+                config_drive: config_drive.as_deref(),
+                kernel_args: kernel_args.as_deref(),
+            };
+            lifecycle::claim(cli, server, a).await
+        }
+        Command::Release {
+            server,
+            erase_method,
+            passes,
+            exclude,
+            in_ramdisk,
+        } => {
+            let erase = match (erase_method, passes, exclude.is_empty()) {
+                (None, None, true) => None,
+                _ => Some(release_erase(erase_method.as_deref(), *passes, exclude)?),
+            };
+            lifecycle::release(cli, server, erase, *in_ramdisk).await
+        }
+        Command::Workflows { server, limit } => lifecycle::workflows(cli, server, *limit).await,
+        Command::History { server, watch } => lifecycle::history(cli, server, *watch).await,
+        Command::Transitions { watch } => lifecycle::transitions(cli, *watch).await,
+        Command::Maintenance {
+            server,
+            mode,
+            reason,
+        } => lifecycle::maintenance(cli, server, mode == "on", reason.as_deref()).await,
     }
+}
+
+/// The erase policy of `molar release`'s flags.
+fn release_erase(
+    method: Option<&str>,
+    passes: Option<u32>,
+    exclude: &[String],
+) -> Result<molar_protocol::erase::DiskEraseParams, Failure> {
+    let method = method
+        .map(|m| {
+            serde_json::from_value(serde_json::Value::String(m.to_owned())).map_err(|_| {
+                Failure::new(
+                    EXIT_USAGE,
+                    format!("--erase-method: unknown method {m:?}: see `molar release --help`"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(molar_protocol::erase::DiskEraseParams {
+        method,
+        passes,
+        exclude: (!exclude.is_empty()).then(|| exclude.to_vec()),
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

@@ -39,6 +39,40 @@ fn qc_rows(method: &str, result: Option<&Value>) -> Option<Vec<Vec<String>>> {
     )
 }
 
+/// `molar qc SERVER --spec FILE`: the stored inventory checked against a spec by the
+/// controller (the machine is not touched); exits 1 when a check fails.
+pub(super) async fn qc_stored(
+    cli: &Cli,
+    server: &str,
+    spec: &std::path::Path,
+) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(spec).map_err(|e| {
+        Failure::new(
+            EXIT_USAGE,
+            format!("--spec: reading {}: {e}", spec.display()),
+        )
+    })?;
+    let spec: molar_protocol::qc::Spec = serde_json::from_str(&text)
+        .map_err(|e| Failure::new(EXIT_USAGE, format!("--spec: {}: {e}", spec.display())))?;
+    let c = client(cli)?;
+    let report = c.qc_stored(server, spec).await.map_err(api_err(false))?;
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        let value = serde_json::to_value(&report).unwrap_or_default();
+        let rows = qc_rows(Qc::NAME, Some(&value)).unwrap_or_default();
+        table(&["", "CHECK", "EXPECTED", "ACTUAL"], rows)?;
+    }
+    if report.passed {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            EXIT_FAILED,
+            "the stored inventory does not meet the spec",
+        ))
+    }
+}
+
 /// The rows of a `decom.firmware_secure` result: one per component, what it ran before and
 /// after, what was done and whether it waits for a reboot or power cycle.
 fn firmware_rows(method: &str, result: Option<&Value>) -> Option<Vec<Vec<String>>> {

@@ -141,6 +141,7 @@ impl Db {
             params![id, format!("{ENROLLED_KEY_PREFIX}{id}"), e.name, now],
         )
         .map_err(q(what))?;
+        super::lifecycle::created(&tx, &id, super::ServerState::Initial, "enrolled by its BMC")?;
         tx.execute(
             "INSERT INTO bmcs (server_id, mac, ip, username, password, user_id, source,
                 updated_ms, host, port, protocol, allow_ipmi15, cipher_suite, system_guid,
@@ -260,7 +261,14 @@ fn merge_into(tx: &rusqlite::Transaction<'_>, from: &str, into: &str) -> Result<
     } else {
         exec("UPDATE bmcs SET server_id = ?2 WHERE server_id = ?1")?;
     }
-    for table in ["requests", "console_tokens", "console_log", "events"] {
+    // The enrolled server's history (its enrolment) stays, ahead of the agent's own.
+    for table in [
+        "requests",
+        "console_tokens",
+        "console_log",
+        "events",
+        "transitions",
+    ] {
         exec(&format!(
             "UPDATE {table} SET server_id = ?2 WHERE server_id = ?1"
         ))?;

@@ -15,6 +15,7 @@ mod bmc;
 mod console;
 mod enrolled;
 mod events;
+mod lifecycle;
 mod logs;
 mod requests;
 mod retention;
@@ -22,6 +23,7 @@ mod servers;
 mod stats;
 mod tasks;
 mod tokens;
+mod workflows;
 
 pub use bmc::{BmcCredentials, BmcRecord};
 pub use console::{
@@ -30,6 +32,7 @@ pub use console::{
 };
 pub use enrolled::{ENROLLED_KEY_PREFIX, EnrolRefusal, Enrolment, guid_candidates};
 pub use events::{EVENTS_KEPT, EventRecord, NewEvent};
+pub use lifecycle::{Refs, TRANSITIONS_LISTED_MAX, Transition, TransitionError};
 pub use logs::LogEntry;
 pub use requests::{NewRequest, REQUESTS_LISTED_MAX, RequestPath, RequestRecord, RequestState};
 pub use retention::{Pruned, Retention};
@@ -38,6 +41,9 @@ pub use servers::{
 };
 pub use tasks::{ACKNOWLEDGED_MAX, StatusOutcome, TaskEvent, TaskPhase, TaskRecord};
 pub use tokens::{ActiveToken, TokenRecord, TokenScope};
+pub use workflows::{
+    StepRecord, StepState, WORKFLOWS_LISTED_MAX, WorkflowError, WorkflowKind, WorkflowRecord,
+};
 
 use rusqlite::Connection;
 use serde_json::Value;
@@ -227,6 +233,54 @@ ALTER TABLE bmcs ADD COLUMN tls_fingerprint TEXT;
 ALTER TABLE bmcs ADD COLUMN tls_insecure INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE bmcs ADD COLUMN oob_inventory TEXT;
 ALTER TABLE bmcs ADD COLUMN oob_inventory_ms INTEGER;
+"#,
+    // The lifecycle (issue #15): every state change of a server, in order. Servers stored
+    // before it get one row saying the state they were found in.
+    r#"
+CREATE TABLE transitions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    server_id   TEXT NOT NULL REFERENCES servers(id),
+    from_state  TEXT,
+    to_state    TEXT NOT NULL,
+    cause       TEXT,
+    reason      TEXT NOT NULL,
+    request_id  INTEGER,
+    task_id     TEXT,
+    at_ms       INTEGER NOT NULL
+);
+CREATE INDEX transitions_server ON transitions(server_id, id);
+INSERT INTO transitions (server_id, to_state, reason, at_ms)
+    SELECT id, state, 'found in this state when the history started',
+        CAST(strftime('%s','now') AS INTEGER) * 1000
+    FROM servers ORDER BY first_seen_ms;
+"#,
+    // Durable lifecycle workflows (issue #15): claim and release, one row per step tied to
+    // its task or request; one running workflow per server.
+    r#"
+CREATE TABLE workflows (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    server_id   TEXT NOT NULL REFERENCES servers(id),
+    kind        TEXT NOT NULL CHECK (kind IN ('claim','release')),
+    params      TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('running','done','failed')),
+    message     TEXT,
+    boot_id     TEXT,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX workflows_one_running ON workflows(server_id) WHERE state = 'running';
+CREATE TABLE workflow_steps (
+    workflow_id INTEGER NOT NULL REFERENCES workflows(id),
+    seq         INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('pending','running','done','failed')),
+    task_id     TEXT,
+    request_id  INTEGER,
+    message     TEXT,
+    started_ms  INTEGER,
+    finished_ms INTEGER,
+    PRIMARY KEY (workflow_id, seq)
+);
 "#,
 ];
 

@@ -185,6 +185,26 @@ pub(super) fn finish_server((mut s, macs, state, labels): ServerRow) -> Result<S
     Ok(s)
 }
 
+/// An agent connecting starts the discovery of a server that was waiting for it.
+fn discover_if_initial(tx: &rusqlite::Transaction<'_>, id: &str, reason: &str) -> Result<()> {
+    use super::lifecycle::apply;
+    match apply(
+        tx,
+        id,
+        ServerState::Initial,
+        crate::lifecycle::Cause::Discover,
+        reason,
+        &Default::default(),
+    ) {
+        Ok(_) | Err(super::TransitionError::Conflict { .. }) => Ok(()),
+        Err(super::TransitionError::Store(e)) => Err(e),
+        Err(e) => Err(StoreError::Corrupt {
+            what: "server state",
+            msg: e.to_string(),
+        }),
+    }
+}
+
 impl Db {
     /// Finds the server by identity or creates it (state `discovery`, a fresh `new_id`),
     /// refreshes what the handshake tells, marks it connected and records the connection.
@@ -216,12 +236,11 @@ impl Db {
                     let adopted = super::enrolled::enrolled_by_uuid(&tx, uuid)?;
                     if let Some(id) = &adopted {
                         tx.execute(
-                            "UPDATE servers SET identity_key = ?2,
-                                state = CASE state WHEN 'initial' THEN 'discovery' ELSE state END
-                             WHERE id = ?1",
+                            "UPDATE servers SET identity_key = ?2 WHERE id = ?1",
                             params![id, reg.identity_key],
                         )
                         .map_err(q("adopting an enrolled server"))?;
+                        discover_if_initial(&tx, id, "its agent connected")?;
                     }
                     adopted
                 }
@@ -289,7 +308,7 @@ impl Db {
                     "INSERT INTO servers (id, identity_key, system_uuid, serial, macs, hostname,
                         state, agent_version, boot_id, first_seen_ms, last_seen_ms, connected,
                         labels, enrolled_by)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'discovery', ?7, ?8, ?9, ?9, 1, ?10, ?11)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'initial', ?7, ?8, ?9, ?9, 1, ?10, ?11)",
                     params![
                         new_id,
                         reg.identity_key,
@@ -305,6 +324,13 @@ impl Db {
                     ],
                 )
                 .map_err(q("creating a server"))?;
+                super::lifecycle::created(
+                    &tx,
+                    &new_id,
+                    ServerState::Initial,
+                    "an unknown agent connected",
+                )?;
+                discover_if_initial(&tx, &new_id, "its agent connected")?;
                 new_id
             }
         };
@@ -493,17 +519,6 @@ impl Db {
         Ok(n > 0)
     }
 
-    pub fn set_server_state(&self, id: &str, state: ServerState) -> Result<bool> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE servers SET state = ?2 WHERE id = ?1",
-                params![id, state.as_str()],
-            )
-            .map_err(q("changing a server's state"))?;
-        Ok(n > 0)
-    }
-
     /// The latest connection of a server.
     pub fn last_connection(&self, server_id: &str) -> Result<Option<ConnectionRecord>> {
         let conn = &self.conn;
@@ -543,6 +558,12 @@ pub struct Removed {
     /// Console tokens (revoked with the server) and console log rows.
     #[serde(default)]
     pub console: u64,
+    /// State changes of its history.
+    #[serde(default)]
+    pub transitions: u64,
+    /// Lifecycle workflows and their steps.
+    #[serde(default)]
+    pub workflows: u64,
 }
 
 impl Db {
@@ -568,6 +589,12 @@ impl Db {
             console: n(&tx, "DELETE FROM console_tokens WHERE server_id = ?1")?
                 + n(&tx, "DELETE FROM console_log WHERE server_id = ?1")?,
             requests: n(&tx, "DELETE FROM requests WHERE server_id = ?1")?,
+            transitions: n(&tx, "DELETE FROM transitions WHERE server_id = ?1")?,
+            workflows: n(
+                &tx,
+                "DELETE FROM workflow_steps WHERE workflow_id IN \
+                 (SELECT id FROM workflows WHERE server_id = ?1)",
+            )? + n(&tx, "DELETE FROM workflows WHERE server_id = ?1")?,
             connections: n(&tx, "DELETE FROM connections WHERE server_id = ?1")?,
         };
         if n(&tx, "DELETE FROM servers WHERE id = ?1")? == 0 {
@@ -661,11 +688,6 @@ impl Store {
         let id = id.to_owned();
         self.write(move |db| db.set_server_inventory(&id, &inventory))
             .await
-    }
-
-    pub async fn set_server_state(&self, id: &str, state: ServerState) -> Result<bool> {
-        let id = id.to_owned();
-        self.write(move |db| db.set_server_state(&id, state)).await
     }
 
     /// The latest connection of a server.

@@ -1,0 +1,446 @@
+//! The claim and release workflows end to end against an in-process agent whose deploy,
+//! erase and chassis methods are test-defined stand-ins (the real ones are tested on loop
+//! devices and in the QEMU lab): a claim deploys and reserves the server, a release
+//! power-cycles it into a "new boot" of the ramdisk, erases and returns it to available;
+//! the controller is restarted in the middle of the erase and the walk still completes with
+//! every step run exactly once; failures take the server to Error with the step's reason;
+//! hostile bodies change nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use molar_agent::logfwd::LogBuffer;
+use molar_agent::session::Methods;
+use molar_agent::tasks::{Task, TaskContext, TaskFailure};
+use molar_agent::tls::Trust;
+use molar_controller::lifecycle::Cause;
+use molar_controller::store::{ServerState, StepState, WorkflowRecord};
+use molar_controller::workflow::{ClaimParams, ReleaseParams};
+use molar_protocol::catalogue::{
+    ChassisBootDevice, ChassisPower, DiskErase, PrepareImage, RunImage,
+};
+use molar_protocol::{Method, Secret, codes};
+use molar_tests::inproc::{Controller, TestAgent, connected_server, eventually, machine_root};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+
+type S = ServerState;
+
+/// What the stand-in methods were asked, in order, and the gate the erase waits at.
+#[derive(Clone)]
+struct Machine {
+    calls: Arc<Mutex<Vec<(String, Value)>>>,
+    erase_gate: Arc<Semaphore>,
+    fail_erase: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine {
+            calls: Arc::default(),
+            erase_gate: Arc::new(Semaphore::new(0)),
+            fail_erase: Arc::default(),
+        }
+    }
+}
+
+impl Machine {
+    fn calls(&self, method: &str) -> Vec<Value> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, _)| m == method)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+    fn record(&self, method: &str, p: &Value) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((method.to_owned(), p.clone()));
+    }
+}
+
+struct Stand {
+    method: &'static str,
+    m: Machine,
+}
+
+impl Task for Stand {
+    type Params = Value;
+    async fn run(&self, p: Value, ctx: TaskContext) -> Result<Value, TaskFailure> {
+        self.m.record(self.method, &p);
+        if self.method == DiskErase::NAME {
+            tokio::select! {
+                permit = self.m.erase_gate.acquire() => permit.unwrap().forget(),
+                _ = ctx.cancel_token().cancelled() => return Err(TaskFailure::cancelled()),
+            }
+            if self.m.fail_erase.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(TaskFailure::new(codes::IO, "disk serial D-2 vanished"));
+            }
+        }
+        Ok(json!({}))
+    }
+}
+
+fn methods(root: &std::path::Path, m: &Machine) -> Methods {
+    let mut methods = TestAgent::methods(root);
+    for method in [PrepareImage::NAME, RunImage::NAME, DiskErase::NAME] {
+        methods.task(
+            method,
+            Stand {
+                method,
+                m: m.clone(),
+            },
+        );
+    }
+    let mm = m.clone();
+    methods.call(ChassisPower::NAME, move |p| {
+        let mm = mm.clone();
+        async move {
+            mm.record(ChassisPower::NAME, &p);
+            Ok(json!({"action": p["action"], "status": {"power_on": true,
+                "power_overload": false, "power_interlock": false, "power_fault": false,
+                "power_control_fault": false, "restore_policy": "previous", "intrusion": false,
+                "drive_fault": false, "cooling_fault": false}}))
+        }
+    });
+    let mm = m.clone();
+    methods.call(ChassisBootDevice::NAME, move |p| {
+        let mm = mm.clone();
+        async move {
+            mm.record(ChassisBootDevice::NAME, &p);
+            Ok(json!({"device": p["device"], "persistent": false, "efi": false}))
+        }
+    });
+    methods
+}
+
+fn start_agent(
+    ctl: &Controller,
+    token: &Secret,
+    root: tempfile::TempDir,
+    m: &Machine,
+) -> TestAgent {
+    let cfg = TestAgent::config(
+        &ctl.agent_addr(),
+        Trust::CaFile(ctl.ca_pem()),
+        token.clone(),
+        root.path(),
+    );
+    let methods = methods(root.path(), m);
+    TestAgent::start_with_methods(cfg, root, LogBuffer::new(100), methods)
+}
+
+async fn state(client: &molar_controller::client::Client, id: &str) -> S {
+    client.server(id, false).await.unwrap().server.state
+}
+
+async fn until_state(client: &molar_controller::client::Client, id: &str, want: S) {
+    eventually(30, &format!("server {id} to be {want:?}"), || async {
+        (client.server(id, false).await.ok()?.server.state == want).then_some(())
+    })
+    .await
+}
+
+async fn until_step(
+    client: &molar_controller::client::Client,
+    id: &str,
+    name: &str,
+    st: StepState,
+) -> WorkflowRecord {
+    eventually(30, &format!("step {name} to be {st:?}"), || async {
+        let wf = client.workflows(id, 1).await.ok()?.pop()?;
+        wf.steps
+            .iter()
+            .any(|s| s.name == name && s.state == st)
+            .then_some(wf)
+    })
+    .await
+}
+
+fn claim_params() -> ClaimParams {
+    serde_json::from_value(json!({
+        "image": {"id": "debian-13", "urls": ["http://127.0.0.1:9/debian.qcow2"],
+            "checksum": format!("sha256:{}", "ab".repeat(32))},
+        "device": "/dev/vda",
+        "run": {"kernel_args": "console=ttyS0"}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_and_release_walk_the_lifecycle_across_a_controller_restart() {
+    let mut ctl = Controller::start().await;
+    let token = ctl.agent_token().await;
+    let m = Machine::default();
+    let root = tempfile::tempdir().unwrap();
+    machine_root(root.path(), "WF-1", "52:54:00:00:0f:01");
+    let agent = start_agent(&ctl, &token, root, &m);
+    let client = ctl.client();
+    let id = connected_server(&client, "WF-1").await;
+    until_state(&client, &id, S::Available).await;
+
+    // A release of an available server is refused by the table; nothing runs.
+    let e = client
+        .release(&id, &ReleaseParams::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "illegal_transition", "{e}");
+    assert!(client.workflows(&id, 10).await.unwrap().is_empty());
+
+    // Claim: the image is written and booted, then the server is reserved.
+    let wf = client.claim(&id, &claim_params()).await.unwrap();
+    assert_eq!(
+        wf.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["prepare_image", "run_image"]
+    );
+    until_state(&client, &id, S::Reserved).await;
+    let prep = m.calls(PrepareImage::NAME);
+    assert_eq!(prep.len(), 1);
+    assert_eq!(prep[0]["device"], "/dev/vda");
+    assert_eq!(prep[0]["image"]["id"], "debian-13");
+    let run = m.calls(RunImage::NAME);
+    assert_eq!(run.len(), 1);
+    assert_eq!(
+        (
+            &run[0]["image_id"],
+            &run[0]["device"],
+            &run[0]["kernel_args"]
+        ),
+        (
+            &json!("debian-13"),
+            &json!("/dev/vda"),
+            &json!("console=ttyS0")
+        )
+    );
+    let wf = client.workflows(&id, 1).await.unwrap().pop().unwrap();
+    assert_eq!(wf.state, StepState::Done);
+    assert_eq!(
+        wf.steps[1].task_id.as_deref(),
+        Some(&*format!("wf-{}-1", wf.id))
+    );
+    // A reserved server is not claimed twice.
+    let e = client.claim(&id, &claim_params()).await.unwrap_err();
+    assert_eq!(e.code(), "illegal_transition", "{e}");
+
+    // Release: Cleanup at once, next boot PXE and a power cycle through the request queue.
+    let rel = client
+        .release(&id, &ReleaseParams::default())
+        .await
+        .unwrap();
+    assert_eq!(state(&client, &id).await, S::Cleanup);
+    let e = client
+        .release(&id, &ReleaseParams::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "workflow_running", "{e}");
+    until_step(&client, &id, "power_cycle", StepState::Done).await;
+    assert_eq!(m.calls(ChassisBootDevice::NAME)[0]["device"], "pxe");
+    assert_eq!(m.calls(ChassisPower::NAME)[0]["action"], "cycle");
+
+    // The machine "reboots" into the ramdisk: a new boot id.
+    let root = agent.stop().await;
+    std::fs::write(
+        root.path().join("proc/sys/kernel/random/boot_id"),
+        "boot-WF-1-ramdisk",
+    )
+    .unwrap();
+    let agent = start_agent(&ctl, &token, root, &m);
+    until_step(&client, &id, "erase", StepState::Running).await;
+    eventually(10, "the erase to start on the agent", || async {
+        (!m.calls(DiskErase::NAME).is_empty()).then_some(())
+    })
+    .await;
+
+    // The controller dies mid-erase and comes back: the erase is found again, not re-run.
+    ctl.restart().await;
+    let client = ctl.client();
+    assert_eq!(state(&client, &id).await, S::Cleanup);
+    m.erase_gate.add_permits(1);
+    until_state(&client, &id, S::Available).await;
+    assert_eq!(m.calls(DiskErase::NAME).len(), 1, "the erase ran once");
+    assert_eq!(m.calls(ChassisPower::NAME).len(), 1, "one power cycle");
+    assert_eq!(m.calls(PrepareImage::NAME).len(), 1);
+    let wf = client.workflows(&id, 1).await.unwrap().pop().unwrap();
+    assert_eq!(wf.id, rel.id);
+    assert_eq!(wf.state, StepState::Done);
+    assert!(
+        wf.steps.iter().all(|s| s.state == StepState::Done),
+        "{wf:?}"
+    );
+    assert!(wf.steps[0].request_id.is_some() && wf.steps[1].request_id.is_some());
+
+    let h = client.history(&id, 0, 100).await.unwrap().transitions;
+    let walk: Vec<_> = h.iter().map(|t| (t.to, t.cause)).collect();
+    assert_eq!(
+        walk,
+        [
+            (S::Initial, None),
+            (S::Discovery, Some(Cause::Discover)),
+            (S::Available, Some(Cause::Discovered)),
+            (S::Reserved, Some(Cause::Claimed)),
+            (S::Cleanup, Some(Cause::Released)),
+            (S::Available, Some(Cause::Cleaned)),
+        ]
+    );
+    assert!(
+        h[3].task_id
+            .as_deref()
+            .is_some_and(|t| t.starts_with("wf-") && t.ends_with("-1")),
+        "the claim's transition names run_image's task: {:?}",
+        h[3]
+    );
+
+    // A failing erase takes the server to Error with the step's reason.
+    let wf = client.claim(&id, &claim_params()).await.unwrap();
+    until_state(&client, &id, S::Reserved).await;
+    m.fail_erase
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    m.erase_gate.add_permits(1);
+    client
+        .release(
+            &id,
+            &ReleaseParams {
+                in_ramdisk: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    until_state(&client, &id, S::Error).await;
+    let last = client
+        .history(&id, 0, 100)
+        .await
+        .unwrap()
+        .transitions
+        .pop()
+        .unwrap();
+    assert_eq!(last.cause, Some(Cause::Failed));
+    assert!(
+        last.reason.contains("release failed at erase") && last.reason.contains("D-2 vanished"),
+        "{}",
+        last.reason
+    );
+    assert!(last.task_id.is_some());
+    assert!(wf.id > 0);
+    // From Error, maintenance is the way back.
+    client
+        .maintenance(&id, true, Some("disk replaced"))
+        .await
+        .unwrap();
+    client.maintenance(&id, false, None).await.unwrap();
+    assert_eq!(state(&client, &id).await, S::Available);
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_and_releases_refuse_hostile_bodies_and_change_nothing() {
+    let ctl = Controller::start().await;
+    let token = ctl.agent_token().await;
+    let m = Machine::default();
+    let root = tempfile::tempdir().unwrap();
+    machine_root(root.path(), "WF-2", "52:54:00:00:0f:02");
+    let _agent = start_agent(&ctl, &token, root, &m);
+    let client = ctl.client();
+    let id = connected_server(&client, "WF-2").await;
+    until_state(&client, &id, S::Available).await;
+
+    let https = ctl.https();
+    let api = ctl.running().api_url.clone();
+    let admin = ctl.running().admin_token.expose().to_owned();
+    let image = json!({"id": "i", "urls": ["http://127.0.0.1:9/i.img"],
+        "checksum": format!("sha256:{}", "0".repeat(64))});
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("claim", "{".into(), "invalid_request"),
+        ("claim", "[]".into(), "invalid_params"),
+        (
+            "claim",
+            json!({"device": "/dev/vda"}).to_string(),
+            "invalid_params",
+        ),
+        (
+            "claim",
+            json!({"image": image, "device": "/dev/vda", "wipe": true}).to_string(),
+            "invalid_params",
+        ),
+        (
+            "claim",
+            json!({"image": image, "device": ""}).to_string(),
+            "invalid_params",
+        ),
+        (
+            "claim",
+            json!({"image": image, "device": "/dev/vda", "run": {"device": "/dev/sdb"}})
+                .to_string(),
+            "invalid_params",
+        ),
+        (
+            "claim",
+            json!({"image": image, "device": "/dev/vda", "run": {"kernel_args": "a\nb"}})
+                .to_string(),
+            "invalid_params",
+        ),
+        (
+            "claim",
+            json!({"image": {"id": "i", "urls": ["file:///etc/shadow"]}, "device": "/dev/vda"})
+                .to_string(),
+            "invalid_params",
+        ),
+        ("release", "{".into(), "invalid_request"),
+        (
+            "release",
+            json!({"erase": {"method": "shred"}}).to_string(),
+            "invalid_params",
+        ),
+        (
+            "release",
+            json!({"erase": {"devices": ["/dev/vda"], "force": 1}}).to_string(),
+            "invalid_params",
+        ),
+        (
+            "release",
+            json!({"now": true}).to_string(),
+            "invalid_params",
+        ),
+    ];
+    for (route, body, code) in cases {
+        let r = https
+            .post(format!("{api}/api/v1/servers/{id}/{route}"))
+            .bearer_auth(&admin)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            (status, v["error"]["code"].as_str().unwrap()),
+            (400, code),
+            "{route} {body}: {v}"
+        );
+        assert!(!v["error"]["msg"].as_str().unwrap().is_empty());
+    }
+    let r = https
+        .post(format!("{api}/api/v1/servers/srv-nope/claim"))
+        .bearer_auth(&admin)
+        .body(json!({"image": image, "device": "/dev/vda"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = https
+        .get(format!("{api}/api/v1/servers/{id}/workflows?limit=x"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(client.workflows(&id, 10).await.unwrap().is_empty());
+    assert_eq!(state(&client, &id).await, S::Available);
+    assert!(
+        m.calls.lock().unwrap().is_empty(),
+        "nothing reached the agent"
+    );
+}
