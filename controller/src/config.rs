@@ -123,6 +123,18 @@ pub struct Settings {
     #[arg(long, env = "MOLAR_POLICY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PathBuf>,
+    /// Serve this directory's files at `/media/NAME` without the admin token (boot media a
+    /// BMC fetches, e.g. molar-imagebuilder's molar.iso; everything in it is public), on the
+    /// API listener and on --media-listen [default: no media].
+    #[arg(long, env = "MOLAR_MEDIA_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_dir: Option<PathBuf>,
+    /// Also serve `/media/NAME` over plain HTTP on this address, for BMCs that do not fetch
+    /// virtual media over HTTPS from a private CA (needs --media-dir) [default: only on the
+    /// API listener].
+    #[arg(long, env = "MOLAR_MEDIA_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_listen: Option<SocketAddr>,
     /// Log line format on stderr [default: text].
     #[arg(long, env = "MOLAR_LOG_FORMAT", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -245,6 +257,8 @@ impl Settings {
             console_capture_s,
             metrics_listen,
             policy,
+            media_dir,
+            media_listen,
             log_format,
         )
     }
@@ -277,6 +291,8 @@ impl Settings {
             console_capture_s: Some(d.console_capture.map_or(0, |c| c.as_secs())),
             metrics_listen: None,
             policy: None,
+            media_dir: None,
+            media_listen: None,
             log_format: Some(LogFormat::Text),
         })
     }
@@ -401,6 +417,24 @@ impl Settings {
         cfg.console_capture = (capture > 0).then(|| Duration::from_secs(capture));
         cfg.metrics_listen = s.metrics_listen;
         cfg.policy = s.policy.clone();
+        if s.media_listen.is_some() && s.media_dir.is_none() {
+            return Err(invalid(
+                "media-listen",
+                from_file(this.media_listen.is_some()),
+                "a media listener needs a media directory (media-dir)".into(),
+            ));
+        }
+        if let Some(d) = &s.media_dir
+            && !d.is_dir()
+        {
+            return Err(invalid(
+                "media-dir",
+                from_file(this.media_dir.is_some()),
+                format!("{} is not a directory", d.display()),
+            ));
+        }
+        cfg.media_dir = s.media_dir.clone();
+        cfg.media_listen = s.media_listen;
         Ok(Resolved {
             config: cfg,
             log_format: s.log_format.unwrap_or_default(),
@@ -519,6 +553,32 @@ log-format = "json"
         let f = file("listen = \"0.0.0.0:7700\"\nsan = [\"a b\"]\n").unwrap();
         let e = Settings::resolve(&Settings::default(), Some(&f)).unwrap_err();
         assert!(e.to_string().contains("`san` (line 2)"), "{e}");
+    }
+
+    #[test]
+    fn media_needs_an_existing_directory() {
+        let f = file("listen = \"0.0.0.0:7700\"\nmedia-listen = \"0.0.0.0:8080\"\n").unwrap();
+        let e = Settings::resolve(&Settings::default(), Some(&f)).unwrap_err();
+        assert!(e.to_string().contains("`media-listen` (line 2)"), "{e}");
+        let f =
+            file("listen = \"0.0.0.0:7700\"\nmedia-dir = \"/nonexistent/molar-media\"\n").unwrap();
+        let e = Settings::resolve(&Settings::default(), Some(&f)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`media-dir` (line 2): /nonexistent/molar-media is not a directory"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let flags = Settings {
+            media_dir: Some(dir.path().to_path_buf()),
+            media_listen: Some("127.0.0.1:8080".parse().unwrap()),
+            ..Settings::default()
+        };
+        let c = Settings::resolve(&flags, Some(&file("listen = \"0.0.0.0:7700\"\n").unwrap()))
+            .unwrap()
+            .config;
+        assert_eq!(c.media_dir.as_deref(), Some(dir.path()));
+        assert_eq!(c.media_listen, Some("127.0.0.1:8080".parse().unwrap()));
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub mod http_errors;
 pub mod identity;
 pub mod lifecycle;
 pub mod listener;
+pub mod media;
 pub mod metrics;
 pub mod notify;
 pub mod oob;
@@ -121,6 +122,11 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// The fleet policy file ([`policy::Policy`]), read and checked at start.
     pub policy: Option<PathBuf>,
+    /// The directory `/media/NAME` serves token-less (boot media for BMCs, see [`media`]);
+    /// `None`: `/media/` answers 404.
+    pub media_dir: Option<PathBuf>,
+    /// A plain-HTTP listener serving only `/media/NAME` (needs `media_dir`).
+    pub media_listen: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -143,6 +149,8 @@ impl ServeConfig {
             console_capture: Some(std::time::Duration::from_secs(30)),
             metrics_listen: None,
             policy: None,
+            media_dir: None,
+            media_listen: None,
         }
     }
 
@@ -186,6 +194,8 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Where the token-less metrics listener listens, when there is one.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the plain-HTTP media listener listens, when there is one.
+    pub media_addr: Option<SocketAddr>,
     /// The retention limits in force: sending new ones applies them from the next pass,
     /// which starts at once (`molar serve` does on SIGHUP).
     pub retention: tokio::sync::watch::Sender<store::Retention>,
@@ -319,6 +329,28 @@ pub async fn start(
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().map(|(_, a)| *a);
+    let media = config
+        .media_dir
+        .clone()
+        .map(|d| Arc::new(media::MediaDir::new(d)));
+    let media_listener = match (config.media_listen, &media) {
+        (Some(addr), Some(dir)) => {
+            let l = bind(addr, 128)?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            Some((l, bound, dir.clone()))
+        }
+        _ => None,
+    };
+    let media_addr = media_listener.as_ref().map(|(_, a, _)| *a);
+    if let Some(m) = &media {
+        tracing::info!(
+            dir = %m.root().display(),
+            plain_http = ?media_addr,
+            "serving boot media at /media/NAME without a token"
+        );
+    }
     let api_url = local_url(api_addr);
     pki::write_file(
         &dir.join("api.url"),
@@ -351,6 +383,7 @@ pub async fn start(
         requests.clone(),
         workflows.clone(),
         &admin_token,
+        media,
         shutdown.clone(),
     );
 
@@ -381,6 +414,15 @@ pub async fn start(
             }
         }
     });
+    let media_http = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            match media_listener {
+                Some((l, _, dir)) => media::serve(l, dir, shutdown).await,
+                None => shutdown.cancelled().await,
+            }
+        }
+    });
     let (retention, retention_rx) = tokio::sync::watch::channel(config.retention.clone());
     let pruner = tokio::spawn(prune(fleet.store.clone(), retention_rx, shutdown.clone()));
     let capture = tokio::spawn({
@@ -399,6 +441,7 @@ pub async fn start(
             agents,
             http,
             metrics,
+            media_http,
             pruner,
             capture,
             requests.join(),
@@ -410,6 +453,7 @@ pub async fn start(
         agent_addr,
         api_addr,
         metrics_addr,
+        media_addr,
         retention,
         api_url,
         ca_pem_path: pki.ca_pem_path.clone(),

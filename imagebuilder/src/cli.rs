@@ -18,7 +18,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Build vmlinuz, initramfs.img, boot.ipxe and manifest.json into --out.
+    /// Build vmlinuz, initramfs.img, boot.ipxe and manifest.json (and molar.iso with --iso)
+    /// into --out.
     Build(BuildArgs),
 }
 
@@ -71,6 +72,20 @@ pub struct BuildArgs {
     /// twice as fast to /init under TCG (for the lab; servers boot vmlinuz).
     #[arg(long)]
     pub vmlinux: bool,
+    /// Also write DIR/molar.iso for virtual-media boot: UEFI only (El Torito EFI entry, an
+    /// ESP holding a unified kernel image); no BIOS boot. It carries the command line
+    /// without the token: give molar.token as an SMBIOS OEM string.
+    #[arg(long)]
+    pub iso: bool,
+    /// systemd's EFI stub, the front of the ISO's unified kernel image (Debian package
+    /// systemd-boot-efi).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "iso",
+        default_value = crate::uki::EFI_STUB
+    )]
+    pub efi_stub: PathBuf,
 }
 
 /// The command line's definition, for its manual page and shell completions.

@@ -1,5 +1,6 @@
 //! `molar-imagebuilder build`: from a kernel (package or unpacked tree) and the static agent
-//! to the four PXE artefacts `vmlinuz`, `initramfs.img`, `boot.ipxe` and `manifest.json`.
+//! to the four PXE artefacts `vmlinuz`, `initramfs.img`, `boot.ipxe` and `manifest.json`, and
+//! with `--iso` the virtual-media image `molar.iso` (see `iso` and `uki`).
 //!
 //! Reproducible by construction: the cpio is sorted with zeroed owners and times, the
 //! compressors are single-threaded with fixed levels and no timestamps, and the manifest
@@ -19,6 +20,7 @@ use crate::cpio::{Archive, CpioError};
 use crate::deb::{self, DebError};
 use crate::ipxe::{ArgsError, KernelArgs};
 use crate::kmod::{ModuleTree, ModulesError};
+use crate::pe::PeError;
 use crate::profile::Profile;
 
 /// What failed during a build.
@@ -55,6 +57,14 @@ pub enum BuildError {
         compression: String,
         config: &'static str,
     },
+    #[error("building the unified kernel image from the EFI stub {path}: {source}")]
+    Uki { path: PathBuf, source: PeError },
+    #[error("reading the EFI stub {path} (Debian package systemd-boot-efi): {source}")]
+    EfiStub { path: PathBuf, source: io::Error },
+    #[error("building the ESP image for the ISO: {0}")]
+    Esp(io::Error),
+    #[error("writing the ISO: {0}")]
+    Iso(#[from] crate::iso::IsoError),
     #[error(
         "cannot tell the kernel version from the modules directory {0} (expected lib/modules/VERSION)"
     )]
@@ -77,6 +87,10 @@ impl BuildError {
             BuildError::Compress { .. } => "compress_failed",
             BuildError::CompressionUnsupported { .. } => "compression_unsupported",
             BuildError::NoVersion(_) => "kernel_version_unknown",
+            BuildError::Uki { source, .. } => source.code(),
+            BuildError::Esp(_) => "esp_image_failed",
+            BuildError::EfiStub { .. } => "efi_stub_unreadable",
+            BuildError::Iso(_) => "iso_failed",
         }
     }
 }
@@ -185,6 +199,23 @@ pub struct BuildOptions {
     pub compression: Option<Compression>,
     /// Also write `vmlinux`, the uncompressed kernel, for QEMU's faster PVH boot.
     pub vmlinux: bool,
+    /// Also write `molar.iso`, a UEFI-bootable ISO of the ramdisk.
+    pub iso: Option<IsoOptions>,
+}
+
+/// How `molar.iso` is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsoOptions {
+    /// systemd's EFI stub (`linuxx64.efi.stub`), the front of the unified kernel image.
+    pub efi_stub: PathBuf,
+}
+
+impl Default for IsoOptions {
+    fn default() -> Self {
+        IsoOptions {
+            efi_stub: crate::uki::EFI_STUB.into(),
+        }
+    }
 }
 
 /// One written file in the manifest.
@@ -212,6 +243,10 @@ pub struct Manifest {
     pub compression: Compression,
     /// The kernel command line of `boot.ipxe`, token redacted.
     pub cmdline: String,
+    /// The command line inside `molar.iso`'s unified kernel image: `cmdline` without the
+    /// token, which the ISO never carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iso_cmdline: Option<String>,
     pub agent: AgentInfo,
     /// `vmlinuz`, `initramfs.img`, `boot.ipxe` (and `vmlinux` when asked for).
     pub artefacts: Vec<Artefact>,
@@ -234,6 +269,7 @@ pub const INITRAMFS: &str = "initramfs.img";
 pub const BOOT_IPXE: &str = "boot.ipxe";
 pub const MANIFEST: &str = "manifest.json";
 pub const VMLINUX: &str = "vmlinux";
+pub const ISO: &str = "molar.iso";
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -281,6 +317,22 @@ fn find_config(vmlinuz: &Path, modules: &Path, version: &str) -> Option<PathBuf>
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Manifest, BuildError> {
     opts.kernel_args.validate()?;
     let boot_ipxe = opts.kernel_args.boot_ipxe(VMLINUZ, INITRAMFS)?;
+    // The EFI stub before the slow steps: a missing package should not cost a compression.
+    let efi_stub = match &opts.iso {
+        None => None,
+        Some(iso_opts) => {
+            let path = &iso_opts.efi_stub;
+            let stub = fs::read(path).map_err(|source| BuildError::EfiStub {
+                path: path.clone(),
+                source,
+            })?;
+            crate::pe::parse(&stub).map_err(|source| BuildError::Uki {
+                path: path.clone(),
+                source,
+            })?;
+            Some(stub)
+        }
+    };
 
     // The agent first: a non-static binary is the cheapest failure to report.
     let agent_path = match &opts.agent {
@@ -428,6 +480,42 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Mani
     } else {
         None
     };
+    let iso = match (&opts.iso, &efi_stub) {
+        (Some(iso_opts), Some(stub)) => {
+            // The ISO is served without our bearer token (BMCs cannot send one) and the kernel
+            // prints its command line: the token stays out, the agent reads it from SMBIOS
+            // OEM strings instead.
+            let args = KernelArgs {
+                token: None,
+                ..opts.kernel_args.clone()
+            };
+            let cmdline = args.cmdline()?;
+            if opts.kernel_args.token.is_some() {
+                progress("molar.iso carries no token: give it as an SMBIOS OEM string");
+            }
+            let uki = crate::uki::build(
+                stub,
+                &crate::uki::UkiParts {
+                    cmdline: &cmdline,
+                    kernel_version: &version,
+                    linux: &kernel_bytes,
+                    initrd: &initramfs,
+                },
+            )
+            .map_err(|source| BuildError::Uki {
+                path: iso_opts.efi_stub.clone(),
+                source,
+            })?;
+            progress(&format!(
+                "writing {ISO}: {:.1} MiB unified kernel image on an EFI El Torito ESP",
+                mib(uki.len() as u64)
+            ));
+            let esp = crate::iso::esp_image(&uki).map_err(BuildError::Esp)?;
+            let image = crate::iso::write_iso("MOLAR", &esp)?;
+            Some((image, cmdline))
+        }
+        _ => None,
+    };
     fs::create_dir_all(&opts.out).map_err(|source| BuildError::Write {
         path: opts.out.clone(),
         source,
@@ -440,6 +528,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Mani
     ];
     if let Some(v) = &vmlinux {
         outputs.push((VMLINUX, &v[..]));
+    }
+    if let Some((image, _)) = &iso {
+        outputs.push((ISO, &image[..]));
     }
     for (name, data) in outputs {
         write(&opts.out.join(name), data)?;
@@ -455,6 +546,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Mani
         profile: opts.profile.name.to_string(),
         compression,
         cmdline: opts.kernel_args.cmdline_redacted(),
+        iso_cmdline: iso.as_ref().map(|(_, c)| c.clone()),
         agent: AgentInfo {
             version: agent_version,
             size: agent_bytes.len() as u64,
@@ -509,6 +601,12 @@ pub fn summary(m: &Manifest) -> String {
         m.compression.name(),
         mib(m.initramfs_uncompressed_size)
     ));
+    if let Some(a) = m.artefact(ISO) {
+        s.push_str(&format!(
+            "  molar.iso      {:>8.2} MiB  (UEFI)\n",
+            mib(a.size)
+        ));
+    }
     if let Some(a) = m.artefact(INITRAMFS) {
         s.push_str(&format!("  initramfs sha256 {}\n", a.sha256));
     }
@@ -562,6 +660,7 @@ mod tests {
             },
             compression: None,
             vmlinux: false,
+            iso: None,
         }
     }
 
@@ -575,6 +674,94 @@ mod tests {
                 v
             }
         }
+    }
+
+    #[test]
+    fn builds_a_uefi_iso_without_the_token_listed_in_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = fixture_kernel(&dir.path().join("k"), "CONFIG_RD_GZIP=y\n");
+        let real_stub = Path::new(crate::uki::EFI_STUB).is_file();
+        let efi_stub = if real_stub {
+            PathBuf::from(crate::uki::EFI_STUB)
+        } else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{} missing under CI (install systemd-boot-efi)",
+                crate::uki::EFI_STUB
+            );
+            eprintln!("using a synthetic stub: systemd-boot-efi is not installed");
+            let p = dir.path().join("stub.efi");
+            fs::write(&p, crate::pe::tests::synthetic(0x400)).unwrap();
+            p
+        };
+        let mut opts = options(dir.path(), kernel, "iso");
+        opts.iso = Some(IsoOptions { efi_stub });
+        let mut lines = Vec::new();
+        let m = build(&opts, &mut |l| lines.push(l.to_string())).unwrap();
+        assert!(
+            lines.iter().any(|l| l.contains("carries no token")),
+            "{lines:?}"
+        );
+        let iso_path = opts.out.join(ISO);
+        let iso = fs::read(&iso_path).unwrap();
+        let a = m.artefact(ISO).unwrap();
+        assert_eq!(
+            (a.size, a.sha256.clone()),
+            (iso.len() as u64, sha256_hex(&iso))
+        );
+        let on_disk: Manifest =
+            serde_json::from_slice(&fs::read(opts.out.join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(on_disk, m);
+        let cmdline = m.iso_cmdline.clone().unwrap();
+        assert_eq!(
+            cmdline,
+            "console=tty0 console=ttyS0,115200 molar.controller=10.0.2.100:9000"
+        );
+        assert!(!String::from_utf8_lossy(&iso).contains("molar.token"));
+
+        // Pull the UKI back out of the ISO's ESP and check its sections.
+        let lba = u32::from_le_bytes(iso[19 * 2048 + 40..19 * 2048 + 44].try_into().unwrap());
+        let mut esp = io::Cursor::new(iso[lba as usize * 2048..].to_vec());
+        let fs = fatfs::FileSystem::new(&mut esp, fatfs::FsOptions::new()).unwrap();
+        let mut uki = Vec::new();
+        io::Read::read_to_end(
+            &mut fs.root_dir().open_file("EFI/BOOT/BOOTX64.EFI").unwrap(),
+            &mut uki,
+        )
+        .unwrap();
+        let h = crate::pe::parse(&uki).unwrap();
+        let section = |n| crate::pe::section_data(&uki, &h, n).unwrap();
+        assert_eq!(section(".cmdline"), cmdline.as_bytes());
+        assert_eq!(section(".uname"), b"6.1.0-test");
+        assert_eq!(
+            section(".linux"),
+            &fs::read(opts.out.join(VMLINUZ)).unwrap()[..]
+        );
+        assert_eq!(
+            section(".initrd"),
+            &fs::read(opts.out.join(INITRAMFS)).unwrap()[..]
+        );
+        if crate::iso::tests::have_cross_check_tools() {
+            crate::iso::tests::cross_check(&iso_path, uki.len());
+        }
+
+        // Reproducible, and a stub that is not PE fails naming it.
+        let m2 = build(&opts, &mut |_| {}).unwrap();
+        assert_eq!(m2.artefact(ISO), m.artefact(ISO));
+        let bad = dir.path().join("bad.efi");
+        fs::write(&bad, b"not a stub").unwrap();
+        opts.iso = Some(IsoOptions { efi_stub: bad });
+        let e = build(&opts, &mut |_| {}).unwrap_err();
+        assert_eq!(e.code(), "pe_malformed");
+        assert!(e.to_string().contains("bad.efi"), "{e}");
+        opts.iso = Some(IsoOptions {
+            efi_stub: dir.path().join("absent.efi"),
+        });
+        let mut lines = Vec::new();
+        let e = build(&opts, &mut |l| lines.push(l.to_string())).unwrap_err();
+        assert_eq!(e.code(), "efi_stub_unreadable");
+        assert!(e.to_string().contains("systemd-boot-efi"), "{e}");
+        assert!(lines.is_empty(), "failed before any step: {lines:?}");
     }
 
     #[test]

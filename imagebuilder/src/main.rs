@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail};
 use clap::Parser;
 use molar_imagebuilder::cli::{BuildArgs, Cli, Command};
 use molar_imagebuilder::{
-    AgentSource, BuildOptions, KernelArgs, KernelSource, Profile, Token, agent,
+    AgentSource, BuildOptions, IsoOptions, KernelArgs, KernelSource, Profile, Token, agent,
 };
 
 fn run(args: BuildArgs) -> anyhow::Result<()> {
@@ -42,6 +42,9 @@ fn run(args: BuildArgs) -> anyhow::Result<()> {
         },
         compression: args.compression,
         vmlinux: args.vmlinux,
+        iso: args.iso.then_some(IsoOptions {
+            efi_stub: args.efi_stub,
+        }),
     };
     let started = std::time::Instant::now();
     let manifest = molar_imagebuilder::build(&opts, &mut |line| {

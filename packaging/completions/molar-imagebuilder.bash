@@ -49,7 +49,7 @@ _molar__imagebuilder() {
             return 0
             ;;
         molar__subcmd__imagebuilder__subcmd__build)
-            opts="-h --kernel-deb --kernel --modules --agent --agent-version --profile --add-module --out --controller --ca-fingerprint --token --insecure --cmdline-extra --compression --vmlinux --help"
+            opts="-h --kernel-deb --kernel --modules --agent --agent-version --profile --add-module --out --controller --ca-fingerprint --token --insecure --cmdline-extra --compression --vmlinux --iso --efi-stub --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -104,6 +104,10 @@ _molar__imagebuilder() {
                     return 0
                     ;;
                 --compression)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --efi-stub)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

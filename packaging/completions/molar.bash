@@ -533,7 +533,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__config__subcmd__check)
-            opts="-h --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --policy --log-format --state-dir --api --token-file --ca --json --help"
+            opts="-h --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --policy --media-dir --media-listen --log-format --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -600,6 +600,14 @@ _molar() {
                     return 0
                     ;;
                 --policy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-listen)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1739,7 +1747,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__serve)
-            opts="-h --config --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --policy --log-format --state-dir --api --token-file --ca --json --help"
+            opts="-h --config --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --policy --media-dir --media-listen --log-format --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1810,6 +1818,14 @@ _molar() {
                     return 0
                     ;;
                 --policy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-listen)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

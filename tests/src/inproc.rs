@@ -63,6 +63,8 @@ pub struct Controller {
     pub metrics: Option<SocketAddr>,
     /// The policy file it starts with.
     pub policy: Option<PathBuf>,
+    /// The media directory and its plain-HTTP listener, when started with them.
+    pub media: Option<(PathBuf, SocketAddr)>,
 }
 
 /// A loopback port that was free a moment ago.
@@ -94,6 +96,7 @@ impl Controller {
             sans,
             metrics: None,
             policy: None,
+            media: None,
         };
         c.restart().await;
         c
@@ -117,6 +120,24 @@ impl Controller {
         c
     }
 
+    /// Starts a controller serving `dir` at `/media/NAME` on the API and on a plain-HTTP
+    /// loopback listener.
+    pub async fn start_with_media(dir: &Path) -> Controller {
+        let mut c = Self::start().await;
+        c.media = Some((
+            dir.to_path_buf(),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+        ));
+        c.restart().await;
+        c
+    }
+
+    /// `http://ADDR/media/NAME` on the plain-HTTP media listener.
+    pub fn media_url(&self, name: &str) -> String {
+        let (_, addr) = self.media.as_ref().expect("started with media");
+        format!("http://{addr}/media/{name}")
+    }
+
     /// (Re)starts on the same state dir and ports.
     pub async fn restart(&mut self) {
         self.stop().await;
@@ -125,6 +146,10 @@ impl Controller {
         cfg.sans = self.sans.clone();
         cfg.metrics_listen = self.metrics;
         cfg.policy = self.policy.clone();
+        if let Some((dir, addr)) = &self.media {
+            cfg.media_dir = Some(dir.clone());
+            cfg.media_listen = Some(*addr);
+        }
         let running = molar_controller::start(cfg, self.shutdown.clone())
             .await
             .expect("controller starts");

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// `(METHOD, path)` of every route declared in the API's source, with the prefix it is
-/// mounted under (`/api/v1` except the top-level `/metrics` and seed 001's `/obmd`).
+/// mounted under (`/api/v1` except the top-level `/metrics`, `/media/` and seed 001's `/obmd`).
 fn declared_routes() -> BTreeSet<(String, String)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../controller/src/api");
     let mut out = BTreeSet::new();
@@ -26,7 +26,10 @@ fn declared_routes() -> BTreeSet<(String, String)> {
         for chunk in flat.split(".route(\"").skip(1) {
             let (route, rest) = chunk.split_once('"').unwrap();
             let handlers = rest.trim_start_matches(',');
-            let prefix = if route == "/metrics" || route.starts_with("/obmd") {
+            let prefix = if route == "/metrics"
+                || route.starts_with("/obmd")
+                || route.starts_with("/media/")
+            {
                 ""
             } else {
                 "/api/v1"
@@ -204,6 +207,11 @@ const CLI: &[(&str, &str, &str)] = &[
         "- API clients (this document)",
     ),
     ("GET", "/metrics", "- Prometheus"),
+    (
+        "GET",
+        "/media/{name}",
+        "- BMCs' virtual media (molar bootdev SERVER cd --media URL)",
+    ),
     ("PUT", "/obmd/node/{node_id}", "- seed 001's clients"),
     ("DELETE", "/obmd/node/{node_id}", "- seed 001's clients"),
     ("POST", "/obmd/node/{node_id}/token", "- seed 001's clients"),

@@ -3,19 +3,25 @@
 //! basic-auth users from an htpasswd file: enrolment (untrusted certificate refused showing
 //! the fingerprint, wrong password refused with nothing stored), power on/off/cycle observed
 //! in the emulator's own System resource, boot override, virtual media inserted and ejected,
-//! out-of-band inventory stored. Skips without sushy-emulator (fails under `CI=true`).
+//! out-of-band inventory stored. The virtual media is a real `molar.iso` (imagebuilder's ISO
+//! writer over systemd's EFI stub) served by a molar controller's `/media/` listener, which
+//! the emulator downloads on InsertMedia; `molar bootdev SERVER cd --media URL` drives it
+//! through the controller's queue. Skips without sushy-emulator (fails under `CI=true`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use molar_controller::api::{AddBmc, AddServer};
 use molar_controller::enrol::{EnrolError, EnrolRequest, enrol};
 use molar_controller::oob::{
     self, BmcProtocol, BmcTrust, BootTarget, OobAction, OobError, PowerChange,
 };
 use molar_controller::store::Store;
 use molar_protocol::Secret;
+use molar_tests::bins::bin;
+use molar_tests::inproc::Controller;
 use molar_tests::lab::{skip_or_fail, which};
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const USER: &str = "molar-op";
@@ -56,13 +62,35 @@ fn wait_tcp(port: u16, what: &str, child: &mut Child) {
 struct Emulator {
     port: u16,
     fingerprint: String,
+    /// `molar.iso` on the controller's plain-HTTP media listener.
     media_url: String,
+    iso: Vec<u8>,
+    controller: Controller,
     _emu: Proc,
-    _http: Proc,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
-fn emulator(test: &str) -> Option<Emulator> {
+/// A small but real `molar.iso`: the EFI stub (when installed) with stand-in kernel and
+/// initramfs, on an El Torito ESP.
+fn small_iso() -> Vec<u8> {
+    use molar_imagebuilder::{iso, uki};
+    let uki = match std::fs::read(uki::EFI_STUB) {
+        Ok(stub) => uki::build(
+            &stub,
+            &uki::UkiParts {
+                cmdline: "console=ttyS0 molar.controller=10.0.2.100:9000",
+                kernel_version: "6.1.0-test",
+                linux: &[0x4d; 4096],
+                initrd: &[0x07; 4096],
+            },
+        )
+        .unwrap(),
+        Err(_) => b"MZ stand-in for the unified kernel image".repeat(100),
+    };
+    iso::write_iso("MOLAR", &iso::esp_image(&uki).unwrap()).unwrap()
+}
+
+async fn emulator(test: &str) -> Option<Emulator> {
     if which("sushy-emulator").is_none() {
         return skip_or_fail(
             test,
@@ -107,26 +135,12 @@ fn emulator(test: &str) -> Option<Emulator> {
         ),
     )
     .unwrap();
-    // The image the virtual media fetches, served on loopback.
+    // The image the virtual media fetches, served by a controller on loopback.
     let media = dir.path().join("media");
     std::fs::create_dir(&media).unwrap();
-    std::fs::write(media.join("molar.iso"), vec![0u8; 64 << 10]).unwrap();
-    let http_port = free_port();
-    let mut http = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "-b",
-            "127.0.0.1",
-            &http_port.to_string(),
-            "-d",
-        ])
-        .arg(&media)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_tcp(http_port, "python3 -m http.server", &mut http);
+    let iso = small_iso();
+    std::fs::write(media.join("molar.iso"), &iso).unwrap();
+    let controller = Controller::start_with_media(&media).await;
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("emulator.log")).unwrap();
     let mut emu = Command::new("sushy-emulator")
@@ -145,10 +159,11 @@ fn emulator(test: &str) -> Option<Emulator> {
     Some(Emulator {
         port,
         fingerprint,
-        media_url: format!("http://127.0.0.1:{http_port}/molar.iso"),
+        media_url: controller.media_url("molar.iso"),
+        iso,
+        controller,
         _emu: Proc(emu),
-        _http: Proc(http),
-        _dir: dir,
+        dir,
     })
 }
 
@@ -176,7 +191,7 @@ async fn system(e: &Emulator) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redfish_bmc_is_enrolled_powered_booted_and_inventoried() {
-    let Some(e) = emulator("redfish_oob") else {
+    let Some(e) = emulator("redfish_oob").await else {
         return;
     };
     molar_controller::pki::install_default_provider();
@@ -306,4 +321,115 @@ async fn a_redfish_bmc_is_enrolled_powered_booted_and_inventoried() {
     oob::perform(&t, &OobAction::EjectMedia).await.unwrap();
     let vm = direct(&e, &cd).await;
     assert_ne!(vm["Inserted"], true, "{vm}");
+}
+
+/// The emulator's CD virtual media device: (its path, its resource).
+async fn cd_media(e: &Emulator) -> (String, Value) {
+    let mgr = direct(e, "/redfish/v1/Managers").await;
+    let mpath = mgr["Members"][0]["@odata.id"].as_str().unwrap().to_owned();
+    let manager = direct(e, &mpath).await;
+    let vms = direct(e, manager["VirtualMedia"]["@odata.id"].as_str().unwrap()).await;
+    for m in vms["Members"].as_array().expect("virtual media members") {
+        let path = m["@odata.id"].as_str().unwrap().to_owned();
+        let vm = direct(e, &path).await;
+        if vm["MediaTypes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "CD")
+        {
+            return (path, vm);
+        }
+    }
+    panic!("no CD virtual media device in {vms}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn molar_bootdev_cd_media_inserts_the_iso_the_controller_serves() {
+    let Some(e) = emulator("redfish_oob_media").await else {
+        return;
+    };
+    let ctl = &e.controller;
+    let client = ctl.client();
+    client
+        .add_server(&AddServer {
+            name: "rf-iso".into(),
+            bmc: AddBmc {
+                host: "127.0.0.1".into(),
+                port: Some(e.port),
+                username: USER.into(),
+                password: Secret::new(PASSWORD),
+                allow_ipmi15: false,
+                protocol: Some(BmcProtocol::Redfish),
+                tls_ca_pem: None,
+                tls_fingerprint: Some(e.fingerprint.clone()),
+                tls_insecure: false,
+            },
+        })
+        .await
+        .unwrap();
+
+    // What the BMC will fetch: the whole ISO, and ranges of it.
+    let http = reqwest::Client::new();
+    let r = http.head(&e.media_url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-length"].to_str().unwrap(),
+        e.iso.len().to_string()
+    );
+    let r = http
+        .get(&e.media_url)
+        .header("range", "bytes=32768-34815")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), &e.iso[32768..34816]);
+
+    let state = ctl.ca_pem().parent().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("molar"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = run(&[
+        "bootdev",
+        "rf-iso",
+        "cd",
+        "--media",
+        &e.media_url,
+        "--wait",
+        "--wait-timeout",
+        "120",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains(PASSWORD), "{out}");
+    // The emulator downloaded the image from the controller (InsertMedia fails otherwise)
+    // and shows it inserted, with a one-time boot from CD.
+    let (cd, vm) = cd_media(&e).await;
+    assert_eq!(vm["Inserted"], true, "{vm}");
+    assert_eq!(vm["Image"], e.media_url.as_str(), "{vm}");
+    assert_eq!(system(&e).await["Boot"]["BootSourceOverrideTarget"], "Cd");
+
+    // A URL the controller does not serve: the BMC's fetch fails and the request says so.
+    let missing = e.media_url.replace("molar.iso", "missing.iso");
+    let (code, out) = run(&["bootdev", "rf-iso", "cd", "--media", &missing, "--wait"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("InsertMedia refused: HTTP 400"), "{out}");
+    // ... because its download got the controller's 404.
+    let log = std::fs::read_to_string(e.dir.path().join("emulator.log")).unwrap();
+    assert!(
+        log.contains(&format!("Failed fetching image from URL {missing}")) && log.contains("404"),
+        "{log}"
+    );
+    let vm = direct(&e, &cd).await;
+    assert_ne!(vm["Image"], missing.as_str(), "{vm}");
 }

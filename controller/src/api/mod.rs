@@ -355,6 +355,7 @@ pub fn router(
     requests: Arc<crate::requests::Requests>,
     workflows: Arc<crate::workflow::Workflows>,
     admin_token: &Secret,
+    media: Option<Arc<crate::media::MediaDir>>,
     shutdown: CancellationToken,
 ) -> Router {
     let state = Arc::new(ApiState {
@@ -385,6 +386,10 @@ pub fn router(
     let routed = Router::new()
         .nest("/api/v1", api)
         .merge(obmd::routes())
+        .route(
+            "/media/{name}",
+            get(move |name, headers| crate::media::serve_file(media.clone(), name, headers)),
+        )
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -532,8 +537,12 @@ async fn method_not_allowed(req: Request) -> Response {
 }
 
 async fn auth(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    // Console token holders and OBMd's clients are checked by their own routes.
-    if console::presents_console_token(&req) || obmd::is_obmd(&req) {
+    // Console token holders and OBMd's clients are checked by their own routes; boot media
+    // is public (a BMC cannot send a token, see `media`).
+    if console::presents_console_token(&req)
+        || obmd::is_obmd(&req)
+        || req.uri().path().starts_with("/media/")
+    {
         return next.run(req).await;
     }
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {

@@ -85,8 +85,10 @@ impl Reload {
         if new.listen != old.listen
             || new.api != old.api
             || new.metrics_listen != old.metrics_listen
+            || new.media_listen != old.media_listen
+            || new.media_dir != old.media_dir
         {
-            restart.push("listen/api/metrics-listen");
+            restart.push("listen/api/metrics-listen/media");
         }
         if new.state_dir != old.state_dir {
             restart.push("state-dir");

@@ -125,6 +125,7 @@ impl GuestKit {
             kernel_args: KernelArgs::default(),
             compression: None,
             vmlinux: false,
+            iso: None,
         };
         let manifest = molar_imagebuilder::build(&opts, &mut |_| {})
             .with_context(|| format!("molar-imagebuilder build into {}", out.display()))?;

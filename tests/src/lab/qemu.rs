@@ -54,6 +54,9 @@ pub enum Boot {
     /// An ISO image in a SATA CD-ROM drive, first in the boot order (virtual media as a BMC
     /// presents it).
     Cdrom { iso: PathBuf },
+    /// An image as a read-only USB stick (xHCI), first in the boot order: virtual media a BMC
+    /// presents as a removable disk, or an ISO written to a stick.
+    UsbDisk { image: PathBuf },
 }
 
 /// The platform firmware.
@@ -415,6 +418,17 @@ impl QemuConfig {
                     "ide-cd,drive=cd0,bus=ahci0.0,bootindex=0",
                 ]);
             }
+            Boot::UsbDisk { image } => {
+                let image = opt(image)?;
+                push(&[
+                    "-drive",
+                    &format!("file={image},if=none,id=usb0,format=raw,readonly=on"),
+                    "-device",
+                    "qemu-xhci,id=xhci0",
+                    "-device",
+                    "usb-storage,drive=usb0,bus=xhci0.0,bootindex=0",
+                ]);
+            }
         }
         Ok(a)
     }
@@ -629,6 +643,13 @@ mod tests {
         ] {
             assert!(args.contains(want), "missing {want:?} in {args}");
         }
+        assert!(!args.contains("-kernel"));
+        uefi.boot = Boot::UsbDisk {
+            image: "/img/molar.iso".into(),
+        };
+        let args = uefi.args(Path::new("/lab")).unwrap().join(" ");
+        let want = "-drive file=/img/molar.iso,if=none,id=usb0,format=raw,readonly=on -device qemu-xhci,id=xhci0 -device usb-storage,drive=usb0,bus=xhci0.0,bootindex=0";
+        assert!(args.contains(want), "missing {want:?} in {args}");
         assert!(!args.contains("-kernel"));
     }
 
