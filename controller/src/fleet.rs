@@ -161,6 +161,8 @@ pub struct Fleet {
     pub(crate) revocations: std::sync::atomic::AtomicU64,
     /// Serial-over-LAN consoles (see [`crate::console`]).
     pub console: Arc<crate::console::ConsoleService>,
+    /// Where servers needing discovery are sent: the workflow service, once started.
+    discovery: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -193,7 +195,25 @@ impl Fleet {
             claims: Mutex::new(Default::default()),
             event_budget: Mutex::new(Default::default()),
             revocations: Default::default(),
+            discovery: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes `tx` receive the servers that need discovery (see [`Fleet::request_discovery`]).
+    pub fn set_discovery_sink(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        let _ = self.discovery.set(tx);
+    }
+
+    /// A server in `discovery` has a live agent: its discovery runs as a workflow when the
+    /// workflow service is up ([`crate::workflow`]), else here ([`Fleet::discover`]).
+    pub fn request_discovery(self: &Arc<Self>, server_id: &str) {
+        if let Some(tx) = self.discovery.get()
+            && tx.send(server_id.to_owned()).is_ok()
+        {
+            return;
+        }
+        let (fleet, id) = (self.clone(), server_id.to_owned());
+        tokio::spawn(async move { fleet.discover(&id).await });
     }
 
     pub(crate) fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveAgent>> {

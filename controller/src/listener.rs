@@ -723,8 +723,7 @@ where
             .await;
     }
     if server.state == ServerState::Discovery {
-        let (fleet, id) = (fleet.clone(), server.id.clone());
-        tokio::spawn(async move { fleet.discover(&id).await });
+        fleet.request_discovery(&server.id);
     }
     Ok(Admitted {
         server_id: server.id,

@@ -38,6 +38,8 @@ use std::path::Path;
 pub struct Policy {
     #[serde(default)]
     pub defaults: Defaults,
+    #[serde(default)]
+    pub discovery: DiscoveryPolicy,
     #[serde(default, rename = "chassis", skip_serializing_if = "Vec::is_empty")]
     pub chassis: Vec<ChassisModel>,
     #[serde(default, rename = "image", skip_serializing_if = "Vec::is_empty")]
@@ -50,6 +52,29 @@ pub struct Policy {
 pub struct Defaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erase: Option<ErasePolicy>,
+}
+
+/// What discovery does besides storing the inventory (and the chassis model's QC spec and
+/// firmware baseline, which it runs when the model has them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryPolicy {
+    /// Reset the BMC's credentials in-band (`bmc.set_credentials`, a generated password
+    /// stored in the BMC table) unless the operator's stored credentials were verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc_credentials: Option<BmcCredentialPolicy>,
+    /// A server enrolled by its BMC is set to boot from the network once and powered on at
+    /// once, so it walks initial → discovery → available on its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub power_on_enrolled: bool,
+}
+
+/// The BMC user discovery makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BmcCredentialPolicy {
+    /// 1 to 16 printable ASCII characters.
+    pub username: String,
 }
 
 /// A chassis model: which servers it is, and what they get.
@@ -178,6 +203,17 @@ impl Policy {
                     format!("chassis {:?}: qc checks nothing", c.name),
                 ));
             }
+        }
+        if let Some(b) = &p.discovery.bmc_credentials
+            && (b.username.is_empty()
+                || b.username.len() > 16
+                || !b.username.bytes().all(|c| c.is_ascii_graphic()))
+        {
+            return Err(invalid(
+                "username",
+                "discovery: bmc_credentials: username must be 1 to 16 printable ASCII characters"
+                    .into(),
+            ));
         }
         if let Some(e) = &p.defaults.erase {
             e.check()

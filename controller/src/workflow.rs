@@ -1,5 +1,11 @@
 //! The lifecycle's durable workflows, driven by the controller on its own:
 //!
+//! - **discovery** (Discovery → Available, from Initial for a server enrolled by its BMC when
+//!   the policy says to power it on): the inventory stored, the BMC's credentials reset
+//!   in-band when the policy asks (unless the operator's verified ones work), the chassis
+//!   model's QC spec checked (`decom.qc`) and its firmware baseline applied
+//!   (`decom.firmware_secure`) when it has them. An enrolled server is first set to boot from
+//!   the network and powered on through the request queue, then waited for in the ramdisk.
 //! - **claim** (Available → Reserved): `standbye.prepare_image` writes the image,
 //!   `standbye.run_image` writes the config drive and boots it; the server is Reserved once
 //!   the deployed system starts (the task's completion is its last word before the kexec or
@@ -24,7 +30,10 @@ use crate::store::{
     NewRequest, Refs, RequestState, ServerState, StepRecord, StepState, TaskPhase, WorkflowError,
     WorkflowKind, WorkflowRecord,
 };
-use molar_protocol::catalogue::{DiskErase, PrepareImage, RunImage, TaskMethod};
+use molar_protocol::bmc::SetCredentialsParams;
+use molar_protocol::catalogue::{
+    DiskErase, FirmwareSecure, PrepareImage, Qc, RunImage, TaskMethod,
+};
 use molar_protocol::erase::DiskEraseParams;
 use molar_protocol::image::{ImageSpec, PrepareImageParamsWire};
 use molar_protocol::run_image::RunImageParams;
@@ -68,12 +77,24 @@ pub struct ReleaseParams {
     pub in_ramdisk: bool,
 }
 
+pub const DISCOVERY_STEPS: &[&str] = &["inventory", "bmc_credentials", "qc", "firmware"];
+pub const DISCOVERY_ENROLLED_STEPS: &[&str] = &[
+    "boot_pxe",
+    "power_on",
+    "ramdisk",
+    "inventory",
+    "bmc_credentials",
+    "qc",
+    "firmware",
+];
 pub const CLAIM_STEPS: &[&str] = &["prepare_image", "run_image"];
 pub const RELEASE_STEPS: &[&str] = &["boot_pxe", "power_cycle", "ramdisk", "erase"];
 pub const RELEASE_IN_RAMDISK_STEPS: &[&str] = &["erase"];
 
 /// How long a step may take before the workflow fails (a machine that never comes back).
 const STEP_DEADLINE: Duration = Duration::from_secs(6 * 3600);
+/// How long the agent gets for `bmc.set_credentials`.
+const BMC_CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the release waits for the ramdisk after the power cycle.
 const RAMDISK_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
@@ -130,7 +151,80 @@ impl Workflows {
             tracing::info!(workflow = wf.id, server = %wf.server_id, kind = wf.kind.as_str(), "resuming a workflow");
             this.spawn(wf);
         }
+        // Servers whose agent connected in `discovery` are sent here by the listener.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        this.fleet.set_discovery_sink(tx);
+        let me = this.clone();
+        this.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    id = rx.recv() => match id {
+                        Some(id) => me.discover(&id).await,
+                        None => return,
+                    },
+                    _ = me.shutdown.cancelled() => return,
+                }
+            }
+        });
         Ok(this)
+    }
+
+    /// The policy the workflows follow.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Starts the discovery of a server in `discovery` whose agent connected, unless one runs
+    /// (an agent reconnecting during it) or the server moved on.
+    pub async fn discover(self: &Arc<Self>, server: &str) {
+        let started = self
+            .fleet
+            .store
+            .create_workflow(
+                server,
+                WorkflowKind::Discovery,
+                json!({}),
+                DISCOVERY_STEPS.to_vec(),
+                ServerState::Discovery,
+                None,
+                Cause::Discovered,
+            )
+            .await;
+        match started {
+            Ok(wf) => {
+                tracing::info!(workflow = wf.id, server = %server, "discovery started");
+                self.spawn(wf);
+            }
+            Err(WorkflowError::Busy { .. }) | Err(WorkflowError::Transition(_)) => {}
+            Err(e) => tracing::error!(server = %server, error = %e, "starting discovery"),
+        }
+    }
+
+    /// Initial → Discovery for a server enrolled by its BMC: boot from the network once,
+    /// power on, wait for its ramdisk, then discover it.
+    pub async fn discover_enrolled(
+        self: &Arc<Self>,
+        server: &str,
+    ) -> Result<WorkflowRecord, StartError> {
+        let wf = self
+            .fleet
+            .store
+            .create_workflow(
+                server,
+                WorkflowKind::Discovery,
+                json!({}),
+                DISCOVERY_ENROLLED_STEPS.to_vec(),
+                ServerState::Initial,
+                Some((
+                    Cause::Discover,
+                    "enrolled: booting the ramdisk over the network",
+                )),
+                Cause::Discovered,
+            )
+            .await?;
+        tracing::info!(workflow = wf.id, server = %server, "discovery of an enrolled server started");
+        self.spawn(wf.clone());
+        Ok(wf)
     }
 
     /// Waits for the shutdown token, then for the workflows to stop where they are.
@@ -177,9 +271,10 @@ impl Workflows {
                 server,
                 WorkflowKind::Claim,
                 value,
-                CLAIM_STEPS,
+                CLAIM_STEPS.to_vec(),
                 ServerState::Available,
                 None,
+                Cause::Claimed,
             )
             .await?;
         tracing::info!(workflow = wf.id, server = %server, image = %image_id(&params), "claim started");
@@ -217,9 +312,10 @@ impl Workflows {
                 server,
                 WorkflowKind::Release,
                 value,
-                steps,
+                steps.to_vec(),
                 ServerState::Reserved,
                 Some((Cause::Released, "released: cleaning starts")),
+                Cause::Cleaned,
             )
             .await?;
         tracing::info!(workflow = wf.id, server = %server, "release started");
@@ -268,17 +364,21 @@ impl Workflows {
             if !ok {
                 let refs = Refs {
                     request_id: step.request_id,
-                    task_id: step.task_id.clone().or_else(|| self.stored_task(&wf, step)),
+                    task_id: match step.task_id.clone() {
+                        Some(t) => Some(t),
+                        None => self.stored_task(&wf, step).await,
+                    },
                 };
                 let why = format!("{} failed at {}: {message}", wf.kind.as_str(), step.name);
                 self.finish(&wf, false, why, Cause::Failed, refs).await;
                 return;
             }
-            last_task = Some(tag(wf.id, step.seq))
-                .filter(|_| is_task(&step.name))
-                .or(last_task);
+            if let Some(t) = self.stored_task(&wf, step).await {
+                last_task = Some(t);
+            }
         }
         let (cause, why) = match wf.kind {
+            WorkflowKind::Discovery => (Cause::Discovered, "discovered: inventory stored"),
             WorkflowKind::Claim => (Cause::Claimed, "deployed: the image is booting"),
             WorkflowKind::Release => (Cause::Cleaned, "cleaned: disks erased"),
         };
@@ -289,8 +389,16 @@ impl Workflows {
         self.finish(&wf, true, why.into(), cause, refs).await;
     }
 
-    fn stored_task(&self, wf: &WorkflowRecord, step: &StepRecord) -> Option<String> {
-        is_task(&step.name).then(|| tag(wf.id, step.seq))
+    /// The task that carried out `step`, when it had one.
+    async fn stored_task(&self, wf: &WorkflowRecord, step: &StepRecord) -> Option<String> {
+        if !is_task(&step.name) {
+            return None;
+        }
+        let id = tag(wf.id, step.seq);
+        match self.fleet.store.get_task(&id).await {
+            Ok(Some(_)) => Some(id),
+            _ => None,
+        }
     }
 
     async fn finish(&self, wf: &WorkflowRecord, ok: bool, why: String, cause: Cause, refs: Refs) {
@@ -345,6 +453,22 @@ impl Workflows {
                     .await
             }
             "ramdisk" => self.ramdisk(wf, step).await,
+            "power_on" => self.request(wf, step, "set_power_state", Some("on")).await,
+            "inventory" => self.inventory(wf, step).await,
+            "bmc_credentials" => self.bmc_credentials(wf, step).await,
+            "qc" => {
+                let Some(spec) = self.chassis(wf).await.and_then(|c| c.qc.clone()) else {
+                    return Ok("no QC spec for this server's chassis model".into());
+                };
+                self.task::<Qc>(wf, step, json!({ "spec": spec })).await
+            }
+            "firmware" => {
+                let Some(fw) = self.chassis(wf).await.and_then(|c| c.firmware.clone()) else {
+                    return Ok("no firmware baseline for this server's chassis model".into());
+                };
+                let v = serde_json::to_value(fw).map_err(|e| e.to_string())?;
+                self.task::<FirmwareSecure>(wf, step, v).await
+            }
             other => Err(format!(
                 "unknown step {other:?} (stored by a newer controller?)"
             )),
@@ -502,6 +626,95 @@ impl Workflows {
         }
     }
 
+    /// The chassis model of the server's stored inventory.
+    async fn chassis(&self, wf: &WorkflowRecord) -> Option<crate::policy::ChassisModel> {
+        let inv = self.fleet.stored_inventory(&wf.server_id).await?;
+        self.policy.chassis_of(&inv).cloned()
+    }
+
+    /// Takes and stores the inventory (a call: run again after a restart, it is harmless),
+    /// asking again while the agent is not ready yet.
+    async fn inventory(&self, wf: &WorkflowRecord, step: &StepRecord) -> Outcome {
+        let store = &self.fleet.store;
+        store
+            .step_running(wf.id, step.seq, None, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.connected(&wf.server_id, RAMDISK_DEADLINE).await?;
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .fleet
+                .refresh_inventory(&wf.server_id, crate::fleet::DISCOVERY_TIMEOUT)
+                .await
+            {
+                Ok(_) => return Ok("inventory stored".into()),
+                Err(e)
+                    if (e.not_ready() || !self.fleet.is_connected(&wf.server_id))
+                        && started.elapsed() + backoff < crate::fleet::DISCOVERY_TIMEOUT =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    self.connected(&wf.server_id, RAMDISK_DEADLINE).await?;
+                }
+                Err(e) => return Err(format!("taking the inventory: {e}")),
+            }
+        }
+    }
+
+    /// Resets the BMC's credentials in-band when the policy asks, unless the operator's
+    /// stored credentials were verified (run again after a restart, it only sets a new
+    /// password, which is stored when the agent reports it).
+    async fn bmc_credentials(&self, wf: &WorkflowRecord, step: &StepRecord) -> Outcome {
+        let Some(want) = &self.policy.discovery.bmc_credentials else {
+            return Ok("the policy does not ask for BMC credentials".into());
+        };
+        let Some(inv) = self.fleet.stored_inventory(&wf.server_id).await else {
+            return Err("no stored inventory".into());
+        };
+        if inv.bmc.is_none() {
+            return Ok("the inventory shows no BMC".into());
+        }
+        let stored = self
+            .fleet
+            .store
+            .bmc(&wf.server_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(b) = &stored
+            && b.source == "operator"
+            && b.verified_ms.is_some()
+            && b.verify_error.is_none()
+        {
+            return Ok(format!(
+                "the operator's credentials for {} work: kept",
+                b.username
+            ));
+        }
+        self.fleet
+            .store
+            .step_running(wf.id, step.seq, None, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.connected(&wf.server_id, RAMDISK_DEADLINE).await?;
+        let params = SetCredentialsParams {
+            username: want.username.clone(),
+            password: None,
+            user_id: None,
+            channel: None,
+            privilege: Default::default(),
+        };
+        self.fleet
+            .set_bmc_credentials(&wf.server_id, &params, BMC_CREDENTIALS_TIMEOUT)
+            .await
+            .map_err(|e| format!("setting BMC credentials in-band: {e}"))?;
+        Ok(format!(
+            "BMC user {} set in-band, its password stored",
+            want.username
+        ))
+    }
+
     /// Waits until the server has a live agent.
     async fn connected(&self, server: &str, within: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + within;
@@ -520,7 +733,10 @@ fn image_id(p: &ClaimParams) -> &str {
 }
 
 fn is_task(step: &str) -> bool {
-    matches!(step, "prepare_image" | "run_image" | "erase")
+    matches!(
+        step,
+        "prepare_image" | "run_image" | "erase" | "qc" | "firmware"
+    )
 }
 
 fn params<T: serde::de::DeserializeOwned>(wf: &WorkflowRecord) -> Result<T, String> {

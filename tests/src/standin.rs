@@ -9,7 +9,7 @@ use molar_agent::session::Methods;
 use molar_agent::tasks::{Task, TaskContext, TaskFailure};
 use molar_agent::tls::Trust;
 use molar_protocol::catalogue::{
-    ChassisBootDevice, ChassisPower, DiskErase, PrepareImage, RunImage,
+    ChassisBootDevice, ChassisPower, DiskErase, FirmwareSecure, PrepareImage, Qc, RunImage,
 };
 use molar_protocol::{Method, Secret, codes};
 use serde_json::{Value, json};
@@ -70,13 +70,25 @@ impl Task for Stand {
                 return Err(TaskFailure::new(codes::IO, "disk serial D-2 vanished"));
             }
         }
+        if self.method == Qc::NAME && p["spec"]["cpu"]["sockets"] == 8 {
+            return Err(TaskFailure::new(
+                "qc_failed",
+                "cpu.sockets: expected 8, found 1",
+            ));
+        }
         Ok(json!({}))
     }
 }
 
 pub fn methods(root: &std::path::Path, m: &Machine) -> Methods {
     let mut methods = TestAgent::methods(root);
-    for method in [PrepareImage::NAME, RunImage::NAME, DiskErase::NAME] {
+    for method in [
+        PrepareImage::NAME,
+        RunImage::NAME,
+        DiskErase::NAME,
+        Qc::NAME,
+        FirmwareSecure::NAME,
+    ] {
         methods.task(
             method,
             Stand {

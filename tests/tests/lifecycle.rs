@@ -82,7 +82,7 @@ async fn servers_walk_the_lifecycle_with_a_history_and_refuse_what_the_table_ref
             (Some(S::Discovery), S::Available, Some(Cause::Discovered)),
         ]
     );
-    assert_eq!(h.transitions[2].reason, "inventory stored");
+    assert_eq!(h.transitions[2].reason, "discovered: inventory stored");
     assert_eq!(h.next_after, h.transitions[2].id);
 
     // Follow the fleet's stream from the start, and take the server into maintenance.

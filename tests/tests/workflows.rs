@@ -9,11 +9,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use molar_controller::lifecycle::Cause;
-use molar_controller::store::{ServerState, StepState, WorkflowRecord};
+use molar_controller::store::{ServerState, StepState, WorkflowKind, WorkflowRecord};
 use molar_controller::workflow::{ClaimParams, ReleaseParams};
 use molar_protocol::Method;
 use molar_protocol::catalogue::{
-    ChassisBootDevice, ChassisPower, DiskErase, PrepareImage, RunImage,
+    ChassisBootDevice, ChassisPower, DiskErase, FirmwareSecure, PrepareImage, Qc, RunImage,
 };
 use molar_tests::inproc::{Controller, connected_server, eventually, machine_root};
 use molar_tests::standin::{Machine, start_agent};
@@ -76,7 +76,15 @@ async fn claim_and_release_walk_the_lifecycle_across_a_controller_restart() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), "illegal_transition", "{e}");
-    assert!(client.workflows(&id, 10).await.unwrap().is_empty());
+    assert!(
+        client
+            .workflows(&id, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|w| w.kind == WorkflowKind::Discovery),
+        "nothing but the discovery ran"
+    );
 
     // Claim: the image is written and booted, then the server is reserved.
     let wf = client.claim(&id, &claim_params()).await.unwrap();
@@ -325,7 +333,15 @@ async fn claims_and_releases_refuse_hostile_bodies_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(client.workflows(&id, 10).await.unwrap().is_empty());
+    assert!(
+        client
+            .workflows(&id, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|w| w.kind == WorkflowKind::Discovery),
+        "nothing but the discovery ran"
+    );
     assert_eq!(state(&client, &id).await, S::Available);
     assert!(
         m.calls.lock().unwrap().is_empty(),
@@ -432,4 +448,87 @@ fn molar_policy_check_names_the_line_of_what_is_wrong() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 5") && err.contains("shred"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_runs_the_chassis_models_qc_and_firmware_and_fails_to_error() {
+    let policy = r#"
+[[chassis]]
+name = "lab"
+match = { manufacturer = "Molar Lab*" }
+qc = { cpu = { sockets = 1 } }
+firmware = { components = [] }
+
+[[chassis]]
+name = "big"
+match = { manufacturer = "Big Iron*" }
+qc = { cpu = { sockets = 8 } }
+"#;
+    let ctl = Controller::start_with_policy(policy).await;
+    let token = ctl.agent_token().await;
+    let client = ctl.client();
+    let (m, big) = (Machine::default(), Machine::default());
+    let mut agents = Vec::new();
+    for (serial, vendor, mac, m) in [
+        ("WF-4", "Molar Lab Inc.", "52:54:00:00:0f:04", &m),
+        ("WF-5", "Big Iron Ltd.", "52:54:00:00:0f:05", &big),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        machine_root(root.path(), serial, mac);
+        std::fs::write(root.path().join("sys/class/dmi/id/sys_vendor"), vendor).unwrap();
+        agents.push(start_agent(&ctl, &token, root, m));
+    }
+    let id = connected_server(&client, "WF-4").await;
+    until_state(&client, &id, S::Available).await;
+    let wf = client.workflows(&id, 1).await.unwrap().pop().unwrap();
+    assert_eq!(wf.kind, WorkflowKind::Discovery);
+    assert_eq!(
+        wf.steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.state))
+            .collect::<Vec<_>>(),
+        [
+            ("inventory", StepState::Done),
+            ("bmc_credentials", StepState::Done),
+            ("qc", StepState::Done),
+            ("firmware", StepState::Done),
+        ]
+    );
+    assert_eq!(
+        m.calls(Qc::NAME),
+        [json!({"spec": {"cpu": {"sockets": 1}}})]
+    );
+    assert_eq!(m.calls(FirmwareSecure::NAME).len(), 1);
+    assert!(
+        wf.steps[1]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("does not ask")
+    );
+
+    // A machine that does not meet its model's spec ends discovery in error, saying why.
+    let bad = connected_server(&client, "WF-5").await;
+    until_state(&client, &bad, S::Error).await;
+    let last = client
+        .history(&bad, 0, 100)
+        .await
+        .unwrap()
+        .transitions
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (last.from, last.cause),
+        (Some(S::Discovery), Some(Cause::Failed))
+    );
+    assert!(
+        last.reason.contains("discovery failed at qc") && last.reason.contains("expected 8"),
+        "{}",
+        last.reason
+    );
+    assert!(
+        big.calls(FirmwareSecure::NAME).is_empty(),
+        "nothing after the failed step"
+    );
+    drop(agents);
 }

@@ -129,6 +129,19 @@ pub(super) async fn add_server(
     )
     .await?;
     st.fleet.console.wake_capture();
+    if st.workflows.policy().discovery.power_on_enrolled {
+        // The policy walks it initial → discovery → available on its own; a failure to
+        // start is logged and leaves it in initial for the operator.
+        if let Err(e) = st.workflows.discover_enrolled(&server.id).await {
+            tracing::warn!(server = %server.id, error = %e, "starting the discovery of an enrolled server");
+        }
+    }
+    let server = st
+        .fleet
+        .store
+        .get_server(&server.id)
+        .await?
+        .unwrap_or(server);
     let bmc = st.fleet.store.bmc(&server.id).await?;
     let mut v = view(&st.fleet, server);
     v.bmc = bmc;

@@ -254,13 +254,13 @@ INSERT INTO transitions (server_id, to_state, reason, at_ms)
         CAST(strftime('%s','now') AS INTEGER) * 1000
     FROM servers ORDER BY first_seen_ms;
 "#,
-    // Durable lifecycle workflows (issue #15): claim and release, one row per step tied to
+    // Durable lifecycle workflows (issue #15): discovery, claim and release, one row per step tied to
     // its task or request; one running workflow per server.
     r#"
 CREATE TABLE workflows (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     server_id   TEXT NOT NULL REFERENCES servers(id),
-    kind        TEXT NOT NULL CHECK (kind IN ('claim','release')),
+    kind        TEXT NOT NULL CHECK (kind IN ('discovery','claim','release')),
     params      TEXT NOT NULL,
     state       TEXT NOT NULL CHECK (state IN ('running','done','failed')),
     message     TEXT,

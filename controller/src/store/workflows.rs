@@ -16,6 +16,8 @@ use serde_json::Value;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowKind {
+    /// (Initial →) Discovery → (inventory, BMC credentials, QC, firmware) → Available.
+    Discovery,
     /// Available → (deploy) → Reserved.
     Claim,
     /// Reserved → Cleanup → (ramdisk, erase) → Available.
@@ -25,14 +27,19 @@ pub enum WorkflowKind {
 impl WorkflowKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            WorkflowKind::Discovery => "discovery",
             WorkflowKind::Claim => "claim",
             WorkflowKind::Release => "release",
         }
     }
     fn parse(s: &str) -> Option<Self> {
-        [WorkflowKind::Claim, WorkflowKind::Release]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            WorkflowKind::Discovery,
+            WorkflowKind::Claim,
+            WorkflowKind::Release,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -128,7 +135,9 @@ pub const WORKFLOWS_LISTED_MAX: u32 = 100;
 impl Db {
     /// Starts a workflow of `kind` on `server` with `steps` (all pending), when the server is
     /// in `from` and runs no other workflow; applies `start` (a cause) in the same
-    /// transaction when given.
+    /// transaction when given, else checks that `end` (the cause it will end with) could
+    /// apply (so a refusal names the table's reason).
+    #[allow(clippy::too_many_arguments)]
     pub fn create_workflow(
         &mut self,
         server: &str,
@@ -137,6 +146,7 @@ impl Db {
         steps: &[&str],
         from: ServerState,
         start: Option<(Cause, &str)>,
+        end: Cause,
     ) -> Result<WorkflowRecord, WorkflowError> {
         let tx = self.write_tx().map_err(q(WHAT))?;
         let (state, boot_id): (Option<String>, Option<String>) = tx
@@ -187,7 +197,7 @@ impl Db {
         })?;
         // The claim's deploy runs while Available and its transition comes at the end; the
         // release's comes first. Either way the server must be in `from` now.
-        let cause = start.map_or(Cause::Claimed, |(c, _)| c);
+        let cause = start.map_or(end, |(c, _)| c);
         if actual != from {
             return Err(match crate::lifecycle::next(actual, cause) {
                 Err(illegal) => TransitionError::Illegal(illegal),
@@ -418,18 +428,22 @@ fn workflow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawWorkflow> {
 
 impl Store {
     /// See [`Db::create_workflow`].
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_workflow(
         &self,
         server: &str,
         kind: WorkflowKind,
         params: Value,
-        steps: &'static [&'static str],
+        steps: Vec<&'static str>,
         from: ServerState,
         start: Option<(Cause, &'static str)>,
+        end: Cause,
     ) -> Result<WorkflowRecord, WorkflowError> {
         let server = server.to_owned();
-        self.write(move |db| Ok(db.create_workflow(&server, kind, &params, steps, from, start)))
-            .await?
+        self.write(move |db| {
+            Ok(db.create_workflow(&server, kind, &params, &steps, from, start, end))
+        })
+        .await?
     }
 
     pub async fn step_running(
@@ -515,6 +529,7 @@ mod tests {
                 &["erase"],
                 ServerState::Reserved,
                 Some((Cause::Released, "released")),
+                Cause::Cleaned,
             )
             .unwrap_err();
         assert!(
@@ -531,6 +546,7 @@ mod tests {
                 &["prepare_image", "run_image"],
                 ServerState::Available,
                 None,
+                Cause::Claimed,
             )
             .unwrap();
         assert_eq!(wf.steps.len(), 2);
@@ -544,6 +560,7 @@ mod tests {
                 &["prepare_image"],
                 ServerState::Available,
                 None,
+                Cause::Claimed,
             )
             .unwrap_err();
         assert!(matches!(e, WorkflowError::Busy { .. }), "{e}");
@@ -575,6 +592,7 @@ mod tests {
                 &["erase"],
                 ServerState::Reserved,
                 Some((Cause::Released, "released by the operator")),
+                Cause::Cleaned,
             )
             .unwrap();
         assert_eq!(
