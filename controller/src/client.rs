@@ -442,6 +442,15 @@ impl Client {
             .await
     }
 
+    /// Retries the server's failed discovery or release from its failed step.
+    pub async fn retry(&self, server: &str) -> Result<WorkflowRecord> {
+        self.post(
+            &format!("/servers/{}/retry", segment(server)),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     /// A server's workflows, newest first.
     pub async fn workflows(&self, server: &str, limit: u32) -> Result<Vec<WorkflowRecord>> {
         Ok(self

@@ -282,6 +282,15 @@ impl Workflows {
         Ok(wf)
     }
 
+    /// Retries the server's failed discovery or release from its failed step (the steps
+    /// done before it are not run again); it ends error → available.
+    pub async fn retry(self: &Arc<Self>, server: &str) -> Result<WorkflowRecord, StartError> {
+        let wf = self.fleet.store.retry_workflow(server).await?;
+        tracing::info!(workflow = wf.id, server = %server, retry_of = ?wf.retry_of, "retry started");
+        self.spawn(wf.clone());
+        Ok(wf)
+    }
+
     /// Starts a release: Reserved → Cleanup at once, then the steps.
     pub async fn release(
         self: &Arc<Self>,
@@ -378,6 +387,7 @@ impl Workflows {
             }
         }
         let (cause, why) = match wf.kind {
+            _ if wf.retry_of.is_some() => (Cause::Resolved, "retried: the failed step succeeded"),
             WorkflowKind::Discovery => (Cause::Discovered, "discovered: inventory stored"),
             WorkflowKind::Claim => (Cause::Claimed, "deployed: the image is booting"),
             WorkflowKind::Release => (Cause::Cleaned, "cleaned: disks erased"),

@@ -70,6 +70,9 @@ _molar() {
             molar,requests)
                 cmd="molar__subcmd__requests"
                 ;;
+            molar,retry)
+                cmd="molar__subcmd__retry"
+                ;;
             molar,serve)
                 cmd="molar__subcmd__serve"
                 ;;
@@ -165,6 +168,9 @@ _molar() {
                 ;;
             molar__subcmd__help,requests)
                 cmd="molar__subcmd__help__subcmd__requests"
+                ;;
+            molar__subcmd__help,retry)
+                cmd="molar__subcmd__help__subcmd__retry"
                 ;;
             molar__subcmd__help,serve)
                 cmd="molar__subcmd__help__subcmd__serve"
@@ -317,7 +323,7 @@ _molar() {
 
     case "${cmd}" in
         molar)
-            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config policy token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
+            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config policy token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release retry workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -823,7 +829,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help)
-            opts="serve config policy token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release workflows requests help"
+            opts="serve config policy token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release retry workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1117,6 +1123,20 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help__subcmd__requests)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__retry)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1723,6 +1743,36 @@ _molar() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__retry)
+            opts="-h --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -52,6 +52,8 @@ pub mod codes {
     pub const STATE_CHANGED: &str = "state_changed";
     /// The server already runs a lifecycle workflow (a claim or a release).
     pub const WORKFLOW_RUNNING: &str = "workflow_running";
+    /// The server's latest workflow cannot be retried (it did not fail, or it was a claim).
+    pub const NOT_RETRIABLE: &str = "not_retriable";
     /// No common protocol version.
     pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
     /// The addressed server has no live agent connection.

@@ -188,6 +188,7 @@ const CLI: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/servers/{id}/claim", "claim"),
     ("POST", "/api/v1/servers/{id}/release", "release"),
     ("GET", "/api/v1/servers/{id}/workflows", "workflows"),
+    ("POST", "/api/v1/servers/{id}/retry", "retry"),
     ("GET", "/api/v1/transitions", "transitions"),
     (
         "GET",

@@ -221,7 +221,51 @@ async fn claim_and_release_walk_the_lifecycle_across_a_controller_restart() {
     );
     assert!(last.task_id.is_some());
     assert!(wf.id > 0);
-    // From Error, maintenance is the way back.
+    // A retry that fails again leaves it in error; one that succeeds resolves it.
+    m.erase_gate.add_permits(1);
+    let again = client.retry(&id).await.unwrap();
+    assert!(again.retry_of.is_some());
+    eventually(30, "the retry to fail again", || async {
+        let w = client.workflows(&id, 1).await.ok()?.pop()?;
+        (w.id == again.id && w.state == StepState::Failed).then_some(())
+    })
+    .await;
+    assert_eq!(state(&client, &id).await, S::Error);
+    m.fail_erase
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    m.erase_gate.add_permits(1);
+    client.retry(&id).await.unwrap();
+    until_state(&client, &id, S::Available).await;
+    let last = client
+        .history(&id, 0, 100)
+        .await
+        .unwrap()
+        .transitions
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (last.from, last.cause),
+        (Some(S::Error), Some(Cause::Resolved))
+    );
+    let e = client.retry(&id).await.unwrap_err();
+    assert_eq!(e.code(), "not_retriable", "{e}");
+    // From Error, maintenance is the way back too.
+    client.claim(&id, &claim_params()).await.unwrap();
+    until_state(&client, &id, S::Reserved).await;
+    m.fail_erase
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    m.erase_gate.add_permits(1);
+    client
+        .release(
+            &id,
+            &ReleaseParams {
+                in_ramdisk: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    until_state(&client, &id, S::Error).await;
     client
         .maintenance(&id, true, Some("disk replaced"))
         .await
@@ -530,5 +574,31 @@ qc = { cpu = { sockets = 8 } }
         big.calls(FirmwareSecure::NAME).is_empty(),
         "nothing after the failed step"
     );
+    // A retry runs the failed step again, not the ones before it.
+    let retry = client.retry(&bad).await.unwrap();
+    assert_eq!(
+        retry
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.state))
+            .collect::<Vec<_>>(),
+        [
+            ("inventory", StepState::Done),
+            ("bmc_credentials", StepState::Done),
+            ("qc", StepState::Pending),
+            ("firmware", StepState::Pending),
+        ]
+    );
+    assert!(
+        retry.steps[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .starts_with("done in workflow")
+    );
+    eventually(30, "the retried qc to fail again", || async {
+        (big.calls(Qc::NAME).len() == 2).then_some(())
+    })
+    .await;
     drop(agents);
 }

@@ -11,7 +11,8 @@
 //!   resumes after it, so no change is missed or repeated).
 //! - `POST /servers/{id}/claim {image, device, run}` and `POST /servers/{id}/release
 //!   {erase, in_ramdisk}`: start the durable workflows of [`crate::workflow`];
-//!   `GET /servers/{id}/workflows` lists a server's, newest first, with their steps.
+//!   `GET /servers/{id}/workflows` lists a server's, newest first, with their steps;
+//!   `POST /servers/{id}/retry` re-runs a failed discovery or release from its failed step.
 
 use super::{ApiError, ApiResult, ApiState, parse_body, query_num, query_pairs, server_or_404};
 use crate::lifecycle::Cause;
@@ -67,6 +68,7 @@ pub(super) fn routes() -> Router<Arc<ApiState>> {
         .route("/servers/{id}/claim", post(claim))
         .route("/servers/{id}/release", post(release))
         .route("/servers/{id}/workflows", get(workflows))
+        .route("/servers/{id}/retry", post(retry))
 }
 
 impl From<StartError> for ApiError {
@@ -76,6 +78,9 @@ impl From<StartError> for ApiError {
             StartError::Workflow(WorkflowError::Transition(t)) => t.into(),
             StartError::Workflow(e @ WorkflowError::Busy { .. }) => {
                 ApiError::new(codes::WORKFLOW_RUNNING, e.to_string())
+            }
+            StartError::Workflow(WorkflowError::Refused(m)) => {
+                ApiError::new(codes::NOT_RETRIABLE, m)
             }
             StartError::Workflow(WorkflowError::Store(s)) => s.into(),
         }
@@ -104,6 +109,17 @@ async fn release(
 ) -> ApiResult<WorkflowRecord> {
     let p: ReleaseParams = parse_body(&body)?;
     Ok(axum::Json(st.workflows.release(&id, p).await?))
+}
+
+async fn retry(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<WorkflowRecord> {
+    if !body.is_empty() {
+        let _: molar_protocol::methods::Empty = parse_body(&body)?;
+    }
+    Ok(axum::Json(st.workflows.retry(&id).await?))
 }
 
 async fn workflows(

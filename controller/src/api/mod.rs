@@ -227,9 +227,10 @@ pub fn status_for(code: &str, from_agent: bool) -> StatusCode {
         codes::NOT_FOUND | codes::UNKNOWN_TASK => StatusCode::NOT_FOUND,
         codes::NOT_CONNECTED | codes::TASK_CONFLICT => StatusCode::CONFLICT,
         codes::EXPECTED_DISK_MISSING => StatusCode::CONFLICT,
-        codes::ILLEGAL_TRANSITION | codes::STATE_CHANGED | codes::WORKFLOW_RUNNING => {
-            StatusCode::CONFLICT
-        }
+        codes::ILLEGAL_TRANSITION
+        | codes::STATE_CHANGED
+        | codes::WORKFLOW_RUNNING
+        | codes::NOT_RETRIABLE => StatusCode::CONFLICT,
         codes::BUSY | codes::NOT_READY | codes::HARDWARE_NOT_READY => {
             StatusCode::SERVICE_UNAVAILABLE
         }

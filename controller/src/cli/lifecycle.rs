@@ -138,6 +138,13 @@ pub(super) async fn release(
     workflow_out(cli, &wf)
 }
 
+/// `molar retry SERVER`.
+pub(super) async fn retry(cli: &Cli, server: &str) -> Result<(), Failure> {
+    let c = client(cli)?;
+    let wf = c.retry(server).await.map_err(api_err(false))?;
+    workflow_out(cli, &wf)
+}
+
 /// `molar workflows SERVER`.
 pub(super) async fn workflows(cli: &Cli, server: &str, limit: u32) -> Result<(), Failure> {
     let c = client(cli)?;

@@ -303,7 +303,11 @@ pub enum Command {
         #[arg(long)]
         in_ramdisk: bool,
     },
-    /// List a server's workflows (claims and releases) with their steps, newest first.
+    /// Re-run a server's failed discovery or release from the step that failed (the steps
+    /// before it are not run again); it returns to available when it succeeds.
+    Retry { server: String },
+    /// List a server's workflows (discoveries, claims and releases) with their steps,
+    /// newest first.
     Workflows {
         server: String,
         #[arg(long, default_value_t = 20)]
@@ -669,6 +673,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             lifecycle::release(cli, server, erase, *in_ramdisk).await
         }
+        Command::Retry { server } => lifecycle::retry(cli, server).await,
         Command::Workflows { server, limit } => lifecycle::workflows(cli, server, *limit).await,
         Command::History { server, watch } => lifecycle::history(cli, server, *watch).await,
         Command::Transitions { watch } => lifecycle::transitions(cli, *watch).await,

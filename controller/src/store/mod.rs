@@ -265,6 +265,7 @@ CREATE TABLE workflows (
     state       TEXT NOT NULL CHECK (state IN ('running','done','failed')),
     message     TEXT,
     boot_id     TEXT,
+    retry_of    INTEGER REFERENCES workflows(id),
     created_ms  INTEGER NOT NULL,
     updated_ms  INTEGER NOT NULL
 );

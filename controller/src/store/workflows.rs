@@ -107,6 +107,9 @@ pub struct WorkflowRecord {
     /// The server's boot id when the workflow started (a release waits for another one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// The failed workflow this one retries (`molar retry`): it ends error → available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<i64>,
     pub created_ms: i64,
     pub updated_ms: i64,
     pub steps: Vec<StepRecord>,
@@ -123,6 +126,9 @@ pub enum WorkflowError {
     },
     #[error(transparent)]
     Transition(#[from] TransitionError),
+    /// Not startable for a reason of its own (e.g. nothing to retry).
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -216,6 +222,67 @@ impl Db {
         Ok(self.workflow(id)?.expect("just stored"))
     }
 
+    /// Starts the retry of `server`'s latest workflow, which must have failed and left the
+    /// server in error: the same kind and params, its steps done before the failed one kept
+    /// done (they are not run again), the failed one and those after it pending.
+    pub fn retry_workflow(&mut self, server: &str) -> Result<WorkflowRecord, WorkflowError> {
+        let last = self
+            .server_workflows(server, 1)?
+            .pop()
+            .ok_or_else(|| TransitionError::NotFound(format!("{server} (it ran no workflow)")))?;
+        let refuse = |msg: String| WorkflowError::Refused(msg);
+        if last.state != StepState::Failed {
+            return Err(refuse(format!(
+                "the latest workflow of server {server} ({} {}) is {}, not failed: nothing to retry",
+                last.kind.as_str(),
+                last.id,
+                last.state.as_str()
+            )));
+        }
+        if last.kind == WorkflowKind::Claim {
+            return Err(refuse(format!(
+                "a failed claim is not retried (the disk may hold half an image): take server \
+                 {server} through maintenance and claim it again"
+            )));
+        }
+        let names: Vec<&str> = last.steps.iter().map(|s| s.name.as_str()).collect();
+        let mut wf = self.create_workflow(
+            server,
+            last.kind,
+            &last.params,
+            &names,
+            ServerState::Error,
+            None,
+            Cause::Resolved,
+        )?;
+        let now = now_ms();
+        let tx = self.write_tx().map_err(q(WHAT))?;
+        tx.execute(
+            "UPDATE workflows SET retry_of = ?2 WHERE id = ?1",
+            params![wf.id, last.id],
+        )
+        .map_err(q(WHAT))?;
+        for s in last.steps.iter().take_while(|s| s.state == StepState::Done) {
+            tx.execute(
+                "UPDATE workflow_steps SET state = 'done', task_id = ?3, request_id = ?4,
+                    message = ?5, started_ms = ?6, finished_ms = ?6
+                 WHERE workflow_id = ?1 AND seq = ?2",
+                params![
+                    wf.id,
+                    s.seq as i64,
+                    s.task_id,
+                    s.request_id,
+                    format!("done in workflow {}", last.id),
+                    now
+                ],
+            )
+            .map_err(q(WHAT))?;
+        }
+        tx.commit().map_err(q(WHAT))?;
+        wf = self.workflow(wf.id)?.expect("just stored");
+        Ok(wf)
+    }
+
     /// Marks step `seq` running, tied to its task or request (stored before the task is
     /// sent, so a restart knows to look for it).
     pub fn step_running(
@@ -290,7 +357,15 @@ impl Db {
             ],
         )
         .map_err(q(WHAT))?;
-        super::lifecycle::apply_current(&tx, &server, cause, message, refs)?;
+        let current: String = tx
+            .query_row("SELECT state FROM servers WHERE id = ?1", [&server], |r| {
+                r.get(0)
+            })
+            .map_err(q(WHAT))?;
+        // A retry that fails again leaves the server in error: the workflow says why.
+        if !(cause == Cause::Failed && current == ServerState::Error.as_str()) {
+            super::lifecycle::apply_current(&tx, &server, cause, message, refs)?;
+        }
         tx.commit().map_err(q(WHAT))?;
         Ok(())
     }
@@ -299,8 +374,8 @@ impl Db {
         let wf = self
             .conn
             .query_row(
-                "SELECT id, server_id, kind, params, state, message, boot_id, created_ms, updated_ms
-                 FROM workflows WHERE id = ?1",
+                "SELECT id, server_id, kind, params, state, message, boot_id, retry_of, created_ms,
+                    updated_ms FROM workflows WHERE id = ?1",
                 [id],
                 workflow_row,
             )
@@ -331,8 +406,8 @@ impl Db {
         let mut stmt = self
             .conn
             .prepare(&format!(
-                "SELECT id, server_id, kind, params, state, message, boot_id, created_ms,
-                    updated_ms FROM workflows WHERE {clause}"
+                "SELECT id, server_id, kind, params, state, message, boot_id, retry_of,
+                    created_ms, updated_ms FROM workflows WHERE {clause}"
             ))
             .map_err(q(what))?;
         let rows = stmt
@@ -393,6 +468,7 @@ impl Db {
             state: StepState::parse(&w.state).ok_or_else(|| corrupt("workflow state", w.state))?,
             message: w.message,
             boot_id: w.boot_id,
+            retry_of: w.retry_of,
             created_ms: w.created_ms,
             updated_ms: w.updated_ms,
             steps,
@@ -408,6 +484,7 @@ struct RawWorkflow {
     state: String,
     message: Option<String>,
     boot_id: Option<String>,
+    retry_of: Option<i64>,
     created_ms: i64,
     updated_ms: i64,
 }
@@ -421,8 +498,9 @@ fn workflow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawWorkflow> {
         state: r.get(4)?,
         message: r.get(5)?,
         boot_id: r.get(6)?,
-        created_ms: r.get(7)?,
-        updated_ms: r.get(8)?,
+        retry_of: r.get(7)?,
+        created_ms: r.get(8)?,
+        updated_ms: r.get(9)?,
     })
 }
 
@@ -478,6 +556,11 @@ impl Store {
     ) -> Result<(), WorkflowError> {
         self.write(move |db| Ok(db.finish_workflow(workflow, ok, &message, cause, &refs)))
             .await?
+    }
+
+    pub async fn retry_workflow(&self, server: &str) -> Result<WorkflowRecord, WorkflowError> {
+        let server = server.to_owned();
+        self.write(move |db| Ok(db.retry_workflow(&server))).await?
     }
 
     pub async fn workflow(&self, id: i64) -> Result<Option<WorkflowRecord>> {
