@@ -48,6 +48,26 @@ async fn until_step(
     .await
 }
 
+/// Claims the server, then releases it with an erase that fails: it ends in error.
+async fn claim_then_fail_the_erase(
+    client: &molar_controller::client::Client,
+    id: &str,
+    m: &Machine,
+) -> WorkflowRecord {
+    let wf = client.claim(id, &claim_params()).await.unwrap();
+    until_state(client, id, S::Reserved).await;
+    m.fail_erase
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    m.erase_gate.add_permits(1);
+    let release = ReleaseParams {
+        in_ramdisk: true,
+        ..Default::default()
+    };
+    client.release(id, &release).await.unwrap();
+    until_state(client, id, S::Error).await;
+    wf
+}
+
 fn claim_params() -> ClaimParams {
     serde_json::from_value(json!({
         "image": {"id": "debian-13", "urls": ["http://127.0.0.1:9/debian.qcow2"],
@@ -190,22 +210,7 @@ async fn claim_and_release_walk_the_lifecycle_across_a_controller_restart() {
     );
 
     // A failing erase takes the server to Error with the step's reason.
-    let wf = client.claim(&id, &claim_params()).await.unwrap();
-    until_state(&client, &id, S::Reserved).await;
-    m.fail_erase
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    m.erase_gate.add_permits(1);
-    client
-        .release(
-            &id,
-            &ReleaseParams {
-                in_ramdisk: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    until_state(&client, &id, S::Error).await;
+    let wf = claim_then_fail_the_erase(&client, &id, &m).await;
     let last = client
         .history(&id, 0, 100)
         .await
@@ -250,22 +255,7 @@ async fn claim_and_release_walk_the_lifecycle_across_a_controller_restart() {
     let e = client.retry(&id).await.unwrap_err();
     assert_eq!(e.code(), "not_retriable", "{e}");
     // From Error, maintenance is the way back too.
-    client.claim(&id, &claim_params()).await.unwrap();
-    until_state(&client, &id, S::Reserved).await;
-    m.fail_erase
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    m.erase_gate.add_permits(1);
-    client
-        .release(
-            &id,
-            &ReleaseParams {
-                in_ramdisk: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    until_state(&client, &id, S::Error).await;
+    claim_then_fail_the_erase(&client, &id, &m).await;
     client
         .maintenance(&id, true, Some("disk replaced"))
         .await

@@ -78,6 +78,24 @@ async fn until_all(
     }
 }
 
+/// Runs `f` for every server, 64 at once; fails naming how many were refused.
+async fn for_all<F, Fut>(ids: &[String], what: &str, f: F) -> Result<()>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let refused = futures::stream::iter(ids.iter().cloned())
+        .map(f)
+        .buffer_unordered(64)
+        .filter(|ok| std::future::ready(!ok))
+        .count()
+        .await;
+    if refused > 0 {
+        bail!("{refused} {what} refused");
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -128,19 +146,11 @@ async fn run(n: usize) -> Result<()> {
             "checksum": format!("sha256:{}", "ab".repeat(32))},
         "device": "/dev/vda"}))?;
     let claim_started = Instant::now();
-    let refused: usize = futures::stream::iter(ids.iter())
-        .map(|id| {
-            let (client, claim) = (client.clone(), claim.clone());
-            async move { client.claim(id, &claim).await.is_err() as usize }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .sum();
-    if refused > 0 {
-        bail!("{refused} claims refused");
-    }
+    for_all(&ids, "claims", |id| {
+        let (client, claim) = (client.clone(), claim.clone());
+        async move { client.claim(&id, &claim).await.is_ok() }
+    })
+    .await?;
     let claimed = until_all(&client, ServerState::Reserved, n, Duration::from_secs(600)).await?;
     println!(
         "claim: {n} servers available → reserved (prepare_image, run_image) in {:.1} s",
@@ -154,19 +164,11 @@ async fn run(n: usize) -> Result<()> {
         in_ramdisk: true,
         ..Default::default()
     };
-    let refused: usize = futures::stream::iter(ids.iter())
-        .map(|id| {
-            let (client, release) = (client.clone(), release.clone());
-            async move { client.release(id, &release).await.is_err() as usize }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .sum();
-    if refused > 0 {
-        bail!("{refused} releases refused");
-    }
+    for_all(&ids, "releases", |id| {
+        let (client, release) = (client.clone(), release.clone());
+        async move { client.release(&id, &release).await.is_ok() }
+    })
+    .await?;
     // Every erase is running on its agent: kill the controller half-way through the walk.
     let wait = Instant::now();
     while machines.iter().any(|m| m.calls(DiskErase::NAME).is_empty()) {
