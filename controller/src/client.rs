@@ -3,9 +3,9 @@
 
 use crate::api::{
     CallRequest, CallResponse, ConditionSet, ConditionStatusAnswer, ControlQueued, ControlRequest,
-    CreatedToken, EventPage, LogPage, MaintenanceRequest, ReenrolRequest, Reenrolled,
-    RemovedServer, RequestList, ServerList, ServerView, TaskList, TaskRequest, TaskStarted,
-    TokenList, TokenRequest, TransitionPage, WorkflowList,
+    CreatedToken, EventPage, LogPage, MaintenanceAnswer, MaintenanceRequest, ReenrolRequest,
+    Reenrolled, RemovedServer, RequestList, ServerList, ServerView, TaskList, TaskRequest,
+    TaskStarted, TokenList, TokenRequest, TransitionPage, WorkflowList,
 };
 use crate::store::{
     RequestRecord, TaskEvent, TaskRecord, TokenRecord, TokenScope, Transition, WorkflowRecord,
@@ -414,8 +414,18 @@ impl Client {
         let req = MaintenanceRequest {
             on,
             reason: reason.map(str::to_owned),
+            firmware: None,
         };
-        self.post(&format!("/servers/{}/maintenance", segment(server)), &req)
+        Ok(self.maintenance_with(server, &req).await?.transition)
+    }
+
+    /// [`Client::maintenance`] with every option (a firmware plan run in maintenance).
+    pub async fn maintenance_with(
+        &self,
+        server: &str,
+        req: &MaintenanceRequest,
+    ) -> Result<MaintenanceAnswer> {
+        self.post(&format!("/servers/{}/maintenance", segment(server)), req)
             .await
     }
 

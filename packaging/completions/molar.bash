@@ -1487,12 +1487,16 @@ _molar() {
             return 0
             ;;
         molar__subcmd__maintenance)
-            opts="-h --reason --state-dir --api --token-file --ca --json --help on off"
+            opts="-h --firmware --reason --state-dir --api --token-file --ca --json --help on off"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --firmware)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --reason)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

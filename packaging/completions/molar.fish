@@ -364,6 +364,7 @@ complete -c molar -n "__fish_molar_using_subcommand transitions" -l ca -d 'CA ce
 complete -c molar -n "__fish_molar_using_subcommand transitions" -s w -l watch -l follow -d 'Keep printing new changes'
 complete -c molar -n "__fish_molar_using_subcommand transitions" -l json -d 'Print JSON instead of tables and text'
 complete -c molar -n "__fish_molar_using_subcommand transitions" -s h -l help -d 'Print help'
+complete -c molar -n "__fish_molar_using_subcommand maintenance" -l firmware -d 'With `on`: a decom.firmware_secure plan (a JSON file) run in maintenance' -r -F
 complete -c molar -n "__fish_molar_using_subcommand maintenance" -l reason -d 'Why, kept in the server\'s history' -r
 complete -c molar -n "__fish_molar_using_subcommand maintenance" -l state-dir -d 'Controller state directory [default: /var/lib/molar]: `serve` keeps everything there (its config file\'s `state-dir` may name another); clients read api.url, admin.token and ca.pem from it unless --api/--token-file/--ca say otherwise' -r -F
 complete -c molar -n "__fish_molar_using_subcommand maintenance" -l api -d 'API URL, e.g. https://127.0.0.1:7701. For `serve`: the address the API listens on (default 127.0.0.1:7701)' -r

@@ -176,6 +176,36 @@ async fn servers_walk_the_lifecycle_with_a_history_and_refuse_what_the_table_ref
         let (s, c, b) = post(m.clone(), body).await;
         assert_eq!((s, c.as_str()), (status, code), "{body}: {b}");
     }
+    for (body, code) in [
+        (
+            r#"{"on":false,"firmware":{"components":[]}}"#,
+            "invalid_params",
+        ),
+        (
+            r#"{"on":true,"firmware":{"components":[],"yolo":1}}"#,
+            "invalid_params",
+        ),
+        (r#"{"on":true,"firmware":"all"}"#, "invalid_params"),
+    ] {
+        let (s, c, b) = post(m.clone(), body).await;
+        assert_eq!((s, c.as_str()), (400, code), "{body}: {b}");
+    }
+    // A plan is run in maintenance: the answer names its task.
+    let req = molar_controller::api::MaintenanceRequest {
+        on: true,
+        reason: Some("firmware baseline".into()),
+        firmware: Some(
+            serde_json::from_value(serde_json::json!({"components": [], "dry_run": true})).unwrap(),
+        ),
+    };
+    let a = client.maintenance_with(&id, &req).await.unwrap();
+    assert_eq!(a.transition.to, S::Maintenance);
+    let task = client
+        .task(a.firmware_task.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(task.method, "decom.firmware_secure");
+    client.maintenance(&id, false, None).await.unwrap();
     let long = format!(r#"{{"on":true,"reason":"{}"}}"#, "x".repeat(5000));
     let r = https
         .post(&m)
@@ -234,7 +264,7 @@ async fn servers_walk_the_lifecycle_with_a_history_and_refuse_what_the_table_ref
     assert_eq!(p.transitions.len(), 1);
     assert_eq!(
         client.history(&id, 0, 100).await.unwrap().transitions.len(),
-        5
+        7
     );
 
     // The history is the store's: a restart keeps it, and a reconnection adds nothing.
@@ -242,7 +272,7 @@ async fn servers_walk_the_lifecycle_with_a_history_and_refuse_what_the_table_ref
     ctl.restart().await;
     let client = ctl.client();
     let h = client.history(&id, 0, 100).await.unwrap();
-    assert_eq!(h.transitions.len(), 5);
+    assert_eq!(h.transitions.len(), 7);
     assert_eq!(
         client.server(&id, false).await.unwrap().server.state,
         S::Available

@@ -3,7 +3,8 @@
 //! as server-sent events resumable by event id.
 //!
 //! - `GET /servers/{id}/history?after=&limit=`: one server's transitions, oldest first.
-//! - `POST /servers/{id}/maintenance {on, reason}`: Available or Error → Maintenance, or
+//! - `POST /servers/{id}/maintenance {on, reason, firmware}`: Available or Error →
+//!   Maintenance (then the firmware plan, when given, as `decom.firmware_secure`), or
 //!   Maintenance → Available; refused with `illegal_transition` (409) from any other state.
 //! - `GET /transitions?after=&limit=&server=`: every server's transitions, by id.
 //! - `GET /transitions/stream?after=&server=`: the same followed live (`text/event-stream`,
@@ -15,6 +16,7 @@
 //!   `POST /servers/{id}/retry` re-runs a failed discovery or release from its failed step.
 
 use super::{ApiError, ApiResult, ApiState, parse_body, query_num, query_pairs, server_or_404};
+use crate::fleet::FleetError;
 use crate::lifecycle::Cause;
 use crate::store::{
     Refs, TRANSITIONS_LISTED_MAX, Transition, TransitionError, WORKFLOWS_LISTED_MAX, WorkflowError,
@@ -44,6 +46,20 @@ pub struct MaintenanceRequest {
     /// Why, kept in the history (1 to [`REASON_MAX`] printable characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// With `on`: a `decom.firmware_secure` plan started once the server is in maintenance
+    /// (its agent must be connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<molar_protocol::firmware::FirmwareParams>,
+}
+
+/// The answer of `POST /servers/{id}/maintenance`: the transition, and the firmware task
+/// started in maintenance when a plan was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceAnswer {
+    #[serde(flatten)]
+    pub transition: Transition,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_task: Option<String>,
 }
 
 /// Longest reason an operator can give, in bytes.
@@ -222,8 +238,17 @@ async fn maintenance(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiResult<Transition> {
+) -> ApiResult<MaintenanceAnswer> {
     let req: MaintenanceRequest = parse_body(&body)?;
+    if req.firmware.is_some() && !req.on {
+        return Err(ApiError::new(
+            codes::INVALID_PARAMS,
+            "firmware goes with on: updates run in maintenance",
+        ));
+    }
+    if req.firmware.is_some() && !st.fleet.is_connected(&id) {
+        return Err(FleetError::NotConnected(id).into());
+    }
     let reason = match &req.reason {
         Some(r) => {
             check_reason(r).map_err(|m| ApiError::new(codes::INVALID_PARAMS, m))?;
@@ -242,7 +267,21 @@ async fn maintenance(
         .transition_current(&id, cause, &reason, Refs::default())
         .await?;
     tracing::info!(server = %id, from = ?t.from, to = %t.to, "maintenance {}", if req.on { "on" } else { "off" });
-    Ok(axum::Json(t))
+    let firmware_task = match &req.firmware {
+        None => None,
+        // In maintenance now; a plan the agent refuses is the answer's error, and the
+        // server stays in maintenance for the operator.
+        Some(plan) => Some(
+            st.fleet
+                .start_task_method::<molar_protocol::catalogue::FirmwareSecure>(&id, plan)
+                .await?
+                .task_id,
+        ),
+    };
+    Ok(axum::Json(MaintenanceAnswer {
+        transition: t,
+        firmware_task,
+    }))
 }
 
 struct Follow {

@@ -25,7 +25,7 @@ mod control;
 mod lifecycle;
 mod qc;
 
-pub use lifecycle::{MaintenanceRequest, TransitionPage, WorkflowList};
+pub use lifecycle::{MaintenanceAnswer, MaintenanceRequest, TransitionPage, WorkflowList};
 pub use qc::QcCheckRequest;
 
 pub use control::{

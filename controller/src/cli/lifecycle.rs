@@ -52,22 +52,43 @@ where
     }
 }
 
-/// `molar maintenance SERVER on|off [--reason TEXT]`.
+/// `molar maintenance SERVER on|off [--firmware PLAN] [--reason TEXT]`.
 pub(super) async fn maintenance(
     cli: &Cli,
     server: &str,
     on: bool,
+    firmware: Option<&Path>,
     reason: Option<&str>,
 ) -> Result<(), Failure> {
+    let firmware = match firmware {
+        Some(p) => Some(
+            serde_json::from_value(json_file("--firmware", p)?)
+                .map_err(|e| Failure::new(EXIT_USAGE, format!("--firmware: {e}")))?,
+        ),
+        None => None,
+    };
+    let req = crate::api::MaintenanceRequest {
+        on,
+        reason: reason.map(str::to_owned),
+        firmware,
+    };
     let c = client(cli)?;
-    let t = c
-        .maintenance(server, on, reason)
+    let a = c
+        .maintenance_with(server, &req)
         .await
         .map_err(api_err(false))?;
     if cli.json {
-        return print_json(&t);
+        return print_json(&a);
     }
-    emit(&transition_line(&t))
+    emit(&transition_line(&a.transition))?;
+    if let Some(t) = &a.firmware_task {
+        emit(&format!(
+            "firmware task {}: follow it with `molar task show {}`",
+            sanitize(t),
+            sanitize(t)
+        ))?;
+    }
+    Ok(())
 }
 
 /// Reads a JSON file an operator names (`--image-spec`, `--config-drive`).

@@ -257,6 +257,9 @@ pub enum Command {
         server: String,
         #[arg(value_parser = ["on", "off"])]
         mode: String,
+        /// With `on`: a decom.firmware_secure plan (a JSON file) run in maintenance.
+        #[arg(long)]
+        firmware: Option<PathBuf>,
         /// Why, kept in the server's history.
         #[arg(long)]
         reason: Option<String>,
@@ -680,8 +683,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Maintenance {
             server,
             mode,
+            firmware,
             reason,
-        } => lifecycle::maintenance(cli, server, mode == "on", reason.as_deref()).await,
+        } => {
+            lifecycle::maintenance(
+                cli,
+                server,
+                mode == "on",
+                firmware.as_deref(),
+                reason.as_deref(),
+            )
+            .await
+        }
     }
 }
 
