@@ -446,6 +446,13 @@ impl Requests {
     async fn run(&self, r: &RequestRecord) {
         let (state, message) = match self.execute(r).await {
             Ok(msg) => (RequestState::Succeeded, msg),
+            // The controller stopping closed the agent's connection under the call: its
+            // outcome is unknown, so it stays active for the next start to recover (as a
+            // request interrupted any other way), not failed by the shutdown itself.
+            Err(msg) if self.shutdown.is_cancelled() => {
+                tracing::info!(request = r.id, server = %r.server_id, error = %msg, "left active: the controller is stopping");
+                return;
+            }
             Err(msg) => (RequestState::Failed, msg),
         };
         self.finish(r, state, message).await;

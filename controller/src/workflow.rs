@@ -93,6 +93,8 @@ pub const RELEASE_IN_RAMDISK_STEPS: &[&str] = &["erase"];
 
 /// How long a step may take before the workflow fails (a machine that never comes back).
 const STEP_DEADLINE: Duration = Duration::from_secs(6 * 3600);
+/// How long a request step waits for a path to a server with no BMC address (its agent).
+const PATH_WAIT: Duration = Duration::from_secs(120);
 /// How long the agent gets for `bmc.set_credentials`.
 const BMC_CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the release waits for the ramdisk after the power cycle.
@@ -542,7 +544,8 @@ impl Workflows {
         }
     }
 
-    /// A request step: queued once (its source is the step's tag), then waited for.
+    /// A request step: queued once (its source is the step's tag), then waited for; sent
+    /// once more only when a controller restart interrupted it.
     async fn request(
         &self,
         wf: &WorkflowRecord,
@@ -552,19 +555,39 @@ impl Workflows {
     ) -> Outcome {
         let store = &self.fleet.store;
         let source = tag(wf.id, step.seq);
-        let queued = match step.request_id {
-            Some(id) => Some(id),
-            None => store
-                .server_requests(&wf.server_id, crate::store::REQUESTS_LISTED_MAX)
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .find(|r| r.source == source)
-                .map(|r| r.id),
-        };
-        let id = match queued {
-            Some(id) => id,
-            None => {
+        // This step's requests, newest first (found by their source, so one queued just
+        // before a crash is found too).
+        let mine: Vec<_> = store
+            .server_requests(&wf.server_id, crate::store::REQUESTS_LISTED_MAX)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|r| r.source == source)
+            .collect();
+        // A request the controller's restart interrupted has an unknown outcome: it is sent
+        // once more (a boot device set twice, or a second power cycle of a machine that is
+        // being cleaned, is harmless; a lost step is not).
+        let interrupted = mine.first().is_some_and(|r| {
+            r.state == RequestState::Failed
+                && r.message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with(crate::requests::RESTARTED))
+        });
+        let id = match mine.first() {
+            Some(r) if !(interrupted && mine.len() < 2) => r.id,
+            _ => {
+                if interrupted {
+                    tracing::info!(workflow = wf.id, step = %step.name, "sending a request again: the controller restarted while it ran");
+                }
+                // Without a BMC address the request goes in-band: an agent reconnecting
+                // after a controller restart is waited for rather than failing the step.
+                let oob = store
+                    .bmc_target(&wf.server_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if oob.is_none() {
+                    self.connected(&wf.server_id, PATH_WAIT).await?;
+                }
                 let rec = self
                     .requests
                     .submit(

@@ -22,6 +22,9 @@ pub struct Machine {
     pub calls: Arc<Mutex<Vec<(String, Value)>>>,
     pub erase_gate: Arc<Semaphore>,
     pub fail_erase: Arc<std::sync::atomic::AtomicBool>,
+    /// A chassis method that, once asked, answers only when `held` gets a permit.
+    pub hold: Arc<Mutex<Option<&'static str>>>,
+    pub held: Arc<Semaphore>,
 }
 
 impl Default for Machine {
@@ -30,6 +33,8 @@ impl Default for Machine {
             calls: Arc::default(),
             erase_gate: Arc::new(Semaphore::new(0)),
             fail_erase: Arc::default(),
+            hold: Arc::default(),
+            held: Arc::new(Semaphore::new(0)),
         }
     }
 }
@@ -44,6 +49,15 @@ impl Machine {
             .map(|(_, p)| p.clone())
             .collect()
     }
+    /// Records a chassis call, then waits while that method is held.
+    async fn chassis(&self, method: &'static str, p: &Value) {
+        self.record(method, p);
+        let held = *self.hold.lock().unwrap() == Some(method);
+        if held && let Ok(permit) = self.held.acquire().await {
+            permit.forget();
+        }
+    }
+
     fn record(&self, method: &str, p: &Value) {
         self.calls
             .lock()
@@ -101,7 +115,7 @@ pub fn methods(root: &std::path::Path, m: &Machine) -> Methods {
     methods.call(ChassisPower::NAME, move |p| {
         let mm = mm.clone();
         async move {
-            mm.record(ChassisPower::NAME, &p);
+            mm.chassis(ChassisPower::NAME, &p).await;
             Ok(json!({"action": p["action"], "status": {"power_on": true,
                 "power_overload": false, "power_interlock": false, "power_fault": false,
                 "power_control_fault": false, "restore_policy": "previous", "intrusion": false,
@@ -112,7 +126,7 @@ pub fn methods(root: &std::path::Path, m: &Machine) -> Methods {
     methods.call(ChassisBootDevice::NAME, move |p| {
         let mm = mm.clone();
         async move {
-            mm.record(ChassisBootDevice::NAME, &p);
+            mm.chassis(ChassisBootDevice::NAME, &p).await;
             Ok(json!({"device": p["device"], "persistent": false, "efi": false}))
         }
     });
