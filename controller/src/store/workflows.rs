@@ -364,7 +364,21 @@ impl Db {
             .map_err(q(WHAT))?;
         // A retry that fails again leaves the server in error: the workflow says why.
         if !(cause == Cause::Failed && current == ServerState::Error.as_str()) {
-            super::lifecycle::apply_current(&tx, &server, cause, message, refs)?;
+            match super::lifecycle::apply_current(&tx, &server, cause, message, refs) {
+                Ok(_) => {}
+                // The server moved on under the workflow: it ends failed (never running
+                // forever, which would block the server's next workflow), saying why.
+                Err(e @ (TransitionError::Illegal(_) | TransitionError::Conflict { .. })) => {
+                    tx.execute(
+                        "UPDATE workflows SET state = 'failed', message = ?2 WHERE id = ?1",
+                        params![workflow, format!("{message}; not applied: {e}")],
+                    )
+                    .map_err(q(WHAT))?;
+                    tx.commit().map_err(q(WHAT))?;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         tx.commit().map_err(q(WHAT))?;
         Ok(())
@@ -661,6 +675,52 @@ mod tests {
             db.get_server(&id).unwrap().unwrap().state,
             ServerState::Reserved
         );
+        // A workflow whose server moved on ends failed, not running forever.
+        let stuck = db
+            .create_workflow(
+                &id,
+                WorkflowKind::Release,
+                &json!({}),
+                &["erase"],
+                ServerState::Reserved,
+                Some((Cause::Released, "released")),
+                Cause::Cleaned,
+            )
+            .unwrap();
+        db.transition(
+            &id,
+            ServerState::Cleanup,
+            Cause::Failed,
+            "operator",
+            &Refs::default(),
+        )
+        .unwrap();
+        let e = db
+            .finish_workflow(stuck.id, true, "cleaned", Cause::Cleaned, &Refs::default())
+            .unwrap_err();
+        assert!(
+            matches!(e, WorkflowError::Transition(TransitionError::Illegal(_))),
+            "{e}"
+        );
+        let stuck = db.workflow(stuck.id).unwrap().unwrap();
+        assert_eq!(stuck.state, StepState::Failed);
+        assert!(stuck.message.unwrap().contains("not applied"));
+        db.transition(
+            &id,
+            ServerState::Error,
+            Cause::Resolved,
+            "fixed",
+            &Refs::default(),
+        )
+        .unwrap();
+        db.transition(
+            &id,
+            ServerState::Available,
+            Cause::Claimed,
+            "again",
+            &Refs::default(),
+        )
+        .unwrap();
         // A finished workflow cannot be finished again.
         assert!(
             db.finish_workflow(wf.id, true, "again", Cause::Claimed, &Refs::default())
@@ -698,7 +758,7 @@ mod tests {
         let listed = db.server_workflows(&id, 10).unwrap();
         assert_eq!(
             listed.iter().map(|w| w.id).collect::<Vec<_>>(),
-            [rel.id, wf.id]
+            [rel.id, stuck.id, wf.id]
         );
         assert_eq!(
             listed[0].message.as_deref(),
