@@ -69,12 +69,14 @@ pub struct BmcCredentials {
 impl Db {
     /// Stores (or replaces) the server's BMC entry.
     pub fn set_bmc(&self, server_id: &str, c: &BmcCredentials) -> Result<()> {
+        let sealed = self.key.seal(server_id, c.password.expose())?;
         self.conn
             .execute(
-                "INSERT INTO bmcs (server_id, mac, ip, username, password, user_id, source, updated_ms)
+                "INSERT INTO bmcs (server_id, mac, ip, username, password_sealed, user_id, source,
+                    updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT(server_id) DO UPDATE SET mac = excluded.mac, ip = excluded.ip,
-                   username = excluded.username, password = excluded.password,
+                   username = excluded.username, password_sealed = excluded.password_sealed,
                    user_id = excluded.user_id, source = excluded.source,
                    updated_ms = excluded.updated_ms",
                 params![
@@ -82,7 +84,7 @@ impl Db {
                     c.mac,
                     c.ip,
                     c.username,
-                    c.password.expose(),
+                    sealed,
                     c.user_id,
                     c.source,
                     now_ms()
@@ -138,13 +140,30 @@ impl Db {
         let p: Option<String> = self
             .conn
             .query_row(
-                "SELECT password FROM bmcs WHERE server_id = ?1",
+                "SELECT password_sealed FROM bmcs WHERE server_id = ?1",
                 [server_id],
                 |r| r.get(0),
             )
             .optional()
             .map_err(q("reading a BMC password"))?;
-        Ok(p.map(molar_protocol::Secret::new))
+        p.map(|p| self.key.open(server_id, &p)).transpose()
+    }
+
+    /// Refuses a key that does not open every stored password (a wrong or replaced key
+    /// file): the controller stops before anything is overwritten.
+    pub fn check_bmc_key(&self) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT server_id, password_sealed FROM bmcs")
+            .map_err(q("checking BMC passwords"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(q("checking BMC passwords"))?;
+        for row in rows {
+            let (id, sealed) = row.map_err(q("checking BMC passwords"))?;
+            self.key.open(&id, &sealed)?;
+        }
+        Ok(())
     }
 
     /// Sets where the server's BMC is reached (an operator's `HOST[:PORT]`); `false` when
@@ -179,7 +198,7 @@ impl Db {
         let row: Option<Row> = self
             .conn
             .query_row(
-                "SELECT host, port, ip, username, password, allow_ipmi15, protocol, tls_ca_pem,
+                "SELECT host, port, ip, username, password_sealed, allow_ipmi15, protocol, tls_ca_pem,
                     tls_fingerprint, tls_insecure
                  FROM bmcs WHERE server_id = ?1",
                 [server_id],
@@ -236,7 +255,7 @@ impl Db {
             host,
             port,
             username,
-            password: molar_protocol::Secret::new(password),
+            password: self.key.open(server_id, &password)?,
             allow_ipmi15,
             protocol,
             trust,

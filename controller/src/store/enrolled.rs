@@ -99,6 +99,7 @@ impl Db {
         new_id: &mut dyn FnMut() -> String,
     ) -> Result<Result<ServerRecord, EnrolRefusal>> {
         let what = "enrolling a server";
+        let key = self.key.clone();
         let tx = self.write_tx().map_err(q(what))?;
         let taken: Option<String> = tx
             .query_row("SELECT id FROM servers WHERE name = ?1", [&e.name], |r| {
@@ -142,8 +143,9 @@ impl Db {
         )
         .map_err(q(what))?;
         super::lifecycle::created(&tx, &id, super::ServerState::Initial, "enrolled by its BMC")?;
+        let sealed = key.seal(&id, e.password.expose())?;
         tx.execute(
-            "INSERT INTO bmcs (server_id, mac, ip, username, password, user_id, source,
+            "INSERT INTO bmcs (server_id, mac, ip, username, password_sealed, user_id, source,
                 updated_ms, host, port, protocol, allow_ipmi15, cipher_suite, system_guid,
                 verified_ms, tls_ca_pem, tls_fingerprint, tls_insecure, oob_inventory,
                 oob_inventory_ms)
@@ -153,7 +155,7 @@ impl Db {
                 id,
                 e.bmc_mac.as_deref().map(str::to_ascii_lowercase),
                 e.username,
-                e.password.expose(),
+                sealed,
                 now,
                 e.host,
                 e.port,

@@ -19,6 +19,7 @@ mod lifecycle;
 mod logs;
 mod requests;
 mod retention;
+mod sealing;
 mod servers;
 mod stats;
 mod tasks;
@@ -36,6 +37,7 @@ pub use lifecycle::{Refs, TRANSITIONS_LISTED_MAX, Transition, TransitionError};
 pub use logs::LogEntry;
 pub use requests::{NewRequest, REQUESTS_LISTED_MAX, RequestPath, RequestRecord, RequestState};
 pub use retention::{Pruned, Retention};
+pub use sealing::{BmcKey, KEY_FILE};
 pub use servers::{
     Binding, ConnectionRecord, Registration, Removed, ServerRecord, ServerState, SessionGrant,
 };
@@ -283,7 +285,15 @@ CREATE TABLE workflow_steps (
     PRIMARY KEY (workflow_id, seq)
 );
 "#,
+    SEAL_STEP,
 ];
+
+/// BMC passwords encrypted at rest (issue #15): the column is renamed so nothing reads a
+/// clear-text password by mistake, and [`migrate`] seals every existing password in the same
+/// transaction ([`sealing::seal_clear`]).
+const SEAL_STEP: &str = r#"
+ALTER TABLE bmcs RENAME COLUMN password TO password_sealed;
+"#;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +329,8 @@ pub enum StoreError {
     Thread { source: std::io::Error },
     #[error("the store thread has stopped")]
     Stopped,
+    #[error("BMC password key {path}: {msg}")]
+    Key { path: PathBuf, msg: String },
     #[error("stored {what} is corrupt: {msg}")]
     Corrupt { what: &'static str, msg: String },
 }
@@ -356,6 +368,8 @@ const QUEUE: usize = 4096;
 /// their queries on it; async code reaches it only through [`Store`].
 pub struct Db {
     conn: Connection,
+    /// Seals and opens BMC passwords ([`sealing`]).
+    key: std::sync::Arc<BmcKey>,
     /// What [`retention`] must look at next (written by the writer's own methods).
     touched: retention::Touched,
 }
@@ -409,7 +423,31 @@ impl Db {
             path: path.clone(),
             source,
         })?;
-        Self::init(conn, &path, false)
+        // A new key only for a database that holds no sealed password: a lost key file must
+        // not be silently replaced.
+        let sealed = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('bmcs') WHERE name = 'password_sealed'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .and_then(|n| match n {
+                0 => Ok(0),
+                _ => conn.query_row("SELECT count(*) FROM bmcs", [], |r| r.get::<_, i64>(0)),
+            })
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let key = std::sync::Arc::new(BmcKey::load(dir, sealed == 0)?);
+        let db = Self::init(conn, &path, false, key)?;
+        db.check_bmc_key()?;
+        Ok(db)
+    }
+
+    /// The key this database's BMC passwords are sealed with (for its reader).
+    pub fn bmc_key(&self) -> std::sync::Arc<BmcKey> {
+        self.key.clone()
     }
 
     /// `dir/molar.db`, created owner-only if missing.
@@ -436,12 +474,12 @@ impl Db {
     }
 
     /// A second connection, for reads only, to a database [`Db::open`] prepared.
-    fn open_reader(path: &Path) -> Result<Db> {
+    fn open_reader(path: &Path, key: std::sync::Arc<BmcKey>) -> Result<Db> {
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: path.to_owned(),
             source,
         })?;
-        Self::init(conn, path, true)
+        Self::init(conn, path, true, key)
     }
 
     /// A throwaway in-memory database (tests).
@@ -451,10 +489,15 @@ impl Db {
             path: path.clone(),
             source,
         })?;
-        Self::init(conn, &path, false)
+        Self::init(conn, &path, false, std::sync::Arc::new(BmcKey::ephemeral()))
     }
 
-    fn init(mut conn: Connection, path: &Path, reader: bool) -> Result<Db> {
+    fn init(
+        mut conn: Connection,
+        path: &Path,
+        reader: bool,
+        key: std::sync::Arc<BmcKey>,
+    ) -> Result<Db> {
         let open = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -472,10 +515,11 @@ impl Db {
                 .map_err(open)?;
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(open)?;
-            migrate(&mut conn)?;
+            migrate(&mut conn, &key)?;
         }
         Ok(Db {
             conn,
+            key,
             touched: retention::Touched::default(),
         })
     }
@@ -532,7 +576,7 @@ impl Store {
     /// store threads. They end when the last handle is dropped.
     pub fn open(dir: &Path) -> Result<Store> {
         let db = Db::open(dir)?;
-        let reader = Db::open_reader(&dir.join("molar.db"))?;
+        let reader = Db::open_reader(&dir.join("molar.db"), db.bmc_key())?;
         Ok(Store {
             writer: spawn("molar-store", db)?,
             reader: Some(spawn("molar-store-read", reader)?),
@@ -579,7 +623,7 @@ impl Store {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+fn migrate(conn: &mut Connection, key: &BmcKey) -> Result<()> {
     let found: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|source| StoreError::Migrate { version: 0, source })?;
@@ -594,6 +638,9 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         let err = |source| StoreError::Migrate { version, source };
         let tx = conn.transaction().map_err(err)?;
         tx.execute_batch(step).map_err(err)?;
+        if *step == SEAL_STEP {
+            sealing::seal_clear(&tx, key).map_err(err)?;
+        }
         tx.pragma_update(None, "user_version", version as i64)
             .map_err(err)?;
         tx.commit().map_err(err)?;
