@@ -452,6 +452,16 @@ impl Client {
             .await
     }
 
+    /// Every BMC entry (without passwords).
+    pub async fn bmcs(&self) -> Result<Vec<crate::store::BmcRecord>> {
+        Ok(self.get::<crate::api::BmcList>("/bmcs").await?.bmcs)
+    }
+
+    /// A server's BMC entry (without its password).
+    pub async fn bmc(&self, server: &str) -> Result<crate::store::BmcRecord> {
+        self.get(&format!("/servers/{}/bmc", segment(server))).await
+    }
+
     /// Retries the server's failed discovery or release from its failed step.
     pub async fn retry(&self, server: &str) -> Result<WorkflowRecord> {
         self.post(

@@ -16,6 +16,9 @@ _molar() {
             ",$1")
                 cmd="molar"
                 ;;
+            molar,bmc)
+                cmd="molar__subcmd__bmc"
+                ;;
             molar,bmc-reset)
                 cmd="molar__subcmd__bmc__subcmd__reset"
                 ;;
@@ -97,6 +100,24 @@ _molar() {
             molar,workflows)
                 cmd="molar__subcmd__workflows"
                 ;;
+            molar__subcmd__bmc,help)
+                cmd="molar__subcmd__bmc__subcmd__help"
+                ;;
+            molar__subcmd__bmc,list)
+                cmd="molar__subcmd__bmc__subcmd__list"
+                ;;
+            molar__subcmd__bmc,show)
+                cmd="molar__subcmd__bmc__subcmd__show"
+                ;;
+            molar__subcmd__bmc__subcmd__help,help)
+                cmd="molar__subcmd__bmc__subcmd__help__subcmd__help"
+                ;;
+            molar__subcmd__bmc__subcmd__help,list)
+                cmd="molar__subcmd__bmc__subcmd__help__subcmd__list"
+                ;;
+            molar__subcmd__bmc__subcmd__help,show)
+                cmd="molar__subcmd__bmc__subcmd__help__subcmd__show"
+                ;;
             molar__subcmd__config,check)
                 cmd="molar__subcmd__config__subcmd__check"
                 ;;
@@ -114,6 +135,9 @@ _molar() {
                 ;;
             molar__subcmd__config__subcmd__help,help)
                 cmd="molar__subcmd__config__subcmd__help__subcmd__help"
+                ;;
+            molar__subcmd__help,bmc)
+                cmd="molar__subcmd__help__subcmd__bmc"
                 ;;
             molar__subcmd__help,bmc-reset)
                 cmd="molar__subcmd__help__subcmd__bmc__subcmd__reset"
@@ -195,6 +219,12 @@ _molar() {
                 ;;
             molar__subcmd__help,workflows)
                 cmd="molar__subcmd__help__subcmd__workflows"
+                ;;
+            molar__subcmd__help__subcmd__bmc,list)
+                cmd="molar__subcmd__help__subcmd__bmc__subcmd__list"
+                ;;
+            molar__subcmd__help__subcmd__bmc,show)
+                cmd="molar__subcmd__help__subcmd__bmc__subcmd__show"
                 ;;
             molar__subcmd__help__subcmd__config,check)
                 cmd="molar__subcmd__help__subcmd__config__subcmd__check"
@@ -323,8 +353,38 @@ _molar() {
 
     case "${cmd}" in
         molar)
-            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config policy token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release retry workflows requests help"
+            opts="-h -V --state-dir --api --token-file --ca --json --help --version serve config bmc policy token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release retry workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__bmc)
+            opts="-h --state-dir --api --token-file --ca --json --help list show help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -363,6 +423,122 @@ _molar() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__bmc__subcmd__help)
+            opts="list show help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__bmc__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__bmc__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__bmc__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__bmc__subcmd__list)
+            opts="-h --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__bmc__subcmd__show)
+            opts="-h --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -829,8 +1005,22 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help)
-            opts="serve config policy token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release retry workflows requests help"
+            opts="serve config bmc policy token servers server call task tasks logs console console-token qc events power bootdev bmc-reset identify history transitions maintenance claim release retry workflows requests help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__bmc)
+            opts="list show"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -845,6 +1035,34 @@ _molar() {
         molar__subcmd__help__subcmd__bmc__subcmd__reset)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__bmc__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__bmc__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

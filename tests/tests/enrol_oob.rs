@@ -125,6 +125,28 @@ async fn a_server_is_enrolled_by_its_bmc_verified_first() {
     assert_eq!(code, 0);
     assert!(out.contains("bmc address:   127.0.0.1:"), "{out}");
     assert!(!out.contains("sekrit"));
+    // The BMC table (seed 004): listed and shown, never with the password.
+    let listed = client.bmcs().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].source, "operator");
+    assert_eq!(client.bmc("rack1-07").await.unwrap(), listed[0]);
+    let (code, out, _) = molar(&ctl, &["bmc", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("rack1-07") || out.contains(&listed[0].server_id),
+        "{out}"
+    );
+    assert!(out.contains("operator") && out.contains(BMC_MAC), "{out}");
+    assert!(!out.contains("sekrit"));
+    let (code, out, _) = molar(&ctl, &["--json", "bmc", "show", "rack1-07"]);
+    assert_eq!(code, 0);
+    assert!(
+        !out.contains("sekrit") && out.contains("\"username\""),
+        "{out}"
+    );
+    let (code, _, err) = molar(&ctl, &["bmc", "show", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
 
     // The name and the BMC are taken now.
     let e = client

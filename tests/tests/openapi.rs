@@ -189,6 +189,8 @@ const CLI: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/servers/{id}/release", "release"),
     ("GET", "/api/v1/servers/{id}/workflows", "workflows"),
     ("POST", "/api/v1/servers/{id}/retry", "retry"),
+    ("GET", "/api/v1/bmcs", "bmc list"),
+    ("GET", "/api/v1/servers/{id}/bmc", "bmc show"),
     ("GET", "/api/v1/transitions", "transitions"),
     (
         "GET",

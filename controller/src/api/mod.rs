@@ -21,10 +21,12 @@ pub use console::{
     text_stream_response,
 };
 
+mod bmc;
 mod control;
 mod lifecycle;
 mod qc;
 
+pub use bmc::BmcList;
 pub use lifecycle::{MaintenanceAnswer, MaintenanceRequest, TransitionPage, WorkflowList};
 pub use qc::QcCheckRequest;
 
@@ -383,7 +385,8 @@ pub fn router(
         .merge(console::routes())
         .merge(control::routes())
         .merge(qc::routes())
-        .merge(lifecycle::routes());
+        .merge(lifecycle::routes())
+        .merge(bmc::routes());
     let routed = Router::new()
         .nest("/api/v1", api)
         .merge(obmd::routes())

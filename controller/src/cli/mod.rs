@@ -108,6 +108,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The BMC table (seed 004): where each server's BMC is, its user, how the
+    /// credentials were set and when they last worked (never the password).
+    Bmc {
+        #[command(subcommand)]
+        command: BmcCommand,
+    },
     /// The fleet policy file (chassis models, image catalogue, defaults).
     Policy {
         #[command(subcommand)]
@@ -387,6 +393,14 @@ pub enum ConfigCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BmcCommand {
+    /// List every BMC entry.
+    List,
+    /// Show one server's BMC entry.
+    Show { server: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Read and check a policy file as `molar serve --policy` would, and summarise it
     /// (exit 2 when wrong, naming the line).
@@ -538,6 +552,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve(args) => serve::run(cli, args).await,
         Command::Config { command } => serve::config(cli, command),
         Command::Token { command } => tokens::run(cli, command).await,
+        Command::Bmc { command } => lifecycle::bmc(cli, command).await,
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => lifecycle::policy_check(cli, file),

@@ -96,43 +96,55 @@ impl Db {
 
     /// The server's BMC entry, without its password.
     pub fn bmc(&self, server_id: &str) -> Result<Option<BmcRecord>> {
-        self.conn
-            .query_row(
+        Ok(self.bmcs_where("WHERE server_id = ?1", [server_id])?.pop())
+    }
+
+    /// Every BMC entry, without passwords, by server id.
+    pub fn bmcs(&self) -> Result<Vec<BmcRecord>> {
+        self.bmcs_where("ORDER BY server_id", [])
+    }
+
+    fn bmcs_where(&self, clause: &str, p: impl rusqlite::Params) -> Result<Vec<BmcRecord>> {
+        let what = "reading BMC entries";
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
                 "SELECT server_id, mac, ip, username, user_id, source, updated_ms, host, port,
                     protocol, allow_ipmi15, cipher_suite, system_guid, verified_ms, verify_error,
                     tls_fingerprint, tls_ca_pem IS NOT NULL, tls_insecure, oob_inventory,
                     oob_inventory_ms
-                 FROM bmcs WHERE server_id = ?1",
-                [server_id],
-                |r| {
-                    Ok(BmcRecord {
-                        server_id: r.get(0)?,
-                        mac: r.get(1)?,
-                        ip: r.get(2)?,
-                        username: r.get(3)?,
-                        user_id: r.get(4)?,
-                        source: r.get(5)?,
-                        updated_ms: r.get(6)?,
-                        host: r.get(7)?,
-                        port: r.get(8)?,
-                        protocol: r.get(9)?,
-                        allow_ipmi15: r.get::<_, i64>(10)? != 0,
-                        cipher_suite: r.get(11)?,
-                        system_guid: r.get(12)?,
-                        verified_ms: r.get(13)?,
-                        verify_error: r.get(14)?,
-                        tls_fingerprint: r.get(15)?,
-                        tls_ca: r.get(16)?,
-                        tls_insecure: r.get(17)?,
-                        oob_inventory: r
-                            .get::<_, Option<String>>(18)?
-                            .and_then(|j| serde_json::from_str(&j).ok()),
-                        oob_inventory_ms: r.get(19)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(q("reading a BMC"))
+                 FROM bmcs {clause}"
+            ))
+            .map_err(q(what))?;
+        stmt.query_map(p, |r| {
+            Ok(BmcRecord {
+                server_id: r.get(0)?,
+                mac: r.get(1)?,
+                ip: r.get(2)?,
+                username: r.get(3)?,
+                user_id: r.get(4)?,
+                source: r.get(5)?,
+                updated_ms: r.get(6)?,
+                host: r.get(7)?,
+                port: r.get(8)?,
+                protocol: r.get(9)?,
+                allow_ipmi15: r.get::<_, i64>(10)? != 0,
+                cipher_suite: r.get(11)?,
+                system_guid: r.get(12)?,
+                verified_ms: r.get(13)?,
+                verify_error: r.get(14)?,
+                tls_fingerprint: r.get(15)?,
+                tls_ca: r.get(16)?,
+                tls_insecure: r.get(17)?,
+                oob_inventory: r
+                    .get::<_, Option<String>>(18)?
+                    .and_then(|j| serde_json::from_str(&j).ok()),
+                oob_inventory_ms: r.get(19)?,
+            })
+        })
+        .map_err(q(what))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(q(what))
     }
 
     /// The stored BMC password, for the controller's out-of-band use only.
@@ -323,6 +335,11 @@ impl Store {
     pub async fn set_bmc(&self, server_id: &str, c: BmcCredentials) -> Result<()> {
         let id = server_id.to_owned();
         self.write(move |db| db.set_bmc(&id, &c)).await
+    }
+
+    /// [`Db::bmcs`].
+    pub async fn bmcs(&self) -> Result<Vec<BmcRecord>> {
+        self.read(|db| db.bmcs()).await
     }
 
     /// The server's BMC entry, without its password.
