@@ -1,4 +1,4 @@
-//! `molar history`, `transitions`, `maintenance`, `claim`, `release` and `workflows`: the
+//! `molar history`, `transitions`, `maintenance`, `claim`, `release`, `retry` and `workflows`: the
 //! lifecycle of servers, read once or watched, and the operator's own transitions and
 //! workflows.
 
@@ -244,106 +244,6 @@ pub(crate) fn transition_line(t: &Transition) -> String {
         t.to,
         sanitize(&t.reason)
     )
-}
-
-/// `molar bmc list` and `molar bmc show SERVER`.
-pub(super) async fn bmc(cli: &Cli, command: &super::BmcCommand) -> Result<(), Failure> {
-    let c = client(cli)?;
-    let bmcs = match command {
-        super::BmcCommand::List => c.bmcs().await.map_err(api_err(false))?,
-        super::BmcCommand::Show { server } => {
-            let b = c.bmc(server).await.map_err(api_err(false))?;
-            if cli.json {
-                return print_json(&b);
-            }
-            vec![b]
-        }
-    };
-    if cli.json {
-        return print_json(&bmcs);
-    }
-    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    let rows = bmcs
-        .into_iter()
-        .map(|b| {
-            let addr = match (&b.host, &b.ip) {
-                (Some(h), _) => match b.port {
-                    Some(p) => format!("{h}:{p}"),
-                    None => h.clone(),
-                },
-                (None, Some(ip)) => ip.clone(),
-                _ => "-".into(),
-            };
-            let verified = match (&b.verify_error, b.verified_ms) {
-                (Some(e), _) => format!("FAILING: {e}"),
-                (None, Some(ms)) => format_time(ms),
-                (None, None) => "never".into(),
-            };
-            vec![
-                b.server_id,
-                b.protocol,
-                addr,
-                dash(b.mac),
-                b.username,
-                b.source,
-                verified,
-            ]
-        })
-        .collect();
-    super::output::table(
-        &[
-            "SERVER", "PROTOCOL", "ADDRESS", "MAC", "USER", "SOURCE", "VERIFIED",
-        ],
-        rows,
-    )
-}
-
-/// `molar policy check FILE`: the policy read and checked as `molar serve --policy` would.
-pub(super) fn policy_check(cli: &Cli, path: &Path) -> Result<(), Failure> {
-    let p =
-        crate::policy::Policy::load(path).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
-    if cli.json {
-        return print_json(&p);
-    }
-    emit(&format!(
-        "{}: {} chassis model(s), {} image(s), default erase {}",
-        path.display(),
-        p.chassis.len(),
-        p.images.len(),
-        p.defaults
-            .erase
-            .as_ref()
-            .and_then(|e| e.method)
-            .map_or("auto".to_owned(), |m| serde_json::to_value(m)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default())
-    ))?;
-    for c in &p.chassis {
-        let mut gets = Vec::new();
-        if c.qc.is_some() {
-            gets.push("qc");
-        }
-        if c.firmware.is_some() {
-            gets.push("firmware");
-        }
-        if c.erase.is_some() {
-            gets.push("erase");
-        }
-        emit(&format!(
-            "  chassis {}: {}",
-            sanitize(&c.name),
-            if gets.is_empty() {
-                "-".to_owned()
-            } else {
-                gets.join(", ")
-            }
-        ))?;
-    }
-    for i in &p.images {
-        emit(&format!("  image {}", sanitize(&i.id)))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

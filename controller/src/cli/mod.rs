@@ -12,11 +12,13 @@ macro_rules! outln {
     };
 }
 
+mod bmc;
 mod console;
 mod control;
 mod lifecycle;
 mod logs;
 pub(crate) mod output;
+mod policy;
 mod serve;
 mod servers;
 mod tasks;
@@ -552,10 +554,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve(args) => serve::run(cli, args).await,
         Command::Config { command } => serve::config(cli, command),
         Command::Token { command } => tokens::run(cli, command).await,
-        Command::Bmc { command } => lifecycle::bmc(cli, command).await,
+        Command::Bmc { command } => bmc::run(cli, command).await,
         Command::Policy {
             command: PolicyCommand::Check { file },
-        } => lifecycle::policy_check(cli, file),
+        } => policy::check(cli, file),
         Command::Servers => servers::list(cli).await,
         Command::Server {
             command:
