@@ -99,7 +99,7 @@ const BMC_CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(60);
 const RAMDISK_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 /// How an out-of-band request names a BMC's refusal of Set System Boot Options.
-const BOOT_OPTIONS_REFUSED: &str = "set system boot options refused";
+pub(crate) const BOOT_OPTIONS_REFUSED: &str = "set system boot options refused";
 
 /// Why a claim or a release was refused before it started.
 #[derive(Debug, thiserror::Error)]
