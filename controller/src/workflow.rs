@@ -100,6 +100,9 @@ const BMC_CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the release waits for the ramdisk after the power cycle.
 const RAMDISK_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
+/// How an out-of-band request names a BMC's refusal of Set System Boot Options.
+pub(crate) const BOOT_OPTIONS_REFUSED: &str = "set system boot options refused";
+
 /// Why a claim or a release was refused before it started.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -451,8 +454,18 @@ impl Workflows {
                 self.task::<DiskErase>(wf, step, v).await
             }
             "boot_pxe" => {
-                self.request(wf, step, "set_next_boot_device", Some("pxe"))
+                match self
+                    .request(wf, step, "set_next_boot_device", Some("pxe"))
                     .await
+                {
+                    // A BMC without boot overrides (ipmi_sim, some vendors' IPMI): the
+                    // server's own boot order decides, and the ramdisk step fails clearly
+                    // when that is not the network.
+                    Err(m) if m.contains(BOOT_OPTIONS_REFUSED) => Ok(format!(
+                        "the BMC refuses a boot override, its boot order decides: {m}"
+                    )),
+                    other => other,
+                }
             }
             "power_cycle" => {
                 // The boot it causes is the ramdisk's: it may replace the deployed system's

@@ -112,6 +112,16 @@ impl Controller {
         c
     }
 
+    /// Starts a controller whose certificate also names `sans`, with a policy file of `text`.
+    pub async fn start_with_sans_and_policy(sans: Vec<String>, text: &str) -> Controller {
+        let mut c = Self::start_with_sans(sans).await;
+        let path = c.state.path().join("policy.toml");
+        std::fs::write(&path, text).unwrap();
+        c.policy = Some(path);
+        c.restart().await;
+        c
+    }
+
     /// Starts a controller that also serves `/metrics` without a token on a loopback port.
     pub async fn start_with_metrics_listener() -> Controller {
         let mut c = Self::start().await;

@@ -340,6 +340,11 @@ mod tests {
             "BMC 192.0.2.1:623: set system boot options refused: invalid data field in request \
              (0xcc)"
         );
+        // The workflows' boot_pxe step recognises this refusal by its words.
+        assert!(
+            e.to_string()
+                .contains(crate::workflow::BOOT_OPTIONS_REFUSED)
+        );
         t.done();
     }
 
