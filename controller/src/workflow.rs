@@ -77,12 +77,12 @@ pub struct ReleaseParams {
     pub in_ramdisk: bool,
 }
 
-pub const DISCOVERY_STEPS: &[&str] = &["inventory", "bmc_credentials", "qc", "firmware"];
+pub const DISCOVERY_STEPS: &[&str] = &["store_inventory", "bmc_credentials", "qc", "firmware"];
 pub const DISCOVERY_ENROLLED_STEPS: &[&str] = &[
     "boot_pxe",
     "power_on",
     "ramdisk",
-    "inventory",
+    "store_inventory",
     "bmc_credentials",
     "qc",
     "firmware",
@@ -479,7 +479,7 @@ impl Workflows {
             }
             "ramdisk" => self.ramdisk(wf, step).await,
             "power_on" => self.request(wf, step, "set_power_state", Some("on")).await,
-            "inventory" => self.inventory(wf, step).await,
+            "store_inventory" => self.inventory(wf, step).await,
             "bmc_credentials" => self.bmc_credentials(wf, step).await,
             "qc" => {
                 let Some(spec) = self.chassis(wf).await.and_then(|c| c.qc.clone()) else {

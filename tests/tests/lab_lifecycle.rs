@@ -181,7 +181,7 @@ format = "qcow2"
             "boot_pxe",
             "power_on",
             "ramdisk",
-            "inventory",
+            "store_inventory",
             "bmc_credentials",
             "qc",
             "firmware",

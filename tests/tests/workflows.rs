@@ -522,7 +522,7 @@ qc = { cpu = { sockets = 8 } }
             .map(|s| (s.name.as_str(), s.state))
             .collect::<Vec<_>>(),
         [
-            ("inventory", StepState::Done),
+            ("store_inventory", StepState::Done),
             ("bmc_credentials", StepState::Done),
             ("qc", StepState::Done),
             ("firmware", StepState::Done),
@@ -573,7 +573,7 @@ qc = { cpu = { sockets = 8 } }
             .map(|s| (s.name.as_str(), s.state))
             .collect::<Vec<_>>(),
         [
-            ("inventory", StepState::Done),
+            ("store_inventory", StepState::Done),
             ("bmc_credentials", StepState::Done),
             ("qc", StepState::Pending),
             ("firmware", StepState::Pending),
