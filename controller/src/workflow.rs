@@ -384,6 +384,18 @@ impl Workflows {
                     },
                 };
                 let why = format!("{} failed at {}: {message}", wf.kind.as_str(), step.name);
+                if wf.kind == WorkflowKind::Discovery
+                    && step.name == "store_inventory"
+                    && wf.retry_of.is_none()
+                {
+                    // An agent that gives no inventory (gone, not ready, too old) leaves the
+                    // server in discovery: its next connection starts discovery again.
+                    tracing::warn!(workflow = wf.id, server = %wf.server_id, "{why}; still in discovery");
+                    if let Err(e) = self.fleet.store.abandon_workflow(wf.id, why).await {
+                        tracing::error!(workflow = wf.id, error = %e, "ending a workflow");
+                    }
+                    return;
+                }
                 self.finish(&wf, false, why, Cause::Failed, refs).await;
                 return;
             }

@@ -572,6 +572,21 @@ impl Store {
             .await?
     }
 
+    /// Ends a running workflow failed without changing its server's state.
+    pub async fn abandon_workflow(&self, workflow: i64, message: String) -> Result<()> {
+        self.write(move |db| {
+            db.conn
+                .execute(
+                    "UPDATE workflows SET state = 'failed', message = ?2, updated_ms = ?3
+                     WHERE id = ?1 AND state = 'running'",
+                    params![workflow, message, now_ms()],
+                )
+                .map(|_| ())
+                .map_err(q(WHAT))
+        })
+        .await
+    }
+
     pub async fn retry_workflow(&self, server: &str) -> Result<WorkflowRecord, WorkflowError> {
         let server = server.to_owned();
         self.write(move |db| Ok(db.retry_workflow(&server))).await?
