@@ -42,6 +42,23 @@ pub(super) struct AddTrust<'a> {
     pub insecure: bool,
 }
 
+/// A password from a file (`flag` names it in errors): its first line's ending is not part
+/// of it.
+pub(super) fn read_password_file(
+    flag: &str,
+    path: &Path,
+) -> Result<molar_protocol::Secret, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(
+            EXIT_USAGE,
+            format!("reading {flag} {}: {e}", path.display()),
+        )
+    })?;
+    let password = text.strip_suffix('\n').unwrap_or(&text);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    Ok(molar_protocol::Secret::new(password))
+}
+
 /// `molar server add NAME --bmc [redfish://|ipmi://]HOST[:PORT] --bmc-user U
 /// --bmc-password-file F [--bmc-ca FILE | --bmc-fingerprint SHA256 | --bmc-insecure]`.
 pub(super) async fn add(
@@ -68,24 +85,14 @@ pub(super) async fn add(
                 .map_err(|e| Failure::new(EXIT_USAGE, format!("--bmc-fingerprint: {e}")))?,
         ),
     };
-    let text = std::fs::read_to_string(password_file).map_err(|e| {
-        Failure::new(
-            EXIT_USAGE,
-            format!(
-                "reading --bmc-password-file {}: {e}",
-                password_file.display()
-            ),
-        )
-    })?;
-    let password = text.strip_suffix('\n').unwrap_or(&text);
-    let password = password.strip_suffix('\r').unwrap_or(password);
+    let password = read_password_file("--bmc-password-file", password_file)?;
     let req = crate::api::AddServer {
         name: name.to_owned(),
         bmc: crate::api::AddBmc {
             host,
             port,
             username: user.to_owned(),
-            password: molar_protocol::Secret::new(password),
+            password,
             allow_ipmi15,
             protocol,
             tls_ca_pem,
@@ -320,6 +327,8 @@ mod tests {
                 system_guid: None,
                 verified_ms: None,
                 verify_error: Some("refused\x1b[2J".into()),
+                checked_ms: None,
+                rotation_pending: false,
                 tls_fingerprint: None,
                 tls_ca: false,
                 tls_insecure: false,

@@ -16,8 +16,8 @@ pub struct BmcRecord {
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<i64>,
-    /// How the credentials were obtained: `in_band` (the agent set them) or `operator`
-    /// (`molar server add`).
+    /// How the credentials were obtained: `in_band` (the agent set them), `operator`
+    /// (`molar server add`, `molar bmc set`) or `rotated` (`molar bmc rotate` over LAN).
     pub source: String,
     pub updated_ms: i64,
     /// Where the controller reaches the BMC when it is not `ip` (an operator's address).
@@ -37,8 +37,16 @@ pub struct BmcRecord {
     /// When a session with these credentials last worked (Unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_ms: Option<i64>,
+    /// Why the last session check failed; `None` when it worked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_error: Option<String>,
+    /// When the credentials were last checked, working or not (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_ms: Option<i64>,
+    /// A rotation set a new password that is not confirmed yet (kept sealed beside the
+    /// current one until a session proves which works).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rotation_pending: bool,
     /// Redfish: the pinned fingerprint of the BMC's certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_fingerprint: Option<String>,
@@ -112,7 +120,7 @@ impl Db {
                 "SELECT server_id, mac, ip, username, user_id, source, updated_ms, host, port,
                     protocol, allow_ipmi15, cipher_suite, system_guid, verified_ms, verify_error,
                     tls_fingerprint, tls_ca_pem IS NOT NULL, tls_insecure, oob_inventory,
-                    oob_inventory_ms
+                    oob_inventory_ms, checked_ms, pending_sealed IS NOT NULL
                  FROM bmcs {clause}"
             ))
             .map_err(q(what))?;
@@ -140,6 +148,8 @@ impl Db {
                     .get::<_, Option<String>>(18)?
                     .and_then(|j| serde_json::from_str(&j).ok()),
                 oob_inventory_ms: r.get(19)?,
+                checked_ms: r.get(20)?,
+                rotation_pending: r.get(21)?,
             })
         })
         .map_err(q(what))?
@@ -166,7 +176,11 @@ impl Db {
     pub fn check_bmc_key(&self) -> Result<()> {
         let mut stmt = self
             .conn
-            .prepare("SELECT server_id, password_sealed FROM bmcs")
+            .prepare(
+                "SELECT server_id, password_sealed FROM bmcs
+                 UNION ALL SELECT server_id, pending_sealed FROM bmcs
+                    WHERE pending_sealed IS NOT NULL",
+            )
             .map_err(q("checking BMC passwords"))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))

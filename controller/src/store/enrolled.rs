@@ -148,9 +148,9 @@ impl Db {
             "INSERT INTO bmcs (server_id, mac, ip, username, password_sealed, user_id, source,
                 updated_ms, host, port, protocol, allow_ipmi15, cipher_suite, system_guid,
                 verified_ms, tls_ca_pem, tls_fingerprint, tls_insecure, oob_inventory,
-                oob_inventory_ms)
+                oob_inventory_ms, checked_ms)
              VALUES (?1, ?2, NULL, ?3, ?4, NULL, 'operator', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?5,
-                ?12, ?13, ?14, ?15, CASE WHEN ?15 IS NULL THEN NULL ELSE ?5 END)",
+                ?12, ?13, ?14, ?15, CASE WHEN ?15 IS NULL THEN NULL ELSE ?5 END, ?5)",
             params![
                 id,
                 e.bmc_mac.as_deref().map(str::to_ascii_lowercase),

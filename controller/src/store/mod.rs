@@ -12,6 +12,7 @@
 //! and a `running` update is applied only when its `seq` is newer than the stored one.
 
 mod bmc;
+mod bmc_rotation;
 mod console;
 mod enrolled;
 mod events;
@@ -27,6 +28,7 @@ mod tokens;
 mod workflows;
 
 pub use bmc::{BmcCredentials, BmcRecord};
+pub use bmc_rotation::BmcSecrets;
 pub use console::{
     CONSOLE_LOG_CAP, CONSOLE_TOKEN_TTL_DEFAULT, CONSOLE_TOKEN_TTL_MAX, CONSOLE_TOKENS_MAX,
     ConsoleToken, ConsoleTokenKind,
@@ -286,12 +288,19 @@ CREATE TABLE workflow_steps (
 );
 "#,
     SEAL_STEP,
+    // BMC passwords rotated by the controller (issue #15): the new password is kept sealed
+    // while it is being set (`pending_sealed`, so a failure half-way never loses it), and
+    // the periodic session check records when it last ran (`checked_ms`).
+    r#"
+ALTER TABLE bmcs ADD COLUMN pending_sealed TEXT;
+ALTER TABLE bmcs ADD COLUMN checked_ms INTEGER;
+"#,
 ];
 
 /// BMC passwords encrypted at rest (issue #15): the column is renamed so nothing reads a
 /// clear-text password by mistake, and [`migrate`] seals every existing password in the same
 /// transaction ([`sealing::seal_clear`]).
-const SEAL_STEP: &str = r#"
+pub(crate) const SEAL_STEP: &str = r#"
 ALTER TABLE bmcs RENAME COLUMN password TO password_sealed;
 "#;
 

@@ -176,7 +176,7 @@ pub(super) fn seal_clear(tx: &rusqlite::Transaction<'_>, key: &BmcKey) -> rusqli
 mod tests {
     use super::*;
     use crate::store::test_support::*;
-    use crate::store::{BmcCredentials, Db, MIGRATIONS};
+    use crate::store::{BmcCredentials, Db, MIGRATIONS, SEAL_STEP};
     use std::os::unix::fs::PermissionsExt;
 
     const PW: &str = "Sekr1t-bmc-pass-zq";
@@ -293,13 +293,16 @@ mod tests {
     fn the_migration_seals_clear_text_passwords_once() {
         let dir = tempfile::tempdir().unwrap();
         drop(db_with_bmc(dir.path()));
-        // Back to the schema before the sealing step, with a clear-text password.
+        // Back to the schema before the sealing step, with a clear-text password (the
+        // steps after it undone too).
+        let seal = MIGRATIONS.iter().position(|m| *m == SEAL_STEP).unwrap();
         let conn = rusqlite::Connection::open(dir.path().join("molar.db")).unwrap();
         conn.execute_batch(&format!(
-            "ALTER TABLE bmcs RENAME COLUMN password_sealed TO password;
+            "ALTER TABLE bmcs DROP COLUMN pending_sealed;
+             ALTER TABLE bmcs DROP COLUMN checked_ms;
+             ALTER TABLE bmcs RENAME COLUMN password_sealed TO password;
              UPDATE bmcs SET password = '{PW}';
-             PRAGMA user_version = {};",
-            MIGRATIONS.len() - 1
+             PRAGMA user_version = {seal};"
         ))
         .unwrap();
         drop(conn);
