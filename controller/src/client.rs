@@ -462,6 +462,34 @@ impl Client {
         self.get(&format!("/servers/{}/bmc", segment(server))).await
     }
 
+    /// The server's BMC credentials (an admin's reveal, written to the audit log).
+    pub async fn reveal_bmc(&self, server: &str) -> Result<crate::store::BmcSecrets> {
+        self.post(
+            &format!("/servers/{}/bmc/reveal", segment(server)),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Replaces the server's BMC login (checked with a session first unless `no_verify`).
+    pub async fn set_bmc(
+        &self,
+        server: &str,
+        login: &crate::bmc::BmcLogin,
+    ) -> Result<crate::bmc::BmcLoginStored> {
+        let url = self.url(&format!("/servers/{}/bmc", segment(server)));
+        self.send(self.http.put(&url).json(login), &url).await
+    }
+
+    /// Sets a new BMC password, in-band when the agent is connected, else over LAN.
+    pub async fn rotate_bmc(&self, server: &str) -> Result<crate::bmc::BmcRotated> {
+        self.post(
+            &format!("/servers/{}/bmc/rotate", segment(server)),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     /// Retries the server's failed discovery or release from its failed step.
     pub async fn retry(&self, server: &str) -> Result<WorkflowRecord> {
         self.post(

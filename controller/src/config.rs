@@ -111,6 +111,15 @@ pub struct Settings {
     #[arg(long, env = "MOLAR_CONSOLE_CAPTURE_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub console_capture_s: Option<u64>,
+    /// Seconds between session checks of each BMC with an operator-given address, with the
+    /// stored credentials (0: no periodic checks) [default: 3600].
+    #[arg(long, env = "MOLAR_BMC_CHECK_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bmc_check_s: Option<u64>,
+    /// Most BMC check sessions opened a minute, fleet-wide [default: 60].
+    #[arg(long, env = "MOLAR_BMC_CHECKS_PER_MINUTE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bmc_checks_per_minute: Option<u32>,
     /// Also serve `/metrics` without the admin token, over plain HTTP, on this address (for
     /// a Prometheus scraper on a management network) [default: only on the API, behind the
     /// admin token].
@@ -255,6 +264,8 @@ impl Settings {
             retain_task_events_days,
             retain_task_events_per_task,
             console_capture_s,
+            bmc_check_s,
+            bmc_checks_per_minute,
             metrics_listen,
             policy,
             media_dir,
@@ -289,6 +300,13 @@ impl Settings {
             retain_task_events_days: Some(days(r.task_events_max_age)),
             retain_task_events_per_task: Some(r.task_events_per_task.unwrap_or(0)),
             console_capture_s: Some(d.console_capture.map_or(0, |c| c.as_secs())),
+            bmc_check_s: Some(d.bmc_checks.map_or(0, |c| c.interval.as_secs())),
+            bmc_checks_per_minute: Some(
+                d.bmc_checks
+                    .map_or(crate::bmc::CheckPolicy::default().per_minute, |c| {
+                        c.per_minute
+                    }),
+            ),
             metrics_listen: None,
             policy: None,
             media_dir: None,
@@ -415,6 +433,26 @@ impl Settings {
             ));
         }
         cfg.console_capture = (capture > 0).then(|| Duration::from_secs(capture));
+        let per_minute = s.bmc_checks_per_minute.unwrap_or(1);
+        if !(1..=6000).contains(&per_minute) {
+            return Err(invalid(
+                "bmc-checks-per-minute",
+                from_file(this.bmc_checks_per_minute.is_some()),
+                format!("{per_minute} is not from 1 to 6000"),
+            ));
+        }
+        let check = s.bmc_check_s.unwrap_or(0);
+        if check > 30 * 86_400 {
+            return Err(invalid(
+                "bmc-check-s",
+                from_file(this.bmc_check_s.is_some()),
+                format!("{check} seconds is more than 30 days"),
+            ));
+        }
+        cfg.bmc_checks = (check > 0).then(|| crate::bmc::CheckPolicy {
+            interval: Duration::from_secs(check),
+            per_minute,
+        });
         cfg.metrics_listen = s.metrics_listen;
         cfg.policy = s.policy.clone();
         if s.media_listen.is_some() && s.media_dir.is_none() {

@@ -145,7 +145,7 @@ pub fn parse_bmc_address(text: &str) -> Result<(String, Option<u16>), String> {
     Ok((host, port))
 }
 
-fn check_printable(what: &str, value: &str, max: usize) -> Result<(), String> {
+pub(crate) fn check_printable(what: &str, value: &str, max: usize) -> Result<(), String> {
     if value.is_empty() || value.len() > max {
         return Err(format!("the {what} has 1 to {max} characters"));
     }

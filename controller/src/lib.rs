@@ -50,6 +50,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod bmc;
 pub mod bounds;
 pub mod cli;
 pub mod client;
@@ -117,6 +118,9 @@ pub struct ServeConfig {
     /// How often consoles are checked for always-on capture into the console log (see
     /// [`console::capture`]); `None` captures only while someone watches.
     pub console_capture: Option<std::time::Duration>,
+    /// The periodic session checks of BMCs with an operator-given address (see
+    /// [`bmc::run_checks`]); `None`: none.
+    pub bmc_checks: Option<bmc::CheckPolicy>,
     /// A plain-HTTP listener serving only `/metrics`, without the admin token (for a
     /// scraper on a management network); `None`: metrics only on the API, behind the token.
     pub metrics_listen: Option<SocketAddr>,
@@ -147,6 +151,7 @@ impl ServeConfig {
             handshake_timeout: std::time::Duration::from_secs(10),
             retention: store::Retention::default(),
             console_capture: Some(std::time::Duration::from_secs(30)),
+            bmc_checks: Some(bmc::CheckPolicy::default()),
             metrics_listen: None,
             policy: None,
             media_dir: None,
@@ -436,6 +441,16 @@ pub async fn start(
             }
         }
     });
+    let bmc_checks = tokio::spawn({
+        let (fleet, shutdown) = (fleet.clone(), shutdown.clone());
+        let policy = config.bmc_checks;
+        async move {
+            match policy {
+                Some(p) => bmc::run_checks(fleet, p, shutdown).await,
+                None => shutdown.cancelled().await,
+            }
+        }
+    });
     let join = tokio::spawn(async move {
         let _ = tokio::join!(
             agents,
@@ -444,6 +459,7 @@ pub async fn start(
             media_http,
             pruner,
             capture,
+            bmc_checks,
             requests.join(),
             workflows.join()
         );

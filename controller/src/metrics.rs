@@ -56,6 +56,12 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
     /// `read` or `write`: which of the store's connections ran the query.
     pub connection: String,
@@ -75,6 +81,10 @@ pub struct Metrics {
     pub log_records_dropped: Counter,
     pub log_records_stored: Counter,
     pub scrape_errors: Counter,
+    /// Periodic BMC session checks ([`crate::bmc`]) by result.
+    pub bmc_checks: Family<ResultLabels, Counter>,
+    /// BMCs whose last session check failed (read at scrape time).
+    pub bmcs_failing: Gauge,
 }
 
 fn seconds_histogram(start: f64, factor: f64, n: u16) -> Histogram {
@@ -99,6 +109,8 @@ impl Metrics {
             log_records_dropped: Counter::default(),
             log_records_stored: Counter::default(),
             scrape_errors: Counter::default(),
+            bmc_checks: Family::default(),
+            bmcs_failing: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -151,6 +163,16 @@ impl Metrics {
             "Scrapes whose store counts could not be read",
             m.scrape_errors.clone(),
         );
+        registry.register(
+            "bmc_checks",
+            "Periodic BMC session checks with the stored credentials, by result",
+            m.bmc_checks.clone(),
+        );
+        registry.register(
+            "bmcs_failing",
+            "BMCs whose last session check with the stored credentials failed",
+            m.bmcs_failing.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -188,6 +210,16 @@ impl Metrics {
                 state: state.to_owned(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts a periodic BMC session check.
+    pub fn bmc_check(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.bmc_checks
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Records one store query's latency.
@@ -237,6 +269,15 @@ pub async fn render(fleet: &Fleet) -> String {
             m.scrape_errors.inc();
         }
     }
+    match fleet.store.bmcs_failing().await {
+        Ok(n) => {
+            m.bmcs_failing.set(n);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: counting failing BMCs");
+            m.scrape_errors.inc();
+        }
+    }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry) {
         tracing::warn!(error = %e, "metrics: encoding");
@@ -255,6 +296,8 @@ mod tests {
         m.api_request("/api/v1/servers/{id}", "GET", 404, Duration::from_millis(3));
         m.task_finished("decom.disk_erase", "complete", Duration::from_secs(90));
         m.store_query(true, Duration::from_micros(200));
+        m.bmc_check(false);
+        m.bmcs_failing.set(1);
         m.servers
             .get_or_create(&StateLabels {
                 state: "we\"ird\nstate".into(),
@@ -271,6 +314,8 @@ mod tests {
             "molar_api_requests_total{route=\"/api/v1/servers/{id}\",method=\"GET\",status=\"404\"} 1",
             "molar_store_query_duration_seconds_count{connection=\"write\"} 1",
             "molar_servers{state=\"we\\\"ird\\nstate\"} 2",
+            "molar_bmc_checks_total{result=\"failed\"} 1",
+            "molar_bmcs_failing 1",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
         }

@@ -106,6 +106,12 @@ _molar() {
             molar__subcmd__bmc,list)
                 cmd="molar__subcmd__bmc__subcmd__list"
                 ;;
+            molar__subcmd__bmc,rotate)
+                cmd="molar__subcmd__bmc__subcmd__rotate"
+                ;;
+            molar__subcmd__bmc,set)
+                cmd="molar__subcmd__bmc__subcmd__set"
+                ;;
             molar__subcmd__bmc,show)
                 cmd="molar__subcmd__bmc__subcmd__show"
                 ;;
@@ -114,6 +120,12 @@ _molar() {
                 ;;
             molar__subcmd__bmc__subcmd__help,list)
                 cmd="molar__subcmd__bmc__subcmd__help__subcmd__list"
+                ;;
+            molar__subcmd__bmc__subcmd__help,rotate)
+                cmd="molar__subcmd__bmc__subcmd__help__subcmd__rotate"
+                ;;
+            molar__subcmd__bmc__subcmd__help,set)
+                cmd="molar__subcmd__bmc__subcmd__help__subcmd__set"
                 ;;
             molar__subcmd__bmc__subcmd__help,show)
                 cmd="molar__subcmd__bmc__subcmd__help__subcmd__show"
@@ -222,6 +234,12 @@ _molar() {
                 ;;
             molar__subcmd__help__subcmd__bmc,list)
                 cmd="molar__subcmd__help__subcmd__bmc__subcmd__list"
+                ;;
+            molar__subcmd__help__subcmd__bmc,rotate)
+                cmd="molar__subcmd__help__subcmd__bmc__subcmd__rotate"
+                ;;
+            molar__subcmd__help__subcmd__bmc,set)
+                cmd="molar__subcmd__help__subcmd__bmc__subcmd__set"
                 ;;
             molar__subcmd__help__subcmd__bmc,show)
                 cmd="molar__subcmd__help__subcmd__bmc__subcmd__show"
@@ -383,7 +401,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__bmc)
-            opts="-h --state-dir --api --token-file --ca --json --help list show help"
+            opts="-h --state-dir --api --token-file --ca --json --help list show set rotate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -447,7 +465,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__bmc__subcmd__help)
-            opts="list show help"
+            opts="list show set rotate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -475,6 +493,34 @@ _molar() {
             return 0
             ;;
         molar__subcmd__bmc__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__bmc__subcmd__help__subcmd__rotate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__bmc__subcmd__help__subcmd__set)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -532,8 +578,76 @@ _molar() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        molar__subcmd__bmc__subcmd__show)
+        molar__subcmd__bmc__subcmd__rotate)
             opts="-h --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__bmc__subcmd__set)
+            opts="-h --user --password-file --no-verify --state-dir --api --token-file --ca --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --password-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__bmc__subcmd__show)
+            opts="-h --reveal --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -635,7 +749,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__claim)
-            opts="-h --image --image-spec --device --config-drive --kernel-args --state-dir --api --token-file --ca --json --help"
+            opts="-h --image --image-spec --device --config-drive --kernel-args --name --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -658,6 +772,10 @@ _molar() {
                     return 0
                     ;;
                 --kernel-args)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -715,7 +833,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__config__subcmd__check)
-            opts="-h --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --policy --media-dir --media-listen --log-format --state-dir --api --token-file --ca --json --help"
+            opts="-h --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --bmc-check-s --bmc-checks-per-minute --metrics-listen --policy --media-dir --media-listen --log-format --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -774,6 +892,14 @@ _molar() {
                     return 0
                     ;;
                 --console-capture-s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bmc-check-s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bmc-checks-per-minute)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1019,7 +1145,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help__subcmd__bmc)
-            opts="list show"
+            opts="list show set rotate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1047,6 +1173,34 @@ _molar() {
             return 0
             ;;
         molar__subcmd__help__subcmd__bmc__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__bmc__subcmd__rotate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        molar__subcmd__help__subcmd__bmc__subcmd__set)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -2019,7 +2173,7 @@ _molar() {
             return 0
             ;;
         molar__subcmd__serve)
-            opts="-h --config --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --metrics-listen --policy --media-dir --media-listen --log-format --state-dir --api --token-file --ca --json --help"
+            opts="-h --config --listen --san --allow-plaintext-agents --max-connections --max-pre-handshake --api-max-connections --tls-handshake-timeout-s --handshake-timeout-s --api-header-timeout-s --retain-logs-days --retain-logs-per-server --retain-task-events-days --retain-task-events-per-task --console-capture-s --bmc-check-s --bmc-checks-per-minute --metrics-listen --policy --media-dir --media-listen --log-format --state-dir --api --token-file --ca --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2082,6 +2236,14 @@ _molar() {
                     return 0
                     ;;
                 --console-capture-s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bmc-check-s)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bmc-checks-per-minute)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

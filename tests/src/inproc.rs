@@ -63,6 +63,8 @@ pub struct Controller {
     pub metrics: Option<SocketAddr>,
     /// The policy file it starts with.
     pub policy: Option<PathBuf>,
+    /// The periodic BMC checks it starts with (`None`: `ServeConfig`'s default).
+    pub bmc_checks: Option<molar_controller::bmc::CheckPolicy>,
     /// The media directory and its plain-HTTP listener, when started with them.
     pub media: Option<(PathBuf, SocketAddr)>,
 }
@@ -96,6 +98,7 @@ impl Controller {
             sans,
             metrics: None,
             policy: None,
+            bmc_checks: None,
             media: None,
         };
         c.restart().await;
@@ -156,6 +159,9 @@ impl Controller {
         cfg.sans = self.sans.clone();
         cfg.metrics_listen = self.metrics;
         cfg.policy = self.policy.clone();
+        if let Some(c) = self.bmc_checks {
+            cfg.bmc_checks = Some(c);
+        }
         if let Some((dir, addr)) = &self.media {
             cfg.media_dir = Some(dir.clone());
             cfg.media_listen = Some(*addr);
@@ -205,6 +211,28 @@ impl Controller {
 
     pub fn ca_pem(&self) -> PathBuf {
         self.state.path().join("ca.pem")
+    }
+
+    /// `molar --state-dir STATE ARGS` against this controller, as an operator runs it: exit
+    /// code, stdout, stderr. Blocks (off the async workers on a multi-threaded runtime).
+    pub fn molar(&self, args: &[&str]) -> (i32, String, String) {
+        let run = || {
+            std::process::Command::new(crate::bins::bin("molar"))
+                .arg("--state-dir")
+                .arg(self.state.path())
+                .args(args)
+                .output()
+                .expect("running molar")
+        };
+        let out = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            _ => run(),
+        };
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub async fn agent_token(&self) -> Secret {

@@ -191,6 +191,13 @@ const CLI: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/servers/{id}/retry", "retry"),
     ("GET", "/api/v1/bmcs", "bmc list"),
     ("GET", "/api/v1/servers/{id}/bmc", "bmc show"),
+    ("PUT", "/api/v1/servers/{id}/bmc", "bmc set"),
+    (
+        "POST",
+        "/api/v1/servers/{id}/bmc/reveal",
+        "bmc show --reveal",
+    ),
+    ("POST", "/api/v1/servers/{id}/bmc/rotate", "bmc rotate"),
     ("GET", "/api/v1/transitions", "transitions"),
     (
         "GET",

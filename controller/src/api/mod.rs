@@ -302,6 +302,11 @@ impl From<crate::store::StoreError> for ApiError {
 
 type ApiResult<T> = Result<axum::Json<T>, ApiError>;
 
+/// The address an API request came from (a request extension set per connection), for
+/// the audit log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ApiPeer(pub std::net::SocketAddr);
+
 struct ApiState {
     fleet: Arc<Fleet>,
     requests: Arc<crate::requests::Requests>,
@@ -1105,10 +1110,12 @@ pub async fn serve(
                     }
                     Err(_) => return,
                 };
-            let svc =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ApiPeer(addr));
                     router.clone().oneshot(req)
-                });
+                },
+            );
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)

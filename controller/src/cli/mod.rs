@@ -193,7 +193,7 @@ pub enum Command {
         spec: PathBuf,
     },
     /// Print security events: refused handshakes, superseded sessions, revoked and rotated
-    /// tokens, expected ramdisk boots.
+    /// tokens, expected ramdisk boots; the audit of BMC passwords revealed and logins set.
     Events {
         /// Only this server's events.
         #[arg(long)]
@@ -295,6 +295,10 @@ pub enum Command {
         /// Appended to the deployed kernel's command line (kexec only).
         #[arg(long)]
         kernel_args: Option<String>,
+        /// The deployed system's host name (its config drive's `name` and `hostname`,
+        /// unless the config drive's meta data gives them).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Release a reserved server (the release workflow): boot it into the ramdisk through
     /// its BMC, erase its disks, and return it to available.
@@ -399,7 +403,30 @@ pub enum BmcCommand {
     /// List every BMC entry.
     List,
     /// Show one server's BMC entry.
-    Show { server: String },
+    Show {
+        server: String,
+        /// Also print the stored password (and a rotation's unconfirmed one); every reveal
+        /// is written to the audit log (`molar events`).
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Replace a server's BMC login; a session with it must work first when the BMC has an
+    /// address (nothing is stored otherwise).
+    Set {
+        server: String,
+        #[arg(long)]
+        user: String,
+        /// A file holding the password (its line ending is not part of it).
+        #[arg(long)]
+        password_file: PathBuf,
+        /// Store it without the session check.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Set a new random password for the BMC's user: in-band when the server's agent is
+    /// connected, else over IPMI LAN with the current one; stored once a session with it
+    /// worked.
+    Rotate { server: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -670,6 +697,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             device,
             config_drive,
             kernel_args,
+            name,
         } => {
             let a = lifecycle::ClaimArgs {
                 image: image.as_deref(),
@@ -677,6 +705,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 device,
                 config_drive: config_drive.as_deref(),
                 kernel_args: kernel_args.as_deref(),
+                name: name.as_deref(),
             };
             lifecycle::claim(cli, server, a).await
         }

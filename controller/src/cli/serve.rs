@@ -108,6 +108,9 @@ impl Reload {
         if new.console_capture != old.console_capture {
             restart.push("console-capture-s");
         }
+        if new.bmc_checks != old.bmc_checks {
+            restart.push("bmc-check-s and bmc-checks-per-minute");
+        }
         let retention_changed = format!("{:?}", new.retention) != format!("{:?}", old.retention);
         if retention_changed {
             retention.send_replace(new.retention.clone());

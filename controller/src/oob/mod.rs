@@ -231,6 +231,40 @@ pub async fn verify(target: &BmcTarget) -> Result<BmcIdentity, OobError> {
     .await
 }
 
+/// Sets a new password for the target's own user over LAN, in a session opened with the
+/// current one (`molar bmc rotate` when no agent is connected); returns the user id. IPMI
+/// only: a Redfish BMC's accounts are rotated in-band.
+pub async fn set_password(
+    target: &BmcTarget,
+    user_id: Option<u8>,
+    password: &Secret,
+) -> Result<u8, OobError> {
+    if target.protocol == BmcProtocol::Redfish {
+        return Err(OobError::Protocol {
+            addr: target.addr(),
+            detail: "rotating a password over Redfish is not supported: rotate it in-band, \
+                     while the server runs the ramdisk"
+                .into(),
+        });
+    }
+    let target = target.clone();
+    let password = password.clone();
+    let addr = target.addr();
+    blocking(&addr, move || {
+        let mut s = LanSession::open(&target, LanOptions::default())?;
+        let r = ops::set_own_password(
+            &mut s,
+            &target.addr(),
+            &target.username,
+            user_id,
+            password.expose().as_bytes(),
+        );
+        let _ = s.close();
+        r
+    })
+    .await
+}
+
 /// Runs blocking BMC I/O off the async workers.
 async fn blocking<T: Send + 'static>(
     addr: &str,

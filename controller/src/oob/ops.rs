@@ -193,6 +193,67 @@ pub fn identify_bmc<T: Transport<Error = OobError> + ?Sized>(
     })
 }
 
+/// Longest password [`set_own_password`] sets: the 16-byte form works for IPMI 1.5 and 2.0.
+pub const LAN_PASSWORD_MAX: usize = 16;
+
+/// Sets a new password for the session's own user (Set User Password, 22.30): a rotation
+/// over LAN with the current credentials. The user is `user_id` when the BMC table knows it
+/// and its name is `username`, else the slot named `username`. Returns the user id.
+pub fn set_own_password<T: Transport<Error = OobError> + ?Sized>(
+    t: &mut T,
+    addr: &str,
+    username: &str,
+    user_id: Option<u8>,
+    password: &[u8],
+) -> Result<u8, OobError> {
+    use molar_ipmi::user::{self, PasswordForm, PasswordOp};
+    let err = |e| command_error(addr, e);
+    if password.is_empty() || password.len() > LAN_PASSWORD_MAX {
+        return Err(OobError::Protocol {
+            addr: addr.to_owned(),
+            detail: format!("a new password must be 1 to {LAN_PASSWORD_MAX} bytes"),
+        });
+    }
+    let named = |t: &mut T, id: u8| -> Result<bool, OobError> {
+        match user::get_user_name(t, id) {
+            Ok(name) => Ok(name == username),
+            // An empty or reserved slot.
+            Err(CommandError::Completion { .. }) => Ok(false),
+            Err(e) => Err(err(e)),
+        }
+    };
+    let id = match user_id {
+        Some(id) if (1..=63).contains(&id) && named(t, id)? => id,
+        _ => {
+            // Get User Access on this channel says how many slots there are.
+            let max = user::get_user_access(t, 0x0e, 1)
+                .map(|a| a.max_users)
+                .unwrap_or(15)
+                .clamp(1, 63);
+            let mut found = None;
+            for id in 1..=max {
+                if named(t, id)? {
+                    found = Some(id);
+                    break;
+                }
+            }
+            found.ok_or_else(|| OobError::Protocol {
+                addr: addr.to_owned(),
+                detail: format!("no user slot is named {username:?}"),
+            })?
+        }
+    };
+    user::set_user_password(
+        t,
+        id,
+        PasswordOp::SetPassword,
+        PasswordForm::Bytes16,
+        Some(password),
+    )
+    .map_err(err)?;
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     //! The operations' messages and command sequences over a scripted transport: the BMC
@@ -427,5 +488,69 @@ mod tests {
         ]);
         let e = identify_bmc(&mut t, ADDR, 3).unwrap_err();
         assert!(matches!(e, OobError::Protocol { .. }), "{e}");
+    }
+
+    fn name(n: &str) -> Vec<u8> {
+        let mut r = vec![0x00];
+        r.extend(molar_ipmi::user::encode_set_user_name(0, n)[1..].iter());
+        r
+    }
+
+    fn set_pw(id: u8, pw: &[u8]) -> Vec<u8> {
+        let mut d = vec![id, 0x02];
+        let mut field = [0u8; 16];
+        field[..pw.len()].copy_from_slice(pw);
+        d.extend_from_slice(&field);
+        d
+    }
+
+    #[test]
+    fn a_password_is_set_for_the_session_users_own_slot() {
+        // The stored user id, checked by its name.
+        let mut t = Script::new(&[
+            ((0x06, 0x46, &[3]), &name("molar")),
+            ((0x06, 0x47, &set_pw(3, b"N3w-pass")), &[0x00]),
+        ]);
+        assert_eq!(
+            set_own_password(&mut t, ADDR, "molar", Some(3), b"N3w-pass").unwrap(),
+            3
+        );
+        t.done();
+        // A stale id: the slots are searched; an empty slot's refusal is skipped.
+        let mut t = Script::new(&[
+            ((0x06, 0x46, &[2]), &name("admin")),
+            ((0x06, 0x44, &[0x0e, 1]), &[0x00, 4, 2, 0, 0x14]),
+            ((0x06, 0x46, &[1]), &name("")),
+            ((0x06, 0x46, &[2]), &name("admin")),
+            ((0x06, 0x46, &[3]), &[0xcc]),
+            ((0x06, 0x46, &[4]), &name("molar")),
+            ((0x06, 0x47, &set_pw(4, b"N3w-pass")), &[0x00]),
+        ]);
+        assert_eq!(
+            set_own_password(&mut t, ADDR, "molar", Some(2), b"N3w-pass").unwrap(),
+            4
+        );
+        t.done();
+        // No slot of that name; a refused set names the command; bad lengths never send.
+        let mut t = Script::new(&[
+            ((0x06, 0x44, &[0x0e, 1]), &[0x00, 1, 1, 0, 0x14]),
+            ((0x06, 0x46, &[1]), &name("admin")),
+        ]);
+        let e = set_own_password(&mut t, ADDR, "molar", None, b"pw").unwrap_err();
+        assert!(
+            e.to_string().contains("no user slot is named \"molar\""),
+            "{e}"
+        );
+        let mut t = Script::new(&[
+            ((0x06, 0x46, &[3]), &name("molar")),
+            ((0x06, 0x47, &set_pw(3, b"pw")), &[0xd4]),
+        ]);
+        let e = set_own_password(&mut t, ADDR, "molar", Some(3), b"pw").unwrap_err();
+        assert!(e.to_string().contains("set user password refused"), "{e}");
+        let mut t = Script::new(&[]);
+        for bad in [&b""[..], &[b'x'; 17][..]] {
+            let e = set_own_password(&mut t, ADDR, "molar", Some(3), bad).unwrap_err();
+            assert!(e.to_string().contains("1 to 16 bytes"), "{e}");
+        }
     }
 }
