@@ -61,6 +61,57 @@ pub struct ClaimParams {
     /// `kernel_args`, ...); `image_id` and `device` are the claim's own.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub run: Map<String, Value>,
+    /// The deployed system's name: its config drive's `name` and `hostname` (a meta data
+    /// that gives them itself wins). A DNS name: labels of 1 to 63 letters, digits and
+    /// hyphens, 253 characters at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Why `name` is not a host name, or `None`.
+pub fn hostname_problem(name: &str) -> Option<String> {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    (name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok)).then(|| {
+        format!(
+            "name {:?} is not a host name: dot-separated labels of 1 to 63 letters, digits and \
+             hyphens (not at either end), 253 characters at most",
+            name.escape_debug().to_string()
+        )
+    })
+}
+
+/// Puts the claim's `name` into its config drive's meta data (`name`, `hostname`) where
+/// the meta data does not give them; a config drive is made for it when there is none.
+fn name_config_drive(p: &mut ClaimParams) -> Result<(), StartError> {
+    let Some(name) = p.name.clone() else {
+        return Ok(());
+    };
+    if let Some(why) = hostname_problem(&name) {
+        return Err(StartError::InvalidParams(why));
+    }
+    let drive = p
+        .run
+        .entry("config_drive")
+        .or_insert_with(|| json!({"meta_data": {}}));
+    let meta = drive
+        .as_object_mut()
+        .and_then(|d| d.get_mut("meta_data"))
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| {
+            StartError::InvalidParams(
+                "name needs a config drive given by its contents (meta_data), not a ready image"
+                    .into(),
+            )
+        })?;
+    for key in ["name", "hostname"] {
+        meta.entry(key).or_insert_with(|| json!(name));
+    }
+    Ok(())
 }
 
 /// The body of `POST /servers/{id}/release`.
@@ -265,6 +316,7 @@ impl Workflows {
                 ));
             }
         });
+        name_config_drive(&mut params)?;
         prepare_params(&params)?;
         run_params(&params)?;
         let value =
@@ -878,6 +930,45 @@ mod tests {
             let e = claim(bad.clone()).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_claims_name_goes_into_its_config_drive() {
+        let image = json!({"id": "debian", "urls": ["http://127.0.0.1:1/d.img"],
+            "checksum": format!("sha256:{}", "0".repeat(64))});
+        let named = |run: Value, name: &str| {
+            let mut p: ClaimParams = serde_json::from_value(
+                json!({"image": image, "device": "vda", "run": run, "name": name}),
+            )
+            .unwrap();
+            name_config_drive(&mut p).map(|()| p.run["config_drive"]["meta_data"].clone())
+        };
+        assert_eq!(
+            named(json!({}), "web-1.example").unwrap(),
+            json!({"name": "web-1.example", "hostname": "web-1.example"})
+        );
+        assert_eq!(
+            named(
+                json!({"config_drive": {"meta_data": {"hostname": "given", "uuid": "u"}}}),
+                "web-1"
+            )
+            .unwrap(),
+            json!({"name": "web-1", "hostname": "given", "uuid": "u"})
+        );
+        for bad in ["", "-web", "web_1", "a..b", &"x".repeat(64), "web 1", "wéb"] {
+            let e = named(json!({}), bad).unwrap_err().to_string();
+            assert!(e.contains("not a host name"), "{bad}: {e}");
+        }
+        let e = named(json!({"config_drive": "H4sIAAAA"}), "web-1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("meta_data"), "{e}");
+        // The run params still check as the agent's.
+        let mut p: ClaimParams =
+            serde_json::from_value(json!({"image": image, "device": "vda", "name": "web-1"}))
+                .unwrap();
+        name_config_drive(&mut p).unwrap();
+        assert!(run_params(&p).is_ok());
     }
 
     #[test]

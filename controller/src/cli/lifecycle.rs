@@ -114,6 +114,7 @@ pub(super) struct ClaimArgs<'a> {
     pub device: &'a str,
     pub config_drive: Option<&'a Path>,
     pub kernel_args: Option<&'a str>,
+    pub name: Option<&'a str>,
 }
 
 /// `molar claim SERVER (--image ID | --image-spec FILE) --device DEV [--config-drive FILE]
@@ -138,6 +139,7 @@ pub(super) async fn claim(cli: &Cli, server: &str, a: ClaimArgs<'_>) -> Result<(
         image_id: a.image.map(str::to_owned),
         device: a.device.to_owned(),
         run,
+        name: a.name.map(str::to_owned),
     };
     let c = client(cli)?;
     let wf = c.claim(server, &params).await.map_err(api_err(false))?;
