@@ -12,8 +12,8 @@
 //!    server by its BMC only (`molar server add`) and the controller's discovery powers it on
 //!    over IPMI LAN, the ramdisk boots over PXE, stores its inventory and checks the BMC
 //!    credentials (proven from the host with `ipmitool -I lanplus`) → available;
-//! 3. `molar claim --image guest`: the controller writes the image to the NVMe disk (checked
-//!    byte for byte on the host) and kexecs into it with a config drive; the deployed system
+//! 3. `molar claim --image guest`: the controller writes the image to the NVMe disk (its root
+//!    partition checked byte for byte on the host) and kexecs into it with a config drive; the deployed system
 //!    prints its boot id and meta data on the console → reserved, then powers the server off;
 //! 4. `molar release`: the controller boots it into the ramdisk over the BMC and erases every
 //!    disk (overwrite, one pass of zeros, checked on the host's disk images) → available;
@@ -187,6 +187,17 @@ fn inventory_line(inv: &serde_json::Value) -> String {
         names(&inv["nics"], "mac"),
         inv["bmc"]["lan_channels"][0]["mac"].as_str().unwrap_or("?"),
     )
+}
+
+/// `len` bytes of `path` from `offset`.
+fn range(path: &std::path::Path, offset: u64, len: u64) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0; usize::try_from(len)?];
+    f.read_exact(&mut buf)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(buf)
 }
 
 fn main() -> Result<()> {
@@ -440,15 +451,18 @@ format = "qcow2"
         "claim -> the deployed system ran and powered off in {:.1} s",
         claimed.elapsed().as_secs_f64()
     );
-    // Checked with QEMU gone: nothing writes to the disk any more.
-    let written = guest::sha256_prefix(&images[0], std::fs::metadata(&disk.raw)?.len())?;
+    // Checked with QEMU gone: nothing writes to the disk any more. The root partition, byte
+    // for byte: run_image's config drive rewrote the GPT and added a partition after it.
+    let (offset, len) = disk.root;
     ensure!(
-        written == guest::sha256_file(&disk.raw)?,
-        "the NVMe disk does not hold the image"
+        range(&images[0], offset, len)? == range(&disk.raw, offset, len)?,
+        "the NVMe disk's root partition does not hold the image's"
     );
     println!(
-        "host image {} holds the OS image byte for byte",
-        images[0].display()
+        "host image {} holds the OS image's root partition byte for byte ({} MiB at {} MiB)",
+        images[0].display(),
+        len >> 20,
+        offset >> 20
     );
 
     step(
