@@ -1,26 +1,23 @@
-//! `molar-lab-demo`: the main job, end to end, as an operator would watch it. `scripts/demo`
-//! builds the binaries and the ramdisk, then runs this:
+//! `molar-lab-demo`: the main job, end to end, as an operator would watch it: one server walks
+//! the whole lifecycle (issue #15), the controller's workflows do the work and the operator
+//! only runs lifecycle commands. `scripts/demo` builds the binaries and the ramdisk, then runs
+//! this (`tests/tests/lab_lifecycle.rs` is the tested recipe it follows):
 //!
-//! 1. `molar serve` on loopback (its certificate also names 10.0.2.100, the address the VM
-//!    dials), `molar token create`;
-//! 2. `ipmi_sim` as the server's BMC, owning a QEMU server that is off and boots the ramdisk
-//!    with the controller address on its kernel command line; the operator enrols the server
-//!    by its BMC (`molar server add`, verified by a session) and powers it on over IPMI LAN
-//!    (`molar power NAME on --wait`), its serial console on the BMC's Serial over LAN;
-//! 3. the server registers as the enrolled server, discovery stores its inventory (`molar
-//!    servers`, `molar server NAME --inventory`);
-//! 4. `bmc.set_credentials` in-band, proven out-of-band with `ipmitool -I lanplus`;
-//! 5. `decom.disk_erase` with a progress bar (`molar task start ... --wait`), checked on the
-//!    host's disk images;
-//! 6. an OS image built here (`molar_tests::lab::guest`: GPT, ext4 root with the Debian kernel
-//!    and a small init), compressed qcow2, served over HTTP on loopback;
-//! 7. `standbye.cache_images` on the virtio disk, `standbye.prepare_image` on the NVMe disk
-//!    (checked byte for byte on the host), `standbye.run_image` with a config drive: the agent
-//!    kexecs into the written system, which prints its boot id and the config drive's meta
-//!    data on the console, then powers the server off;
-//! 8. out-of-band again: `molar power NAME on` over IPMI LAN with the credentials the agent
-//!    set, the ramdisk registers with a new boot, `molar console NAME --log` shows the boot
-//!    the BMC's console captured, `molar requests NAME`, `molar power NAME off`.
+//! 1. an OS image built here (`molar_tests::lab::guest`: GPT, ext4 root with the Debian kernel
+//!    and a small init), compressed qcow2, served over HTTP on loopback; a policy file
+//!    (`[discovery] power_on_enrolled`, BMC credentials, the image catalogue) checked with
+//!    `molar policy check`; `molar serve --policy` on loopback (its certificate also names
+//!    10.0.2.100, the address the VM dials), `molar token create`;
+//! 2. `ipmi_sim` as the server's BMC, owning a QEMU server that is off; the operator enrols the
+//!    server by its BMC only (`molar server add`) and the controller's discovery powers it on
+//!    over IPMI LAN, the ramdisk boots over PXE, stores its inventory and checks the BMC
+//!    credentials (proven from the host with `ipmitool -I lanplus`) → available;
+//! 3. `molar claim --image guest`: the controller writes the image to the NVMe disk (its root
+//!    partition checked byte for byte on the host) and kexecs into it with a config drive; the deployed system
+//!    prints its boot id and meta data on the console → reserved, then powers the server off;
+//! 4. `molar release`: the controller boots it into the ramdisk over the BMC and erases every
+//!    disk (overwrite, one pass of zeros, checked on the host's disk images) → available;
+//! 5. `molar console NAME --log`, `molar requests NAME`, `molar power NAME off`.
 //!
 //! Everything is torn down at the end or on failure; logs stay in the lab directory.
 
@@ -72,23 +69,6 @@ impl Molar {
         Ok(stdout)
     }
 
-    /// Like [`run`], with the terminal attached (progress bars).
-    fn run_live(&self, args: &[&str]) -> Result<()> {
-        println!("$ molar {}", args.join(" "));
-        let status = Command::new(&self.bin)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(args)
-            .status()
-            .context("running molar")?;
-        ensure!(
-            status.success(),
-            "molar {} failed ({status})",
-            args.join(" ")
-        );
-        Ok(())
-    }
-
     /// The result of the server's latest task of `method`.
     fn task_result(&self, id: &str, method: &str) -> Result<serde_json::Value> {
         let tasks = self.json(&["tasks", id])?;
@@ -97,6 +77,66 @@ impl Molar {
             .and_then(|t| t.iter().rev().find(|t| t["method"] == method))
             .map(|t| t["result"].clone())
             .with_context(|| format!("the {method} task"))
+    }
+
+    /// Waits for the server to be in `want`; on `error` prints its workflows and fails with
+    /// the failed step's message.
+    fn reach(&self, want: &str, secs: u64) -> Result<()> {
+        let mut failed = None;
+        wait_until(&format!("{NAME} to be {want}"), secs, || {
+            let v = self.json(&["server", NAME]).ok()?;
+            if v["state"] == "error" {
+                failed = Some(self.failure());
+                return Some(());
+            }
+            (v["state"] == want).then_some(())
+        })?;
+        if let Some(why) = failed {
+            if let Ok(out) = self.run(&["workflows", NAME]) {
+                print!("{out}");
+            }
+            bail!("{NAME} went to error instead of {want}: {why}");
+        }
+        Ok(())
+    }
+
+    /// The failed step's (or workflow's) message of the server's newest workflow.
+    fn failure(&self) -> String {
+        let wfs = self.json(&["workflows", NAME]).unwrap_or_default();
+        let newest = wfs
+            .as_array()
+            .and_then(|w| w.iter().max_by_key(|w| w["id"].as_i64()));
+        let Some(wf) = newest else {
+            return "no workflow".to_owned();
+        };
+        wf["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["state"] == "failed"))
+            .map(|s| {
+                format!(
+                    "step {}: {}",
+                    s["name"].as_str().unwrap_or("?"),
+                    s["message"].as_str().unwrap_or("no message")
+                )
+            })
+            .or_else(|| wf["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "no message".to_owned())
+    }
+
+    /// `molar --json ARGS` for commands that print one JSON object a line (`history`).
+    fn json_lines(&self, args: &[&str]) -> Result<Vec<serde_json::Value>> {
+        let out = Command::new(&self.bin)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--json")
+            .args(args)
+            .output()
+            .context("running molar")?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).context("molar --json output"))
+            .collect()
     }
 
     fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
@@ -124,6 +164,42 @@ fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> Res
     }
 }
 
+/// The inventory summary line of `molar server NAME --inventory`.
+fn inventory_line(inv: &serde_json::Value) -> String {
+    let names = |list: &serde_json::Value, key: &str| {
+        list.as_array()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|d| d[key].as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    format!(
+        "inventory: {} {} serial {}, {} CPU(s), {} MiB, disks {}, NICs {}, BMC {}",
+        inv["system"]["manufacturer"].as_str().unwrap_or("?"),
+        inv["system"]["product"].as_str().unwrap_or("?"),
+        inv["system"]["serial"].as_str().unwrap_or("?"),
+        inv["cpu"]["threads"],
+        inv["memory"]["total_bytes"].as_u64().unwrap_or(0) >> 20,
+        names(&inv["block_devices"], "name"),
+        names(&inv["nics"], "mac"),
+        inv["bmc"]["lan_channels"][0]["mac"].as_str().unwrap_or("?"),
+    )
+}
+
+/// `len` bytes of `path` from `offset`.
+fn range(path: &std::path::Path, offset: u64, len: u64) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0; usize::try_from(len)?];
+    f.read_exact(&mut buf)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(buf)
+}
+
 fn main() -> Result<()> {
     let Some(mut lab) = Lab::require("molar-lab-demo") else {
         bail!("the lab's prerequisites are missing (see above); scripts/demo installs them");
@@ -143,9 +219,51 @@ fn main() -> Result<()> {
     let agent_port = molar_tests::inproc::free_port();
     let api_port = molar_tests::inproc::free_port();
 
-    step(1, "a controller on this machine");
+    step(
+        1,
+        "an OS image, a policy naming it, and a controller serving that policy",
+    );
+    // Built and published first: the policy's catalogue carries its checksum.
+    let disk = guest::build_disk(
+        &kit,
+        &DiskSpec {
+            size_bytes: 64 << 20,
+            kernel: true,
+            config_drive: None,
+        },
+        lab.dir(),
+        "guest",
+    )?;
+    let qcow2 = guest::publish_qcow2(&disk.raw, &www, "guest")?;
+    let url = format!("http://10.0.2.100:{IMAGES_PORT}/{}", qcow2.url_path);
     println!(
-        "$ molar serve --listen 127.0.0.1:{agent_port} --api 127.0.0.1:{api_port} --state-dir {} --san 10.0.2.100",
+        "{url}: {:.1} MiB qcow2 of a 64 MiB disk (GPT, ext4 root with the Debian kernel), {}",
+        qcow2.size as f64 / (1 << 20) as f64,
+        qcow2.checksum
+    );
+    let policy = lab.dir().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"[discovery]
+power_on_enrolled = true
+bmc_credentials = {{ username = "molar" }}
+
+[[image]]
+id = "guest"
+urls = ["{url}"]
+checksum = "{}"
+format = "qcow2"
+"#,
+            qcow2.checksum
+        ),
+    )?;
+    println!("$ cat {}", policy.display());
+    print!("{}", std::fs::read_to_string(&policy)?);
+    let policy_arg = policy.display().to_string();
+    print!("{}", molar.run(&["policy", "check", &policy_arg])?);
+    println!(
+        "$ molar serve --listen 127.0.0.1:{agent_port} --api 127.0.0.1:{api_port} --state-dir {} --san 10.0.2.100 --policy {policy_arg}",
         state.display()
     );
     let serve_log = std::fs::File::create(lab.dir().join("controller.log"))?;
@@ -157,6 +275,7 @@ fn main() -> Result<()> {
                 .arg("--state-dir")
                 .arg(&state)
                 .args(["--san", "10.0.2.100"])
+                .args(["--policy", &policy_arg])
                 .stdout(Stdio::piped())
                 .stderr(serve_log);
             c
@@ -175,18 +294,19 @@ fn main() -> Result<()> {
 
     step(
         2,
-        "a BMC (ipmi_sim) with a QEMU server behind it, off; enrolled by its BMC, powered on",
+        "a BMC (ipmi_sim) with a QEMU server behind it, off; enrolled by its BMC only",
     );
     let mut server = QemuConfig::server(&lab);
-    // The NVMe disk takes the OS image and its config drive; the virtio disk the image cache.
+    // The NVMe disk takes the OS image and its config drive.
     server.disks[0].size_bytes = 256 << 20;
-    server.disks[1].size_bytes = 128 << 20;
+    server.disks[1].size_bytes = 64 << 20;
     server.forward_as(9000, agent_port);
     server.forward_as(IMAGES_PORT, http.port());
     // Secrets travel as SMBIOS OEM strings: the kernel prints its command line on the console.
-    server
-        .append
-        .push("molar.controller=10.0.2.100:9000".to_owned());
+    server.append.extend([
+        "molar.controller=10.0.2.100:9000".to_owned(),
+        "panic=10".to_owned(),
+    ]);
     server.oem_strings = vec![
         format!("molar.token={token}"),
         format!("molar.ca={fingerprint}"),
@@ -200,8 +320,11 @@ fn main() -> Result<()> {
         sol_port: Some(relay.bmc_port()),
         ..IpmiSimConfig::default()
     })?;
+    let vm = sim.vm().context("the BMC's VM")?;
+    ensure!(!vm.is_running(), "the server should start off");
     let bmc_password = lab.dir().join("bmc-password");
     std::fs::write(&bmc_password, "test\n")?;
+    let started = Instant::now();
     print!(
         "{}",
         molar.run(&[
@@ -216,225 +339,90 @@ fn main() -> Result<()> {
             &bmc_password.display().to_string(),
         ])?
     );
-    print!("{}", molar.run(&["power", NAME, "status", "--wait"])?);
-    let started = Instant::now();
-    print!("{}", molar.run(&["power", NAME, "on", "--wait"])?);
+    println!("the policy powers enrolled servers on: discovery runs on its own");
     let images: Vec<PathBuf> = (0..2)
         .map(|i| lab.dir().join(format!("server-disk{i}.img")))
         .collect();
+    // Data for the erase to destroy, written in place as soon as QEMU is started, before the
+    // ramdisk can write anything.
+    wait_until("the controller to power the server on", 120, || {
+        vm.is_running().then_some(())
+    })?;
     for img in &images {
-        // Data for the erase to destroy, written in place: QEMU may be opening the image.
         molar_tests::privileged::fill_pattern(img)
             .with_context(|| format!("writing {}", img.display()))?;
     }
     println!(
-        "console log: {}",
-        sim.vm().context("the BMC's VM")?.console_log().display()
+        "powered on over IPMI LAN {:.1} s after server add; console log: {}",
+        started.elapsed().as_secs_f64(),
+        vm.console_log().display()
     );
+    molar.reach("available", 240)?;
+    println!(
+        "server add -> available in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", molar.run(&["servers"])?);
+    print!("{}", molar.run(&["workflows", NAME])?);
+    print!("{}", molar.run(&["history", NAME])?);
+    print!("{}", molar.run(&["bmc", "show", NAME])?);
+    let inv = molar.json(&["server", NAME, "--inventory"])?;
+    println!("{}", inventory_line(&inv["inventory"]));
+    // The operator's credentials worked, so discovery kept them: the BMC entry says whose.
+    let entry = molar.json(&["bmc", "show", NAME])?;
+    let user = entry["username"]
+        .as_str()
+        .context("the BMC entry's username")?
+        .to_owned();
+    println!(
+        "$ ipmitool -I lanplus -C 3 -H 127.0.0.1 -p {} -U {user} -P *** chassis power status",
+        sim.lan_port()
+    );
+    let status = sim.ipmitool_ok(&user, "test", &["chassis", "power", "status"])?;
+    print!("{status}");
+    ensure!(
+        status.contains("Chassis Power is on"),
+        "the stored BMC credentials do not show the server on: {status}"
+    );
+    // bmc rotate: added by the lead
 
     step(
         3,
-        "the server registers as the enrolled one and discovery stores its inventory",
-    );
-    let id = wait_until("the server to register", 180, || {
-        let v = molar.json(&["server", NAME]).ok()?;
-        (v["serial"] == "S123" && v["connected"] == true)
-            .then(|| v["id"].as_str().map(str::to_owned))
-            .flatten()
-    })?;
-    println!(
-        "registered {:.1} s after QEMU started",
-        started.elapsed().as_secs_f64()
-    );
-    wait_until("discovery", 120, || {
-        let v = molar.json(&["server", &id]).ok()?;
-        (v["state"] == "available").then_some(())
-    })?;
-    print!("{}", molar.run(&["servers"])?);
-    let inv = molar.json(&["server", &id, "--inventory"])?;
-    let inv = &inv["inventory"];
-    println!(
-        "inventory: {} {} serial {}, {} CPU(s), {} MiB, disks {}, NICs {}, BMC {}",
-        inv["system"]["manufacturer"].as_str().unwrap_or("?"),
-        inv["system"]["product"].as_str().unwrap_or("?"),
-        inv["system"]["serial"].as_str().unwrap_or("?"),
-        inv["cpu"]["threads"],
-        inv["memory"]["total_bytes"].as_u64().unwrap_or(0) >> 20,
-        inv["block_devices"]
-            .as_array()
-            .map(|d| d
-                .iter()
-                .filter_map(|d| d["name"].as_str())
-                .collect::<Vec<_>>()
-                .join(","))
-            .unwrap_or_default(),
-        inv["nics"]
-            .as_array()
-            .map(|d| d
-                .iter()
-                .filter_map(|d| d["mac"].as_str())
-                .collect::<Vec<_>>()
-                .join(","))
-            .unwrap_or_default(),
-        inv["bmc"]["lan_channels"][0]["mac"].as_str().unwrap_or("?"),
-    );
-
-    step(4, "BMC credentials set in-band, used out-of-band");
-    let creds = molar.json(&[
-        "call",
-        &id,
-        "bmc.set_credentials",
-        r#"{"username":"molar","privilege":"administrator"}"#,
-    ])?;
-    let password = creds["password"].as_str().context("a password")?.to_owned();
-    println!(
-        "user {} (id {}) created; password returned to the controller only",
-        creds["username"], creds["user_id"]
-    );
-    println!(
-        "$ ipmitool -I lanplus -C 3 -H 127.0.0.1 -p {} -U molar -P *** chassis power status",
-        sim.lan_port()
-    );
-    print!(
-        "{}",
-        sim.ipmitool_ok("molar", &password, &["chassis", "power", "status"])?
-    );
-
-    step(5, "decommission: erase every disk, verified");
-    molar.run_live(&[
-        "task",
-        "start",
-        &id,
-        "decom.disk_erase",
-        r#"{"method":"auto"}"#,
-        "--wait",
-    ])?;
-    let erase = molar.task_result(&id, "decom.disk_erase")?;
-    for d in erase["devices"].as_array().into_iter().flatten() {
-        println!(
-            "{}: {} in {:.1} s, verified: {}",
-            d["device"].as_str().unwrap_or("?"),
-            d["method"].as_str().unwrap_or("?"),
-            d["seconds"].as_f64().unwrap_or(0.0),
-            d["verification"]["passed"]
-        );
-    }
-    for img in &images {
-        ensure!(
-            molar_tests::privileged::is_all_zero(img),
-            "{} still holds data",
-            img.display()
-        );
-        println!("host image {} reads all zeros", img.display());
-    }
-
-    step(
-        6,
-        "an OS image: GPT, ext4 root with the Debian kernel, compressed qcow2 over HTTP",
-    );
-    let disk = guest::build_disk(
-        &kit,
-        &DiskSpec {
-            size_bytes: 64 << 20,
-            kernel: true,
-            config_drive: None,
-        },
-        lab.dir(),
-        "guest",
-    )?;
-    let qcow2 = guest::publish_qcow2(&disk.raw, &www, "guest")?;
-    let url = format!("http://10.0.2.100:{IMAGES_PORT}/{}", qcow2.url_path);
-    println!(
-        "{url}: {:.1} MiB qcow2 of a 64 MiB disk, {}",
-        qcow2.size as f64 / (1 << 20) as f64,
-        qcow2.checksum
-    );
-
-    step(
-        7,
-        "deploy: cache, write and run the image; the server kexecs into it",
-    );
-    let spec = serde_json::json!({
-        "id": "guest", "url": url, "checksum": qcow2.checksum, "format": "qcow2",
-    });
-    molar.run_live(&[
-        "task",
-        "start",
-        &id,
-        "standbye.cache_images",
-        &serde_json::json!({"images": [spec], "device": "vda"}).to_string(),
-        "--wait",
-    ])?;
-    let cache = molar.task_result(&id, "standbye.cache_images")?;
-    for c in cache["cached"].as_array().into_iter().flatten() {
-        println!(
-            "cached {} ({} bytes) on {}",
-            c["id"].as_str().unwrap_or("?"),
-            c["bytes"],
-            c["device"].as_str().unwrap_or("memory")
-        );
-    }
-    molar.run_live(&[
-        "task",
-        "start",
-        &id,
-        "standbye.prepare_image",
-        r#"{"image_id":"guest","device":"nvme0n1"}"#,
-        "--wait",
-    ])?;
-    let prep = molar.task_result(&id, "standbye.prepare_image")?;
-    println!(
-        "wrote {} bytes of {} to {} in {:.1} s, checksum {}",
-        prep["bytes_written"],
-        prep["format"].as_str().unwrap_or("?"),
-        prep["device"].as_str().unwrap_or("?"),
-        prep["seconds"].as_f64().unwrap_or(0.0),
-        prep["checksum"].as_str().unwrap_or("?")
-    );
-    let written = guest::sha256_prefix(&images[0], std::fs::metadata(&disk.raw)?.len())?;
-    ensure!(
-        written == guest::sha256_file(&disk.raw)?,
-        "the NVMe disk does not hold the image"
-    );
-    println!(
-        "host image {} holds the OS image byte for byte",
-        images[0].display()
+        "claim: the controller writes the image and kexecs into it",
     );
     let meta = serde_json::json!({
         "uuid": "3c9ad4c4-5a8e-4d0b-9b43-1f0e5b7d2c61",
         "hostname": "deployed-by-molar",
         "name": "deployed-by-molar",
     });
-    let vm = sim.vm().context("the BMC's VM")?;
+    let config_drive = lab.dir().join("config-drive.json");
+    std::fs::write(
+        &config_drive,
+        serde_json::json!({ "meta_data": meta }).to_string(),
+    )?;
     let console_from = vm.console().len();
-    molar.run_live(&[
-        "task",
-        "start",
-        &id,
-        "standbye.run_image",
-        &serde_json::json!({
-            "image_id": "guest",
-            "device": "nvme0n1",
-            "config_drive": {"meta_data": meta},
-            "kernel_args": "console=ttyS0 panic=-1",
-        })
-        .to_string(),
-        "--wait",
-    ])?;
-    let run = molar.task_result(&id, "standbye.run_image")?;
+    let claimed = Instant::now();
+    print!(
+        "{}",
+        molar.run(&[
+            "claim",
+            NAME,
+            "--image",
+            "guest",
+            "--device",
+            "nvme0n1",
+            "--config-drive",
+            &config_drive.display().to_string(),
+            "--kernel-args",
+            "console=ttyS0 panic=-1",
+        ])?
+    );
+    molar.reach("reserved", 300)?;
     println!(
-        "boot: {} {} ({} entry), command line {:?}; config drive: partition {}",
-        run["boot"].as_str().unwrap_or("?"),
-        run["kernel"].as_str().unwrap_or("?"),
-        run["entry_source"].as_str().unwrap_or("?"),
-        run["cmdline"].as_str().unwrap_or("?"),
-        run["config_drive"]["partition_number"]
+        "claim -> reserved in {:.1} s",
+        claimed.elapsed().as_secs_f64()
     );
-    ensure!(
-        run["boot"] == "kexec",
-        "run_image did not kexec: {}",
-        run["reason"].as_str().unwrap_or("no reason given")
-    );
+    print!("{}", molar.run(&["workflows", NAME])?);
     vm.wait_for_console_from(console_from, guest::POWEROFF, Duration::from_secs(180))?;
     let console = vm.console();
     let report = GuestReport::parse(console.get(console_from..).unwrap_or(""));
@@ -455,27 +443,94 @@ fn main() -> Result<()> {
         "the deployed system did not read its config drive: {report:?}"
     );
     println!(
-        "the deployed system runs (boot id {}) with its config drive; it powers the server off",
-        report.boot_ids[0]
+        "the deployed system runs (boot id {}) with its meta data {}; it powers the server off",
+        report.boot_ids[0], report.meta_data[0]
     );
     wait_until("QEMU to end", 60, || vm.pid().is_none().then_some(()))?;
     println!(
-        "server powered off by the deployed system; {:.1} s so far",
-        started.elapsed().as_secs_f64()
+        "claim -> the deployed system ran and powered off in {:.1} s",
+        claimed.elapsed().as_secs_f64()
+    );
+    // Checked with QEMU gone: nothing writes to the disk any more. The root partition, byte
+    // for byte: run_image's config drive rewrote the GPT and added a partition after it.
+    let (offset, len) = disk.root;
+    ensure!(
+        range(&images[0], offset, len)? == range(&disk.raw, offset, len)?,
+        "the NVMe disk's root partition does not hold the image's"
+    );
+    println!(
+        "host image {} holds the OS image's root partition byte for byte ({} MiB at {} MiB)",
+        images[0].display(),
+        len >> 20,
+        offset >> 20
     );
 
     step(
-        8,
-        "out-of-band: powered on over IPMI LAN, the ramdisk registers again, its console",
+        4,
+        "release: the controller boots the ramdisk over the BMC and erases every disk",
     );
-    let boot = molar.json(&["server", NAME])?["boot_id"].clone();
-    print!("{}", molar.run(&["power", NAME, "status", "--wait"])?);
-    print!("{}", molar.run(&["power", NAME, "on", "--wait"])?);
-    wait_until("the ramdisk to register again", 180, || {
-        let v = molar.json(&["server", NAME]).ok()?;
-        (v["connected"] == true && v["boot_id"] != boot).then_some(())
-    })?;
-    println!("registered again with a new boot id");
+    // One overwrite pass writes zeros, which the host checks; `metadata` would leave data.
+    let released = Instant::now();
+    print!(
+        "{}",
+        molar.run(&[
+            "release",
+            NAME,
+            "--erase-method",
+            "overwrite",
+            "--passes",
+            "1"
+        ])?
+    );
+    molar.reach("available", 300)?;
+    println!(
+        "release -> available in {:.1} s",
+        released.elapsed().as_secs_f64()
+    );
+    print!("{}", molar.run(&["workflows", NAME])?);
+    let id = molar.json(&["server", NAME])?["id"]
+        .as_str()
+        .context("the server's id")?
+        .to_owned();
+    let erase = molar.task_result(&id, "decom.disk_erase")?;
+    for d in erase["devices"].as_array().into_iter().flatten() {
+        println!(
+            "{}: {} in {:.1} s, verified: {}",
+            d["device"].as_str().unwrap_or("?"),
+            d["method"].as_str().unwrap_or("?"),
+            d["seconds"].as_f64().unwrap_or(0.0),
+            d["verification"]["passed"]
+        );
+    }
+    for img in &images {
+        ensure!(
+            molar_tests::privileged::is_all_zero(img),
+            "{} still holds data",
+            img.display()
+        );
+        println!("host image {} reads all zeros", img.display());
+    }
+    let history = molar.run(&["history", NAME])?;
+    print!("{history}");
+    let walk: Vec<String> = molar
+        .json_lines(&["history", NAME])?
+        .iter()
+        .filter_map(|t| t["to"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        walk == [
+            "initial",
+            "discovery",
+            "available",
+            "reserved",
+            "cleanup",
+            "available"
+        ],
+        "the server's walk is {walk:?}"
+    );
+    println!("walked {}", walk.join(" -> "));
+
+    step(5, "its console log, its requests, powered off");
     let log = molar.run(&["console", NAME, "--log"])?;
     let banner: Vec<&str> = log
         .lines()
