@@ -4,6 +4,7 @@
 //! `molar server add` with the policy's `[discovery] power_on_enrolled` → boot_pxe, power on
 //! over IPMI LAN, the ramdisk boots over PXE, inventory, BMC credentials (the operator's,
 //! verified, kept: proven with `ipmitool -I lanplus` from the host) → available on its own.
+//! `molar bmc rotate` sets a new password in-band, proven over LAN before it is stored.
 //! `molar claim --image guest` (the policy's catalogue) → prepare_image, run_image → the
 //! deployed guest boots by kexec (its marker and meta data on the console) → reserved.
 //! `molar release` → next boot PXE, power cycle over the BMC (the guest powered itself off),
@@ -220,6 +221,38 @@ format = "qcow2"
             .unwrap()
     });
     assert!(status.contains("Chassis Power is on"), "{status}");
+
+    // `molar bmc rotate` while the ramdisk runs: set in-band through /dev/ipmi0, proven over
+    // LAN before it replaces the stored password; the old one stops working.
+    let (code, out, err) = molar(&ctl, &["bmc", "rotate", NAME]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("new password set in-band; a session with it worked: stored"),
+        "{out}"
+    );
+    let id = client.server(NAME, false).await.unwrap().server.id;
+    let rotated = ctl
+        .running()
+        .fleet
+        .store
+        .bmc_password(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(rotated.expose(), "test");
+    assert!(!out.contains(rotated.expose()) && !err.contains(rotated.expose()));
+    block(|| {
+        let new = sim.ipmitool("ipmiusr", rotated.expose(), &["chassis", "power", "status"]);
+        assert!(new.unwrap().status.success(), "the rotated password works");
+        let old = sim.ipmitool("ipmiusr", "test", &["chassis", "power", "status"]);
+        assert!(
+            !old.unwrap().status.success(),
+            "the old password still works"
+        );
+    });
+    let b = client.bmc(NAME).await.unwrap();
+    assert_eq!((b.source.as_str(), b.rotation_pending), ("in_band", false));
+    assert!(b.verify_error.is_none(), "{b:?}");
 
     // Claim: the catalogue's image written to the NVMe disk, then kexec'd with a config drive.
     let meta = json!({
