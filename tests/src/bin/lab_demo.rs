@@ -11,7 +11,8 @@
 //! 2. `ipmi_sim` as the server's BMC, owning a QEMU server that is off; the operator enrols the
 //!    server by its BMC only (`molar server add`) and the controller's discovery powers it on
 //!    over IPMI LAN, the ramdisk boots over PXE, stores its inventory and checks the BMC
-//!    credentials (proven from the host with `ipmitool -I lanplus`) → available;
+//!    credentials (proven from the host with `ipmitool -I lanplus`) → available; `molar bmc
+//!    rotate` sets a new BMC password in-band, proven over LAN (the old one refused);
 //! 3. `molar claim --image guest`: the controller writes the image to the NVMe disk (its root
 //!    partition checked byte for byte on the host) and kexecs into it with a config drive; the deployed system
 //!    prints its boot id and meta data on the console → reserved, then powers the server off;
@@ -384,7 +385,24 @@ format = "qcow2"
         status.contains("Chassis Power is on"),
         "the stored BMC credentials do not show the server on: {status}"
     );
-    // bmc rotate: added by the lead
+    // A new password, set in-band while the ramdisk runs and proven over LAN before it is
+    // stored; the old one stops working. Never printed: the operator would `--reveal` it.
+    print!("{}", molar.run(&["bmc", "rotate", NAME])?);
+    let revealed = molar.json(&["bmc", "show", NAME, "--reveal"])?;
+    let rotated = revealed["credentials"]["password"]
+        .as_str()
+        .context("the revealed password")?
+        .to_owned();
+    ensure!(rotated != "test", "the password did not change");
+    sim.ipmitool_ok(&user, &rotated, &["chassis", "power", "status"])
+        .context("the rotated password does not open a session")?;
+    ensure!(
+        !sim.ipmitool(&user, "test", &["chassis", "power", "status"])?
+            .status
+            .success(),
+        "the old BMC password still works after the rotation"
+    );
+    println!("rotated: the new password opens a session from this host, the old one is refused");
 
     step(
         3,
