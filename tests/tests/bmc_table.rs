@@ -30,6 +30,12 @@ fn revealed(ctl: &Controller) -> (String, Option<String>) {
     )
 }
 
+/// `molar bmc set NAME --user USER --password-file FILE`.
+fn bmc_set(ctl: &Controller, file: &std::path::Path) -> (i32, String, String) {
+    let file = file.to_str().unwrap();
+    ctl.molar(&["bmc", "set", NAME, "--user", USER, "--password-file", file])
+}
+
 /// Whether ipmitool opens a session with `password` (its output never shown).
 fn works(sim: &molar_tests::lab::IpmiSim, password: &str) -> bool {
     tokio::task::block_in_place(|| {
@@ -146,15 +152,7 @@ async fn bmc_credentials_are_rotated_revealed_set_and_checked() {
     // A login the BMC refuses is not stored.
     let wrong = lab.dir().join("wrong-password");
     std::fs::write(&wrong, "not-the-password\n").unwrap();
-    let (code, out, err) = ctl.molar(&[
-        "bmc",
-        "set",
-        NAME,
-        "--user",
-        USER,
-        "--password-file",
-        wrong.to_str().unwrap(),
-    ]);
+    let (code, out, err) = bmc_set(&ctl, &wrong);
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("nothing was stored"), "{err}");
     assert!(!err.contains("not-the-password"), "{err}");
@@ -188,15 +186,7 @@ async fn bmc_credentials_are_rotated_revealed_set_and_checked() {
 
     // The operator gives the working password: checked, stored, the check passes again.
     std::fs::write(&pw, changed).unwrap();
-    let (code, out, err) = ctl.molar(&[
-        "bmc",
-        "set",
-        NAME,
-        "--user",
-        USER,
-        "--password-file",
-        pw.to_str().unwrap(),
-    ]);
+    let (code, out, err) = bmc_set(&ctl, &pw);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("a session with 127.0.0.1:"), "{out}");
     assert_eq!(revealed(&ctl).0, changed);

@@ -9,10 +9,8 @@
 
 use molar_controller::api::{AddBmc, AddServer};
 use molar_protocol::Secret;
-use molar_tests::bins::bin;
 use molar_tests::inproc::Controller;
 use molar_tests::lab::{BMC_MAC, BmcUser, Images, IpmiSimConfig, Lab, skip_or_fail, which};
-use std::process::Command;
 
 const USER: &str = "molar-op";
 const PASSWORD: &str = "Op3rator-sekrit";
@@ -33,22 +31,6 @@ fn add(name: &str, port: u16, password: &str) -> AddServer {
             tls_insecure: false,
         },
     }
-}
-
-/// `molar ARGS` against `ctl` as an operator runs it: exit code, stdout, stderr.
-fn molar(ctl: &Controller, args: &[&str]) -> (i32, String, String) {
-    let state = ctl.ca_pem().parent().unwrap().to_owned();
-    let out = Command::new(bin("molar"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,20 +65,17 @@ async fn a_server_is_enrolled_by_its_bmc_verified_first() {
     let pw = lab.dir().join("bmc-password");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
     let bmc = format!("127.0.0.1:{}", sim.lan_port());
-    let (code, out, err) = molar(
-        &ctl,
-        &[
-            "server",
-            "add",
-            "rack1-07",
-            "--bmc",
-            &bmc,
-            "--bmc-user",
-            USER,
-            "--bmc-password-file",
-            pw.to_str().unwrap(),
-        ],
-    );
+    let (code, out, err) = ctl.molar(&[
+        "server",
+        "add",
+        "rack1-07",
+        "--bmc",
+        &bmc,
+        "--bmc-user",
+        USER,
+        "--bmc-password-file",
+        pw.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("enrolled as srv-"), "{out}");
     assert!(!format!("{out}{err}").contains("sekrit"));
@@ -121,7 +100,7 @@ async fn a_server_is_enrolled_by_its_bmc_verified_first() {
     assert!(b.verified_ms.is_some());
     let shown = serde_json::to_string(&v).unwrap();
     assert!(!shown.contains("sekrit"), "{shown}");
-    let (code, out, _) = molar(&ctl, &["server", "rack1-07"]);
+    let (code, out, _) = ctl.molar(&["server", "rack1-07"]);
     assert_eq!(code, 0);
     assert!(out.contains("bmc address:   127.0.0.1:"), "{out}");
     assert!(!out.contains("sekrit"));
@@ -130,7 +109,7 @@ async fn a_server_is_enrolled_by_its_bmc_verified_first() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].source, "operator");
     assert_eq!(client.bmc("rack1-07").await.unwrap(), listed[0]);
-    let (code, out, _) = molar(&ctl, &["bmc", "list"]);
+    let (code, out, _) = ctl.molar(&["bmc", "list"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("rack1-07") || out.contains(&listed[0].server_id),
@@ -138,13 +117,13 @@ async fn a_server_is_enrolled_by_its_bmc_verified_first() {
     );
     assert!(out.contains("operator") && out.contains(BMC_MAC), "{out}");
     assert!(!out.contains("sekrit"));
-    let (code, out, _) = molar(&ctl, &["--json", "bmc", "show", "rack1-07"]);
+    let (code, out, _) = ctl.molar(&["--json", "bmc", "show", "rack1-07"]);
     assert_eq!(code, 0);
     assert!(
         !out.contains("sekrit") && out.contains("\"username\""),
         "{out}"
     );
-    let (code, _, err) = molar(&ctl, &["bmc", "show", "nope"]);
+    let (code, _, err) = ctl.molar(&["bmc", "show", "nope"]);
     assert_ne!(code, 0);
     assert!(err.contains("nope"), "{err}");
 
@@ -164,7 +143,7 @@ async fn a_server_is_enrolled_by_its_bmc_verified_first() {
     assert_eq!(client.servers().await.unwrap().len(), 1);
 
     // Removed by its name.
-    let (code, out, err) = molar(&ctl, &["server", "remove", "rack1-07"]);
+    let (code, out, err) = ctl.molar(&["server", "remove", "rack1-07"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(client.servers().await.unwrap().is_empty());
 }

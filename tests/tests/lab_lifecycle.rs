@@ -16,12 +16,10 @@
 
 use molar_controller::client::Client;
 use molar_controller::store::{ServerState, StepState, WorkflowRecord};
-use molar_tests::bins::bin;
 use molar_tests::inproc::{Controller, eventually};
 use molar_tests::lab::guest::{self, DiskSpec, GuestKit, GuestReport};
 use molar_tests::lab::{HttpFiles, IpmiSimConfig, Lab, QemuConfig};
 use serde_json::json;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -32,24 +30,6 @@ const NVME: &str = "nvme0n1";
 
 fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
-}
-
-/// `molar ARGS` as an operator runs it against `ctl`: exit code, stdout, stderr.
-fn molar(ctl: &Controller, args: &[&str]) -> (i32, String, String) {
-    let state = ctl.ca_pem().parent().unwrap().to_owned();
-    let out = block(|| {
-        Command::new(bin("molar"))
-            .arg("--state-dir")
-            .arg(state)
-            .args(args)
-            .output()
-            .unwrap()
-    });
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The newest workflow of the server.
@@ -155,20 +135,17 @@ format = "qcow2"
     std::fs::write(&pw, "test\n").unwrap();
     let bmc = format!("127.0.0.1:{}", sim.lan_port());
     let started = Instant::now();
-    let (code, out, err) = molar(
-        &ctl,
-        &[
-            "server",
-            "add",
-            NAME,
-            "--bmc",
-            &bmc,
-            "--bmc-user",
-            "ipmiusr",
-            "--bmc-password-file",
-            pw.to_str().unwrap(),
-        ],
-    );
+    let (code, out, err) = ctl.molar(&[
+        "server",
+        "add",
+        NAME,
+        "--bmc",
+        &bmc,
+        "--bmc-user",
+        "ipmiusr",
+        "--bmc-password-file",
+        pw.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     reach(&client, "available", BOOT.as_secs()).await;
     eprintln!(
@@ -224,7 +201,7 @@ format = "qcow2"
 
     // `molar bmc rotate` while the ramdisk runs: set in-band through /dev/ipmi0, proven over
     // LAN before it replaces the stored password; the old one stops working.
-    let (code, out, err) = molar(&ctl, &["bmc", "rotate", NAME]);
+    let (code, out, err) = ctl.molar(&["bmc", "rotate", NAME]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("new password set in-band; a session with it worked: stored"),
@@ -264,21 +241,18 @@ format = "qcow2"
     std::fs::write(&cd, json!({ "meta_data": meta }).to_string()).unwrap();
     let boot1 = client.server(NAME, false).await.unwrap().server.boot_id;
     let console_from = vm().console().len();
-    let (code, out, err) = molar(
-        &ctl,
-        &[
-            "claim",
-            NAME,
-            "--image",
-            "guest",
-            "--device",
-            NVME,
-            "--config-drive",
-            cd.to_str().unwrap(),
-            "--kernel-args",
-            "console=ttyS0 panic=-1",
-        ],
-    );
+    let (code, out, err) = ctl.molar(&[
+        "claim",
+        NAME,
+        "--image",
+        "guest",
+        "--device",
+        NVME,
+        "--config-drive",
+        cd.to_str().unwrap(),
+        "--kernel-args",
+        "console=ttyS0 panic=-1",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     let claimed_at = Instant::now();
     reach(&client, "reserved", 300).await;
@@ -313,7 +287,7 @@ format = "qcow2"
 
     // Release: PXE, power cycle over the BMC (the machine is off), the ramdisk, the erase.
     let released_at = Instant::now();
-    let (code, out, err) = molar(&ctl, &["release", NAME, "--erase-method", "metadata"]);
+    let (code, out, err) = ctl.molar(&["release", NAME, "--erase-method", "metadata"]);
     assert_eq!(code, 0, "{out}{err}");
     // Killed and restarted while the release waits for the ramdisk.
     eventually(120, "the release to wait for the ramdisk", || async {
@@ -386,10 +360,10 @@ format = "qcow2"
         3,
         "{workflows:?}"
     );
-    let (code, out, err) = molar(&ctl, &["requests", NAME]);
+    let (code, out, err) = ctl.molar(&["requests", NAME]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(!out.contains("test\n"), "{out}");
-    let (code, out, err) = molar(&ctl, &["history", NAME]);
+    let (code, out, err) = ctl.molar(&["history", NAME]);
     assert_eq!(code, 0, "{out}{err}");
     eprintln!("lab: history\n{out}");
     let states: Vec<(Option<ServerState>, ServerState)> = client

@@ -101,6 +101,13 @@ impl Molar {
         Ok(())
     }
 
+    /// [`Molar::reach`], then prints how long `what` took since `since`.
+    fn reach_timed(&self, what: &str, want: &str, secs: u64, since: Instant) -> Result<()> {
+        self.reach(want, secs)?;
+        println!("{what} -> {want} in {:.1} s", since.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// The failed step's (or workflow's) message of the server's newest workflow.
     fn failure(&self) -> String {
         let wfs = self.json(&["workflows", NAME]).unwrap_or_default();
@@ -358,11 +365,7 @@ format = "qcow2"
         started.elapsed().as_secs_f64(),
         vm.console_log().display()
     );
-    molar.reach("available", 240)?;
-    println!(
-        "server add -> available in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    molar.reach_timed("server add", "available", 240, started)?;
     print!("{}", molar.run(&["servers"])?);
     print!("{}", molar.run(&["workflows", NAME])?);
     print!("{}", molar.run(&["history", NAME])?);
@@ -435,11 +438,7 @@ format = "qcow2"
             "console=ttyS0 panic=-1",
         ])?
     );
-    molar.reach("reserved", 300)?;
-    println!(
-        "claim -> reserved in {:.1} s",
-        claimed.elapsed().as_secs_f64()
-    );
+    molar.reach_timed("claim", "reserved", 300, claimed)?;
     print!("{}", molar.run(&["workflows", NAME])?);
     vm.wait_for_console_from(console_from, guest::POWEROFF, Duration::from_secs(180))?;
     let console = vm.console();
@@ -500,11 +499,7 @@ format = "qcow2"
             "1"
         ])?
     );
-    molar.reach("available", 300)?;
-    println!(
-        "release -> available in {:.1} s",
-        released.elapsed().as_secs_f64()
-    );
+    molar.reach_timed("release", "available", 300, released)?;
     print!("{}", molar.run(&["workflows", NAME])?);
     let id = molar.json(&["server", NAME])?["id"]
         .as_str()
